@@ -1,0 +1,17 @@
+"""One hierarchy for every error taskqueue reports to an operator."""
+
+
+class TaskqueueError(Exception):
+    """Base of all taskqueue errors; str() is a sentence for the operator."""
+
+
+class ConfigError(TaskqueueError):
+    """The configuration file is missing or invalid; nothing is started."""
+
+
+class PluginError(TaskqueueError):
+    """A worker plugin could not be loaded or constructed."""
+
+
+class TopologyError(TaskqueueError):
+    """A queue could not be declared as taskqueue needs it."""
