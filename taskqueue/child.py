@@ -1,0 +1,123 @@
+"""The one post-fork routine every child runs, and how it leaves.
+
+A forked child inherits the supervisor's greenlets, gevent signal handlers,
+child watchers and fds (shared/notes/debian-gevent-pika.md §2.3). `run()`
+neutralises each of them in one place, drops privileges, arranges to die
+with the supervisor, runs the child's target and always ends through
+os._exit() with one of lifecycle's EXIT_* codes.
+"""
+import ctypes
+import logging
+import os
+import pwd
+import signal
+
+import gevent
+import gevent.signal
+from gevent.event import Event
+
+from . import logs
+from .amqp import SessionClosed
+from .errors import PluginError
+from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_USER
+
+log = logging.getLogger(__name__)
+
+#: Signals the supervisor handles; blocked across fork() so that a child never
+#: runs the supervisor's handler for one (it would swallow a SIGTERM).
+SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Signals that ask a child to stop after its current task.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_PR_SET_PDEATHSIG = 1
+# Loaded before any fork: after a privilege drop the child may not be able to.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class UserSwitchError(Exception):
+    pass
+
+
+class ChildContext:
+    """What a child's target gets: a way to say it is ready, and a stop request."""
+
+    def __init__(self, name, ready_fd):
+        self.name = name
+        self.stopping = Event()
+        self._ready_fd = ready_fd
+
+    def ready(self):
+        """Tell the supervisor this child is consuming (one atomic pipe write)."""
+        os.write(self._ready_fd, f"{os.getpid()}\n".encode())
+
+
+def run(name, user, target, forget_inherited, ready_fd, parent_pid):
+    """Run `target(ctx)` as the child `name`; never returns."""
+    code = EXIT_ERROR
+    try:
+        ctx = ChildContext(name, ready_fd)
+        _take_over_signals(forget_inherited, ctx.stopping.set)
+        logs.set_identity(name)
+        if user:
+            drop_privileges(user)
+        # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)).
+        _die_with_parent(parent_pid)
+        code = target(ctx)
+    except PluginError as exc:
+        log.error("%s", exc)
+        code = EXIT_PLUGIN_LOAD
+    except UserSwitchError as exc:
+        log.error("%s", exc)
+        code = EXIT_USER
+    except SessionClosed as exc:
+        log.error("%s", exc)
+        code = EXIT_CONNECTION
+    except BaseException:
+        log.exception("%s failed", name)
+        code = EXIT_ERROR
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _take_over_signals(forget_inherited, on_stop):
+    """Replace the supervisor's signal handling with the child's own.
+
+    The supervisor blocked its signals before forking; a stop signal that
+    arrived since then is pending and reaches the child's handler once the
+    mask is lifted at the end of this function.
+    """
+    forget_inherited()  # the supervisor's greenlets, signal handles and fds
+    for sig in SUPERVISOR_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    # Stop reaping every child: a plugin's own subprocesses must keep their
+    # exit codes (notes §2.3 pitfall 5).
+    gevent.signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for sig in STOP_SIGNALS:
+        gevent.signal_handler(sig, on_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+
+
+def drop_privileges(user):
+    """Become `user` for good: supplementary groups, gid, then uid; HOME and USER follow."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise UserSwitchError(f"cannot run as user {user!r}: no such user") from None
+    if os.getuid() != pw.pw_uid:
+        try:
+            # initgroups first: without it the child keeps root's groups (notes §3).
+            os.initgroups(pw.pw_name, pw.pw_gid)
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+        except PermissionError as exc:
+            raise UserSwitchError(f"cannot run as user {user!r}: {exc.strerror} "
+                                  f"(the supervisor runs as uid {os.getuid()}, not root)") from None
+    os.environ.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+
+
+def _die_with_parent(parent_pid):
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os._exit(EXIT_ERROR)

@@ -1,0 +1,179 @@
+"""The `taskqueue` command: each subcommand is a cmd_<name>(args) returning an exit code."""
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+import uuid
+
+from . import __version__, amqp, config, logs, plugins
+from .errors import ConfigError, PluginError, TaskqueueError
+
+log = logging.getLogger("taskqueue")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1      #: the command ran and failed (broker unreachable, children killed...)
+EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except (ConfigError, PluginError) as exc:
+        print(f"taskqueue: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TaskqueueError as exc:
+        print(f"taskqueue: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="taskqueue", description="A distributed task queue over AMQP.")
+    parser.add_argument("--version", action="version", version=f"taskqueue {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_text, daemon=False):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="PATH",
+                       help=f"config file (default: $TASKQUEUE_CONFIG or {config.DEFAULT_PATH})")
+        p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+        if daemon:
+            p.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
+        p.set_defaults(func=func)
+        return p
+
+    command("run", cmd_run, "Run the dispatcher and the worker pool in the foreground.", daemon=True)
+    command("dispatcher", cmd_dispatcher, "Run the dispatcher processes in the foreground.", daemon=True)
+    command("workerpool", cmd_workerpool, "Run the worker pool in the foreground.", daemon=True)
+    p = command("submit", cmd_submit, "Submit one task to the queue; print its message id.")
+    p.add_argument("worker_type", metavar="TYPE", help="the worker type that handles the task")
+    p.add_argument("workitem", metavar="WORKITEM", nargs="?", default="null",
+                   help="the workitem as JSON (default: null; '-' reads it from stdin)")
+    command("check-config", cmd_check_config,
+            "Validate the config; show the plugins found and the processes it would start.")
+    return parser
+
+
+def load_config(args):
+    path = config.resolve_path(args.config)
+    cfg = config.load(path, plugins.discover(), running_uid=os.getuid())
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    return cfg
+
+
+# -- the daemons -------------------------------------------------------------
+
+def cmd_run(args):
+    return _supervise(args, dispatcher=True, workers=True)
+
+
+def cmd_dispatcher(args):
+    return _supervise(args, dispatcher=True, workers=False)
+
+
+def cmd_workerpool(args):
+    return _supervise(args, dispatcher=False, workers=True)
+
+
+def child_specs(cfg, dispatcher, workers):
+    """The ChildSpecs of one component: the dispatcher's, the worker groups', or both."""
+    # Imported here: the supervisor pulls in gevent, which `submit` does not need.
+    from .dispatcher import run_dispatcher
+    from .supervisor import ChildSpec
+    from .worker import run_worker
+    specs = []
+    if dispatcher and cfg.dispatcher.processes:
+        specs.append(ChildSpec("dispatcher", cfg.dispatcher.processes,
+                               functools.partial(run_dispatcher, cfg.amqp, cfg.dispatcher),
+                               stop_timeout=cfg.dispatcher.stop_timeout))
+    if workers:
+        for group in cfg.groups:
+            specs.append(ChildSpec(group.name, group.processes,
+                                   functools.partial(run_worker, group, cfg.amqp),
+                                   user=group.user, stop_timeout=group.stop_timeout))
+    return specs
+
+
+def _supervise(args, dispatcher, workers):
+    from .supervisor import Supervisor
+    cfg = load_config(args)
+    logs.set_identity("supervisor")
+    supervisor = Supervisor(child_specs(cfg, dispatcher, workers))
+    if args.pidfile:
+        _write_pidfile(args.pidfile)
+    try:
+        return supervisor.run()
+    finally:
+        if args.pidfile:
+            _remove_pidfile(args.pidfile)
+
+
+def _write_pidfile(path):
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write pidfile {path}: {exc.strerror}") from None
+
+
+def _remove_pidfile(path):
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return  # another instance owns it now
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- the tools -----------------------------------------------------------------
+
+def cmd_submit(args):
+    cfg = load_config(args)
+    text = sys.stdin.read() if args.workitem == "-" else args.workitem
+    try:
+        workitem = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"WORKITEM is not valid JSON ({exc}): {text[:100]!r}") from None
+    message_id = uuid.uuid4().hex
+    body = json.dumps({"worker_type": args.worker_type, "workitem": workitem}).encode()
+    props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
+                            message_id=message_id)
+    amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
+    print(message_id)
+    return EXIT_OK
+
+
+def cmd_check_config(args):
+    path = config.resolve_path(args.config)
+    found = plugins.discover()
+    cfg = config.load(path, found, running_uid=os.getuid())
+    print(f"config: {path}: ok")
+    for warning in cfg.warnings:
+        print(f"warning: {warning}")
+    print(f"broker: {amqp.describe(cfg.amqp)}")
+    print("plugins found:" if found else "plugins found: none")
+    for name, ep in sorted(found.items()):
+        dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
+        print(f"  {name}: {ep.value}{dist}")
+    rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", amqp.TASK_QUEUE)]
+    rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue)
+             for g in cfg.groups]
+    print("processes:")
+    _print_table(("type", "subgroup", "count", "user", "queue"), rows)
+    return EXIT_OK
+
+
+def _print_table(header, rows):
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

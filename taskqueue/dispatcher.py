@@ -1,0 +1,203 @@
+"""Route each envelope from `taskqueue` to `worker_<type>`.
+
+`route()` is the pure decision. `Dispatcher` is the loop around it: it
+consumes with a large prefetch, publishes with publisher confirms, and acks
+an input only once its output is confirmed, many messages in flight at once.
+What cannot be routed goes to `taskqueue_dead` with a header giving the
+reason; nothing is acked away unpublished.
+"""
+import copy
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import gevent
+from gevent.event import Event
+
+from . import amqp
+from .lifecycle import EXIT_CONNECTION, EXIT_OK
+
+log = logging.getLogger(__name__)
+
+#: What a worker type may be named (it becomes part of a queue name).
+TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,200}\Z")
+TYPE_RULE = "1-200 characters of letters, digits, '_', '.', '-'"
+#: Content types taken as JSON; a message without one is assumed to be JSON.
+JSON_TYPES = ("application/json", "text/json")
+#: Header names the dispatcher adds to a dead-lettered message.
+REASON_HEADER = "x-taskqueue-reason"
+SOURCE_HEADER = "x-taskqueue-queue"
+
+
+@dataclass(frozen=True)
+class Route:
+    worker_type: str
+    body: bytes
+    from_envelope: bool   # body is the re-encoded workitem (else forwarded unchanged)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+
+
+def route(body, content_type=None, headers=None):
+    """Decide where one message from `taskqueue` goes: a Route, or a Rejection saying why."""
+    header_type = (headers or {}).get("worker_type")
+    if header_type is not None:
+        if isinstance(header_type, bytes):
+            header_type = header_type.decode("utf-8", "replace")
+        problem = _type_problem(header_type)
+        if problem:
+            return Rejection(f"header worker_type {problem}")
+        return Route(header_type, body, from_envelope=False)
+    if content_type and content_type.split(";")[0].strip().lower() not in JSON_TYPES:
+        return Rejection(f"content type {content_type[:100]!r} is not application/json "
+                         f"and there is no worker_type header")
+    try:
+        envelope = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        return Rejection("body is not usable JSON: nested too deeply")
+    except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
+        return Rejection(f"body is not JSON: {str(exc)[:200]}")
+    if not isinstance(envelope, dict):
+        return Rejection(f"envelope is a JSON {_kind(envelope)}, expected an object "
+                         f'{{"worker_type": ..., "workitem": ...}}')
+    if "worker_type" not in envelope:
+        return Rejection("envelope has no worker_type")
+    problem = _type_problem(envelope["worker_type"])
+    if problem:
+        return Rejection(f"worker_type {problem}")
+    if "workitem" not in envelope:
+        return Rejection("envelope has no workitem")
+    workitem = json.dumps(envelope["workitem"], separators=(",", ":")).encode()
+    return Route(envelope["worker_type"], workitem, from_envelope=True)
+
+
+def _type_problem(value):
+    if not isinstance(value, str):
+        return f"is a JSON {_kind(value)}, expected a string"
+    if not TYPE_PATTERN.match(value):
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        return f"{shown!r} is not {TYPE_RULE}"
+    return None
+
+
+def _kind(value):
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def forwarded_properties(props, decision):
+    """The input's properties, kept, made persistent; JSON content type for re-encoded workitems."""
+    out = copy.copy(props)
+    out.delivery_mode = amqp.PERSISTENT
+    if decision.from_envelope:
+        out.content_type = "application/json"
+    if out.headers:
+        out.headers = amqp.amqp_safe(out.headers)
+    return out
+
+
+def dead_properties(props, reason):
+    out = copy.copy(props)
+    out.delivery_mode = amqp.PERSISTENT
+    out.headers = amqp.amqp_safe(dict(props.headers or {}))
+    out.headers[REASON_HEADER] = reason
+    out.headers[SOURCE_HEADER] = amqp.TASK_QUEUE
+    out.headers["x-taskqueue-dead-at"] = int(time.time())
+    return out
+
+
+class Dispatcher:
+    """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
+
+    def __init__(self, session, prefetch):
+        self._session = session
+        self._prefetch = prefetch
+        self._pending = {}          # publish sequence number -> input delivery tag
+        self._published = 0
+        self._declared = set()
+        self._consumer_tag = None
+        self.drained = Event()
+
+    def start(self):
+        for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
+            self._session.declare_queue(queue)
+        self._declared.add(amqp.DEAD_QUEUE)
+        self._session.enable_confirms(self._on_confirm)
+        self._session.qos(self._prefetch)
+        self._consumer_tag = self._session.consume(amqp.TASK_QUEUE, self._on_message)
+
+    def stop(self, timeout):
+        """Stop consuming and wait until every published message is confirmed."""
+        self._session.cancel(self._consumer_tag)
+        if self._pending:
+            self.drained.clear()
+            self.drained.wait(timeout)
+        return not self._pending
+
+    @property
+    def unconfirmed(self):
+        return len(self._pending)
+
+    # Both callbacks run in the hub: they must not block or raise.
+    def _on_message(self, method, props, body):
+        decision = route(body, props.content_type, props.headers)
+        if isinstance(decision, Route):
+            queue = amqp.worker_queue(decision.worker_type)
+            out_body, out_props = decision.body, forwarded_properties(props, decision)
+            if queue not in self._declared:
+                self._session.declare_queue_nowait(queue)
+                self._declared.add(queue)
+        else:
+            log.warning("dead-lettering message %s (delivery %s): %s",
+                        props.message_id or "-", method.delivery_tag, decision.reason)
+            queue, out_body, out_props = amqp.DEAD_QUEUE, body, dead_properties(props, decision.reason)
+        self._published += 1
+        self._pending[self._published] = method.delivery_tag
+        self._session.publish(queue, out_body, out_props)
+
+    def _on_confirm(self, frame):
+        confirm = frame.method
+        acked = confirm.NAME == "Basic.Ack"
+        if confirm.multiple:
+            done = [seq for seq in self._pending if seq <= confirm.delivery_tag]
+        else:
+            done = [confirm.delivery_tag]
+        for seq in done:
+            tag = self._pending.pop(seq, None)
+            if tag is None:
+                continue
+            if acked:
+                self._session.ack(tag)
+            else:
+                # The broker could not take the copy: the input goes back and is tried again.
+                log.warning("broker nacked a routed message; requeueing its input %s", tag)
+                self._session.nack(tag, requeue=True)
+        if not self._pending:
+            self.drained.set()
+
+
+def run_dispatcher(amqp_settings, settings, ctx):
+    """The body of a dispatcher child; returns an exit code."""
+    session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}").open()
+    dispatcher = Dispatcher(session, settings.prefetch)
+    dispatcher.start()
+    ctx.ready()
+    log.info("routing %s (prefetch %d)", amqp.TASK_QUEUE, settings.prefetch)
+    gevent.wait([ctx.stopping, session.closed], count=1)
+    if not session.is_open:
+        log.error("lost the broker connection: %r", session.close_reason)
+        return EXIT_CONNECTION
+    if not dispatcher.stop(settings.stop_timeout):
+        log.warning("stopping with %d publishes unconfirmed; their inputs return to %s",
+                    dispatcher.unconfirmed, amqp.TASK_QUEUE)
+    session.close()
+    return EXIT_OK

@@ -1,0 +1,247 @@
+"""The supervisor: fork children, watch them, restart them, stop them.
+
+One gevent process that holds no AMQP connection, imports no plugin code and
+starts no threads, so a fork inherits nothing dangerous. Signal handlers,
+child watchers, the ready pipe and timers only put events on one queue; the
+main loop takes them one by one and dispatches to `handle_<event>`, which
+drives each child's state machine (lifecycle.py) and performs the side effect
+of the state entered (`enter_<state>`).
+"""
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import gevent
+import gevent.os
+from gevent.pool import Group
+from gevent.queue import Empty, Queue
+
+from . import child
+from .lifecycle import (ChildState, Ev, IllegalTransition, backoff_delay, classify_exit,
+                        describe_exit, exit_code_of, next_state, QUARANTINE_SECONDS)
+
+log = logging.getLogger(__name__)
+
+#: The main loop wakes at least this often, which also keeps the hub from
+#: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
+TICK = 1.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run in `processes` identical children."""
+    name: str                       # "dispatcher", "worker1", "worker2/bifh1"
+    processes: int
+    target: Callable                # target(ctx) -> exit code, runs in the child
+    user: Optional[str] = None
+    stop_timeout: float = 30.0
+
+
+@dataclass(eq=False)
+class Slot:
+    """One supervised child position: it keeps its name across restarts."""
+    spec: ChildSpec
+    index: int
+    state: ChildState = ChildState.STOPPED
+    pid: Optional[int] = None
+    started_at: float = 0.0
+    ready: bool = False
+    failures: int = 0               # quick failures in a row
+    restarts: int = 0
+    last_exit: Optional[str] = None
+    timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
+
+    @property
+    def key(self):
+        return f"{self.spec.name}#{self.index}"
+
+
+class Supervisor:
+    def __init__(self, specs):
+        self.specs = list(specs)
+        self.slots = [Slot(spec, i) for spec in self.specs for i in range(spec.processes)]
+        self.events = Queue()
+        self._by_pid = {}
+        self._greenlets = Group()        # killed in every child right after the fork
+        self._signal_handles = []
+        self._ready_r = self._ready_w = None
+        self._stopping = False
+        self._killed = False
+
+    # -- main loop -----------------------------------------------------------
+
+    def run(self):
+        """Start every child and supervise until stopped; return the exit code."""
+        self._ready_r, self._ready_w = os.pipe()
+        for sig in child.SUPERVISOR_SIGNALS:
+            self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
+        self._greenlets.spawn(self._read_ready)
+        log.info("supervisor started: %s", ", ".join(
+            f"{s.name} x{s.processes}" + (f" as {s.user}" if s.user else "")
+            for s in self.specs) or "nothing to run")
+        for slot in self.slots:
+            self.transition(slot, Ev.START)
+        while not (self._stopping and all(s.state is ChildState.STOPPED for s in self.slots)):
+            try:
+                event, *args = self.events.get(timeout=TICK)
+            except Empty:
+                continue
+            getattr(self, f"handle_{event}")(*args)
+        self._close()
+        log.info("supervisor stopped%s", " (children had to be killed)" if self._killed else "")
+        return 1 if self._killed else 0
+
+    def _close(self):
+        for handle in self._signal_handles:
+            handle.cancel()
+        self._greenlets.kill(block=True, timeout=1)
+        os.close(self._ready_r)
+        os.close(self._ready_w)
+
+    # -- events (all of them arrive through self.events) ---------------------
+
+    def handle_signal(self, sig):
+        """SIGTERM/SIGINT: stop gracefully; a second one kills at once. SIGHUP: not yet."""
+        if sig == signal.SIGHUP:
+            log.warning("SIGHUP: reloading the configuration is not supported yet; ignored")
+            return
+        if self._stopping:
+            log.warning("%s again: killing the remaining children now", signal.Signals(sig).name)
+            for slot in self.slots:
+                if slot.state is ChildState.STOPPING:
+                    self._kill(slot)
+            return
+        log.info("%s: stopping gracefully", signal.Signals(sig).name)
+        self._stopping = True
+        for slot in self.slots:
+            self.transition(slot, Ev.STOP)
+
+    def handle_exit(self, pid, status):
+        slot = self._by_pid.pop(pid, None)
+        if slot is None:
+            return
+        uptime = time.monotonic() - slot.started_at
+        slot.last_exit = describe_exit(status)
+        event = classify_exit(exit_code_of(status), slot.ready, uptime)
+        slot.failures = 0 if event is Ev.DIED else slot.failures + 1
+        slot.pid = None
+        level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
+        log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
+        self.transition(slot, event)
+
+    def handle_ready(self, pid):
+        slot = self._by_pid.get(pid)
+        if slot is not None and slot.state is ChildState.STARTING:
+            slot.ready = True
+            self.transition(slot, Ev.READY, f"ready in {time.monotonic() - slot.started_at:.3f}s")
+
+    def handle_timer(self, slot):
+        slot.timer = None
+        if slot.state in (ChildState.BACKOFF, ChildState.QUARANTINED) and not self._stopping:
+            self.transition(slot, Ev.TIMER)
+
+    def handle_grace_expired(self, slot, pid):
+        if slot.state is ChildState.STOPPING and slot.pid == pid:
+            log.warning("%s pid=%d still running %gs after SIGTERM; killing it",
+                        slot.key, pid, slot.spec.stop_timeout)
+            self._kill(slot)
+
+    # -- the state machine and the side effect of each state ------------------
+
+    def transition(self, slot, event, note=""):
+        try:
+            new = next_state(slot.state, event, slot.failures)
+        except IllegalTransition as exc:
+            log.error("%s pid=%s: %s", slot.key, slot.pid, exc)
+            return
+        old, slot.state = slot.state, new
+        if old is not new:
+            # The contract line of every transition: tests and operators read it.
+            log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
+                     f" ({note})" if note else "")
+        enter = getattr(self, f"enter_{new.value.lower()}", None)
+        if enter is not None and old is not new:
+            enter(slot)
+
+    def enter_starting(self, slot):
+        if slot.started_at:
+            slot.restarts += 1
+        slot.ready = False
+        self._cancel_timer(slot)
+        self._spawn(slot)
+
+    def enter_backoff(self, slot):
+        delay = backoff_delay(slot.failures, random.random())
+        if delay:
+            log.warning("%s failed %d times in a row; next start in %.1fs",
+                        slot.key, slot.failures, delay)
+        self._arm_timer(slot, delay)
+
+    def enter_quarantined(self, slot):
+        log.error("%s quarantined after %s; retrying in %.0fs (or on SIGHUP)",
+                  slot.key, slot.last_exit, QUARANTINE_SECONDS)
+        self._arm_timer(slot, QUARANTINE_SECONDS)
+
+    def enter_stopping(self, slot):
+        os.kill(slot.pid, signal.SIGTERM)
+        self._arm_timer(slot, slot.spec.stop_timeout, ("grace_expired", slot, slot.pid))
+
+    def enter_stopped(self, slot):
+        self._cancel_timer(slot)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _spawn(self, slot):
+        parent = os.getpid()
+        # Blocked across the fork: the child must never run our handlers (child.py).
+        signal.pthread_sigmask(signal.SIG_BLOCK, child.SUPERVISOR_SIGNALS)
+        try:
+            pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
+            if pid == 0:
+                child.run(slot.key, slot.spec.user, slot.spec.target, self._forget_inherited,
+                          self._ready_w, parent)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
+        slot.pid, slot.started_at = pid, time.monotonic()
+        self._by_pid[pid] = slot
+        log.debug("%s forked pid=%d", slot.key, pid)
+
+    def _forget_inherited(self):
+        """In a fresh child: drop what belongs to the supervisor (runs before anything else)."""
+        for handle in self._signal_handles:
+            handle.cancel()
+        self._greenlets.kill(block=True, timeout=1)
+        os.close(self._ready_r)
+
+    def _on_child_exit(self, watcher):
+        self.events.put_nowait(("exit", watcher.pid, watcher.rstatus))
+
+    def _read_ready(self):
+        gevent.os.make_nonblocking(self._ready_r)
+        buffered = b""
+        while True:
+            data = gevent.os.nb_read(self._ready_r, 4096)
+            if not data:
+                return
+            *lines, buffered = (buffered + data).split(b"\n")
+            for line in lines:
+                self.events.put_nowait(("ready", int(line)))
+
+    def _arm_timer(self, slot, delay, event=None):
+        self._cancel_timer(slot)
+        slot.timer = gevent.spawn_later(delay, self.events.put_nowait, event or ("timer", slot))
+        self._greenlets.add(slot.timer)
+
+    def _cancel_timer(self, slot):
+        if slot.timer is not None:
+            slot.timer.kill(block=False)
+            slot.timer = None
+
+    def _kill(self, slot):
+        if slot.pid:
+            self._killed = True
+            os.kill(slot.pid, signal.SIGKILL)

@@ -1,0 +1,221 @@
+"""BaseWorker, the plugin API, and the worker child's consume loop.
+
+A worker child consumes `worker_<type>` one delivery at a time. Each
+`handle_task` runs in a real OS thread while the gevent hub keeps the AMQP
+connection and its heartbeats alive, so an hour of computing does not cost
+the connection. The channel handed to the plugin marshals its calls back to
+the hub thread and makes sure each delivery is settled exactly once.
+"""
+import collections
+import concurrent.futures
+import logging
+import time
+import traceback
+
+import gevent
+from gevent.queue import Queue
+
+from . import amqp, plugins
+from .errors import PluginError
+from .lifecycle import EXIT_CONNECTION, EXIT_OK
+
+log = logging.getLogger(__name__)
+
+#: Seconds a plugin's basic_publish waits for the hub to send the message.
+PUBLISH_TIMEOUT = 30.0
+
+
+class BaseWorker:
+    """Base class of worker plugins.
+
+    Subclass it and implement `handle_task`; register `YourClass.factory`
+    under the entry-point group `worker.plugins`, with the worker type as
+    the entry point's name. One instance lives in each worker process.
+    """
+
+    def __init__(self, group=None):
+        #: The WorkerGroup this process belongs to (type, subgroup, user, ...).
+        self.group = group
+        #: Every option of the group's config section, as strings.
+        self.settings = dict(group.options) if group is not None else {}
+
+    @classmethod
+    def factory(cls, group):
+        """Build the worker for `group`; called once per process, after the privilege drop."""
+        return cls(group)
+
+    def setup(self):
+        """Called once before the first task, as the configured user."""
+
+    def handle_task(self, channel, method, header, body):
+        """Process one task. Settle it with channel.basic_ack/basic_nack/basic_reject.
+
+        channel: offers basic_ack, basic_nack, basic_reject, basic_publish.
+        method: delivery_tag, redelivered, routing_key.
+        header: the message properties (message_id, correlation_id, reply_to, headers...).
+        body: bytes; the workitem as JSON when it came through the dispatcher.
+        If this raises, the task is rejected without requeue (dead-lettered).
+        If it returns without settling, the task is acked and a warning logged.
+        """
+        raise NotImplementedError
+
+    def teardown(self):
+        """Called once after the last task, before the process exits."""
+
+
+class HubCalls:
+    """Run callables in the hub's thread on behalf of other threads, in order."""
+
+    def __init__(self):
+        self._calls = collections.deque()
+        self._wakeup = gevent.get_hub().loop.async_()
+        self._wakeup.start(self._run_pending)
+
+    def submit(self, fn):
+        """Queue fn() for the hub; safe from any thread, the hub's included."""
+        self._calls.append(fn)
+        self._wakeup.send()
+
+    def call(self, fn, timeout):
+        """Run fn() in the hub and return its result; for other threads only."""
+        future = concurrent.futures.Future()
+
+        def run():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+        self.submit(run)
+        return future.result(timeout)
+
+    def _run_pending(self):
+        while self._calls:
+            fn = self._calls.popleft()
+            try:
+                fn()
+            except Exception:
+                log.exception("call from a task thread failed")
+
+
+class TaskChannel:
+    """The `channel` a plugin sees for one delivery (pika-style methods).
+
+    Settling is recorded at once in the calling thread, so a second ack, or
+    the worker's own default settlement, can never reach the broker twice.
+    """
+
+    def __init__(self, session, hub_calls, delivery_tag):
+        self._session = session
+        self._hub = hub_calls
+        self._tag = delivery_tag
+        self.settlement = None       # "ack", "nack" or "reject" once settled
+
+    def basic_ack(self, delivery_tag=0, multiple=False):
+        self._settle("ack", delivery_tag, multiple, lambda: self._session.ack(self._tag))
+
+    def basic_nack(self, delivery_tag=0, multiple=False, requeue=True):
+        self._settle("nack", delivery_tag, multiple,
+                     lambda: self._session.nack(self._tag, requeue=requeue))
+
+    def basic_reject(self, delivery_tag=0, requeue=True):
+        self._settle("reject", delivery_tag, False,
+                     lambda: self._session.reject(self._tag, requeue=requeue))
+
+    def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
+        if isinstance(body, str):
+            body = body.encode()
+        self._hub.call(lambda: self._session.publish(routing_key, body, properties,
+                                                     exchange=exchange, mandatory=mandatory),
+                       PUBLISH_TIMEOUT)
+
+    def _settle(self, action, delivery_tag, multiple, send):
+        if delivery_tag not in (0, self._tag):
+            raise ValueError(f"basic_{action}: delivery tag {delivery_tag} is not the task being "
+                             f"handled (tag {self._tag})")
+        if self.settlement is not None:
+            log.warning("basic_%s on delivery %s ignored: already settled by basic_%s",
+                        action, self._tag, self.settlement)
+            return
+        if multiple:
+            log.warning("basic_%s(multiple=True) settles only the task being handled", action)
+        self.settlement = action
+        self._hub.submit(lambda: self._send(action, send))
+
+    def _send(self, action, send):
+        # A delivery tag belongs to its channel: once that is gone, the broker
+        # has requeued the delivery and the tag must not be used on another.
+        if self._session.is_open:
+            send()
+        else:
+            log.warning("delivery %s not %sed: the connection is gone; the broker redelivers it",
+                        self._tag, action)
+
+
+def run_worker(group, amqp_settings, ctx):
+    """The body of a worker child: load the plugin, consume, handle, settle; return an exit code."""
+    worker = plugins.load(group.worker_type, group)
+    _call_plugin_hook(worker, "setup", group)
+    session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}").open()
+    session.declare_queue(group.queue)
+    session.qos(group.prefetch)
+    inbox = Queue()
+    session.consume(group.queue, lambda method, props, body: inbox.put((method, props, body)))
+    # Wake the loop when asked to stop or when the connection goes.
+    ctx.stopping.rawlink(lambda _: inbox.put(None))
+    session.closed.rawlink(lambda _: inbox.put(None))
+    ctx.ready()
+    log.info("consuming %s (prefetch %d)", group.queue, group.prefetch)
+    hub_calls = HubCalls()
+    while True:
+        delivery = inbox.get()
+        if delivery is None or ctx.stopping.is_set() or not session.is_open:
+            break
+        _handle(worker, session, hub_calls, *delivery)
+    if not session.is_open:
+        log.error("lost the broker connection: %r", session.close_reason)
+        return _finish(worker, session, amqp_exit=True)
+    return _finish(worker, session, amqp_exit=False)
+
+
+def _finish(worker, session, amqp_exit):
+    try:
+        worker.teardown()
+    except Exception:
+        log.exception("teardown failed")
+    # Closing requeues whatever was prefetched but not handled.
+    session.close()
+    return EXIT_CONNECTION if amqp_exit else EXIT_OK
+
+
+def _handle(worker, session, hub_calls, method, props, body):
+    channel = TaskChannel(session, hub_calls, method.delivery_tag)
+    started = time.monotonic()
+    error = gevent.get_hub().threadpool.spawn(
+        _call_handler, worker, channel, method, props, body).get()
+    elapsed = time.monotonic() - started
+    msg_id = props.message_id or "-"
+    if error is not None:
+        log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
+                  "queue:\n%s", msg_id, method.delivery_tag, elapsed, error)
+        channel.basic_reject(requeue=False)
+    elif channel.settlement is None:
+        log.warning("task %s (delivery %s): handle_task returned without settling it; acking",
+                    msg_id, method.delivery_tag)
+        channel.basic_ack()
+
+
+def _call_handler(worker, channel, method, props, body):
+    """Runs in a task thread: returns None, or the formatted traceback of what it raised."""
+    try:
+        worker.handle_task(channel, method, props, body)
+        return None
+    except BaseException:
+        return traceback.format_exc()
+
+
+def _call_plugin_hook(worker, hook, group):
+    try:
+        getattr(worker, hook, lambda: None)()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {group.worker_type!r}: {hook}() failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,18 @@
+"""Worker plugins the integration tests install into their virtualenv."""
+from setuptools import setup
+
+setup(
+    name="taskqueue-test-plugins",
+    version="0.1.0",
+    packages=["tqtest"],
+    install_requires=["taskqueue"],
+    entry_points={"worker.plugins": [
+        "recorder = tqtest.recorder:Recorder.factory",
+        "recorder2 = tqtest.recorder:Recorder.factory",
+        # The specification's config names these two types.
+        "worker1 = tqtest.recorder:Recorder.factory",
+        "worker2 = tqtest.recorder:Recorder.factory",
+        "brokenimport = tqtest.brokenimport:Worker.factory",
+        "brokenfactory = tqtest.recorder:BrokenFactory.factory",
+    ]},
+)

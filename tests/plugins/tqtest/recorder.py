@@ -1,0 +1,60 @@
+"""A test plugin that records what happened to each task, as files.
+
+The workitem is a JSON object: `id` names the task; optional `sleep` (seconds
+of waiting), `cpu` (seconds of busy computing, holding the GIL as real work
+does), `raise` (handle_task raises), `noack` (returns unsettled), `twice`
+(acks twice), `exit` (the process exits with that code mid-task).
+
+For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
+`<id>.<pid>.done` after it, each a JSON object describing the process. The
+directory comes from the group's config option `record_dir`.
+"""
+import grp
+import json
+import os
+import time
+
+from taskqueue.worker import BaseWorker
+
+
+class Recorder(BaseWorker):
+    def setup(self):
+        self.record_dir = self.settings["record_dir"]
+
+    def handle_task(self, channel, method, header, body):
+        task = json.loads(body)
+        self._record(task["id"], "start", method)
+        if task.get("sleep"):
+            time.sleep(task["sleep"])
+        if task.get("cpu"):
+            deadline = time.monotonic() + task["cpu"]
+            while time.monotonic() < deadline:
+                sum(range(1000))
+        if "exit" in task:
+            os._exit(task["exit"])
+        if task.get("raise"):
+            raise RuntimeError(f"task {task['id']} asked to fail")
+        if not task.get("noack"):
+            channel.basic_ack(method.delivery_tag)
+            if task.get("twice"):
+                channel.basic_ack(method.delivery_tag)
+        self._record(task["id"], "done", method)
+
+    def _record(self, task_id, event, method):
+        facts = {
+            "pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
+            "groups": sorted(os.getgroups()), "home": os.environ.get("HOME"),
+            "user": os.environ.get("USER"), "redelivered": method.redelivered,
+            "routing_key": method.routing_key, "time": time.time(),
+            "group_names": sorted(g.gr_name for g in grp.getgrall() if g.gr_gid in os.getgroups()),
+        }
+        path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}.{event}")
+        with open(path + ".tmp", "w") as f:
+            json.dump(facts, f)
+        os.rename(path + ".tmp", path)
+
+
+class BrokenFactory(BaseWorker):
+    @classmethod
+    def factory(cls, group):
+        raise ValueError("this plugin cannot be constructed")
