@@ -7,7 +7,8 @@ does), `raise` (handle_task raises), `noack` (returns unsettled), `twice`
 
 For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
 `<id>.<pid>.done` after it, each a JSON object describing the process. The
-directory comes from the group's config option `record_dir`.
+directory comes from the group's config option `record_dir`, else from
+$TQTEST_RECORD_DIR (so the specification's config runs unchanged).
 """
 import grp
 import json
@@ -19,7 +20,7 @@ from taskqueue.worker import BaseWorker
 
 class Recorder(BaseWorker):
     def setup(self):
-        self.record_dir = self.settings["record_dir"]
+        self.record_dir = self.settings.get("record_dir") or os.environ["TQTEST_RECORD_DIR"]
 
     def handle_task(self, channel, method, header, body):
         task = json.loads(body)

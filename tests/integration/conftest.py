@@ -1,0 +1,229 @@
+"""Fixtures for tests against the real RabbitMQ, with real processes and signals.
+
+Each pytest run works in a vhost of its own (created with rabbitmqctl, deleted
+afterwards) and every test starts with the taskqueue queues deleted, so
+nothing left by an earlier run or test can interfere. The supervisor runs as
+the installed `taskqueue` console script of the test virtualenv.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pika
+import pytest
+
+BROKER_HOST = "127.0.0.1"
+TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
+#: Every queue a test may create; deleted before each test.
+QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
+    "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
+    "brokenfactory")]
+
+
+def wait_for(predicate, timeout, what, interval=0.02):
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def vhost():
+    name = f"taskqueue-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                   check=True)
+    yield name
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False)
+
+
+class Broker:
+    """A blocking pika client on the test vhost: publish, count, fetch."""
+
+    def __init__(self, vhost):
+        self.vhost = vhost
+        self.connection = pika.BlockingConnection(pika.ConnectionParameters(
+            BROKER_HOST, virtual_host=vhost, credentials=pika.PlainCredentials("guest", "guest")))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
+    def reset(self):
+        for queue in QUEUES:
+            self.channel.queue_delete(queue)
+
+    def submit(self, worker_type, workitem, **props):
+        body = json.dumps({"worker_type": worker_type, "workitem": workitem}).encode()
+        self.publish_raw(body, content_type="application/json", **props)
+
+    def publish_raw(self, body, queue="taskqueue", **props):
+        props.setdefault("delivery_mode", 2)
+        # Declared as the dispatcher declares it, so whoever comes first wins nothing.
+        self.channel.queue_declare(queue, durable=True, arguments={
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "taskqueue_dead"})
+        self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
+
+    def _unless_missing(self, operation, queue, missing):
+        """Run operation(queue); a queue that does not exist (yet) gives `missing`."""
+        try:
+            return operation(queue)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            self.channel = self.connection.channel()
+            self.channel.confirm_delivery()
+            return missing
+
+    def counts(self, queue):
+        """(messages ready, consumers) of `queue`, or (0, 0) when it does not exist."""
+        def count(queue):
+            frame = self.channel.queue_declare(queue, passive=True)
+            return frame.method.message_count, frame.method.consumer_count
+        return self._unless_missing(count, queue, (0, 0))
+
+    def drain(self, queue):
+        """Take every message now in `queue`: a list of (properties, body)."""
+        def take_all(queue):
+            messages = []
+            while True:
+                method, props, body = self.channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return messages
+                messages.append((props, body))
+        return self._unless_missing(take_all, queue, [])
+
+    def close(self):
+        if self.connection.is_open:
+            self.connection.close()
+
+
+@pytest.fixture
+def broker(vhost):
+    client = Broker(vhost)
+    client.reset()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def workdir():
+    """A scratch directory every user can write to (workers may run as other users)."""
+    path = tempfile.mkdtemp(prefix="taskqueue-test-")
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Records:
+    """What the tqtest Recorder plugin wrote: one file per task event."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def all(self, event="done"):
+        out = []
+        for name in os.listdir(self.path):
+            parts = name.split(".")
+            if len(parts) == 3 and parts[2] == event:
+                with open(os.path.join(self.path, name)) as f:
+                    out.append(dict(json.load(f), id=parts[0]))
+        return out
+
+    def ids(self, event="done"):
+        return [r["id"] for r in self.all(event)]
+
+
+@pytest.fixture
+def records(workdir):
+    path = os.path.join(workdir, "records")
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    return Records(path)
+
+
+def config_text(vhost, body, heartbeat=None):
+    amqp = f"[amqp]\nhost: {BROKER_HOST}\nvhost: {vhost}\n"
+    if heartbeat is not None:
+        amqp += f"heartbeat: {heartbeat}\n"
+    return f"{body.rstrip()}\n\n{amqp}"
+
+
+class Pool:
+    """A `taskqueue` supervisor process (run, dispatcher or workerpool) and its log."""
+
+    def __init__(self, workdir, config, command="run", env=None):
+        self.config_path = os.path.join(workdir, f"config-{uuid.uuid4().hex[:6]}.ini")
+        with open(self.config_path, "w") as f:
+            f.write(config)
+        self.log_path = self.config_path.replace(".ini", ".log")
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [TASKQUEUE, command, "--config", self.config_path], cwd=workdir,
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_log(self, pattern, timeout=15, count=1):
+        """Wait until `pattern` (a regex) matched `count` lines of the log; return the matches."""
+        def found():
+            matches = re.findall(pattern, self.log(), re.MULTILINE)
+            return matches if len(matches) >= count else None
+        return wait_for(found, timeout, f"{count} log line(s) matching {pattern!r}\n--- log:\n"
+                        + self.log()[-3000:])
+
+    def children(self):
+        """Pids of the live children of the supervisor."""
+        out = subprocess.run(["ps", "--ppid", str(self.pid), "-o", "pid=,stat="],
+                             capture_output=True, text=True).stdout.split()
+        return [int(pid) for pid, stat in zip(out[::2], out[1::2]) if not stat.startswith("Z")]
+
+    def stop(self, timeout=30):
+        """SIGTERM and wait; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_pool(workdir, vhost):
+    pools = []
+
+    def start(body, command="run", heartbeat=None, env=None, raw=False):
+        pool = Pool(workdir, body if raw else config_text(vhost, body, heartbeat), command, env)
+        pools.append(pool)
+        return pool
+    yield start
+    for pool in pools:
+        pool.kill()
+
+
+def alive(pid):
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,62 @@
+"""The command line: check-config, submit, and refusing a bad config."""
+import json
+import subprocess
+
+from conftest import TASKQUEUE, config_text, wait_for
+
+
+def run(*args, **kwargs):
+    return subprocess.run([TASKQUEUE, *args], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vhost):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 3\n"))
+    out = run("check-config", "--config", path)
+    assert out.returncode == 0, out.stderr
+    assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
+    assert "workerext: extpackage.workerext:Worker.factory" in out.stdout
+    lines = [line.split() for line in out.stdout.splitlines()]
+    assert ["recorder", "-", "3", "-", "worker_recorder"] in lines
+    assert ["dispatcher", "-", "1", "-", "taskqueue"] in lines
+
+
+def test_bad_config_refuses_to_start_naming_file_section_option_and_value(workdir):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write("[recorder]\nworkers: -2\n")
+    for command in ("run", "workerpool", "dispatcher", "check-config"):
+        out = run(command, "--config", path)
+        assert out.returncode == 2
+        assert path in out.stderr and "[recorder]" in out.stderr and "workers" in out.stderr
+        assert "-2" in out.stderr
+
+
+def test_missing_config_file_is_reported_by_name(workdir):
+    out = run("run", "--config", f"{workdir}/nope.ini")
+    assert out.returncode == 2
+    assert f"{workdir}/nope.ini" in out.stderr and "not found" in out.stderr
+
+
+def test_config_path_comes_from_taskqueue_config_when_no_option(workdir):
+    out = run("check-config", env={"TASKQUEUE_CONFIG": f"{workdir}/env.ini", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert f"{workdir}/env.ini" in out.stderr
+
+
+def test_submit_publishes_the_envelope_and_prints_its_message_id(broker, workdir, vhost):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    out = run("submit", "--config", path, "recorder", '{"a": [1, 2]}')
+    assert out.returncode == 0, out.stderr
+    message_id = out.stdout.strip()
+    from_stdin = run("submit", "--config", path, "recorder", "-", input='"text"')
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    messages = wait_for(lambda: broker.drain("taskqueue"), 5, "the submitted envelopes")
+    assert [p.message_id for p, _ in messages][0] == message_id
+    assert json.loads(messages[0][1]) == {"worker_type": "recorder", "workitem": {"a": [1, 2]}}
+    assert json.loads(messages[1][1]) == {"worker_type": "recorder", "workitem": "text"}
+    bad = run("submit", "--config", path, "recorder", "{not json")
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr

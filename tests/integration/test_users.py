@@ -1,0 +1,97 @@
+"""Groups with `user:` run as that user: uid, gid, supplementary groups, HOME and USER.
+
+Runs the specification's config file verbatim (plus an [amqp] section for the
+test vhost). Creates the system users it names, and removes what it created.
+"""
+import grp
+import os
+import pwd
+import subprocess
+
+import pytest
+
+from conftest import wait_for
+
+SPEC_CONFIG = """\
+[DEFAULT]
+workers: 1
+
+; Workers
+[worker1]
+workers: 3
+
+[worker2]
+workers: bifh1, bifh2
+
+[worker2_bifh1]
+workers: 1
+user: bifh1
+
+[worker2_bifh2]
+workers: 1
+user: bifh2
+"""
+EXTRA_GROUP = "tqtest-extra"
+
+
+def _exists(db, name):
+    try:
+        db.getpwnam(name) if db is pwd else db.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def spec_users():
+    if os.getuid() != 0:
+        pytest.skip("creating users and switching to them needs root")
+    created_users, created_groups = [], []
+    for user in ("bifh1", "bifh2"):
+        if not _exists(pwd, user):
+            subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
+                            "--home", f"/nonexistent/{user}", user], check=True)
+            created_users.append(user)
+    if not _exists(grp, EXTRA_GROUP):
+        subprocess.run(["addgroup", "--system", "--quiet", EXTRA_GROUP], check=True)
+        created_groups.append(EXTRA_GROUP)
+    subprocess.run(["adduser", "--quiet", "bifh1", EXTRA_GROUP], check=True)
+    yield
+    subprocess.run(["deluser", "--quiet", "bifh1", EXTRA_GROUP], check=False)
+    for user in created_users:
+        subprocess.run(["deluser", "--quiet", "--system", user], check=False)
+        if _exists(grp, user):
+            subprocess.run(["delgroup", "--quiet", "--system", user], check=False)
+    for group in created_groups:
+        subprocess.run(["delgroup", "--quiet", "--system", group], check=False)
+
+
+def test_specification_config_runs_3_worker1_and_worker2_as_bifh1_and_bifh2(
+        spec_users, broker, start_pool, records):
+    pool = start_pool(SPEC_CONFIG, env={"TQTEST_RECORD_DIR": records.path})
+    wait_for(lambda: broker.counts("worker_worker1")[1] == 3, 15, "3 worker1 consumers")
+    wait_for(lambda: broker.counts("worker_worker2")[1] == 2, 15, "2 worker2 consumers")
+    for n in range(30):
+        broker.submit("worker1", {"id": f"one{n}", "sleep": 0.01})
+        broker.submit("worker2", {"id": f"two{n}", "sleep": 0.01})
+    done = wait_for(lambda: len(records.ids()) == 60 and records.all(), 30, "60 tasks done")
+    worker1 = [r for r in done if r["routing_key"] == "worker_worker1"]
+    worker2 = [r for r in done if r["routing_key"] == "worker_worker2"]
+    assert len({r["pid"] for r in worker1}) == 3
+    assert all(r["uid"] == 0 for r in worker1)
+    # Both users' processes took a share, each as exactly that user.
+    by_user = {}
+    for record in worker2:
+        by_user.setdefault(record["user"], []).append(record)
+    assert set(by_user) == {"bifh1", "bifh2"}
+    for user, recs in by_user.items():
+        pw = pwd.getpwnam(user)
+        expected_groups = sorted(set(os.getgrouplist(user, pw.pw_gid)))
+        for r in recs:
+            assert (r["uid"], r["gid"]) == (pw.pw_uid, pw.pw_gid)
+            assert r["groups"] == expected_groups
+            assert r["home"] == pw.pw_dir
+    assert EXTRA_GROUP in by_user["bifh1"][0]["group_names"]
+    assert 0 not in by_user["bifh2"][0]["groups"]  # root's groups are not kept
+    pool.wait_log(r"worker2/bifh1#0 pid=\d+ STARTING -> RUNNING")
+    assert pool.stop() == 0

@@ -1,0 +1,91 @@
+"""The dispatcher's confirm pipeline, driven callback by callback.
+
+The session here is a recording stand-in: the logic under test is which
+publishes and acks the Dispatcher issues, and when, not the broker I/O
+(tests/integration/test_dispatcher.py covers that against RabbitMQ).
+"""
+import json
+from types import SimpleNamespace
+
+import pika
+
+from taskqueue.dispatcher import Dispatcher
+
+
+class RecordingSession:
+    def __init__(self):
+        self.calls = []
+
+    def declare_queue_nowait(self, queue):
+        self.calls.append(("declare", queue))
+
+    def publish(self, queue, body, props):
+        self.calls.append(("publish", queue, body))
+
+    def ack(self, tag):
+        self.calls.append(("ack", tag))
+
+    def nack(self, tag, requeue):
+        self.calls.append(("nack", tag, requeue))
+
+    def of(self, kind):
+        return [c for c in self.calls if c[0] == kind]
+
+
+def deliver(dispatcher, tag, body):
+    dispatcher._on_message(SimpleNamespace(delivery_tag=tag), pika.BasicProperties(), body)
+
+
+def confirm(dispatcher, seq, multiple=False, ack=True):
+    method = pika.spec.Basic.Ack(seq, multiple) if ack else pika.spec.Basic.Nack(seq, multiple)
+    dispatcher._on_confirm(SimpleNamespace(method=method))
+
+
+def envelope(n):
+    return json.dumps({"worker_type": "t", "workitem": n}).encode()
+
+
+def test_dispatcher_publishes_many_before_any_confirm_and_acks_only_after_confirms():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100)
+    for tag in range(1, 11):
+        deliver(dispatcher, tag, envelope(tag))
+    assert len(session.of("publish")) == 10
+    assert session.of("ack") == []
+    assert dispatcher.unconfirmed == 10
+    confirm(dispatcher, 4, multiple=True)
+    assert session.of("ack") == [("ack", t) for t in range(1, 5)]
+    confirm(dispatcher, 7)
+    assert session.of("ack")[-1] == ("ack", 7)
+    confirm(dispatcher, 10, multiple=True)
+    assert sorted(t for _, t in session.of("ack")) == list(range(1, 11))
+    assert dispatcher.unconfirmed == 0 and dispatcher.drained.is_set()
+
+
+def test_dispatcher_declares_each_worker_queue_once():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100)
+    for tag in range(1, 4):
+        deliver(dispatcher, tag, envelope(tag))
+    assert session.of("declare") == [("declare", "worker_t")]
+
+
+def test_dispatcher_requeues_the_input_of_a_nacked_publish_instead_of_acking_it():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100)
+    deliver(dispatcher, 1, envelope(1))
+    deliver(dispatcher, 2, envelope(2))
+    confirm(dispatcher, 1, ack=False)
+    confirm(dispatcher, 2)
+    assert session.of("nack") == [("nack", 1, True)]
+    assert session.of("ack") == [("ack", 2)]
+
+
+def test_dispatcher_publishes_unroutable_input_to_the_dead_letter_queue_before_acking_it():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100)
+    deliver(dispatcher, 1, b"not json")
+    assert session.of("publish") == [("publish", "taskqueue_dead", b"not json")]
+    assert session.of("ack") == []
+    confirm(dispatcher, 1)
+    assert session.of("ack") == [("ack", 1)]
