@@ -134,6 +134,9 @@ def _remove_pidfile(path):
 # -- the tools -----------------------------------------------------------------
 
 def cmd_submit(args):
+    from .dispatcher import TYPE_PATTERN, TYPE_RULE
+    if not TYPE_PATTERN.match(args.worker_type):
+        raise ConfigError(f"TYPE {args.worker_type[:100]!r} is not {TYPE_RULE}")
     cfg = load_config(args)
     text = sys.stdin.read() if args.workitem == "-" else args.workitem
     try:

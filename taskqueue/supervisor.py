@@ -128,10 +128,9 @@ class Supervisor:
         slot.last_exit = describe_exit(status)
         event = classify_exit(exit_code_of(status), slot.ready, uptime)
         slot.failures = 0 if event is Ev.DIED else slot.failures + 1
-        slot.pid = None
         level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
-        self.transition(slot, event)
+        self.transition(slot, event)  # logs the pid that died, then forgets it
 
     def handle_ready(self, pid):
         slot = self._by_pid.get(pid)
@@ -163,6 +162,8 @@ class Supervisor:
             # The contract line of every transition: tests and operators read it.
             log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
                      f" ({note})" if note else "")
+        if event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.LOAD_FAILED):
+            slot.pid = None
         enter = getattr(self, f"enter_{new.value.lower()}", None)
         if enter is not None and old is not new:
             enter(slot)

@@ -162,14 +162,14 @@ def config_text(vhost, body, heartbeat=None):
 class Pool:
     """A `taskqueue` supervisor process (run, dispatcher or workerpool) and its log."""
 
-    def __init__(self, workdir, config, command="run", env=None):
+    def __init__(self, workdir, config, command="run", env=None, extra_args=()):
         self.config_path = os.path.join(workdir, f"config-{uuid.uuid4().hex[:6]}.ini")
         with open(self.config_path, "w") as f:
             f.write(config)
         self.log_path = self.config_path.replace(".ini", ".log")
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [TASKQUEUE, command, "--config", self.config_path], cwd=workdir,
+            [TASKQUEUE, command, "--config", self.config_path, *extra_args], cwd=workdir,
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     @property
@@ -211,8 +211,9 @@ class Pool:
 def start_pool(workdir, vhost):
     pools = []
 
-    def start(body, command="run", heartbeat=None, env=None, raw=False):
-        pool = Pool(workdir, body if raw else config_text(vhost, body, heartbeat), command, env)
+    def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=()):
+        pool = Pool(workdir, body if raw else config_text(vhost, body, heartbeat), command, env,
+                    extra_args)
         pools.append(pool)
         return pool
     yield start

@@ -1,5 +1,6 @@
 """The command line: check-config, submit, and refusing a bad config."""
 import json
+import os
 import subprocess
 
 from conftest import TASKQUEUE, config_text, wait_for
@@ -60,3 +61,22 @@ def test_submit_publishes_the_envelope_and_prints_its_message_id(broker, workdir
     assert json.loads(messages[1][1]) == {"worker_type": "recorder", "workitem": "text"}
     bad = run("submit", "--config", path, "recorder", "{not json")
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+    bad_type = run("submit", "--config", path, "no spaces", "1")
+    assert bad_type.returncode == 2 and "'no spaces' is not 1-200 characters" in bad_type.stderr
+
+
+def test_dispatcher_and_workerpool_run_as_separate_components_with_pidfiles(
+        broker, start_pool, workdir, records):
+    body = f"[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 2\nrecord_dir: {records.path}\n"
+    pidfile = f"{workdir}/workerpool.pid"
+    workers = start_pool(body, command="workerpool", extra_args=["--pidfile", pidfile])
+    dispatcher = start_pool(body, command="dispatcher")
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 worker consumers")
+    wait_for(lambda: broker.counts("taskqueue")[1] == 1, 15, "the dispatcher consuming")
+    assert open(pidfile).read().strip() == str(workers.pid)
+    assert len(workers.children()) == 2 and len(dispatcher.children()) == 1
+    for n in range(10):
+        broker.submit("recorder", {"id": f"t{n}"})
+    wait_for(lambda: len(records.ids()) == 10, 20, "10 tasks done")
+    assert workers.stop() == 0 and dispatcher.stop() == 0
+    assert not os.path.exists(pidfile)

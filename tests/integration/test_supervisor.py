@@ -57,8 +57,8 @@ def test_broken_plugins_stop_only_their_own_type_and_say_why(broker, start_pool,
                   r"ModuleNotFoundError: No module named 'tqtest_no_such_dependency'")
     pool.wait_log(r"brokenfactory#0 ERROR: plugin 'brokenfactory' .* failed to construct its "
                   r"worker: ValueError: this plugin cannot be constructed")
-    pool.wait_log(r"brokenimport#0 pid=- STARTING -> QUARANTINED")
-    pool.wait_log(r"brokenfactory#0 pid=- STARTING -> QUARANTINED")
+    pool.wait_log(r"brokenimport#0 pid=\d+ STARTING -> QUARANTINED")
+    pool.wait_log(r"brokenfactory#0 pid=\d+ STARTING -> QUARANTINED")
     for n in range(20):
         broker.submit("recorder", {"id": f"t{n}"})
     wait_for(lambda: len(records.ids()) == 20, 20, "the healthy type's 20 tasks")
