@@ -3,9 +3,19 @@
 Owns the meaning of every option. Does no I/O besides reading the file and
 looking users up in the password database; never imports pika or plugins.
 """
+import ast
+import configparser
+import math
+import os
+import pwd
+import re
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Mapping, Optional
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
 
 #: Where the packaged config lives; `--config` or TASKQUEUE_CONFIG override it.
 DEFAULT_PATH = "/etc/taskqueue/config.ini"
@@ -67,3 +77,312 @@ class Config:
     dispatcher: DispatcherSettings
     groups: tuple            # of WorkerGroup, enabled ones only (processes > 0)
     warnings: tuple = ()     # of str, each a sentence naming file and section
+
+
+#: A plugin (entry-point) name: usable as a section name and a queue suffix.
+_TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_SUBGROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+#: A `workers` value that reads as a number is a count, never a subgroup
+#: name, so `workers: 2.5` or `workers: -1` is reported as a bad count.
+_NUMBER_LIKE = re.compile(r"[+-]?[0-9.]*")
+#: No header can name this default section, which turns configparser's
+#: [DEFAULT] inheritance off: each section keeps only its own options, and
+#: load() merges [DEFAULT] in only where the contract says it applies.
+_NO_DEFAULT = "\x00"
+AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "heartbeat")
+DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
+COUNT = "a process count (integer >= 0)"
+SUBGROUPS = "a comma-separated list of subgroup names"
+
+
+# -- converters: pure; a ValueError says what was expected ---------------------
+
+def parse_int(value, low, high=None, expected=None):
+    text = value.strip()
+    if text.isascii() and text.isdigit() and low <= int(text) <= (int(text) if high is None else high):
+        return int(text)
+    raise ValueError(expected or (f"expected an integer >= {low}" if high is None
+                                  else f"expected an integer from {low} to {high}"))
+
+
+parse_count = partial(parse_int, low=0, expected=f"expected {COUNT}")
+parse_positive_int = partial(parse_int, low=1)
+parse_heartbeat = partial(parse_int, low=0)
+parse_port = partial(parse_int, low=1, high=65535)
+
+
+def parse_seconds(value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds > 0:
+        return seconds
+    raise ValueError("expected a number of seconds > 0")
+
+
+def parse_subgroups(value):
+    """`a, b` -> ("a", "b"): valid names, each listed once."""
+    names = tuple(name.strip() for name in value.split(","))
+    for name in names:
+        if not _SUBGROUP_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a subgroup name; expected {SUBGROUPS} "
+                             "(letters, digits, '_', '.', '-')")
+        if names.count(name) > 1:
+            raise ValueError(f"subgroup {name!r} is listed twice; expected each subgroup once")
+    return names
+
+
+def parse_workers(value):
+    """A type section's `workers`: a count (int) or subgroup names (tuple)."""
+    if not _NUMBER_LIKE.fullmatch(value.strip()):
+        return parse_subgroups(value)
+    try:
+        return parse_count(value)
+    except ValueError:
+        raise ValueError(f"expected {COUNT} or {SUBGROUPS}") from None
+
+
+def parse_text(value, expected="a non-empty value"):
+    if not value.strip():
+        raise ValueError(f"expected {expected}")
+    return value.strip()
+
+
+parse_user = partial(parse_text, expected="a Unix user name")
+parse_host = partial(parse_text, expected="a host name or address")
+
+
+def parse_amqp_url(value):
+    scheme, _, rest = value.strip().partition("://")
+    if scheme.lower() not in ("amqp", "amqps") or not rest:
+        raise ValueError("expected a URL starting with amqp:// or amqps://")
+    try:
+        urlsplit(value.strip()).port
+    except ValueError:
+        raise ValueError("expected a URL whose port is an integer from 1 to 65535") from None
+    return value.strip()
+
+
+def resolve_path(cli_path: Optional[str], environ=os.environ) -> str:
+    """--config, else $TASKQUEUE_CONFIG, else the packaged path."""
+    return cli_path or environ.get("TASKQUEUE_CONFIG") or DEFAULT_PATH
+
+
+# -- load ----------------------------------------------------------------------
+
+def load(path: str, installed_types, *, check_users: bool = True,
+         running_uid: Optional[int] = None) -> Config:
+    """Read `path` and return the Config for the plugins `installed_types`.
+
+    Raise one ConfigError listing every problem, one per line.
+    `check_users=False` skips the password database: neither the users'
+    existence nor the `running_uid` check is done.
+    """
+    loader = _Loader(path, _read_sections(path), check_users, running_uid)
+    types = loader.check_types(installed_types)
+    lists = _subgroup_lists(loader.sections)
+    loader.check_ambiguous(types, lists)
+    groups = [group for name in types for group in loader.groups(name)]
+    amqp, dispatcher = loader.amqp(), loader.dispatcher()
+    if loader.errors:
+        raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
+    claimed = {f"{owner}_{subgroup}" for owner, names in lists.items() for subgroup in names}
+    return Config(path, amqp, dispatcher,
+                  tuple(sorted(groups, key=lambda g: (g.worker_type, g.subgroup or ""))),
+                  loader.warnings(types, claimed))
+
+
+def _read_sections(path):
+    """{section: {option: value}} as written in the file, [DEFAULT] included."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:   # permission denied, a directory...
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config file: byte {exc.start} is not UTF-8; "
+                          "expected a UTF-8 text file") from None
+    parser = configparser.ConfigParser(interpolation=None, default_section=_NO_DEFAULT)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise ConfigError(_syntax_error(path, exc)) from None
+    return {name: dict(parser.items(name)) for name in parser.sections()}
+
+
+def _subgroup_lists(sections):
+    """{section: subgroup names} for each section whose `workers` lists some.
+
+    Uninstalled types count too: their subgroup sections are not stray.
+    """
+    lists = {}
+    for name, options in sections.items():
+        try:
+            names = parse_workers(options.get("workers", "0"))
+        except ValueError:
+            continue   # groups() reports it if the type is installed
+        if isinstance(names, tuple) and name not in RESERVED_SECTIONS:
+            lists[name] = names
+    return lists
+
+
+def _syntax_error(path, exc):
+    """configparser's error as one line per problem, with file and line."""
+    where = f"{path}, line {getattr(exc, 'lineno', '?')}"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"{where}: section [{exc.section}] appears twice; expected each section once"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{where}: [{exc.section}] {exc.option} is set twice; expected each option once per section"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"{where}: {exc.line.strip()!r} is outside any section; expected a [section] header first"
+    if isinstance(exc, configparser.ParsingError):   # .errors holds (lineno, repr(line)) pairs
+        return "\n".join(f"{path}, line {lineno}: cannot parse {ast.literal_eval(line).strip()!r}; "
+                         "expected 'option: value' or a [section] header"
+                         for lineno, line in exc.errors)
+    return f"{path}: {exc}"
+
+
+def _shown(option, value):
+    """The value as quoted in messages, without the broker password."""
+    if option == "password":
+        return "'***'"
+    if option == "url":
+        value = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)
+    return repr(value)
+
+
+class _Loader:
+    """One load: the file's sections as written, and the problems found."""
+
+    def __init__(self, path, sections, check_users, running_uid):
+        self.path, self.sections = path, sections
+        self.check_users, self.running_uid = check_users, running_uid
+        self.errors = []
+
+    def fail(self, section, option, value, expected):
+        self.errors.append(f"{self.path}: [{section}] {option} = {_shown(option, value)}: {expected}")
+
+    def convert(self, chain, option, default, parse):
+        """Parse `option` from the first section of `chain` that sets it."""
+        section = next((name for name in chain if option in self.sections.get(name, {})), None)
+        if section is None:
+            return default
+        value = self.sections[section][option]
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.fail(section, option, value, str(exc))
+            return None
+
+    def check_types(self, installed_types):
+        """The usable plugin names, sorted; the others are reported."""
+        usable = []
+        for name in sorted(set(installed_types), key=str):
+            if not isinstance(name, str) or not _TYPE_NAME.fullmatch(name):
+                self.errors.append(f"{self.path}: worker plugin {name!r} has an unusable name; "
+                                   "expected 1-200 letters, digits, '_', '.' or '-'")
+            elif name in RESERVED_SECTIONS or name.lower() == "default":
+                self.errors.append(f"{self.path}: worker plugin {name!r} is named like the reserved "
+                                   f"section [{name}]; expected a plugin name other than "
+                                   f"{', '.join(sorted(RESERVED_SECTIONS))} (rename its entry point)")
+            else:
+                usable.append(name)
+        return usable
+
+    def check_ambiguous(self, types, lists):
+        """Report sections meaning both a plugin's and a subgroup's, or two subgroups'."""
+        meanings = {name: [(True, f"the section of worker plugin {name!r}")] for name in types}
+        for owner, names in lists.items():
+            for subgroup in names:
+                what = f"subgroup {subgroup!r} of [{owner}] workers = {self.sections[owner]['workers']!r}"
+                meanings.setdefault(f"{owner}_{subgroup}", []).append((owner in types, what))
+        for section, claims in meanings.items():
+            # A section shared only by uninstalled types harms nothing yet.
+            if len(claims) > 1 and any(installed for installed, _ in claims):
+                self.errors.append(f"{self.path}: [{section}] is ambiguous: it is "
+                                   f"{' and '.join(what for _, what in claims)}; expected one meaning "
+                                   "per section (rename the plugin or the subgroup)")
+
+    def groups(self, worker_type):
+        """The enabled groups of one installed type."""
+        if "workers" not in self.sections.get(worker_type, {}):
+            spec = self.convert(["DEFAULT"], "workers", 1, parse_count)   # never a list
+        else:
+            spec = self.convert([worker_type], "workers", None, parse_workers)
+        if not isinstance(spec, tuple):
+            return [self.group(worker_type, None, spec, [worker_type, "DEFAULT"])] if spec else []
+        groups = []
+        for subgroup in spec:
+            section = f"{worker_type}_{subgroup}"
+            if section not in self.sections:
+                self.fail(worker_type, "workers", self.sections[worker_type]["workers"],
+                          f"expected a section [{section}] for subgroup {subgroup!r}, found none")
+                continue
+            # Its count is its own or [DEFAULT]'s: the type's `workers` is the list.
+            processes = self.convert([section, "DEFAULT"], "workers", 1, parse_count)
+            if processes:
+                chain = [section, worker_type, "DEFAULT"]
+                groups.append(self.group(worker_type, subgroup, processes, chain))
+        return groups
+
+    def group(self, worker_type, subgroup, processes, chain):
+        options = {}
+        for section in reversed(chain):
+            options.update(self.sections.get(section, {}))
+        options["workers"] = str(processes)
+        return WorkerGroup(worker_type, subgroup, processes,
+                           user=self.convert(chain, "user", None, self.parse_user),
+                           prefetch=self.convert(chain, "prefetch", 1, parse_positive_int),
+                           stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds),
+                           options=MappingProxyType(options))
+
+    def parse_user(self, value):
+        name = parse_user(value)
+        if not self.check_users:
+            return name
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise ValueError("expected the name of an existing Unix user (no such user)") from None
+        if self.running_uid not in (None, 0) and uid != self.running_uid:
+            raise ValueError(f"cannot switch to this user (uid {uid}) without root; "
+                             f"taskqueue runs as uid {self.running_uid}")
+        return name
+
+    def own_options(self, section, known):
+        """A reserved section's options, each unknown one reported."""
+        options = self.sections.get(section, {})
+        for option in (option for option in options if option not in known):
+            self.errors.append(f"{self.path}: [{section}] {option}: unknown option; "
+                               f"expected one of {', '.join(known)}")
+        return options
+
+    def amqp(self):
+        own, chain = self.own_options("amqp", AMQP_OPTIONS), ["amqp"]   # no [DEFAULT] here
+        if "url" in own:
+            others = [option for option in AMQP_OPTIONS[1:] if option in own]
+            if others:
+                self.fail("amqp", "url", own["url"],
+                          f"expected either url or {', '.join(others)}, not both")
+            return AmqpSettings(url=self.convert(chain, "url", None, parse_amqp_url))
+        return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_host),
+                            port=self.convert(chain, "port", 5672, parse_port),
+                            vhost=own.get("vhost", "/"), user=own.get("user", "guest"),
+                            password=own.get("password", "guest"),
+                            heartbeat=self.convert(chain, "heartbeat", None, parse_heartbeat))
+
+    def dispatcher(self):
+        self.own_options("dispatcher", DISPATCHER_OPTIONS)
+        chain = ["dispatcher"]   # [DEFAULT] `workers` counts plugin processes, not dispatchers
+        return DispatcherSettings(processes=self.convert(chain, "workers", 1, parse_count),
+                                  prefetch=self.convert(chain, "prefetch", 256, parse_positive_int),
+                                  stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds))
+
+    def warnings(self, types, claimed):
+        installed = ", ".join(types) or "none"
+        return tuple(f"{self.path}: [{name}] names no installed worker plugin; "
+                     f"ignored (installed: {installed})" for name in self.sections
+                     if name not in RESERVED_SECTIONS and name not in types and name not in claimed)

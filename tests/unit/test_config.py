@@ -1,0 +1,522 @@
+"""config.load and its converters: the contract of DESIGN.md section 1."""
+import pwd
+from types import MappingProxyType
+
+import pytest
+
+from taskqueue import config
+from taskqueue.config import AmqpSettings, DispatcherSettings, WorkerGroup
+from taskqueue.errors import ConfigError
+
+#: The specification's file, verbatim.
+SPEC = """\
+[DEFAULT]
+workers: 1
+
+; Workers
+[worker1]
+workers: 3
+
+[worker2]
+workers: bifh1, bifh2
+
+[worker2_bifh1]
+workers: 1
+user: bifh1
+
+[worker2_bifh2]
+workers: 1
+user: bifh2
+"""
+
+SPEC_TYPES = {"worker1", "worker2", "worker3"}
+NOBODY_UID = pwd.getpwnam("nobody").pw_uid
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text, name="config.ini"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+def load(path, types=SPEC_TYPES, **kwargs):
+    return config.load(path, types, **kwargs)
+
+
+def error_of(path, types=SPEC_TYPES, **kwargs):
+    with pytest.raises(ConfigError) as info:
+        config.load(path, types, **kwargs)
+    return str(info.value)
+
+
+# -- the specification's file ----------------------------------------------------
+
+def test_spec_file_verbatim_yields_the_specified_groups(write):
+    cfg = load(write(SPEC), check_users=False)
+    assert cfg.groups == (
+        WorkerGroup("worker1", None, 3),
+        WorkerGroup("worker2", "bifh1", 1, user="bifh1"),
+        WorkerGroup("worker2", "bifh2", 1, user="bifh2"),
+        WorkerGroup("worker3", None, 1),
+    )
+    assert cfg.warnings == ()
+    assert cfg.amqp == AmqpSettings()
+    assert cfg.dispatcher == DispatcherSettings()
+    assert [g.name for g in cfg.groups] == ["worker1", "worker2/bifh1", "worker2/bifh2", "worker3"]
+    assert cfg.groups[1].queue == "worker_worker2"
+
+
+def test_spec_file_reports_every_missing_user_in_one_error(write):
+    path = write(SPEC)
+    message = error_of(path)
+    lines = message.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}: [worker2_bifh1] user = 'bifh1': ")
+    assert lines[1].startswith(f"{path}: [worker2_bifh2] user = 'bifh2': ")
+    assert "no such user" in message
+
+
+def test_spec_file_with_existing_users_passes_user_checks(write):
+    text = SPEC.replace("user: bifh1", "user: root").replace("user: bifh2", "user: nobody")
+    cfg = load(write(text), running_uid=0)
+    assert [(g.name, g.user) for g in cfg.groups] == [
+        ("worker1", None), ("worker2/bifh1", "root"), ("worker2/bifh2", "nobody"), ("worker3", None)]
+
+
+def test_groups_accept_a_dict_of_installed_types(write):
+    cfg = load(write(SPEC), {"worker1": object(), "worker3": object()})
+    assert [g.name for g in cfg.groups] == ["worker1", "worker3"]
+
+
+# -- counts, disabling, defaults ------------------------------------------------
+
+def test_workers_zero_disables_a_type(write):
+    cfg = load(write("[worker1]\nworkers: 0\n"), {"worker1", "worker3"})
+    assert [g.name for g in cfg.groups] == ["worker3"]
+
+
+def test_default_workers_zero_disables_types_without_their_own_count(write):
+    cfg = load(write("[DEFAULT]\nworkers: 0\n[worker1]\nworkers: 2\n[worker3]\nprefetch: 4\n"),
+               {"worker1", "worker3", "worker4"})
+    assert cfg.groups == (WorkerGroup("worker1", None, 2),)
+
+
+def test_type_without_section_or_default_gets_one_process(write):
+    cfg = load(write("[amqp]\nhost: broker\n"), {"solo"})
+    assert cfg.groups == (WorkerGroup("solo", None, 1),)
+
+
+def test_subgroup_with_zero_workers_is_omitted(write):
+    text = "[w]\nworkers: a, b\n[w_a]\nworkers: 0\n[w_b]\nworkers: 2\n"
+    assert load(write(text), {"w"}).groups == (WorkerGroup("w", "b", 2),)
+
+
+def test_subgroup_without_workers_takes_default_count_not_the_list(write):
+    text = "[DEFAULT]\nworkers: 2\n[w]\nworkers: a\n[w_a]\nuser: root\n"
+    assert load(write(text), {"w"}).groups == (WorkerGroup("w", "a", 2, user="root"),)
+
+
+def test_subgroup_without_workers_or_default_gets_one_process(write):
+    text = "[w]\nworkers: a\n[w_a]\n"
+    assert load(write(text), {"w"}).groups == (WorkerGroup("w", "a", 1),)
+
+
+@pytest.mark.parametrize("value", ["-2", "-1", "2.5", "", "+3", "1.", "."])
+def test_bad_type_count_names_file_section_option_and_value(write, value):
+    path = write(f"[worker1]\nworkers: {value}\n")
+    assert error_of(path) == (
+        f"{path}: [worker1] workers = {value!r}: expected a process count (integer >= 0) "
+        "or a comma-separated list of subgroup names")
+
+
+@pytest.mark.parametrize("value", ["-1", "2.5", "", "a, b", "x"])
+def test_bad_subgroup_count_is_reported_in_the_subgroup_section(write, value):
+    path = write(f"[w]\nworkers: a\n[w_a]\nworkers: {value}\n")
+    assert error_of(path, {"w"}) == (
+        f"{path}: [w_a] workers = {value!r}: expected a process count (integer >= 0)")
+
+
+def test_bad_default_count_is_reported_once_in_default(write):
+    path = write("[DEFAULT]\nworkers: many\n")
+    assert error_of(path, {"a", "b", "c"}) == (
+        f"{path}: [DEFAULT] workers = 'many': expected a process count (integer >= 0)")
+
+
+# -- subgroups ------------------------------------------------------------------
+
+def test_missing_subgroup_section_names_it_and_the_referring_option(write):
+    path = write(SPEC.replace("bifh1, bifh2", "bifh1, bifh2, bifh3"))
+    message = error_of(path, check_users=False)
+    assert message == (f"{path}: [worker2] workers = 'bifh1, bifh2, bifh3': "
+                       "expected a section [worker2_bifh3] for subgroup 'bifh3', found none")
+
+
+def test_duplicate_subgroup_is_an_error(write):
+    path = write("[w]\nworkers: a, b, a\n[w_a]\n[w_b]\n")
+    assert error_of(path, {"w"}) == (
+        f"{path}: [w] workers = 'a, b, a': subgroup 'a' is listed twice; expected each subgroup once")
+
+
+@pytest.mark.parametrize("value, bad", [("a,,b", ""), ("a, b c", "b c"), ("a, -b", "-b"), ("a,", "")])
+def test_malformed_subgroup_list_names_the_bad_entry(write, value, bad):
+    path = write(f"[w]\nworkers: {value}\n")
+    message = error_of(path, {"w"})
+    assert message.startswith(f"{path}: [w] workers = {value!r}: {bad!r} is not a subgroup name;")
+    assert "expected a comma-separated list of subgroup names" in message
+
+
+def test_subgroups_inherit_default_and_type_options(write):
+    text = ("[DEFAULT]\nprefetch: 4\nsite: default-site\n"
+            "[w]\nworkers: a, b\nprefetch: 8\ncolour: blue\nstop_timeout: 5\n"
+            "[w_a]\ncolour: red\n"
+            "[w_b]\nworkers: 2\nprefetch: 16\n")
+    a, b = load(write(text), {"w"}).groups
+    assert (a.subgroup, a.processes, a.prefetch, a.stop_timeout) == ("a", 1, 8, 5.0)
+    assert (b.subgroup, b.processes, b.prefetch, b.stop_timeout) == ("b", 2, 16, 5.0)
+    assert dict(a.options) == {"workers": "1", "prefetch": "8", "site": "default-site",
+                               "colour": "red", "stop_timeout": "5"}
+    assert dict(b.options) == {"workers": "2", "prefetch": "16", "site": "default-site",
+                               "colour": "blue", "stop_timeout": "5"}
+
+
+def test_group_options_are_read_only_and_hold_merged_strings(write):
+    group, = load(write("[DEFAULT]\nmode: fast\n[w]\nworkers: 3\nlimit: 10\n"), {"w"}).groups
+    assert isinstance(group.options, MappingProxyType)
+    assert dict(group.options) == {"workers": "3", "mode": "fast", "limit": "10"}
+    with pytest.raises(TypeError):
+        group.options["limit"] = "11"
+
+
+def test_type_without_section_gets_default_options(write):
+    group, = load(write("[DEFAULT]\nprefetch: 3\nmode: fast\n"), {"w"}).groups
+    assert group.prefetch == 3
+    assert dict(group.options) == {"workers": "1", "prefetch": "3", "mode": "fast"}
+
+
+# -- group options -----------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5", ""])
+def test_bad_prefetch_is_an_error(write, value):
+    path = write(f"[w]\nprefetch: {value}\n")
+    assert error_of(path, {"w"}) == f"{path}: [w] prefetch = {value!r}: expected an integer >= 1"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", ""])
+def test_bad_stop_timeout_is_an_error(write, value):
+    path = write(f"[w]\nstop_timeout: {value}\n")
+    assert error_of(path, {"w"}) == (
+        f"{path}: [w] stop_timeout = {value!r}: expected a number of seconds > 0")
+
+
+def test_bad_default_option_is_reported_once_where_it_is_written(write):
+    path = write("[DEFAULT]\nprefetch: none\n[w]\nworkers: a, b\n[w_a]\n[w_b]\n")
+    assert error_of(path, {"w", "v"}) == f"{path}: [DEFAULT] prefetch = 'none': expected an integer >= 1"
+
+
+def test_disabled_type_options_are_not_checked(write):
+    assert load(write("[w]\nworkers: 0\nprefetch: x\n"), {"w"}).groups == ()
+
+
+def test_stop_timeout_accepts_fractions(write):
+    group, = load(write("[w]\nstop_timeout: 2.5\n"), {"w"}).groups
+    assert group.stop_timeout == 2.5
+
+
+# -- users -------------------------------------------------------------------------
+
+def test_unknown_user_is_an_error(write):
+    path = write("[w]\nuser: tq-no-such-user\n")
+    message = error_of(path, {"w"})
+    assert message.startswith(f"{path}: [w] user = 'tq-no-such-user': ")
+    assert "existing Unix user" in message
+
+
+def test_unknown_user_is_accepted_when_users_are_not_checked(write):
+    group, = load(write("[w]\nuser: tq-no-such-user\n"), {"w"}, check_users=False).groups
+    assert group.user == "tq-no-such-user"
+
+
+def test_empty_user_is_an_error(write):
+    path = write("[w]\nuser:\n")
+    assert error_of(path, {"w"}, check_users=False) == f"{path}: [w] user = '': expected a Unix user name"
+
+
+def test_other_user_without_root_is_an_error(write):
+    path = write("[w]\nuser: root\n")
+    message = error_of(path, {"w"}, running_uid=NOBODY_UID)
+    assert message.startswith(f"{path}: [w] user = 'root': cannot switch to this user (uid 0) without root")
+    assert f"uid {NOBODY_UID}" in message
+
+
+@pytest.mark.parametrize("running_uid", [None, 0, NOBODY_UID])
+def test_own_user_or_root_may_run_a_group(write, running_uid):
+    group, = load(write("[w]\nuser: nobody\n"), {"w"}, running_uid=running_uid).groups
+    assert group.user == "nobody"
+
+
+def test_user_inherited_from_type_section_is_reported_there(write):
+    path = write("[w]\nworkers: a, b\nuser: tq-no-such-user\n[w_a]\n[w_b]\n")
+    assert error_of(path, {"w"}).count("\n") == 0
+    assert error_of(path, {"w"}).startswith(f"{path}: [w] user = 'tq-no-such-user': ")
+
+
+# -- plugin names --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["amqp", "dispatcher", "logging", "metrics", "supervisor",
+                                  "DEFAULT", "default", "Default"])
+def test_plugin_named_like_a_reserved_section_is_an_error(write, name):
+    path = write(SPEC)
+    message = error_of(path, {name}, check_users=False)
+    assert message.startswith(
+        f"{path}: worker plugin {name!r} is named like the reserved section [{name}];")
+
+
+def test_reserved_names_compare_case_sensitively(write):
+    assert [g.name for g in load(write(""), {"Amqp"}).groups] == ["Amqp"]
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x" * 201, "caf\u00e9", "a/b", "[w]"])
+def test_plugin_with_unusable_name_is_an_error(write, name):
+    path = write("")
+    assert error_of(path, {name, "ok"}) == (
+        f"{path}: worker plugin {name!r} has an unusable name; "
+        "expected 1-200 letters, digits, '_', '.' or '-'")
+
+
+def test_plugin_names_may_use_dots_and_dashes(write):
+    names = {"a.b-c_d", "x" * 200}
+    assert {g.worker_type for g in load(write(""), names).groups} == names
+
+
+@pytest.mark.parametrize("types", [{"worker2", "worker2_bifh1"}, {"worker2_bifh1"}])
+def test_plugin_named_like_a_subgroup_section_is_ambiguous(write, types):
+    path = write(SPEC)
+    message = error_of(path, types, check_users=False)
+    assert message == (
+        f"{path}: [worker2_bifh1] is ambiguous: it is the section of worker plugin 'worker2_bifh1' "
+        "and subgroup 'bifh1' of [worker2] workers = 'bifh1, bifh2'; "
+        "expected one meaning per section (rename the plugin or the subgroup)")
+
+
+def test_two_types_claiming_one_subgroup_section_is_ambiguous(write):
+    path = write("[a]\nworkers: b_c\n[a_b]\nworkers: c\n[a_b_c]\n")
+    assert "[a_b_c] is ambiguous" in error_of(path, {"a", "a_b"})
+
+
+# -- warnings -------------------------------------------------------------------------
+
+def test_section_of_uninstalled_plugin_is_a_warning(write):
+    path = write("[foo]\nworkers: 2\n")
+    cfg = load(path, {"b", "a", "c"})
+    assert cfg.warnings == (
+        f"{path}: [foo] names no installed worker plugin; ignored (installed: a, b, c)",)
+
+
+def test_uninstalled_type_warns_once_not_for_its_subgroup_sections(write):
+    path = write(SPEC)
+    cfg = load(path, {"worker3"})
+    assert cfg.warnings == (
+        f"{path}: [worker1] names no installed worker plugin; ignored (installed: worker3)",
+        f"{path}: [worker2] names no installed worker plugin; ignored (installed: worker3)",
+    )
+    assert cfg.groups == (WorkerGroup("worker3", None, 1),)
+
+
+def test_warning_says_when_no_plugin_is_installed(write):
+    path = write("[foo]\n")
+    assert load(path, set()).warnings == (
+        f"{path}: [foo] names no installed worker plugin; ignored (installed: none)",)
+
+
+def test_unlisted_subgroup_like_section_is_a_warning(write):
+    path = write("[w]\nworkers: a\n[w_a]\n[w_b]\n")
+    assert load(path, {"w"}).warnings == (
+        f"{path}: [w_b] names no installed worker plugin; ignored (installed: w)",)
+
+
+def test_uninstalled_sections_are_not_validated(write):
+    cfg = load(write("[foo]\nworkers: -3\nprefetch: x\n"), set())
+    assert len(cfg.warnings) == 1
+
+
+def test_reserved_sections_are_accepted_without_validation(write):
+    text = "[logging]\nlevel: debug\n[metrics]\nport: x\n[supervisor]\nanything: 1\n"
+    cfg = load(write(text), {"w"})
+    assert cfg.warnings == ()
+
+
+# -- [amqp] ---------------------------------------------------------------------------
+
+def test_amqp_defaults(write):
+    assert load(write(SPEC), check_users=False).amqp == AmqpSettings(
+        host="localhost", port=5672, vhost="/", user="guest", password="guest", heartbeat=None, url=None)
+
+
+def test_amqp_separate_options(write):
+    text = ("[amqp]\nhost: broker.example\nport: 5671\nvhost: tq\nuser: tq\n"
+            "password: s3cret\nheartbeat: 0\n")
+    assert load(write(text), set()).amqp == AmqpSettings("broker.example", 5671, "tq", "tq", "s3cret", 0)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@localhost:5672/%2F", "amqps://broker/tq?heartbeat=30"])
+def test_amqp_url(write, url):
+    assert load(write(f"[amqp]\nurl: {url}\n"), set()).amqp == AmqpSettings(url=url)
+
+
+def test_amqp_url_with_other_options_is_an_error_that_hides_the_password(write):
+    path = write("[amqp]\nurl: amqp://tq:s3cret@broker/\nhost: other\nport: 5671\n")
+    message = error_of(path, set())
+    assert message == (f"{path}: [amqp] url = 'amqp://tq:***@broker/': "
+                       "expected either url or host, port, not both")
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("url", ["http://broker/", "broker:5672", "amqp://", "amqp://broker:99999/"])
+def test_bad_amqp_url_is_an_error(write, url):
+    path = write(f"[amqp]\nurl: {url}\n")
+    message = error_of(path, set())
+    assert message.startswith(f"{path}: [amqp] url = {url!r}: expected a URL")
+
+
+def test_amqp_unknown_option_is_an_error(write):
+    path = write("[amqp]\nhost: broker\npasswd: s3cret\n")
+    message = error_of(path, set())
+    assert message == (f"{path}: [amqp] passwd: unknown option; "
+                       "expected one of url, host, port, vhost, user, password, heartbeat")
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("port", "0", "expected an integer from 1 to 65535"),
+    ("port", "65536", "expected an integer from 1 to 65535"),
+    ("port", "amqp", "expected an integer from 1 to 65535"),
+    ("heartbeat", "-1", "expected an integer >= 0"),
+    ("heartbeat", "1.5", "expected an integer >= 0"),
+    ("host", "", "expected a host name or address"),
+])
+def test_bad_amqp_value_is_an_error(write, option, value, expected):
+    path = write(f"[amqp]\n{option}: {value}\n")
+    assert error_of(path, set()) == f"{path}: [amqp] {option} = {value!r}: {expected}"
+
+
+def test_default_options_do_not_leak_into_amqp_or_dispatcher(write):
+    text = "[DEFAULT]\nworkers: 5\nprefetch: 2\nuser: nobody\n[amqp]\nhost: broker\n[dispatcher]\n"
+    cfg = load(write(text), {"w"})
+    assert cfg.amqp == AmqpSettings(host="broker")
+    assert cfg.dispatcher == DispatcherSettings(processes=1, prefetch=256, stop_timeout=30.0)
+    assert cfg.groups == (WorkerGroup("w", None, 5, user="nobody", prefetch=2),)
+
+
+# -- [dispatcher] -------------------------------------------------------------------------
+
+def test_dispatcher_options(write):
+    text = "[dispatcher]\nworkers: 3\nprefetch: 1000\nstop_timeout: 2.5\n"
+    assert load(write(text), set()).dispatcher == DispatcherSettings(3, 1000, 2.5)
+
+
+def test_dispatcher_workers_zero_is_allowed(write):
+    assert load(write("[dispatcher]\nworkers: 0\n"), set()).dispatcher.processes == 0
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("workers", "two", "expected a process count (integer >= 0)"),
+    ("prefetch", "0", "expected an integer >= 1"),
+    ("stop_timeout", "0", "expected a number of seconds > 0"),
+])
+def test_bad_dispatcher_value_is_an_error(write, option, value, expected):
+    path = write(f"[dispatcher]\n{option}: {value}\n")
+    assert error_of(path, set()) == f"{path}: [dispatcher] {option} = {value!r}: {expected}"
+
+
+def test_dispatcher_unknown_option_is_an_error(write):
+    path = write("[dispatcher]\nuser: nobody\n")
+    assert error_of(path, set()) == (
+        f"{path}: [dispatcher] user: unknown option; expected one of workers, prefetch, stop_timeout")
+
+
+# -- reading the file ----------------------------------------------------------------------
+
+def test_missing_file_is_an_error(tmp_path):
+    path = str(tmp_path / "absent.ini")
+    assert error_of(path) == f"{path}: config file not found"
+
+
+def test_unreadable_file_is_an_error(tmp_path):
+    message = error_of(str(tmp_path))
+    assert message.startswith(f"{tmp_path}: cannot read config file: ")
+
+
+def test_non_utf8_file_is_an_error(tmp_path):
+    path = tmp_path / "latin1.ini"
+    path.write_bytes(b"[w]\ncolour: \xe9\n")
+    assert error_of(str(path)) == (
+        f"{path}: cannot read config file: byte 12 is not UTF-8; expected a UTF-8 text file")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[w]\n[v]\n[w]\n", "line 3: section [w] appears twice; expected each section once"),
+    ("[w]\nworkers: 1\nWorkers: 2\n",
+     "line 3: [w] workers is set twice; expected each option once per section"),
+    ("workers: 1\n[w]\n", "line 1: 'workers: 1' is outside any section; expected a [section] header first"),
+    ("[w]\nworkers 3\n",
+     "line 2: cannot parse 'workers 3'; expected 'option: value' or a [section] header"),
+])
+def test_syntax_error_names_file_and_line(write, text, expected):
+    path = write(text)
+    assert error_of(path) == f"{path}, {expected}"
+
+
+def test_several_unparsable_lines_are_all_reported(write):
+    path = write("[w]\nfoo\nworkers: 1\nbar\n")
+    lines = error_of(path).splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"{path}, line 2", f"{path}, line 4"]
+
+
+def test_several_problems_are_reported_together(write):
+    path = write("[worker1]\nworkers: -1\n[worker2]\nprefetch: 0\n"
+                 "[amqp]\nport: 0\n[dispatcher]\nbogus: 1\n")
+    lines = error_of(path).splitlines()
+    assert len(lines) == 4
+    assert [line.split(" ")[1] for line in lines] == ["[worker1]", "[worker2]", "[amqp]", "[dispatcher]"]
+
+
+# -- converters and resolve_path --------------------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [
+    ("3", 3), ("0", 0), (" 12 ", 12), ("a", ("a",)), ("bifh1, bifh2", ("bifh1", "bifh2")),
+    ("x.1,y-2,_z", ("x.1", "y-2", "_z")), ("1, 2", ("1", "2")),
+])
+def test_parse_workers(value, expected):
+    assert config.parse_workers(value) == expected
+
+
+@pytest.mark.parametrize("parse, value", [
+    (config.parse_count, "-1"), (config.parse_count, "1.0"), (config.parse_positive_int, "0"),
+    (config.parse_port, "65536"), (config.parse_seconds, "-0.5"), (config.parse_subgroups, "a,a"),
+    (config.parse_amqp_url, "amqp:/x"), (config.parse_user, " "),
+])
+def test_converters_raise_value_error_saying_what_was_expected(parse, value):
+    with pytest.raises(ValueError, match="expected"):
+        parse(value)
+
+
+def test_resolve_path_prefers_the_command_line():
+    assert config.resolve_path("/cli.ini", {"TASKQUEUE_CONFIG": "/env.ini"}) == "/cli.ini"
+
+
+def test_resolve_path_falls_back_to_the_environment_then_the_default():
+    assert config.resolve_path(None, {"TASKQUEUE_CONFIG": "/env.ini"}) == "/env.ini"
+    assert config.resolve_path(None, {}) == config.DEFAULT_PATH == "/etc/taskqueue/config.ini"
+    assert config.resolve_path(None, {"TASKQUEUE_CONFIG": ""}) == config.DEFAULT_PATH
+
+
+def test_repeated_default_section_is_an_error(write):
+    path = write("[DEFAULT]\nworkers: 1\n[DEFAULT]\nprefetch: 2\n")
+    assert error_of(path) == f"{path}, line 3: section [DEFAULT] appears twice; expected each section once"
+
+
+def test_subgroup_list_may_continue_on_indented_lines(write):
+    text = "[w]\nworkers: a,\n  b\n[w_a]\n[w_b]\n"
+    assert [g.name for g in load(write(text), {"w"}).groups] == ["w/a", "w/b"]
