@@ -1,0 +1,306 @@
+"""Unit tests for taskqueue.lifecycle: the pure state machine of one supervised child.
+
+No broker, no fork, no mocks: waitpid-style statuses are built by hand
+(exit code N is status ``N << 8``, death by signal S is status ``S``).
+"""
+import itertools
+import os
+import signal
+
+import pytest
+
+from taskqueue.lifecycle import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    EXIT_CONNECTION,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_PLUGIN_LOAD,
+    EXIT_USER,
+    QUARANTINE_AFTER,
+    STABLE_SECONDS,
+    ChildState,
+    Ev,
+    IllegalTransition,
+    backoff_delay,
+    classify_exit,
+    describe_exit,
+    exit_code_of,
+    next_state,
+)
+
+S, E = ChildState, Ev
+
+#: The specification, written out independently of the module's private table.
+TRANSITIONS = [
+    (S.STOPPED, E.START, S.STARTING),
+    (S.BACKOFF, E.TIMER, S.STARTING),
+    (S.QUARANTINED, E.TIMER, S.STARTING),
+    (S.QUARANTINED, E.START, S.STARTING),
+    (S.STARTING, E.READY, S.RUNNING),
+    (S.RUNNING, E.DIED, S.STARTING),
+    (S.STARTING, E.DIED_QUICKLY, S.BACKOFF),
+    (S.RUNNING, E.DIED_QUICKLY, S.BACKOFF),
+    (S.STARTING, E.LOAD_FAILED, S.QUARANTINED),
+    (S.RUNNING, E.LOAD_FAILED, S.QUARANTINED),
+    (S.STARTING, E.STOP, S.STOPPING),
+    (S.RUNNING, E.STOP, S.STOPPING),
+    (S.STOPPING, E.DIED, S.STOPPED),
+    (S.STOPPING, E.DIED_QUICKLY, S.STOPPED),
+    (S.STOPPING, E.LOAD_FAILED, S.STOPPED),
+    (S.BACKOFF, E.STOP, S.STOPPED),
+    (S.QUARANTINED, E.STOP, S.STOPPED),
+    (S.STOPPED, E.STOP, S.STOPPED),
+]
+LEGAL = {(state, event) for state, event, _ in TRANSITIONS}
+ILLEGAL = [pair for pair in itertools.product(ChildState, Ev) if pair not in LEGAL]
+TO_BACKOFF = [(state, event) for state, event, new in TRANSITIONS if new is S.BACKOFF]
+NOT_TO_BACKOFF = [(state, event, new) for state, event, new in TRANSITIONS if new is not S.BACKOFF]
+
+
+def exited(code):
+    """The waitpid status of a process that called exit(code)."""
+    return code << 8
+
+
+def killed(sig, core=False):
+    """The waitpid status of a process killed by signal `sig`."""
+    return int(sig) | (0x80 if core else 0)
+
+
+def _id(value):
+    return value.name if isinstance(value, (ChildState, Ev)) else None
+
+
+# -- next_state: the transition table ------------------------------------------------
+
+@pytest.mark.parametrize("state, event, expected", TRANSITIONS, ids=lambda v: _id(v))
+def test_next_state_follows_the_table_when_the_pair_is_legal(state, event, expected):
+    assert next_state(state, event) is expected
+
+
+def test_transition_table_lists_every_pair_exactly_once_when_written_out():
+    assert len(LEGAL) == len(TRANSITIONS)
+    assert len(LEGAL) + len(ILLEGAL) == len(ChildState) * len(Ev)
+
+
+@pytest.mark.parametrize("state, event", ILLEGAL, ids=lambda v: _id(v))
+def test_next_state_raises_illegal_transition_when_the_pair_is_not_in_the_table(state, event):
+    with pytest.raises(IllegalTransition) as info:
+        next_state(state, event)
+    assert event.value in str(info.value)
+    assert state.value in str(info.value)
+
+
+@pytest.mark.parametrize("state, event", ILLEGAL, ids=lambda v: _id(v))
+def test_next_state_raises_illegal_transition_when_failures_are_high_and_the_pair_is_illegal(
+        state, event):
+    with pytest.raises(IllegalTransition):
+        next_state(state, event, failures=QUARANTINE_AFTER + 5)
+
+
+def test_illegal_transition_is_an_exception_when_raised():
+    assert issubclass(IllegalTransition, Exception)
+
+
+# -- next_state: quarantine ----------------------------------------------------------
+
+@pytest.mark.parametrize("failures", range(0, QUARANTINE_AFTER))
+@pytest.mark.parametrize("state, event", TO_BACKOFF, ids=lambda v: _id(v))
+def test_next_state_backs_off_when_failures_are_below_the_quarantine_threshold(
+        state, event, failures):
+    assert next_state(state, event, failures) is S.BACKOFF
+
+
+@pytest.mark.parametrize("failures", [QUARANTINE_AFTER, QUARANTINE_AFTER + 1, 100, 10**6])
+@pytest.mark.parametrize("state, event", TO_BACKOFF, ids=lambda v: _id(v))
+def test_next_state_quarantines_when_quick_failures_reach_quarantine_after(
+        state, event, failures):
+    assert next_state(state, event, failures) is S.QUARANTINED
+
+
+@pytest.mark.parametrize("state, event, expected", NOT_TO_BACKOFF, ids=lambda v: _id(v))
+def test_next_state_ignores_failures_when_the_target_is_not_backoff(state, event, expected):
+    assert next_state(state, event, failures=QUARANTINE_AFTER * 3) is expected
+
+
+def test_next_state_quarantines_on_the_tenth_quick_failure_when_a_child_keeps_dying():
+    """Walk the supervisor's loop: start, die quickly, back off, retry... until quarantine."""
+    state, failures, seen = S.STOPPED, 0, []
+    state = next_state(state, E.START)
+    while state is not S.QUARANTINED:
+        assert state is S.STARTING
+        failures += 1
+        state = next_state(state, E.DIED_QUICKLY, failures)
+        seen.append(state)
+        if state is S.BACKOFF:
+            state = next_state(state, E.TIMER)
+    assert failures == QUARANTINE_AFTER
+    assert seen == [S.BACKOFF] * (QUARANTINE_AFTER - 1) + [S.QUARANTINED]
+    assert next_state(state, E.TIMER) is S.STARTING
+
+
+# -- classify_exit ---------------------------------------------------------------
+
+@pytest.mark.parametrize("exit_code, was_ready, uptime, expected", [
+    # the plugin failed to load: always LOAD_FAILED, whatever the uptime
+    (EXIT_PLUGIN_LOAD, False, 0.0, E.LOAD_FAILED),
+    (EXIT_PLUGIN_LOAD, False, 100.0, E.LOAD_FAILED),
+    (EXIT_PLUGIN_LOAD, True, 0.1, E.LOAD_FAILED),
+    (EXIT_PLUGIN_LOAD, True, STABLE_SECONDS * 10, E.LOAD_FAILED),
+    # ready and lived long enough: a stable run that ended
+    (EXIT_OK, True, STABLE_SECONDS, E.DIED),
+    (EXIT_ERROR, True, STABLE_SECONDS + 0.001, E.DIED),
+    (EXIT_CONNECTION, True, 3600.0, E.DIED),
+    (EXIT_USER, True, STABLE_SECONDS * 2, E.DIED),
+    (None, True, STABLE_SECONDS, E.DIED),
+    (None, True, 3600.0, E.DIED),
+    # never ready, or ready but died too soon: a quick failure
+    (EXIT_ERROR, False, 3600.0, E.DIED_QUICKLY),
+    (EXIT_CONNECTION, False, 0.0, E.DIED_QUICKLY),
+    (EXIT_OK, False, STABLE_SECONDS * 10, E.DIED_QUICKLY),
+    (EXIT_ERROR, True, 0.0, E.DIED_QUICKLY),
+    (EXIT_ERROR, True, STABLE_SECONDS - 0.001, E.DIED_QUICKLY),
+    (None, False, 0.0, E.DIED_QUICKLY),
+    (None, False, 3600.0, E.DIED_QUICKLY),
+    (None, True, STABLE_SECONDS - 0.001, E.DIED_QUICKLY),
+    (42, True, 0.5, E.DIED_QUICKLY),
+])
+def test_classify_exit_returns_the_event_when_given_how_the_child_ended(
+        exit_code, was_ready, uptime, expected):
+    assert classify_exit(exit_code, was_ready, uptime) is expected
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV])
+def test_classify_exit_handles_a_signal_death_when_exit_code_of_gives_none(sig):
+    code = exit_code_of(killed(sig))
+    assert code is None
+    assert classify_exit(code, True, STABLE_SECONDS) is E.DIED
+    assert classify_exit(code, True, 0.0) is E.DIED_QUICKLY
+    assert classify_exit(code, False, 3600.0) is E.DIED_QUICKLY
+
+
+# -- backoff_delay -----------------------------------------------------------------
+
+@pytest.mark.parametrize("failures", [-1, 0, 1])
+def test_backoff_delay_is_zero_when_there_is_at_most_one_quick_failure(failures):
+    assert backoff_delay(failures) == 0.0
+    assert backoff_delay(failures, jitter=0.999) == 0.0
+
+
+@pytest.mark.parametrize("failures, expected", [
+    (2, BACKOFF_BASE),
+    (3, BACKOFF_BASE * 2),
+    (4, BACKOFF_BASE * 4),
+    (5, BACKOFF_BASE * 8),
+    (9, BACKOFF_BASE * 128),
+    (10, BACKOFF_BASE * 256),
+])
+def test_backoff_delay_doubles_from_backoff_base_when_failures_grow(failures, expected):
+    assert backoff_delay(failures) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("failures", range(3, 40))
+def test_backoff_delay_doubles_the_previous_delay_when_below_the_cap(failures):
+    previous = backoff_delay(failures - 1)
+    if previous * 2 <= BACKOFF_CAP:
+        assert backoff_delay(failures) == pytest.approx(previous * 2)
+
+
+@pytest.mark.parametrize("failures", [11, 12, 20, 50, 100, 1000, 1025])
+def test_backoff_delay_is_capped_at_backoff_cap_when_failures_are_many(failures):
+    assert backoff_delay(failures) == BACKOFF_CAP
+
+
+def test_backoff_delay_reaches_the_cap_when_the_next_doubling_would_pass_it():
+    uncapped = [n for n in range(2, 100) if backoff_delay(n) < BACKOFF_CAP]
+    first_capped = max(uncapped) + 1
+    assert backoff_delay(first_capped - 1) * 2 > BACKOFF_CAP
+    assert backoff_delay(first_capped) == BACKOFF_CAP
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="BUG: BACKOFF_BASE * 2 ** (failures - 2) overflows a float for "
+                          "failures >= 1026 before min() applies the cap")
+@pytest.mark.parametrize("failures", [1026, 5000])
+def test_backoff_delay_is_capped_at_backoff_cap_when_failures_overflow_a_float(failures):
+    assert backoff_delay(failures) == BACKOFF_CAP
+
+
+def test_backoff_delay_never_decreases_when_failures_grow_without_jitter():
+    delays = [backoff_delay(n) for n in range(-2, 200)]
+    assert delays == sorted(delays)
+    assert max(delays) == BACKOFF_CAP
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.01, 0.25, 0.5, 0.999, 0.9999999])
+@pytest.mark.parametrize("failures", [2, 3, 6, 10, 11, 100])
+def test_backoff_delay_adds_at_most_ten_percent_when_given_jitter(failures, jitter):
+    base = backoff_delay(failures)
+    delay = backoff_delay(failures, jitter)
+    assert base <= delay < base * 1.1 or delay == base == 0.0
+    assert delay <= BACKOFF_CAP * 1.1
+
+
+def test_backoff_delay_scales_linearly_with_jitter_when_failures_are_fixed():
+    assert backoff_delay(4, 0.5) == pytest.approx(backoff_delay(4) * 1.05)
+
+
+# -- describe_exit and exit_code_of on real waitpid statuses ----------------------------
+
+@pytest.mark.parametrize("code", [0, 1, 3, 4, 5, 42, 255])
+def test_hand_built_exit_status_matches_os_semantics_when_a_process_exits(code):
+    status = exited(code)
+    assert os.WIFEXITED(status)
+    assert not os.WIFSIGNALED(status)
+    assert os.WEXITSTATUS(status) == code
+    assert os.waitstatus_to_exitcode(status) == code
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV,
+                                 signal.SIGINT, signal.SIGABRT, 35])
+def test_hand_built_signal_status_matches_os_semantics_when_a_process_is_killed(sig):
+    status = killed(sig)
+    assert os.WIFSIGNALED(status)
+    assert not os.WIFEXITED(status)
+    assert os.WTERMSIG(status) == sig
+    assert os.waitstatus_to_exitcode(status) == -sig
+
+
+@pytest.mark.parametrize("status, expected", [
+    (exited(EXIT_OK), "exit 0 (stopped)"),
+    (exited(EXIT_ERROR), "exit 1 (internal error)"),
+    (exited(EXIT_CONNECTION), "exit 3 (broker connection failed or lost)"),
+    (exited(EXIT_PLUGIN_LOAD), "exit 4 (plugin failed to load)"),
+    (exited(EXIT_USER), "exit 5 (could not switch user)"),
+    (exited(2), "exit 2"),
+    (exited(42), "exit 42"),
+    (exited(255), "exit 255"),
+    (killed(signal.SIGKILL), "killed by SIGKILL"),
+    (killed(signal.SIGTERM), "killed by SIGTERM"),
+    (killed(signal.SIGINT), "killed by SIGINT"),
+    (killed(signal.SIGSEGV, core=True), "killed by SIGSEGV"),
+    (killed(signal.SIGABRT, core=True), "killed by SIGABRT"),
+    (killed(35), "killed by signal 35"),
+])
+def test_describe_exit_reads_like_the_log_line_when_given_a_waitpid_status(status, expected):
+    assert describe_exit(status) == expected
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 4, 5, 42, 255])
+def test_exit_code_of_returns_the_code_when_the_process_exited(code):
+    assert exit_code_of(exited(code)) == code
+
+
+@pytest.mark.parametrize("status", [
+    killed(signal.SIGKILL),
+    killed(signal.SIGTERM),
+    killed(signal.SIGSEGV, core=True),
+    killed(35),
+])
+def test_exit_code_of_returns_none_when_a_signal_killed_the_process(status):
+    assert exit_code_of(status) is None
+
+
+def test_exit_code_of_and_classify_exit_agree_when_the_plugin_failed_to_load():
+    assert classify_exit(exit_code_of(exited(EXIT_PLUGIN_LOAD)), False, 0.1) is E.LOAD_FAILED
