@@ -73,18 +73,30 @@ def queue_arguments(queue):
 
 
 def amqp_safe(value):
-    """Return `value` with what pika cannot encode converted (floats → Decimal).
+    """Return `value` with what pika cannot encode converted.
 
     Headers received from other clients may hold floats, which pika decodes
     but refuses to encode again; forwarding them would close the connection.
+    A float becomes a Decimal where pika's AMQP decimal (a 32-bit scaled
+    integer) can hold it, else its repr() string (timestamps, nan, 1e20).
     """
     if isinstance(value, float):
-        return decimal.Decimal(repr(value))
+        return _float_field(value)
     if isinstance(value, dict):
         return {k: amqp_safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [amqp_safe(v) for v in value]
     return value
+
+
+def _float_field(value):
+    number = decimal.Decimal(repr(value))
+    if number.is_finite():
+        number = number.normalize()
+        places = max(0, -number.as_tuple().exponent)
+        if places <= 255 and -2**31 <= int(number.scaleb(places)) < 2**31:
+            return number
+    return repr(value)
 
 
 def properties(**kwargs):

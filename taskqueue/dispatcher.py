@@ -9,6 +9,7 @@ reason; nothing is acked away unpublished.
 import copy
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def route(body, content_type=None, headers=None):
         return Rejection(f"content type {content_type[:100]!r} is not application/json "
                          f"and there is no worker_type header")
     try:
-        envelope = json.loads(body, parse_constant=_reject_constant)
+        envelope = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         return Rejection("body is not usable JSON: nested too deeply")
     except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
@@ -92,6 +93,14 @@ def _kind(value):
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text):
+    # 1e400 would parse to inf and be forwarded as the non-JSON token Infinity.
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"number {text[:50]} is too large")
+    return number
 
 
 def forwarded_properties(props, decision):

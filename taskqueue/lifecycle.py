@@ -116,7 +116,8 @@ def backoff_delay(failures, jitter=0.0):
     """
     if failures <= 1:
         return 0.0
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 2)) * (1 + 0.1 * jitter)
+    doublings = min(failures - 2, 64)  # past the cap anyway; keeps 2**n a small float
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** doublings) * (1 + 0.1 * jitter)
 
 
 def describe_exit(status):

@@ -264,10 +264,6 @@ def test_route_rejects_the_body_when_it_holds_a_nan_or_infinity_constant(templat
     assert_rejected(decision, "not JSON", constant)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: a number literal too large for a float (1e400) parses to inf "
-                          "without going through parse_constant, and json.dumps re-encodes it "
-                          "as the non-standard token Infinity in the forwarded body")
 @pytest.mark.parametrize("workitem", [b"1e400", b"-1e400", b'[1, 1e999]', b'{"x": -2E+308}'],
                          ids=repr)
 def test_route_never_forwards_non_standard_json_when_a_number_overflows_a_float(workitem):
@@ -459,11 +455,6 @@ def test_forwarded_properties_encode_when_headers_hold_short_floats(value):
         out.encode()
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG (amqp.amqp_safe, used by forwarded_properties): Decimal(repr(f)) "
-                          "is not always encodable by pika, whose AMQP decimal is a 32-bit "
-                          "scaled integer and which cannot encode NaN/Infinity; a float header "
-                          "such as a Unix timestamp makes the forwarded publish fail")
 @pytest.mark.parametrize("value", [
     1700000000.123,            # a float Unix timestamp, the common case
     3.141592653589793,
@@ -528,10 +519,6 @@ def test_dead_properties_encode_when_the_input_had_short_float_headers():
     out.encode()
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG (amqp.amqp_safe, used by dead_properties): a float header such "
-                          "as a Unix timestamp becomes a Decimal pika cannot encode, so the "
-                          "message cannot even be dead-lettered")
 def test_dead_properties_encode_when_the_input_had_a_timestamp_float_header():
     out = dead_properties(input_properties(headers={"sent_at": 1700000000.123}), "why")
     out.encode()
