@@ -12,25 +12,8 @@ import pytest
 
 from conftest import wait_for
 
-SPEC_CONFIG = """\
-[DEFAULT]
-workers: 1
-
-; Workers
-[worker1]
-workers: 3
-
-[worker2]
-workers: bifh1, bifh2
-
-[worker2_bifh1]
-workers: 1
-user: bifh1
-
-[worker2_bifh2]
-workers: 1
-user: bifh2
-"""
+SPEC_CONFIG = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",
+                               "specification-config.ini")).read()
 EXTRA_GROUP = "tqtest-extra"
 
 

@@ -1,4 +1,5 @@
 """config.load and its converters: the contract of DESIGN.md section 1."""
+import os
 import pwd
 from types import MappingProxyType
 
@@ -8,26 +9,9 @@ from taskqueue import config
 from taskqueue.config import AmqpSettings, DispatcherSettings, WorkerGroup
 from taskqueue.errors import ConfigError
 
-#: The specification's file, verbatim.
-SPEC = """\
-[DEFAULT]
-workers: 1
-
-; Workers
-[worker1]
-workers: 3
-
-[worker2]
-workers: bifh1, bifh2
-
-[worker2_bifh1]
-workers: 1
-user: bifh1
-
-[worker2_bifh2]
-workers: 1
-user: bifh2
-"""
+#: The specification's file, verbatim (shared with the integration tests).
+SPEC = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",
+                         "specification-config.ini")).read()
 
 SPEC_TYPES = {"worker1", "worker2", "worker3"}
 NOBODY_UID = pwd.getpwnam("nobody").pw_uid
