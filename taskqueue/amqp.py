@@ -9,9 +9,11 @@ callback closes the whole connection: shared/notes/debian-gevent-pika.md §1.4).
 Importing this module in the supervisor, before any fork, is intended: the
 import costs ~40 ms, which a restarted child then does not pay.
 """
+import contextlib
 import decimal
 import encodings.idna  # noqa: F401  getaddrinfo loads it lazily, which fails after a privilege drop
 import logging
+import time
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -236,11 +238,35 @@ class Session:
         return self._connection
 
 
+#: RabbitMQ's direct reply-to pseudo-queue: replies without declaring a queue.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
 def blocking_publish(settings, queue, body, props, timeout=REPLY_TIMEOUT):
     """Publish one message with a confirm from ordinary (non-gevent) code.
 
     Used by the command line; raises TaskqueueError with a readable reason.
     """
+    with _blocking_channel(settings, timeout) as channel:
+        _confirmed_publish(channel, queue, body, props)
+
+
+def blocking_call(settings, queue, body, props, timeout):
+    """Publish with reply_to set to direct reply-to; return the reply's body, or None on timeout."""
+    replies = []
+    with _blocking_channel(settings, timeout) as channel:
+        # Consuming the pseudo-queue (no-ack) before publishing is what direct reply-to requires.
+        channel.basic_consume(DIRECT_REPLY_TO, lambda ch, m, p, b: replies.append(b), auto_ack=True)
+        props.reply_to = DIRECT_REPLY_TO
+        _confirmed_publish(channel, queue, body, props)
+        deadline = time.monotonic() + timeout
+        while not replies and time.monotonic() < deadline:
+            channel.connection.process_data_events(time_limit=min(1.0, deadline - time.monotonic()))
+    return replies[0] if replies else None
+
+
+@contextlib.contextmanager
+def _blocking_channel(settings, timeout):
     params = parameters(settings)
     params.blocked_connection_timeout = timeout
     try:
@@ -249,15 +275,20 @@ def blocking_publish(settings, queue, body, props, timeout=REPLY_TIMEOUT):
         raise TaskqueueError(f"cannot connect to {describe(settings)}: {exc!r}") from exc
     try:
         channel = connection.channel()
-        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
         channel.confirm_delivery()
+        yield channel
+    except pika.exceptions.AMQPError as exc:
+        raise TaskqueueError(f"{describe(settings)}: {exc!r}") from exc
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _confirmed_publish(channel, queue, body, props):
+    channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
+    try:
         channel.basic_publish("", queue, body, props, mandatory=True)
     except pika.exceptions.UnroutableError as exc:
         raise TaskqueueError(f"broker returned the message: queue {queue!r} did not take it") from exc
     except pika.exceptions.NackError as exc:
         raise TaskqueueError(f"broker refused the message (nack) for queue {queue!r}") from exc
-    except pika.exceptions.AMQPError as exc:
-        raise TaskqueueError(f"publishing to {queue!r} failed: {exc!r}") from exc
-    finally:
-        if connection.is_open:
-            connection.close()

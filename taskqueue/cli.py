@@ -20,7 +20,7 @@ EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
-    logs.setup(logging.DEBUG if args.verbose else logging.INFO)
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO, getattr(args, "log", "stderr"))
     try:
         return args.func(args)
     except (ConfigError, PluginError) as exc:
@@ -43,6 +43,12 @@ def _parser():
         p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
         if daemon:
             p.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
+            p.add_argument("--user", metavar="NAME",
+                           help="run as NAME wherever the config names no other user; the "
+                                "supervisor itself drops to NAME unless a group needs root")
+            p.add_argument("--log", choices=logs.TARGETS, default="auto",
+                           help="stderr; syslog; auto (default): stderr, and syslog too "
+                                "when stderr is not a terminal")
         p.set_defaults(func=func)
         return p
 
@@ -53,6 +59,10 @@ def _parser():
     p.add_argument("worker_type", metavar="TYPE", help="the worker type that handles the task")
     p.add_argument("workitem", metavar="WORKITEM", nargs="?", default="null",
                    help="the workitem as JSON (default: null; '-' reads it from stdin)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the worker's reply (sent to reply_to) and print its body")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="with --wait: give up after SECONDS (default 30); exit status 1")
     command("check-config", cmd_check_config,
             "Validate the config; show the plugins found and the processes it would start.")
     return parser
@@ -80,8 +90,11 @@ def cmd_workerpool(args):
     return _supervise(args, dispatcher=False, workers=True)
 
 
-def child_specs(cfg, dispatcher, workers):
-    """The ChildSpecs of one component: the dispatcher's, the worker groups', or both."""
+def child_specs(cfg, dispatcher, workers, default_user=None):
+    """The ChildSpecs of one component: the dispatcher's, the worker groups', or both.
+
+    Children of groups without `user:` run as `default_user` (None: as the supervisor).
+    """
     # Imported here: the supervisor pulls in gevent, which `submit` does not need.
     from .dispatcher import run_dispatcher
     from .supervisor import ChildSpec
@@ -90,27 +103,52 @@ def child_specs(cfg, dispatcher, workers):
     if dispatcher and cfg.dispatcher.processes:
         specs.append(ChildSpec("dispatcher", cfg.dispatcher.processes,
                                functools.partial(run_dispatcher, cfg.amqp, cfg.dispatcher),
-                               stop_timeout=cfg.dispatcher.stop_timeout))
+                               user=default_user, stop_timeout=cfg.dispatcher.stop_timeout,
+                               settings=(cfg.amqp, cfg.dispatcher)))
     if workers:
         for group in cfg.groups:
             specs.append(ChildSpec(group.name, group.processes,
                                    functools.partial(run_worker, group, cfg.amqp),
-                                   user=group.user, stop_timeout=group.stop_timeout))
+                                   user=group.user or default_user,
+                                   stop_timeout=group.stop_timeout,
+                                   settings=(cfg.amqp, group, tuple(sorted(group.options.items())))))
     return specs
 
 
 def _supervise(args, dispatcher, workers):
+    from .child import UserSwitchError, drop_privileges
     from .supervisor import Supervisor
-    cfg = load_config(args)
+    if args.user:
+        _check_user(args.user)
+
+    def specs():
+        return child_specs(load_config(args), dispatcher, workers, args.user)
+    initial = specs()
     logs.set_identity("supervisor")
-    supervisor = Supervisor(child_specs(cfg, dispatcher, workers))
     if args.pidfile:
         _write_pidfile(args.pidfile)
+    if args.user and os.getuid() == 0 and all(spec.user == args.user for spec in initial):
+        # No group needs root to switch users: the supervisor gives it up too.
+        # (A reload that names another user is then refused with the reason.)
+        try:
+            drop_privileges(args.user)
+        except UserSwitchError as exc:
+            raise ConfigError(str(exc)) from None
+        log.info("running as user %s", args.user)
+    supervisor = Supervisor(initial, reload=specs)
     try:
         return supervisor.run()
     finally:
         if args.pidfile:
             _remove_pidfile(args.pidfile)
+
+
+def _check_user(name):
+    import pwd
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"--user {name!r}: no such Unix user") from None
 
 
 def _write_pidfile(path):
@@ -146,9 +184,16 @@ def cmd_submit(args):
     message_id = uuid.uuid4().hex
     body = json.dumps({"worker_type": args.worker_type, "workitem": workitem}).encode()
     props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
-                            message_id=message_id)
-    amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
-    print(message_id)
+                            message_id=message_id, correlation_id=message_id)
+    if not args.wait:
+        amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
+        print(message_id)
+        return EXIT_OK
+    reply = amqp.blocking_call(cfg.amqp, amqp.TASK_QUEUE, body, props, args.timeout)
+    if reply is None:
+        print(f"taskqueue: no reply to {message_id} within {args.timeout:g}s", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from . import child
+from .errors import TaskqueueError
 from .lifecycle import (ChildState, Ev, IllegalTransition, backoff_delay, classify_exit,
                         describe_exit, exit_code_of, next_state, QUARANTINE_SECONDS)
 
@@ -33,12 +34,31 @@ TICK = 1.0
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What to run in `processes` identical children."""
+    """What to run in `processes` identical children.
+
+    Two specs are equal when everything that shapes their children is: the
+    `settings` (config values the target reads) included, the target
+    function itself excluded. A reload restarts the children of a spec that
+    is no longer equal to its old self.
+    """
     name: str                       # "dispatcher", "worker1", "worker2/bifh1"
     processes: int
-    target: Callable                # target(ctx) -> exit code, runs in the child
+    target: Callable = field(compare=False)   # target(ctx) -> exit code, runs in the child
     user: Optional[str] = None
     stop_timeout: float = 30.0
+    settings: tuple = ()
+
+
+def diff_specs(old, new):
+    """Compare two lists of specs by name: (added, changed, removed, unchanged), new specs
+    for the first two, old ones for the last two."""
+    before = {spec.name: spec for spec in old}
+    after = {spec.name: spec for spec in new}
+    added = [spec for name, spec in after.items() if name not in before]
+    changed = [spec for name, spec in after.items() if name in before and before[name] != spec]
+    removed = [spec for name, spec in before.items() if name not in after]
+    unchanged = [spec for name, spec in before.items() if after.get(name) == spec]
+    return added, changed, removed, unchanged
 
 
 @dataclass(eq=False)
@@ -53,6 +73,7 @@ class Slot:
     failures: int = 0               # quick failures in a row
     restarts: int = 0
     last_exit: Optional[str] = None
+    retired: bool = False           # a reload removed or changed its spec: drop it once stopped
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
 
     @property
@@ -61,7 +82,9 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, specs):
+    def __init__(self, specs, reload=None):
+        """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError."""
+        self._reload = reload
         self.specs = list(specs)
         self.slots = [Slot(spec, i) for spec in self.specs for i in range(spec.processes)]
         self.events = Queue()
@@ -105,9 +128,10 @@ class Supervisor:
     # -- events (all of them arrive through self.events) ---------------------
 
     def handle_signal(self, sig):
-        """SIGTERM/SIGINT: stop gracefully; a second one kills at once. SIGHUP: not yet."""
+        """SIGTERM/SIGINT: stop gracefully; a second one kills at once. SIGHUP: reload."""
         if sig == signal.SIGHUP:
-            log.warning("SIGHUP: reloading the configuration is not supported yet; ignored")
+            if not self._stopping:
+                self.reload()
             return
         if self._stopping:
             log.warning("%s again: killing the remaining children now", signal.Signals(sig).name)
@@ -148,6 +172,35 @@ class Supervisor:
             log.warning("%s pid=%d still running %gs after SIGTERM; killing it",
                         slot.key, pid, slot.spec.stop_timeout)
             self._kill(slot)
+
+    def reload(self):
+        """Apply a new configuration: start what is new, stop what is gone, restart
+        what changed, leave the rest alone (and retry what is quarantined)."""
+        if self._reload is None:
+            log.warning("SIGHUP: this supervisor cannot reload; ignored")
+            return
+        try:
+            specs = self._reload()
+        except TaskqueueError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        added, changed, removed, unchanged = diff_specs(self.specs, specs)
+        log.info("reload: %d added, %d changed, %d removed, %d unchanged", len(added),
+                 len(changed), len(removed), len(unchanged))
+        gone = {spec.name for spec in changed + removed}
+        for slot in [slot for slot in self.slots if slot.spec.name in gone]:
+            slot.retired = True
+            self.transition(slot, Ev.STOP)
+        self.specs = specs
+        for spec in added + changed:
+            for index in range(spec.processes):
+                slot = Slot(spec, index)
+                self.slots.append(slot)
+                self.transition(slot, Ev.START)
+        for slot in self.slots:
+            if slot.state is ChildState.QUARANTINED:
+                slot.failures = 0
+                self.transition(slot, Ev.START)
 
     # -- the state machine and the side effect of each state ------------------
 
@@ -193,6 +246,8 @@ class Supervisor:
 
     def enter_stopped(self, slot):
         self._cancel_timer(slot)
+        if slot.retired:
+            self.slots.remove(slot)
 
     # -- helpers -------------------------------------------------------------
 

@@ -80,3 +80,16 @@ def test_dispatcher_and_workerpool_run_as_separate_components_with_pidfiles(
     wait_for(lambda: len(records.ids()) == 10, 20, "10 tasks done")
     assert workers.stop() == 0 and dispatcher.stop() == 0
     assert not os.path.exists(pidfile)
+
+
+def test_submit_wait_prints_the_workers_reply_and_fails_on_timeout(broker, start_pool, workdir):
+    pool = start_pool("[DEFAULT]\nworkers: 0\n\n[echo]\nworkers: 1\n")
+    wait_for(lambda: broker.counts("worker_echo")[1] == 1, 15, "the echo consumer")
+    out = run("submit", "--config", pool.config_path, "--wait", "echo", '{"hello": "world"}')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"hello": "world"}
+    # recorder has no process here: nobody replies.
+    late = run("submit", "--config", pool.config_path, "--wait", "--timeout", "1", "recorder", "1")
+    assert late.returncode == 1
+    assert "no reply" in late.stderr
+    assert pool.stop() == 0

@@ -11,10 +11,13 @@ import subprocess
 import pytest
 
 from conftest import wait_for
+from test_worker import recorder_config
 
 SPEC_CONFIG = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",
                                "specification-config.ini")).read()
 EXTRA_GROUP = "tqtest-extra"
+#: What `--user` names in these tests (the packages use `taskqueue`).
+DAEMON_USER = "tqtest-daemon"
 
 
 def _exists(db, name):
@@ -30,7 +33,7 @@ def spec_users():
     if os.getuid() != 0:
         pytest.skip("creating users and switching to them needs root")
     created_users, created_groups = [], []
-    for user in ("bifh1", "bifh2"):
+    for user in ("bifh1", "bifh2", DAEMON_USER):
         if not _exists(pwd, user):
             subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
                             "--home", f"/nonexistent/{user}", user], check=True)
@@ -77,4 +80,36 @@ def test_specification_config_runs_3_worker1_and_worker2_as_bifh1_and_bifh2(
     assert EXTRA_GROUP in by_user["bifh1"][0]["group_names"]
     assert 0 not in by_user["bifh2"][0]["groups"]  # root's groups are not kept
     pool.wait_log(r"worker2/bifh1#0 pid=\d+ STARTING -> RUNNING")
+    assert pool.stop() == 0
+
+
+def uid_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+
+
+def test_daemon_user_runs_supervisor_and_children_unprivileged_when_no_group_needs_root(
+        spec_users, broker, start_pool, records):
+    daemon = pwd.getpwnam(DAEMON_USER)
+    pool = start_pool(recorder_config(records, processes=2), command="workerpool",
+                      extra_args=["--user", DAEMON_USER])
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 consumers")
+    assert uid_of(pool.pid) == daemon.pw_uid
+    assert [uid_of(pid) for pid in pool.children()] == [daemon.pw_uid] * 2
+    broker.publish_raw(b'{"id": "t"}', queue="worker_recorder")  # no dispatcher in a workerpool
+    done = wait_for(records.all, 15, "the task done")
+    assert (done[0]["uid"], done[0]["user"]) == (daemon.pw_uid, DAEMON_USER)
+    pool.wait_log(f"running as user {DAEMON_USER}")
+    assert pool.stop() == 0
+
+
+def test_daemon_user_leaves_root_to_the_supervisor_only_when_a_group_names_another_user(
+        spec_users, broker, start_pool, records):
+    config = recorder_config(records) + f"\n[recorder2]\nworkers: 1\nuser: bifh1\nrecord_dir: {records.path}\n"
+    pool = start_pool(config, command="workerpool", extra_args=["--user", DAEMON_USER])
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the recorder consumer")
+    wait_for(lambda: broker.counts("worker_recorder2")[1] == 1, 15, "the recorder2 consumer")
+    assert uid_of(pool.pid) == 0
+    expected = {pwd.getpwnam(DAEMON_USER).pw_uid, pwd.getpwnam("bifh1").pw_uid}
+    assert {uid_of(pid) for pid in pool.children()} == expected
     assert pool.stop() == 0
