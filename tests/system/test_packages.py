@@ -1,0 +1,225 @@
+"""The built .debs, installed with apt and driven by their init scripts.
+
+Builds every package from this checkout with Debian's own python3 (a clean
+PATH: pybuild would otherwise pick up another python3), installs them with
+apt, and checks what an operator sees: services started on install, a reply
+through the whole chain, a killed worker replaced, a plugin .deb picked up
+by the running pool through the dpkg trigger, and nothing left after purge.
+
+This machine's /usr/sbin/policy-rc.d forbids service starts, as container
+images do. apt runs under `unshare -m` with a permissive policy-rc.d bound
+over it, so only this test's apt sees it (shared/notes/debian-gevent-pika.md
+§4.4). The services use the packaged config, unchanged: the local broker's
+vhost `/`; the test deletes the queues it made there.
+"""
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+
+import pika
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+             "DEBIAN_FRONTEND": "noninteractive"}
+BUILD_DEPENDS = ["debhelper", "dh-python", "python3-all", "python3-setuptools", "lintian",
+                 "python3-gevent", "python3-pika", "rabbitmq-server", "adduser"]
+SERVICES = ["taskqueue-dispatcher", "taskqueue-workerpool"]
+PACKAGES = ["python3-taskqueue", "taskqueue"] + SERVICES
+PLUGIN = "python3-taskqueue-echo"
+APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600",
+       "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
+QUEUES = ["taskqueue", "taskqueue_dead", "worker_echo"]
+
+pytestmark = [
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.getuid() != 0, reason="installs packages and runs services: needs root"),
+]
+
+
+def run(cmd, check=True, **kwargs):
+    out = subprocess.run(cmd, capture_output=True, text=True, env=CLEAN_ENV, **kwargs)
+    if check and out.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+    return result
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    path = tempfile.mkdtemp(prefix="taskqueue-system-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def apt_as_on_a_real_host(scratch):
+    """Run apt with services allowed to start, in a private mount namespace."""
+    allow = os.path.join(scratch, "policy-rc.d-allow-all")
+    with open(allow, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(allow, 0o755)
+
+    def apt(*args, check=True):
+        return run(["unshare", "-m", "sh", "-c",
+                    'mount --bind "$0" /usr/sbin/policy-rc.d && exec "$@"', allow, *APT, *args],
+                   check=check)
+    return apt
+
+
+@pytest.fixture(scope="module")
+def debs(scratch):
+    """Build every .deb of the checkout; lintian must report no error."""
+    missing = [p for p in BUILD_DEPENDS
+               if run(["dpkg-query", "-W", "-f=${Status}", p], check=False).stdout
+               != "install ok installed"]
+    if missing:
+        run(["apt-get", "update", "-q"])
+        run(APT + ["install", "--no-install-recommends", *missing])
+    src = os.path.join(scratch, "src")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    built = {}
+    for tree in (src, os.path.join(src, "examples", "echo")):
+        run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=tree)
+        parent = os.path.dirname(tree)
+        changes = [f for f in os.listdir(parent) if f.endswith(".changes")]
+        lint = run(["lintian", "--fail-on", "error", *[os.path.join(parent, c) for c in changes]],
+                   check=False)
+        assert lint.returncode == 0, f"lintian errors:\n{lint.stdout}{lint.stderr}"
+        for name in os.listdir(parent):
+            if name.endswith(".deb"):
+                built[name.split("_")[0]] = os.path.join(parent, name)
+    assert set(PACKAGES + [PLUGIN]) <= set(built), built
+    return built
+
+
+@pytest.fixture(scope="module")
+def broker():
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    yield connection
+    channel = connection.channel()
+    for queue in QUEUES:
+        channel.queue_delete(queue)
+    connection.close()
+
+
+def consumers(connection, queue):
+    channel = connection.channel()
+    try:
+        return channel.queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def pidfile(service):
+    return f"/run/taskqueue/{service}.pid"
+
+
+def supervisor_pid(service):
+    try:
+        with open(pidfile(service)) as f:
+            return int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def children(pid):
+    out = run(["ps", "--ppid", str(pid), "-o", "pid="], check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def uid_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def installed(debs, apt_as_on_a_real_host, broker):
+    """Install the packages; whatever happens, stop and purge everything afterwards."""
+    yield apt_as_on_a_real_host("install", *[debs[p] for p in PACKAGES])
+    for service in SERVICES:
+        if os.path.exists(f"/etc/init.d/{service}"):
+            run([f"/etc/init.d/{service}", "stop"], check=False)
+    apt_as_on_a_real_host("purge", PLUGIN, *PACKAGES, check=False)
+
+
+def test_installing_the_packages_starts_both_services_as_the_taskqueue_user(installed):
+    # Given the packages just installed with apt: the services run, as init scripts report
+    for service in SERVICES:
+        wait_for(lambda: run([f"/etc/init.d/{service}", "status"], check=False).returncode == 0,
+                 30, f"{service} running")
+        pid = supervisor_pid(service)
+        assert pid and alive(pid)
+        # No group names another user: supervisor and children all run as `taskqueue`.
+        uid = pwd.getpwnam("taskqueue").pw_uid
+        assert uid_of(pid) == uid
+        assert all(uid_of(child) == uid for child in children(pid))
+    config = os.stat("/etc/taskqueue/config.ini")
+    assert stat.S_IMODE(config.st_mode) == 0o640
+    assert grp.getgrgid(config.st_gid).gr_name == "taskqueue"
+
+
+def test_installing_a_plugin_deb_starts_its_worker_in_the_running_pool(
+        installed, debs, apt_as_on_a_real_host, broker):
+    pool = supervisor_pid("taskqueue-workerpool")
+    apt_as_on_a_real_host("install", debs[PLUGIN])
+    wait_for(lambda: consumers(broker, "worker_echo") == 1, 20, "the echo worker consuming")
+    assert supervisor_pid("taskqueue-workerpool") == pool  # reloaded, not restarted
+
+
+def test_submit_wait_gets_the_workitem_back_through_dispatcher_and_echo_worker(installed, broker):
+    wait_for(lambda: consumers(broker, "worker_echo") == 1, 20, "the echo worker consuming")
+    out = run(["/usr/bin/taskqueue", "submit", "--wait", "--timeout", "20", "echo",
+               '{"hello": "world"}'])
+    assert json.loads(out.stdout) == {"hello": "world"}
+
+
+def test_a_worker_killed_with_sigkill_is_replaced(installed, broker):
+    pool = supervisor_pid("taskqueue-workerpool")
+    wait_for(lambda: children(pool), 20, "a worker process")
+    victim = children(pool)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: children(pool) and victim not in children(pool), 20, "a replacement")
+    wait_for(lambda: consumers(broker, "worker_echo") == 1, 20, "the echo worker consuming again")
+    out = run(["/usr/bin/taskqueue", "submit", "--wait", "--timeout", "20", "echo", "42"])
+    assert out.stdout.strip() == "42"
+
+
+def test_purging_everything_leaves_no_process_pidfile_or_config(installed, apt_as_on_a_real_host):
+    pids = [supervisor_pid(service) for service in SERVICES]
+    family = [p for pid in pids if pid for p in [pid, *children(pid)]]
+    assert family
+    apt_as_on_a_real_host("purge", PLUGIN, *PACKAGES)
+    wait_for(lambda: not any(alive(pid) for pid in family), 60, "every taskqueue process gone")
+    assert not os.path.exists("/etc/taskqueue")
+    assert not any(os.path.exists(pidfile(service)) for service in SERVICES)
+    assert not os.path.exists("/run/taskqueue")
+    assert not any(os.path.exists(f"/etc/init.d/{service}") for service in SERVICES)
