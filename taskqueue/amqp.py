@@ -20,7 +20,7 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from .errors import TaskqueueError
+from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +43,58 @@ def worker_queue(worker_type):
 
 
 def parameters(settings):
-    """pika connection parameters for an AmqpSettings."""
+    """pika connection parameters for each broker of an AmqpSettings, in the order to try them."""
     if settings.url:
-        params = pika.URLParameters(settings.url)
+        candidates = [pika.URLParameters(url) for url in settings.hosts]
     else:
-        params = pika.ConnectionParameters(
-            host=settings.host, port=settings.port, virtual_host=settings.vhost,
-            credentials=pika.PlainCredentials(settings.user, settings.password))
-    if settings.heartbeat is not None:
-        params.heartbeat = settings.heartbeat
-    return params
+        credentials = pika.PlainCredentials(settings.user, settings.password)
+        candidates = [pika.ConnectionParameters(host=host, port=settings.port,
+                                                virtual_host=settings.vhost,
+                                                credentials=credentials)
+                      for host in settings.hosts]
+    for params in candidates:
+        if settings.heartbeat is not None:
+            params.heartbeat = settings.heartbeat
+    return candidates
 
 
 def describe(settings):
     """Where we connect, for log lines; never includes the password."""
-    if settings.url:
-        params = pika.URLParameters(settings.url)
-        return f"{params.host}:{params.port} vhost {params.virtual_host!r}"
-    return f"{settings.host}:{settings.port} vhost {settings.vhost!r}"
+    return ", ".join(f"{p.host}:{p.port} vhost {p.virtual_host!r}" for p in parameters(settings))
 
 
-def queue_arguments(queue):
+def queue_arguments(queue, settings):
     """The arguments every component declares `queue` with: one place, so they never differ.
 
     Every queue but the dead-letter queue itself dead-letters into it: a task
     rejected without requeue lands there with the broker's x-death header.
+    Quorum queues also count deliveries: a task delivered `delivery_limit`
+    times (its worker died each time) is dead-lettered, at least once, rather
+    than looping forever.
     """
+    args = {}
+    if settings.queue_type == "quorum":
+        # A classic queue is declared without x-queue-type, as every client does by default.
+        args["x-queue-type"] = "quorum"
     if queue == DEAD_QUEUE:
-        return {}
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_QUEUE}
+        return args
+    args.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_QUEUE})
+    if settings.queue_type == "quorum":
+        args.update({"x-delivery-limit": settings.delivery_limit,
+                     "x-dead-letter-strategy": "at-least-once",
+                     "x-overflow": "reject-publish"})   # at-least-once requires it
+    return args
+
+
+def explain_refusal(queue, settings, reason):
+    """A broker's refusal to declare `queue`, as a sentence an operator can act on."""
+    text = getattr(reason, "reply_text", None) or repr(reason)
+    if getattr(reason, "reply_code", None) == 406:
+        return (f"queue {queue!r} already exists with other arguments than taskqueue declares "
+                f"({text}); taskqueue wants {queue_arguments(queue, settings)}. Set [amqp] "
+                f"queue_type / delivery_limit to match the existing queue, or drain it and delete "
+                f"it (rabbitmqctl delete_queue {queue}) so that it is declared anew")
+    return f"queue {queue!r} cannot be declared: {text}"
 
 
 def amqp_safe(value):
@@ -119,16 +142,26 @@ class Session:
     # -- opening and closing -------------------------------------------------
 
     def open(self, timeout=REPLY_TIMEOUT):
-        params = parameters(self.settings)
-        params.client_properties = {"connection_name": self.name}
-        opened = AsyncResult()
-        self._connection = GeventConnection(
-            params,
-            on_open_callback=lambda conn: opened.set(conn),
-            on_open_error_callback=lambda conn, exc: opened.set_exception(
-                SessionClosed(f"cannot connect to {describe(self.settings)}: {exc!r}")),
-            on_close_callback=self._on_connection_closed)
-        self._wait(opened, timeout, "connection open")
+        """Connect to the first broker of the list that answers, and open a channel."""
+        failures = []
+        for params in parameters(self.settings):
+            params.client_properties = {"connection_name": self.name}
+            self.closed.clear()
+            self.close_reason = None
+            opened = AsyncResult()
+            self._connection = GeventConnection(
+                params,
+                on_open_callback=opened.set,
+                on_open_error_callback=lambda conn, exc, opened=opened: opened.set_exception(
+                    SessionClosed(f"{conn.params.host}:{conn.params.port}: {exc!r}")),
+                on_close_callback=self._on_connection_closed)
+            try:
+                opened.get(timeout=timeout)
+                break
+            except (SessionClosed, gevent.Timeout) as exc:
+                failures.append(str(exc) or f"{params.host}:{params.port}: no answer in {timeout:g}s")
+        else:
+            raise SessionClosed("cannot connect to the broker: " + "; ".join(failures))
         channel = AsyncResult()
         self._connection.channel(on_open_callback=channel.set)
         self._channel = self._wait(channel, timeout, "channel open")
@@ -144,7 +177,8 @@ class Session:
         self.closed.wait(timeout)
 
     def _on_connection_closed(self, connection, reason):
-        self._mark_closed(reason)
+        if connection is self._connection:  # not an earlier broker of the list
+            self._mark_closed(reason)
 
     def _on_channel_closed(self, channel, reason):
         self._mark_closed(reason)
@@ -181,16 +215,41 @@ class Session:
 
     # -- topology and consuming ----------------------------------------------
 
-    def declare_queue(self, queue, passive=False):
-        """Declare a durable queue; return (message_count, consumer_count)."""
-        frame = self._call(self._channel.queue_declare, queue, passive=passive, durable=True,
-                           arguments=None if passive else queue_arguments(queue))
-        return frame.method.message_count, frame.method.consumer_count
+    def declare_queue(self, queue):
+        """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise."""
+        try:
+            self._call(self._channel.queue_declare, queue, durable=True,
+                       arguments=queue_arguments(queue, self.settings))
+        except SessionClosed:
+            if getattr(self.close_reason, "reply_code", None) in (403, 405, 406):
+                raise TopologyError(explain_refusal(queue, self.settings, self.close_reason)) from None
+            raise
 
-    def declare_queue_nowait(self, queue):
-        """Declare without waiting: frames on one channel are processed in order,
-        so a publish sent right after it finds the queue."""
-        self._channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
+    def declare_queue_async(self, queue, on_done):
+        """Declare `queue` on a short-lived channel of its own; on_done(None), or
+        on_done(reason) if the broker refused, runs in the hub.
+
+        A refusal closes only that channel, so one queue declared elsewhere with
+        other arguments does not stop everything else on this session.
+        """
+        def on_open(channel):
+            channel.add_on_close_callback(on_close)
+            channel.queue_declare(queue, durable=True,
+                                  arguments=queue_arguments(queue, self.settings),
+                                  callback=lambda frame: on_ok(channel))
+
+        def on_ok(channel):
+            done.append(True)
+            on_done(None)
+            channel.close()
+
+        def on_close(channel, reason):
+            # Only a broker's answer is a refusal: a closing connection is not.
+            if not done and getattr(reason, "reply_code", 0) not in (0, 200) and \
+                    type(reason).__name__ == "ChannelClosedByBroker":
+                on_done(explain_refusal(queue, self.settings, reason))
+        done = []
+        self._connection.channel(on_open_callback=on_open)
 
     def qos(self, prefetch):
         self._call(self._channel.basic_qos, prefetch_count=prefetch)
@@ -248,7 +307,7 @@ def blocking_publish(settings, queue, body, props, timeout=REPLY_TIMEOUT):
     Used by the command line; raises TaskqueueError with a readable reason.
     """
     with _blocking_channel(settings, timeout) as channel:
-        _confirmed_publish(channel, queue, body, props)
+        _confirmed_publish(channel, settings, queue, body, props)
 
 
 def blocking_call(settings, queue, body, props, timeout):
@@ -258,7 +317,7 @@ def blocking_call(settings, queue, body, props, timeout):
         # Consuming the pseudo-queue (no-ack) before publishing is what direct reply-to requires.
         channel.basic_consume(DIRECT_REPLY_TO, lambda ch, m, p, b: replies.append(b), auto_ack=True)
         props.reply_to = DIRECT_REPLY_TO
-        _confirmed_publish(channel, queue, body, props)
+        _confirmed_publish(channel, settings, queue, body, props)
         deadline = time.monotonic() + timeout
         while not replies and time.monotonic() < deadline:
             channel.connection.process_data_events(time_limit=min(1.0, deadline - time.monotonic()))
@@ -267,12 +326,16 @@ def blocking_call(settings, queue, body, props, timeout):
 
 @contextlib.contextmanager
 def _blocking_channel(settings, timeout):
-    params = parameters(settings)
-    params.blocked_connection_timeout = timeout
-    try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as exc:
-        raise TaskqueueError(f"cannot connect to {describe(settings)}: {exc!r}") from exc
+    failures = []
+    for params in parameters(settings):
+        params.blocked_connection_timeout = timeout
+        try:
+            connection = pika.BlockingConnection(params)
+            break
+        except pika.exceptions.AMQPError as exc:
+            failures.append(f"{params.host}:{params.port}: {exc!r}")
+    else:
+        raise TaskqueueError("cannot connect to the broker: " + "; ".join(failures))
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -284,8 +347,11 @@ def _blocking_channel(settings, timeout):
             connection.close()
 
 
-def _confirmed_publish(channel, queue, body, props):
-    channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
+def _confirmed_publish(channel, settings, queue, body, props):
+    try:
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue, settings))
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(explain_refusal(queue, settings, exc)) from None
     try:
         channel.basic_publish("", queue, body, props, mandatory=True)
     except pika.exceptions.UnroutableError as exc:

@@ -18,8 +18,8 @@ from gevent.event import Event
 
 from . import logs
 from .amqp import SessionClosed
-from .errors import PluginError
-from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_USER
+from .errors import PluginError, TopologyError
+from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY, EXIT_USER
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ def run(name, user, target, forget_inherited, ready_fd, parent_pid):
     except SessionClosed as exc:
         log.error("%s", exc)
         code = EXIT_CONNECTION
+    except TopologyError as exc:
+        log.error("%s", exc)
+        code = EXIT_TOPOLOGY
     except BaseException:
         log.exception("%s failed", name)
         code = EXIT_ERROR

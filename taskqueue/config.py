@@ -34,6 +34,15 @@ class AmqpSettings:
     password: str = field(default="guest", repr=False)
     heartbeat: Optional[int] = None      # None: take the broker's proposal
     url: Optional[str] = None            # when set, overrides all of the above
+    queue_type: str = "quorum"           # of every queue taskqueue declares
+    delivery_limit: int = 5              # deliveries of one task before it is dead-lettered
+
+    @property
+    def hosts(self):
+        """The brokers to try in turn: host names, or URLs when `url` is set."""
+        if self.url:
+            return tuple(split_urls(self.url))
+        return tuple(h.strip() for h in self.host.split(","))
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,11 @@ _NUMBER_LIKE = re.compile(r"[+-]?[0-9.]*")
 #: [DEFAULT] inheritance off: each section keeps only its own options, and
 #: load() merges [DEFAULT] in only where the contract says it applies.
 _NO_DEFAULT = "\x00"
-AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "heartbeat")
+AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "heartbeat",
+                "queue_type", "delivery_limit")
+#: Options that say how to connect, which `url` replaces; the others go with either.
+CONNECTION_OPTIONS = AMQP_OPTIONS[1:7]
+QUEUE_TYPES = ("quorum", "classic")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 COUNT = "a process count (integer >= 0)"
 SUBGROUPS = "a comma-separated list of subgroup names"
@@ -150,10 +163,34 @@ def parse_text(value, expected="a non-empty value"):
 
 
 parse_user = partial(parse_text, expected="a Unix user name")
-parse_host = partial(parse_text, expected="a host name or address")
+
+
+def split_urls(value):
+    """`amqp://a/, amqp://b/` -> the URLs; a comma inside a URL is kept."""
+    return [url for url in re.split(r"\s*,\s*(?=amqps?://)", value.strip(), flags=re.I) if url]
+
+
+def parse_hosts(value):
+    """`a, b` -> "a, b": one or more host names or addresses, tried in turn."""
+    if not all(host.strip() for host in value.split(",")):
+        raise ValueError("expected a host name or address, or several separated by commas")
+    return value.strip()
+
+
+def parse_queue_type(value):
+    if value.strip().lower() not in QUEUE_TYPES:
+        raise ValueError(f"expected one of {', '.join(QUEUE_TYPES)}")
+    return value.strip().lower()
 
 
 def parse_amqp_url(value):
+    """One URL, or several separated by commas, each amqp:// or amqps://."""
+    for url in split_urls(value) or [""]:
+        _parse_one_url(url)
+    return value.strip()
+
+
+def _parse_one_url(value):
     scheme, _, rest = value.strip().partition("://")
     if scheme.lower() not in ("amqp", "amqps") or not rest:
         raise ValueError("expected a URL starting with amqp:// or amqps://")
@@ -362,17 +399,20 @@ class _Loader:
 
     def amqp(self):
         own, chain = self.own_options("amqp", AMQP_OPTIONS), ["amqp"]   # no [DEFAULT] here
+        queues = dict(queue_type=self.convert(chain, "queue_type", "quorum", parse_queue_type),
+                      delivery_limit=self.convert(chain, "delivery_limit", 5, parse_positive_int))
         if "url" in own:
-            others = [option for option in AMQP_OPTIONS[1:] if option in own]
+            others = [option for option in CONNECTION_OPTIONS if option in own]
             if others:
                 self.fail("amqp", "url", own["url"],
                           f"expected either url or {', '.join(others)}, not both")
-            return AmqpSettings(url=self.convert(chain, "url", None, parse_amqp_url))
-        return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_host),
+            return AmqpSettings(url=self.convert(chain, "url", None, parse_amqp_url), **queues)
+        return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_hosts),
                             port=self.convert(chain, "port", 5672, parse_port),
                             vhost=own.get("vhost", "/"), user=own.get("user", "guest"),
                             password=own.get("password", "guest"),
-                            heartbeat=self.convert(chain, "heartbeat", None, parse_heartbeat))
+                            heartbeat=self.convert(chain, "heartbeat", None, parse_heartbeat),
+                            **queues)
 
     def dispatcher(self):
         self.own_options("dispatcher", DISPATCHER_OPTIONS)

@@ -32,6 +32,18 @@ REASON_HEADER = "x-taskqueue-reason"
 SOURCE_HEADER = "x-taskqueue-queue"
 
 
+#: Seconds during which tasks for a queue the broker refused to declare go
+#: to the dead-letter queue before the declare is tried again.
+REFUSED_RETRY_SECONDS = 60
+READY = "ready"
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+    until: float
+
+
 @dataclass(frozen=True)
 class Route:
     worker_type: str
@@ -103,6 +115,10 @@ def _finite_float(text):
     return number
 
 
+#: Headers the broker set on the input for its own queue; the copy starts afresh.
+BROKER_HEADERS = ("x-delivery-count",)
+
+
 def forwarded_properties(props, decision):
     """The input's properties, kept, made persistent; JSON content type for re-encoded workitems."""
     out = copy.copy(props)
@@ -110,18 +126,22 @@ def forwarded_properties(props, decision):
     if decision.from_envelope:
         out.content_type = "application/json"
     if out.headers:
-        out.headers = amqp.amqp_safe(out.headers)
+        out.headers = amqp.amqp_safe(_without_broker_headers(out.headers))
     return out
 
 
 def dead_properties(props, reason):
     out = copy.copy(props)
     out.delivery_mode = amqp.PERSISTENT
-    out.headers = amqp.amqp_safe(dict(props.headers or {}))
+    out.headers = amqp.amqp_safe(_without_broker_headers(props.headers or {}))
     out.headers[REASON_HEADER] = reason
     out.headers[SOURCE_HEADER] = amqp.TASK_QUEUE
     out.headers["x-taskqueue-dead-at"] = int(time.time())
     return out
+
+
+def _without_broker_headers(headers):
+    return {k: v for k, v in headers.items() if k not in BROKER_HEADERS}
 
 
 class Dispatcher:
@@ -132,14 +152,15 @@ class Dispatcher:
         self._prefetch = prefetch
         self._pending = {}          # publish sequence number -> input delivery tag
         self._published = 0
-        self._declared = set()
+        # Worker queue -> READY, a list of messages waiting for its declare,
+        # or a Refused (the broker would not declare it as we want).
+        self._queues = {amqp.DEAD_QUEUE: READY}
         self._consumer_tag = None
         self.drained = Event()
 
     def start(self):
         for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
             self._session.declare_queue(queue)
-        self._declared.add(amqp.DEAD_QUEUE)
         self._session.enable_confirms(self._on_confirm)
         self._session.qos(self._prefetch)
         self._consumer_tag = self._session.consume(amqp.TASK_QUEUE, self._on_message)
@@ -156,22 +177,44 @@ class Dispatcher:
     def unconfirmed(self):
         return len(self._pending)
 
-    # Both callbacks run in the hub: they must not block or raise.
+    # The callbacks run in the hub: they must not block or raise.
     def _on_message(self, method, props, body):
         decision = route(body, props.content_type, props.headers)
-        if isinstance(decision, Route):
-            queue = amqp.worker_queue(decision.worker_type)
-            out_body, out_props = decision.body, forwarded_properties(props, decision)
-            if queue not in self._declared:
-                self._session.declare_queue_nowait(queue)
-                self._declared.add(queue)
-        else:
-            log.warning("dead-lettering message %s (delivery %s): %s",
-                        props.message_id or "-", method.delivery_tag, decision.reason)
-            queue, out_body, out_props = amqp.DEAD_QUEUE, body, dead_properties(props, decision.reason)
+        if isinstance(decision, Rejection):
+            self._dead_letter(method.delivery_tag, props, body, decision.reason)
+            return
+        queue = amqp.worker_queue(decision.worker_type)
+        message = (method.delivery_tag, decision.body, forwarded_properties(props, decision))
+        state = self._queues.get(queue)
+        if state is READY:
+            self._publish(queue, *message)
+        elif isinstance(state, list):
+            state.append(message)
+        elif isinstance(state, Refused) and time.monotonic() < state.until:
+            self._dead_letter(method.delivery_tag, props, body, state.reason)
+        else:  # a new worker type, or time to try a refused queue again
+            self._queues[queue] = [message]
+            self._session.declare_queue_async(queue, lambda refusal: self._on_declared(queue, refusal))
+
+    def _on_declared(self, queue, refusal):
+        waiting, self._queues[queue] = self._queues[queue], READY
+        if refusal is None:
+            for message in waiting:
+                self._publish(queue, *message)
+            return
+        log.error("%s; dead-lettering its tasks for %ds", refusal, REFUSED_RETRY_SECONDS)
+        self._queues[queue] = Refused(refusal, time.monotonic() + REFUSED_RETRY_SECONDS)
+        for tag, body, props in waiting:
+            self._dead_letter(tag, props, body, refusal)
+
+    def _dead_letter(self, tag, props, body, reason):
+        log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason)
+        self._publish(amqp.DEAD_QUEUE, tag, body, dead_properties(props, reason))
+
+    def _publish(self, queue, tag, body, props):
         self._published += 1
-        self._pending[self._published] = method.delivery_tag
-        self._session.publish(queue, out_body, out_props)
+        self._pending[self._published] = tag
+        self._session.publish(queue, body, props)
 
     def _on_confirm(self, frame):
         confirm = frame.method

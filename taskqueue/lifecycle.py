@@ -14,6 +14,9 @@ STABLE_SECONDS = 2.0
 #: First delay of the exponential backoff between quick failures, and its cap.
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 30.0
+#: Cap of the backoff between reconnection attempts: the broker is external,
+#: and a child should be back within seconds of the broker's return.
+RECONNECT_CAP = 5.0
 #: After this many quick failures in a row the child is quarantined.
 QUARANTINE_AFTER = 10
 #: How long a quarantined child waits before it is tried again (SIGHUP retries at once).
@@ -25,6 +28,7 @@ EXIT_ERROR = 1          #: an unexpected error in taskqueue itself (logged with 
 EXIT_CONNECTION = 3     #: could not reach the broker, or lost the connection
 EXIT_PLUGIN_LOAD = 4    #: the plugin failed to import, construct or set up
 EXIT_USER = 5           #: could not switch to the configured Unix user
+EXIT_TOPOLOGY = 6       #: a queue exists with other arguments than taskqueue declares
 
 EXIT_MEANINGS = {
     EXIT_OK: "stopped",
@@ -32,7 +36,10 @@ EXIT_MEANINGS = {
     EXIT_CONNECTION: "broker connection failed or lost",
     EXIT_PLUGIN_LOAD: "plugin failed to load",
     EXIT_USER: "could not switch user",
+    EXIT_TOPOLOGY: "queue declared with other arguments",
 }
+#: Exits a restart cannot cure: the child waits in quarantine for a fix (or SIGHUP).
+CANNOT_START = (EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY)
 
 
 class ChildState(enum.Enum):
@@ -49,7 +56,8 @@ class Ev(enum.Enum):
     READY = "ready"
     DIED = "died"                  # after running stably
     DIED_QUICKLY = "died_quickly"
-    LOAD_FAILED = "load_failed"
+    DISCONNECTED = "disconnected"  # lost or could not reach the broker
+    LOAD_FAILED = "load_failed"    # cannot start until something changes
     TIMER = "timer"
     STOP = "stop"
 
@@ -68,6 +76,8 @@ _TABLE = {
     (S.RUNNING, E.DIED): S.STARTING,
     (S.STARTING, E.DIED_QUICKLY): S.BACKOFF,
     (S.RUNNING, E.DIED_QUICKLY): S.BACKOFF,
+    (S.STARTING, E.DISCONNECTED): S.BACKOFF,
+    (S.RUNNING, E.DISCONNECTED): S.BACKOFF,
     (S.STARTING, E.LOAD_FAILED): S.QUARANTINED,
     (S.RUNNING, E.LOAD_FAILED): S.QUARANTINED,
     (S.STARTING, E.STOP): S.STOPPING,
@@ -75,6 +85,7 @@ _TABLE = {
     (S.STOPPING, E.DIED): S.STOPPED,
     (S.STOPPING, E.DIED_QUICKLY): S.STOPPED,
     (S.STOPPING, E.LOAD_FAILED): S.STOPPED,
+    (S.STOPPING, E.DISCONNECTED): S.STOPPED,
     (S.BACKOFF, E.STOP): S.STOPPED,
     (S.QUARANTINED, E.STOP): S.STOPPED,
     (S.STOPPED, E.STOP): S.STOPPED,
@@ -87,27 +98,31 @@ def next_state(state, event, failures=0):
 
     `failures` is the number of quick failures in a row, this one included:
     a quick death becomes QUARANTINED instead of BACKOFF once it reaches
-    QUARANTINE_AFTER. Any pair not in the table raises IllegalTransition.
+    QUARANTINE_AFTER. Losing the broker never quarantines: it is not the
+    child's fault, and it must come back as soon as the broker does.
+    Any pair not in the table raises IllegalTransition.
     """
     try:
         new = _TABLE[(state, event)]
     except KeyError:
         raise IllegalTransition(f"{event.value} is not possible in state {state.value}") from None
-    if new is ChildState.BACKOFF and failures >= QUARANTINE_AFTER:
+    if event is Ev.DIED_QUICKLY and new is ChildState.BACKOFF and failures >= QUARANTINE_AFTER:
         return ChildState.QUARANTINED
     return new
 
 
 def classify_exit(exit_code, was_ready, uptime):
     """Turn how a child ended into an event. exit_code is None when a signal killed it."""
-    if exit_code == EXIT_PLUGIN_LOAD:
+    if exit_code in CANNOT_START:
         return Ev.LOAD_FAILED
+    if exit_code == EXIT_CONNECTION:
+        return Ev.DISCONNECTED
     if was_ready and uptime >= STABLE_SECONDS:
         return Ev.DIED
     return Ev.DIED_QUICKLY
 
 
-def backoff_delay(failures, jitter=0.0):
+def backoff_delay(failures, jitter=0.0, cap=BACKOFF_CAP):
     """Seconds to wait before restarting after `failures` quick failures in a row.
 
     The first quick failure restarts at once (a single crash is not a loop);
@@ -117,7 +132,7 @@ def backoff_delay(failures, jitter=0.0):
     if failures <= 1:
         return 0.0
     doublings = min(failures - 2, 64)  # past the cap anyway; keeps 2**n a small float
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** doublings) * (1 + 0.1 * jitter)
+    return min(cap, BACKOFF_BASE * 2 ** doublings) * (1 + 0.1 * jitter)
 
 
 def describe_exit(status):

@@ -22,8 +22,9 @@ from gevent.queue import Empty, Queue
 
 from . import child
 from .errors import TaskqueueError
-from .lifecycle import (ChildState, Ev, IllegalTransition, backoff_delay, classify_exit,
-                        describe_exit, exit_code_of, next_state, QUARANTINE_SECONDS)
+from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS, ChildState,
+                        Ev, IllegalTransition, backoff_delay, classify_exit, describe_exit,
+                        exit_code_of, next_state)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Slot:
     restarts: int = 0
     last_exit: Optional[str] = None
     retired: bool = False           # a reload removed or changed its spec: drop it once stopped
+    last_event: Optional[Ev] = None  # how its last run ended
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
 
     @property
@@ -151,7 +153,10 @@ class Supervisor:
         uptime = time.monotonic() - slot.started_at
         slot.last_exit = describe_exit(status)
         event = classify_exit(exit_code_of(status), slot.ready, uptime)
-        slot.failures = 0 if event is Ev.DIED else slot.failures + 1
+        stable = slot.ready and uptime >= STABLE_SECONDS
+        # A stable child's failure starts a new count: it restarts at once.
+        slot.failures = 0 if event is Ev.DIED else 1 if stable else slot.failures + 1
+        slot.last_event = event
         level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
         self.transition(slot, event)  # logs the pid that died, then forgets it
@@ -215,7 +220,7 @@ class Supervisor:
             # The contract line of every transition: tests and operators read it.
             log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
                      f" ({note})" if note else "")
-        if event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.LOAD_FAILED):
+        if event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.LOAD_FAILED):
             slot.pid = None
         enter = getattr(self, f"enter_{new.value.lower()}", None)
         if enter is not None and old is not new:
@@ -229,7 +234,8 @@ class Supervisor:
         self._spawn(slot)
 
     def enter_backoff(self, slot):
-        delay = backoff_delay(slot.failures, random.random())
+        cap = RECONNECT_CAP if slot.last_event is Ev.DISCONNECTED else BACKOFF_CAP
+        delay = backoff_delay(slot.failures, random.random(), cap)
         if delay:
             log.warning("%s failed %d times in a row; next start in %.1fs",
                         slot.key, slot.failures, delay)

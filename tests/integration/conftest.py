@@ -19,6 +19,9 @@ import uuid
 import pika
 import pytest
 
+from taskqueue.amqp import queue_arguments
+from taskqueue.config import AmqpSettings
+
 BROKER_HOST = "127.0.0.1"
 TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 #: Every queue a test may create; deleted before each test.
@@ -69,9 +72,9 @@ class Broker:
 
     def publish_raw(self, body, queue="taskqueue", **props):
         props.setdefault("delivery_mode", 2)
-        # Declared as the dispatcher declares it, so whoever comes first wins nothing.
-        self.channel.queue_declare(queue, durable=True, arguments={
-            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "taskqueue_dead"})
+        # Declared exactly as taskqueue declares it (default settings: quorum queues).
+        self.channel.queue_declare(queue, durable=True,
+                                   arguments=queue_arguments(queue, AmqpSettings()))
         self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
 
     def _unless_missing(self, operation, queue, missing):

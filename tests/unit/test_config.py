@@ -369,7 +369,8 @@ def test_amqp_unknown_option_is_an_error(write):
     path = write("[amqp]\nhost: broker\npasswd: s3cret\n")
     message = error_of(path, set())
     assert message == (f"{path}: [amqp] passwd: unknown option; "
-                       "expected one of url, host, port, vhost, user, password, heartbeat")
+                       "expected one of url, host, port, vhost, user, password, heartbeat, "
+                       "queue_type, delivery_limit")
 
 
 @pytest.mark.parametrize("option, value, expected", [
@@ -378,7 +379,10 @@ def test_amqp_unknown_option_is_an_error(write):
     ("port", "amqp", "expected an integer from 1 to 65535"),
     ("heartbeat", "-1", "expected an integer >= 0"),
     ("heartbeat", "1.5", "expected an integer >= 0"),
-    ("host", "", "expected a host name or address"),
+    ("host", "", "expected a host name or address, or several separated by commas"),
+    ("host", "a, ,b", "expected a host name or address, or several separated by commas"),
+    ("queue_type", "stream", "expected one of quorum, classic"),
+    ("delivery_limit", "0", "expected an integer >= 1"),
 ])
 def test_bad_amqp_value_is_an_error(write, option, value, expected):
     path = write(f"[amqp]\n{option}: {value}\n")
@@ -504,3 +508,22 @@ def test_repeated_default_section_is_an_error(write):
 def test_subgroup_list_may_continue_on_indented_lines(write):
     text = "[w]\nworkers: a,\n  b\n[w_a]\n[w_b]\n"
     assert [g.name for g in load(write(text), {"w"}).groups] == ["w/a", "w/b"]
+
+
+def test_amqp_takes_several_hosts_or_urls_tried_in_turn(write):
+    cfg = load(write("[amqp]\nhost: rabbit1, rabbit2 ,10.0.0.3\n"), set())
+    assert cfg.amqp.hosts == ("rabbit1", "rabbit2", "10.0.0.3")
+    urls = "amqp://u:p@a:5672/v, amqps://u:p@b/v?x=1,2"
+    cfg = load(write(f"[amqp]\nurl: {urls}\nqueue_type: classic\n"), set())
+    assert cfg.amqp.hosts == ("amqp://u:p@a:5672/v", "amqps://u:p@b/v?x=1,2")
+    assert cfg.amqp.queue_type == "classic"
+
+
+def test_amqp_queue_settings_default_to_quorum_queues_with_a_delivery_limit_of_5(write):
+    cfg = load(write("[amqp]\nhost: broker\n"), set())
+    assert (cfg.amqp.queue_type, cfg.amqp.delivery_limit) == ("quorum", 5)
+
+
+def test_amqp_rejects_each_bad_url_of_a_list(write):
+    path = write("[amqp]\nurl: amqp://a/, amqp://b:notaport/\n")
+    assert "expected a URL whose port is an integer" in error_of(path, set())

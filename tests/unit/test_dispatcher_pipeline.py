@@ -13,11 +13,20 @@ from taskqueue.dispatcher import Dispatcher
 
 
 class RecordingSession:
-    def __init__(self):
-        self.calls = []
+    """Records calls; declares succeed at once unless `refuse` names the queue."""
 
-    def declare_queue_nowait(self, queue):
+    def __init__(self, refuse=(), answer_declares=True):
+        self.calls = []
+        self.refuse = refuse
+        self.answer_declares = answer_declares
+        self.unanswered = []
+
+    def declare_queue_async(self, queue, on_done):
         self.calls.append(("declare", queue))
+        if not self.answer_declares:
+            self.unanswered.append((queue, on_done))
+        else:
+            on_done(f"queue {queue!r} refused" if queue in self.refuse else None)
 
     def publish(self, queue, body, props):
         self.calls.append(("publish", queue, body))
@@ -89,3 +98,30 @@ def test_dispatcher_publishes_unroutable_input_to_the_dead_letter_queue_before_a
     assert session.of("ack") == []
     confirm(dispatcher, 1)
     assert session.of("ack") == [("ack", 1)]
+
+
+def test_dispatcher_holds_messages_of_a_new_type_until_its_queue_is_declared():
+    session = RecordingSession(answer_declares=False)
+    dispatcher = Dispatcher(session, prefetch=100)
+    deliver(dispatcher, 1, envelope(1))
+    deliver(dispatcher, 2, envelope(2))
+    assert session.of("declare") == [("declare", "worker_t")]  # once, not per message
+    assert session.of("publish") == []
+    queue, on_done = session.unanswered.pop()
+    on_done(None)
+    assert [c[1] for c in session.of("publish")] == ["worker_t", "worker_t"]
+    deliver(dispatcher, 3, envelope(3))
+    assert len(session.of("publish")) == 3 and len(session.of("declare")) == 1
+
+
+def test_dispatcher_dead_letters_the_tasks_of_a_queue_the_broker_refuses_and_routes_others():
+    session = RecordingSession(refuse={"worker_t"})
+    dispatcher = Dispatcher(session, prefetch=100)
+    deliver(dispatcher, 1, envelope(1))
+    deliver(dispatcher, 2, json.dumps({"worker_type": "u", "workitem": 1}).encode())
+    deliver(dispatcher, 3, envelope(3))  # within the retry window: no new declare
+    assert [c[1] for c in session.of("publish")] == ["taskqueue_dead", "worker_u", "taskqueue_dead"]
+    assert session.of("declare") == [("declare", "worker_t"), ("declare", "worker_u")]
+    for seq in (1, 2, 3):
+        confirm(dispatcher, seq)
+    assert sorted(t for _, t in session.of("ack")) == [1, 2, 3]

@@ -16,6 +16,7 @@ from taskqueue.lifecycle import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_PLUGIN_LOAD,
+    EXIT_TOPOLOGY,
     EXIT_USER,
     QUARANTINE_AFTER,
     STABLE_SECONDS,
@@ -41,6 +42,8 @@ TRANSITIONS = [
     (S.RUNNING, E.DIED, S.STARTING),
     (S.STARTING, E.DIED_QUICKLY, S.BACKOFF),
     (S.RUNNING, E.DIED_QUICKLY, S.BACKOFF),
+    (S.STARTING, E.DISCONNECTED, S.BACKOFF),
+    (S.RUNNING, E.DISCONNECTED, S.BACKOFF),
     (S.STARTING, E.LOAD_FAILED, S.QUARANTINED),
     (S.RUNNING, E.LOAD_FAILED, S.QUARANTINED),
     (S.STARTING, E.STOP, S.STOPPING),
@@ -48,6 +51,7 @@ TRANSITIONS = [
     (S.STOPPING, E.DIED, S.STOPPED),
     (S.STOPPING, E.DIED_QUICKLY, S.STOPPED),
     (S.STOPPING, E.LOAD_FAILED, S.STOPPED),
+    (S.STOPPING, E.DISCONNECTED, S.STOPPED),
     (S.BACKOFF, E.STOP, S.STOPPED),
     (S.QUARANTINED, E.STOP, S.STOPPED),
     (S.STOPPED, E.STOP, S.STOPPED),
@@ -113,10 +117,15 @@ def test_next_state_backs_off_when_failures_are_below_the_quarantine_threshold(
 
 
 @pytest.mark.parametrize("failures", [QUARANTINE_AFTER, QUARANTINE_AFTER + 1, 100, 10**6])
-@pytest.mark.parametrize("state, event", TO_BACKOFF, ids=lambda v: _id(v))
-def test_next_state_quarantines_when_quick_failures_reach_quarantine_after(
-        state, event, failures):
-    assert next_state(state, event, failures) is S.QUARANTINED
+@pytest.mark.parametrize("state", [S.STARTING, S.RUNNING], ids=lambda v: _id(v))
+def test_next_state_quarantines_when_quick_failures_reach_quarantine_after(state, failures):
+    assert next_state(state, E.DIED_QUICKLY, failures) is S.QUARANTINED
+
+
+@pytest.mark.parametrize("failures", [QUARANTINE_AFTER, 100, 10**6])
+@pytest.mark.parametrize("state", [S.STARTING, S.RUNNING], ids=lambda v: _id(v))
+def test_next_state_never_quarantines_when_the_broker_is_what_fails(state, failures):
+    assert next_state(state, E.DISCONNECTED, failures) is S.BACKOFF
 
 
 @pytest.mark.parametrize("state, event, expected", NOT_TO_BACKOFF, ids=lambda v: _id(v))
@@ -151,13 +160,15 @@ def test_next_state_quarantines_on_the_tenth_quick_failure_when_a_child_keeps_dy
     # ready and lived long enough: a stable run that ended
     (EXIT_OK, True, STABLE_SECONDS, E.DIED),
     (EXIT_ERROR, True, STABLE_SECONDS + 0.001, E.DIED),
-    (EXIT_CONNECTION, True, 3600.0, E.DIED),
+    (EXIT_CONNECTION, True, 3600.0, E.DISCONNECTED),
     (EXIT_USER, True, STABLE_SECONDS * 2, E.DIED),
     (None, True, STABLE_SECONDS, E.DIED),
     (None, True, 3600.0, E.DIED),
     # never ready, or ready but died too soon: a quick failure
     (EXIT_ERROR, False, 3600.0, E.DIED_QUICKLY),
-    (EXIT_CONNECTION, False, 0.0, E.DIED_QUICKLY),
+    (EXIT_CONNECTION, False, 0.0, E.DISCONNECTED),
+    (EXIT_TOPOLOGY, False, 0.0, E.LOAD_FAILED),
+    (EXIT_TOPOLOGY, True, 3600.0, E.LOAD_FAILED),
     (EXIT_OK, False, STABLE_SECONDS * 10, E.DIED_QUICKLY),
     (EXIT_ERROR, True, 0.0, E.DIED_QUICKLY),
     (EXIT_ERROR, True, STABLE_SECONDS - 0.001, E.DIED_QUICKLY),
@@ -268,6 +279,7 @@ def test_hand_built_signal_status_matches_os_semantics_when_a_process_is_killed(
     (exited(EXIT_OK), "exit 0 (stopped)"),
     (exited(EXIT_ERROR), "exit 1 (internal error)"),
     (exited(EXIT_CONNECTION), "exit 3 (broker connection failed or lost)"),
+    (exited(EXIT_TOPOLOGY), "exit 6 (queue declared with other arguments)"),
     (exited(EXIT_PLUGIN_LOAD), "exit 4 (plugin failed to load)"),
     (exited(EXIT_USER), "exit 5 (could not switch user)"),
     (exited(2), "exit 2"),
@@ -301,3 +313,8 @@ def test_exit_code_of_returns_none_when_a_signal_killed_the_process(status):
 
 def test_exit_code_of_and_classify_exit_agree_when_the_plugin_failed_to_load():
     assert classify_exit(exit_code_of(exited(EXIT_PLUGIN_LOAD)), False, 0.1) is E.LOAD_FAILED
+
+
+def test_backoff_delay_honours_a_lower_cap_for_reconnection():
+    assert backoff_delay(50, cap=5.0) == 5.0
+    assert backoff_delay(3, cap=5.0) == backoff_delay(3)
