@@ -38,7 +38,7 @@ def wait_for(predicate, timeout, what, interval=0.02):
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 
@@ -188,8 +188,8 @@ class Pool:
         def found():
             matches = re.findall(pattern, self.log(), re.MULTILINE)
             return matches if len(matches) >= count else None
-        return wait_for(found, timeout, f"{count} log line(s) matching {pattern!r}\n--- log:\n"
-                        + self.log()[-3000:])
+        return wait_for(found, timeout, lambda: f"{count} log line(s) matching {pattern!r}\n"
+                        f"--- log:\n{self.log()[-3000:]}")
 
     def children(self):
         """Pids of the live children of the supervisor."""
