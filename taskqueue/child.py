@@ -39,23 +39,41 @@ class UserSwitchError(Exception):
 
 
 class ChildContext:
-    """What a child's target gets: a way to say it is ready, and a stop request."""
+    """What a child's target gets: a stop request, and a line to the supervisor.
 
-    def __init__(self, name, ready_fd):
+    Reports are single lines `<pid> <event> [<detail>]` on a pipe shared by
+    all children; each is one write of less than PIPE_BUF bytes, so lines
+    from different children never interleave.
+    """
+
+    def __init__(self, name, report_fd):
         self.name = name
         self.stopping = Event()
-        self._ready_fd = ready_fd
+        self._report_fd = report_fd
+        self._pid = os.getpid()
 
     def ready(self):
-        """Tell the supervisor this child is consuming (one atomic pipe write)."""
-        os.write(self._ready_fd, f"{os.getpid()}\n".encode())
+        """Consuming: the supervisor counts this child as started."""
+        self._report("ready")
+
+    def busy(self, message_id):
+        """A task started (the supervisor times it when the group has task_timeout)."""
+        self._report("busy", "".join(c if c.isprintable() and not c.isspace() else "?"
+                                     for c in (message_id or "-")[:200]))
+
+    def idle(self):
+        """The task is settled."""
+        self._report("idle")
+
+    def _report(self, event, detail=""):
+        os.write(self._report_fd, f"{self._pid} {event} {detail}\n".encode())
 
 
-def run(name, user, target, forget_inherited, ready_fd, parent_pid):
+def run(name, user, target, forget_inherited, report_fd, parent_pid):
     """Run `target(ctx)` as the child `name`; never returns."""
     code = EXIT_ERROR
     try:
-        ctx = ChildContext(name, ready_fd)
+        ctx = ChildContext(name, report_fd)
         _take_over_signals(forget_inherited, ctx.stopping.set)
         logs.set_identity(name)
         if user:

@@ -111,6 +111,7 @@ def child_specs(cfg, dispatcher, workers, default_user=None):
                                    functools.partial(run_worker, group, cfg.amqp),
                                    user=group.user or default_user,
                                    stop_timeout=group.stop_timeout,
+                                   task_timeout=group.task_timeout,
                                    settings=(cfg.amqp, group, tuple(sorted(group.options.items())))))
     return specs
 

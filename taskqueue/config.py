@@ -35,6 +35,7 @@ class AmqpSettings:
     heartbeat: Optional[int] = None      # None: take the broker's proposal
     url: Optional[str] = None            # when set, overrides all of the above
     queue_type: str = "quorum"           # of every queue taskqueue declares
+    consumer_timeout: float = 1800.0     # the broker's consumer_timeout (RabbitMQ's default)
     delivery_limit: int = 5              # deliveries of one task before it is dead-lettered
 
     @property
@@ -59,6 +60,9 @@ class WorkerGroup:
     user: Optional[str] = None
     prefetch: int = 1
     stop_timeout: float = 30.0
+    task_timeout: Optional[float] = None   # seconds; the supervisor kills a task running longer
+    max_tasks: Optional[int] = None        # a process is replaced after this many tasks
+    max_memory: Optional[int] = None       # MiB of resident memory; replaced after its task
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
@@ -99,7 +103,7 @@ _NUMBER_LIKE = re.compile(r"[+-]?[0-9.]*")
 #: load() merges [DEFAULT] in only where the contract says it applies.
 _NO_DEFAULT = "\x00"
 AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "heartbeat",
-                "queue_type", "delivery_limit")
+                "queue_type", "delivery_limit", "consumer_timeout")
 #: Options that say how to connect, which `url` replaces; the others go with either.
 CONNECTION_OPTIONS = AMQP_OPTIONS[1:7]
 QUEUE_TYPES = ("quorum", "classic")
@@ -222,6 +226,7 @@ def load(path: str, installed_types, *, check_users: bool = True,
     loader.check_ambiguous(types, lists)
     groups = [group for name in types for group in loader.groups(name)]
     amqp, dispatcher = loader.amqp(), loader.dispatcher()
+    loader.check_task_timeouts(groups, amqp)
     if loader.errors:
         raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
     claimed = {f"{owner}_{subgroup}" for owner, names in lists.items() for subgroup in names}
@@ -374,7 +379,22 @@ class _Loader:
                            user=self.convert(chain, "user", None, self.parse_user),
                            prefetch=self.convert(chain, "prefetch", 1, parse_positive_int),
                            stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds),
+                           task_timeout=self.convert(chain, "task_timeout", None, parse_seconds),
+                           max_tasks=self.convert(chain, "max_tasks", None, parse_positive_int),
+                           max_memory=self.convert(chain, "max_memory", None, parse_positive_int),
                            options=MappingProxyType(options))
+
+    def check_task_timeouts(self, groups, amqp):
+        """A task may not outlive the broker's patience: past consumer_timeout the broker
+        closes the channel, and the task is redelivered however well it went."""
+        limit = amqp.consumer_timeout
+        for group in groups:
+            if group.task_timeout is not None and limit is not None and group.task_timeout >= limit:
+                section = group.worker_type if group.subgroup is None else \
+                    f"{group.worker_type}_{group.subgroup}"
+                self.fail(section, "task_timeout", group.options.get("task_timeout", ""),
+                          f"expected less than the broker's consumer timeout ({limit:g} s, "
+                          "[amqp] consumer_timeout)")
 
     def parse_user(self, value):
         name = parse_user(value)
@@ -400,7 +420,9 @@ class _Loader:
     def amqp(self):
         own, chain = self.own_options("amqp", AMQP_OPTIONS), ["amqp"]   # no [DEFAULT] here
         queues = dict(queue_type=self.convert(chain, "queue_type", "quorum", parse_queue_type),
-                      delivery_limit=self.convert(chain, "delivery_limit", 5, parse_positive_int))
+                      delivery_limit=self.convert(chain, "delivery_limit", 5, parse_positive_int),
+                      consumer_timeout=self.convert(chain, "consumer_timeout", 1800.0,
+                                                    parse_seconds))
         if "url" in own:
             others = [option for option in CONNECTION_OPTIONS if option in own]
             if others:

@@ -29,6 +29,7 @@ EXIT_CONNECTION = 3     #: could not reach the broker, or lost the connection
 EXIT_PLUGIN_LOAD = 4    #: the plugin failed to import, construct or set up
 EXIT_USER = 5           #: could not switch to the configured Unix user
 EXIT_TOPOLOGY = 6       #: a queue exists with other arguments than taskqueue declares
+EXIT_RECYCLE = 7        #: reached max_tasks or max_memory; replace it at once
 
 EXIT_MEANINGS = {
     EXIT_OK: "stopped",
@@ -37,6 +38,7 @@ EXIT_MEANINGS = {
     EXIT_PLUGIN_LOAD: "plugin failed to load",
     EXIT_USER: "could not switch user",
     EXIT_TOPOLOGY: "queue declared with other arguments",
+    EXIT_RECYCLE: "recycled: max_tasks or max_memory reached",
 }
 #: Exits a restart cannot cure: the child waits in quarantine for a fix (or SIGHUP).
 CANNOT_START = (EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY)
@@ -117,6 +119,8 @@ def classify_exit(exit_code, was_ready, uptime):
         return Ev.LOAD_FAILED
     if exit_code == EXIT_CONNECTION:
         return Ev.DISCONNECTED
+    if exit_code == EXIT_RECYCLE:
+        return Ev.DIED  # planned: a replacement starts at once, whatever the uptime
     if was_ready and uptime >= STABLE_SECONDS:
         return Ev.DIED
     return Ev.DIED_QUICKLY

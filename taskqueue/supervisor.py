@@ -2,7 +2,7 @@
 
 One gevent process that holds no AMQP connection, imports no plugin code and
 starts no threads, so a fork inherits nothing dangerous. Signal handlers,
-child watchers, the ready pipe and timers only put events on one queue; the
+child watchers, the children's report pipe and timers only put events on one queue; the
 main loop takes them one by one and dispatches to `handle_<event>`, which
 drives each child's state machine (lifecycle.py) and performs the side effect
 of the state entered (`enter_<state>`).
@@ -28,6 +28,8 @@ from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_S
 
 log = logging.getLogger(__name__)
 
+#: What a child may report on the pipe (child.ChildContext).
+REPORTS = ("ready", "busy", "idle")
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
@@ -47,6 +49,7 @@ class ChildSpec:
     target: Callable = field(compare=False)   # target(ctx) -> exit code, runs in the child
     user: Optional[str] = None
     stop_timeout: float = 30.0
+    task_timeout: Optional[float] = None
     settings: tuple = ()
 
 
@@ -75,6 +78,11 @@ class Slot:
     restarts: int = 0
     last_exit: Optional[str] = None
     retired: bool = False           # a reload removed or changed its spec: drop it once stopped
+    task: Optional[str] = None      # message id of the task it is handling, if any
+    task_started: float = 0.0
+    tasks_done: int = 0
+    task_timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
+    killed_for: Optional[str] = None  # why the supervisor killed it, for the exit line
     last_event: Optional[Ev] = None  # how its last run ended
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
 
@@ -93,7 +101,7 @@ class Supervisor:
         self._by_pid = {}
         self._greenlets = Group()        # killed in every child right after the fork
         self._signal_handles = []
-        self._ready_r = self._ready_w = None
+        self._reports_r = self._reports_w = None
         self._stopping = False
         self._killed = False
 
@@ -101,10 +109,10 @@ class Supervisor:
 
     def run(self):
         """Start every child and supervise until stopped; return the exit code."""
-        self._ready_r, self._ready_w = os.pipe()
+        self._reports_r, self._reports_w = os.pipe()
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
-        self._greenlets.spawn(self._read_ready)
+        self._greenlets.spawn(self._read_reports)
         log.info("supervisor started: %s", ", ".join(
             f"{s.name} x{s.processes}" + (f" as {s.user}" if s.user else "")
             for s in self.specs) or "nothing to run")
@@ -124,8 +132,8 @@ class Supervisor:
         for handle in self._signal_handles:
             handle.cancel()
         self._greenlets.kill(block=True, timeout=1)
-        os.close(self._ready_r)
-        os.close(self._ready_w)
+        os.close(self._reports_r)
+        os.close(self._reports_w)
 
     # -- events (all of them arrive through self.events) ---------------------
 
@@ -151,7 +159,9 @@ class Supervisor:
         if slot is None:
             return
         uptime = time.monotonic() - slot.started_at
-        slot.last_exit = describe_exit(status)
+        slot.last_exit = describe_exit(status) + (f" ({slot.killed_for})" if slot.killed_for else "")
+        slot.killed_for, slot.task = None, None
+        self._cancel_task_timer(slot)
         event = classify_exit(exit_code_of(status), slot.ready, uptime)
         stable = slot.ready and uptime >= STABLE_SECONDS
         # A stable child's failure starts a new count: it restarts at once.
@@ -161,11 +171,39 @@ class Supervisor:
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
         self.transition(slot, event)  # logs the pid that died, then forgets it
 
-    def handle_ready(self, pid):
+    def handle_ready(self, pid, detail=""):
         slot = self._by_pid.get(pid)
         if slot is not None and slot.state is ChildState.STARTING:
             slot.ready = True
             self.transition(slot, Ev.READY, f"ready in {time.monotonic() - slot.started_at:.3f}s")
+
+    def handle_busy(self, pid, message_id):
+        slot = self._by_pid.get(pid)
+        if slot is None:
+            return
+        slot.task, slot.task_started = message_id, time.monotonic()
+        if slot.spec.task_timeout:
+            slot.task_timer = gevent.spawn_later(slot.spec.task_timeout, self.events.put_nowait,
+                                                 ("task_timeout", slot, pid, slot.tasks_done))
+            self._greenlets.add(slot.task_timer)
+
+    def handle_idle(self, pid, detail=""):
+        slot = self._by_pid.get(pid)
+        if slot is None:
+            return
+        slot.task = None
+        slot.tasks_done += 1
+        self._cancel_task_timer(slot)
+
+    def handle_task_timeout(self, slot, pid, tasks_done):
+        """A task ran past its group's task_timeout: kill the process. The broker
+        requeues the delivery, counted toward the delivery limit."""
+        slot.task_timer = None
+        if slot.pid == pid and slot.task is not None and slot.tasks_done == tasks_done:
+            log.error("%s pid=%d: task %s still running after task_timeout %gs; killing the process",
+                      slot.key, pid, slot.task, slot.spec.task_timeout)
+            slot.killed_for = "task_timeout"
+            os.kill(pid, signal.SIGKILL)
 
     def handle_timer(self, slot):
         slot.timer = None
@@ -265,7 +303,7 @@ class Supervisor:
             pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
             if pid == 0:
                 child.run(slot.key, slot.spec.user, slot.spec.target, self._forget_inherited,
-                          self._ready_w, parent)
+                          self._reports_w, parent)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
         slot.pid, slot.started_at = pid, time.monotonic()
@@ -277,21 +315,24 @@ class Supervisor:
         for handle in self._signal_handles:
             handle.cancel()
         self._greenlets.kill(block=True, timeout=1)
-        os.close(self._ready_r)
+        os.close(self._reports_r)
 
     def _on_child_exit(self, watcher):
         self.events.put_nowait(("exit", watcher.pid, watcher.rstatus))
 
-    def _read_ready(self):
-        gevent.os.make_nonblocking(self._ready_r)
+    def _read_reports(self):
+        gevent.os.make_nonblocking(self._reports_r)
         buffered = b""
         while True:
-            data = gevent.os.nb_read(self._ready_r, 4096)
+            data = gevent.os.nb_read(self._reports_r, 65536)
             if not data:
                 return
             *lines, buffered = (buffered + data).split(b"\n")
             for line in lines:
-                self.events.put_nowait(("ready", int(line)))
+                # Plugin code shares this pipe: take only well-formed reports.
+                pid, event, detail = (line.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
+                if event in REPORTS and pid.isdigit():
+                    self.events.put_nowait((event, int(pid), detail))
 
     def _arm_timer(self, slot, delay, event=None):
         self._cancel_timer(slot)
@@ -302,6 +343,11 @@ class Supervisor:
         if slot.timer is not None:
             slot.timer.kill(block=False)
             slot.timer = None
+
+    def _cancel_task_timer(self, slot):
+        if slot.task_timer is not None:
+            slot.task_timer.kill(block=False)
+            slot.task_timer = None
 
     def _kill(self, slot):
         if slot.pid:

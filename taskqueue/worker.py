@@ -9,6 +9,7 @@ the hub thread and makes sure each delivery is settled exactly once.
 import collections
 import concurrent.futures
 import logging
+import os
 import time
 import traceback
 
@@ -17,7 +18,7 @@ from gevent.queue import Queue
 
 from . import amqp, plugins
 from .errors import PluginError
-from .lifecycle import EXIT_CONNECTION, EXIT_OK
+from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +167,49 @@ def run_worker(group, amqp_settings, ctx):
     ctx.ready()
     log.info("consuming %s (prefetch %d)", group.queue, group.prefetch)
     hub_calls = HubCalls()
+    done = 0
     while True:
         delivery = inbox.get()
         if delivery is None or ctx.stopping.is_set() or not session.is_open:
             break
+        ctx.busy(delivery[1].message_id)
         _handle(worker, session, hub_calls, *delivery)
+        ctx.idle()
+        done += 1
+        reason = _recycle_reason(group, done)
+        if reason:
+            log.info("%s: this process is replaced after its current task", reason)
+            return _finish(worker, session, EXIT_RECYCLE)
     if not session.is_open:
         log.error("lost the broker connection: %r", session.close_reason)
-        return _finish(worker, session, amqp_exit=True)
-    return _finish(worker, session, amqp_exit=False)
+        return _finish(worker, session, EXIT_CONNECTION)
+    return _finish(worker, session, EXIT_OK)
 
 
-def _finish(worker, session, amqp_exit):
+def _recycle_reason(group, done):
+    if group.max_tasks and done >= group.max_tasks:
+        return f"max_tasks {group.max_tasks} reached"
+    if group.max_memory:
+        rss = resident_mib()
+        if rss > group.max_memory:
+            return f"max_memory {group.max_memory} MiB exceeded ({rss:.0f} MiB resident)"
+    return None
+
+
+def resident_mib():
+    """This process's resident memory now (not its peak), in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _finish(worker, session, code):
     try:
         worker.teardown()
     except Exception:
         log.exception("teardown failed")
     # Closing requeues whatever was prefetched but not handled.
     session.close()
-    return EXIT_CONNECTION if amqp_exit else EXIT_OK
+    return code
 
 
 def _handle(worker, session, hub_calls, method, props, body):

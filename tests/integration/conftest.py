@@ -57,6 +57,8 @@ class Broker:
 
     def __init__(self, vhost):
         self.vhost = vhost
+        #: What the queues are declared with; a test with other [amqp] queue settings sets it.
+        self.settings = AmqpSettings()
         self.connection = pika.BlockingConnection(pika.ConnectionParameters(
             BROKER_HOST, virtual_host=vhost, credentials=pika.PlainCredentials("guest", "guest")))
         self.channel = self.connection.channel()
@@ -74,7 +76,7 @@ class Broker:
         props.setdefault("delivery_mode", 2)
         # Declared exactly as taskqueue declares it (default settings: quorum queues).
         self.channel.queue_declare(queue, durable=True,
-                                   arguments=queue_arguments(queue, AmqpSettings()))
+                                   arguments=queue_arguments(queue, self.settings))
         self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
 
     def _unless_missing(self, operation, queue, missing):
@@ -155,11 +157,11 @@ def records(workdir):
     return Records(path)
 
 
-def config_text(vhost, body, heartbeat=None):
+def config_text(vhost, body, heartbeat=None, amqp_extra=""):
     amqp = f"[amqp]\nhost: {BROKER_HOST}\nvhost: {vhost}\n"
     if heartbeat is not None:
         amqp += f"heartbeat: {heartbeat}\n"
-    return f"{body.rstrip()}\n\n{amqp}"
+    return f"{body.rstrip()}\n\n{amqp}{amqp_extra}"
 
 
 class Pool:
@@ -214,9 +216,10 @@ class Pool:
 def start_pool(workdir, vhost):
     pools = []
 
-    def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=()):
-        pool = Pool(workdir, body if raw else config_text(vhost, body, heartbeat), command, env,
-                    extra_args)
+    def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
+              amqp_extra=""):
+        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra)
+        pool = Pool(workdir, config, command, env, extra_args)
         pools.append(pool)
         return pool
     yield start

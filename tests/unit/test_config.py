@@ -370,7 +370,7 @@ def test_amqp_unknown_option_is_an_error(write):
     message = error_of(path, set())
     assert message == (f"{path}: [amqp] passwd: unknown option; "
                        "expected one of url, host, port, vhost, user, password, heartbeat, "
-                       "queue_type, delivery_limit")
+                       "queue_type, delivery_limit, consumer_timeout")
 
 
 @pytest.mark.parametrize("option, value, expected", [
@@ -527,3 +527,18 @@ def test_amqp_queue_settings_default_to_quorum_queues_with_a_delivery_limit_of_5
 def test_amqp_rejects_each_bad_url_of_a_list(write):
     path = write("[amqp]\nurl: amqp://a/, amqp://b:notaport/\n")
     assert "expected a URL whose port is an integer" in error_of(path, set())
+
+
+def test_group_time_and_recycling_limits_are_read_per_group(write):
+    cfg = load(write("[DEFAULT]\nworkers: 0\n[t]\nworkers: 1\ntask_timeout: 90\nmax_tasks: 1000\n"
+                     "max_memory: 512\n"), {"t"})
+    group = cfg.groups[0]
+    assert (group.task_timeout, group.max_tasks, group.max_memory) == (90.0, 1000, 512)
+
+
+def test_task_timeout_must_be_below_the_brokers_consumer_timeout(write):
+    path = write("[t]\ntask_timeout: 1800\n")
+    assert error_of(path, {"t"}) == (
+        f"{path}: [t] task_timeout = '1800': expected less than the broker's consumer timeout "
+        "(1800 s, [amqp] consumer_timeout)")
+    assert load(write("[t]\ntask_timeout: 1800\n[amqp]\nconsumer_timeout: 3600\n"), {"t"})

@@ -2,7 +2,7 @@
 
 The workitem is a JSON object: `id` names the task; optional `sleep` (seconds
 of waiting), `cpu` (seconds of busy computing, holding the GIL as real work
-does), `raise` (handle_task raises), `noack` (returns unsettled), `twice`
+does), `alloc` (MiB to allocate and keep), `raise` (handle_task raises), `noack` (returns unsettled), `twice`
 (acks twice), `exit` (the process exits with that code mid-task).
 
 For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
@@ -19,6 +19,8 @@ from taskqueue.worker import BaseWorker
 
 
 class Recorder(BaseWorker):
+    ballast = []
+
     def setup(self):
         self.record_dir = self.settings.get("record_dir") or os.environ["TQTEST_RECORD_DIR"]
 
@@ -27,6 +29,8 @@ class Recorder(BaseWorker):
         self._record(task["id"], "start", method)
         if task.get("sleep"):
             time.sleep(task["sleep"])
+        if task.get("alloc"):
+            self.ballast.append(bytearray(task["alloc"] * 2**20))  # MiB kept until the process ends
         if task.get("cpu"):
             deadline = time.monotonic() + task["cpu"]
             while time.monotonic() < deadline:

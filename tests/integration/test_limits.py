@@ -1,0 +1,49 @@
+"""Time limits and recycling: task_timeout, max_tasks, max_memory."""
+from taskqueue.config import AmqpSettings
+
+from conftest import wait_for
+from test_worker import recorder_config
+
+
+def test_a_task_running_past_task_timeout_is_killed_and_dead_lettered_after_the_limit(
+        broker, start_pool, records):
+    broker.settings = AmqpSettings(delivery_limit=2)
+    pool = start_pool(recorder_config(records, extra="task_timeout: 1\n"),
+                      amqp_extra="delivery_limit: 2\n")
+    broker.submit("recorder", {"id": "hang", "sleep": 60}, message_id="m-hang")
+    broker.submit("recorder", {"id": "quick"})
+    kills = pool.wait_log(r"recorder#0 pid=\d+: task m-hang still running after task_timeout 1s; "
+                          r"killing the process", count=2, timeout=30)
+    assert len(kills) >= 2
+    pool.wait_log(r"recorder#0 pid=\d+ killed by SIGKILL \(task_timeout\)")
+    dead = wait_for(lambda: broker.drain("taskqueue_dead"), 30, "the hanging task dead-lettered")
+    assert dead[0][0].message_id == "m-hang"
+    assert dead[0][0].headers["x-death"][0]["reason"] == "delivery_limit"
+    wait_for(lambda: records.ids() == ["quick"], 20, "the quick task done")
+    assert pool.stop() == 0
+
+
+def test_a_process_is_replaced_after_max_tasks_without_losing_or_delaying_work(
+        broker, start_pool, records):
+    pool = start_pool(recorder_config(records, extra="max_tasks: 3\n"))
+    for n in range(10):
+        broker.submit("recorder", {"id": f"t{n}"})
+    done = wait_for(lambda: len(records.ids()) == 10 and records.all(), 30, "10 tasks done")
+    per_pid = {}
+    for record in done:
+        per_pid[record["pid"]] = per_pid.get(record["pid"], 0) + 1
+    assert sorted(per_pid.values()) == [1, 3, 3, 3]
+    assert len(pool.wait_log(r"max_tasks 3 reached: this process is replaced", count=3)) == 3
+    assert "failed" not in pool.log() and "BACKOFF" not in pool.log()  # a planned restart
+    assert pool.stop() == 0
+
+
+def test_a_process_over_max_memory_is_replaced_after_its_task(broker, start_pool, records):
+    pool = start_pool(recorder_config(records, extra="max_memory: 200\n"))
+    broker.submit("recorder", {"id": "big", "alloc": 300})
+    broker.submit("recorder", {"id": "after"})
+    done = wait_for(lambda: len(records.ids()) == 2 and records.all(), 30, "both tasks done")
+    pids = {r["id"]: r["pid"] for r in done}
+    assert pids["big"] != pids["after"]
+    pool.wait_log(r"max_memory 200 MiB exceeded \(\d+ MiB resident\): this process is replaced")
+    assert pool.stop() == 0
