@@ -59,10 +59,7 @@ class Broker:
         self.vhost = vhost
         #: What the queues are declared with; a test with other [amqp] queue settings sets it.
         self.settings = AmqpSettings()
-        self.connection = pika.BlockingConnection(pika.ConnectionParameters(
-            BROKER_HOST, virtual_host=vhost, credentials=pika.PlainCredentials("guest", "guest")))
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
+        self._connect()
 
     def reset(self):
         for queue in QUEUES:
@@ -79,8 +76,19 @@ class Broker:
                                    arguments=queue_arguments(queue, self.settings))
         self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
 
+    def _connect(self):
+        self.connection = pika.BlockingConnection(pika.ConnectionParameters(
+            BROKER_HOST, virtual_host=self.vhost,
+            credentials=pika.PlainCredentials("guest", "guest")))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
     def _unless_missing(self, operation, queue, missing):
-        """Run operation(queue); a queue that does not exist (yet) gives `missing`."""
+        """Run operation(queue); a queue that does not exist (yet) gives `missing`.
+
+        So does a quorum queue whose process is still starting (541 noproc right
+        after it was declared): callers poll, and the next call finds it.
+        """
         try:
             return operation(queue)
         except pika.exceptions.ChannelClosedByBroker as exc:
@@ -88,6 +96,11 @@ class Broker:
                 raise
             self.channel = self.connection.channel()
             self.channel.confirm_delivery()
+            return missing
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            if exc.reply_code != 541 or "noproc" not in exc.reply_text:
+                raise
+            self._connect()
             return missing
 
     def counts(self, queue):
