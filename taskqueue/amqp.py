@@ -166,6 +166,7 @@ class Session:
         self._connection.channel(on_open_callback=channel.set)
         self._channel = self._wait(channel, timeout, "channel open")
         self._channel.add_on_close_callback(self._on_channel_closed)
+        self._channel.add_on_cancel_callback(self._on_consumer_cancelled)
         return self
 
     def close(self, timeout=REPLY_TIMEOUT):
@@ -184,6 +185,14 @@ class Session:
         self._mark_closed(reason)
         # A channel closed by the broker (e.g. PRECONDITION_FAILED) leaves the
         # connection useless to us: close it so the process can start over.
+        if self._connection.is_open:
+            self._connection.close()
+
+    def _on_consumer_cancelled(self, frame):
+        # The broker cancelled our consumer (its queue was deleted, or a node
+        # went away; RabbitMQ 4 does this for quorum queues): nothing more will
+        # be delivered here. Start over: the process restarts and redeclares.
+        self._mark_closed(f"the broker cancelled the consumer {frame.method.consumer_tag}")
         if self._connection.is_open:
             self._connection.close()
 
@@ -268,8 +277,12 @@ class Session:
         if self.is_open:
             self._call(self._channel.basic_cancel, consumer_tag)
 
-    def enable_confirms(self, on_confirm):
-        """Publisher confirms; on_confirm(frame) gets each Basic.Ack/Nack in the hub."""
+    def enable_confirms(self, on_confirm, on_return):
+        """Publisher confirms; in the hub, on_confirm(frame) gets each Basic.Ack/Nack and
+        on_return(routing_key) each mandatory message the broker could not route
+        (RabbitMQ sends the return before that message's ack)."""
+        self._channel.add_on_return_callback(
+            lambda channel, method, props, body: on_return(method.routing_key))
         ok = AsyncResult()
         self._channel.confirm_delivery(on_confirm, callback=ok.set)
         self._wait(ok, REPLY_TIMEOUT, "confirm mode")

@@ -150,7 +150,8 @@ class Dispatcher:
     def __init__(self, session, prefetch):
         self._session = session
         self._prefetch = prefetch
-        self._pending = {}          # publish sequence number -> input delivery tag
+        self._pending = {}          # publish sequence number -> (input delivery tag, queue)
+        self._returned = set()      # sequence numbers the broker returned unroutable
         self._published = 0
         # Worker queue -> READY, a list of messages waiting for its declare,
         # or a Refused (the broker would not declare it as we want).
@@ -161,7 +162,7 @@ class Dispatcher:
     def start(self):
         for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
             self._session.declare_queue(queue)
-        self._session.enable_confirms(self._on_confirm)
+        self._session.enable_confirms(self._on_confirm, self._on_return)
         self._session.qos(self._prefetch)
         self._consumer_tag = self._session.consume(amqp.TASK_QUEUE, self._on_message)
 
@@ -213,8 +214,22 @@ class Dispatcher:
 
     def _publish(self, queue, tag, body, props):
         self._published += 1
-        self._pending[self._published] = tag
-        self._session.publish(queue, body, props)
+        self._pending[self._published] = (tag, queue)
+        # mandatory: a queue deleted since we declared it returns the message
+        # instead of dropping it.
+        self._session.publish(queue, body, props, mandatory=True)
+
+    def _on_return(self, queue):
+        """The broker could not route a message to `queue`: its confirm, which follows,
+        must not ack the input. Returns come in publish order, so it is the oldest
+        unconfirmed publish to that queue not already returned."""
+        seq = next((seq for seq, (_, q) in self._pending.items()
+                    if q == queue and seq not in self._returned), None)
+        if seq is not None:
+            self._returned.add(seq)
+        self._queues.pop(queue, None)   # declare it again before the next publish
+        log.warning("the broker returned a message for %s (no such queue any more); "
+                    "its input goes back to %s", queue, amqp.TASK_QUEUE)
 
     def _on_confirm(self, frame):
         confirm = frame.method
@@ -224,15 +239,17 @@ class Dispatcher:
         else:
             done = [confirm.delivery_tag]
         for seq in done:
-            tag = self._pending.pop(seq, None)
+            tag, _ = self._pending.pop(seq, (None, None))
             if tag is None:
                 continue
-            if acked:
+            if acked and seq not in self._returned:
                 self._session.ack(tag)
-            else:
-                # The broker could not take the copy: the input goes back and is tried again.
+                continue
+            if not acked:
                 log.warning("broker nacked a routed message; requeueing its input %s", tag)
-                self._session.nack(tag, requeue=True)
+            self._returned.discard(seq)
+            # The broker did not take the copy: the input goes back and is tried again.
+            self._session.nack(tag, requeue=True)
         if not self._pending:
             self.drained.set()
 

@@ -79,3 +79,31 @@ def test_dispatcher_routes_a_burst_with_many_messages_in_flight(broker, start_po
     wait_for(lambda: broker.counts("worker_recorder")[0] == 2000, 30, "2000 routed")
     assert broker.counts("taskqueue")[0] == 0
     assert pool.stop() == 0
+
+
+def test_a_worker_queue_deleted_under_the_dispatcher_is_declared_again_and_nothing_is_lost(
+        broker, start_pool):
+    pool = start_pool("[DEFAULT]\nworkers: 0\n")
+    broker.submit("recorder", {"id": 1})
+    wait_for(lambda: broker.counts("worker_recorder")[0] == 1, 10, "the first task routed")
+    # When an operator deletes the queue the dispatcher had declared
+    broker.channel.queue_delete("worker_recorder")
+    broker.submit("recorder", {"id": 2}, message_id="after-delete")
+    # Then the broker returns the copy, the input is requeued, the queue declared anew
+    routed = wait_for(lambda: broker.drain("worker_recorder"), 15, "the second task routed")
+    assert [p.message_id for p, _ in routed] == ["after-delete"]
+    pool.wait_log(r"the broker returned a message for worker_recorder")
+    assert broker.counts("taskqueue")[0] == 0
+    assert pool.stop() == 0
+
+
+def test_a_worker_whose_queue_is_deleted_starts_over_instead_of_idling(broker, start_pool, records):
+    pool = start_pool(recorder_config(records))
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the consumer")
+    broker.channel.queue_delete("worker_recorder")
+    # The broker cancels the consumer; the worker restarts and declares its queue again.
+    pool.wait_log(r"recorder#0 pid=\d+ exit 3")
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "a consumer again")
+    broker.submit("recorder", {"id": "after"})
+    wait_for(records.all, 15, "a task done after the queue came back")
+    assert pool.stop() == 0

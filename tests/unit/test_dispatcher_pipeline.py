@@ -28,7 +28,8 @@ class RecordingSession:
         else:
             on_done(f"queue {queue!r} refused" if queue in self.refuse else None)
 
-    def publish(self, queue, body, props):
+    def publish(self, queue, body, props, mandatory=False):
+        assert mandatory, "an unroutable publish must come back, not vanish"
         self.calls.append(("publish", queue, body))
 
     def ack(self, tag):
@@ -125,3 +126,16 @@ def test_dispatcher_dead_letters_the_tasks_of_a_queue_the_broker_refuses_and_rou
     for seq in (1, 2, 3):
         confirm(dispatcher, seq)
     assert sorted(t for _, t in session.of("ack")) == [1, 2, 3]
+
+
+def test_dispatcher_requeues_the_input_of_a_returned_publish_and_declares_the_queue_again():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100)
+    deliver(dispatcher, 1, envelope(1))
+    deliver(dispatcher, 2, envelope(2))
+    dispatcher._on_return("worker_t")     # the queue was deleted under us: the first comes back
+    confirm(dispatcher, 2, multiple=True)  # RabbitMQ acks returned messages too
+    assert session.of("nack") == [("nack", 1, True)]
+    assert session.of("ack") == [("ack", 2)]
+    deliver(dispatcher, 3, envelope(3))
+    assert session.of("declare") == [("declare", "worker_t")] * 2
