@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 
-from conftest import TASKQUEUE, config_text, wait_for
+from support import TASKQUEUE, config_text, wait_for
 
 
 def run(*args, **kwargs):

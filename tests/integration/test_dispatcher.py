@@ -4,8 +4,7 @@ import re
 
 import pytest
 
-from conftest import wait_for
-from test_worker import recorder_config
+from support import wait_for, recorder_config
 
 MALFORMED = [
     ("not json", b"hello", {}, "body is not JSON"),

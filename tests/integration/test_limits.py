@@ -1,8 +1,7 @@
 """Time limits and recycling: task_timeout, max_tasks, max_memory."""
 from taskqueue.config import AmqpSettings
 
-from conftest import wait_for
-from test_worker import recorder_config
+from support import wait_for, recorder_config
 
 
 def test_a_task_running_past_task_timeout_is_killed_and_dead_lettered_after_the_limit(

@@ -2,8 +2,7 @@
 import os
 import signal
 
-from conftest import alive, wait_for
-from test_worker import recorder_config
+from support import alive, wait_for, recorder_config
 
 
 def test_child_killed_mid_task_is_replaced_and_its_task_redelivered_and_completed(

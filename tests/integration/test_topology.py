@@ -1,8 +1,7 @@
 """Queue topology: quorum queues, the delivery limit, and queues declared otherwise."""
 import pika
 
-from conftest import wait_for
-from test_worker import recorder_config
+from support import wait_for, recorder_config
 
 
 def test_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_the_delivery_limit(

@@ -10,8 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import wait_for
-from test_worker import recorder_config
+from support import wait_for, recorder_config
 
 SPEC_CONFIG = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",
                                "specification-config.ini")).read()

@@ -2,12 +2,8 @@
 import os
 import subprocess
 
-from conftest import wait_for
+from support import recorder_config, wait_for
 
-
-def recorder_config(records, processes=1, extra=""):
-    return (f"[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: {processes}\n"
-            f"record_dir: {records.path}\n{extra}")
 
 
 def test_specification_plugin_installed_as_own_distribution_handles_dispatched_tasks(

@@ -14,5 +14,8 @@ setup(
         "worker2 = tqtest.recorder:Recorder.factory",
         "brokenimport = tqtest.brokenimport:Worker.factory",
         "brokenfactory = tqtest.recorder:BrokenFactory.factory",
+        "marker = tqtest.marker:Marker.factory",
+        "crasher = tqtest.faulty:Crasher.factory",
+        "hanger = tqtest.faulty:Hanger.factory",
     ]},
 )

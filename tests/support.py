@@ -1,18 +1,12 @@
-"""Fixtures for tests against the real RabbitMQ, with real processes and signals.
-
-Each pytest run works in a vhost of its own (created with rabbitmqctl, deleted
-afterwards) and every test starts with the taskqueue queues deleted, so
-nothing left by an earlier run or test can interfere. The supervisor runs as
-the installed `taskqueue` console script of the test virtualenv.
+"""What the integration and fault tests share: a broker client, a supervisor
+process with its log, the records test plugins write, and waiting on events.
 """
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -23,7 +17,11 @@ from taskqueue.amqp import queue_arguments
 from taskqueue.config import AmqpSettings
 
 BROKER_HOST = "127.0.0.1"
+
+
 TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
+
+
 #: Every queue a test may create; deleted before each test.
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
@@ -42,21 +40,12 @@ def wait_for(predicate, timeout, what, interval=0.02):
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def vhost():
-    name = f"taskqueue-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-                   check=True)
-    yield name
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False)
-
-
 class Broker:
     """A blocking pika client on the test vhost: publish, count, fetch."""
 
-    def __init__(self, vhost):
+    def __init__(self, vhost, port=5672):
         self.vhost = vhost
+        self.port = port
         #: What the queues are declared with; a test with other [amqp] queue settings sets it.
         self.settings = AmqpSettings()
         self._connect()
@@ -78,7 +67,7 @@ class Broker:
 
     def _connect(self):
         self.connection = pika.BlockingConnection(pika.ConnectionParameters(
-            BROKER_HOST, virtual_host=self.vhost,
+            BROKER_HOST, self.port, virtual_host=self.vhost,
             credentials=pika.PlainCredentials("guest", "guest")))
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
@@ -126,23 +115,6 @@ class Broker:
             self.connection.close()
 
 
-@pytest.fixture
-def broker(vhost):
-    client = Broker(vhost)
-    client.reset()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def workdir():
-    """A scratch directory every user can write to (workers may run as other users)."""
-    path = tempfile.mkdtemp(prefix="taskqueue-test-")
-    os.chmod(path, 0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 class Records:
     """What the tqtest Recorder plugin wrote: one file per task event."""
 
@@ -162,16 +134,8 @@ class Records:
         return [r["id"] for r in self.all(event)]
 
 
-@pytest.fixture
-def records(workdir):
-    path = os.path.join(workdir, "records")
-    os.mkdir(path)
-    os.chmod(path, 0o1777)
-    return Records(path)
-
-
-def config_text(vhost, body, heartbeat=None, amqp_extra=""):
-    amqp = f"[amqp]\nhost: {BROKER_HOST}\nvhost: {vhost}\n"
+def config_text(vhost, body, heartbeat=None, amqp_extra="", port=5672):
+    amqp = f"[amqp]\nhost: {BROKER_HOST}\nport: {port}\nvhost: {vhost}\n"
     if heartbeat is not None:
         amqp += f"heartbeat: {heartbeat}\n"
     return f"{body.rstrip()}\n\n{amqp}{amqp_extra}"
@@ -225,21 +189,6 @@ class Pool:
         self._log.close()
 
 
-@pytest.fixture
-def start_pool(workdir, vhost):
-    pools = []
-
-    def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
-              amqp_extra=""):
-        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra)
-        pool = Pool(workdir, config, command, env, extra_args)
-        pools.append(pool)
-        return pool
-    yield start
-    for pool in pools:
-        pool.kill()
-
-
 def alive(pid):
     """True while `pid` exists and is not a zombie."""
     try:
@@ -247,3 +196,8 @@ def alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def recorder_config(records, processes=1, extra=""):
+    return (f"[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: {processes}\n"
+            f"record_dir: {records.path}\n{extra}")

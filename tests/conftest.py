@@ -1,0 +1,80 @@
+"""Fixtures for tests against the real RabbitMQ, with real processes and signals.
+
+Integration tests use the machine's broker on 5672; tests/faults overrides
+`vhost`, `amqp_port` and `broker_port` with a node of its own. Each pytest
+run works in a vhost of its own (created with rabbitmqctl, deleted
+afterwards) and every test starts with the taskqueue queues deleted, so
+nothing left by an earlier run or test can interfere. The supervisor runs as
+the installed `taskqueue` console script of the test virtualenv.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import pytest
+
+from support import Broker, Pool, Records, config_text
+
+
+@pytest.fixture(scope="session")
+def vhost():
+    name = f"taskqueue-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                   check=True)
+    yield name
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False)
+
+
+@pytest.fixture(scope="session")
+def amqp_port():
+    """Where taskqueue's processes connect."""
+    return 5672
+
+
+@pytest.fixture(scope="session")
+def broker_port():
+    """Where the test's own client connects."""
+    return 5672
+
+
+@pytest.fixture
+def broker(vhost, broker_port):
+    client = Broker(vhost, broker_port)
+    client.reset()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def workdir():
+    """A scratch directory every user can write to (workers may run as other users)."""
+    path = tempfile.mkdtemp(prefix="taskqueue-test-")
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def records(workdir):
+    path = os.path.join(workdir, "records")
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    return Records(path)
+
+
+@pytest.fixture
+def start_pool(workdir, vhost, amqp_port):
+    pools = []
+
+    def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
+              amqp_extra=""):
+        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port)
+        pool = Pool(workdir, config, command, env, extra_args)
+        pools.append(pool)
+        return pool
+    yield start
+    for pool in pools:
+        pool.kill()

@@ -1,0 +1,24 @@
+"""A fast test plugin for load and fault runs: marks each task done, then acks.
+
+The workitem is `{"id": ...}` (optionally `"sleep"` seconds). The id goes to
+`<record_dir>/<pid>.done` (one line, appended before the ack), so a task
+seen twice there was completed twice: a duplicate, never a loss.
+"""
+import json
+import os
+import time
+
+from taskqueue.worker import BaseWorker
+
+
+class Marker(BaseWorker):
+    def setup(self):
+        path = os.path.join(self.settings["record_dir"], f"{os.getpid()}.done")
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+
+    def handle_task(self, channel, method, header, body):
+        task = json.loads(body)
+        if task.get("sleep"):
+            time.sleep(task["sleep"])
+        os.write(self.fd, f"{task['id']}\n".encode())
+        channel.basic_ack(method.delivery_tag)
