@@ -113,15 +113,21 @@ def next_state(state, event, failures=0):
     return new
 
 
-def classify_exit(exit_code, was_ready, uptime):
-    """Turn how a child ended into an event. exit_code is None when a signal killed it."""
+def classify_exit(exit_code, was_ready, uptime, in_task=False):
+    """Turn how a child ended into an event. exit_code is None when a signal killed it.
+
+    A child that died in the middle of a task was killed by that task (or by
+    task_timeout): the broker's delivery limit deals with the task, so the
+    process restarts at once instead of backing off towards quarantine, which
+    is for processes that cannot start.
+    """
     if exit_code in CANNOT_START:
         return Ev.LOAD_FAILED
     if exit_code == EXIT_CONNECTION:
         return Ev.DISCONNECTED
     if exit_code == EXIT_RECYCLE:
         return Ev.DIED  # planned: a replacement starts at once, whatever the uptime
-    if was_ready and uptime >= STABLE_SECONDS:
+    if was_ready and (uptime >= STABLE_SECONDS or in_task):
         return Ev.DIED
     return Ev.DIED_QUICKLY
 

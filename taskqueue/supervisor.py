@@ -160,9 +160,11 @@ class Supervisor:
             return
         uptime = time.monotonic() - slot.started_at
         slot.last_exit = describe_exit(status) + (f" ({slot.killed_for})" if slot.killed_for else "")
+        event = classify_exit(exit_code_of(status), slot.ready, uptime, slot.task is not None)
+        if slot.task is not None:
+            slot.last_exit += f" during task {slot.task}"
         slot.killed_for, slot.task = None, None
         self._cancel_task_timer(slot)
-        event = classify_exit(exit_code_of(status), slot.ready, uptime)
         stable = slot.ready and uptime >= STABLE_SECONDS
         # A stable child's failure starts a new count: it restarts at once.
         slot.failures = 0 if event is Ev.DIED else 1 if stable else slot.failures + 1

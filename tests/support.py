@@ -48,7 +48,7 @@ class Broker:
         self.port = port
         #: What the queues are declared with; a test with other [amqp] queue settings sets it.
         self.settings = AmqpSettings()
-        self._connect()
+        self.connect()
 
     def reset(self):
         for queue in QUEUES:
@@ -65,7 +65,7 @@ class Broker:
                                    arguments=queue_arguments(queue, self.settings))
         self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
 
-    def _connect(self):
+    def connect(self):
         self.connection = pika.BlockingConnection(pika.ConnectionParameters(
             BROKER_HOST, self.port, virtual_host=self.vhost,
             credentials=pika.PlainCredentials("guest", "guest")))
@@ -89,7 +89,7 @@ class Broker:
         except pika.exceptions.ConnectionClosedByBroker as exc:
             if exc.reply_code != 541 or "noproc" not in exc.reply_text:
                 raise
-            self._connect()
+            self.connect()
             return missing
 
     def counts(self, queue):

@@ -318,3 +318,14 @@ def test_exit_code_of_and_classify_exit_agree_when_the_plugin_failed_to_load():
 def test_backoff_delay_honours_a_lower_cap_for_reconnection():
     assert backoff_delay(50, cap=5.0) == 5.0
     assert backoff_delay(3, cap=5.0) == backoff_delay(3)
+
+
+@pytest.mark.parametrize("exit_code, was_ready, expected", [
+    (None, True, E.DIED),             # a task crashed it: restart at once
+    (EXIT_ERROR, True, E.DIED),
+    (None, False, E.DIED_QUICKLY),    # not consuming yet: cannot have been a task
+    (EXIT_PLUGIN_LOAD, True, E.LOAD_FAILED),
+    (EXIT_CONNECTION, True, E.DISCONNECTED),
+])
+def test_classify_exit_restarts_at_once_when_the_child_died_in_a_task(exit_code, was_ready, expected):
+    assert classify_exit(exit_code, was_ready, 0.1, in_task=True) is expected

@@ -1,0 +1,223 @@
+"""Never lose a task: the promise, tested under the faults production brings.
+
+Every task published is either completed or dead-lettered with its cause,
+while workers and dispatchers are killed, the broker restarts and every
+connection is cut. Runs against the suite's own RabbitMQ node (conftest.py).
+"""
+import collections
+import json
+import os
+import random
+import re
+import threading
+import time
+
+import pytest
+
+from figures import FIGURES
+from support import Broker, alive, wait_for
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def marker_config(record_dir, processes=4, extra=""):
+    return (f"[DEFAULT]\nworkers: 0\n\n[marker]\nworkers: {processes}\n"
+            f"record_dir: {record_dir}\n{extra}")
+
+
+def completions(record_dir):
+    """How many times each task id was completed (the marker plugin's files)."""
+    counts = collections.Counter()
+    for name in os.listdir(record_dir):
+        if name.endswith(".done"):
+            with open(os.path.join(record_dir, name)) as f:
+                counts.update(line for line in f.read().split("\n") if line)
+    return counts
+
+
+def running_children(pool):
+    """{slot name: pid} of the children now RUNNING, from the supervisor's log."""
+    latest = {}
+    for key, pid in re.findall(r"(\S+#\d+) pid=(\d+) STARTING -> RUNNING", pool.log()):
+        latest[key] = int(pid)
+    return {key: pid for key, pid in latest.items() if alive(pid)}
+
+
+def publish_all(vhost, port, ids, errors):
+    try:
+        client = Broker(vhost, port)
+        for task_id in ids:
+            client.submit("marker", {"id": task_id}, message_id=task_id)
+        client.close()
+    except Exception as exc:  # reported by the test, which waits for this thread
+        errors.append(exc)
+
+
+@pytest.fixture
+def record_dir(workdir):
+    path = os.path.join(workdir, "done")
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    return path
+
+
+def test_10000_tasks_survive_killed_workers_and_dispatchers_a_broker_restart_and_a_cut(
+        node, proxy, broker, start_pool, record_dir, vhost):
+    total, rng = 10_000, random.Random(20261127)
+    ids = [f"t{n:05d}" for n in range(total)]
+    pool = start_pool(marker_config(record_dir), heartbeat=5)
+    wait_for(lambda: broker.counts("worker_marker")[1] == 4, 30, "4 workers consuming")
+    errors = []
+    publisher = threading.Thread(target=publish_all, args=(vhost, node.port, ids, errors))
+    started = time.monotonic()
+    publisher.start()
+    # Faults, paced by progress (one every 1/30 of the tasks), not by the clock.
+    faults = ["kill worker"] * 20 + ["kill dispatcher"] * 5 + ["cut connections"]
+    rng.shuffle(faults)
+    faults.insert(20, "restart broker")
+    connections_cut = 0
+    for n, fault in enumerate(faults, 1):
+        threshold = total * n // (len(faults) + 3)
+        wait_for(lambda: sum(1 for _ in completions(record_dir)) >= threshold, 300,
+                 f"{threshold} tasks completed before fault {n} ({fault})", interval=0.05)
+        if fault == "kill worker":
+            victims = wait_for(lambda: sorted(p for k, p in running_children(pool).items()
+                                              if k.startswith("marker#")), 60,
+                               lambda: f"a running worker\n{pool.log()[-3000:]}")
+            os.kill(rng.choice(victims), 9)
+        elif fault == "kill dispatcher":
+            os.kill(wait_for(lambda: running_children(pool).get("dispatcher#0"), 60,
+                             "a running dispatcher"), 9)
+        elif fault == "cut connections":
+            connections_cut = proxy.cut()
+        else:
+            publisher.join(300)  # the test's publisher talks to the node directly
+            node.restart()
+            broker.connect()
+    publisher.join(300)
+    assert not errors, errors
+    # Every task is completed or dead-lettered: wait until nothing is unaccounted for.
+    dead = {}
+
+    def accounted():
+        for props, _ in broker.drain("taskqueue_dead"):
+            dead[props.message_id] = props.headers
+        done = completions(record_dir)
+        return len(set(done) | set(dead)) == total and done
+    done = wait_for(accounted, 600, "every task completed or dead-lettered", interval=0.5)
+    elapsed = time.monotonic() - started
+    lost = set(ids) - set(done) - set(dead)
+    assert not lost
+    FIGURES["10 000 tasks under faults"] = {
+        "published": total,
+        "completed": len(done),
+        "dead-lettered": len(dead),
+        "dead-letter reasons": dict(collections.Counter(
+            h["x-death"][0]["reason"] for h in dead.values())) if dead else {},
+        "lost": len(lost),
+        "duplicates (completed more than once)": sum(1 for c in done.values() if c > 1),
+        "worker kills": faults.count("kill worker"),
+        "dispatcher kills": faults.count("kill dispatcher"),
+        "broker restarts": faults.count("restart broker"),
+        "connections cut at once": connections_cut,
+        "seconds": round(elapsed, 1),
+    }
+    assert pool.stop() == 0
+
+
+MALFORMED_KINDS = [
+    ("random bytes", lambda r: bytes(r.getrandbits(8) for _ in range(r.randint(1, 300))), {}),
+    ("invalid utf-8", lambda r: b'{"worker_type": "marker", "workitem": "\xff\xfe"}', {}),
+    ("json array", lambda r: json.dumps([r.random()]).encode(), {}),
+    ("json number", lambda r: str(r.randint(0, 10**6)).encode(), {}),
+    ("missing type", lambda r: b'{"workitem": {"id": "x"}}', {}),
+    ("empty type", lambda r: b'{"worker_type": "", "workitem": 1}', {}),
+    ("overlong type", lambda r: json.dumps({"worker_type": "m" * 300, "workitem": 1}).encode(), {}),
+    ("number type", lambda r: b'{"worker_type": 42, "workitem": 1}', {}),
+    ("wrong content type", lambda r: b'{"worker_type": "marker", "workitem": {"id": "x"}}',
+     {"content_type": "text/plain"}),
+    ("missing workitem", lambda r: b'{"worker_type": "marker"}', {}),
+]
+
+
+def test_1000_malformed_messages_are_dead_lettered_and_every_valid_one_completed(
+        node, broker, start_pool, record_dir):
+    rng = random.Random(7)
+    pool = start_pool(marker_config(record_dir, processes=2))
+    wait_for(lambda: broker.counts("worker_marker")[1] == 2, 30, "2 workers consuming")
+    expected_dead, valid = {}, []
+    for n in range(1000):
+        kind, make, props = MALFORMED_KINDS[n % len(MALFORMED_KINDS)]
+        body = make(rng)
+        if n % 200 == 0:  # a few 10 MB bodies, parsed in full before they are refused
+            body, kind = json.dumps(["x" * (10 * 2**20)]).encode(), "10 MB body"
+        expected_dead[f"bad{n}"] = kind
+        broker.publish_raw(body, message_id=f"bad{n}", **props)
+        valid.append(f"ok{n}")
+        broker.submit("marker", {"id": f"ok{n}"}, message_id=f"ok{n}")
+    reasons = {}
+
+    def all_dead():
+        for props, _ in broker.drain("taskqueue_dead"):
+            reasons[props.message_id] = props.headers.get("x-taskqueue-reason")
+        return len(reasons) >= len(expected_dead)
+    wait_for(all_dead, 180, "every malformed message dead-lettered", interval=0.2)
+    done = wait_for(lambda: len(completions(record_dir)) == len(valid) and completions(record_dir),
+                    180, "every valid task completed")
+    assert set(reasons) == set(expected_dead)
+    assert all(reasons.values()), [k for k, v in reasons.items() if not v]
+    assert set(done) == set(valid)
+    assert len(re.findall(r"dispatcher#0 pid=\d+ STARTING -> RUNNING", pool.log())) == 1
+    FIGURES["1000 malformed messages"] = {
+        "malformed published": len(expected_dead), "dead-lettered with a reason": len(reasons),
+        "valid published": len(valid), "valid completed": len(done),
+        "dispatcher restarts": 0,
+        "reasons seen": sorted({r.split(":")[0] for r in reasons.values()})[:12],
+    }
+    assert pool.stop() == 0
+
+
+def run_healthy_batch(broker, record_dir, prefix, count):
+    started = time.monotonic()
+    for n in range(count):
+        broker.submit("marker", {"id": f"{prefix}{n}", "sleep": 0.01})
+    wait_for(lambda: sum(1 for i in completions(record_dir) if i.startswith(prefix)) == count,
+             120, f"the {prefix} batch")
+    return time.monotonic() - started
+
+
+def test_broken_plugins_beside_a_healthy_type_cost_it_nothing_and_under_20_percent_speed(
+        node, broker, start_pool, record_dir):
+    # Given a healthy type, first alone
+    base = marker_config(record_dir, processes=2)
+    broken = ("\n[brokenimport]\nworkers: 1\n\n[crasher]\nworkers: 1\n\n"
+              "[hanger]\nworkers: 1\ntask_timeout: 1\n")
+    pool = start_pool(base + broken)
+    pool.wait_log(r"brokenimport#0 pid=\d+ STARTING -> QUARANTINED")
+    wait_for(lambda: broker.counts("worker_marker")[1] == 2, 30, "2 healthy workers")
+    for n in range(10):
+        broker.submit("crasher", {"id": f"c{n}"}, message_id=f"crash{n}")
+        broker.submit("hanger", {"id": f"h{n}"}, message_id=f"hang{n}")
+    # Compare the healthy type's speed while its neighbours crash and hang...
+    with_faults = run_healthy_batch(broker, record_dir, "busy", 300)
+    # ... with its speed once they are done (dead-lettered) and quiet
+    dead = {}
+
+    def neighbours_dead():
+        for props, _ in broker.drain("taskqueue_dead"):
+            dead[props.message_id] = props.headers["x-death"][0]["reason"]
+        return len(dead) == 20
+    wait_for(neighbours_dead, 300, "every crashing and hanging task dead-lettered", interval=0.5)
+    quiet = run_healthy_batch(broker, record_dir, "quiet", 300)
+    assert set(dead.values()) == {"delivery_limit"}
+    assert len(completions(record_dir)) == 600  # the healthy type lost nothing
+    pool.wait_log(r"hanger#0 pid=\d+ killed by SIGKILL \(task_timeout\)")
+    pool.wait_log(r"crasher#0 pid=\d+ killed by SIGABRT")
+    FIGURES["broken plugins beside a healthy type"] = {
+        "healthy 300 tasks with broken neighbours (s)": round(with_faults, 2),
+        "healthy 300 tasks, neighbours quiet (s)": round(quiet, 2),
+        "slowdown": f"{(with_faults / quiet - 1) * 100:+.0f} %",
+        "crashing and hanging tasks dead-lettered": len(dead),
+    }
+    assert with_faults < quiet * 1.2
+    assert pool.stop() == 0
