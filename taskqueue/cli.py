@@ -47,8 +47,8 @@ def _parser():
                            help="run as NAME wherever the config names no other user; the "
                                 "supervisor itself drops to NAME unless a group needs root")
             p.add_argument("--log", choices=logs.TARGETS, default="auto",
-                           help="stderr; syslog; auto (default): stderr, and syslog too "
-                                "when stderr is not a terminal")
+                           help="stderr; syslog; auto (default): syslog when /dev/log exists "
+                                "and stderr is not a terminal, else stderr")
         p.set_defaults(func=func)
         return p
 

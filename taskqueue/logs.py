@@ -1,9 +1,9 @@
 """Logging set-up: one line per event, with the component and pid in each.
 
 The identity ("supervisor", "dispatcher#0", "worker1/bifh1#2") is
-process-wide: a child sets it once, right after the fork. Lines go to stderr
-and, for a daemon whose stderr is not a terminal, to syslog when /dev/log
-exists.
+process-wide: a child sets it once, right after the fork. `auto` sends lines
+to syslog when /dev/log exists and stderr is not a terminal (a daemon under
+an init script), else to stderr; once, never to both.
 """
 import logging
 import logging.handlers
@@ -26,10 +26,11 @@ class _IdentityFilter(logging.Filter):
 def setup(level=logging.INFO, target="auto", stream=None):
     stream = stream or sys.stderr
     handlers = []
-    if target in ("auto", "stderr"):
+    if target == "auto":
+        target = "stderr" if _is_terminal(stream) or not os.path.exists(SYSLOG_SOCKET) else "syslog"
+    if target == "stderr":
         handlers.append(_stderr_handler(stream))
-    wants_syslog = target == "syslog" or (target == "auto" and not _is_terminal(stream))
-    if wants_syslog and os.path.exists(SYSLOG_SOCKET):
+    if target == "syslog" and os.path.exists(SYSLOG_SOCKET):
         handler = logging.handlers.SysLogHandler(
             SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(

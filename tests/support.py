@@ -151,7 +151,9 @@ class Pool:
         self.log_path = self.config_path.replace(".ini", ".log")
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [TASKQUEUE, command, "--config", self.config_path, *extra_args], cwd=workdir,
+            # --log stderr: where /dev/log exists, `auto` would send a daemon's lines to syslog.
+            [TASKQUEUE, command, "--config", self.config_path, "--log", "stderr", *extra_args],
+            cwd=workdir,
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     @property
