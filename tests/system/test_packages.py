@@ -112,7 +112,13 @@ def debs(scratch):
 
 @pytest.fixture(scope="module")
 def broker():
+    """The local broker's vhost `/`, which the packaged config uses. The queues
+    taskqueue declares there are deleted before (a queue left with other
+    arguments would quarantine the services) and after the test."""
     connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    for queue in QUEUES:
+        channel.queue_delete(queue)
     yield connection
     channel = connection.channel()
     for queue in QUEUES:
