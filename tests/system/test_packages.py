@@ -229,3 +229,18 @@ def test_purging_everything_leaves_no_process_pidfile_or_config(installed, apt_a
     assert not any(os.path.exists(pidfile(service)) for service in SERVICES)
     assert not os.path.exists("/run/taskqueue")
     assert not any(os.path.exists(f"/etc/init.d/{service}") for service in SERVICES)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_units_verify_clean(debs, scratch):
+    # Unpacked from the built packages, checked the way systemd would load them.
+    root = os.path.join(scratch, "units")
+    for service in SERVICES:
+        run(["dpkg-deb", "-x", debs[service], root])
+    units = [os.path.join(root, "lib/systemd/system", f"{s}.service") for s in SERVICES]
+    out = run(["systemd-analyze", "verify", "--man=no", *units], check=False)
+    # verify resolves ExecStart and man pages on this host, where the packages
+    # are purged by now: the man page is not looked up, the binary is excused.
+    problems = [line for line in (out.stdout + out.stderr).splitlines()
+                if line.strip() and "/usr/bin/taskqueue" not in line]
+    assert not problems, problems
