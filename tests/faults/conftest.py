@@ -89,6 +89,7 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.pairs = []
+        self.frozen = set()   # ids of pairs whose traffic is dropped: a silent peer
         self.cuts = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -107,12 +108,13 @@ class TcpProxy:
             with self.lock:
                 self.pairs.append((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, id(client)), daemon=True).start()
 
-    def _pump(self, source, sink):
+    def _pump(self, source, sink, pair_id):
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if pair_id not in self.frozen:
+                    sink.sendall(data)
         except OSError:
             pass
         for s in (source, sink):
@@ -133,6 +135,13 @@ class TcpProxy:
                     pass
         self.cuts += 1
         return len(pairs)
+
+    def freeze(self):
+        """Keep every connection open but let nothing through, either way: the
+        peer falls silent, as behind a dead router. Only heartbeats can tell."""
+        with self.lock:
+            self.frozen.update(id(client) for client, _ in self.pairs)
+            return len(self.pairs)
 
     def close(self):
         self.listener.close()

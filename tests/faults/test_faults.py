@@ -221,3 +221,21 @@ def test_broken_plugins_beside_a_healthy_type_cost_it_nothing_and_under_20_perce
     }
     assert with_faults < quiet * 1.2
     assert pool.stop() == 0
+
+
+def test_heartbeats_detect_a_silent_broker_and_every_child_reconnects(
+        node, proxy, broker, start_pool, record_dir):
+    pool = start_pool(marker_config(record_dir, processes=2), heartbeat=2)
+    wait_for(lambda: broker.counts("worker_marker")[1] == 2, 30, "2 workers consuming")
+    # When the network goes silent (no FIN, no RST: packets just stop)
+    frozen = proxy.freeze()
+    # Then the missing heartbeats end each connection, and each child starts over
+    pool.wait_log(r"marker#0 pid=\d+ exit 3", timeout=60)
+    pool.wait_log(r"marker#1 pid=\d+ exit 3", timeout=60)
+    pool.wait_log(r"dispatcher#0 pid=\d+ exit 3", timeout=60)
+    for n in range(20):
+        broker.submit("marker", {"id": f"after{n}"})
+    wait_for(lambda: len(completions(record_dir)) == 20, 60, "20 tasks done after reconnecting")
+    FIGURES["silent broker (frozen connections)"] = {"connections frozen": frozen,
+                                                     "tasks done after": 20}
+    assert pool.stop() == 0

@@ -57,3 +57,13 @@ def test_classic_queues_can_be_chosen_in_the_config(broker, start_pool, records,
                           pika.BasicProperties(delivery_mode=2))
     wait_for(records.all, 20, "the task done on classic queues")
     assert pool.stop() == 0
+
+
+def test_brokers_are_tried_in_turn_until_one_answers(broker, start_pool, records, vhost):
+    urls = (f"amqp://guest:guest@127.0.0.1:1/{vhost}, "     # nothing listens on port 1
+            f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
+    pool = start_pool(recorder_config(records) + f"\n[amqp]\nurl: {urls}\n", raw=True)
+    broker.submit("recorder", {"id": "via-second"})
+    wait_for(records.all, 20, "the task done through the second broker")
+    assert "exit 3" not in pool.log()  # the first broker's refusal cost no restart
+    assert pool.stop() == 0
