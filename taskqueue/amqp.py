@@ -68,9 +68,10 @@ def queue_arguments(queue, settings):
 
     Every queue but the dead-letter queue itself dead-letters into it: a task
     rejected without requeue lands there with the broker's x-death header.
-    Quorum queues also count deliveries: a task delivered `delivery_limit`
-    times (its worker died each time) is dead-lettered, at least once, rather
-    than looping forever.
+    Quorum queues also count deliveries. The worker dead-letters a task
+    delivered `delivery_limit` times itself, with headers saying how the
+    processes handling it ended; the broker's own limit, one higher, is the
+    backstop (at-least-once dead-lettering) should no worker get to do it.
     """
     args = {}
     if settings.queue_type == "quorum":
@@ -80,7 +81,7 @@ def queue_arguments(queue, settings):
         return args
     args.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_QUEUE})
     if settings.queue_type == "quorum":
-        args.update({"x-delivery-limit": settings.delivery_limit,
+        args.update({"x-delivery-limit": settings.delivery_limit + 1,
                      "x-dead-letter-strategy": "at-least-once",
                      "x-overflow": "reject-publish"})   # at-least-once requires it
     return args
@@ -138,6 +139,8 @@ class Session:
         self.close_reason = None
         self._connection = None
         self._channel = None
+        self._confirm_channel = None    # for publish_confirmed
+        self._confirmed = None
 
     # -- opening and closing -------------------------------------------------
 
@@ -276,6 +279,23 @@ class Session:
         """Stop deliveries; those already received stay ours to settle."""
         if self.is_open:
             self._call(self._channel.basic_cancel, consumer_tag)
+
+    def publish_confirmed(self, queue, body, props):
+        """Publish and wait for the broker's confirm, on a confirm channel of its own
+        (opened on first use); raise SessionClosed unless the broker acked it."""
+        if self._confirm_channel is None or not self._confirm_channel.is_open:
+            opened = AsyncResult()
+            self._connection.channel(on_open_callback=opened.set)
+            channel = self._wait(opened, REPLY_TIMEOUT, "channel open")
+            ready = AsyncResult()
+            channel.confirm_delivery(lambda frame: self._confirmed.set(frame.method.NAME),
+                                     callback=ready.set)
+            self._wait(ready, REPLY_TIMEOUT, "confirm mode")
+            self._confirm_channel = channel
+        self._confirmed = AsyncResult()
+        self._confirm_channel.basic_publish("", queue, body, props, mandatory=True)
+        if self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm from {queue}") != "Basic.Ack":
+            raise SessionClosed(f"the broker refused a message for {queue}")
 
     def enable_confirms(self, on_confirm, on_return):
         """Publisher confirms; in the hub, on_confirm(frame) gets each Basic.Ack/Nack and

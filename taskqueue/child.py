@@ -46,9 +46,11 @@ class ChildContext:
     from different children never interleave.
     """
 
-    def __init__(self, name, report_fd):
+    def __init__(self, name, report_fd, graveyard):
         self.name = name
         self.stopping = Event()
+        #: Where the supervisor records how processes died in the middle of a task.
+        self.graveyard = graveyard
         self._report_fd = report_fd
         self._pid = os.getpid()
 
@@ -56,10 +58,10 @@ class ChildContext:
         """Consuming: the supervisor counts this child as started."""
         self._report("ready")
 
-    def busy(self, message_id):
-        """A task started (the supervisor times it when the group has task_timeout)."""
-        self._report("busy", "".join(c if c.isprintable() and not c.isspace() else "?"
-                                     for c in (message_id or "-")[:200]))
+    def busy(self, task_key):
+        """A task started (deadletter.task_key names it: one word, printable); the
+        supervisor times it when the group has task_timeout."""
+        self._report("busy", task_key)
 
     def idle(self):
         """The task is settled."""
@@ -69,11 +71,11 @@ class ChildContext:
         os.write(self._report_fd, f"{self._pid} {event} {detail}\n".encode())
 
 
-def run(name, user, target, forget_inherited, report_fd, parent_pid):
+def run(name, user, target, forget_inherited, report_fd, parent_pid, graveyard):
     """Run `target(ctx)` as the child `name`; never returns."""
     code = EXIT_ERROR
     try:
-        ctx = ChildContext(name, report_fd)
+        ctx = ChildContext(name, report_fd, graveyard)
         _take_over_signals(forget_inherited, ctx.stopping.set)
         logs.set_identity(name)
         if user:

@@ -18,6 +18,7 @@ import gevent
 from gevent.event import Event
 
 from . import amqp
+from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,6 @@ TYPE_RULE = "1-200 characters of letters, digits, '_', '.', '-'"
 #: Content types taken as JSON; a message without one is assumed to be JSON.
 JSON_TYPES = ("application/json", "text/json")
 #: Header names the dispatcher adds to a dead-lettered message.
-REASON_HEADER = "x-taskqueue-reason"
-SOURCE_HEADER = "x-taskqueue-queue"
 
 
 #: Seconds during which tasks for a queue the broker refused to declare go
@@ -115,10 +114,6 @@ def _finite_float(text):
     return number
 
 
-#: Headers the broker set on the input for its own queue; the copy starts afresh.
-BROKER_HEADERS = ("x-delivery-count",)
-
-
 def forwarded_properties(props, decision):
     """The input's properties, kept, made persistent; JSON content type for re-encoded workitems."""
     out = copy.copy(props)
@@ -126,22 +121,8 @@ def forwarded_properties(props, decision):
     if decision.from_envelope:
         out.content_type = "application/json"
     if out.headers:
-        out.headers = amqp.amqp_safe(_without_broker_headers(out.headers))
+        out.headers = amqp.amqp_safe(without_broker_headers(out.headers))
     return out
-
-
-def dead_properties(props, reason):
-    out = copy.copy(props)
-    out.delivery_mode = amqp.PERSISTENT
-    out.headers = amqp.amqp_safe(_without_broker_headers(props.headers or {}))
-    out.headers[REASON_HEADER] = reason
-    out.headers[SOURCE_HEADER] = amqp.TASK_QUEUE
-    out.headers["x-taskqueue-dead-at"] = int(time.time())
-    return out
-
-
-def _without_broker_headers(headers):
-    return {k: v for k, v in headers.items() if k not in BROKER_HEADERS}
 
 
 class Dispatcher:

@@ -10,7 +10,9 @@ of the state entered (`enter_<state>`).
 import logging
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -21,6 +23,7 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from . import child
+from .deadletter import Graveyard
 from .errors import TaskqueueError
 from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS, ChildState,
                         Ev, IllegalTransition, backoff_delay, classify_exit, describe_exit,
@@ -110,6 +113,9 @@ class Supervisor:
     def run(self):
         """Start every child and supervise until stopped; return the exit code."""
         self._reports_r, self._reports_w = os.pipe()
+        # Readable by children of every user; gone when the supervisor stops.
+        self.graveyard = Graveyard(tempfile.mkdtemp(prefix="taskqueue-graveyard-"))
+        os.chmod(self.graveyard.path, 0o755)
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
         self._greenlets.spawn(self._read_reports)
@@ -134,6 +140,7 @@ class Supervisor:
         self._greenlets.kill(block=True, timeout=1)
         os.close(self._reports_r)
         os.close(self._reports_w)
+        shutil.rmtree(self.graveyard.path, ignore_errors=True)
 
     # -- events (all of them arrive through self.events) ---------------------
 
@@ -163,6 +170,7 @@ class Supervisor:
         event = classify_exit(exit_code_of(status), slot.ready, uptime, slot.task is not None)
         if slot.task is not None:
             slot.last_exit += f" during task {slot.task}"
+            self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
         slot.killed_for, slot.task = None, None
         self._cancel_task_timer(slot)
         stable = slot.ready and uptime >= STABLE_SECONDS
@@ -305,7 +313,7 @@ class Supervisor:
             pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
             if pid == 0:
                 child.run(slot.key, slot.spec.user, slot.spec.target, self._forget_inherited,
-                          self._reports_w, parent)
+                          self._reports_w, parent, self.graveyard)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
         slot.pid, slot.started_at = pid, time.monotonic()

@@ -17,6 +17,7 @@ import gevent
 from gevent.queue import Queue
 
 from . import amqp, plugins
+from .deadletter import dead_properties, task_key
 from .errors import PluginError
 from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
@@ -157,6 +158,7 @@ def run_worker(group, amqp_settings, ctx):
     worker = plugins.load(group.worker_type, group)
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}").open()
+    session.declare_queue(amqp.DEAD_QUEUE)
     session.declare_queue(group.queue)
     session.qos(group.prefetch)
     inbox = Queue()
@@ -172,7 +174,11 @@ def run_worker(group, amqp_settings, ctx):
         delivery = inbox.get()
         if delivery is None or ctx.stopping.is_set() or not session.is_open:
             break
-        ctx.busy(delivery[1].message_id)
+        method, props, body = delivery
+        key = task_key(props, body)
+        if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):
+            continue
+        ctx.busy(key)
         _handle(worker, session, hub_calls, *delivery)
         ctx.idle()
         done += 1
@@ -184,6 +190,27 @@ def run_worker(group, amqp_settings, ctx):
         log.error("lost the broker connection: %r", session.close_reason)
         return _finish(worker, session, EXIT_CONNECTION)
     return _finish(worker, session, EXIT_OK)
+
+
+def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
+    """Dead-letter a task delivered `delivery_limit` times already, saying how it went;
+    return True if it was. Each of those deliveries ended with no settlement: its
+    process died (or the task was requeued), so running it again would not help."""
+    limit = amqp_settings.delivery_limit if amqp_settings.queue_type == "quorum" else None
+    count = (props.headers or {}).get("x-delivery-count", 0)
+    if not limit or not isinstance(count, int) or count < limit:
+        return False
+    cause = ctx.graveyard.cause(key) if ctx.graveyard else None
+    reason = (f"delivery limit {limit} reached: delivered {count} times before, never settled"
+              + (f"; last: {cause}" if cause else ""))
+    log.error("task %s: %s; dead-lettering it", key, reason)
+    details = {"worker_type": group.worker_type, "delivery_count": count}
+    if cause:
+        details["exit"] = cause
+    session.publish_confirmed(amqp.DEAD_QUEUE, body,
+                              dead_properties(props, reason, queue=group.queue, **details))
+    session.ack(method.delivery_tag)
+    return True
 
 
 def _recycle_reason(group, done):

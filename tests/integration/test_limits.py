@@ -17,7 +17,9 @@ def test_a_task_running_past_task_timeout_is_killed_and_dead_lettered_after_the_
     pool.wait_log(r"recorder#0 pid=\d+ killed by SIGKILL \(task_timeout\)")
     dead = wait_for(lambda: broker.drain("taskqueue_dead"), 30, "the hanging task dead-lettered")
     assert dead[0][0].message_id == "m-hang"
-    assert dead[0][0].headers["x-death"][0]["reason"] == "delivery_limit"
+    assert dead[0][0].headers["x-taskqueue-reason"].startswith("delivery limit 2 reached")
+    assert dead[0][0].headers["x-taskqueue-exit"].endswith(
+        "killed by SIGKILL (task_timeout) during task m-hang")
     wait_for(lambda: records.ids() == ["quick"], 20, "the quick task done")
     assert pool.stop() == 0
 

@@ -11,15 +11,8 @@ import sys
 import pika
 import pytest
 
-from taskqueue.dispatcher import (
-    REASON_HEADER,
-    SOURCE_HEADER,
-    Rejection,
-    Route,
-    dead_properties,
-    forwarded_properties,
-    route,
-)
+from taskqueue.deadletter import REASON_HEADER, SOURCE_HEADER, dead_properties
+from taskqueue.dispatcher import Rejection, Route, forwarded_properties, route
 
 
 def envelope(worker_type="resize", workitem=None, **extra):

@@ -1,0 +1,77 @@
+"""What a dead letter carries, and where the supervisor leaves the cause of a death.
+
+A message taskqueue dead-letters itself keeps its body and properties and
+gains headers that say why. When a worker process dies in the middle of a
+task, the supervisor writes how it ended to a small file named after the
+task (`Graveyard`); the worker that finally gives up on that task after
+the delivery limit reads it into the dead letter's headers.
+"""
+import copy
+import hashlib
+import os
+import time
+
+from . import amqp
+
+REASON_HEADER = "x-taskqueue-reason"
+SOURCE_HEADER = "x-taskqueue-queue"
+#: Headers the broker set on a message for its own queue; a copy starts afresh.
+BROKER_HEADERS = ("x-delivery-count",)
+#: The graveyard keeps at most this many causes (oldest go first).
+GRAVEYARD_SIZE = 1000
+
+
+def without_broker_headers(headers):
+    return {k: v for k, v in headers.items() if k not in BROKER_HEADERS}
+
+
+def dead_properties(props, reason, queue=amqp.TASK_QUEUE, **details):
+    """The message's properties, persistent, with the reason and where it came from;
+    `details` become more `x-taskqueue-<name>` headers."""
+    out = copy.copy(props)
+    out.delivery_mode = amqp.PERSISTENT
+    out.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
+    out.headers[REASON_HEADER] = reason
+    out.headers[SOURCE_HEADER] = queue
+    out.headers["x-taskqueue-dead-at"] = int(time.time())
+    for name, value in details.items():
+        out.headers[f"x-taskqueue-{name.replace('_', '-')}"] = value
+    return out
+
+
+def task_key(props, body):
+    """What names a task between processes: its message id (printable, no spaces,
+    200 characters at most: it travels in one line of the report pipe), else a
+    digest of its body."""
+    if props.message_id:
+        return "".join(c if c.isprintable() and not c.isspace() else "?"
+                       for c in props.message_id[:200])
+    return "sha1-" + hashlib.sha1(body).hexdigest()
+
+
+class Graveyard:
+    """Causes of death by task, in a directory the supervisor owns and children read."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def _file(self, key):
+        return os.path.join(self.path, hashlib.sha1(key.encode()).hexdigest())
+
+    def record(self, key, cause):
+        """Supervisor side: remember how the process handling `key` ended."""
+        with open(self._file(key), "w") as f:
+            f.write(cause)
+        names = os.listdir(self.path)
+        if len(names) > GRAVEYARD_SIZE:
+            oldest = sorted(names, key=lambda n: os.stat(os.path.join(self.path, n)).st_mtime)
+            for name in oldest[:len(names) - GRAVEYARD_SIZE]:
+                os.unlink(os.path.join(self.path, name))
+
+    def cause(self, key):
+        """Child side: the last recorded death while handling `key`, or None."""
+        try:
+            with open(self._file(key)) as f:
+                return f.read()
+        except OSError:
+            return None
