@@ -76,6 +76,8 @@ _TABLE = {
     (S.QUARANTINED, E.START): S.STARTING,
     (S.STARTING, E.READY): S.RUNNING,
     (S.RUNNING, E.DIED): S.STARTING,
+    # Its ready report may still be in the pipe when its exit is handled.
+    (S.STARTING, E.DIED): S.STARTING,
     (S.STARTING, E.DIED_QUICKLY): S.BACKOFF,
     (S.RUNNING, E.DIED_QUICKLY): S.BACKOFF,
     (S.STARTING, E.DISCONNECTED): S.BACKOFF,

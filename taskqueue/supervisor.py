@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import gevent
 import gevent.os
+import gevent.socket
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
@@ -105,6 +106,7 @@ class Supervisor:
         self._greenlets = Group()        # killed in every child right after the fork
         self._signal_handles = []
         self._reports_r = self._reports_w = None
+        self._partial = b""             # an incomplete report line
         self._stopping = False
         self._killed = False
 
@@ -113,6 +115,7 @@ class Supervisor:
     def run(self):
         """Start every child and supervise until stopped; return the exit code."""
         self._reports_r, self._reports_w = os.pipe()
+        gevent.os.make_nonblocking(self._reports_r)  # read from the hub, never blocking it
         # Readable by children of every user; gone when the supervisor stops.
         self.graveyard = Graveyard(tempfile.mkdtemp(prefix="taskqueue-graveyard-"))
         os.chmod(self.graveyard.path, 0o755)
@@ -170,7 +173,10 @@ class Supervisor:
         event = classify_exit(exit_code_of(status), slot.ready, uptime, slot.task is not None)
         if slot.task is not None:
             slot.last_exit += f" during task {slot.task}"
-            self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
+            try:
+                self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
+            except OSError as exc:  # the cause is a courtesy; supervising is not
+                log.warning("cannot record the cause of death in %s: %s", self.graveyard.path, exc)
         slot.killed_for, slot.task = None, None
         self._cancel_task_timer(slot)
         stable = slot.ready and uptime >= STABLE_SECONDS
@@ -213,12 +219,16 @@ class Supervisor:
             log.error("%s pid=%d: task %s still running after task_timeout %gs; killing the process",
                       slot.key, pid, slot.task, slot.spec.task_timeout)
             slot.killed_for = "task_timeout"
-            os.kill(pid, signal.SIGKILL)
+            self._signal(slot, signal.SIGKILL)
 
     def handle_timer(self, slot):
         slot.timer = None
         if slot.state in (ChildState.BACKOFF, ChildState.QUARANTINED) and not self._stopping:
             self.transition(slot, Ev.TIMER)
+
+    def handle_spawn_failed(self, slot):
+        if slot.state is ChildState.STARTING and slot.pid is None:
+            self.transition(slot, Ev.DIED_QUICKLY)
 
     def handle_grace_expired(self, slot, pid):
         if slot.state is ChildState.STOPPING and slot.pid == pid:
@@ -258,20 +268,22 @@ class Supervisor:
     # -- the state machine and the side effect of each state ------------------
 
     def transition(self, slot, event, note=""):
+        exited = event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.LOAD_FAILED)
         try:
             new = next_state(slot.state, event, slot.failures)
         except IllegalTransition as exc:
             log.error("%s pid=%s: %s", slot.key, slot.pid, exc)
+            if exited:
+                slot.pid = None  # never signal a pid that is gone (and may be reused)
             return
         old, slot.state = slot.state, new
-        if old is not new:
-            # The contract line of every transition: tests and operators read it.
-            log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
-                     f" ({note})" if note else "")
-        if event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.LOAD_FAILED):
+        # The contract line of every transition: tests and operators read it.
+        log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
+                 f" ({note})" if note else "")
+        if exited:
             slot.pid = None
         enter = getattr(self, f"enter_{new.value.lower()}", None)
-        if enter is not None and old is not new:
+        if enter is not None and (old is not new or exited):
             enter(slot)
 
     def enter_starting(self, slot):
@@ -295,7 +307,7 @@ class Supervisor:
         self._arm_timer(slot, QUARANTINE_SECONDS)
 
     def enter_stopping(self, slot):
-        os.kill(slot.pid, signal.SIGTERM)
+        self._signal(slot, signal.SIGTERM)
         self._arm_timer(slot, slot.spec.stop_timeout, ("grace_expired", slot, slot.pid))
 
     def enter_stopped(self, slot):
@@ -310,7 +322,13 @@ class Supervisor:
         # Blocked across the fork: the child must never run our handlers (child.py).
         signal.pthread_sigmask(signal.SIG_BLOCK, child.SUPERVISOR_SIGNALS)
         try:
-            pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
+            try:
+                pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
+            except OSError as exc:  # EAGAIN: a process limit; this slot backs off
+                log.error("%s: cannot fork: %s", slot.key, exc)
+                slot.failures += 1
+                self.events.put_nowait(("spawn_failed", slot))
+                return
             if pid == 0:
                 child.run(slot.key, slot.spec.user, slot.spec.target, self._forget_inherited,
                           self._reports_w, parent, self.graveyard)
@@ -328,21 +346,30 @@ class Supervisor:
         os.close(self._reports_r)
 
     def _on_child_exit(self, watcher):
+        # What the child reported before it died comes first (its `ready`, its `busy`).
+        self._take_reports()
         self.events.put_nowait(("exit", watcher.pid, watcher.rstatus))
 
     def _read_reports(self):
-        gevent.os.make_nonblocking(self._reports_r)
-        buffered = b""
         while True:
-            data = gevent.os.nb_read(self._reports_r, 65536)
-            if not data:
+            gevent.socket.wait_read(self._reports_r)
+            self._take_reports()
+
+    def _take_reports(self):
+        """Turn every complete line now in the pipe into an event (never blocks)."""
+        while True:
+            try:
+                data = os.read(self._reports_r, 65536)
+            except BlockingIOError:
                 return
-            *lines, buffered = (buffered + data).split(b"\n")
+            *lines, self._partial = (self._partial + data).split(b"\n")
             for line in lines:
                 # Plugin code shares this pipe: take only well-formed reports.
                 pid, event, detail = (line.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
                 if event in REPORTS and pid.isdigit():
                     self.events.put_nowait((event, int(pid), detail))
+            if not data:
+                return
 
     def _arm_timer(self, slot, delay, event=None):
         self._cancel_timer(slot)
@@ -362,4 +389,10 @@ class Supervisor:
     def _kill(self, slot):
         if slot.pid:
             self._killed = True
-            os.kill(slot.pid, signal.SIGKILL)
+            self._signal(slot, signal.SIGKILL)
+
+    def _signal(self, slot, sig):
+        try:
+            os.kill(slot.pid, sig)
+        except ProcessLookupError:
+            pass  # it exited; its exit event is on its way

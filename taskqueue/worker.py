@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 import traceback
 
@@ -70,13 +71,23 @@ class HubCalls:
 
     def __init__(self):
         self._calls = collections.deque()
+        self._hub_thread = threading.get_ident()
         self._wakeup = gevent.get_hub().loop.async_()
         self._wakeup.start(self._run_pending)
 
     def submit(self, fn):
-        """Queue fn() for the hub; safe from any thread, the hub's included."""
+        """Run fn() in the hub's thread: at once when called there (so that it is
+        done before anything that follows, a close included), else queued."""
+        if threading.get_ident() == self._hub_thread:
+            self.run_pending()
+            fn()
+            return
         self._calls.append(fn)
         self._wakeup.send()
+
+    def run_pending(self):
+        """Run what other threads queued; called before the session closes, too."""
+        self._run_pending()
 
     def call(self, fn, timeout):
         """Run fn() in the hub and return its result; for other threads only."""
@@ -185,11 +196,11 @@ def run_worker(group, amqp_settings, ctx):
         reason = _recycle_reason(group, done)
         if reason:
             log.info("%s: this process is replaced after its current task", reason)
-            return _finish(worker, session, EXIT_RECYCLE)
+            return _finish(worker, session, hub_calls, EXIT_RECYCLE)
     if not session.is_open:
         log.error("lost the broker connection: %r", session.close_reason)
-        return _finish(worker, session, EXIT_CONNECTION)
-    return _finish(worker, session, EXIT_OK)
+        return _finish(worker, session, hub_calls, EXIT_CONNECTION)
+    return _finish(worker, session, hub_calls, EXIT_OK)
 
 
 def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
@@ -229,7 +240,8 @@ def resident_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _finish(worker, session, code):
+def _finish(worker, session, hub_calls, code):
+    hub_calls.run_pending()  # settlements the last task's thread queued
     try:
         worker.teardown()
     except Exception:
