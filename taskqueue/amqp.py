@@ -108,6 +108,8 @@ def amqp_safe(value):
     """
     if isinstance(value, float):
         return _float_field(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return str(value)  # pika decodes huge doubles as ints it cannot encode again
     if isinstance(value, dict):
         return {k: amqp_safe(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -188,6 +190,12 @@ class Session:
         self._mark_closed(reason)
         # A channel closed by the broker (e.g. PRECONDITION_FAILED) leaves the
         # connection useless to us: close it so the process can start over.
+        if self._connection.is_open:
+            self._connection.close()
+
+    def abort(self):
+        """Give up on this session (a bug in a callback): close it, the process starts over."""
+        self._mark_closed("aborted after an internal error")
         if self._connection.is_open:
             self._connection.close()
 
@@ -288,21 +296,25 @@ class Session:
             self._connection.channel(on_open_callback=opened.set)
             channel = self._wait(opened, REPLY_TIMEOUT, "channel open")
             ready = AsyncResult()
-            channel.confirm_delivery(lambda frame: self._confirmed.set(frame.method.NAME),
-                                     callback=ready.set)
+            # RabbitMQ returns an unroutable message before acking it: remember the return.
+            channel.add_on_return_callback(lambda *args: self._confirmed.set("Basic.Return"))
+            channel.confirm_delivery(
+                lambda frame: self._confirmed.ready() or self._confirmed.set(frame.method.NAME),
+                callback=ready.set)
             self._wait(ready, REPLY_TIMEOUT, "confirm mode")
             self._confirm_channel = channel
         self._confirmed = AsyncResult()
         self._confirm_channel.basic_publish("", queue, body, props, mandatory=True)
-        if self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm from {queue}") != "Basic.Ack":
-            raise SessionClosed(f"the broker refused a message for {queue}")
+        answer = self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm from {queue}")
+        if answer != "Basic.Ack":
+            raise SessionClosed(f"the broker did not take a message for {queue} ({answer})")
 
     def enable_confirms(self, on_confirm, on_return):
         """Publisher confirms; in the hub, on_confirm(frame) gets each Basic.Ack/Nack and
-        on_return(routing_key) each mandatory message the broker could not route
+        on_return(routing_key, props, body) each mandatory message it could not route
         (RabbitMQ sends the return before that message's ack)."""
         self._channel.add_on_return_callback(
-            lambda channel, method, props, body: on_return(method.routing_key))
+            lambda channel, method, props, body: on_return(method.routing_key, props, body))
         ok = AsyncResult()
         self._channel.confirm_delivery(on_confirm, callback=ok.set)
         self._wait(ok, REPLY_TIMEOUT, "confirm mode")

@@ -34,6 +34,8 @@ JSON_TYPES = ("application/json", "text/json")
 #: Seconds during which tasks for a queue the broker refused to declare go
 #: to the dead-letter queue before the declare is tried again.
 REFUSED_RETRY_SECONDS = 60
+#: Seconds before an input whose copy the broker returned or refused goes back to taskqueue.
+RETRY_SECONDS = 1.0
 READY = "ready"
 
 
@@ -128,10 +130,12 @@ def forwarded_properties(props, decision):
 class Dispatcher:
     """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
 
-    def __init__(self, session, prefetch):
+    def __init__(self, session, prefetch, schedule=gevent.spawn_later):
         self._session = session
+        self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
         self._prefetch = prefetch
-        self._pending = {}          # publish sequence number -> (input delivery tag, queue)
+        # publish sequence number -> (input delivery tag, queue, message id, body)
+        self._pending = {}
         self._returned = set()      # sequence numbers the broker returned unroutable
         self._published = 0
         # Worker queue -> READY, a list of messages waiting for its declare,
@@ -143,7 +147,9 @@ class Dispatcher:
     def start(self):
         for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
             self._session.declare_queue(queue)
-        self._session.enable_confirms(self._on_confirm, self._on_return)
+        self._session.enable_confirms(
+            lambda frame: self._guarded(self._on_confirm, frame),
+            lambda queue, props, body: self._guarded(self._on_return, queue, props, body))
         self._session.qos(self._prefetch)
         self._consumer_tag = self._session.consume(amqp.TASK_QUEUE, self._on_message)
 
@@ -159,56 +165,78 @@ class Dispatcher:
     def unconfirmed(self):
         return len(self._pending)
 
-    # The callbacks run in the hub: they must not block or raise.
+    # The callbacks run in the hub: they must not block, and must not raise
+    # (pika would abort the connection), hence the guards.
     def _on_message(self, method, props, body):
-        decision = route(body, props.content_type, props.headers)
-        if isinstance(decision, Rejection):
-            self._dead_letter(method.delivery_tag, props, body, decision.reason)
-            return
-        queue = amqp.worker_queue(decision.worker_type)
-        message = (method.delivery_tag, decision.body, forwarded_properties(props, decision))
+        tag = method.delivery_tag
+        try:
+            decision = route(body, props.content_type, props.headers)
+            if isinstance(decision, Rejection):
+                self._dead_letter(tag, props, body, decision.reason)
+            else:
+                self._send(amqp.worker_queue(decision.worker_type),
+                           (tag, decision.body, forwarded_properties(props, decision)))
+        except Exception:
+            # Rejected without requeue: the broker dead-letters it (x-death), not lost.
+            log.exception("cannot route delivery %s (message %s); rejecting it to %s",
+                          tag, getattr(props, "message_id", None) or "-", amqp.DEAD_QUEUE)
+            self._session.reject(tag, requeue=False)
+
+    def _send(self, queue, message):
+        """Publish `message` (tag, body, props) to `queue` once the queue is known to exist."""
         state = self._queues.get(queue)
         if state is READY:
             self._publish(queue, *message)
         elif isinstance(state, list):
             state.append(message)
         elif isinstance(state, Refused) and time.monotonic() < state.until:
-            self._dead_letter(method.delivery_tag, props, body, state.reason)
-        else:  # a new worker type, or time to try a refused queue again
+            self._refused(queue, message, state.reason)
+        else:  # a new worker type, a queue deleted under us, or time to try a refused one again
             self._queues[queue] = [message]
-            self._session.declare_queue_async(queue, lambda refusal: self._on_declared(queue, refusal))
+            self._session.declare_queue_async(
+                queue, lambda refusal: self._guarded(self._on_declared, queue, refusal))
 
     def _on_declared(self, queue, refusal):
-        waiting, self._queues[queue] = self._queues[queue], READY
+        waiting = self._queues.get(queue)
+        waiting = waiting if isinstance(waiting, list) else []  # a later declare took them
         if refusal is None:
+            self._queues[queue] = READY
             for message in waiting:
                 self._publish(queue, *message)
             return
         log.error("%s; dead-lettering its tasks for %ds", refusal, REFUSED_RETRY_SECONDS)
         self._queues[queue] = Refused(refusal, time.monotonic() + REFUSED_RETRY_SECONDS)
-        for tag, body, props in waiting:
-            self._dead_letter(tag, props, body, refusal)
+        for message in waiting:
+            self._refused(queue, message, refusal)
+
+    def _refused(self, queue, message, reason):
+        tag, body, props = message
+        if queue == amqp.DEAD_QUEUE:  # nowhere to put it: keep it in taskqueue
+            self._retry_later(tag)
+        else:
+            self._dead_letter(tag, props, body, reason)
 
     def _dead_letter(self, tag, props, body, reason):
         log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason)
-        self._publish(amqp.DEAD_QUEUE, tag, body, dead_properties(props, reason))
+        self._send(amqp.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
 
     def _publish(self, queue, tag, body, props):
-        self._published += 1
-        self._pending[self._published] = (tag, queue)
         # mandatory: a queue deleted since we declared it returns the message
-        # instead of dropping it.
+        # instead of dropping it. The sequence number counts only what was sent.
         self._session.publish(queue, body, props, mandatory=True)
+        self._published += 1
+        self._pending[self._published] = (tag, queue, props.message_id, body)
 
-    def _on_return(self, queue):
-        """The broker could not route a message to `queue`: its confirm, which follows,
-        must not ack the input. Returns come in publish order, so it is the oldest
-        unconfirmed publish to that queue not already returned."""
-        seq = next((seq for seq, (_, q) in self._pending.items()
-                    if q == queue and seq not in self._returned), None)
+    def _on_return(self, queue, props, body):
+        """The broker could not route this message: its confirm, which follows, must
+        not ack the input. It is the oldest unconfirmed publish of that very message."""
+        match = (queue, props.message_id, body)
+        seq = next((seq for seq, (_, *sent) in self._pending.items()
+                    if tuple(sent) == match and seq not in self._returned), None)
         if seq is not None:
             self._returned.add(seq)
-        self._queues.pop(queue, None)   # declare it again before the next publish
+        if self._queues.get(queue) is READY:
+            del self._queues[queue]   # declare it again before the next publish
         log.warning("the broker returned a message for %s (no such queue any more); "
                     "its input goes back to %s", queue, amqp.TASK_QUEUE)
 
@@ -220,19 +248,32 @@ class Dispatcher:
         else:
             done = [confirm.delivery_tag]
         for seq in done:
-            tag, _ = self._pending.pop(seq, (None, None))
+            tag = self._pending.pop(seq, (None,))[0]
             if tag is None:
                 continue
             if acked and seq not in self._returned:
                 self._session.ack(tag)
                 continue
             if not acked:
-                log.warning("broker nacked a routed message; requeueing its input %s", tag)
+                log.warning("broker nacked a routed message; its input %s goes back", tag)
             self._returned.discard(seq)
-            # The broker did not take the copy: the input goes back and is tried again.
-            self._session.nack(tag, requeue=True)
+            self._retry_later(tag)
         if not self._pending:
             self.drained.set()
+
+    def _retry_later(self, tag):
+        """Send an input back to taskqueue after a pause, not in a hot loop."""
+        def requeue():
+            if self._session.is_open:
+                self._session.nack(tag, requeue=True)
+        self._schedule(RETRY_SECONDS, requeue)
+
+    def _guarded(self, callback, *args):
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("%s failed; the dispatcher starts over", callback.__name__)
+            self._session.abort()
 
 
 def run_dispatcher(amqp_settings, settings, ctx):

@@ -106,3 +106,15 @@ def test_a_worker_whose_queue_is_deleted_starts_over_instead_of_idling(broker, s
     broker.submit("recorder", {"id": "after"})
     wait_for(records.all, 15, "a task done after the queue came back")
     assert pool.stop() == 0
+
+
+def test_a_deleted_dead_letter_queue_is_declared_again_for_the_next_dead_letter(broker, start_pool):
+    pool = start_pool("[DEFAULT]\nworkers: 0\n")
+    broker.publish_raw(b"first", message_id="first")
+    wait_for(lambda: broker.counts("taskqueue_dead")[0] == 1, 10, "the first dead letter")
+    broker.channel.queue_delete("taskqueue_dead")
+    broker.publish_raw(b"second", message_id="second")
+    dead = wait_for(lambda: broker.drain("taskqueue_dead"), 15, "the second dead letter")
+    assert [p.message_id for p, _ in dead] == ["second"]
+    assert len(pool.wait_log(r"the broker returned a message for taskqueue_dead")) == 1  # no hot loop
+    assert pool.stop() == 0

@@ -38,8 +38,18 @@ class RecordingSession:
     def nack(self, tag, requeue):
         self.calls.append(("nack", tag, requeue))
 
+    def reject(self, tag, requeue):
+        self.calls.append(("reject", tag, requeue))
+
+    is_open = True
+
     def of(self, kind):
         return [c for c in self.calls if c[0] == kind]
+
+
+def at_once(delay, fn):
+    """The dispatcher's retry timer, fired at once."""
+    fn()
 
 
 def deliver(dispatcher, tag, body):
@@ -57,7 +67,7 @@ def envelope(n):
 
 def test_dispatcher_publishes_many_before_any_confirm_and_acks_only_after_confirms():
     session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     for tag in range(1, 11):
         deliver(dispatcher, tag, envelope(tag))
     assert len(session.of("publish")) == 10
@@ -74,7 +84,7 @@ def test_dispatcher_publishes_many_before_any_confirm_and_acks_only_after_confir
 
 def test_dispatcher_declares_each_worker_queue_once():
     session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     for tag in range(1, 4):
         deliver(dispatcher, tag, envelope(tag))
     assert session.of("declare") == [("declare", "worker_t")]
@@ -82,7 +92,7 @@ def test_dispatcher_declares_each_worker_queue_once():
 
 def test_dispatcher_requeues_the_input_of_a_nacked_publish_instead_of_acking_it():
     session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, envelope(1))
     deliver(dispatcher, 2, envelope(2))
     confirm(dispatcher, 1, ack=False)
@@ -93,7 +103,7 @@ def test_dispatcher_requeues_the_input_of_a_nacked_publish_instead_of_acking_it(
 
 def test_dispatcher_publishes_unroutable_input_to_the_dead_letter_queue_before_acking_it():
     session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, b"not json")
     assert session.of("publish") == [("publish", "taskqueue_dead", b"not json")]
     assert session.of("ack") == []
@@ -103,7 +113,7 @@ def test_dispatcher_publishes_unroutable_input_to_the_dead_letter_queue_before_a
 
 def test_dispatcher_holds_messages_of_a_new_type_until_its_queue_is_declared():
     session = RecordingSession(answer_declares=False)
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, envelope(1))
     deliver(dispatcher, 2, envelope(2))
     assert session.of("declare") == [("declare", "worker_t")]  # once, not per message
@@ -117,7 +127,7 @@ def test_dispatcher_holds_messages_of_a_new_type_until_its_queue_is_declared():
 
 def test_dispatcher_dead_letters_the_tasks_of_a_queue_the_broker_refuses_and_routes_others():
     session = RecordingSession(refuse={"worker_t"})
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, envelope(1))
     deliver(dispatcher, 2, json.dumps({"worker_type": "u", "workitem": 1}).encode())
     deliver(dispatcher, 3, envelope(3))  # within the retry window: no new declare
@@ -130,12 +140,32 @@ def test_dispatcher_dead_letters_the_tasks_of_a_queue_the_broker_refuses_and_rou
 
 def test_dispatcher_requeues_the_input_of_a_returned_publish_and_declares_the_queue_again():
     session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100)
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, envelope(1))
     deliver(dispatcher, 2, envelope(2))
-    dispatcher._on_return("worker_t")     # the queue was deleted under us: the first comes back
+    # The queue was deleted under us: the first copy comes back (the workitem 1 is b"1").
+    dispatcher._on_return("worker_t", pika.BasicProperties(), b"1")
     confirm(dispatcher, 2, multiple=True)  # RabbitMQ acks returned messages too
     assert session.of("nack") == [("nack", 1, True)]
     assert session.of("ack") == [("ack", 2)]
     deliver(dispatcher, 3, envelope(3))
     assert session.of("declare") == [("declare", "worker_t")] * 2
+
+
+def test_dispatcher_attributes_a_return_to_the_very_message_returned():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    for tag in (1, 2, 3):
+        deliver(dispatcher, tag, envelope(tag))
+    dispatcher._on_return("worker_t", pika.BasicProperties(), b"3")  # the newest, not the oldest
+    confirm(dispatcher, 3, multiple=True)
+    assert session.of("nack") == [("nack", 3, True)]
+    assert sorted(t for _, t in session.of("ack")) == [1, 2]
+
+
+def test_dispatcher_rejects_to_the_dead_letter_queue_what_it_cannot_handle_instead_of_crashing():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    # Properties that are not what pika gives (any unexpected failure will do)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=1), object(), b"x")
+    assert session.of("reject") == [("reject", 1, False)]
