@@ -30,6 +30,8 @@ TASK_QUEUE = "taskqueue"
 DEAD_QUEUE = "taskqueue_dead"
 #: Seconds to wait for a broker reply (open, declare, consume, close).
 REPLY_TIMEOUT = 30.0
+#: The broker's delivery limit, in units of [amqp] delivery_limit (see queue_arguments).
+BROKER_LIMIT_FACTOR = 4
 #: Persistent messages survive a broker restart (pika 1.2 has no pika.DeliveryMode).
 PERSISTENT = 2
 
@@ -68,10 +70,12 @@ def queue_arguments(queue, settings):
 
     Every queue but the dead-letter queue itself dead-letters into it: a task
     rejected without requeue lands there with the broker's x-death header.
-    Quorum queues also count deliveries. The worker dead-letters a task
-    delivered `delivery_limit` times itself, with headers saying how the
-    processes handling it ended; the broker's own limit, one higher, is the
-    backstop (at-least-once dead-lettering) should no worker get to do it.
+    A task that killed `delivery_limit` worker processes is dead-lettered by
+    the worker that receives it next, with headers saying how they died
+    (deadletter.Graveyard). Quorum queues count deliveries too, but RabbitMQ
+    3 counts every return (a graceful stop, a recycle, a nack) as one: the
+    broker's limit is BROKER_LIMIT_FACTOR times higher, a backstop for what no
+    supervisor saw (deaths spread over hosts), with at-least-once dead-lettering.
     """
     args = {}
     if settings.queue_type == "quorum":
@@ -81,7 +85,7 @@ def queue_arguments(queue, settings):
         return args
     args.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_QUEUE})
     if settings.queue_type == "quorum":
-        args.update({"x-delivery-limit": settings.delivery_limit + 1,
+        args.update({"x-delivery-limit": settings.delivery_limit * BROKER_LIMIT_FACTOR,
                      "x-dead-letter-strategy": "at-least-once",
                      "x-overflow": "reject-publish"})   # at-least-once requires it
     return args

@@ -2,9 +2,9 @@
 
 A message taskqueue dead-letters itself keeps its body and properties and
 gains headers that say why. When a worker process dies in the middle of a
-task, the supervisor writes how it ended to a small file named after the
-task (`Graveyard`); the worker that finally gives up on that task after
-the delivery limit reads it into the dead letter's headers.
+task, the supervisor counts it in a small file named after the task, with
+how it ended (`Graveyard`); the worker that receives the task once the
+count reaches the delivery limit dead-letters it with those facts.
 """
 import copy
 import hashlib
@@ -59,19 +59,21 @@ class Graveyard:
         return os.path.join(self.path, hashlib.sha1(key.encode()).hexdigest())
 
     def record(self, key, cause):
-        """Supervisor side: remember how the process handling `key` ended."""
+        """Supervisor side: one more death while handling `key`, and how it ended."""
+        deaths, _ = self.deaths(key)
         with open(self._file(key), "w") as f:
-            f.write(cause)
+            f.write(f"{deaths + 1}\n{cause}")
         names = os.listdir(self.path)
         if len(names) > GRAVEYARD_SIZE:
             oldest = sorted(names, key=lambda n: os.stat(os.path.join(self.path, n)).st_mtime)
             for name in oldest[:len(names) - GRAVEYARD_SIZE]:
                 os.unlink(os.path.join(self.path, name))
 
-    def cause(self, key):
-        """Child side: the last recorded death while handling `key`, or None."""
+    def deaths(self, key):
+        """Child side: (how many processes died handling `key`, how the last one ended)."""
         try:
             with open(self._file(key)) as f:
-                return f.read()
-        except OSError:
-            return None
+                count, _, cause = f.read().partition("\n")
+            return int(count), cause
+        except (OSError, ValueError):
+            return 0, None

@@ -204,22 +204,22 @@ def run_worker(group, amqp_settings, ctx):
 
 
 def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
-    """Dead-letter a task delivered `delivery_limit` times already, saying how it went;
-    return True if it was. Each of those deliveries ended with no settlement: its
-    process died (or the task was requeued), so running it again would not help."""
-    limit = amqp_settings.delivery_limit if amqp_settings.queue_type == "quorum" else None
-    count = (props.headers or {}).get("x-delivery-count", 0)
-    if not limit or not isinstance(count, int) or count < limit:
+    """Dead-letter a task that has killed `delivery_limit` processes already, saying how
+    the last one ended; return True if it did. Running it again would not help.
+
+    Deaths are counted by the supervisor, not read from x-delivery-count, which
+    RabbitMQ 3 also raises for every return (a graceful stop, a recycle, a nack).
+    """
+    deaths, cause = ctx.graveyard.deaths(key) if ctx.graveyard else (0, None)
+    limit = amqp_settings.delivery_limit
+    if deaths < limit:
         return False
-    cause = ctx.graveyard.cause(key) if ctx.graveyard else None
-    reason = (f"delivery limit {limit} reached: delivered {count} times before, never settled"
-              + (f"; last: {cause}" if cause else ""))
+    reason = f"delivery limit {limit} reached: {deaths} processes died handling it; last: {cause}"
     log.error("task %s: %s; dead-lettering it", key, reason)
-    details = {"worker_type": group.worker_type, "delivery_count": count}
-    if cause:
-        details["exit"] = cause
-    session.publish_confirmed(amqp.DEAD_QUEUE, body,
-                              dead_properties(props, reason, queue=group.queue, **details))
+    count = (props.headers or {}).get("x-delivery-count", deaths)
+    session.publish_confirmed(amqp.DEAD_QUEUE, body, dead_properties(
+        props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
+        deaths=deaths, delivery_count=count))
     session.ack(method.delivery_tag)
     return True
 

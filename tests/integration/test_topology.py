@@ -21,10 +21,11 @@ def test_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_the_deli
     assert props.message_id == "m-poison"
     headers = props.headers
     assert headers["x-taskqueue-reason"].startswith(
-        "delivery limit 5 reached: delivered 5 times before, never settled; last: recorder#0 pid ")
+        "delivery limit 5 reached: 5 processes died handling it; last: recorder#0 pid ")
     assert headers["x-taskqueue-exit"].endswith("exit 9 during task m-poison")
-    assert (headers["x-taskqueue-delivery-count"], headers["x-taskqueue-queue"],
-            headers["x-taskqueue-worker-type"]) == (5, "worker_recorder", "recorder")
+    assert (headers["x-taskqueue-deaths"], headers["x-taskqueue-delivery-count"],
+            headers["x-taskqueue-queue"], headers["x-taskqueue-worker-type"]) == (
+        5, 5, "worker_recorder", "recorder")
     assert json.loads(body) == {"id": "poison", "exit": 9}
     assert len(records.all("start")) - len(records.all()) == 5  # the poison's attempts
     # ... and every healthy task was completed by a pool that stayed up

@@ -1,0 +1,41 @@
+"""deadletter: the graveyard's death counts, task keys, dead-letter headers."""
+import pika
+
+from taskqueue import deadletter
+from taskqueue.deadletter import Graveyard, dead_properties, task_key
+
+
+def test_graveyard_counts_deaths_per_task_and_keeps_the_last_cause(tmp_path):
+    graveyard = Graveyard(str(tmp_path))
+    assert graveyard.deaths("m-1") == (0, None)
+    graveyard.record("m-1", "w#0 pid 10: killed by SIGKILL")
+    graveyard.record("m-1", "w#0 pid 11: exit 9")
+    graveyard.record("m-2", "w#1 pid 12: killed by SIGABRT")
+    assert graveyard.deaths("m-1") == (2, "w#0 pid 11: exit 9")
+    assert graveyard.deaths("m-2") == (1, "w#1 pid 12: killed by SIGABRT")
+
+
+def test_graveyard_forgets_the_oldest_causes_beyond_its_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(deadletter, "GRAVEYARD_SIZE", 3)
+    graveyard = Graveyard(str(tmp_path))
+    for n in range(5):
+        graveyard.record(f"m-{n}", "died")
+    assert len(list(tmp_path.iterdir())) == 3
+    assert graveyard.deaths("m-4") == (1, "died")
+
+
+def test_task_key_is_one_printable_word_from_the_message_id_or_the_body():
+    assert task_key(pika.BasicProperties(message_id="a b\nc"), b"x") == "a?b?c"
+    assert task_key(pika.BasicProperties(message_id="x" * 300), b"") == "x" * 200
+    keyed = task_key(pika.BasicProperties(), b"body")
+    assert keyed.startswith("sha1-") and keyed == task_key(pika.BasicProperties(), b"body")
+
+
+def test_dead_properties_name_queue_and_details_as_taskqueue_headers():
+    props = dead_properties(pika.BasicProperties(headers={"x-delivery-count": 3, "k": "v"}),
+                            "why", queue="worker_t", worker_type="t", exit="killed")
+    assert props.headers["k"] == "v" and "x-delivery-count" not in props.headers
+    assert (props.headers["x-taskqueue-reason"], props.headers["x-taskqueue-queue"],
+            props.headers["x-taskqueue-worker-type"], props.headers["x-taskqueue-exit"]) == (
+        "why", "worker_t", "t", "killed")
+    props.encode()
