@@ -68,12 +68,17 @@ def _parser():
     return parser
 
 
-def load_config(args):
+def load_config(args, switches_users=False):
+    """The config and the installed plugins. Only a command that runs the worker
+    groups (switches_users) needs to be able to become their users; the others
+    just check that the users exist, or, for submit, ignore them."""
     path = config.resolve_path(args.config)
-    cfg = config.load(path, plugins.discover(), running_uid=os.getuid())
+    found = plugins.discover()
+    cfg = config.load(path, found, check_users=args.func is not cmd_submit,
+                      running_uid=os.getuid() if switches_users else None)
     for warning in cfg.warnings:
         log.warning("%s", warning)
-    return cfg
+    return cfg, found
 
 
 # -- the daemons -------------------------------------------------------------
@@ -90,10 +95,12 @@ def cmd_workerpool(args):
     return _supervise(args, dispatcher=False, workers=True)
 
 
-def child_specs(cfg, dispatcher, workers, default_user=None):
+def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
     """The ChildSpecs of one component: the dispatcher's, the worker groups', or both.
 
-    Children of groups without `user:` run as `default_user` (None: as the supervisor).
+    Children of groups without `user:` run as `default_user` (None: as the
+    supervisor). A group's settings include its plugin's version (`found`: the
+    discovered entry points), so that a reload after an upgrade restarts it.
     """
     # Imported here: the supervisor pulls in gevent, which `submit` does not need.
     from .dispatcher import run_dispatcher
@@ -112,8 +119,14 @@ def child_specs(cfg, dispatcher, workers, default_user=None):
                                    user=group.user or default_user,
                                    stop_timeout=group.stop_timeout,
                                    task_timeout=group.task_timeout,
-                                   settings=(cfg.amqp, group, tuple(sorted(group.options.items())))))
+                                   settings=(cfg.amqp, group, tuple(sorted(group.options.items())),
+                                             _plugin_version((found or {}).get(group.worker_type)))))
     return specs
+
+
+def _plugin_version(ep):
+    dist = getattr(ep, "dist", None)
+    return (ep.value, dist.name, dist.version) if dist is not None else getattr(ep, "value", None)
 
 
 def _supervise(args, dispatcher, workers):
@@ -123,7 +136,8 @@ def _supervise(args, dispatcher, workers):
         _check_user(args.user)
 
     def specs():
-        return child_specs(load_config(args), dispatcher, workers, args.user)
+        cfg, found = load_config(args, switches_users=workers)
+        return child_specs(cfg, dispatcher, workers, args.user, found)
     initial = specs()
     logs.set_identity("supervisor")
     if args.pidfile:
@@ -176,7 +190,7 @@ def cmd_submit(args):
     from .dispatcher import TYPE_PATTERN, TYPE_RULE
     if not TYPE_PATTERN.match(args.worker_type):
         raise ConfigError(f"TYPE {args.worker_type[:100]!r} is not {TYPE_RULE}")
-    cfg = load_config(args)
+    cfg, _ = load_config(args)
     text = sys.stdin.read() if args.workitem == "-" else args.workitem
     try:
         workitem = json.loads(text)
@@ -201,7 +215,7 @@ def cmd_submit(args):
 def cmd_check_config(args):
     path = config.resolve_path(args.config)
     found = plugins.discover()
-    cfg = config.load(path, found, running_uid=os.getuid())
+    cfg = config.load(path, found)
     print(f"config: {path}: ok")
     for warning in cfg.warnings:
         print(f"warning: {warning}")

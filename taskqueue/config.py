@@ -124,7 +124,9 @@ def parse_int(value, low, high=None, expected=None):
 
 parse_count = partial(parse_int, low=0, expected=f"expected {COUNT}")
 parse_positive_int = partial(parse_int, low=1)
-parse_heartbeat = partial(parse_int, low=0)
+#: AMQP carries prefetch counts and heartbeats in 16 bits.
+parse_prefetch = partial(parse_int, low=1, high=65535)
+parse_heartbeat = partial(parse_int, low=0, high=65535)
 parse_port = partial(parse_int, low=1, high=65535)
 
 
@@ -377,7 +379,7 @@ class _Loader:
         options["workers"] = str(processes)
         return WorkerGroup(worker_type, subgroup, processes,
                            user=self.convert(chain, "user", None, self.parse_user),
-                           prefetch=self.convert(chain, "prefetch", 1, parse_positive_int),
+                           prefetch=self.convert(chain, "prefetch", 1, parse_prefetch),
                            stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds),
                            task_timeout=self.convert(chain, "task_timeout", None, parse_seconds),
                            max_tasks=self.convert(chain, "max_tasks", None, parse_positive_int),
@@ -440,7 +442,7 @@ class _Loader:
         self.own_options("dispatcher", DISPATCHER_OPTIONS)
         chain = ["dispatcher"]   # [DEFAULT] `workers` counts plugin processes, not dispatchers
         return DispatcherSettings(processes=self.convert(chain, "workers", 1, parse_count),
-                                  prefetch=self.convert(chain, "prefetch", 256, parse_positive_int),
+                                  prefetch=self.convert(chain, "prefetch", 256, parse_prefetch),
                                   stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds))
 
     def warnings(self, types, claimed):

@@ -93,3 +93,13 @@ def test_submit_wait_prints_the_workers_reply_and_fails_on_timeout(broker, start
     assert late.returncode == 1
     assert "no reply" in late.stderr
     assert pool.stop() == 0
+
+
+def test_submit_does_not_care_about_the_users_the_worker_groups_run_as(broker, workdir, vhost):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 1\n"
+                                   "user: tq-no-such-user\n"))
+    assert run("submit", "--config", path, "recorder", "1").returncode == 0
+    refused = run("workerpool", "--config", path)
+    assert refused.returncode == 2 and "tq-no-such-user" in refused.stderr

@@ -65,6 +65,12 @@ def test_sighup_picks_up_a_plugin_installed_or_removed_while_running(broker, sta
     info = install_plugin(site, "tqdyn")
     os.kill(pool.pid, signal.SIGHUP)
     wait_for(lambda: consumers(broker, "tqdyn") == 1, 15, "the new plugin's consumer")
+    # An upgrade (a new version of the distribution) restarts its workers
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: tqdyn-plugin\nVersion: 0.2\n")
+    os.kill(pool.pid, signal.SIGHUP)
+    pool.wait_log(r"reload: 0 added, 1 changed, 0 removed")
+    pool.wait_log(r"tqdyn#0 pid=\d+ RUNNING -> STOPPING")
     shutil.rmtree(info)
     os.kill(pool.pid, signal.SIGHUP)
     wait_for(lambda: consumers(broker, "tqdyn") == 0, 15, "the removed plugin stopped")
