@@ -117,6 +117,9 @@ class TcpProxy:
                     sink.sendall(data)
         except OSError:
             pass
+        with self.lock:  # a closed connection is no longer one to cut or freeze
+            self.pairs = [pair for pair in self.pairs if id(pair[0]) != pair_id]
+            self.frozen.discard(pair_id)
         for s in (source, sink):
             try:
                 s.shutdown(socket.SHUT_RDWR)
