@@ -38,6 +38,11 @@ class UserSwitchError(Exception):
     pass
 
 
+#: Failures a child explains in one line, and the exit code that tells the supervisor which.
+EXPLAINED = ((PluginError, EXIT_PLUGIN_LOAD), (UserSwitchError, EXIT_USER),
+             (SessionClosed, EXIT_CONNECTION), (TopologyError, EXIT_TOPOLOGY))
+
+
 class ChildContext:
     """What a child's target gets: a stop request, and a line to the supervisor.
 
@@ -83,21 +88,12 @@ def run(name, user, target, forget_inherited, report_fd, parent_pid, graveyard):
         # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)).
         _die_with_parent(parent_pid)
         code = target(ctx)
-    except PluginError as exc:
-        log.error("%s", exc)
-        code = EXIT_PLUGIN_LOAD
-    except UserSwitchError as exc:
-        log.error("%s", exc)
-        code = EXIT_USER
-    except SessionClosed as exc:
-        log.error("%s", exc)
-        code = EXIT_CONNECTION
-    except TopologyError as exc:
-        log.error("%s", exc)
-        code = EXIT_TOPOLOGY
-    except BaseException:
-        log.exception("%s failed", name)
-        code = EXIT_ERROR
+    except BaseException as exc:
+        code = next((code for kind, code in EXPLAINED if isinstance(exc, kind)), EXIT_ERROR)
+        if code == EXIT_ERROR:
+            log.exception("%s failed", name)
+        else:
+            log.error("%s", exc)  # the message says it all: no traceback
     finally:
         logging.shutdown()
         os._exit(code)

@@ -17,6 +17,10 @@ BACKOFF_CAP = 30.0
 #: Cap of the backoff between reconnection attempts: the broker is external,
 #: and a child should be back within seconds of the broker's return.
 RECONNECT_CAP = 5.0
+#: Cap of the backoff between restarts of a child its tasks keep killing: fast
+#: enough to work through poison tasks (the delivery limit ends each), slow
+#: enough that a crash storm cannot eat the host (supervisord's lesson).
+TASK_CRASH_CAP = 1.0
 #: After this many quick failures in a row the child is quarantined.
 QUARANTINE_AFTER = 10
 #: How long a quarantined child waits before it is tried again (SIGHUP retries at once).
@@ -59,6 +63,7 @@ class Ev(enum.Enum):
     DIED = "died"                  # after running stably
     DIED_QUICKLY = "died_quickly"
     DISCONNECTED = "disconnected"  # lost or could not reach the broker
+    TASK_KILLED = "task_killed"    # died in the middle of a task
     LOAD_FAILED = "load_failed"    # cannot start until something changes
     TIMER = "timer"
     STOP = "stop"
@@ -82,6 +87,7 @@ _TABLE = {
     (S.RUNNING, E.DIED_QUICKLY): S.BACKOFF,
     (S.STARTING, E.DISCONNECTED): S.BACKOFF,
     (S.RUNNING, E.DISCONNECTED): S.BACKOFF,
+    (S.RUNNING, E.TASK_KILLED): S.BACKOFF,
     (S.STARTING, E.LOAD_FAILED): S.QUARANTINED,
     (S.RUNNING, E.LOAD_FAILED): S.QUARANTINED,
     (S.STARTING, E.STOP): S.STOPPING,
@@ -90,6 +96,7 @@ _TABLE = {
     (S.STOPPING, E.DIED_QUICKLY): S.STOPPED,
     (S.STOPPING, E.LOAD_FAILED): S.STOPPED,
     (S.STOPPING, E.DISCONNECTED): S.STOPPED,
+    (S.STOPPING, E.TASK_KILLED): S.STOPPED,
     (S.BACKOFF, E.STOP): S.STOPPED,
     (S.QUARANTINED, E.STOP): S.STOPPED,
     (S.STOPPED, E.STOP): S.STOPPED,
@@ -119,9 +126,9 @@ def classify_exit(exit_code, was_ready, uptime, in_task=False):
     """Turn how a child ended into an event. exit_code is None when a signal killed it.
 
     A child that died in the middle of a task was killed by that task (or by
-    task_timeout): the broker's delivery limit deals with the task, so the
-    process restarts at once instead of backing off towards quarantine, which
-    is for processes that cannot start.
+    task_timeout): the delivery limit deals with the task, so the process is
+    restarted with a short backoff (TASK_CRASH_CAP) and never quarantined,
+    which is for processes that cannot start.
     """
     if exit_code in CANNOT_START:
         return Ev.LOAD_FAILED
@@ -129,7 +136,9 @@ def classify_exit(exit_code, was_ready, uptime, in_task=False):
         return Ev.DISCONNECTED
     if exit_code == EXIT_RECYCLE:
         return Ev.DIED  # planned: a replacement starts at once, whatever the uptime
-    if was_ready and (uptime >= STABLE_SECONDS or in_task):
+    if was_ready and in_task:
+        return Ev.TASK_KILLED
+    if was_ready and uptime >= STABLE_SECONDS:
         return Ev.DIED
     return Ev.DIED_QUICKLY
 

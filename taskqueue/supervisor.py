@@ -26,7 +26,8 @@ from gevent.queue import Empty, Queue
 from . import child
 from .deadletter import Graveyard
 from .errors import TaskqueueError
-from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS, ChildState,
+from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS,
+                        TASK_CRASH_CAP, ChildState,
                         Ev, IllegalTransition, backoff_delay, classify_exit, describe_exit,
                         exit_code_of, next_state)
 
@@ -209,6 +210,7 @@ class Supervisor:
             return
         slot.task = None
         slot.tasks_done += 1
+        slot.failures = 0  # it settled a task: whatever failed before is behind it
         self._cancel_task_timer(slot)
 
     def handle_task_timeout(self, slot, pid, tasks_done):
@@ -268,7 +270,7 @@ class Supervisor:
     # -- the state machine and the side effect of each state ------------------
 
     def transition(self, slot, event, note=""):
-        exited = event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.LOAD_FAILED)
+        exited = event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.TASK_KILLED, Ev.LOAD_FAILED)
         try:
             new = next_state(slot.state, event, slot.failures)
         except IllegalTransition as exc:
@@ -294,7 +296,8 @@ class Supervisor:
         self._spawn(slot)
 
     def enter_backoff(self, slot):
-        cap = RECONNECT_CAP if slot.last_event is Ev.DISCONNECTED else BACKOFF_CAP
+        cap = {Ev.DISCONNECTED: RECONNECT_CAP, Ev.TASK_KILLED: TASK_CRASH_CAP}.get(
+            slot.last_event, BACKOFF_CAP)
         delay = backoff_delay(slot.failures, random.random(), cap)
         if delay:
             log.warning("%s failed %d times in a row; next start in %.1fs",

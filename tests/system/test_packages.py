@@ -26,6 +26,8 @@ import time
 import pika
 import pytest
 
+from support import alive
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
              "DEBIAN_FRONTEND": "noninteractive"}
@@ -157,14 +159,6 @@ def children(pid):
 def uid_of(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ TRANSITIONS = [
     (S.RUNNING, E.DIED_QUICKLY, S.BACKOFF),
     (S.STARTING, E.DISCONNECTED, S.BACKOFF),
     (S.RUNNING, E.DISCONNECTED, S.BACKOFF),
+    (S.RUNNING, E.TASK_KILLED, S.BACKOFF),
     (S.STARTING, E.LOAD_FAILED, S.QUARANTINED),
     (S.RUNNING, E.LOAD_FAILED, S.QUARANTINED),
     (S.STARTING, E.STOP, S.STOPPING),
@@ -53,6 +54,7 @@ TRANSITIONS = [
     (S.STOPPING, E.DIED_QUICKLY, S.STOPPED),
     (S.STOPPING, E.LOAD_FAILED, S.STOPPED),
     (S.STOPPING, E.DISCONNECTED, S.STOPPED),
+    (S.STOPPING, E.TASK_KILLED, S.STOPPED),
     (S.BACKOFF, E.STOP, S.STOPPED),
     (S.QUARANTINED, E.STOP, S.STOPPED),
     (S.STOPPED, E.STOP, S.STOPPED),
@@ -124,9 +126,11 @@ def test_next_state_quarantines_when_quick_failures_reach_quarantine_after(state
 
 
 @pytest.mark.parametrize("failures", [QUARANTINE_AFTER, 100, 10**6])
-@pytest.mark.parametrize("state", [S.STARTING, S.RUNNING], ids=lambda v: _id(v))
-def test_next_state_never_quarantines_when_the_broker_is_what_fails(state, failures):
-    assert next_state(state, E.DISCONNECTED, failures) is S.BACKOFF
+@pytest.mark.parametrize("state, event", [(S.STARTING, E.DISCONNECTED), (S.RUNNING, E.DISCONNECTED),
+                                          (S.RUNNING, E.TASK_KILLED)], ids=lambda v: _id(v))
+def test_next_state_never_quarantines_when_the_broker_or_a_task_is_what_fails(
+        state, event, failures):
+    assert next_state(state, event, failures) is S.BACKOFF
 
 
 @pytest.mark.parametrize("state, event, expected", NOT_TO_BACKOFF, ids=lambda v: _id(v))
@@ -322,11 +326,11 @@ def test_backoff_delay_honours_a_lower_cap_for_reconnection():
 
 
 @pytest.mark.parametrize("exit_code, was_ready, expected", [
-    (None, True, E.DIED),             # a task crashed it: restart at once
-    (EXIT_ERROR, True, E.DIED),
+    (None, True, E.TASK_KILLED),      # a task crashed it: short backoff, never quarantine
+    (EXIT_ERROR, True, E.TASK_KILLED),
     (None, False, E.DIED_QUICKLY),    # not consuming yet: cannot have been a task
     (EXIT_PLUGIN_LOAD, True, E.LOAD_FAILED),
     (EXIT_CONNECTION, True, E.DISCONNECTED),
 ])
-def test_classify_exit_restarts_at_once_when_the_child_died_in_a_task(exit_code, was_ready, expected):
+def test_classify_exit_blames_the_task_when_the_child_died_in_one(exit_code, was_ready, expected):
     assert classify_exit(exit_code, was_ready, 0.1, in_task=True) is expected
