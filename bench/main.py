@@ -1,0 +1,74 @@
+"""Run the measurements `--repeat` times, print one table, write the same figures as JSON.
+
+Each comparison is a ratio of two figures measured in the same repetition;
+the table shows the median of the repetitions and their spread (min-max).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+import m_dispatch
+import m_e2e
+import m_footprint
+import m_latency
+import m_restart
+from report import ratios, render, summarize
+
+MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
+                "restart": m_restart, "footprint": m_footprint}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    parser.add_argument("--only", default=",".join(MEASUREMENTS),
+                        help="comma-separated subset of: " + ", ".join(MEASUREMENTS))
+    parser.add_argument("--preload", type=int, default=20_000, help="envelopes routed (1.)")
+    parser.add_argument("--tasks", type=int, default=10_000, help="end-to-end tasks (2.)")
+    parser.add_argument("--latency-tasks", type=int, default=500, help="sequential tasks (3.)")
+    parser.add_argument("--kills", type=int, default=50, help="worker SIGKILLs (4.)")
+    parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
+    return parser.parse_args(argv)
+
+
+def run_all(args, workdir):
+    """{figure: [value per repetition]}, and the errors of measurements that failed."""
+    figures, errors = {}, []
+    for rep in range(args.repeat):
+        for name in args.only.split(","):
+            started = time.monotonic()
+            print(f"bench: repetition {rep + 1}/{args.repeat}: {name} ...", file=sys.stderr)
+            try:
+                result = MEASUREMENTS[name].measure(workdir, args)
+            except Exception as exc:  # one failed measurement must not cost the others
+                errors.append(f"repetition {rep + 1}, {name}: {exc!r}")
+                traceback.print_exc()
+                continue
+            for key, value in {**result, **ratios(result)}.items():
+                figures.setdefault(key, []).append(value)
+            print(f"bench:   done in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return figures, errors
+
+
+def main(argv):
+    args = parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="taskqueue-bench-")
+    figures, errors = run_all(args, workdir)
+    summary = summarize(figures)
+    print(render(summary, args))
+    for error in errors:
+        print(f"FAILED {error}")
+    with open(args.json, "w") as f:
+        json.dump({"args": vars(args), "figures": summary, "raw": figures, "errors": errors,
+                   "logs": workdir}, f, indent=2)
+    print(f"figures: {args.json}; logs: {workdir}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""The figures' units, the same-repetition ratios, the targets, and the table."""
+from stats import summary
+
+UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
+         "idle": "MB", "ratio": "x"}
+
+#: (ratio name, numerator, denominator): computed within one repetition.
+RATIOS = [
+    ("ratio dispatcher x1 / shovel", "route dispatcher x1", "route shovel"),
+    ("ratio dispatcher x2 / shovel", "route dispatcher x2", "route shovel"),
+    ("ratio e2e taskqueue / celery", "e2e taskqueue", "e2e celery"),
+    ("ratio e2e taskqueue / dramatiq t1", "e2e taskqueue", "e2e dramatiq t1"),
+    ("ratio e2e taskqueue / dramatiq t8", "e2e taskqueue", "e2e dramatiq t8"),
+    ("ratio e2e taskqueue classic / celery", "e2e taskqueue classic", "e2e celery"),
+    ("ratio latency p50 taskqueue / bare pika", "latency taskqueue p50", "latency bare pika p50"),
+]
+
+#: figure: (target as shown, test of the median)
+TARGETS = {
+    "ratio dispatcher x1 / shovel": (">= 0.7", lambda v: v >= 0.7),
+    "ratio e2e taskqueue / celery": (">= 2", lambda v: v >= 2),
+    "ratio e2e taskqueue / dramatiq t1": (">= 1", lambda v: v >= 1),
+    "ratio latency p50 taskqueue / bare pika": ("<= 3", lambda v: v <= 3),
+    "restart p50": ("<= 50", lambda v: v <= 50),
+    "restart p99": ("<= 200", lambda v: v <= 200),
+    "idle worker PSS": ("<= 15", lambda v: v <= 15),
+    "idle supervisor CPU": ("< 0.5", lambda v: v < 0.5),
+}
+
+
+def ratios(result):
+    return {name: result[num] / result[den] for name, num, den in RATIOS
+            if num in result and den in result and result[den]}
+
+
+def summarize(figures):
+    out = {}
+    for key, values in figures.items():
+        out[key] = summary(values)
+        if key in TARGETS:
+            target, test = TARGETS[key]
+            out[key].update(target=target, met=test(out[key]["median"]))
+    return out
+
+
+def unit(key):
+    if key.endswith("CPU"):
+        return "%"
+    if key.endswith("backoffs"):
+        return "count"
+    return UNITS.get(key.split()[0], "")
+
+
+def render(summary, args):
+    header = f"{'figure':<46} {'unit':>7} {'median':>10} {'min-max':>21} {'target':>8}  met"
+    lines = [f"taskqueue bench: {args.repeat} repetition(s), medians and spread", header,
+             "-" * len(header)]
+    for key, s in summary.items():
+        spread = f"{_num(s['min'])}-{_num(s['max'])}"
+        met = "" if "met" not in s else ("yes" if s["met"] else "NO")
+        lines.append(f"{key:<46} {unit(key):>7} {_num(s['median']):>10} {spread:>21} "
+                     f"{s.get('target', ''):>8}  {met}")
+    return "\n".join(lines)
+
+
+def _num(value):
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
