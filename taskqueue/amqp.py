@@ -337,14 +337,6 @@ class Session:
     def reject(self, delivery_tag, requeue=True):
         self._channel.basic_reject(delivery_tag, requeue=requeue)
 
-    @property
-    def channel(self):
-        return self._channel
-
-    @property
-    def connection(self):
-        return self._connection
-
 
 #: RabbitMQ's direct reply-to pseudo-queue: replies without declaring a queue.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"

@@ -210,6 +210,8 @@ def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props,
     Deaths are counted by the supervisor, not read from x-delivery-count, which
     RabbitMQ 3 also raises for every return (a graceful stop, a recycle, a nack).
     """
+    if not method.redelivered:  # a task that killed a process always comes back redelivered
+        return False
     deaths, cause = ctx.graveyard.deaths(key) if ctx.graveyard else (0, None)
     limit = amqp_settings.delivery_limit
     if deaths < limit:
