@@ -46,9 +46,11 @@ EXPLAINED = ((PluginError, EXIT_PLUGIN_LOAD), (UserSwitchError, EXIT_USER),
 class ChildContext:
     """What a child's target gets: a stop request, and a line to the supervisor.
 
-    Reports are single lines `<pid> <event> [<detail>]` on a pipe shared by
-    all children; each is one write of less than PIPE_BUF bytes, so lines
-    from different children never interleave.
+    Reports are lines `<pid> <event> [<detail>]` on a pipe shared by all
+    children; each write is less than PIPE_BUF bytes, so lines from
+    different children never interleave. A finished task's `done` line is
+    held back and goes out with the next `busy` (or `flush()`): one write and
+    one supervisor wake-up per task instead of two, in a stream of short tasks.
     """
 
     def __init__(self, name, report_fd, graveyard):
@@ -58,6 +60,7 @@ class ChildContext:
         self.graveyard = graveyard
         self._report_fd = report_fd
         self._pid = os.getpid()
+        self._held = ""     # a `done` line not written yet
 
     def ready(self):
         """Consuming: the supervisor counts this child as started."""
@@ -68,12 +71,26 @@ class ChildContext:
         supervisor times it when the group has task_timeout."""
         self._report("busy", task_key)
 
-    def idle(self):
-        """The task is settled."""
-        self._report("idle")
+    def done(self, outcome, seconds):
+        """The task is settled (outcome: one of lifecycle.TASK_OUTCOMES) after `seconds`
+        of handling; held until the next report or flush()."""
+        self._held = f"{self._pid} done {outcome} {seconds:.6f}\n"
+
+    @property
+    def holding(self):
+        return bool(self._held)
+
+    def flush(self):
+        """Write a held `done` now: the child is about to wait or to exit."""
+        if self._held:
+            self._write(self._held)
 
     def _report(self, event, detail=""):
-        os.write(self._report_fd, f"{self._pid} {event} {detail}\n".encode())
+        self._write(f"{self._held}{self._pid} {event} {detail}\n")
+
+    def _write(self, text):
+        self._held = ""
+        os.write(self._report_fd, text.encode())
 
 
 def run(name, user, target, forget_inherited, report_fd, parent_pid, graveyard):

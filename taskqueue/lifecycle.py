@@ -44,6 +44,14 @@ EXIT_MEANINGS = {
     EXIT_TOPOLOGY: "queue declared with other arguments",
     EXIT_RECYCLE: "recycled: max_tasks or max_memory reached",
 }
+#: How a worker child reports a task ended (`<pid> done <outcome> <seconds>`).
+TASK_OUTCOMES = {
+    "ack": "completed: acked",
+    "requeue": "given back to its queue by the plugin (nack or reject with requeue)",
+    "reject": "refused by the plugin without requeue: dead-lettered by the broker",
+    "raised": "handle_task raised: rejected, dead-lettered by the broker",
+    "dead": "not run: it had killed delivery_limit processes; dead-lettered",
+}
 #: Exits a restart cannot cure: the child waits in quarantine for a fix (or SIGHUP).
 CANNOT_START = (EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY)
 

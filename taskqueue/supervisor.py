@@ -34,7 +34,9 @@ from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_S
 log = logging.getLogger(__name__)
 
 #: What a child may report on the pipe (child.ChildContext).
-REPORTS = ("ready", "busy", "idle")
+REPORTS = ("ready", "busy", "done")
+#: Seconds between two reads of the report pipe.
+REPORT_BATCH = 0.01
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
@@ -204,7 +206,13 @@ class Supervisor:
                                                  ("task_timeout", slot, pid, slot.tasks_done))
             self._greenlets.add(slot.task_timer)
 
-    def handle_idle(self, pid, detail=""):
+    def handle_reports(self, reports):
+        """What children wrote on the pipe, in order: one event per read, not per line."""
+        for event, pid, detail in reports:
+            getattr(self, f"handle_{event}")(pid, detail)
+
+    def handle_done(self, pid, detail=""):
+        """`<outcome> <seconds>`: the child settled its task (lifecycle.TASK_OUTCOMES)."""
         slot = self._by_pid.get(pid)
         if slot is None:
             return
@@ -357,22 +365,29 @@ class Supervisor:
         while True:
             gevent.socket.wait_read(self._reports_r)
             self._take_reports()
+            # Under load children report hundreds of tasks a second: take them in
+            # batches, a wake-up per REPORT_BATCH at most, not one per line.
+            # (A child's exit takes what it reported first: nothing is missed.)
+            gevent.sleep(REPORT_BATCH)
 
     def _take_reports(self):
-        """Turn every complete line now in the pipe into an event (never blocks)."""
+        """Turn the complete lines now in the pipe into one event (never blocks)."""
+        reports = []
         while True:
             try:
                 data = os.read(self._reports_r, 65536)
             except BlockingIOError:
-                return
+                break
             *lines, self._partial = (self._partial + data).split(b"\n")
             for line in lines:
                 # Plugin code shares this pipe: take only well-formed reports.
                 pid, event, detail = (line.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
                 if event in REPORTS and pid.isdigit():
-                    self.events.put_nowait((event, int(pid), detail))
+                    reports.append((event, int(pid), detail))
             if not data:
-                return
+                break
+        if reports:
+            self.events.put_nowait(("reports", reports))
 
     def _arm_timer(self, slot, delay, event=None):
         self._cancel_timer(slot)

@@ -15,7 +15,7 @@ import time
 import traceback
 
 import gevent
-from gevent.queue import Queue
+from gevent.queue import Empty, Queue
 
 from . import amqp, plugins
 from .deadletter import dead_properties, task_key
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a plugin's basic_publish waits for the hub to send the message.
 PUBLISH_TIMEOUT = 30.0
+#: Seconds a finished task's `done` report waits for the next `busy` to share its write.
+REPORT_HOLD = 0.005
 
 
 class BaseWorker:
@@ -122,17 +124,27 @@ class TaskChannel:
         self._hub = hub_calls
         self._tag = delivery_tag
         self.settlement = None       # "ack", "nack" or "reject" once settled
+        self.requeued = False        # nack or reject with requeue=True
 
     def basic_ack(self, delivery_tag=0, multiple=False):
         self._settle("ack", delivery_tag, multiple, lambda: self._session.ack(self._tag))
 
     def basic_nack(self, delivery_tag=0, multiple=False, requeue=True):
-        self._settle("nack", delivery_tag, multiple,
-                     lambda: self._session.nack(self._tag, requeue=requeue))
+        if self._settle("nack", delivery_tag, multiple,
+                        lambda: self._session.nack(self._tag, requeue=requeue)):
+            self.requeued = requeue
 
     def basic_reject(self, delivery_tag=0, requeue=True):
-        self._settle("reject", delivery_tag, False,
-                     lambda: self._session.reject(self._tag, requeue=requeue))
+        if self._settle("reject", delivery_tag, False,
+                        lambda: self._session.reject(self._tag, requeue=requeue)):
+            self.requeued = requeue
+
+    @property
+    def outcome(self):
+        """The settlement as a lifecycle.TASK_OUTCOMES word."""
+        if self.settlement == "ack":
+            return "ack"
+        return "requeue" if self.requeued else "reject"
 
     def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
         if isinstance(body, str):
@@ -148,11 +160,12 @@ class TaskChannel:
         if self.settlement is not None:
             log.warning("basic_%s on delivery %s ignored: already settled by basic_%s",
                         action, self._tag, self.settlement)
-            return
+            return False
         if multiple:
             log.warning("basic_%s(multiple=True) settles only the task being handled", action)
         self.settlement = action
         self._hub.submit(lambda: self._send(action, send))
+        return True
 
     def _send(self, action, send):
         # A delivery tag belongs to its channel: once that is gone, the broker
@@ -182,25 +195,36 @@ def run_worker(group, amqp_settings, ctx):
     hub_calls = HubCalls()
     done = 0
     while True:
-        delivery = inbox.get()
+        delivery = _next_delivery(inbox, ctx)
         if delivery is None or ctx.stopping.is_set() or not session.is_open:
             break
         method, props, body = delivery
         key = task_key(props, body)
         if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):
+            ctx.done("dead", 0.0)
             continue
         ctx.busy(key)
-        _handle(worker, session, hub_calls, *delivery)
-        ctx.idle()
+        ctx.done(*_handle(worker, session, hub_calls, *delivery))
         done += 1
         reason = _recycle_reason(group, done)
         if reason:
             log.info("%s: this process is replaced after its current task", reason)
-            return _finish(worker, session, hub_calls, EXIT_RECYCLE)
+            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE)
     if not session.is_open:
         log.error("lost the broker connection: %r", session.close_reason)
-        return _finish(worker, session, hub_calls, EXIT_CONNECTION)
-    return _finish(worker, session, hub_calls, EXIT_OK)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
+    return _finish(worker, session, hub_calls, ctx, EXIT_OK)
+
+
+def _next_delivery(inbox, ctx):
+    """The next delivery, or None when stopping. A held `done` report waits a
+    moment for the next task's `busy`, then goes out alone."""
+    if ctx.holding:
+        try:
+            return inbox.get(timeout=REPORT_HOLD)
+        except Empty:
+            ctx.flush()
+    return inbox.get()
 
 
 def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
@@ -242,8 +266,9 @@ def resident_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _finish(worker, session, hub_calls, code):
+def _finish(worker, session, hub_calls, ctx, code):
     hub_calls.run_pending()  # settlements the last task's thread queued
+    ctx.flush()
     try:
         worker.teardown()
     except Exception:
@@ -254,20 +279,26 @@ def _finish(worker, session, hub_calls, code):
 
 
 def _handle(worker, session, hub_calls, method, props, body):
+    """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
     channel = TaskChannel(session, hub_calls, method.delivery_tag)
     started = time.monotonic()
     error = gevent.get_hub().threadpool.spawn(
         _call_handler, worker, channel, method, props, body).get()
     elapsed = time.monotonic() - started
     msg_id = props.message_id or "-"
-    if error is not None:
+    if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, error)
         channel.basic_reject(requeue=False)
+        return "raised", elapsed
+    if error is not None:
+        log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
+                  "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement, error)
     elif channel.settlement is None:
         log.warning("task %s (delivery %s): handle_task returned without settling it; acking",
                     msg_id, method.delivery_tag)
         channel.basic_ack()
+    return channel.outcome, elapsed
 
 
 def _call_handler(worker, channel, method, props, body):
