@@ -20,9 +20,11 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
+from . import sendbatch
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
+sendbatch.install()
 
 #: The queue clients submit envelopes to; the dispatcher consumes it.
 TASK_QUEUE = "taskqueue"
