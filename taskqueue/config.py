@@ -59,6 +59,7 @@ class WorkerGroup:
     processes: int
     user: Optional[str] = None
     prefetch: int = 1
+    lookahead: float = 0.1                 # seconds; see intake.py (0: off)
     stop_timeout: float = 30.0
     task_timeout: Optional[float] = None   # seconds; the supervisor kills a task running longer
     max_tasks: Optional[int] = None        # a process is replaced after this many tasks
@@ -138,6 +139,16 @@ def parse_seconds(value):
     if math.isfinite(seconds) and seconds > 0:
         return seconds
     raise ValueError("expected a number of seconds > 0")
+
+
+def parse_lookahead(value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds >= 0:
+        return seconds
+    raise ValueError("expected a number of seconds >= 0 (0 turns lookahead off)")
 
 
 def parse_subgroups(value):
@@ -380,6 +391,7 @@ class _Loader:
         return WorkerGroup(worker_type, subgroup, processes,
                            user=self.convert(chain, "user", None, self.parse_user),
                            prefetch=self.convert(chain, "prefetch", 1, parse_prefetch),
+                           lookahead=self.convert(chain, "lookahead", 0.1, parse_lookahead),
                            stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds),
                            task_timeout=self.convert(chain, "task_timeout", None, parse_seconds),
                            max_tasks=self.convert(chain, "max_tasks", None, parse_positive_int),

@@ -15,9 +15,10 @@ import time
 import traceback
 
 import gevent
-from gevent.queue import Empty, Queue
+from gevent.queue import Empty
 
 from . import amqp, plugins
+from .intake import Intake
 from .deadletter import dead_properties, task_key
 from .errors import PluginError
 from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
@@ -184,18 +185,19 @@ def run_worker(group, amqp_settings, ctx):
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}").open()
     session.declare_queue(amqp.DEAD_QUEUE)
     session.declare_queue(group.queue)
-    session.qos(group.prefetch)
-    inbox = Queue()
-    session.consume(group.queue, lambda method, props, body: inbox.put((method, props, body)))
+    intake = Intake(session, group.queue, group.prefetch, group.lookahead)
+    prefetch = intake.start()
     # Wake the loop when asked to stop or when the connection goes.
-    ctx.stopping.rawlink(lambda _: inbox.put(None))
-    session.closed.rawlink(lambda _: inbox.put(None))
+    ctx.stopping.rawlink(lambda _: intake.wake())
+    session.closed.rawlink(lambda _: intake.wake())
     ctx.ready()
-    log.info("consuming %s (prefetch %d)", group.queue, group.prefetch)
+    log.info("consuming %s (prefetch %d%s)", group.queue, prefetch,
+             f", the next task in advance while tasks take < {intake.lookahead:g}s"
+             if intake.lookahead else "")
     hub_calls = HubCalls()
     done = 0
     while True:
-        delivery = _next_delivery(inbox, ctx)
+        delivery = _next_delivery(intake.inbox, ctx)
         if delivery is None or ctx.stopping.is_set() or not session.is_open:
             break
         method, props, body = delivery
@@ -204,12 +206,14 @@ def run_worker(group, amqp_settings, ctx):
             ctx.done("dead", 0.0)
             continue
         ctx.busy(key)
-        ctx.done(*_handle(worker, session, hub_calls, *delivery))
+        outcome, seconds = _handle(worker, session, hub_calls, intake, *delivery)
+        ctx.done(outcome, seconds)
         done += 1
         reason = _recycle_reason(group, done)
         if reason:
             log.info("%s: this process is replaced after its current task", reason)
             return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE)
+        intake.task_done(seconds)
     if not session.is_open:
         log.error("lost the broker connection: %r", session.close_reason)
         return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
@@ -278,12 +282,19 @@ def _finish(worker, session, hub_calls, ctx, code):
     return code
 
 
-def _handle(worker, session, hub_calls, method, props, body):
+def _handle(worker, session, hub_calls, intake, method, props, body):
     """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
     channel = TaskChannel(session, hub_calls, method.delivery_tag)
     started = time.monotonic()
-    error = gevent.get_hub().threadpool.spawn(
-        _call_handler, worker, channel, method, props, body).get()
+    result = gevent.get_hub().threadpool.spawn(_call_handler, worker, channel, method, props, body)
+    if intake.holds_ahead:
+        try:
+            error = result.get(timeout=intake.lookahead)
+        except gevent.Timeout:
+            intake.task_is_long()
+            error = result.get()
+    else:
+        error = result.get()
     elapsed = time.monotonic() - started
     msg_id = props.message_id or "-"
     if error is not None and channel.settlement is None:

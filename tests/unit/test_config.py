@@ -188,6 +188,20 @@ def test_bad_prefetch_is_an_error(write, value):
     assert error_of(path, {"w"}) == f"{path}: [w] prefetch = {value!r}: expected an integer from 1 to 65535"
 
 
+@pytest.mark.parametrize("value", ["-1", "-0.5", "soon", "inf", "nan", ""])
+def test_bad_lookahead_is_an_error(write, value):
+    path = write(f"[w]\nlookahead: {value}\n")
+    assert error_of(path, {"w"}) == (f"{path}: [w] lookahead = {value!r}: expected a number "
+                                     "of seconds >= 0 (0 turns lookahead off)")
+
+
+@pytest.mark.parametrize("text, expected", [("", 0.1), ("lookahead: 0\n", 0.0),
+                                            ("lookahead: 2.5\n", 2.5)])
+def test_lookahead_defaults_to_a_tenth_of_a_second_and_zero_turns_it_off(write, text, expected):
+    group, = load(write(f"[w]\n{text}"), {"w"}).groups
+    assert group.lookahead == expected
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", ""])
 def test_bad_stop_timeout_is_an_error(write, value):
     path = write(f"[w]\nstop_timeout: {value}\n")
