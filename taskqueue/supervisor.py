@@ -364,14 +364,16 @@ class Supervisor:
     def _read_reports(self):
         while True:
             gevent.socket.wait_read(self._reports_r)
-            self._take_reports()
-            # Under load children report hundreds of tasks a second: take them in
-            # batches, a wake-up per REPORT_BATCH at most, not one per line.
+            # Under load children report hundreds of tasks a second: then take
+            # them in batches, a wake-up per REPORT_BATCH, not one per line. A
+            # lone report (a restarted child's `ready`) is taken at once.
             # (A child's exit takes what it reported first: nothing is missed.)
-            gevent.sleep(REPORT_BATCH)
+            if self._take_reports() > 1:
+                gevent.sleep(REPORT_BATCH)
 
     def _take_reports(self):
-        """Turn the complete lines now in the pipe into one event (never blocks)."""
+        """Turn the complete lines now in the pipe into one event (never blocks);
+        return how many reports they held."""
         reports = []
         while True:
             try:
@@ -388,6 +390,7 @@ class Supervisor:
                 break
         if reports:
             self.events.put_nowait(("reports", reports))
+        return len(reports)
 
     def _arm_timer(self, slot, delay, event=None):
         self._cancel_timer(slot)
