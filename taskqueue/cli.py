@@ -20,7 +20,7 @@ EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
-    logs.setup(logging.DEBUG if args.verbose else logging.INFO, getattr(args, "log", "stderr"))
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO, getattr(args, "log", "stderr") or "auto")
     try:
         return args.func(args)
     except (ConfigError, PluginError) as exc:
@@ -46,9 +46,10 @@ def _parser():
             p.add_argument("--user", metavar="NAME",
                            help="run as NAME wherever the config names no other user; the "
                                 "supervisor itself drops to NAME unless a group needs root")
-            p.add_argument("--log", choices=logs.TARGETS, default="auto",
-                           help="stderr; syslog; auto (default): syslog when /dev/log exists "
-                                "and stderr is not a terminal, else stderr")
+            p.add_argument("--log", choices=logs.TARGETS,
+                           help="stderr; syslog; auto: syslog when /dev/log exists and stderr "
+                                "is neither a terminal nor the journal, else stderr "
+                                "(default: [logging] target, else auto)")
         p.set_defaults(func=func)
         return p
 
@@ -68,7 +69,7 @@ def _parser():
     return parser
 
 
-def load_config(args, switches_users=False):
+def load_config(args, switches_users=False, apply_logging=False):
     """The config and the installed plugins. Only a command that runs the worker
     groups (switches_users) needs to be able to become their users; the others
     just check that the users exist, or, for submit, ignore them."""
@@ -76,9 +77,24 @@ def load_config(args, switches_users=False):
     found = plugins.discover()
     cfg = config.load(path, found, check_users=args.func is not cmd_submit,
                       running_uid=os.getuid() if switches_users else None)
+    if apply_logging:
+        setup_logging(args, cfg)
     for warning in cfg.warnings:
         log.warning("%s", warning)
     return cfg, found
+
+
+def setup_logging(args, cfg):
+    """Log as [logging] says, unless the command line says otherwise: -v forces
+    debug, --log the target. Opens the log file: call it before any fork or
+    privilege drop."""
+    settings = cfg.logging
+    try:
+        logs.setup(logging.DEBUG if args.verbose else settings.level,
+                   args.log or settings.target, settings.path)
+    except OSError as exc:
+        raise ConfigError(f"{cfg.path}: [logging] path = {settings.path!r}: cannot open it "
+                          f"for appending: {exc.strerror or exc}") from None
 
 
 # -- the daemons -------------------------------------------------------------
@@ -134,12 +150,15 @@ def _supervise(args, dispatcher, workers):
     from .supervisor import Supervisor
     if args.user:
         _check_user(args.user)
+    logs.set_identity("supervisor")
+    cfg, found = load_config(args, switches_users=workers, apply_logging=True)
 
     def specs():
-        cfg, found = load_config(args, switches_users=workers)
-        return child_specs(cfg, dispatcher, workers, args.user, found)
-    initial = specs()
-    logs.set_identity("supervisor")
+        new, found = load_config(args, switches_users=workers)
+        if new.logging != cfg.logging:
+            log.warning("%s: [logging] changed; it applies when taskqueue restarts", new.path)
+        return child_specs(new, dispatcher, workers, args.user, found)
+    initial = child_specs(cfg, dispatcher, workers, args.user, found)
     if args.pidfile:
         _write_pidfile(args.pidfile)
     if args.user and os.getuid() == 0 and all(spec.user == args.user for spec in initial):
@@ -216,10 +235,12 @@ def cmd_check_config(args):
     path = config.resolve_path(args.config)
     found = plugins.discover()
     cfg = config.load(path, found)
+    logging_line = _describe_logging(cfg)
     print(f"config: {path}: ok")
     for warning in cfg.warnings:
         print(f"warning: {warning}")
     print(f"broker: {amqp.describe(cfg.amqp)}")
+    print(f"logging: {logging_line}")
     print("plugins found:" if found else "plugins found: none")
     for name, ep in sorted(found.items()):
         dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
@@ -230,6 +251,19 @@ def cmd_check_config(args):
     print("processes:")
     _print_table(("type", "subgroup", "count", "user", "queue"), rows)
     return EXIT_OK
+
+
+def _describe_logging(cfg):
+    """`info to file /path`; refuses a file whose directory does not exist (the daemons
+    would). Whether they can open it depends on the user they start as: not checked."""
+    settings = cfg.logging
+    if settings.target != "file":
+        return f"{settings.level} to {settings.target}"
+    directory = os.path.dirname(settings.path)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{cfg.path}: [logging] path = {settings.path!r}: expected a file in "
+                          f"an existing directory ({directory} is none)")
+    return f"{settings.level} to file {settings.path}"
 
 
 def _print_table(header, rows):

@@ -85,12 +85,21 @@ class DispatcherSettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    """[logging]: how much to log, and where (logs.py does it)."""
+    level: str = "info"                  # one of LOG_LEVELS
+    target: str = "auto"                 # one of LOG_TARGETS; auto: see logs.choose_target
+    path: Optional[str] = None           # the file of target `file`
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     amqp: AmqpSettings
     dispatcher: DispatcherSettings
     groups: tuple            # of WorkerGroup, enabled ones only (processes > 0)
     warnings: tuple = ()     # of str, each a sentence naming file and section
+    logging: LoggingSettings = LoggingSettings()
 
 
 #: A plugin (entry-point) name: usable as a section name and a queue suffix.
@@ -109,6 +118,9 @@ AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "heartbeat",
 CONNECTION_OPTIONS = AMQP_OPTIONS[1:7]
 QUEUE_TYPES = ("quorum", "classic")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
+LOGGING_OPTIONS = ("level", "target", "path")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_TARGETS = ("auto", "syslog", "stderr", "file")
 COUNT = "a process count (integer >= 0)"
 SUBGROUPS = "a comma-separated list of subgroup names"
 
@@ -194,10 +206,22 @@ def parse_hosts(value):
     return value.strip()
 
 
-def parse_queue_type(value):
-    if value.strip().lower() not in QUEUE_TYPES:
-        raise ValueError(f"expected one of {', '.join(QUEUE_TYPES)}")
+def parse_choice(value, choices):
+    """One of `choices`, in any case."""
+    if value.strip().lower() not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}")
     return value.strip().lower()
+
+
+parse_queue_type = partial(parse_choice, choices=QUEUE_TYPES)
+parse_log_level = partial(parse_choice, choices=LOG_LEVELS)
+parse_log_target = partial(parse_choice, choices=LOG_TARGETS)
+
+
+def parse_log_path(value):
+    if not os.path.isabs(value.strip()) or value.strip().endswith("/"):
+        raise ValueError("expected the absolute path of a file")
+    return value.strip()
 
 
 def parse_amqp_url(value):
@@ -238,14 +262,14 @@ def load(path: str, installed_types, *, check_users: bool = True,
     lists = _subgroup_lists(loader.sections)
     loader.check_ambiguous(types, lists)
     groups = [group for name in types for group in loader.groups(name)]
-    amqp, dispatcher = loader.amqp(), loader.dispatcher()
+    amqp, dispatcher, logging = loader.amqp(), loader.dispatcher(), loader.logging()
     loader.check_task_timeouts(groups, amqp)
     if loader.errors:
         raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
     claimed = {f"{owner}_{subgroup}" for owner, names in lists.items() for subgroup in names}
     return Config(path, amqp, dispatcher,
                   tuple(sorted(groups, key=lambda g: (g.worker_type, g.subgroup or ""))),
-                  loader.warnings(types, claimed))
+                  loader.warnings(types, claimed), logging)
 
 
 def _read_sections(path):
@@ -456,6 +480,19 @@ class _Loader:
         return DispatcherSettings(processes=self.convert(chain, "workers", 1, parse_count),
                                   prefetch=self.convert(chain, "prefetch", 256, parse_prefetch),
                                   stop_timeout=self.convert(chain, "stop_timeout", 30.0, parse_seconds))
+
+    def logging(self):
+        own, chain = self.own_options("logging", LOGGING_OPTIONS), ["logging"]
+        settings = LoggingSettings(
+            level=self.convert(chain, "level", "info", parse_log_level),
+            target=self.convert(chain, "target", "auto", parse_log_target),
+            path=self.convert(chain, "path", None, parse_log_path))
+        if settings.target == "file" and "path" not in own:
+            self.fail("logging", "target", own["target"], "expected a path option")
+        elif "path" in own and settings.target not in ("file", None):
+            self.fail("logging", "path", own["path"], "expected target = file alongside it "
+                      "(only the file target writes to a path)")
+        return settings
 
     def warnings(self, types, claimed):
         installed = ", ".join(types) or "none"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from . import amqp
+from . import amqp, logs
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
 
@@ -179,7 +179,8 @@ class Dispatcher:
         except Exception:
             # Rejected without requeue: the broker dead-letters it (x-death), not lost.
             log.exception("cannot route delivery %s (message %s); rejecting it to %s",
-                          tag, getattr(props, "message_id", None) or "-", amqp.DEAD_QUEUE)
+                          tag, getattr(props, "message_id", None) or "-", amqp.DEAD_QUEUE,
+                          extra=logs.about(props))
             self._session.reject(tag, requeue=False)
 
     def _send(self, queue, message):
@@ -217,7 +218,8 @@ class Dispatcher:
             self._dead_letter(tag, props, body, reason)
 
     def _dead_letter(self, tag, props, body, reason):
-        log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason)
+        log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason,
+                    extra=logs.about(props))
         self._send(amqp.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
 
     def _publish(self, queue, tag, body, props):
@@ -238,7 +240,7 @@ class Dispatcher:
         if self._queues.get(queue) is READY:
             del self._queues[queue]   # declare it again before the next publish
         log.warning("the broker returned a message for %s (no such queue any more); "
-                    "its input goes back to %s", queue, amqp.TASK_QUEUE)
+                    "its input goes back to %s", queue, amqp.TASK_QUEUE, extra=logs.about(props))
 
     def _on_confirm(self, frame):
         confirm = frame.method

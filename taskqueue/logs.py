@@ -1,9 +1,19 @@
-"""Logging set-up: one line per event, with the component and pid in each.
+"""Logging set-up: one event per line, each naming who logged it and about what.
 
-The identity ("supervisor", "dispatcher#0", "worker1/bifh1#2") is
-process-wide: a child sets it once, right after the fork. `auto` sends lines
-to syslog when /dev/log exists and stderr is not a terminal (a daemon under
-an init script), else to stderr; once, never to both.
+    2026-11-27 05:09:01,234 taskqueue[1241] worker worker2/bifh1#0 task=1f3a INFO: text
+
+After the pid come the component (supervisor, dispatcher, worker), the
+child (`<type>[/<subgroup>]#<slot>`, `dispatcher#<slot>`) and, while a
+worker handles a task or the dispatcher logs about one message, `task=` and
+its message id. Further lines of one event (a traceback) repeat this header
+followed by `| `, so that grep finds them too. Each event is one write(2):
+processes sharing a file or stderr never interleave their lines.
+
+The identity and the task are process-wide: a child sets its identity right
+after the fork, and a worker child handles one task at a time, so the lines
+of the plugin's own threads name the task too. The file of target `file` is
+opened (O_APPEND) by the supervisor before it forks or drops privileges:
+children of every user inherit it.
 """
 import logging
 import logging.handlers
@@ -12,46 +22,150 @@ import sys
 
 #: Where syslog listens on Debian.
 SYSLOG_SOCKET = "/dev/log"
+#: What --log accepts; [logging] target also takes `file` (with a path).
 TARGETS = ("auto", "stderr", "syslog")
+#: Mode of a log file taskqueue creates; its directory says who may reach it.
+FILE_MODE = 0o640
+#: A task id is shown in at most this many characters.
+TASK_ID_MAX = 200
+#: The line of a file or stderr (syslog adds the time itself).
+LINE_FORMAT = "%(asctime)s taskqueue[%(process)d] %(context)s%(levelname)s: %(message)s"
 
-_identity = "taskqueue"
+_component = None   # "supervisor", "dispatcher", "worker"; None in the command-line tools
+_child = None       # a child's name: "dispatcher#0", "worker2/bifh1#2"
+_task = None        # the task this process handles now
 
 
-class _IdentityFilter(logging.Filter):
+def set_identity(name):
+    """Name this process in every line: "supervisor", or a child's name. A child's
+    component follows from its name, since no plugin may be called "dispatcher"
+    (config.RESERVED_SECTIONS)."""
+    global _component, _child
+    if name == "supervisor":
+        _component, _child = "supervisor", None
+    else:
+        _component = "dispatcher" if name.partition("#")[0] == "dispatcher" else "worker"
+        _child = name
+
+
+def set_task(task_id):
+    """Name `task_id` in every line from now on, from any thread; None: no task."""
+    global _task
+    _task = task_id
+
+
+def about(props):
+    """`extra` for a line about one message: names its message id as the line's task."""
+    return {"task": getattr(props, "message_id", None)}
+
+
+def context(task=None):
+    """The words between the pid and the level, each followed by a space."""
+    task = task or _task
+    words = [word for word in (_component, _child) if word]
+    if task:
+        words.append(f"task={_printable(task)}")
+    return "".join(f"{word} " for word in words)
+
+
+def _printable(text):
+    """A message id as one word: a client chooses it, and must not forge lines or fields."""
+    text = str(text)
+    shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in text[:TASK_ID_MAX])
+    return shown + ("..." if len(text) > TASK_ID_MAX else "")
+
+
+def choose_target(target, terminal, journal, syslog):
+    """The target `target` means here: `auto` is stderr for a terminal or systemd's
+    journal, else syslog when there is one; syslog falls back to stderr without one."""
+    if target == "auto":
+        return "stderr" if terminal or journal or not syslog else "syslog"
+    if target == "syslog" and not syslog:
+        return "stderr"
+    return target
+
+
+def setup(level=logging.INFO, target="auto", path=None, stream=None):
+    """Send every line at `level` (a number or a name) and above to `target`, replacing
+    the handlers set up before. Raises OSError when the file of target `file` (`path`)
+    cannot be opened for appending."""
+    stream = stream or sys.stderr
+    has_syslog = os.path.exists(SYSLOG_SOCKET)
+    chosen = choose_target(target, _is_terminal(stream), _is_journal(stream), has_syslog)
+    if chosen == "file":
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        handler = _FdHandler(fd, owned=True)
+    elif chosen == "syslog":
+        handler = logging.handlers.SysLogHandler(
+            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        # syslog adds the time; a traceback stays in one message.
+        handler.setFormatter(logging.Formatter(
+            "taskqueue[%(process)d]: %(context)s%(levelname)s: %(message)s"))
+    else:
+        handler = _stderr_handler(stream)
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = [handler]
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    # pika logs every connection detail at INFO; keep its warnings only.
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    if chosen != target and target == "syslog":
+        logging.getLogger(__name__).warning("no syslog here (%s is missing): logging to stderr",
+                                            SYSLOG_SOCKET)
+
+
+class _ContextFilter(logging.Filter):
     def filter(self, record):
-        record.identity = _identity
+        record.context = context(getattr(record, "task", None))
         return True
 
 
-def setup(level=logging.INFO, target="auto", stream=None):
-    stream = stream or sys.stderr
-    handlers = []
-    if target == "auto":
-        target = "stderr" if _is_terminal(stream) or not os.path.exists(SYSLOG_SOCKET) else "syslog"
-    if target == "stderr":
-        handlers.append(_stderr_handler(stream))
-    if target == "syslog" and os.path.exists(SYSLOG_SOCKET):
-        handler = logging.handlers.SysLogHandler(
-            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter(
-            "taskqueue[%(process)d]: %(identity)s %(levelname)s: %(message)s"))
-        handlers.append(handler)
-    if not handlers:  # syslog asked for where there is none: keep the lines somewhere
-        handlers.append(_stderr_handler(stream))
-    root = logging.getLogger()
-    for handler in handlers:
-        handler.addFilter(_IdentityFilter())
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    # pika logs every connection detail at INFO; keep its warnings only.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+class LineFormatter(logging.Formatter):
+    """The header, then the message; each further line repeats the header and `| `."""
+
+    def format(self, record):
+        text = super().format(record).rstrip("\n")   # sets record.message
+        head = self.formatMessage(record)
+        head = head[:len(head) - len(record.message)]
+        return text.replace("\n", f"\n{head}| ")
+
+
+class _FdHandler(logging.Handler):
+    """Each event as one write(2), so that processes sharing `fd` never interleave lines."""
+
+    def __init__(self, fd, owned=False, stream=None):
+        super().__init__()
+        self.fd, self._owned, self._stream = fd, owned, stream
+        self.setFormatter(LineFormatter(LINE_FORMAT))
+
+    def emit(self, record):
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            if self._stream is not None:
+                self._stream.flush()   # what others printed to it comes first
+            while data:
+                data = data[os.write(self.fd, data):]
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def close(self):
+        if self._owned and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        super().close()
 
 
 def _stderr_handler(stream):
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s taskqueue[%(process)d] %(identity)s %(levelname)s: %(message)s"))
-    return handler
+    try:
+        return _FdHandler(stream.fileno(), stream=stream)
+    except (AttributeError, OSError, ValueError):   # not backed by a file descriptor
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(LineFormatter(LINE_FORMAT))
+        return handler
 
 
 def _is_terminal(stream):
@@ -61,6 +175,10 @@ def _is_terminal(stream):
         return False
 
 
-def set_identity(identity):
-    global _identity
-    _identity = identity
+def _is_journal(stream, environ=os.environ):
+    """systemd connected `stream` to its journal: JOURNAL_STREAM names its device and inode."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"

@@ -17,7 +17,7 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, plugins
+from . import amqp, logs, plugins
 from .intake import Intake
 from .deadletter import dead_properties, task_key
 from .errors import PluginError
@@ -202,12 +202,15 @@ def run_worker(group, amqp_settings, ctx):
             break
         method, props, body = delivery
         key = task_key(props, body)
+        logs.set_task(key)  # every line names it, the plugin's threads' too, until set_task(None)
         if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):
+            logs.set_task(None)
             ctx.done("dead", 0.0)
             continue
         ctx.busy(key)
         outcome, seconds = _handle(worker, session, hub_calls, intake, *delivery)
         ctx.done(outcome, seconds)
+        logs.set_task(None)
         done += 1
         reason = _recycle_reason(group, done)
         if reason:

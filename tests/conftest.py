@@ -70,9 +70,9 @@ def start_pool(workdir, vhost, amqp_port):
     pools = []
 
     def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
-              amqp_extra=""):
+              amqp_extra="", log="stderr"):
         config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port)
-        pool = Pool(workdir, config, command, env, extra_args)
+        pool = Pool(workdir, config, command, env, extra_args, log)
         pools.append(pool)
         return pool
     yield start

@@ -144,15 +144,17 @@ def config_text(vhost, body, heartbeat=None, amqp_extra="", port=5672):
 class Pool:
     """A `taskqueue` supervisor process (run, dispatcher or workerpool) and its log."""
 
-    def __init__(self, workdir, config, command="run", env=None, extra_args=()):
+    def __init__(self, workdir, config, command="run", env=None, extra_args=(), log="stderr"):
         self.config_path = os.path.join(workdir, f"config-{uuid.uuid4().hex[:6]}.ini")
         with open(self.config_path, "w") as f:
             f.write(config)
         self.log_path = self.config_path.replace(".ini", ".log")
         self._log = open(self.log_path, "w")
+        # --log stderr: where /dev/log exists, `auto` would send a daemon's lines to syslog.
+        # log=None leaves the target to the config's [logging].
+        log_args = ["--log", log] if log else []
         self.process = subprocess.Popen(
-            # --log stderr: where /dev/log exists, `auto` would send a daemon's lines to syslog.
-            [TASKQUEUE, command, "--config", self.config_path, "--log", "stderr", *extra_args],
+            [TASKQUEUE, command, "--config", self.config_path, *log_args, *extra_args],
             cwd=workdir,
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 

@@ -6,7 +6,7 @@ from types import MappingProxyType
 import pytest
 
 from taskqueue import config
-from taskqueue.config import AmqpSettings, DispatcherSettings, WorkerGroup
+from taskqueue.config import AmqpSettings, DispatcherSettings, LoggingSettings, WorkerGroup
 from taskqueue.errors import ConfigError
 
 #: The specification's file, verbatim (shared with the integration tests).
@@ -436,6 +436,61 @@ def test_dispatcher_unknown_option_is_an_error(write):
     path = write("[dispatcher]\nuser: nobody\n")
     assert error_of(path, set()) == (
         f"{path}: [dispatcher] user: unknown option; expected one of workers, prefetch, stop_timeout")
+
+
+# -- [logging] ------------------------------------------------------------------------------
+
+def test_logging_defaults_to_info_and_the_auto_target(write):
+    assert load(write(SPEC), check_users=False).logging == LoggingSettings("info", "auto", None)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("level: DEBUG\ntarget: file\npath: /var/log/taskqueue/taskqueue.log\n",
+     LoggingSettings("debug", "file", "/var/log/taskqueue/taskqueue.log")),
+    ("level: warning\ntarget: Syslog\n", LoggingSettings("warning", "syslog", None)),
+    ("level: error\ntarget: stderr\n", LoggingSettings("error", "stderr", None)),
+    ("target: auto\n", LoggingSettings("info", "auto", None)),
+])
+def test_logging_options(write, text, expected):
+    assert load(write(f"[logging]\n{text}"), set()).logging == expected
+
+
+@pytest.mark.parametrize("text, option, value, expected", [
+    ("level: verbose\n", "level", "verbose", "expected one of debug, info, warning, error"),
+    ("level:\n", "level", "", "expected one of debug, info, warning, error"),
+    ("level: 10\n", "level", "10", "expected one of debug, info, warning, error"),
+    ("target: journal\n", "target", "journal", "expected one of auto, syslog, stderr, file"),
+    ("target: file\n", "target", "file", "expected a path option"),
+    ("target: file\npath: taskqueue.log\n", "path", "taskqueue.log",
+     "expected the absolute path of a file"),
+    ("target: file\npath: /var/log/taskqueue/\n", "path", "/var/log/taskqueue/",
+     "expected the absolute path of a file"),
+    ("target: file\npath:\n", "path", "", "expected the absolute path of a file"),
+    ("path: /var/log/taskqueue/taskqueue.log\n", "path", "/var/log/taskqueue/taskqueue.log",
+     "expected target = file alongside it (only the file target writes to a path)"),
+    ("target: syslog\npath: /tmp/t.log\n", "path", "/tmp/t.log",
+     "expected target = file alongside it (only the file target writes to a path)"),
+])
+def test_bad_logging_value_is_an_error(write, text, option, value, expected):
+    path = write(f"[logging]\n{text}")
+    assert error_of(path, set()) == f"{path}: [logging] {option} = {value!r}: {expected}"
+
+
+def test_logging_unknown_option_is_an_error(write):
+    path = write("[logging]\nfile: /tmp/t.log\n")
+    assert error_of(path, set()) == (
+        f"{path}: [logging] file: unknown option; expected one of level, target, path")
+
+
+def test_logging_problems_are_reported_with_the_others(write):
+    path = write("[logging]\nlevel: loud\ntarget: file\n[amqp]\nport: 0\n")
+    assert [line.split(" = ")[0] for line in error_of(path, set()).splitlines()] == [
+        f"{path}: [amqp] port", f"{path}: [logging] level", f"{path}: [logging] target"]
+
+
+def test_default_options_do_not_leak_into_logging(write):
+    cfg = load(write("[DEFAULT]\nlevel: loud\ntarget: x\n[logging]\n"), set())
+    assert cfg.logging == LoggingSettings()
 
 
 # -- reading the file ----------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The workitem is a JSON object: `id` names the task; optional `sleep` (seconds
 of waiting), `cpu` (seconds of busy computing, holding the GIL as real work
 does), `alloc` (MiB to allocate and keep), `raise` (handle_task raises), `noack` (returns unsettled), `twice`
-(acks twice), `exit` (the process exits with that code mid-task).
+(acks twice), `exit` (the process exits with that code mid-task), `log` (a text the
+plugin logs at DEBUG, then at INFO, from its handle_task thread).
 
 For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
 `<id>.<pid>.done` after it, each a JSON object describing the process. The
@@ -12,10 +13,13 @@ $TQTEST_RECORD_DIR (so the specification's config runs unchanged).
 """
 import grp
 import json
+import logging
 import os
 import time
 
 from taskqueue.worker import BaseWorker
+
+log = logging.getLogger(__name__)
 
 
 class Recorder(BaseWorker):
@@ -27,6 +31,9 @@ class Recorder(BaseWorker):
     def handle_task(self, channel, method, header, body):
         task = json.loads(body)
         self._record(task["id"], "start", method)
+        if task.get("log"):
+            log.debug("debug: %s", task["log"])
+            log.info("%s", task["log"])
         if task.get("sleep"):
             time.sleep(task["sleep"])
         if task.get("alloc"):

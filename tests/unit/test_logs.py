@@ -1,0 +1,160 @@
+"""logs.py: the line format, the target auto chooses, and one write per event."""
+import logging
+import os
+import re
+
+import pytest
+
+from taskqueue import logs
+
+HEADER = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} taskqueue\[%d\] "
+
+
+@pytest.fixture
+def logfile(tmp_path):
+    """Log to a file as the daemons do; the root logger and the identity are restored after."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    path = str(tmp_path / "taskqueue.log")
+    logs.setup(logging.INFO, "file", path)
+    yield path
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:], level = saved
+    root.setLevel(level)
+    logs._component = logs._child = None
+    logs.set_task(None)
+
+
+def lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+@pytest.mark.parametrize("identity, task, context", [
+    (None, None, ""),
+    ("supervisor", None, "supervisor "),
+    ("dispatcher#1", None, "dispatcher dispatcher#1 "),
+    ("worker1#2", "abc", "worker worker1#2 task=abc "),
+    ("worker2/bifh1#0", "sha1-0a1b", "worker worker2/bifh1#0 task=sha1-0a1b "),
+    ("dispatcher_x/a#0", None, "worker dispatcher_x/a#0 "),
+])
+def test_line_names_component_child_and_task(logfile, identity, task, context):
+    if identity:
+        logs.set_identity(identity)
+    logs.set_task(task)
+    logging.getLogger("taskqueue.x").warning("text %d", 1)
+    assert re.fullmatch(HEADER % os.getpid() + re.escape(f"{context}WARNING: text 1"),
+                        lines(logfile)[-1])
+
+
+def test_a_lines_own_task_goes_before_the_process_task(logfile):
+    logs.set_identity("dispatcher#0")
+    logs.set_task("current")
+    logging.getLogger("x").info("routed", extra={"task": "mine"})
+    logging.getLogger("x").info("no id", extra=logs.about(type("Props", (), {"message_id": None})))
+    assert lines(logfile)[-2].endswith(" dispatcher dispatcher#0 task=mine INFO: routed")
+    assert lines(logfile)[-1].endswith(" dispatcher dispatcher#0 task=current INFO: no id")
+
+
+@pytest.mark.parametrize("task, shown", [
+    ("a b\nc", "a?b?c"), ("x" * 250, "x" * 200 + "..."), (42, "42"),
+])
+def test_task_ids_are_shown_as_one_word(task, shown):
+    assert logs.context(task) == f"task={shown} "
+
+
+def test_further_lines_of_an_event_repeat_the_header(logfile):
+    logs.set_identity("worker1#0")
+    logs.set_task("t1")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("x").exception("failed:\nsecond line")
+    out = lines(logfile)
+    head = f"taskqueue[{os.getpid()}] worker worker1#0 task=t1 ERROR: "
+    assert out[0].endswith(head + "failed:")
+    assert all(head + "| " in line for line in out[1:]), out
+    assert out[1].endswith("| second line") and out[2].endswith("| Traceback (most recent call last):")
+    assert out[-1].endswith("| ValueError: boom")
+
+
+def test_level_leaves_out_lower_lines(tmp_path):
+    path = str(tmp_path / "t.log")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.setup("warning", "file", path)
+        logging.getLogger("x").info("hidden")
+        logging.getLogger("x").warning("shown")
+    finally:
+        root.handlers[0].close()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert [line.split(": ", 1)[1] for line in lines(path)] == ["shown"]
+
+
+def test_file_is_appended_to_and_created_mode_0640(tmp_path, logfile):
+    logging.getLogger("x").info("one")
+    logs.setup(logging.INFO, "file", logfile)   # a restart
+    logging.getLogger("x").info("two")
+    assert [line.rsplit(" ", 1)[1] for line in lines(logfile)] == ["one", "two"]
+    assert os.stat(logfile).st_mode & 0o777 == 0o640 & ~current_umask()
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_unopenable_file_raises_os_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        logs.setup(logging.INFO, "file", str(tmp_path / "no-such-dir" / "t.log"))
+
+
+def test_processes_sharing_the_file_never_interleave_their_lines(logfile):
+    # Events far larger than a stdio buffer: written in pieces, they would interleave.
+    body = "\n".join("y" * 100 for _ in range(200))
+    pids = []
+    for n in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                logs.set_identity(f"worker1#{n}")
+                for i in range(50):
+                    logging.getLogger("x").info("event %d\n%s", i, body)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    out = lines(logfile)
+    assert len(out) == 4 * 50 * 201
+    for start in range(0, len(out), 201):   # each event: its first line, then its 200 more
+        event = out[start:start + 201]
+        head = event[0][:event[0].index("INFO: ") + len("INFO: ")]
+        assert re.fullmatch(r".* worker worker1#\d INFO: event \d+", event[0]), event[0]
+        assert all(line == f"{head}| {'y' * 100}" for line in event[1:])
+
+
+@pytest.mark.parametrize("target, terminal, journal, syslog, chosen", [
+    ("auto", False, False, True, "syslog"),    # a daemon under an init script
+    ("auto", True, False, True, "stderr"),     # someone at a terminal
+    ("auto", False, True, True, "stderr"),     # a systemd unit: stderr is the journal
+    ("auto", False, False, False, "stderr"),   # no syslog here
+    ("syslog", True, False, True, "syslog"),
+    ("syslog", False, False, False, "stderr"),
+    ("stderr", False, False, True, "stderr"),
+    ("file", True, True, True, "file"),
+])
+def test_choose_target(target, terminal, journal, syslog, chosen):
+    assert logs.choose_target(target, terminal, journal, syslog) == chosen
+
+
+def test_journal_is_recognised_by_device_and_inode(tmp_path):
+    with open(tmp_path / "stream", "w") as stream:
+        st = os.fstat(stream.fileno())
+        assert logs._is_journal(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not logs._is_journal(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+        assert not logs._is_journal(stream, {})
