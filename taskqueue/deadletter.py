@@ -6,7 +6,6 @@ task, the supervisor counts it in a small file named after the task, with
 how it ended (`Graveyard`); the worker that receives the task once the
 count reaches the delivery limit dead-letters it with those facts.
 """
-import copy
 import hashlib
 import os
 import time
@@ -28,7 +27,7 @@ def without_broker_headers(headers):
 def dead_properties(props, reason, queue=amqp.TASK_QUEUE, **details):
     """The message's properties, persistent, with the reason and where it came from;
     `details` become more `x-taskqueue-<name>` headers."""
-    out = copy.copy(props)
+    out = amqp.copy_properties(props)
     out.delivery_mode = amqp.PERSISTENT
     out.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
     out.headers[REASON_HEADER] = reason
