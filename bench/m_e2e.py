@@ -17,8 +17,8 @@ def peer_env(vhost, records_path):
             "PYTHONPATH": PEERS}
 
 
-def start_taskqueue(workdir, vhost, records_path, queue_type):
-    config = f"[DEFAULT]\nworkers: 0\n\n[bench]\nworkers: 2\nrecord_dir: {records_path}\n"
+def start_taskqueue(workdir, vhost, records_path, queue_type, options=""):
+    config = f"[DEFAULT]\nworkers: 0\n\n[bench]\nworkers: 2\nrecord_dir: {records_path}\n{options}"
     proc = taskqueue("run", vhost.name, config, workdir, queue_type=queue_type)
     return proc, [("taskqueue", 1), ("worker_bench", 2)]
 
@@ -69,6 +69,9 @@ def measure(workdir, args):
     systems = [
         ("taskqueue", "taskqueue", lambda v, p: start_taskqueue(workdir, v, p, "quorum")),
         ("taskqueue classic", "taskqueue", lambda v, p: start_taskqueue(workdir, v, p, "classic")),
+        # One task at a time and nothing in advance: the round trip per task shows.
+        ("taskqueue lookahead 0", "taskqueue",
+         lambda v, p: start_taskqueue(workdir, v, p, "quorum", "lookahead: 0\n")),
         ("celery", "celery", lambda v, p: start_celery(workdir, v, p)),
         ("dramatiq t1", "dramatiq", lambda v, p: start_dramatiq(workdir, v, p, 1)),
         ("dramatiq t8", "dramatiq", lambda v, p: start_dramatiq(workdir, v, p, 8)),

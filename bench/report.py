@@ -12,6 +12,7 @@ RATIOS = [
     ("ratio e2e taskqueue / dramatiq t1", "e2e taskqueue", "e2e dramatiq t1"),
     ("ratio e2e taskqueue / dramatiq t8", "e2e taskqueue", "e2e dramatiq t8"),
     ("ratio e2e taskqueue classic / celery", "e2e taskqueue classic", "e2e celery"),
+    ("ratio e2e taskqueue classic / dramatiq t1", "e2e taskqueue classic", "e2e dramatiq t1"),
     ("ratio latency p50 taskqueue / bare pika", "latency taskqueue p50", "latency bare pika p50"),
 ]
 
