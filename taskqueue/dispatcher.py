@@ -142,6 +142,7 @@ class Dispatcher:
         # publish sequence number -> (input delivery tag, queue, message id, body)
         self._pending = {}
         self._returned = set()      # sequence numbers the broker returned unroutable
+        self._unsettled = set()     # input delivery tags not yet acked, nacked or rejected
         self._published = 0
         # Worker queue -> READY, a list of messages waiting for its declare,
         # or a Refused (the broker would not declare it as we want).
@@ -174,6 +175,7 @@ class Dispatcher:
     # (pika would abort the connection), hence the guards.
     def _on_message(self, method, props, body):
         tag = method.delivery_tag
+        self._unsettled.add(tag)
         try:
             decision = route(body, props.content_type, props.headers)
             if isinstance(decision, Rejection):
@@ -254,24 +256,44 @@ class Dispatcher:
             done = [seq for seq in self._pending if seq <= confirm.delivery_tag]
         else:
             done = [confirm.delivery_tag]
+        confirmed = []
         for seq in done:
             tag = self._pending.pop(seq, (None,))[0]
             if tag is None:
                 continue
             if acked and seq not in self._returned:
-                self._session.ack(tag)
+                confirmed.append(tag)
                 continue
             if not acked:
                 log.warning("broker nacked a routed message; its input %s goes back", tag)
             self._returned.discard(seq)
             self._retry_later(tag)
+        self._ack_inputs(confirmed)
         if not self._pending:
             self.drained.set()
+
+    def _ack_inputs(self, tags):
+        """Ack inputs whose copies are confirmed: one `multiple` ack for those below
+        every input still unsettled (one broker command for a batch of a quorum
+        queue, not one each), the others one by one."""
+        if not tags:
+            return
+        self._unsettled.difference_update(tags)
+        floor = min(self._unsettled, default=None)
+        below = [tag for tag in tags if floor is None or tag < floor]
+        if len(below) > 1:
+            self._session.ack(max(below), multiple=True)
+        elif below:
+            self._session.ack(below[0])
+        for tag in tags:
+            if floor is not None and tag > floor:
+                self._session.ack(tag)
 
     def _retry_later(self, tag):
         """Send an input back to taskqueue after a pause, not in a hot loop."""
         def requeue():
             if self._session.is_open:
+                self._unsettled.discard(tag)
                 self._session.nack(tag, requeue=True)
         self._schedule(RETRY_SECONDS, requeue)
 

@@ -13,10 +13,17 @@ from taskqueue.dispatcher import Dispatcher
 
 
 class RecordingSession:
-    """Records calls; declares succeed at once unless `refuse` names the queue."""
+    """Records calls; declares succeed at once unless `refuse` names the queue.
+
+    An ack with `multiple` is recorded as what the broker does with it: an ack
+    of every delivery up to its tag not settled yet.
+    """
 
     def __init__(self, refuse=(), answer_declares=True):
         self.calls = []
+        self.delivered = []
+        self.settled = set()
+        self.ack_frames = []    # (tag, multiple) as sent
         self.refuse = refuse
         self.answer_declares = answer_declares
         self.unanswered = []
@@ -32,14 +39,22 @@ class RecordingSession:
         assert mandatory, "an unroutable publish must come back, not vanish"
         self.calls.append(("publish", queue, body))
 
-    def ack(self, tag):
-        self.calls.append(("ack", tag))
+    def ack(self, tag, multiple=False):
+        self.ack_frames.append((tag, multiple))
+        for acked in [t for t in self.delivered if t <= tag and t not in self.settled] \
+                if multiple else [tag]:
+            self._settle(acked, ("ack", acked))
 
     def nack(self, tag, requeue):
-        self.calls.append(("nack", tag, requeue))
+        self._settle(tag, ("nack", tag, requeue))
 
     def reject(self, tag, requeue):
-        self.calls.append(("reject", tag, requeue))
+        self._settle(tag, ("reject", tag, requeue))
+
+    def _settle(self, tag, call):
+        assert tag not in self.settled, f"delivery {tag} settled twice"
+        self.settled.add(tag)
+        self.calls.append(call)
 
     is_open = True
 
@@ -53,6 +68,7 @@ def at_once(delay, fn):
 
 
 def deliver(dispatcher, tag, body):
+    dispatcher._session.delivered.append(tag)
     dispatcher._on_message(SimpleNamespace(delivery_tag=tag), pika.BasicProperties(), body)
 
 
@@ -161,6 +177,25 @@ def test_dispatcher_attributes_a_return_to_the_very_message_returned():
     confirm(dispatcher, 3, multiple=True)
     assert session.of("nack") == [("nack", 3, True)]
     assert sorted(t for _, t in session.of("ack")) == [1, 2]
+
+
+def test_dispatcher_acks_a_confirmed_batch_at_once_but_never_over_an_input_waiting_to_go_back():
+    session = RecordingSession()
+    later = []
+    dispatcher = Dispatcher(session, prefetch=100, schedule=lambda delay, fn: later.append(fn))
+    for tag in range(1, 7):
+        deliver(dispatcher, tag, envelope(tag))
+    # Copy 3 comes back: its input must wait (unsettled) for its retry timer.
+    dispatcher._on_return("worker_t", pika.BasicProperties(), b"3")
+    confirm(dispatcher, 5, multiple=True)
+    assert session.of("ack") == [("ack", 1), ("ack", 2), ("ack", 4), ("ack", 5)]
+    assert session.of("nack") == []
+    later.pop()()   # the retry timer fires
+    assert session.of("nack") == [("nack", 3, True)]
+    confirm(dispatcher, 6)
+    assert session.of("ack")[-1] == ("ack", 6)
+    # One multiple ack for 1-2; 4, 5 and 6 one by one (3 was still waiting below them).
+    assert session.ack_frames == [(2, True), (4, False), (5, False), (6, False)]
 
 
 def test_dispatcher_rejects_to_the_dead_letter_queue_what_it_cannot_handle_instead_of_crashing():
