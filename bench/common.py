@@ -2,6 +2,7 @@
 processes we start (and only those we kill), the records tasks write, waiting."""
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,6 +136,45 @@ def taskqueue(command, vhost, body, workdir, queue_type="quorum"):
                 f"queue_type: {queue_type}\n")
     return Proc([os.path.join(BIN, "taskqueue"), command, "--config", path, "--log", "stderr"],
                 path.replace(".ini", ".log"))
+
+
+def cpu_seconds(pids):
+    """{pid: utime + stime in seconds} of the live processes among `pids`."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_used(before, after):
+    """CPU seconds used between two cpu_seconds() readings by the processes in both."""
+    return sum(after[pid] - before[pid] for pid in before if pid in after)
+
+
+def session_pids(sid):
+    """Every live process of session `sid` (a Proc and all its children)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
+                        pids.append(int(name))
+            except (FileNotFoundError, ValueError, IndexError):
+                continue
+    return pids
+
+
+def broker_pids():
+    """The pid of the broker listening on PORT (never another node a test started)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{PORT}"], capture_output=True,
+                         text=True).stdout
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
 
 
 def record_dir(workdir, label):

@@ -3,11 +3,12 @@
 (a no-op: start ~ completion), through 2 worker processes of each system."""
 import json
 import os
+import resource
 import subprocess
 import sys
 
-from common import (BENCH, BIN, Client, Proc, Vhost, count_records, record_dir, records,
-                    taskqueue, wait_until)
+from common import (BENCH, BIN, Client, Proc, Vhost, broker_pids, count_records, cpu_seconds, cpu_used,
+                    record_dir, records, session_pids, taskqueue, wait_until)
 
 PEERS = os.path.join(BENCH, "peers")
 
@@ -44,24 +45,36 @@ def consuming(client, proc, queues):
 
 
 def run_one(workdir, label, kind, count, start):
-    """Start the system, wait until it consumes, send, wait for every record; tasks/s."""
+    """Start the system, wait until it consumes, send, wait for every record: tasks/s,
+    the client's publish rate, and CPU microseconds per task of the broker, of the
+    system's own processes and of the client."""
     with Vhost(label) as vhost:
         path = record_dir(workdir, label)
         proc, queues = start(vhost, path)
         client = Client(vhost.name)
         try:
             wait_until(lambda: consuming(client, proc, queues), 60, f"{label} consuming")
+            own, broker = session_pids(proc.pid), broker_pids()
+            cpu_before = cpu_seconds(own), cpu_seconds(broker), _children_cpu()
             sent = subprocess.run([sys.executable, os.path.join(PEERS, "send.py"), kind,
                                    str(count), label], env={**os.environ, **peer_env(vhost, path)},
                                   capture_output=True, text=True, timeout=600, check=True)
             times = json.loads(sent.stdout.strip().splitlines()[-1])
             wait_until(lambda: count_records(path) >= count or proc.check_alive(),
                        max(120, count / 20), f"{count} {label} tasks done", interval=0.05)
+            cpu_after = cpu_seconds(own), cpu_seconds(broker), _children_cpu()
         finally:
             client.close()
             proc.stop()
     last = max(records(path).values())
-    return count / (last - times["start"]), count / (times["end"] - times["start"])
+    own_cpu, broker_cpu = (cpu_used(b, a) for b, a in zip(cpu_before[:2], cpu_after[:2]))
+    cpu = [seconds * 1e6 / count for seconds in (own_cpu, broker_cpu, cpu_after[2] - cpu_before[2])]
+    return count / (last - times["start"]), count / (times["end"] - times["start"]), cpu
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(workdir, args):
@@ -78,7 +91,11 @@ def measure(workdir, args):
     ]
     out = {}
     for name, kind, start in systems:
-        rate, publish_rate = run_one(workdir, name.replace(" ", "-"), kind, n, start)
+        rate, publish_rate, (own, broker, sender) = run_one(
+            workdir, name.replace(" ", "-"), kind, n, start)
         out[f"e2e {name}"] = rate
         out[f"e2e {name} (publish rate)"] = publish_rate
+        out[f"cpu/task {name}: own processes"] = own
+        out[f"cpu/task {name}: broker"] = broker
+        out[f"cpu/task {name}: client"] = sender
     return out

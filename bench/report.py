@@ -2,7 +2,7 @@
 from stats import summary
 
 UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
-         "idle": "MB", "ratio": "x"}
+         "idle": "MB", "ratio": "x", "cpu/task": "us"}
 
 #: (ratio name, numerator, denominator): computed within one repetition.
 RATIOS = [
