@@ -5,6 +5,7 @@ looking users up in the password database; never imports pika or plugins.
 """
 import ast
 import configparser
+import ipaddress
 import math
 import os
 import pwd
@@ -84,6 +85,37 @@ class DispatcherSettings:
     stop_timeout: float = 30.0
 
 
+#: Where supervisors put their status sockets: the init scripts' /run directory.
+DEFAULT_STATUS_DIR = "/run/taskqueue"
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """[supervisor]: where each supervisor answers `taskqueue status`.
+
+    Every supervisor listens on `<status_dir>/taskqueue-<command>.sock`, named
+    like the init scripts' pidfiles (taskqueue-workerpool, taskqueue-dispatcher).
+    """
+    status_dir: str = DEFAULT_STATUS_DIR
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: each supervisor's optional Prometheus endpoint; off unless it has a port.
+
+    Both services read the same file, so each has its own port: `port` is the
+    worker pool's (`workerpool`, and `run`, which is both), `dispatcher_port`
+    the dispatcher's.
+    """
+    address: str = "127.0.0.1"
+    port: Optional[int] = None
+    dispatcher_port: Optional[int] = None
+
+    def port_for(self, command):
+        """The port the supervisor of `command` serves metrics on, or None."""
+        return self.dispatcher_port if command == "dispatcher" else self.port
+
+
 @dataclass(frozen=True)
 class LoggingSettings:
     """[logging]: how much to log, and where (logs.py does it)."""
@@ -100,6 +132,8 @@ class Config:
     groups: tuple            # of WorkerGroup, enabled ones only (processes > 0)
     warnings: tuple = ()     # of str, each a sentence naming file and section
     logging: LoggingSettings = LoggingSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 #: A plugin (entry-point) name: usable as a section name and a queue suffix.
@@ -121,6 +155,8 @@ DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "syslog", "stderr", "file")
+SUPERVISOR_OPTIONS = ("status_dir",)
+METRICS_OPTIONS = ("address", "port", "dispatcher_port")
 COUNT = "a process count (integer >= 0)"
 SUBGROUPS = "a comma-separated list of subgroup names"
 
@@ -161,6 +197,22 @@ def parse_lookahead(value):
     if math.isfinite(seconds) and seconds >= 0:
         return seconds
     raise ValueError("expected a number of seconds >= 0 (0 turns lookahead off)")
+
+
+def parse_directory(value):
+    """An absolute path, normalised (`/run/taskqueue/` -> `/run/taskqueue`)."""
+    if not os.path.isabs(value.strip()):
+        raise ValueError("expected the absolute path of a directory")
+    return os.path.normpath(value.strip())
+
+
+def parse_address(value):
+    """An IP address to listen on, as written (`127.0.0.1`, `::1`, `0.0.0.0`)."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("expected an IP address to listen on, such as 127.0.0.1, ::1 "
+                         "or 0.0.0.0") from None
 
 
 def parse_subgroups(value):
@@ -263,13 +315,15 @@ def load(path: str, installed_types, *, check_users: bool = True,
     loader.check_ambiguous(types, lists)
     groups = [group for name in types for group in loader.groups(name)]
     amqp, dispatcher, logging = loader.amqp(), loader.dispatcher(), loader.logging()
+    supervisor, metrics = loader.supervisor(), loader.metrics()
     loader.check_task_timeouts(groups, amqp)
     if loader.errors:
         raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
     claimed = {f"{owner}_{subgroup}" for owner, names in lists.items() for subgroup in names}
     return Config(path, amqp, dispatcher,
                   tuple(sorted(groups, key=lambda g: (g.worker_type, g.subgroup or ""))),
-                  loader.warnings(types, claimed), logging)
+                  loader.warnings(types, claimed), logging, supervisor=supervisor,
+                  metrics=metrics)
 
 
 def _read_sections(path):
@@ -492,6 +546,23 @@ class _Loader:
         elif "path" in own and settings.target not in ("file", None):
             self.fail("logging", "path", own["path"], "expected target = file alongside it "
                       "(only the file target writes to a path)")
+        return settings
+
+    def supervisor(self):
+        self.own_options("supervisor", SUPERVISOR_OPTIONS)
+        return SupervisorSettings(status_dir=self.convert(["supervisor"], "status_dir",
+                                                          DEFAULT_STATUS_DIR, parse_directory))
+
+    def metrics(self):
+        own, chain = self.own_options("metrics", METRICS_OPTIONS), ["metrics"]
+        settings = MetricsSettings(address=self.convert(chain, "address", "127.0.0.1", parse_address),
+                                   port=self.convert(chain, "port", None, parse_port),
+                                   dispatcher_port=self.convert(chain, "dispatcher_port", None,
+                                                                parse_port))
+        if settings.port is not None and settings.port == settings.dispatcher_port:
+            self.fail("metrics", "dispatcher_port", own["dispatcher_port"],
+                      "expected a port other than [metrics] port (the dispatcher's and the "
+                      "worker pool's supervisors each listen on their own)")
         return settings
 
     def warnings(self, types, claimed):

@@ -6,7 +6,8 @@ from types import MappingProxyType
 import pytest
 
 from taskqueue import config
-from taskqueue.config import AmqpSettings, DispatcherSettings, LoggingSettings, WorkerGroup
+from taskqueue.config import (AmqpSettings, DispatcherSettings, LoggingSettings,
+                              MetricsSettings, SupervisorSettings, WorkerGroup)
 from taskqueue.errors import ConfigError
 
 #: The specification's file, verbatim (shared with the integration tests).
@@ -340,8 +341,8 @@ def test_uninstalled_sections_are_not_validated(write):
     assert len(cfg.warnings) == 1
 
 
-def test_reserved_sections_are_accepted_without_validation(write):
-    text = "[logging]\nlevel: debug\n[metrics]\nport: x\n[supervisor]\nanything: 1\n"
+def test_reserved_sections_are_not_taken_for_plugin_sections(write):
+    text = "[logging]\nlevel: debug\n[metrics]\nport: 9187\n[supervisor]\nstatus_dir: /run/tq\n"
     cfg = load(write(text), {"w"})
     assert cfg.warnings == ()
 
@@ -491,6 +492,59 @@ def test_logging_problems_are_reported_with_the_others(write):
 def test_default_options_do_not_leak_into_logging(write):
     cfg = load(write("[DEFAULT]\nlevel: loud\ntarget: x\n[logging]\n"), set())
     assert cfg.logging == LoggingSettings()
+
+
+# -- [supervisor] and [metrics] ------------------------------------------------------------
+
+def test_status_sockets_go_to_run_taskqueue_and_metrics_are_off_by_default(write):
+    cfg = load(write(SPEC), check_users=False)
+    assert cfg.supervisor == SupervisorSettings(status_dir="/run/taskqueue")
+    assert cfg.metrics == MetricsSettings(address="127.0.0.1", port=None, dispatcher_port=None)
+    assert [cfg.metrics.port_for(c) for c in ("run", "workerpool", "dispatcher")] == [None] * 3
+
+
+def test_supervisor_and_metrics_options(write):
+    text = ("[supervisor]\nstatus_dir: /var/run/tq/\n"
+            "[metrics]\naddress: ::1\nport: 9187\ndispatcher_port: 9188\n")
+    cfg = load(write(text), set())
+    assert cfg.supervisor.status_dir == "/var/run/tq"
+    assert cfg.metrics == MetricsSettings(address="::1", port=9187, dispatcher_port=9188)
+    # `run` is the worker pool and the dispatcher in one supervisor: the pool's port.
+    assert [cfg.metrics.port_for(c) for c in ("run", "workerpool", "dispatcher")] == [
+        9187, 9187, 9188]
+
+
+@pytest.mark.parametrize("section, option, value, expected", [
+    ("supervisor", "status_dir", "run/taskqueue", "expected the absolute path of a directory"),
+    ("supervisor", "status_dir", "", "expected the absolute path of a directory"),
+    ("metrics", "port", "0", "expected an integer from 1 to 65535"),
+    ("metrics", "port", "http", "expected an integer from 1 to 65535"),
+    ("metrics", "dispatcher_port", "70000", "expected an integer from 1 to 65535"),
+    ("metrics", "address", "localhost",
+     "expected an IP address to listen on, such as 127.0.0.1, ::1 or 0.0.0.0"),
+    ("metrics", "address", "127.0.0.256",
+     "expected an IP address to listen on, such as 127.0.0.1, ::1 or 0.0.0.0"),
+])
+def test_bad_supervisor_or_metrics_value_is_an_error(write, section, option, value, expected):
+    path = write(f"[{section}]\n{option}: {value}\n")
+    assert error_of(path, set()) == f"{path}: [{section}] {option} = {value!r}: {expected}"
+
+
+def test_metrics_ports_of_the_two_services_must_differ(write):
+    path = write("[metrics]\nport: 9187\ndispatcher_port: 9187\n")
+    assert error_of(path, set()) == (
+        f"{path}: [metrics] dispatcher_port = '9187': expected a port other than [metrics] port "
+        "(the dispatcher's and the worker pool's supervisors each listen on their own)")
+
+
+@pytest.mark.parametrize("section, option, known", [
+    ("supervisor", "status_socket", "status_dir"),
+    ("metrics", "path", "address, port, dispatcher_port"),
+])
+def test_supervisor_or_metrics_unknown_option_is_an_error(write, section, option, known):
+    path = write(f"[{section}]\n{option}: x\n")
+    assert error_of(path, set()) == (
+        f"{path}: [{section}] {option}: unknown option; expected one of {known}")
 
 
 # -- reading the file ----------------------------------------------------------------------
