@@ -181,3 +181,15 @@ def describe_exit(status):
 def exit_code_of(status):
     """The exit code of a waitpid status, or None when a signal ended the process."""
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+
+
+def parse_done(detail):
+    """A `done` report's `<outcome> <seconds>` -> (outcome, seconds), or None if malformed."""
+    outcome, _, seconds = detail.partition(" ")
+    try:
+        value = float(seconds)
+    except ValueError:
+        return None
+    if outcome not in TASK_OUTCOMES or not 0 <= value < float("inf"):
+        return None
+    return outcome, value

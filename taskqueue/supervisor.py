@@ -23,13 +23,13 @@ import gevent.socket
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
-from . import child
+from . import child, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
 from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS,
                         TASK_CRASH_CAP, ChildState,
                         Ev, IllegalTransition, backoff_delay, classify_exit, describe_exit,
-                        exit_code_of, next_state)
+                        exit_code_of, next_state, parse_done)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class ChildSpec:
     stop_timeout: float = 30.0
     task_timeout: Optional[float] = None
     settings: tuple = ()
+    queue: Optional[str] = None     # what its children consume, for status and metrics
 
 
 def diff_specs(old, new):
@@ -84,6 +85,7 @@ class Slot:
     failures: int = 0               # quick failures in a row
     restarts: int = 0
     last_exit: Optional[str] = None
+    exited_at: float = 0.0          # monotonic time of that exit
     retired: bool = False           # a reload removed or changed its spec: drop it once stopped
     task: Optional[str] = None      # message id of the task it is handling, if any
     task_started: float = 0.0
@@ -92,6 +94,7 @@ class Slot:
     killed_for: Optional[str] = None  # why the supervisor killed it, for the exit line
     last_event: Optional[Ev] = None  # how its last run ended
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
+    timer_due: float = 0.0          # monotonic time the timer fires
 
     @property
     def key(self):
@@ -99,9 +102,14 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, specs, reload=None):
-        """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError."""
+    def __init__(self, specs, reload=None, endpoints=()):
+        """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError.
+        `endpoints` (endpoints.Endpoint: status, metrics) are served while it runs; their
+        owner closes them."""
         self._reload = reload
+        self._endpoints = list(endpoints)
+        self.metrics = metrics.Registry()
+        self.started_at = time.monotonic()
         self.specs = list(specs)
         self.slots = [Slot(spec, i) for spec in self.specs for i in range(spec.processes)]
         self.events = Queue()
@@ -125,6 +133,8 @@ class Supervisor:
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
         self._greenlets.spawn(self._read_reports)
+        for endpoint in self._endpoints:
+            endpoint.serve(self)
         log.info("supervisor started: %s", ", ".join(
             f"{s.name} x{s.processes}" + (f" as {s.user}" if s.user else "")
             for s in self.specs) or "nothing to run")
@@ -147,6 +157,10 @@ class Supervisor:
         os.close(self._reports_r)
         os.close(self._reports_w)
         shutil.rmtree(self.graveyard.path, ignore_errors=True)
+
+    @property
+    def stopping(self):
+        return self._stopping
 
     # -- events (all of them arrive through self.events) ---------------------
 
@@ -171,10 +185,13 @@ class Supervisor:
         slot = self._by_pid.pop(pid, None)
         if slot is None:
             return
-        uptime = time.monotonic() - slot.started_at
+        slot.exited_at = time.monotonic()
+        uptime = slot.exited_at - slot.started_at
         slot.last_exit = describe_exit(status) + (f" ({slot.killed_for})" if slot.killed_for else "")
         event = classify_exit(exit_code_of(status), slot.ready, uptime, slot.task is not None)
+        self.metrics.child_exited(slot.spec.name, metrics.exit_cause(status, slot.killed_for))
         if slot.task is not None:
+            self.metrics.task_ended(slot.spec.name, metrics.KILLED)
             slot.last_exit += f" during task {slot.task}"
             try:
                 self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
@@ -216,6 +233,9 @@ class Supervisor:
         slot = self._by_pid.get(pid)
         if slot is None:
             return
+        ended = parse_done(detail)
+        if ended is not None:
+            self.metrics.task_ended(slot.spec.name, *ended)
         slot.task = None
         slot.tasks_done += 1
         slot.failures = 0  # it settled a task: whatever failed before is behind it
@@ -299,6 +319,7 @@ class Supervisor:
     def enter_starting(self, slot):
         if slot.started_at:
             slot.restarts += 1
+            self.metrics.child_restarted(slot.spec.name)
         slot.ready = False
         self._cancel_timer(slot)
         self._spawn(slot)
@@ -354,6 +375,8 @@ class Supervisor:
         for handle in self._signal_handles:
             handle.cancel()
         self._greenlets.kill(block=True, timeout=1)
+        for endpoint in self._endpoints:
+            endpoint.forget()
         os.close(self._reports_r)
 
     def _on_child_exit(self, watcher):
@@ -395,6 +418,7 @@ class Supervisor:
     def _arm_timer(self, slot, delay, event=None):
         self._cancel_timer(slot)
         slot.timer = gevent.spawn_later(delay, self.events.put_nowait, event or ("timer", slot))
+        slot.timer_due = time.monotonic() + delay
         self._greenlets.add(slot.timer)
 
     def _cancel_timer(self, slot):

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from taskqueue.child import ChildContext
+from taskqueue.lifecycle import parse_done
 from taskqueue.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
@@ -58,3 +59,14 @@ def test_supervisor_turns_one_read_into_one_event_and_skips_foreign_lines(pipe):
     assert sup.events.get_nowait() == ("reports", [("busy", 12, "k1"), ("done", 12, "ack 0.1")])
     assert sup.events.get_nowait() == ("reports", [("ready", 13, "")])
     assert sup.events.empty()
+
+
+@pytest.mark.parametrize("detail, parsed", [
+    ("ack 0.250000", ("ack", 0.25)),
+    ("dead 0.000000", ("dead", 0.0)),
+    ("raised 12", ("raised", 12.0)),
+    ("ack", None), ("", None), ("ack -1", None), ("ack inf", None), ("ack nan", None),
+    ("acked 1.0", None), ("ack 1.0 extra", None),
+])
+def test_done_detail_is_an_outcome_and_a_duration(detail, parsed):
+    assert parse_done(detail) == parsed
