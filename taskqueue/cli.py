@@ -127,14 +127,14 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
         specs.append(ChildSpec("dispatcher", cfg.dispatcher.processes,
                                functools.partial(run_dispatcher, cfg.amqp, cfg.dispatcher),
                                user=default_user, stop_timeout=cfg.dispatcher.stop_timeout,
-                               settings=(cfg.amqp, cfg.dispatcher)))
+                               settings=(cfg.amqp, cfg.dispatcher), queue=amqp.TASK_QUEUE))
     if workers:
         for group in cfg.groups:
             specs.append(ChildSpec(group.name, group.processes,
                                    functools.partial(run_worker, group, cfg.amqp),
                                    user=group.user or default_user,
                                    stop_timeout=group.stop_timeout,
-                                   task_timeout=group.task_timeout,
+                                   task_timeout=group.task_timeout, queue=group.queue,
                                    settings=(cfg.amqp, group, tuple(sorted(group.options.items())),
                                              _plugin_version((found or {}).get(group.worker_type)))))
     return specs
@@ -146,6 +146,7 @@ def _plugin_version(ep):
 
 
 def _supervise(args, dispatcher, workers):
+    from . import endpoints
     from .child import UserSwitchError, drop_privileges
     from .supervisor import Supervisor
     if args.user:
@@ -155,10 +156,13 @@ def _supervise(args, dispatcher, workers):
 
     def specs():
         new, found = load_config(args, switches_users=workers)
-        if new.logging != cfg.logging:
-            log.warning("%s: [logging] changed; it applies when taskqueue restarts", new.path)
+        for section in ("logging", "supervisor", "metrics"):   # read once, at start
+            if getattr(new, section) != getattr(cfg, section):
+                log.warning("%s: [%s] changed; it applies when taskqueue restarts", new.path, section)
         return child_specs(new, dispatcher, workers, args.user, found)
     initial = child_specs(cfg, dispatcher, workers, args.user, found)
+    # Before the privilege drop: a port below 1024, a socket in root's /run/taskqueue.
+    serving = endpoints.open_all(cfg, args.command)
     if args.pidfile:
         _write_pidfile(args.pidfile)
     if args.user and os.getuid() == 0 and all(spec.user == args.user for spec in initial):
@@ -169,10 +173,12 @@ def _supervise(args, dispatcher, workers):
         except UserSwitchError as exc:
             raise ConfigError(str(exc)) from None
         log.info("running as user %s", args.user)
-    supervisor = Supervisor(initial, reload=specs)
+    supervisor = Supervisor(initial, reload=specs, endpoints=serving)
     try:
         return supervisor.run()
     finally:
+        for endpoint in serving:
+            endpoint.close()
         if args.pidfile:
             _remove_pidfile(args.pidfile)
 
