@@ -375,6 +375,25 @@ def blocking_call(settings, queue, body, props, timeout):
     return replies[0] if replies else None
 
 
+def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):
+    """{queue: (messages ready, consumers)} from passive declares; None for a queue that
+    does not exist. Declaring passively creates nothing and needs no management plugin,
+    but tells no more: deliveries not yet acked are counted in neither number."""
+    counts = {}
+    with _blocking_channel(settings, timeout) as channel:
+        for queue in queues:
+            try:
+                frame = channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                counts[queue] = None
+                channel = channel.connection.channel()   # a 404 closed that one
+                continue
+            counts[queue] = (frame.method.message_count, frame.method.consumer_count)
+    return counts
+
+
 @contextlib.contextmanager
 def _blocking_channel(settings, timeout):
     failures = []

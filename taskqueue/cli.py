@@ -66,6 +66,11 @@ def _parser():
                    help="with --wait: give up after SECONDS (default 30); exit status 1")
     command("check-config", cmd_check_config,
             "Validate the config; show the plugins found and the processes it would start.")
+    p = command("status", cmd_status,
+                "Show this host's supervisors, their processes, and the queues on the broker.")
+    p.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="wait at most SECONDS for each supervisor and for the broker (default 5)")
     return parser
 
 
@@ -270,6 +275,23 @@ def _describe_logging(cfg):
         raise ConfigError(f"{cfg.path}: [logging] path = {settings.path!r}: expected a file in "
                           f"an existing directory ({directory} is none)")
     return f"{settings.level} to file {settings.path}"
+
+
+def cmd_status(args):
+    """Exit codes: overview.HEALTHY, UNHEALTHY, NO_SUPERVISOR, NO_BROKER (the highest that applies)."""
+    from . import overview
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
+    # Users are not looked up: status shows what runs, whatever the password database says.
+    cfg = config.load(config.resolve_path(args.config), plugins.discover(), check_users=False)
+    view = overview.gather(cfg, args.timeout)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        print(overview.render(view), end="")
+    for error in view["errors"]:   # the picture is incomplete: say so where errors go
+        print(f"taskqueue: {error}", file=sys.stderr)
+    return view["exit_code"]
 
 
 def _print_table(header, rows):

@@ -1,0 +1,129 @@
+"""`taskqueue status`: judging what was gathered (exit codes) and the table (overview.py)."""
+import os
+
+import pytest
+
+from taskqueue import overview
+from taskqueue.lifecycle import ChildState
+from taskqueue.status import snapshot
+from taskqueue.supervisor import ChildSpec, Supervisor
+
+pytestmark = pytest.mark.timeout(10)
+
+BROKER = "127.0.0.1:5672 vhost '/'"
+
+
+def target(ctx):
+    return 0
+
+
+def answer_of(quarantined=False):
+    """A supervisor's answer: a dispatcher, two recorders (one busy), maybe a quarantined type."""
+    specs = [ChildSpec("dispatcher", 1, target, queue="taskqueue"),
+             ChildSpec("recorder", 2, target, queue="worker_recorder")]
+    if quarantined:
+        specs.append(ChildSpec("brokenimport", 1, target, queue="worker_brokenimport"))
+    sup = Supervisor(specs)
+    sup.started_at = 0.0
+    for pid, slot in enumerate(sup.slots, 100):
+        slot.state, slot.pid = ChildState.RUNNING, pid
+    busy = sup.slots[1]
+    busy.task, busy.task_started, busy.tasks_done = "f00d" * 10, 300.0, 4
+    if quarantined:
+        broken = sup.slots[3]
+        broken.state, broken.pid, broken.timer_due = ChildState.QUARANTINED, None, 370.0
+        broken.last_exit, broken.exited_at = "exit 4 (plugin failed to load)", 310.0
+    return {"socket": "/run/taskqueue/taskqueue-run.sock", "error": None,
+            **snapshot(sup, "taskqueue-run", now=312.5)}
+
+
+def view_of(supervisors, counts, broker_error=None):
+    queues = ["taskqueue", *sorted({g["queue"] for s in supervisors if not s["error"]
+                                    for g in s["groups"] if g["kind"] == "worker"}), "taskqueue_dead"]
+    view = {"status_dir": "/run/taskqueue", "supervisors": supervisors,
+            "broker": {"address": BROKER, "error": broker_error},
+            "queues": overview.queue_rows(queues, counts, supervisors, broker_error is None)}
+    view.update(overview.assess(view))
+    return view
+
+
+HEALTHY_COUNTS = {"taskqueue": (0, 1), "worker_recorder": (5, 2), "taskqueue_dead": (2, 0)}
+
+
+def test_everything_running_and_consumed_is_healthy():
+    view = view_of([answer_of()], HEALTHY_COUNTS)
+    assert (view["exit_code"], view["problems"], view["errors"]) == (overview.HEALTHY, [], [])
+
+
+def test_a_quarantined_group_and_its_queue_without_consumer_make_it_unhealthy():
+    counts = dict(HEALTHY_COUNTS, worker_brokenimport=(3, 0))
+    view = view_of([answer_of(quarantined=True)], counts)
+    assert view["exit_code"] == overview.UNHEALTHY
+    assert view["problems"] == [
+        "brokenimport is quarantined after exit 4 (plugin failed to load); retried in 57s or on "
+        "reload (SIGHUP)",
+        "queue worker_brokenimport has no consumer (3 message(s) waiting)"]
+
+
+def test_a_worker_queue_that_does_not_exist_is_a_problem_the_dead_letter_queue_is_not():
+    counts = {"taskqueue": (0, 1), "worker_recorder": None, "taskqueue_dead": None}
+    view = view_of([answer_of()], counts)
+    assert view["exit_code"] == overview.UNHEALTHY
+    assert view["problems"] == ["queue worker_recorder does not exist: nothing consumes it"]
+
+
+def test_no_supervisor_answering_is_exit_3_and_names_the_directory_and_each_socket():
+    gone = {"socket": "/run/taskqueue/taskqueue-run.sock", "error": "not running: ..."}
+    view = view_of([gone], {"taskqueue": (0, 1), "taskqueue_dead": (0, 0)})
+    assert view["exit_code"] == overview.NO_SUPERVISOR
+    assert view["problems"][0] == "/run/taskqueue/taskqueue-run.sock: not running: ..."
+    assert view["errors"] == ["no supervisor answers in /run/taskqueue: is taskqueue running on "
+                              "this host? (see [supervisor] status_dir)"]
+
+
+def test_broker_unreachable_is_exit_4_even_with_a_quarantined_group_and_queues_are_not_judged():
+    view = view_of([answer_of(quarantined=True)], {}, broker_error="cannot connect to the broker")
+    assert view["exit_code"] == overview.NO_BROKER
+    assert view["errors"] == [f"broker {BROKER}: cannot connect to the broker"]
+    assert [q["ready"] for q in view["queues"]] == [None] * 4
+    assert view["problems"][0].startswith("brokenimport is quarantined")
+
+
+def test_busy_here_counts_this_hosts_busy_children_per_worker_queue_only():
+    rows = {q["name"]: q for q in view_of([answer_of()], HEALTHY_COUNTS)["queues"]}
+    assert [rows[name]["busy_here"] for name in ("taskqueue", "worker_recorder", "taskqueue_dead")] == [
+        None, 1, None]
+    assert (rows["worker_recorder"]["ready"], rows["worker_recorder"]["consumers"]) == (5, 2)
+
+
+def test_table_shows_groups_children_queues_and_problems():
+    counts = dict(HEALTHY_COUNTS, worker_brokenimport=(3, 0))
+    lines = overview.render(view_of([answer_of(quarantined=True)], counts)).splitlines()
+    assert lines[0] == f"taskqueue-run: pid {os.getpid()}, up 5m12s (/run/taskqueue/taskqueue-run.sock)"
+    rows = [line.split() for line in lines]
+    assert ["TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS", "LAST",
+            "EXIT"] in rows
+    assert ["brokenimport", "-", "-", "1", "0", "quarantined", "0", "exit", "4", "(plugin",
+            "failed", "to", "load),", "2.5s", "ago"] in rows
+    assert ["recorder", "-", "-", "2", "2", "running", "0", "-"] in rows
+    assert ["recorder#0", "101", "busy", "f00df00df00df00df00df00df00df00df...", "12s", "4"] in rows
+    assert ["recorder#1", "102", "idle", "-", "-", "0"] in rows
+    assert ["dispatcher#0", "100", "running", "-", "-", "-"] in rows
+    assert ["brokenimport#0", "-", "quarantined", "retry", "in", "57s", "-", "0"] in rows
+    assert ["worker_brokenimport", "3", "0", "0"] in rows
+    assert ["taskqueue_dead", "2", "-", "0"] in rows
+    assert lines[-2:] == ["  brokenimport is quarantined after exit 4 (plugin failed to load); "
+                          "retried in 57s or on reload (SIGHUP)",
+                          "  queue worker_brokenimport has no consumer (3 message(s) waiting)"]
+
+
+def test_table_of_a_healthy_host_says_there_is_no_problem():
+    text = overview.render(view_of([answer_of()], HEALTHY_COUNTS))
+    assert text.endswith("\nproblems: none\n")
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.04, "0.0s"), (9.96, "10.0s"), (12.7, "12s"), (303, "5m03s"), (7500, "2h05m"),
+    (273600, "3d04h")])
+def test_durations_are_short(seconds, text):
+    assert overview.format_seconds(seconds) == text
