@@ -66,12 +66,20 @@ def records(workdir):
 
 
 @pytest.fixture
-def start_pool(workdir, vhost, amqp_port):
+def status_dir(workdir):
+    """Where the pools of a test put their status sockets (not the host's /run/taskqueue)."""
+    return os.path.join(workdir, "run")
+
+
+@pytest.fixture
+def start_pool(workdir, vhost, amqp_port, status_dir):
     pools = []
 
     def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
-              amqp_extra="", log="stderr"):
-        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port)
+              amqp_extra="", log="stderr", own_status_dir=True):
+        """own_status_dir=False: the body has its own [supervisor] section."""
+        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port,
+                                              status_dir if own_status_dir else None)
         pool = Pool(workdir, config, command, env, extra_args, log)
         pools.append(pool)
         return pool

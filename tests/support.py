@@ -134,11 +134,14 @@ class Records:
         return [r["id"] for r in self.all(event)]
 
 
-def config_text(vhost, body, heartbeat=None, amqp_extra="", port=5672):
+def config_text(vhost, body, heartbeat=None, amqp_extra="", port=5672, status_dir=None):
+    """`body` with an [amqp] section for the test broker and, given a status_dir, a
+    [supervisor] section that keeps the status sockets out of the host's /run/taskqueue."""
     amqp = f"[amqp]\nhost: {BROKER_HOST}\nport: {port}\nvhost: {vhost}\n"
     if heartbeat is not None:
         amqp += f"heartbeat: {heartbeat}\n"
-    return f"{body.rstrip()}\n\n{amqp}{amqp_extra}"
+    supervisor = f"\n[supervisor]\nstatus_dir: {status_dir}\n" if status_dir else ""
+    return f"{body.rstrip()}\n\n{amqp}{amqp_extra}{supervisor}"
 
 
 class Pool:

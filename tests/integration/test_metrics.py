@@ -1,0 +1,147 @@
+"""The supervisor's Prometheus endpoint on a running pool, read with a real text-format parser."""
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support import recorder_config, wait_for
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(port):
+    """{(sample name, frozenset of labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(port, name, **labels):
+    return scrape(port).get((name, frozenset(labels.items())))
+
+
+def test_counters_follow_tasks_failures_durations_restarts_and_quarantine(
+        broker, start_pool, records):
+    # Given a pool serving metrics, with one healthy type and one that cannot load
+    port = free_port()
+    pool = start_pool(recorder_config(records) + f"\n[brokenimport]\nworkers: 1\n"
+                      f"\n[metrics]\nport: {port}\n")
+    pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
+    recorder = dict(group="recorder", type="recorder")
+    wait_for(lambda: value(port, "taskqueue_children", **recorder, state="running") == 1, 15,
+             "the recorder running")
+    assert value(port, "taskqueue_tasks_total", **recorder, outcome="ack") == 0
+    # When 3 tasks succeed and 1 raises
+    for n in range(3):
+        broker.submit("recorder", {"id": f"ok{n}", "sleep": 0.05})
+    broker.submit("recorder", {"id": "bad", "raise": True})
+    # Then the counters and the histogram say so
+    wait_for(lambda: value(port, "taskqueue_tasks_total", **recorder, outcome="raised") == 1, 15,
+             "the failed task counted")
+    wait_for(lambda: value(port, "taskqueue_tasks_total", **recorder, outcome="ack") == 3, 15,
+             "3 completed tasks counted")
+    wait_for(lambda: broker.counts("taskqueue_dead")[0] == 1, 15, "the failed task dead-lettered")
+    got = scrape(port)
+    assert got["taskqueue_task_duration_seconds_count", frozenset(recorder.items())] == 4
+    assert got["taskqueue_task_duration_seconds_sum", frozenset(recorder.items())] >= 0.15
+    # the three tasks of 0.05 s are not in the 0.025 s bucket; the raise may be
+    assert got["taskqueue_task_duration_seconds_bucket",
+               frozenset(dict(recorder, le="0.025").items())] <= 1
+    assert got["taskqueue_child_restarts_total", frozenset(recorder.items())] == 0
+    # and the plugin that cannot load is counted as such
+    broken = dict(group="brokenimport", type="brokenimport")
+    assert got["taskqueue_child_exits_total", frozenset(dict(broken, cause="plugin_load").items())] == 1
+    assert got["taskqueue_children", frozenset(dict(broken, state="quarantined").items())] == 1
+    # When the recorder's process is killed
+    victim = next(r["pid"] for r in records.all())
+    os.kill(victim, signal.SIGKILL)
+    # Then its exit and its restart are counted, and it runs again
+    wait_for(lambda: value(port, "taskqueue_child_restarts_total", **recorder) == 1, 15,
+             "the restart counted")
+    assert value(port, "taskqueue_child_exits_total", **recorder, cause="SIGKILL") == 1
+    wait_for(lambda: value(port, "taskqueue_children", **recorder, state="running") == 1, 15,
+             "the recorder running again")
+    assert pool.stop() == 0
+
+
+def test_dispatcher_and_worker_pool_each_serve_their_own_port(broker, start_pool, records):
+    pool_port, dispatcher_port = free_port(), free_port()
+    body = recorder_config(records) + (f"\n[metrics]\nport: {pool_port}\n"
+                                       f"dispatcher_port: {dispatcher_port}\n")
+    start_pool(body, command="workerpool")
+    start_pool(body, command="dispatcher")
+    wait_for(lambda: broker.counts("taskqueue")[1] == 1, 15, "the dispatcher consuming")
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the recorder consuming")
+    groups = {dict(labels)["group"] for name, labels in scrape(pool_port)
+              if name == "taskqueue_children"}
+    assert groups == {"recorder"}
+    groups = {dict(labels)["group"] for name, labels in scrape(dispatcher_port)
+              if name == "taskqueue_children"}
+    assert groups == {"dispatcher"}
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{dispatcher_port}/other", timeout=10)
+    assert info.value.code == 404
+
+
+def test_metrics_port_in_use_refuses_to_start_naming_the_option(start_pool, records):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n")
+        assert pool.process.wait(30) == 1
+    log = pool.log()
+    assert (f"[metrics] port = {port}: cannot listen on 127.0.0.1 port {port}: Address already "
+            "in use (another program, or another taskqueue supervisor, listens there") in log
+    assert "STARTING" not in log      # not a single child was started
+
+
+def test_stalled_clients_hold_up_neither_supervising_nor_later_scrapes(
+        broker, start_pool, records, status_dir):
+    # Given a pool serving status and metrics
+    port = free_port()
+    pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n")
+    pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
+    wait_for(lambda: value(port, "taskqueue_children", group="recorder", type="recorder",
+                           state="running") == 1, 15, "the recorder running")
+    # When many clients connect and then say nothing (metrics) or read nothing (status)
+    stalled = []
+    for _ in range(40):
+        for family, address in ((socket.AF_INET, ("127.0.0.1", port)),
+                                (socket.AF_UNIX, os.path.join(status_dir, "taskqueue-run.sock"))):
+            client = socket.socket(family)
+            client.setblocking(False)      # a full backlog must not block the test either
+            try:
+                client.connect(address)
+            except (BlockingIOError, InterruptedError):
+                pass
+            stalled.append(client)
+    try:
+        # Then a child killed meanwhile is replaced at once
+        victim = pool.children()[-1]
+        os.kill(victim, signal.SIGKILL)
+        pool.wait_log(rf"pid={victim} killed by SIGKILL", timeout=5)
+        pool.wait_log(r"recorder#0 pid=\d+ STARTING -> RUNNING", count=2, timeout=10)
+        # and, once the stalled clients have timed out, scrapes are answered again
+        wait_for(lambda: _answers(port), 30, "a scrape answered")
+    finally:
+        for client in stalled:
+            client.close()
+    assert pool.stop() == 0
+
+
+def _answers(port):
+    try:
+        return scrape(port)
+    except (urllib.error.URLError, OSError):
+        return None
