@@ -145,3 +145,43 @@ def _answers(port):
         return scrape(port)
     except (urllib.error.URLError, OSError):
         return None
+
+
+def _listening_inodes(port, unix_path):
+    """Inodes of the TCP socket listening on `port` and of the Unix socket bound at `unix_path`."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for fields in (line.split() for line in list(f)[1:]):
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":   # 0A: LISTEN
+                inodes.add(fields[9])
+    with open("/proc/net/unix") as f:
+        for fields in (line.split() for line in list(f)[1:]):
+            if len(fields) >= 8 and fields[7] == unix_path:
+                inodes.add(fields[6])
+    return inodes
+
+
+def _socket_inodes_held_by(pid):
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            held.add(target[len("socket:["):-1])
+    return held
+
+
+def test_children_do_not_keep_the_supervisors_listening_sockets(broker, start_pool, records,
+                                                                 status_dir):
+    port = free_port()
+    pool = start_pool(recorder_config(records, processes=2) + f"\n[metrics]\nport: {port}\n")
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 recorder consumers")
+    listening = _listening_inodes(port, os.path.join(status_dir, "taskqueue-run.sock"))
+    assert len(listening) == 2
+    assert _socket_inodes_held_by(pool.pid) >= listening
+    children = pool.children()
+    assert len(children) == 3
+    for child in children:
+        assert not _socket_inodes_held_by(child) & listening, child
