@@ -173,8 +173,8 @@ def _socket_inodes_held_by(pid):
     return held
 
 
-def test_children_do_not_keep_the_supervisors_listening_sockets(broker, start_pool, records,
-                                                                 status_dir):
+def test_children_do_not_keep_the_supervisors_listening_sockets(
+        broker, start_pool, records, status_dir):
     port = free_port()
     pool = start_pool(recorder_config(records, processes=2) + f"\n[metrics]\nport: {port}\n")
     wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 recorder consumers")
