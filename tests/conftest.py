@@ -78,8 +78,9 @@ def start_pool(workdir, vhost, amqp_port, status_dir):
     def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
               amqp_extra="", log="stderr", own_status_dir=True):
         """own_status_dir=False: the body has its own [supervisor] section."""
-        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port,
-                                              status_dir if own_status_dir else None)
+        config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port)
+        if own_status_dir:   # raw configs too: no test touches the host's /run/taskqueue
+            config += f"\n[supervisor]\nstatus_dir: {status_dir}\n"
         pool = Pool(workdir, config, command, env, extra_args, log)
         pools.append(pool)
         return pool
