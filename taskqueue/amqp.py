@@ -157,6 +157,7 @@ class Session:
         self._channel = None
         self._confirm_channel = None    # for publish_confirmed
         self._confirmed = None
+        self._got = None                # the reply to the pending get()
 
     # -- opening and closing -------------------------------------------------
 
@@ -250,10 +251,12 @@ class Session:
     # -- topology and consuming ----------------------------------------------
 
     def declare_queue(self, queue):
-        """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise."""
+        """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise.
+        Return how many messages it holds ready."""
         try:
-            self._call(self._channel.queue_declare, queue, durable=True,
-                       arguments=queue_arguments(queue, self.settings))
+            frame = self._call(self._channel.queue_declare, queue, durable=True,
+                               arguments=queue_arguments(queue, self.settings))
+            return frame.method.message_count
         except SessionClosed:
             if getattr(self.close_reason, "reply_code", None) in (403, 405, 406):
                 raise TopologyError(explain_refusal(queue, self.settings, self.close_reason)) from None
@@ -301,6 +304,25 @@ class Session:
         """Stop deliveries; those already received stay ours to settle."""
         if self.is_open:
             self._call(self._channel.basic_cancel, consumer_tag)
+
+    def get(self, queue):
+        """Take the next ready message of `queue` without acking it (basic.get):
+        (method, props, body), or None when nothing is ready. One round trip."""
+        if self._got is None:
+            # One lasting Basic.GetEmpty handler: a one-shot one per call would pile
+            # up in pika's callback list (one per message got) and slow every call.
+            self._channel.add_callback(lambda frame: self._got.set(None),
+                                       [pika.spec.Basic.GetEmpty], one_shot=False)
+        self._got = AsyncResult()
+        if self.closed.is_set():
+            raise SessionClosed(f"get from {queue}: session closed: {self.close_reason!r}")
+        self._channel.basic_get(queue, lambda ch, method, props, body: self._got.set(
+            (method, props, body)))
+        return self._wait(self._got, REPLY_TIMEOUT, f"get from {queue}")
+
+    def purge(self, queue):
+        """Remove every ready message of `queue`; return how many went."""
+        return self._call(self._channel.queue_purge, queue).method.message_count
 
     def publish_confirmed(self, queue, body, props):
         """Publish and wait for the broker's confirm, on a confirm channel of its own
