@@ -1,0 +1,77 @@
+"""A one-line progress bar for long command-line runs: count, rate, ETA.
+
+Drawn only on a terminal, and at most 10 times a second, so that a fast run
+spends its time publishing rather than drawing; `render` is the pure part.
+"""
+import os
+import sys
+import time
+
+#: Seconds between two redraws.
+REDRAW_INTERVAL = 0.1
+
+
+def render(done, total, elapsed, width=80):
+    """The bar's text for `done` of `total` after `elapsed` seconds, at most `width` characters."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if done >= total:
+        eta = "done"
+    elif rate > 0:
+        eta = f"ETA {format_duration((total - done) / rate)}"
+    else:
+        eta = "ETA ?"
+    percent = 100 * done // total if total else 100
+    figures = f" {done}/{total} {percent:3d}% {rate:,.0f}/s {eta}"
+    bar_width = max(0, min(40, width - len(figures) - 3))
+    filled = bar_width * done // total if total else bar_width
+    bar = f"[{'#' * filled}{'.' * (bar_width - filled)}]" if bar_width >= 10 else ""
+    return (bar + figures)[:width - 1]
+
+
+def format_duration(seconds):
+    """3s, 4m05s, 2h07m: short and exact enough for an ETA or an age."""
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+class Progress:
+    """The bar on `stream` (stderr by default), if it is a terminal; else nothing."""
+
+    def __init__(self, total, stream=None, clock=time.monotonic):
+        self.total = total
+        self._stream = stream or sys.stderr
+        self._clock = clock
+        self._started = clock()
+        self._drawn_at = None
+        self.enabled = self._stream.isatty()
+
+    def update(self, done):
+        now = self._clock()
+        if self.enabled and (self._drawn_at is None or now - self._drawn_at >= REDRAW_INTERVAL):
+            self._draw(done, now)
+
+    def finish(self, done):
+        """Draw the final state and end the line, so that what follows starts afresh."""
+        if self.enabled:
+            self._draw(done, self._clock())
+            self._stream.write("\n")
+            self._stream.flush()
+
+    def _draw(self, done, now):
+        self._drawn_at = now
+        width = _terminal_width(self._stream)
+        self._stream.write("\r" + render(done, self.total, now - self._started, width) + "\x1b[K")
+        self._stream.flush()
+
+
+def _terminal_width(stream):
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError):
+        return 80
