@@ -8,22 +8,27 @@ import sys
 import uuid
 
 from . import __version__, amqp, config, logs, plugins
-from .errors import ConfigError, PluginError, TaskqueueError
+from .errors import ConfigError, InputError, PluginError, TaskqueueError
 
 log = logging.getLogger("taskqueue")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1      #: the command ran and failed (broker unreachable, children killed...)
 EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
+EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT), as shells report it
 
 
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(logging.DEBUG if args.verbose else logging.INFO, getattr(args, "log", "stderr") or "auto")
+    if not hasattr(args, "log") and not args.verbose:
+        # A tool (not a daemon) says what went wrong with the broker in one sentence;
+        # pika's log of each connection step, and its traceback, would bury it. -v shows them.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
-    except (ConfigError, PluginError) as exc:
+    except (ConfigError, PluginError, InputError) as exc:
         print(f"taskqueue: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TaskqueueError as exc:
@@ -36,8 +41,11 @@ def _parser():
     parser.add_argument("--version", action="version", version=f"taskqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, func, help_text, daemon=False):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def command(name, func, help_text, daemon=False, epilog=None, parent=sub):
+        # An epilog is laid out by hand (exit codes, a command to copy): keep its lines.
+        p = parent.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter if epilog
+                              else argparse.HelpFormatter)
         p.add_argument("--config", metavar="PATH",
                        help=f"config file (default: $TASKQUEUE_CONFIG or {config.DEFAULT_PATH})")
         p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -56,14 +64,19 @@ def _parser():
     command("run", cmd_run, "Run the dispatcher and the worker pool in the foreground.", daemon=True)
     command("dispatcher", cmd_dispatcher, "Run the dispatcher processes in the foreground.", daemon=True)
     command("workerpool", cmd_workerpool, "Run the worker pool in the foreground.", daemon=True)
-    p = command("submit", cmd_submit, "Submit one task to the queue; print its message id.")
+    p = command("submit", cmd_submit, "Submit one task to the queue and print its message id; "
+                "or, with --file, many.", epilog=SUBMIT_EXIT_CODES)
     p.add_argument("worker_type", metavar="TYPE", help="the worker type that handles the task")
-    p.add_argument("workitem", metavar="WORKITEM", nargs="?", default="null",
+    p.add_argument("workitem", metavar="WORKITEM", nargs="?",
                    help="the workitem as JSON (default: null; '-' reads it from stdin)")
     p.add_argument("--wait", action="store_true",
                    help="wait for the worker's reply (sent to reply_to) and print its body")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="with --wait: give up after SECONDS (default 30); exit status 1")
+    p.add_argument("--file", metavar="PATH",
+                   help="submit one task per line of PATH ('-': stdin), each line a workitem "
+                        "as JSON; blank lines are skipped. The whole file is checked first: "
+                        "one bad line and nothing is submitted")
     command("check-config", cmd_check_config,
             "Validate the config; show the plugins found and the processes it would start.")
     p = command("status", cmd_status,
@@ -74,13 +87,13 @@ def _parser():
     return parser
 
 
-def load_config(args, switches_users=False, apply_logging=False):
+def load_config(args, switches_users=False, apply_logging=False, check_users=True):
     """The config and the installed plugins. Only a command that runs the worker
     groups (switches_users) needs to be able to become their users; the others
     just check that the users exist, or, for submit, ignore them."""
     path = config.resolve_path(args.config)
     found = plugins.discover()
-    cfg = config.load(path, found, check_users=args.func is not cmd_submit,
+    cfg = config.load(path, found, check_users=check_users,
                       running_uid=os.getuid() if switches_users else None)
     if apply_logging:
         setup_logging(args, cfg)
@@ -216,12 +229,27 @@ def _remove_pidfile(path):
 
 # -- the tools -----------------------------------------------------------------
 
+SUBMIT_EXIT_CODES = """\
+exit status:
+  0  submitted: every task confirmed by the broker (with --wait: the reply printed)
+  1  broker problem (unreachable, refused a task; with --wait: no reply in time).
+     With --file some tasks may be submitted: the summary on stderr says how many
+     and the line to resume from
+  2  bad input (TYPE, WORKITEM, a line of the file, the config): nothing submitted
+  130  --file interrupted (Ctrl-C): as 1
+"""
+
+
 def cmd_submit(args):
     from .dispatcher import TYPE_PATTERN, TYPE_RULE
     if not TYPE_PATTERN.match(args.worker_type):
         raise ConfigError(f"TYPE {args.worker_type[:100]!r} is not {TYPE_RULE}")
-    cfg, _ = load_config(args)
-    text = sys.stdin.read() if args.workitem == "-" else args.workitem
+    if args.file is not None:
+        return _submit_file(args)
+    cfg, _ = load_config(args, check_users=False)
+    text = "null" if args.workitem is None else args.workitem
+    if text == "-":
+        text = sys.stdin.read()
     try:
         workitem = json.loads(text)
     except ValueError as exc:
@@ -240,6 +268,22 @@ def cmd_submit(args):
         return EXIT_FAILURE
     sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
     return EXIT_OK
+
+
+def _submit_file(args):
+    from . import bulk
+    if args.workitem is not None or args.wait:
+        raise InputError("--file takes the workitems from the file: give no WORKITEM and no --wait")
+    cfg, _ = load_config(args, check_users=False)
+    tasks = bulk.read_tasks(args.file, args.worker_type)
+    outcome = bulk.submit(cfg.amqp, args.worker_type, tasks)
+    if outcome.error:
+        print(f"taskqueue: {outcome.error}", file=sys.stderr)
+    for line in bulk.summary(outcome, args.worker_type, args.file):
+        print(line, file=sys.stderr)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if outcome.error else EXIT_OK
 
 
 def cmd_check_config(args):

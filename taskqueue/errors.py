@@ -15,3 +15,7 @@ class PluginError(TaskqueueError):
 
 class TopologyError(TaskqueueError):
     """A queue could not be declared as taskqueue needs it."""
+
+
+class InputError(TaskqueueError):
+    """Bad input on the command line (an argument, a file of tasks); nothing was done."""

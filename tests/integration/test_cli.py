@@ -1,9 +1,14 @@
-"""The command line: check-config, submit, and refusing a bad config."""
+"""The command line: check-config, submit (one task, or a file of them), and refusing a bad config."""
 import json
 import os
+import pty
+import re
+import socket
 import subprocess
 
-from support import TASKQUEUE, config_text, wait_for
+import pytest
+
+from support import TASKQUEUE, config_text, recorder_config, wait_for
 
 
 def run(*args, **kwargs):
@@ -103,3 +108,130 @@ def test_submit_does_not_care_about_the_users_the_worker_groups_run_as(broker, w
     assert run("submit", "--config", path, "recorder", "1").returncode == 0
     refused = run("workerpool", "--config", path)
     assert refused.returncode == 2 and "tq-no-such-user" in refused.stderr
+
+
+def write_tasks(path, lines):
+    with open(path, "w") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+    return path
+
+
+@pytest.mark.timeout(180)
+def test_submit_file_of_500_tasks_gets_every_one_completed(broker, start_pool, records, workdir):
+    pool = start_pool(recorder_config(records, processes=2))
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 recorder consumers")
+    tasks = [json.dumps({"id": f"t{n}"}) for n in range(500)]
+    path = write_tasks(f"{workdir}/tasks.jsonl", tasks[:250] + ["", "  "] + tasks[250:])
+    out = run("submit", "--config", pool.config_path, "--file", path, "recorder")
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"submitted 500 of 500 tasks \(recorder\) to taskqueue in [\d.]+ s "
+                        r"\([\d,]+/s\)\n", out.stderr)
+    wait_for(lambda: len(records.ids()) == 500, 90, lambda: f"500 tasks done ({len(records.ids())})")
+    assert sorted(records.ids()) == sorted(f"t{n}" for n in range(500))
+    assert pool.stop() == 0
+
+
+def test_submit_file_with_bad_lines_submits_nothing_and_names_file_and_line(broker, workdir, vhost):
+    config = f"{workdir}/config.ini"
+    with open(config, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    path = write_tasks(f"{workdir}/tasks.jsonl", ['{"id": 1}', '"two"', "", "{oops", "3", "NaN"])
+    out = run("submit", "--config", config, "--file", path, "recorder")
+    assert out.returncode == 2
+    assert f"{path}:4: not valid JSON (Expecting property name" in out.stderr
+    assert f"{path}:6: not valid JSON (NaN is not JSON)" in out.stderr
+    assert "nothing was submitted (2 bad lines of 5 tasks)" in out.stderr
+    assert broker.counts("taskqueue") == (0, 0)
+    missing = run("submit", "--config", config, "--file", f"{workdir}/nope.jsonl", "recorder")
+    assert missing.returncode == 2 and f"cannot read {workdir}/nope.jsonl" in missing.stderr
+    both = run("submit", "--config", config, "--file", path, "recorder", "1")
+    assert both.returncode == 2 and "give no WORKITEM" in both.stderr
+
+
+def test_submit_file_from_stdin_sends_the_envelopes_a_single_submit_sends(broker, workdir, vhost):
+    config = f"{workdir}/config.ini"
+    with open(config, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    out = run("submit", "--config", config, "--file", "-", "recorder", input='1\n\n{"a": [2]}\n')
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("submitted 2 of 2 tasks (recorder)")
+    messages = wait_for(lambda: broker.drain("taskqueue"), 5, "the submitted envelopes")
+    assert [json.loads(body) for _, body in messages] == [
+        {"worker_type": "recorder", "workitem": 1},
+        {"worker_type": "recorder", "workitem": {"a": [2]}}]
+    for props, _ in messages:
+        assert len(props.message_id) == 32 and props.correlation_id == props.message_id
+        assert (props.delivery_mode, props.content_type) == (2, "application/json")
+
+
+def test_submit_file_shows_a_progress_bar_on_a_terminal(broker, workdir, vhost):
+    config = f"{workdir}/config.ini"
+    with open(config, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    path = write_tasks(f"{workdir}/tasks.jsonl", [str(n) for n in range(300)])
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen([TASKQUEUE, "submit", "--config", config, "--file", path,
+                                    "recorder"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=slave)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:     # EIO: the command exited and closed its end
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait(60) == 0
+    finally:
+        os.close(master)
+    text = shown.decode()
+    assert re.search(r"\r\[#{10,}\] 300/300 100% [\d,]+/s done\x1b\[K\r?\n", text), text
+    assert "submitted 300 of 300 tasks" in text
+    assert broker.counts("taskqueue")[0] == 300
+
+
+def test_submit_file_to_an_unreachable_broker_exits_1_and_says_where_to_resume(workdir, vhost):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = f"{workdir}/config.ini"
+    with open(config, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=port))
+    path = write_tasks(f"{workdir}/tasks.jsonl", ["1", "2", "3"])
+    out = run("submit", "--config", config, "--file", path, "recorder")
+    assert out.returncode == 1
+    assert f"taskqueue: cannot connect to the broker: 127.0.0.1:{port}" in out.stderr
+    assert "submitted 0 of 3 tasks" in out.stderr
+    assert f"resume from line 1: tail -n +1 {path} | taskqueue submit --file - recorder" \
+        in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_submit_file_refused_midway_by_the_broker_exits_1_and_says_where_to_resume(
+        broker, workdir, vhost):
+    # Given a taskqueue that takes 100 messages and refuses (nacks) the next: a
+    # classic queue, which enforces the limit exactly (a quorum queue overshoots it)
+    policy = ["rabbitmqctl", "-q", "set_policy", "-p", vhost, "--apply-to", "queues",
+              "tq-test-max-length", "^taskqueue$", '{"max-length": 100, "overflow": "reject-publish"}']
+    subprocess.run(policy, check=True)
+    try:
+        config = f"{workdir}/config.ini"
+        with open(config, "w") as f:
+            f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", amqp_extra="queue_type: classic\n"))
+        path = write_tasks(f"{workdir}/tasks.jsonl", [str(n) for n in range(300)])
+        # When 300 tasks are submitted
+        out = run("submit", "--config", config, "--file", path, "recorder")
+        # Then the first 100 are in, and the command says the broker refused line 101
+        # and how to resume from there
+        assert out.returncode == 1, out.stderr
+        assert "taskqueue: line 101: the broker refused it (nack)" in out.stderr
+        assert "submitted 100 of 300 tasks" in out.stderr
+        assert f"every task before line 101 of {path} is confirmed; resume from line 101: " \
+               f"tail -n +101 {path} | taskqueue submit --file - recorder" in out.stderr
+        assert broker.counts("taskqueue")[0] == 100
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "tq-test-max-length"],
+                       check=True)
