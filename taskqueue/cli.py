@@ -77,6 +77,7 @@ def _parser():
                    help="submit one task per line of PATH ('-': stdin), each line a workitem "
                         "as JSON; blank lines are skipped. The whole file is checked first: "
                         "one bad line and nothing is submitted")
+    _dead_parser(sub, command)
     command("check-config", cmd_check_config,
             "Validate the config; show the plugins found and the processes it would start.")
     p = command("status", cmd_status,
@@ -90,7 +91,7 @@ def _parser():
 def load_config(args, switches_users=False, apply_logging=False, check_users=True):
     """The config and the installed plugins. Only a command that runs the worker
     groups (switches_users) needs to be able to become their users; the others
-    just check that the users exist, or, for submit, ignore them."""
+    just check that the users exist, or, for the tools (submit, dead), ignore them."""
     path = config.resolve_path(args.config)
     found = plugins.discover()
     cfg = config.load(path, found, check_users=check_users,
@@ -336,6 +337,109 @@ def cmd_status(args):
     for error in view["errors"]:   # the picture is incomplete: say so where errors go
         print(f"taskqueue: {error}", file=sys.stderr)
     return view["exit_code"]
+
+
+# -- the dead letters ------------------------------------------------------------
+
+DEAD_LIMIT_NOTE = """\
+list and requeue read every dead letter and hand back what they keep (basic.get,
+then basic.nack). RabbitMQ 3 puts no limit on that (taskqueue_dead has no
+delivery limit) and 4.3+ does not count a nack; but RabbitMQ 4.0 to 4.2 count
+each hand-back as a delivery of a quorum queue and drop the message after 20
+by default. There, raise the limit for taskqueue_dead with a policy, e.g.
+  rabbitmqctl set_policy --apply-to quorum_queues taskqueue-dead \\
+      '^taskqueue_dead$' '{"delivery-limit": 1000000}'
+"""
+
+DEAD_EXIT_CODES = """\
+exit status: 0 done; 1 broker problem, or (requeue) some dead letters were not
+requeued and stay in taskqueue_dead; 2 bad arguments, nothing done.
+"""
+
+
+def _dead_parser(sub, command):
+    dead = sub.add_parser("dead", help="List, requeue or purge the dead letters (taskqueue_dead).",
+                          description="List, requeue or purge the messages in taskqueue_dead.",
+                          epilog=DEAD_LIMIT_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tools = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    p = command("list", cmd_dead_list, "Show the dead letters (reason, type, age, id) without "
+                "removing them.", epilog=DEAD_LIMIT_NOTE + "\n" + DEAD_EXIT_CODES, parent=tools)
+    p.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
+    p.add_argument("--type", metavar="TYPE", help="only dead letters of worker type TYPE")
+    p.add_argument("--limit", metavar="N", type=_positive_int, help="show at most N dead letters")
+    p = command("requeue", cmd_dead_requeue, "Send dead letters back to the dispatcher; each is "
+                "removed from taskqueue_dead once the broker confirmed its copy.",
+                epilog=DEAD_LIMIT_NOTE + "\n" + DEAD_EXIT_CODES, parent=tools)
+    p.add_argument("--id", metavar="ID", action="append", dest="ids",
+                   help="the dead letter with this id (as `dead list` shows it); repeatable")
+    p.add_argument("--type", metavar="TYPE", help="the dead letters of worker type TYPE")
+    p.add_argument("--all", action="store_true", help="every dead letter")
+    p = command("purge", cmd_dead_purge, "Delete every dead letter.", parent=tools,
+                epilog="Asks first on a terminal; elsewhere --yes is required.\n\n" +
+                DEAD_EXIT_CODES)
+    p.add_argument("--yes", action="store_true", help="do not ask")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def cmd_dead_list(args):
+    import shutil
+    import time
+    from . import deadtools
+    cfg, _ = load_config(args, check_users=False)
+    letters, count = deadtools.list_dead(cfg.amqp, args.type, args.limit)
+    now = time.time()
+    if args.json:
+        print(json.dumps([deadtools.as_json(letter, now) for letter in letters], indent=1))
+    else:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print("\n".join(deadtools.listing(letters, count, now, args.type, width)))
+    return EXIT_OK
+
+
+def cmd_dead_requeue(args):
+    from . import deadtools
+    if args.all and (args.ids or args.type):
+        raise InputError("dead requeue: --all takes every dead letter; give it alone, "
+                         "or select with --id/--type")
+    if not (args.all or args.ids or args.type):
+        raise InputError("dead requeue: say which dead letters to requeue: --id ID (repeatable), "
+                         "--type TYPE, or --all")
+    cfg, _ = load_config(args, check_users=False)
+    report = deadtools.requeue_dead(cfg.amqp, args.ids or (), args.type)
+    print("\n".join(report.done()))
+    for problem in report.problems():
+        print(f"taskqueue: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if report.problems() else EXIT_OK
+
+
+def cmd_dead_purge(args):
+    from . import deadtools
+    if not args.yes and not sys.stdin.isatty():
+        raise InputError("dead purge: not on a terminal, so nobody can confirm: "
+                         "add --yes to purge taskqueue_dead")
+    cfg, _ = load_config(args, check_users=False)
+    if not args.yes:
+        count = deadtools.count_dead(cfg.amqp)
+        if count == 0:
+            print(f"{amqp.DEAD_QUEUE} is empty: nothing to purge")
+            return EXIT_OK
+        print(f"Purge {deadtools.count_text(count)} from {amqp.DEAD_QUEUE}? [y/N] ",
+              end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing purged")
+            return EXIT_FAILURE
+    purged = deadtools.purge_dead(cfg.amqp)
+    print(f"purged {deadtools.count_text(purged)} from {amqp.DEAD_QUEUE}")
+    return EXIT_OK
 
 
 def _print_table(header, rows):

@@ -4,7 +4,9 @@ The workitem is a JSON object: `id` names the task; optional `sleep` (seconds
 of waiting), `cpu` (seconds of busy computing, holding the GIL as real work
 does), `alloc` (MiB to allocate and keep), `raise` (handle_task raises), `noack` (returns unsettled), `twice`
 (acks twice), `exit` (the process exits with that code mid-task), `log` (a text the
-plugin logs at DEBUG, then at INFO, from its handle_task thread).
+plugin logs at DEBUG, then at INFO, from its handle_task thread), `until` (a path:
+`raise` and `exit` apply only while it does not exist, so a test can fix the
+cause of a dead-lettered task and requeue it).
 
 For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
 `<id>.<pid>.done` after it, each a JSON object describing the process. The
@@ -42,9 +44,10 @@ class Recorder(BaseWorker):
             deadline = time.monotonic() + task["cpu"]
             while time.monotonic() < deadline:
                 sum(range(1000))
-        if "exit" in task:
+        failing = not os.path.exists(task["until"]) if "until" in task else True
+        if "exit" in task and failing:
             os._exit(task["exit"])
-        if task.get("raise"):
+        if task.get("raise") and failing:
             raise RuntimeError(f"task {task['id']} asked to fail")
         if not task.get("noack"):
             channel.basic_ack(method.delivery_tag)

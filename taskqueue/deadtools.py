@@ -1,0 +1,356 @@
+"""The operator's tools for `taskqueue_dead`: list, requeue, purge.
+
+Dead letters are read with basic.get and not acked, so they stay in the
+queue; whatever a command does not remove is handed back (basic.nack with
+requeue) when it ends, in the order it was taken. A requeued dead letter is
+acked away only once its copy in `taskqueue` is confirmed by the broker.
+`describe` and `requeue_copy` are the pure decisions; the rest drives a Session.
+
+Known limit: handing a message back counts as a delivery on a quorum queue.
+RabbitMQ 3 sets no delivery limit on `taskqueue_dead` (taskqueue declares
+none there); RabbitMQ 4.0 to 4.2 give every quorum queue a default limit of
+20 and then drop the message (the dead-letter queue has nowhere to send it),
+so each `list` or `requeue` costs every dead letter it reads one of those 20.
+RabbitMQ 4.3 no longer counts a basic.nack, which is why we nack rather than
+just close the channel (a close still counts).
+"""
+import base64
+import calendar
+import copy
+import datetime
+import decimal
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import amqp
+from .confirms import ConfirmWindow
+from .deadletter import REASON_HEADER, SOURCE_HEADER, task_key
+from .dispatcher import Rejection, route
+from .errors import TaskqueueError
+from .progress import format_duration
+
+#: Headers that record a message's past as a dead letter; a requeued copy starts afresh without them.
+PAST_HEADERS = ("x-death", "x-delivery-count", "x-acquired-count")
+PAST_HEADER_PREFIXES = ("x-taskqueue-", "x-first-death-", "x-last-death-")
+#: Worker queues are named worker_<type>.
+WORKER_QUEUE_PREFIX = amqp.worker_queue("")
+TYPE_HEADER = "x-taskqueue-worker-type"
+DEAD_AT_HEADER = "x-taskqueue-dead-at"
+
+
+class NotRequeueable(TaskqueueError):
+    """Requeuing this dead letter would not give the dispatcher something it routes."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What an operator wants to know about one dead letter."""
+    id: str                         # the message id, else a digest of the body (deadletter.task_key)
+    message_id: Optional[str]
+    worker_type: Optional[str]
+    reason: str
+    queue: Optional[str]            # the queue it was dead-lettered from
+    dead_at: Optional[float]        # seconds since the epoch
+    exit: Optional[str] = None      # how the last process that ran it ended (poison tasks)
+    delivery_count: Optional[int] = None   # the broker's x-delivery-count, as we got it
+    body: bytes = field(default=b"", repr=False)
+
+    def age(self, now):
+        return None if self.dead_at is None else max(0.0, now - self.dead_at)
+
+
+def describe(props, body):
+    """A DeadLetter for one message of taskqueue_dead (pure).
+
+    The reason and source are taskqueue's own headers when taskqueue
+    dead-lettered it, else the broker's latest x-death entry (a task whose
+    handle_task raised or rejected it, one that expired, ...).
+    """
+    headers = props.headers or {}
+    death = _latest_death(headers)
+    if REASON_HEADER in headers:
+        reason, queue = _text(headers[REASON_HEADER]), _text(headers.get(SOURCE_HEADER))
+        dead_at = _epoch(headers.get(DEAD_AT_HEADER)) or _epoch(death.get("time"))
+    elif death:
+        reason, queue, dead_at = _text(death.get("reason")), _text(death.get("queue")), \
+            _epoch(death.get("time"))
+    else:
+        reason, queue, dead_at = "unknown: no x-taskqueue-reason or x-death header", None, None
+    count = headers.get("x-delivery-count")
+    return DeadLetter(
+        id=task_key(props, body), message_id=props.message_id,
+        worker_type=_worker_type(headers, queue, body), reason=reason or "unknown", queue=queue,
+        dead_at=dead_at, exit=_text(headers.get("x-taskqueue-exit")),
+        delivery_count=int(count) if isinstance(count, int) else None, body=body)
+
+
+def _latest_death(headers):
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]    # the broker puts the latest first
+    return {}
+
+
+def _worker_type(headers, queue, body):
+    """The type from taskqueue's header, else the worker queue it died in, else the
+    envelope in its body, else a worker_type header (a binary workitem)."""
+    if headers.get(TYPE_HEADER):
+        return _text(headers[TYPE_HEADER])
+    if queue and queue.startswith(WORKER_QUEUE_PREFIX) and len(queue) > len(WORKER_QUEUE_PREFIX):
+        return queue[len(WORKER_QUEUE_PREFIX):]
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):
+        envelope = None
+    if isinstance(envelope, dict) and isinstance(envelope.get("worker_type"), str):
+        return envelope["worker_type"]
+    return _text(headers.get("worker_type"))
+
+
+def _text(value):
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _epoch(value):
+    if isinstance(value, datetime.datetime):
+        # pika 1.2 decodes AMQP timestamps as naive UTC, later versions as aware UTC.
+        return float(calendar.timegm(value.utctimetuple()))
+    if isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def fresh_headers(headers):
+    """`headers` without what the broker and taskqueue added when the message died."""
+    return {k: v for k, v in (headers or {}).items()
+            if k not in PAST_HEADERS and not k.startswith(PAST_HEADER_PREFIXES)}
+
+
+def requeue_copy(props, body):
+    """What to publish to `taskqueue` so that the dispatcher routes this dead letter
+    to its worker again: (body, properties). Raise NotRequeueable if it would not.
+
+    A dead letter from a worker queue holds the workitem as the worker got it:
+    it goes back with a `worker_type` header, which the dispatcher forwards
+    unchanged. One from `taskqueue` holds the envelope, which goes as it is.
+    Properties are kept (message_id, correlation_id, reply_to...), the
+    headers of its death are not.
+    """
+    letter = describe(props, body)
+    headers = fresh_headers(props.headers)
+    if letter.queue and letter.queue.startswith(WORKER_QUEUE_PREFIX) and letter.worker_type:
+        headers["worker_type"] = letter.worker_type
+    out = copy.copy(props)
+    out.delivery_mode = amqp.PERSISTENT
+    out.headers = amqp.amqp_safe(headers) or None
+    decision = route(body, out.content_type, out.headers)
+    if isinstance(decision, Rejection):
+        raise NotRequeueable(f"the dispatcher would dead-letter it again: {decision.reason}")
+    return body, out
+
+
+# -- presenting them -----------------------------------------------------------
+
+TABLE_HEADER = ("ID", "TYPE", "AGE", "QUEUE", "REASON")
+
+
+def table(letters, now, width=None):
+    """The lines of a table of `letters`; cut to `width` characters when given (a terminal)."""
+    rows = [TABLE_HEADER] + [
+        (letter.id, letter.worker_type or "-", _age_text(letter, now), letter.queue or "-",
+         " ".join(letter.reason.split()))
+        for letter in letters]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
+    lines = []
+    for row in rows:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
+        if width and len(line) > width:
+            line = line[:max(width - 3, 0)] + "..."
+        lines.append(line.rstrip())
+    return lines
+
+
+def listing(letters, count, now, worker_type=None, width=None):
+    """What `dead list` prints: the table, then how many dead letters there are."""
+    lines = table(letters, now, width) if letters else []
+    footer = f"{count_text(count)} in {amqp.DEAD_QUEUE}"
+    if len(letters) != count:
+        footer += f", {len(letters)} shown" + (f" (type {worker_type})" if worker_type else "")
+    return lines + [footer]
+
+
+def count_text(count):
+    return f"{count} dead letter{'' if count == 1 else 's'}"
+
+
+def _age_text(letter, now):
+    age = letter.age(now)
+    return "-" if age is None else format_duration(age)
+
+
+def as_json(letter, now):
+    """One dead letter as a JSON object for scripts (README: `taskqueue dead list --json`)."""
+    age = letter.age(now)
+    out = {"id": letter.id, "message_id": letter.message_id, "type": letter.worker_type,
+           "reason": letter.reason, "queue": letter.queue, "dead_at": letter.dead_at,
+           "age": None if age is None else round(age, 3), "exit": letter.exit,
+           "delivery_count": letter.delivery_count}
+    try:
+        out["body"] = letter.body.decode("utf-8")
+    except UnicodeDecodeError:
+        out["body"] = None
+        out["body_base64"] = base64.b64encode(letter.body).decode()
+    return out
+
+
+# -- the commands --------------------------------------------------------------
+
+def list_dead(settings, worker_type=None, limit=None):
+    """(the dead letters, in queue order, of `worker_type` if given, at most `limit`;
+    how many taskqueue_dead held). Nothing is removed.
+
+    Every dead letter is taken even past `limit`: RabbitMQ 3 puts a nacked message
+    of a quorum queue behind those still there, so handing back only the first
+    few would move them to the end.
+    """
+    session, count = _open(settings, "list")
+    letters = []
+    held = False
+    try:
+        for method, props, body in _take(session, count):
+            held = True
+            if limit and len(letters) >= limit:
+                continue
+            letter = describe(props, body)
+            if worker_type is None or letter.worker_type == worker_type:
+                letters.append(letter)
+    finally:
+        _hand_back(session, held)
+    return letters, count
+
+
+@dataclass
+class RequeueReport:
+    requeued: list = field(default_factory=list)     # ids, in queue order
+    failed: list = field(default_factory=list)       # (id, why): they stay dead
+    unconfirmed: list = field(default_factory=list)  # ids published but never confirmed
+    missing: list = field(default_factory=list)      # ids asked for that are not there
+    examined: int = 0
+    error: Optional[str] = None                      # the broker problem that ended the run
+
+    def done(self):
+        """What was requeued: a count, then one id a line."""
+        return [f"requeued {count_text(len(self.requeued))} to {amqp.TASK_QUEUE}"
+                + (":" if self.requeued else "")] + [f"  {i}" for i in self.requeued]
+
+    def problems(self):
+        """One sentence for each thing that went wrong; none when all went well."""
+        out = [f"{i} not requeued, it stays in {amqp.DEAD_QUEUE}: {why}" for i, why in self.failed]
+        if self.missing:
+            out.append(f"no dead letter with id {', '.join(self.missing)} in {amqp.DEAD_QUEUE}")
+        if self.error:
+            out.append(self.error)
+        if self.unconfirmed:
+            out.append(f"{count_text(len(self.unconfirmed))} sent without a confirm stay in "
+                       f"{amqp.DEAD_QUEUE} and may also have been requeued: "
+                       f"{' '.join(self.unconfirmed)}")
+        return out
+
+
+def requeue_dead(settings, ids=(), worker_type=None):
+    """Republish the dead letters with one of these `ids` (or message ids) and of
+    `worker_type`, where given (neither: all), to `taskqueue`; ack each one away
+    once its copy is confirmed. Return a RequeueReport."""
+    ids = set(ids)
+
+    def select(letter):
+        return ((not ids or letter.id in ids or letter.message_id in ids)
+                and (worker_type is None or letter.worker_type == worker_type))
+    session, count = _open(settings, "requeue")
+    session.declare_queue(amqp.TASK_QUEUE)
+    report = RequeueReport()
+    confirmed = {}      # index in the queue -> id
+    sent = {}           # index -> id, until settled
+
+    def on_settled(token, problem):     # in the hub
+        tag, index = token
+        letter_id = sent.pop(index)
+        if problem is None:
+            session.ack(tag)
+            confirmed[index] = letter_id
+        else:
+            report.failed.append((letter_id, problem))
+    window = ConfirmWindow(session, on_settled)
+    held = False
+    try:
+        for index, (method, props, body) in enumerate(_take(session, count)):
+            held = True
+            report.examined += 1
+            letter = describe(props, body)
+            if not select(letter):
+                continue
+            try:
+                out = requeue_copy(props, body)
+            except NotRequeueable as exc:
+                report.failed.append((letter.id, str(exc)))
+                continue
+            sent[index] = letter.id
+            window.publish(amqp.TASK_QUEUE, *out, token=(method.delivery_tag, index))
+        window.flush()
+    except amqp.SessionClosed as exc:
+        report.error = str(exc)
+        report.unconfirmed = [sent[i] for i in sorted(sent)]
+        held = False    # some may still be confirmed: no nack; the close hands them back
+    finally:
+        _hand_back(session, held)
+    report.requeued = [confirmed[i] for i in sorted(confirmed)]
+    if not report.error:
+        report.missing = sorted(ids - set(report.requeued) - {i for i, _ in report.failed})
+    return report
+
+
+def count_dead(settings):
+    session, count = _open(settings, "purge")
+    session.close()
+    return count
+
+
+def purge_dead(settings):
+    """Remove every dead letter; return how many went."""
+    session, _ = _open(settings, "purge")
+    try:
+        return session.purge(amqp.DEAD_QUEUE)
+    finally:
+        session.close()
+
+
+def _open(settings, command):
+    session = amqp.Session(settings, f"taskqueue dead {command}").open()
+    try:
+        return session, session.declare_queue(amqp.DEAD_QUEUE)
+    except BaseException:
+        session.close()
+        raise
+
+
+def _take(session, count):
+    """The dead letters, in queue order, without acking them; at most `count` (what the
+    queue held at the start), so that one dying again meanwhile is not taken twice."""
+    for _ in range(count):
+        got = session.get(amqp.DEAD_QUEUE)
+        if got is None:
+            return
+        yield got
+
+
+def _hand_back(session, held):
+    """Return every dead letter still held, in the order taken, and close. A nack rather
+    than a close with them unacked: RabbitMQ 4.3+ counts a close as a failed delivery."""
+    if held and session.is_open:
+        session.nack(0, multiple=True, requeue=True)
+    session.close()
