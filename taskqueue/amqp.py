@@ -157,7 +157,6 @@ class Session:
         self._channel = None
         self._confirm_channel = None    # for publish_confirmed
         self._confirmed = None
-        self._got = None                # the reply to the pending get()
 
     # -- opening and closing -------------------------------------------------
 
@@ -304,21 +303,6 @@ class Session:
         """Stop deliveries; those already received stay ours to settle."""
         if self.is_open:
             self._call(self._channel.basic_cancel, consumer_tag)
-
-    def get(self, queue):
-        """Take the next ready message of `queue` without acking it (basic.get):
-        (method, props, body), or None when nothing is ready. One round trip."""
-        if self._got is None:
-            # One lasting Basic.GetEmpty handler: a one-shot one per call would pile
-            # up in pika's callback list (one per message got) and slow every call.
-            self._channel.add_callback(lambda frame: self._got.set(None),
-                                       [pika.spec.Basic.GetEmpty], one_shot=False)
-        self._got = AsyncResult()
-        if self.closed.is_set():
-            raise SessionClosed(f"get from {queue}: session closed: {self.close_reason!r}")
-        self._channel.basic_get(queue, lambda ch, method, props, body: self._got.set(
-            (method, props, body)))
-        return self._wait(self._got, REPLY_TIMEOUT, f"get from {queue}")
 
     def purge(self, queue):
         """Remove every ready message of `queue`; return how many went."""

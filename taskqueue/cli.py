@@ -34,6 +34,10 @@ def main(argv=None):
     except TaskqueueError as exc:
         print(f"taskqueue: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # `taskqueue dead list | head`: the reader is gone, so is the rest of the output.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def _parser():
@@ -342,8 +346,8 @@ def cmd_status(args):
 # -- the dead letters ------------------------------------------------------------
 
 DEAD_LIMIT_NOTE = """\
-list and requeue read every dead letter and hand back what they keep (basic.get,
-then basic.nack). RabbitMQ 3 puts no limit on that (taskqueue_dead has no
+list and requeue read every dead letter and hand back what they keep (a
+consumer that does not ack, then basic.nack). RabbitMQ 3 puts no limit on that (taskqueue_dead has no
 delivery limit) and 4.3+ does not count a nack; but RabbitMQ 4.0 to 4.2 count
 each hand-back as a delivery of a quorum queue and drop the message after 20
 by default. There, raise the limit for taskqueue_dead with a policy, e.g.
@@ -395,7 +399,7 @@ def cmd_dead_list(args):
     import time
     from . import deadtools
     cfg, _ = load_config(args, check_users=False)
-    letters, count = deadtools.list_dead(cfg.amqp, args.type, args.limit)
+    letters, count = deadtools.list_dead(cfg.amqp, args.type, args.limit, bodies=args.json)
     now = time.time()
     if args.json:
         print(json.dumps([deadtools.as_json(letter, now) for letter in letters], indent=1))

@@ -1,8 +1,8 @@
 """The operator's tools for `taskqueue_dead`: list, requeue, purge.
 
-Dead letters are read with basic.get and not acked, so they stay in the
-queue; whatever a command does not remove is handed back (basic.nack with
-requeue) when it ends, in the order it was taken. A requeued dead letter is
+Dead letters are consumed and not acked, so they stay in the queue;
+whatever a command does not remove is handed back (basic.nack with requeue)
+when it ends, in the order it was taken. A requeued dead letter is
 acked away only once its copy in `taskqueue` is confirmed by the broker.
 `describe` and `requeue_copy` are the pure decisions; the rest drives a Session.
 
@@ -20,8 +20,12 @@ import copy
 import datetime
 import decimal
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Optional
+
+import gevent
+from gevent.queue import Empty, Queue
 
 from . import amqp
 from .confirms import ConfirmWindow
@@ -210,28 +214,44 @@ def as_json(letter, now):
 
 # -- the commands --------------------------------------------------------------
 
-def list_dead(settings, worker_type=None, limit=None):
-    """(the dead letters, in queue order, of `worker_type` if given, at most `limit`;
-    how many taskqueue_dead held). Nothing is removed.
+#: Seconds without a delivery, before every dead letter counted at the start
+#: came, after which the rest is taken to be held by another consumer.
+IDLE_SECONDS = 2.0
+#: Once they came, reading goes on until no delivery for SETTLE_SECONDS (at
+#: most SETTLE_LIMIT in all), for dead letters still on their way back into the
+#: queue from another command.
+SETTLE_SECONDS = 0.3
+SETTLE_LIMIT = 10.0
+#: Seconds a command waits, at its end, for the queue to count again the dead
+#: letters it handed back: a quorum queue takes 70 000 back in about 3 s, and
+#: the next command would see only those already back.
+RETURN_WAIT = 10.0
+#: Deliveries one consumer may hold unacked: AMQP's prefetch count is 16 bits,
+#: and a quorum queue takes 0, "unlimited", for 2000. Hence one more consumer
+#: each time that many are held.
+PREFETCH = 65535
 
-    Every dead letter is taken even past `limit`: RabbitMQ 3 puts a nacked message
+
+def list_dead(settings, worker_type=None, limit=None, bodies=True):
+    """(the dead letters, in queue order, of `worker_type` if given, at most `limit`;
+    how many there are). Nothing is removed; `bodies`: keep each message's body.
+
+    Every dead letter is read even past `limit`: RabbitMQ 3 puts a nacked message
     of a quorum queue behind those still there, so handing back only the first
     few would move them to the end.
     """
-    session, count = _open(settings, "list")
+    reader = _Reader(settings, "list")
     letters = []
-    held = False
     try:
-        for method, props, body in _take(session, count):
-            held = True
+        for method, props, body in reader:
             if limit and len(letters) >= limit:
                 continue
-            letter = describe(props, body)
+            letter = describe(props, body if bodies else b"")
             if worker_type is None or letter.worker_type == worker_type:
                 letters.append(letter)
     finally:
-        _hand_back(session, held)
-    return letters, count
+        reader.hand_back()
+    return letters, reader.taken
 
 
 @dataclass
@@ -240,7 +260,6 @@ class RequeueReport:
     failed: list = field(default_factory=list)       # (id, why): they stay dead
     unconfirmed: list = field(default_factory=list)  # ids published but never confirmed
     missing: list = field(default_factory=list)      # ids asked for that are not there
-    examined: int = 0
     error: Optional[str] = None                      # the broker problem that ended the run
 
     def done(self):
@@ -268,31 +287,38 @@ def requeue_dead(settings, ids=(), worker_type=None):
     once its copy is confirmed. Return a RequeueReport."""
     ids = set(ids)
 
-    def select(letter):
+    def selected(letter):
         return ((not ids or letter.id in ids or letter.message_id in ids)
                 and (worker_type is None or letter.worker_type == worker_type))
-    session, count = _open(settings, "requeue")
-    session.declare_queue(amqp.TASK_QUEUE)
+    reader = _Reader(settings, "requeue")
+    session = reader.session
     report = RequeueReport()
     confirmed = {}      # index in the queue -> id
     sent = {}           # index -> id, until settled
+    taken = set()       # the ids this run sent
+    acked = set()       # the delivery tags of the dead letters removed
 
     def on_settled(token, problem):     # in the hub
         tag, index = token
         letter_id = sent.pop(index)
         if problem is None:
             session.ack(tag)
+            acked.add(tag)
             confirmed[index] = letter_id
         else:
             report.failed.append((letter_id, problem))
-    window = ConfirmWindow(session, on_settled)
-    held = False
+    nack = True
     try:
-        for index, (method, props, body) in enumerate(_take(session, count)):
-            held = True
-            report.examined += 1
+        session.declare_queue(amqp.TASK_QUEUE)
+        window = ConfirmWindow(session, on_settled)
+        for index, (method, props, body) in enumerate(reader):
             letter = describe(props, body)
-            if not select(letter):
+            if not selected(letter):
+                continue
+            if letter.id in taken:
+                # Never twice in one run: a task that died again at once must not loop.
+                report.failed.append((letter.id, "this run requeued a dead letter with this id "
+                                                 "already (a duplicate, or it died again)"))
                 continue
             try:
                 out = requeue_copy(props, body)
@@ -300,14 +326,15 @@ def requeue_dead(settings, ids=(), worker_type=None):
                 report.failed.append((letter.id, str(exc)))
                 continue
             sent[index] = letter.id
+            taken.add(letter.id)
             window.publish(amqp.TASK_QUEUE, *out, token=(method.delivery_tag, index))
         window.flush()
     except amqp.SessionClosed as exc:
         report.error = str(exc)
         report.unconfirmed = [sent[i] for i in sorted(sent)]
-        held = False    # some may still be confirmed: no nack; the close hands them back
+        nack = False    # some may still be confirmed and acked: the close hands back the rest
     finally:
-        _hand_back(session, held)
+        reader.hand_back(nack, removed=acked)
     report.requeued = [confirmed[i] for i in sorted(confirmed)]
     if not report.error:
         report.missing = sorted(ids - set(report.requeued) - {i for i, _ in report.failed})
@@ -330,6 +357,7 @@ def purge_dead(settings):
 
 
 def _open(settings, command):
+    """A session for `taskqueue dead <command>`, and how many dead letters are ready."""
     session = amqp.Session(settings, f"taskqueue dead {command}").open()
     try:
         return session, session.declare_queue(amqp.DEAD_QUEUE)
@@ -338,19 +366,88 @@ def _open(settings, command):
         raise
 
 
-def _take(session, count):
-    """The dead letters, in queue order, without acking them; at most `count` (what the
-    queue held at the start), so that one dying again meanwhile is not taken twice."""
-    for _ in range(count):
-        got = session.get(amqp.DEAD_QUEUE)
-        if got is None:
-            return
-        yield got
+class _Reader:
+    """The dead letters, in queue order, consumed without acking them.
 
+    Consuming streams them; basic.get costs a round trip each, about 3 ms on a
+    quorum queue. Reading stops soon after the number ready at the start came
+    (SETTLE_SECONDS), so that new dead letters cannot keep it going.
+    """
 
-def _hand_back(session, held):
-    """Return every dead letter still held, in the order taken, and close. A nack rather
-    than a close with them unacked: RabbitMQ 4.3+ counts a close as a failed delivery."""
-    if held and session.is_open:
-        session.nack(0, multiple=True, requeue=True)
-    session.close()
+    def __init__(self, settings, command):
+        self.session, self._count = _open(settings, command)
+        self.taken = 0
+        self._inbox = Queue()
+        self._tags = []             # consumer tags
+        self._last_delivery = 0     # the highest delivery tag received
+        try:
+            self.session.qos(PREFETCH)
+            self._consume()
+        except BaseException:
+            self.session.close()
+            raise
+        self.session.closed.rawlink(lambda _: self._inbox.put(None))
+
+    def _consume(self):
+        self._tags.append(self.session.consume(amqp.DEAD_QUEUE, self._on_delivery))
+
+    def _on_delivery(self, method, props, body):     # in the hub
+        self._last_delivery = max(self._last_delivery, method.delivery_tag)
+        self._inbox.put((method, props, body))
+
+    def __iter__(self):
+        while self.taken < self._count:
+            delivery = self._next(IDLE_SECONDS)
+            if delivery is None:
+                return
+            yield delivery
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while True:
+            # Past the limit, only what has already arrived: a steady stream of new
+            # dead letters must not keep the command reading for ever.
+            delivery = self._next(max(0.0, min(SETTLE_SECONDS, deadline - time.monotonic())))
+            if delivery is None:
+                return
+            yield delivery
+
+    def _next(self, timeout):
+        try:
+            delivery = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
+        except Empty:
+            return None
+        if delivery is None:
+            raise amqp.SessionClosed(f"connection lost: {self.session.close_reason!r}")
+        self.taken += 1
+        if self.taken % PREFETCH == 0 and self.taken < self._count:
+            self._consume()     # the consumers so far hold all they may: the next takes over
+        return delivery
+
+    def hand_back(self, nack=True, removed=frozenset()):
+        """Stop consuming, return every dead letter still held (all but the delivery
+        tags `removed`), in order, wait until the queue counts them again, and close.
+        A nack rather than a close with them unacked: RabbitMQ 4.3+ counts a close,
+        not a nack, as a failed delivery."""
+        try:
+            if self.session.is_open:
+                for tag in self._tags:
+                    self.session.cancel(tag)
+                if nack and len(self._tags) == 1:
+                    self.session.nack(0, multiple=True, requeue=True)
+                elif nack:
+                    # The broker returns a multiple nack consumer by consumer, which
+                    # would reorder them: one nack each, in the order received.
+                    for tag in range(1, self._last_delivery + 1):
+                        if tag not in removed:
+                            self.session.nack(tag, requeue=True)
+                if nack:
+                    self._wait_returned(self.taken - len(removed))
+        except amqp.SessionClosed:
+            pass    # the broker hands them back itself
+        self.session.close()
+
+    def _wait_returned(self, expected):
+        deadline = time.monotonic() + RETURN_WAIT
+        while self.session.declare_queue(amqp.DEAD_QUEUE) < expected:
+            if time.monotonic() > deadline:
+                return  # taken by another consumer meanwhile, perhaps: they come back anyway
+            gevent.sleep(0.05)
