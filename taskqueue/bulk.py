@@ -6,14 +6,19 @@ sends, with up to confirms.WINDOW confirms outstanding. Broker trouble
 midway cannot be all or nothing: the Outcome says how many tasks the broker
 confirmed and the line to resume from.
 """
+import contextlib
 import json
 import math
 import shlex
+import signal
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Optional
+
+import gevent
+from gevent.event import Event
 
 from . import amqp
 from .confirms import ConfirmWindow
@@ -115,54 +120,94 @@ class Outcome:
     confirmed_after: int            # tasks after resume_line the broker confirmed all the same
     error: Optional[str]
     interrupted: bool = False
+    unconfirmed: int = 0            # sent, but neither confirmed nor refused
 
     @property
     def rate(self):
         return self.confirmed / self.elapsed if self.elapsed > 0 else 0.0
 
 
+#: Seconds to wait for the confirms of what was sent, after Ctrl-C.
+INTERRUPT_FLUSH = 5.0
+
+
+class _Tally:
+    """What the broker said about each task."""
+
+    def __init__(self, total):
+        self.confirmed = bytearray(total)   # 1 for each task the broker confirmed
+        self.count = 0                      # how many it confirmed
+        self.refusals = []                  # (index, why)
+        self.sent = 0
+
+    def on_settled(self, index, problem):   # in the hub
+        if problem is None:
+            self.confirmed[index] = 1
+            self.count += 1
+        else:
+            self.refusals.append((index, problem))
+
+
 def submit(settings, worker_type, tasks, stream=None):
     """Publish `tasks` to `taskqueue` with confirms, a progress bar on a terminal;
-    return an Outcome. Stops at the first task the broker refuses."""
+    return an Outcome. Stops at the first task the broker refuses, or at Ctrl-C."""
+    tally = _Tally(len(tasks))
     progress = Progress(len(tasks), stream)
-    confirmed = bytearray(len(tasks))      # 1 for each task the broker confirmed
-    refusals = []                          # (index, why)
-    count = 0
-
-    def on_settled(index, problem):        # in the hub
-        nonlocal count
-        if problem is None:
-            confirmed[index] = 1
-            count += 1
-        else:
-            refusals.append((index, problem))
     started = time.monotonic()
-    error, interrupted, session = None, False, None
+    error = None
+    with _interruptible() as stop:
+        try:
+            _publish(settings, tasks, tally, progress, stop)
+        except TaskqueueError as exc:
+            error = str(exc)
+    elapsed = time.monotonic() - started
+    progress.finish(tally.count)
+    if tally.refusals and error is None:
+        index, why = min(tally.refusals)
+        error = f"line {tasks[index].line}: {why}"
+    if stop.is_set() and error is None:
+        error = "interrupted (Ctrl-C)"
+    first = tally.confirmed.find(0)
+    return Outcome(len(tasks), tally.count, elapsed, None if first < 0 else tasks[first].line,
+                   0 if first < 0 else sum(tally.confirmed[first:]), error, stop.is_set(),
+                   tally.sent - tally.count - len(tally.refusals))
+
+
+def _publish(settings, tasks, tally, progress, stop):
+    session = amqp.Session(settings, "taskqueue submit --file").open()
     try:
-        session = amqp.Session(settings, "taskqueue submit --file").open()
         session.declare_queue(amqp.TASK_QUEUE)
-        window = ConfirmWindow(session, on_settled, on_wait=lambda: progress.update(count))
+        window = ConfirmWindow(session, tally.on_settled,
+                               on_wait=lambda: progress.update(tally.count))
         for index, task in enumerate(tasks):
-            if refusals:
+            if tally.refusals or stop.is_set():
                 break
             window.publish(amqp.TASK_QUEUE, task.body, _properties(), index)
-            progress.update(count)
-        window.flush()
-    except TaskqueueError as exc:
-        error = str(exc)
-    except KeyboardInterrupt:
-        error, interrupted = "interrupted", True
+            tally.sent += 1
+            progress.update(tally.count)
+        window.flush(INTERRUPT_FLUSH if stop.is_set() else None)
     finally:
-        if session is not None:
-            session.close(timeout=5)
-    elapsed = time.monotonic() - started
-    progress.finish(count)
-    if refusals and error is None:
-        index, why = min(refusals)
-        error = f"line {tasks[index].line}: {why}"
-    first = confirmed.find(0)
-    return Outcome(len(tasks), count, elapsed, None if first < 0 else tasks[first].line,
-                   0 if first < 0 else sum(confirmed[first:]), error, interrupted)
+        session.close(timeout=5)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """An Event the first Ctrl-C sets, so that the run stops between two publishes and
+    still reports; a second Ctrl-C ends the process at once."""
+    stop = Event()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield stop      # a background job of a shell: SIGINT is not for us
+        return
+
+    def on_sigint():
+        stop.set()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    handler = gevent.signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        handler.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _properties():
@@ -186,4 +231,7 @@ def summary(outcome, worker_type, path):
         if outcome.confirmed_after:
             lines.append(f"({outcome.confirmed_after} tasks after line {line} were confirmed too: "
                          f"resuming submits them a second time)")
+        if outcome.unconfirmed:
+            lines.append(f"({outcome.unconfirmed} tasks were sent without a confirm: some may "
+                         f"be in {amqp.TASK_QUEUE} already, and resuming submits them again)")
     return lines

@@ -66,10 +66,15 @@ class ConfirmWindow:
         self._published += 1
         self._pending[self._published] = (token, queue, props.message_id, body)
 
-    def flush(self):
-        """Wait until every message published is confirmed; SessionClosed as for publish()."""
+    def flush(self, timeout=None):
+        """Wait until every message published is confirmed, or `timeout` seconds passed
+        (then return False); SessionClosed as for publish()."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
             self._wait()
+        return True
 
     def _wait(self):
         self._answered.clear()

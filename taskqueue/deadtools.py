@@ -297,6 +297,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
     sent = {}           # index -> id, until settled
     taken = set()       # the ids this run sent
     acked = set()       # the delivery tags of the dead letters removed
+    matched = set()     # the `ids` some dead letter answered to
 
     def on_settled(token, problem):     # in the hub
         tag, index = token
@@ -315,6 +316,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
             letter = describe(props, body)
             if not selected(letter):
                 continue
+            matched |= ids & {letter.id, letter.message_id}
             if letter.id in taken:
                 # Never twice in one run: a task that died again at once must not loop.
                 report.failed.append((letter.id, "this run requeued a dead letter with this id "
@@ -337,7 +339,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
         reader.hand_back(nack, removed=acked)
     report.requeued = [confirmed[i] for i in sorted(confirmed)]
     if not report.error:
-        report.missing = sorted(ids - set(report.requeued) - {i for i, _ in report.failed})
+        report.missing = sorted(ids - matched)
     return report
 
 

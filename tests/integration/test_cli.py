@@ -3,6 +3,7 @@ import json
 import os
 import pty
 import re
+import signal
 import socket
 import subprocess
 
@@ -235,3 +236,31 @@ def test_submit_file_refused_midway_by_the_broker_exits_1_and_says_where_to_resu
     finally:
         subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "tq-test-max-length"],
                        check=True)
+
+
+@pytest.mark.timeout(120)
+def test_submit_file_stops_cleanly_at_ctrl_c_and_says_where_to_resume(broker, workdir, vhost):
+    config = f"{workdir}/config.ini"
+    with open(config, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    path = write_tasks(f"{workdir}/tasks.jsonl", [str(n) for n in range(300000)])
+    process = subprocess.Popen(
+        [TASKQUEUE, "submit", "--config", config, "--file", path, "recorder"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell's background job ignores SIGINT, and so would the command.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_for(lambda: broker.counts("taskqueue")[0] > 1000, 60, "the first tasks submitted")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "taskqueue: interrupted (Ctrl-C)" in err and "Traceback" not in err
+    confirmed = int(re.search(r"submitted (\d+) of 300000 tasks", err).group(1))
+    assert 1000 < confirmed < 300000
+    assert f"every task before line {confirmed + 1} of {path} is confirmed; resume from line " \
+           f"{confirmed + 1}: tail -n +{confirmed + 1}" in err
+    assert "without a confirm" not in err       # what was sent was confirmed before it stopped
+    wait_for(lambda: broker.counts("taskqueue")[0] == confirmed, 10,
+             lambda: f"{confirmed} tasks in taskqueue, not {broker.counts('taskqueue')[0]}")

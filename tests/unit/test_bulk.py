@@ -70,6 +70,9 @@ def test_summary_of_a_broken_run_says_where_to_resume_and_what_would_be_sent_twi
     assert out[1] == ("every task before line 201 of my tasks.jsonl is confirmed; resume from "
                       "line 201: tail -n +201 'my tasks.jsonl' | taskqueue submit --file - recorder")
     assert "10 tasks after line 201 were confirmed too" in out[2]
+    unsure = summary(Outcome(500, 200, 1.0, 201, 0, "connection lost", unconfirmed=7), "t", "f")
+    assert unsure[2] == ("(7 tasks were sent without a confirm: some may be in taskqueue "
+                         "already, and resuming submits them again)")
     from_stdin = summary(Outcome(5, 0, 0.1, 1, 0, "no broker"), "t", "-")
     assert from_stdin[1] == ("no task of the input is confirmed; resume from line 1: "
                              "tail -n +1 FILE | taskqueue submit --file - t")
