@@ -241,7 +241,7 @@ exit status:
      With --file some tasks may be submitted: the summary on stderr says how many
      and the line to resume from
   2  bad input (TYPE, WORKITEM, a line of the file, the config): nothing submitted
-  130  --file interrupted (Ctrl-C): as 1
+  130  --file stopped by Ctrl-C: as 1 (a second Ctrl-C ends it at once)
 """
 
 
