@@ -347,10 +347,10 @@ def cmd_status(args):
 
 DEAD_LIMIT_NOTE = """\
 list and requeue read every dead letter and hand back what they keep (a
-consumer that does not ack, then basic.nack). RabbitMQ 3 puts no limit on that (taskqueue_dead has no
-delivery limit) and 4.3+ does not count a nack; but RabbitMQ 4.0 to 4.2 count
-each hand-back as a delivery of a quorum queue and drop the message after 20
-by default. There, raise the limit for taskqueue_dead with a policy, e.g.
+consumer that does not ack, then basic.nack). RabbitMQ 3 puts no limit on
+that (taskqueue_dead has no delivery limit) and 4.3+ does not count a nack;
+but RabbitMQ 4.0 to 4.2 count each hand-back as a delivery of a quorum queue
+and drop the message after 20 by default. There, raise the limit for taskqueue_dead with a policy, e.g.
   rabbitmqctl set_policy --apply-to quorum_queues taskqueue-dead \\
       '^taskqueue_dead$' '{"delivery-limit": 1000000}'
 """
