@@ -1,0 +1,121 @@
+"""The daemons: `run`, `dispatcher` and `workerpool` each build the child specs
+of their component from the config and run a supervisor over them."""
+import functools
+import logging
+import os
+
+from . import amqp, logs
+from .errors import ConfigError
+from .startup import load_config
+
+log = logging.getLogger("taskqueue")
+
+
+def cmd_run(args):
+    return _supervise(args, dispatcher=True, workers=True)
+
+
+def cmd_dispatcher(args):
+    return _supervise(args, dispatcher=True, workers=False)
+
+
+def cmd_workerpool(args):
+    return _supervise(args, dispatcher=False, workers=True)
+
+
+def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
+    """The ChildSpecs of one component: the dispatcher's, the worker groups', or both.
+
+    Children of groups without `user:` run as `default_user` (None: as the
+    supervisor). A group's settings include its plugin's version (`found`: the
+    discovered entry points), so that a reload after an upgrade restarts it.
+    """
+    # Imported here: the supervisor pulls in gevent, which `submit` does not need.
+    from .dispatcher import run_dispatcher
+    from .supervisor import ChildSpec
+    from .worker import run_worker
+    specs = []
+    if dispatcher and cfg.dispatcher.processes:
+        specs.append(ChildSpec("dispatcher", cfg.dispatcher.processes,
+                               functools.partial(run_dispatcher, cfg.amqp, cfg.dispatcher),
+                               user=default_user, stop_timeout=cfg.dispatcher.stop_timeout,
+                               settings=(cfg.amqp, cfg.dispatcher), queue=amqp.TASK_QUEUE))
+    if workers:
+        for group in cfg.groups:
+            specs.append(ChildSpec(group.name, group.processes,
+                                   functools.partial(run_worker, group, cfg.amqp),
+                                   user=group.user or default_user,
+                                   stop_timeout=group.stop_timeout,
+                                   task_timeout=group.task_timeout, queue=group.queue,
+                                   settings=(cfg.amqp, group, tuple(sorted(group.options.items())),
+                                             _plugin_version((found or {}).get(group.worker_type)))))
+    return specs
+
+
+def _plugin_version(ep):
+    dist = getattr(ep, "dist", None)
+    return (ep.value, dist.name, dist.version) if dist is not None else getattr(ep, "value", None)
+
+
+def _supervise(args, dispatcher, workers):
+    from . import endpoints
+    from .child import UserSwitchError, drop_privileges
+    from .supervisor import Supervisor
+    if args.user:
+        _check_user(args.user)
+    logs.set_identity("supervisor")
+    cfg, found = load_config(args, switches_users=workers, apply_logging=True)
+
+    def specs():
+        new, found = load_config(args, switches_users=workers)
+        for section in ("logging", "supervisor", "metrics"):   # read once, at start
+            if getattr(new, section) != getattr(cfg, section):
+                log.warning("%s: [%s] changed; it applies when taskqueue restarts", new.path, section)
+        return child_specs(new, dispatcher, workers, args.user, found)
+    initial = child_specs(cfg, dispatcher, workers, args.user, found)
+    # Before the privilege drop: a port below 1024, a socket in root's /run/taskqueue.
+    serving = endpoints.open_all(cfg, args.command)
+    if args.pidfile:
+        _write_pidfile(args.pidfile)
+    if args.user and os.getuid() == 0 and all(spec.user == args.user for spec in initial):
+        # No group needs root to switch users: the supervisor gives it up too.
+        # (A reload that names another user is then refused with the reason.)
+        try:
+            drop_privileges(args.user)
+        except UserSwitchError as exc:
+            raise ConfigError(str(exc)) from None
+        log.info("running as user %s", args.user)
+    supervisor = Supervisor(initial, reload=specs, endpoints=serving)
+    try:
+        return supervisor.run()
+    finally:
+        for endpoint in serving:
+            endpoint.close()
+        if args.pidfile:
+            _remove_pidfile(args.pidfile)
+
+
+def _check_user(name):
+    import pwd
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"--user {name!r}: no such Unix user") from None
+
+
+def _write_pidfile(path):
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write pidfile {path}: {exc.strerror}") from None
+
+
+def _remove_pidfile(path):
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return  # another instance owns it now
+        os.unlink(path)
+    except OSError:
+        pass

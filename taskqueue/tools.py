@@ -1,0 +1,195 @@
+"""The tools: submit, check-config, status and the dead-letter commands; each
+cmd_<name>(args) returns an exit code (startup.EXIT_*)."""
+import json
+import os
+import sys
+import uuid
+
+from . import amqp, config, plugins
+from .errors import ConfigError, InputError
+from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, load_config
+
+
+SUBMIT_EXIT_CODES = """\
+exit status:
+  0  submitted: every task confirmed by the broker (with --wait: the reply printed)
+  1  broker problem (unreachable, refused a task; with --wait: no reply in time).
+     With --file some tasks may be submitted: the summary on stderr says how many
+     and the line to resume from
+  2  bad input (TYPE, WORKITEM, a line of the file, the config): nothing submitted
+  130  --file stopped by Ctrl-C: as 1 (a second Ctrl-C ends it at once)
+"""
+
+
+def cmd_submit(args):
+    from .dispatcher import TYPE_PATTERN, TYPE_RULE
+    if not TYPE_PATTERN.match(args.worker_type):
+        raise ConfigError(f"TYPE {args.worker_type[:100]!r} is not {TYPE_RULE}")
+    if args.file is not None:
+        return _submit_file(args)
+    cfg, _ = load_config(args, check_users=False)
+    text = "null" if args.workitem is None else args.workitem
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        workitem = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"WORKITEM is not valid JSON ({exc}): {text[:100]!r}") from None
+    message_id = uuid.uuid4().hex
+    body = json.dumps({"worker_type": args.worker_type, "workitem": workitem}).encode()
+    props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
+                            message_id=message_id, correlation_id=message_id)
+    if not args.wait:
+        amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
+        print(message_id)
+        return EXIT_OK
+    reply = amqp.blocking_call(cfg.amqp, amqp.TASK_QUEUE, body, props, args.timeout)
+    if reply is None:
+        print(f"taskqueue: no reply to {message_id} within {args.timeout:g}s", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
+    return EXIT_OK
+
+
+def _submit_file(args):
+    from . import bulk
+    if args.workitem is not None or args.wait:
+        raise InputError("--file takes the workitems from the file: give no WORKITEM and no --wait")
+    cfg, _ = load_config(args, check_users=False)
+    tasks = bulk.read_tasks(args.file, args.worker_type)
+    outcome = bulk.submit(cfg.amqp, args.worker_type, tasks)
+    if outcome.error:
+        print(f"taskqueue: {outcome.error}", file=sys.stderr)
+    for line in bulk.summary(outcome, args.worker_type, args.file):
+        print(line, file=sys.stderr)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if outcome.error else EXIT_OK
+
+
+def cmd_check_config(args):
+    path = config.resolve_path(args.config)
+    found = plugins.discover()
+    cfg = config.load(path, found)
+    logging_line = _describe_logging(cfg)
+    print(f"config: {path}: ok")
+    for warning in cfg.warnings:
+        print(f"warning: {warning}")
+    print(f"broker: {amqp.describe(cfg.amqp)}")
+    print(f"logging: {logging_line}")
+    print("plugins found:" if found else "plugins found: none")
+    for name, ep in sorted(found.items()):
+        dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
+        print(f"  {name}: {ep.value}{dist}")
+    rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", amqp.TASK_QUEUE)]
+    rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue)
+             for g in cfg.groups]
+    print("processes:")
+    _print_table(("type", "subgroup", "count", "user", "queue"), rows)
+    return EXIT_OK
+
+
+def _describe_logging(cfg):
+    """`info to file /path`; refuses a file whose directory does not exist (the daemons
+    would). Whether they can open it depends on the user they start as: not checked."""
+    settings = cfg.logging
+    if settings.target != "file":
+        return f"{settings.level} to {settings.target}"
+    directory = os.path.dirname(settings.path)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{cfg.path}: [logging] path = {settings.path!r}: expected a file in "
+                          f"an existing directory ({directory} is none)")
+    return f"{settings.level} to file {settings.path}"
+
+
+def cmd_status(args):
+    """Exit codes: overview.HEALTHY, UNHEALTHY, NO_SUPERVISOR, NO_BROKER (the highest that applies)."""
+    from . import overview
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
+    # Users are not looked up: status shows what runs, whatever the password database says.
+    cfg = config.load(config.resolve_path(args.config), plugins.discover(), check_users=False)
+    view = overview.gather(cfg, args.timeout)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        print(overview.render(view), end="")
+    for error in view["errors"]:   # the picture is incomplete: say so where errors go
+        print(f"taskqueue: {error}", file=sys.stderr)
+    return view["exit_code"]
+
+
+# -- the dead letters ------------------------------------------------------------
+
+DEAD_LIMIT_NOTE = """\
+list and requeue read every dead letter and hand back what they keep (a
+consumer that does not ack, then basic.nack). RabbitMQ 3 puts no limit on
+that (taskqueue_dead has no delivery limit) and 4.3+ does not count a nack;
+but RabbitMQ 4.0 to 4.2 count each hand-back as a delivery of a quorum queue
+and drop the message after 20 by default. There, raise the limit for taskqueue_dead with a policy, e.g.
+  rabbitmqctl set_policy --apply-to quorum_queues taskqueue-dead \\
+      '^taskqueue_dead$' '{"delivery-limit": 1000000}'
+"""
+
+DEAD_EXIT_CODES = """\
+exit status: 0 done; 1 broker problem, or (requeue) some dead letters were not
+requeued and stay in taskqueue_dead; 2 bad arguments, nothing done.
+"""
+
+
+def cmd_dead_list(args):
+    import shutil
+    import time
+    from . import deadtools
+    cfg, _ = load_config(args, check_users=False)
+    letters, count = deadtools.list_dead(cfg.amqp, args.type, args.limit, bodies=args.json)
+    now = time.time()
+    if args.json:
+        print(json.dumps([deadtools.as_json(letter, now) for letter in letters], indent=1))
+    else:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print("\n".join(deadtools.listing(letters, count, now, args.type, width)))
+    return EXIT_OK
+
+
+def cmd_dead_requeue(args):
+    from . import deadtools
+    if args.all and (args.ids or args.type):
+        raise InputError("dead requeue: --all takes every dead letter; give it alone, "
+                         "or select with --id/--type")
+    if not (args.all or args.ids or args.type):
+        raise InputError("dead requeue: say which dead letters to requeue: --id ID (repeatable), "
+                         "--type TYPE, or --all")
+    cfg, _ = load_config(args, check_users=False)
+    report = deadtools.requeue_dead(cfg.amqp, args.ids or (), args.type)
+    print("\n".join(report.done()))
+    for problem in report.problems():
+        print(f"taskqueue: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if report.problems() else EXIT_OK
+
+
+def cmd_dead_purge(args):
+    from . import deadtools
+    if not args.yes and not sys.stdin.isatty():
+        raise InputError("dead purge: not on a terminal, so nobody can confirm: "
+                         "add --yes to purge taskqueue_dead")
+    cfg, _ = load_config(args, check_users=False)
+    if not args.yes:
+        count = deadtools.count_dead(cfg.amqp)
+        if count == 0:
+            print(f"{amqp.DEAD_QUEUE} is empty: nothing to purge")
+            return EXIT_OK
+        print(f"Purge {deadtools.count_text(count)} from {amqp.DEAD_QUEUE}? [y/N] ",
+              end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing purged")
+            return EXIT_FAILURE
+    purged = deadtools.purge_dead(cfg.amqp)
+    print(f"purged {deadtools.count_text(purged)} from {amqp.DEAD_QUEUE}")
+    return EXIT_OK
+
+
+def _print_table(header, rows):
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
