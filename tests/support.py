@@ -63,7 +63,16 @@ class Broker:
         # Declared exactly as taskqueue declares it (default settings: quorum queues).
         self.channel.queue_declare(queue, durable=True,
                                    arguments=queue_arguments(queue, self.settings))
-        self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
+        # A quorum queue created a moment ago on a loaded machine may refuse a
+        # publish (a nack: not taken) until its leader settles; taking it again is
+        # what any client does, and no copy of it exists.
+        for attempt in range(20):
+            try:
+                self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
+                return
+            except pika.exceptions.NackError:
+                time.sleep(0.1 * (attempt + 1))
+        pytest.fail(f"the broker refused a publish to {queue} 20 times")
 
     def connect(self):
         self.connection = pika.BlockingConnection(pika.ConnectionParameters(
