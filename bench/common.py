@@ -87,8 +87,12 @@ class Client:
         return frame.method.message_count, frame.method.consumer_count
 
     def close(self):
-        if self.connection.is_open:
-            self.connection.close()
+        """Close, if the broker has not already dropped the connection (its vhost deleted)."""
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except pika.exceptions.AMQPError:
+            pass
 
 
 class Proc:

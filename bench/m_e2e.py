@@ -64,8 +64,10 @@ def run_one(workdir, label, kind, count, start):
                        max(120, count / 20), f"{count} {label} tasks done", interval=0.05)
             cpu_after = cpu_seconds(own), cpu_seconds(broker), _children_cpu()
         finally:
-            client.close()
-            proc.stop()
+            try:
+                proc.stop()
+            finally:
+                client.close()
     last = max(records(path).values())
     own_cpu, broker_cpu = (cpu_used(b, a) for b, a in zip(cpu_before[:2], cpu_after[:2]))
     cpu = [seconds * 1e6 / count for seconds in (own_cpu, broker_cpu, cpu_after[2] - cpu_before[2])]
