@@ -230,6 +230,21 @@ class Session:
     def is_open(self):
         return not self.closed.is_set()
 
+    def flush(self, timeout=1.0):
+        """Wait until the frames pika buffered (an ack, say) are in the kernel's socket
+        buffer: from there they reach the broker even if this process dies next.
+        Frames are otherwise written on the hub's next writable event; a worker that
+        starts its next task at once, and is killed by it, would lose the last ack."""
+        transport = getattr(self._connection, "_transport", None)
+        buffered = getattr(transport, "get_write_buffer_size", None)
+        if buffered is None:    # another pika: one hub iteration writes what it can
+            gevent.sleep(0)
+            return
+        deadline, pause = time.monotonic() + timeout, 0
+        while self.is_open and buffered() and time.monotonic() < deadline:
+            gevent.sleep(pause)
+            pause = 0.001   # still buffered: the socket is full, do not spin
+
     # -- waiting for replies (called from a greenlet, never from a callback) --
 
     def _wait(self, result, timeout, what):

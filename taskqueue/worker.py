@@ -201,6 +201,10 @@ def run_worker(group, amqp_settings, ctx):
         if delivery is None or ctx.stopping.is_set() or not session.is_open:
             break
         method, props, body = delivery
+        # The last task's settlement must be on its way before this one may
+        # crash the process (with lookahead, this delivery came before the ack left).
+        hub_calls.run_pending()
+        session.flush()
         key = task_key(props, body)
         logs.set_task(key)  # every line names it, the plugin's threads' too, until set_task(None)
         if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):

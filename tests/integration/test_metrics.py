@@ -57,7 +57,9 @@ def test_counters_follow_tasks_failures_durations_restarts_and_quarantine(
     # the three tasks of 0.05 s are not in the 0.025 s bucket; the raise may be
     assert got["taskqueue_task_duration_seconds_bucket",
                frozenset(dict(recorder, le="0.025").items())] <= 1
-    assert got["taskqueue_child_restarts_total", frozenset(recorder.items())] == 0
+    # (0, or 1 when its first start met its just-declared quorum queue still starting)
+    restarts = got["taskqueue_child_restarts_total", frozenset(recorder.items())]
+    assert restarts in (0, 1)
     # and the plugin that cannot load is counted as such
     broken = dict(group="brokenimport", type="brokenimport")
     assert got["taskqueue_child_exits_total", frozenset(dict(broken, cause="plugin_load").items())] == 1
@@ -66,8 +68,8 @@ def test_counters_follow_tasks_failures_durations_restarts_and_quarantine(
     victim = next(r["pid"] for r in records.all())
     os.kill(victim, signal.SIGKILL)
     # Then its exit and its restart are counted, and it runs again
-    wait_for(lambda: value(port, "taskqueue_child_restarts_total", **recorder) == 1, 15,
-             "the restart counted")
+    wait_for(lambda: value(port, "taskqueue_child_restarts_total", **recorder) == restarts + 1,
+             15, "the restart counted")
     assert value(port, "taskqueue_child_exits_total", **recorder, cause="SIGKILL") == 1
     wait_for(lambda: value(port, "taskqueue_children", **recorder, state="running") == 1, 15,
              "the recorder running again")
