@@ -36,7 +36,6 @@ class Intake:
 
     def __init__(self, session, queue, prefetch, lookahead):
         self.inbox = Queue()
-        self.given_back = 0
         self._session = session
         self._queue = queue
         self._prefetch = prefetch
@@ -70,17 +69,16 @@ class Intake:
             self._state = PAUSED
             # Every delivery to the cancelled consumer came before its cancel-ok.
             held = [self.inbox.get_nowait() for _ in range(self.inbox.qsize())]
-            for delivery in held:
-                if delivery is None:   # a stop or close request: keep it
-                    self.inbox.put(None)
-                    continue
-                self._session.nack(delivery[0].delivery_tag, requeue=True)
-                self.given_back += 1
+            given = [delivery for delivery in held if delivery is not None]
+            if len(given) < len(held):   # a stop or close request: keep it
+                self.inbox.put(None)
+            for method, _, _ in given:
+                self._session.nack(method.delivery_tag, requeue=True)
         except SessionClosed:
             return  # the connection went: the broker requeues everything anyway
-        if held:
+        if given:
             log.debug("task in hand past lookahead %gs: gave back %d held in advance",
-                      self.lookahead, len([d for d in held if d is not None]))
+                      self.lookahead, len(given))
 
     def task_done(self, seconds):
         """After each task: resume consuming after a give-back, one at a time until
