@@ -80,7 +80,7 @@ def test_publish_waits_while_the_window_is_full_and_goes_on_after_a_confirm():
     for n in range(1, 4):
         publish(window, n)
     fourth = gevent.spawn(publish, window, 4)
-    gevent.sleep(0.05)
+    gevent.sleep(0)   # the publisher runs until it blocks on the full window
     assert len(session.published) == 3
     session.confirm(1)
     fourth.join(1)
