@@ -301,15 +301,21 @@ def resolve_path(cli_path: Optional[str], environ=os.environ) -> str:
 
 # -- load ----------------------------------------------------------------------
 
+def system_uid(name):
+    """The uid of Unix user `name`; KeyError if there is none."""
+    return pwd.getpwnam(name).pw_uid
+
+
 def load(path: str, installed_types, *, check_users: bool = True,
-         running_uid: Optional[int] = None) -> Config:
+         running_uid: Optional[int] = None, uid_of=system_uid) -> Config:
     """Read `path` and return the Config for the plugins `installed_types`.
 
     Raise one ConfigError listing every problem, one per line.
     `check_users=False` skips the password database: neither the users'
-    existence nor the `running_uid` check is done.
+    existence nor the `running_uid` check is done. `uid_of(name)` looks a
+    user up (KeyError when missing); tests pass their own user database.
     """
-    loader = _Loader(path, _read_sections(path), check_users, running_uid)
+    loader = _Loader(path, _read_sections(path), check_users, running_uid, uid_of)
     types = loader.check_types(installed_types)
     lists = _subgroup_lists(loader.sections)
     loader.check_ambiguous(types, lists)
@@ -390,9 +396,9 @@ def _shown(option, value):
 class _Loader:
     """One load: the file's sections as written, and the problems found."""
 
-    def __init__(self, path, sections, check_users, running_uid):
+    def __init__(self, path, sections, check_users, running_uid, uid_of):
         self.path, self.sections = path, sections
-        self.check_users, self.running_uid = check_users, running_uid
+        self.check_users, self.running_uid, self.uid_of = check_users, running_uid, uid_of
         self.errors = []
 
     def fail(self, section, option, value, expected):
@@ -493,7 +499,7 @@ class _Loader:
         if not self.check_users:
             return name
         try:
-            uid = pwd.getpwnam(name).pw_uid
+            uid = self.uid_of(name)
         except KeyError:
             raise ValueError("expected the name of an existing Unix user (no such user)") from None
         if self.running_uid not in (None, 0) and uid != self.running_uid:

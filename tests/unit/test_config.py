@@ -54,14 +54,25 @@ def test_spec_file_verbatim_yields_the_specified_groups(write):
     assert cfg.groups[1].queue == "worker_worker2"
 
 
+#: A user database without the specification's users, whatever this host has
+#: (a host that once ran the specification's config has bifh1 and bifh2).
+WITHOUT_SPEC_USERS = {"root": 0, "nobody": NOBODY_UID}.__getitem__
+
+
 def test_spec_file_reports_every_missing_user_in_one_error(write):
     path = write(SPEC)
-    message = error_of(path)
+    message = error_of(path, uid_of=WITHOUT_SPEC_USERS)
     lines = message.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{path}: [worker2_bifh1] user = 'bifh1': ")
     assert lines[1].startswith(f"{path}: [worker2_bifh2] user = 'bifh2': ")
     assert "no such user" in message
+
+
+def test_spec_file_passes_user_checks_where_its_users_exist(write):
+    users = {"bifh1": 1001, "bifh2": 1002}.__getitem__
+    cfg = load(write(SPEC), running_uid=0, uid_of=users)
+    assert [g.user for g in cfg.groups] == [None, "bifh1", "bifh2", None]
 
 
 def test_spec_file_with_existing_users_passes_user_checks(write):
