@@ -43,6 +43,10 @@ EXPLAINED = ((PluginError, EXIT_PLUGIN_LOAD), (UserSwitchError, EXIT_USER),
              (SessionClosed, EXIT_CONNECTION), (TopologyError, EXIT_TOPOLOGY))
 
 
+#: Marks a `busy` report of a task's first delivery.
+FIRST_DELIVERY = "first"
+
+
 class ChildContext:
     """What a child's target gets: a stop request, and a line to the supervisor.
 
@@ -66,10 +70,12 @@ class ChildContext:
         """Consuming: the supervisor counts this child as started."""
         self._report("ready")
 
-    def busy(self, task_key):
+    def busy(self, task_key, redelivered=True):
         """A task started (deadletter.task_key names it: one word, printable); the
-        supervisor times it when the group has task_timeout."""
-        self._report("busy", task_key)
+        supervisor times it when the group has task_timeout. A first delivery
+        (not `redelivered`) cannot follow a death: the supervisor forgets the
+        deaths of an earlier task of that key."""
+        self._report("busy", task_key if redelivered else f"{task_key} {FIRST_DELIVERY}")
 
     def done(self, outcome, seconds):
         """The task is settled (outcome: one of lifecycle.TASK_OUTCOMES) after `seconds`

@@ -4,7 +4,10 @@ A message taskqueue dead-letters itself keeps its body and properties and
 gains headers that say why. When a worker process dies in the middle of a
 task, the supervisor counts it in a small file named after the task, with
 how it ended (`Graveyard`); the worker that receives the task once the
-count reaches the delivery limit dead-letters it with those facts.
+count reaches the delivery limit dead-letters it with those facts. A task's
+deaths are forgotten once it is settled, and when a task of the same key
+arrives afresh (a dead letter requeued, an identical body submitted again):
+each life of a task gets the whole delivery limit.
 """
 import hashlib
 import os
@@ -67,6 +70,13 @@ class Graveyard:
             oldest = sorted(names, key=lambda n: os.stat(os.path.join(self.path, n)).st_mtime)
             for name in oldest[:len(names) - GRAVEYARD_SIZE]:
                 os.unlink(os.path.join(self.path, name))
+
+    def forget(self, key):
+        """Supervisor side: `key` was settled, or arrived afresh; its deaths no longer count."""
+        try:
+            os.unlink(self._file(key))
+        except FileNotFoundError:
+            pass
 
     def deaths(self, key):
         """Child side: (how many processes died handling `key`, how the last one ended)."""

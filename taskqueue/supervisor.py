@@ -213,11 +213,15 @@ class Supervisor:
             slot.ready = True
             self.transition(slot, Ev.READY, f"ready in {time.monotonic() - slot.started_at:.3f}s")
 
-    def handle_busy(self, pid, message_id):
+    def handle_busy(self, pid, detail):
+        """`<task key>[ first]`: the child started a task (`first`: its first delivery)."""
         slot = self._by_pid.get(pid)
         if slot is None:
             return
-        slot.task, slot.task_started = message_id, time.monotonic()
+        key, _, first = detail.partition(" ")
+        if first == child.FIRST_DELIVERY:
+            self._forget_deaths(key)   # an earlier task of that key, settled or requeued
+        slot.task, slot.task_started = key, time.monotonic()
         if slot.spec.task_timeout:
             slot.task_timer = gevent.spawn_later(slot.spec.task_timeout, self.events.put_nowait,
                                                  ("task_timeout", slot, pid, slot.tasks_done))
@@ -236,6 +240,8 @@ class Supervisor:
         ended = parse_done(detail)
         if ended is not None:
             self.metrics.task_ended(slot.spec.name, *ended)
+        if slot.task is not None and (ended is None or ended[0] != "requeue"):
+            self._forget_deaths(slot.task)   # settled: its next life starts at 0 deaths
         slot.task = None
         slot.tasks_done += 1
         slot.failures = 0  # it settled a task: whatever failed before is behind it
@@ -378,6 +384,12 @@ class Supervisor:
         for endpoint in self._endpoints:
             endpoint.forget()
         os.close(self._reports_r)
+
+    def _forget_deaths(self, key):
+        try:
+            self.graveyard.forget(key)
+        except OSError as exc:  # a stale count only ends a poison task sooner
+            log.warning("cannot forget the deaths of task %s in %s: %s", key, self.graveyard.path, exc)
 
     def _on_child_exit(self, watcher):
         # What the child reported before it died comes first (its `ready`, its `busy`).

@@ -207,11 +207,13 @@ def run_worker(group, amqp_settings, ctx):
         session.flush()
         key = task_key(props, body)
         logs.set_task(key)  # every line names it, the plugin's threads' too, until set_task(None)
+        # Reported before the limit check: dead-lettering settles the task too,
+        # and the supervisor forgets the deaths of a settled task.
+        ctx.busy(key, method.redelivered)
         if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):
             logs.set_task(None)
             ctx.done("dead", 0.0)
             continue
-        ctx.busy(key)
         outcome, seconds = _handle(worker, session, hub_calls, intake, *delivery)
         ctx.done(outcome, seconds)
         logs.set_task(None)

@@ -244,3 +244,32 @@ def test_more_dead_letters_than_one_consumer_may_hold_are_all_read_and_kept_in_o
     assert [props.message_id for props, _ in broker.drain("taskqueue")] == ["d03", "d17", "d24"]
     assert [letter.id for letter in deadtools.list_dead(settings)[0]] == \
         [f"d{n:02}" for n in range(25) if n not in (3, 17, 24)]
+
+
+@pytest.mark.timeout(180)
+def test_a_requeued_poison_task_gets_another_delivery_limit_of_deaths(
+        broker, start_pool, records, workdir):
+    # Given a poison task that killed delivery_limit (2) processes and was dead-lettered
+    gate = os.path.join(workdir, "gate")
+    open(gate, "w").close()
+    broker.settings = AmqpSettings(delivery_limit=2)
+    pool = start_pool(recorder_config(records), amqp_extra="delivery_limit: 2\n")
+    broker.submit("recorder", {"id": "poison", "exit": 9, "gate": gate}, message_id="m-poison")
+    dead_count(broker, 1, "the poison task dead-lettered")
+    assert records.ids("start").count("poison") == 2
+
+    # When the operator requeues it (its message id is kept), held at the gate
+    # until the command is done, so that the command sees it go for good
+    os.unlink(gate)
+    out = run("dead", "requeue", "--id", "m-poison", "--config", pool.config_path)
+    assert out.returncode == 0, out.stderr
+    assert broker.counts("taskqueue_dead")[0] == 0
+    open(gate, "w").close()
+
+    # Then it is dead-lettered again only after 2 more deaths, not after one
+    dead_count(broker, 1, "the requeued poison task dead-lettered again")
+    assert records.ids("start").count("poison") == 4
+    props, _ = broker.drain("taskqueue_dead")[0]
+    assert props.headers["x-taskqueue-reason"].startswith(
+        "delivery limit 2 reached: 2 processes died handling it")
+    assert pool.stop() == 0

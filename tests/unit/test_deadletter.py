@@ -15,6 +15,18 @@ def test_graveyard_counts_deaths_per_task_and_keeps_the_last_cause(tmp_path):
     assert graveyard.deaths("m-2") == (1, "w#1 pid 12: killed by SIGABRT")
 
 
+def test_graveyard_forgets_a_task_once_told_and_counts_its_next_life_from_zero(tmp_path):
+    graveyard = Graveyard(str(tmp_path))
+    graveyard.record("m-1", "died")
+    graveyard.record("m-2", "died")
+    graveyard.forget("m-1")
+    graveyard.forget("m-never-died")
+    assert graveyard.deaths("m-1") == (0, None)
+    assert graveyard.deaths("m-2") == (1, "died")
+    graveyard.record("m-1", "died again")
+    assert graveyard.deaths("m-1") == (1, "died again")
+
+
 def test_graveyard_forgets_the_oldest_causes_beyond_its_size(tmp_path, monkeypatch):
     monkeypatch.setattr(deadletter, "GRAVEYARD_SIZE", 3)
     graveyard = Graveyard(str(tmp_path))

@@ -6,7 +6,8 @@ does), `alloc` (MiB to allocate and keep), `raise` (handle_task raises), `noack`
 (acks twice), `exit` (the process exits with that code mid-task), `log` (a text the
 plugin logs at DEBUG, then at INFO, from its handle_task thread), `until` (a path:
 `raise` and `exit` apply only while it does not exist, so a test can fix the
-cause of a dead-lettered task and requeue it).
+cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, up to
+60 s, until it exists, so a test can hold a task between its delivery and its work).
 
 For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
 `<id>.<pid>.done` after it, each a JSON object describing the process. The
@@ -32,6 +33,10 @@ class Recorder(BaseWorker):
 
     def handle_task(self, channel, method, header, body):
         task = json.loads(body)
+        if task.get("gate"):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(task["gate"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
         self._record(task["id"], "start", method)
         if task.get("log"):
             log.debug("debug: %s", task["log"])
