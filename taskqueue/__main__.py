@@ -1,3 +1,4 @@
+"""`python -m taskqueue`: the `taskqueue` command (bin/taskqueue runs a checkout this way)."""
 import sys
 
 from .cli import main

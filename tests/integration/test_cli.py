@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -264,3 +265,26 @@ def test_submit_file_stops_cleanly_at_ctrl_c_and_says_where_to_resume(broker, wo
     assert "without a confirm" not in err       # what was sent was confirmed before it stopped
     wait_for(lambda: broker.counts("taskqueue")[0] == confirmed, 10,
              lambda: f"{confirmed} tasks in taskqueue, not {broker.counts('taskqueue')[0]}")
+
+
+def test_bin_taskqueue_runs_the_checkout_with_the_plugins_of_the_venv_it_is_given(
+        workdir, vhost, tmp_path):
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    command = os.path.join(checkout, "bin", "taskqueue")
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 2\n"))
+    # With the test venv: the checkout's command, the venv's plugins
+    out = subprocess.run([command, "check-config", "--config", path], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "TASKQUEUE_VENV": sys.prefix})
+    assert out.returncode == 0, out.stderr
+    assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
+    assert ["recorder", "-", "2", "-", "worker_recorder"] in [line.split() for line in out.stdout.splitlines()]
+    # With a virtualenv that holds no taskqueue at all (Debian's gevent and pika only)
+    bare = tmp_path / "bare"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(bare)], check=True, timeout=60)
+    out = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TASKQUEUE_VENV": str(bare)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("taskqueue ")
