@@ -102,11 +102,15 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, specs, reload=None, endpoints=()):
+    def __init__(self, specs, reload=None, endpoints=(), fork=None, kill=os.kill):
         """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError.
         `endpoints` (endpoints.Endpoint: status, metrics) are served while it runs; their
-        owner closes them."""
+        owner closes them. `fork(callback)` forks and watches the child, calling
+        callback(watcher) when it ends (gevent.os.fork_and_watch); `kill(pid, sig)`
+        signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py)."""
         self._reload = reload
+        self._fork = fork or gevent.os.fork_and_watch
+        self._os_kill = kill
         self._endpoints = list(endpoints)
         self.metrics = metrics.Registry()
         self.started_at = time.monotonic()
@@ -125,6 +129,15 @@ class Supervisor:
 
     def run(self):
         """Start every child and supervise until stopped; return the exit code."""
+        self.open()
+        try:
+            return self.supervise()
+        finally:
+            self.close()
+
+    def open(self):
+        """Set up what supervising needs: the report pipe, the graveyard, the signal
+        handlers, the endpoints. Forks nothing yet."""
         self._reports_r, self._reports_w = os.pipe()
         gevent.os.make_nonblocking(self._reports_r)  # read from the hub, never blocking it
         # Readable by children of every user; gone when the supervisor stops.
@@ -135,24 +148,42 @@ class Supervisor:
         self._greenlets.spawn(self._read_reports)
         for endpoint in self._endpoints:
             endpoint.serve(self)
+
+    def start(self):
+        """Start every child."""
         log.info("supervisor started: %s", ", ".join(
             f"{s.name} x{s.processes}" + (f" as {s.user}" if s.user else "")
             for s in self.specs) or "nothing to run")
         for slot in self.slots:
             self.transition(slot, Ev.START)
-        while not (self._stopping and all(s.state is ChildState.STOPPED for s in self.slots)):
+
+    def supervise(self):
+        """Start every child, then handle events until stopped; return the exit code."""
+        self.start()
+        while not self.finished:
             try:
-                event, *args = self.events.get(timeout=TICK)
+                event = self.events.get(timeout=TICK)
             except Empty:
                 continue
-            getattr(self, f"handle_{event}")(*args)
-        self._close()
+            self.dispatch(event)
         log.info("supervisor stopped%s", " (children had to be killed)" if self._killed else "")
         return 1 if self._killed else 0
 
-    def _close(self):
+    def dispatch(self, event):
+        """Handle one event from the queue: (name, *args) -> handle_<name>(*args)."""
+        name, *args = event
+        getattr(self, f"handle_{name}")(*args)
+
+    @property
+    def finished(self):
+        """Stopping, and every child has stopped."""
+        return self._stopping and all(s.state is ChildState.STOPPED for s in self.slots)
+
+    def close(self):
+        """Undo open(); children are not touched."""
         for handle in self._signal_handles:
             handle.cancel()
+        self._signal_handles = []
         self._greenlets.kill(block=True, timeout=1)
         os.close(self._reports_r)
         os.close(self._reports_w)
@@ -355,7 +386,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, child.SUPERVISOR_SIGNALS)
         try:
             try:
-                pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
+                pid = self._fork(callback=self._on_child_exit)
             except OSError as exc:  # EAGAIN: a process limit; this slot backs off
                 log.error("%s: cannot fork: %s", slot.key, exc)
                 slot.failures += 1
@@ -438,6 +469,6 @@ class Supervisor:
 
     def _signal(self, slot, sig):
         try:
-            os.kill(slot.pid, sig)
+            self._os_kill(slot.pid, sig)
         except ProcessLookupError:
             pass  # it exited; its exit event is on its way
