@@ -105,6 +105,8 @@ _TABLE = {
     (S.STOPPING, E.LOAD_FAILED): S.STOPPED,
     (S.STOPPING, E.DISCONNECTED): S.STOPPED,
     (S.STOPPING, E.TASK_KILLED): S.STOPPED,
+    # Asked again (SIGTERM during a reload's drain): it is stopping already.
+    (S.STOPPING, E.STOP): S.STOPPING,
     (S.BACKOFF, E.STOP): S.STOPPED,
     (S.QUARANTINED, E.STOP): S.STOPPED,
     (S.STOPPED, E.STOP): S.STOPPED,
@@ -112,13 +114,15 @@ _TABLE = {
 del S, E
 
 
-def next_state(state, event, failures=0):
+def next_state(state, event, failures=0, has_process=True):
     """The state a child in `state` enters on `event`.
 
     `failures` is the number of quick failures in a row, this one included:
     a quick death becomes QUARANTINED instead of BACKOFF once it reaches
     QUARANTINE_AFTER. Losing the broker never quarantines: it is not the
     child's fault, and it must come back as soon as the broker does.
+    `has_process` is False for a STARTING child whose fork failed: stopping
+    it goes straight to STOPPED, with no process to signal or wait for.
     Any pair not in the table raises IllegalTransition.
     """
     try:
@@ -127,6 +131,8 @@ def next_state(state, event, failures=0):
         raise IllegalTransition(f"{event.value} is not possible in state {state.value}") from None
     if event is Ev.DIED_QUICKLY and new is ChildState.BACKOFF and failures >= QUARANTINE_AFTER:
         return ChildState.QUARANTINED
+    if new is ChildState.STOPPING and not has_process:
+        return ChildState.STOPPED
     return new
 
 

@@ -331,12 +331,14 @@ class Supervisor:
     def transition(self, slot, event, note=""):
         exited = event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.TASK_KILLED, Ev.LOAD_FAILED)
         try:
-            new = next_state(slot.state, event, slot.failures)
+            new = next_state(slot.state, event, slot.failures, has_process=slot.pid is not None)
         except IllegalTransition as exc:
             log.error("%s pid=%s: %s", slot.key, slot.pid, exc)
             if exited:
                 slot.pid = None  # never signal a pid that is gone (and may be reused)
             return
+        if new is slot.state and not exited:
+            return  # nothing happened (a stop of what is stopping): no line, no side effect
         old, slot.state = slot.state, new
         # The contract line of every transition: tests and operators read it.
         log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
@@ -344,7 +346,7 @@ class Supervisor:
         if exited:
             slot.pid = None
         enter = getattr(self, f"enter_{new.value.lower()}", None)
-        if enter is not None and (old is not new or exited):
+        if enter is not None:
             enter(slot)
 
     def enter_starting(self, slot):

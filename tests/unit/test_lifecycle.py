@@ -55,6 +55,7 @@ TRANSITIONS = [
     (S.STOPPING, E.LOAD_FAILED, S.STOPPED),
     (S.STOPPING, E.DISCONNECTED, S.STOPPED),
     (S.STOPPING, E.TASK_KILLED, S.STOPPED),
+    (S.STOPPING, E.STOP, S.STOPPING),
     (S.BACKOFF, E.STOP, S.STOPPED),
     (S.QUARANTINED, E.STOP, S.STOPPED),
     (S.STOPPED, E.STOP, S.STOPPED),
@@ -136,6 +137,17 @@ def test_next_state_never_quarantines_when_the_broker_or_a_task_is_what_fails(
 @pytest.mark.parametrize("state, event, expected", NOT_TO_BACKOFF, ids=lambda v: _id(v))
 def test_next_state_ignores_failures_when_the_target_is_not_backoff(state, event, expected):
     assert next_state(state, event, failures=QUARANTINE_AFTER * 3) is expected
+
+
+@pytest.mark.parametrize("state", [S.STARTING, S.RUNNING], ids=lambda v: _id(v))
+def test_next_state_stops_at_once_when_the_child_to_stop_has_no_process(state):
+    assert next_state(state, E.STOP, has_process=False) is S.STOPPED
+
+
+@pytest.mark.parametrize("state, event, expected", [t for t in TRANSITIONS if t[2] is not S.STOPPING],
+                         ids=lambda v: _id(v))
+def test_next_state_ignores_has_process_when_the_target_is_not_stopping(state, event, expected):
+    assert next_state(state, event, has_process=False) is expected
 
 
 def test_next_state_quarantines_on_the_tenth_quick_failure_when_a_child_keeps_dying():
