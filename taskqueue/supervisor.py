@@ -5,8 +5,11 @@ starts no threads, so a fork inherits nothing dangerous. Signal handlers,
 child watchers, the children's report pipe and timers only put events on one queue; the
 main loop takes them one by one and dispatches to `handle_<event>`, which
 drives each child's state machine (lifecycle.py) and performs the side effect
-of the state entered (`enter_<state>`).
+of the state entered (`enter_<state>`). A handler that raises is logged with
+its traceback and supervising goes on; when the supervisor cannot go on, it
+stops its children gracefully before it exits 1 (`dispatch`, `supervise`).
 """
+import collections
 import logging
 import os
 import random
@@ -40,6 +43,18 @@ REPORT_BATCH = 0.01
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
+#: An internal error (a bug in a handler) is logged and supervising goes on, for
+#: the healthy children's sake; this many within INTERNAL_ERROR_WINDOW seconds
+#: mean an invariant is broken: then every child is stopped gracefully and the
+#: supervisor exits 1 (the init system starts it afresh).
+INTERNAL_ERRORS_TOLERATED = 5
+INTERNAL_ERROR_WINDOW = 60.0
+#: Seconds the last resort waits for children it killed with SIGKILL to be reaped.
+KILL_WAIT = 5.0
+
+
+class SupervisorFailure(Exception):
+    """The supervisor cannot go on; the internal error behind it is logged already."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,12 @@ class ChildSpec:
     task_timeout: Optional[float] = None
     settings: tuple = ()
     queue: Optional[str] = None     # what its children consume, for status and metrics
+
+
+def _short(value, limit=200):
+    """An event's argument for a log line: a slot by its name, the rest by repr, cut short."""
+    text = value.key if isinstance(value, Slot) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def diff_specs(old, new):
@@ -124,6 +145,7 @@ class Supervisor:
         self._partial = b""             # an incomplete report line
         self._stopping = False
         self._killed = False
+        self._errors = collections.deque()   # monotonic times of recent internal errors
 
     # -- main loop -----------------------------------------------------------
 
@@ -158,21 +180,100 @@ class Supervisor:
             self.transition(slot, Ev.START)
 
     def supervise(self):
-        """Start every child, then handle events until stopped; return the exit code."""
-        self.start()
-        while not self.finished:
-            try:
-                event = self.events.get(timeout=TICK)
-            except Empty:
-                continue
-            self.dispatch(event)
+        """Start every child, then handle events until stopped; return the exit code.
+
+        If the supervisor cannot go on (dispatch gave up, or the loop itself
+        failed), its children are stopped gracefully, never orphaned, and it
+        returns 1 (gunicorn's arbiter does the same in its outermost except).
+        """
+        try:
+            self.start()
+            while not self.finished:
+                try:
+                    event = self.events.get(timeout=TICK)
+                except Empty:
+                    continue
+                self.dispatch(event)
+        except SupervisorFailure:
+            return self._stop_after_failure()
+        except Exception:
+            log.exception("internal error in the supervisor")
+            return self._stop_after_failure()
         log.info("supervisor stopped%s", " (children had to be killed)" if self._killed else "")
         return 1 if self._killed else 0
 
     def dispatch(self, event):
-        """Handle one event from the queue: (name, *args) -> handle_<name>(*args)."""
+        """Handle one event from the queue: (name, *args) -> handle_<name>(*args).
+
+        A handler that raises is a bug met handling one event, most likely for
+        one child: it is logged with its traceback and the healthy children go
+        on being supervised. SupervisorFailure when that cannot be trusted any
+        more: errors keep coming (an invariant is broken), or the supervisor is
+        stopping (a stop gone wrong could wait forever).
+        """
         name, *args = event
-        getattr(self, f"handle_{name}")(*args)
+        try:
+            getattr(self, f"handle_{name}")(*args)
+        except Exception:
+            log.exception("internal error while handling %s %s", name,
+                          " ".join(_short(arg) for arg in args))
+            if not self._tolerate_error():
+                raise SupervisorFailure(f"internal error while handling {name}") from None
+
+    def _tolerate_error(self):
+        now = time.monotonic()
+        self._errors.append(now)
+        while self._errors[0] < now - INTERNAL_ERROR_WINDOW:
+            self._errors.popleft()
+        if self._stopping:
+            return False
+        if len(self._errors) > INTERNAL_ERRORS_TOLERATED:
+            log.critical("%d internal errors within %gs: the supervisor cannot go on",
+                         len(self._errors), INTERNAL_ERROR_WINDOW)
+            return False
+        return True
+
+    def _stop_after_failure(self):
+        """The last resort: SIGTERM every child still running, give them the longest
+        stop_timeout to finish their tasks, SIGKILL the rest; return exit status 1.
+        The state machine is left alone: it may be what broke."""
+        self._stopping = True
+        live = dict(self._by_pid)
+        log.critical("supervisor failed: stopping its %d children gracefully", len(live))
+        grace = max((slot.spec.stop_timeout for slot in live.values()), default=0.0)
+        self._signal_pids(live, signal.SIGTERM)
+        self._await_exits(live, grace)
+        if live:
+            log.warning("%d children still running %gs after SIGTERM; killing them",
+                        len(live), grace)
+            self._killed = True
+            self._signal_pids(live, signal.SIGKILL)
+            self._await_exits(live, KILL_WAIT)
+        log.info("supervisor stopped after an internal error")
+        return 1
+
+    def _signal_pids(self, live, sig):
+        for pid in live:
+            try:
+                self._os_kill(pid, sig)
+            except ProcessLookupError:
+                pass  # it exited; its exit event is on its way
+
+    def _await_exits(self, live, seconds):
+        """Take exit events until every pid of `live` has ended, or `seconds` have
+        passed, or SIGTERM/SIGINT arrives again (kill at once, as ever)."""
+        deadline = time.monotonic() + seconds
+        while live and time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=min(TICK, deadline - time.monotonic()))
+            except Empty:
+                continue
+            if event[0] == "exit" and event[1] in live:
+                slot = live.pop(event[1])
+                self._by_pid.pop(event[1], None)
+                log.info("%s pid=%d %s", slot.key, event[1], describe_exit(event[2]))
+            elif event[0] == "signal" and event[1] != signal.SIGHUP:
+                return
 
     @property
     def finished(self):

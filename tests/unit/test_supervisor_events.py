@@ -9,9 +9,11 @@ import errno
 import logging
 import signal
 
+import gevent
 import pytest
 
 from taskqueue.lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, ChildState
+from taskqueue import supervisor
 from taskqueue.supervisor import ChildSpec, Supervisor
 
 from fakes import FakeProcesses
@@ -127,3 +129,99 @@ def test_supervisor_lets_a_draining_child_finish_when_sigterm_arrives_during_a_r
     procs.exit(new.pid, exited(EXIT_OK))
     pump(sup)
     assert sup.finished and sup.slots == [new]
+
+
+# -- internal errors: log and go on, or stop every child gracefully --------------------
+
+def wait_for(condition, timeout=2.0):
+    """Let the supervisor's greenlet run until `condition()` holds."""
+    with gevent.Timeout(timeout, AssertionError("condition not met in time")):
+        while not condition():
+            gevent.sleep(0.001)
+
+
+def broken(*args):
+    raise RuntimeError("a bug in a handler")
+
+
+def test_supervisor_logs_a_failing_handler_and_goes_on_when_it_is_not_stopping(
+        make, procs, caplog, monkeypatch):
+    # Given a running child and a handler with a bug
+    sup = running(make, procs, spec(processes=2))
+    monkeypatch.setattr(sup, "handle_reports", broken)
+    # When that handler fails once
+    ready(sup, 999)
+    pump(sup)
+    # Then the traceback is logged and the healthy children stay supervised
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "internal error while handling reports" in record.getMessage()
+    assert record.exc_info and "a bug in a handler" in str(record.exc_info[1])
+    assert procs.signals == []
+    died = sup.slots[0].pid
+    procs.exit(died, signal.SIGKILL)
+    pump(sup)
+    assert sup.slots[0].state is S.BACKOFF and sup.slots[0].timer is not None  # restarting
+    assert sup.slots[1].state is S.RUNNING
+
+
+def test_supervisor_stops_every_child_gracefully_when_a_handler_fails_while_stopping(
+        make, procs, monkeypatch):
+    # Given two running children and a stop that goes wrong for the first of them
+    sup = make(spec(processes=2))
+    result = gevent.spawn(sup.supervise)
+    wait_for(lambda: len(procs.running) == 2)
+    for pid in procs.running:
+        ready(sup, pid)
+    wait_for(lambda: all(slot.state is S.RUNNING for slot in sup.slots))
+    monkeypatch.setattr(sup, "enter_stopping", broken)
+    # When SIGTERM arrives
+    sigterm(sup)
+    # Then every child still gets SIGTERM and its time to finish, and the supervisor exits 1
+    wait_for(lambda: len(procs.signals) == 2)
+    assert {sig for _, sig in procs.signals} == {signal.SIGTERM}
+    assert not result.ready()
+    for pid in procs.running:
+        procs.exit(pid, exited(EXIT_OK))
+    assert result.get(timeout=2) == 1
+    assert {pid for pid, _ in procs.signals} == set(procs.forked)
+
+
+def test_supervisor_kills_what_outlives_stop_timeout_when_it_cannot_go_on(
+        make, procs, monkeypatch, caplog):
+    # Given a running child, and a handler that fails at every event
+    sup = make(spec(stop_timeout=0.05))
+    result = gevent.spawn(sup.supervise)
+    wait_for(lambda: len(procs.running) == 1)
+    monkeypatch.setattr(sup, "handle_reports", broken)
+    # When the errors keep coming
+    for _ in range(supervisor.INTERNAL_ERRORS_TOLERATED + 1):
+        ready(sup, 999)
+    # Then the child gets SIGTERM, then SIGKILL after its stop_timeout, and the supervisor exits 1
+    (pid,) = procs.forked
+    wait_for(lambda: (pid, signal.SIGKILL) in procs.signals)
+    assert procs.signals == [(pid, signal.SIGTERM), (pid, signal.SIGKILL)]
+    procs.exit(pid, signal.SIGKILL)
+    assert result.get(timeout=2) == 1
+    assert any("cannot go on" in r.getMessage() for r in caplog.records)
+
+
+def test_supervisor_stops_what_it_started_when_the_loop_itself_fails(make, procs, caplog):
+    # Given a fork that fails in a way nobody expected, after a first child started
+    sup = make(spec(processes=2))
+    real_fork = procs.fork_and_watch
+    calls = []
+
+    def fork(callback):
+        calls.append(callback)
+        if len(calls) == 2:
+            raise RuntimeError("not an OSError")
+        return real_fork(callback)
+    sup._fork = fork
+    result = gevent.spawn(sup.supervise)
+    # Then the child it started is stopped gracefully, and the supervisor exits 1
+    wait_for(lambda: procs.signals)
+    (pid,) = procs.forked
+    assert procs.signals == [(pid, signal.SIGTERM)]
+    procs.exit(pid, exited(EXIT_OK))
+    assert result.get(timeout=2) == 1
+    assert any(r.exc_info and "not an OSError" in str(r.exc_info[1]) for r in caplog.records)
