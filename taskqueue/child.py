@@ -4,7 +4,7 @@ A forked child inherits the supervisor's greenlets, gevent signal handlers,
 child watchers and fds (shared/notes/debian-gevent-pika.md §2.3). `run()`
 neutralises each of them in one place, drops privileges, arranges to die
 with the supervisor, runs the child's target and always ends through
-os._exit() with one of lifecycle's EXIT_* codes.
+os._exit() with one of the codes of lifecycle.EXITS.
 """
 import ctypes
 import logging
@@ -38,7 +38,8 @@ class UserSwitchError(Exception):
     pass
 
 
-#: Failures a child explains in one line, and the exit code that tells the supervisor which.
+#: Failures a child explains in one line, and the exit code that tells the supervisor
+#: which (lifecycle.EXITS says what each means and what follows it).
 EXPLAINED = ((PluginError, EXIT_PLUGIN_LOAD), (UserSwitchError, EXIT_USER),
              (SessionClosed, EXIT_CONNECTION), (TopologyError, EXIT_TOPOLOGY))
 

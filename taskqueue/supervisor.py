@@ -29,10 +29,9 @@ from gevent.queue import Empty, Queue
 from . import child, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
-from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS,
-                        TASK_CRASH_CAP, ChildState,
-                        Ev, IllegalTransition, backoff_delay, classify_exit, describe_exit,
-                        exit_code_of, next_state, parse_done)
+from .lifecycle import (QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition, Restart,
+                        describe_exit, exit_code_of, fork_failed, next_state, parse_done,
+                        restart_decision)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class Slot:
     tasks_done: int = 0
     task_timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     killed_for: Optional[str] = None  # why the supervisor killed it, for the exit line
-    last_event: Optional[Ev] = None  # how its last run ended
+    restart: Optional[Restart] = None  # what followed its last exit (lifecycle.restart_decision)
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     timer_due: float = 0.0          # monotonic time the timer fires
 
@@ -320,7 +319,8 @@ class Supervisor:
         slot.exited_at = time.monotonic()
         uptime = slot.exited_at - slot.started_at
         slot.last_exit = describe_exit(status) + (f" ({slot.killed_for})" if slot.killed_for else "")
-        event = classify_exit(exit_code_of(status), slot.ready, uptime, slot.task is not None)
+        restart = restart_decision(exit_code_of(status), slot.ready, uptime,
+                                   slot.task is not None, slot.failures)
         self.metrics.child_exited(slot.spec.name, metrics.exit_cause(status, slot.killed_for))
         if slot.task is not None:
             self.metrics.task_ended(slot.spec.name, metrics.KILLED)
@@ -331,13 +331,10 @@ class Supervisor:
                 log.warning("cannot record the cause of death in %s: %s", self.graveyard.path, exc)
         slot.killed_for, slot.task = None, None
         self._cancel_task_timer(slot)
-        stable = slot.ready and uptime >= STABLE_SECONDS
-        # A stable child's failure starts a new count: it restarts at once.
-        slot.failures = 0 if event is Ev.DIED else 1 if stable else slot.failures + 1
-        slot.last_event = event
+        slot.failures, slot.restart = restart.failures, restart
         level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
-        self.transition(slot, event)  # logs the pid that died, then forgets it
+        self.transition(slot, restart.event)  # logs the pid that died, then forgets it
 
     def handle_ready(self, pid, detail=""):
         slot = self._by_pid.get(pid)
@@ -390,7 +387,9 @@ class Supervisor:
 
     def handle_spawn_failed(self, slot):
         if slot.state is ChildState.STARTING and slot.pid is None:
-            self.transition(slot, Ev.DIED_QUICKLY)
+            slot.restart = fork_failed(slot.failures)
+            slot.failures = slot.restart.failures
+            self.transition(slot, slot.restart.event)
 
     def handle_grace_expired(self, slot, pid):
         if slot.state is ChildState.STOPPING and slot.pid == pid:
@@ -459,9 +458,7 @@ class Supervisor:
         self._spawn(slot)
 
     def enter_backoff(self, slot):
-        cap = {Ev.DISCONNECTED: RECONNECT_CAP, Ev.TASK_KILLED: TASK_CRASH_CAP}.get(
-            slot.last_event, BACKOFF_CAP)
-        delay = backoff_delay(slot.failures, random.random(), cap)
+        delay = slot.restart.delay(random.random())
         if delay:
             log.warning("%s failed %d times in a row; next start in %.1fs",
                         slot.key, slot.failures, delay)
@@ -492,7 +489,6 @@ class Supervisor:
                 pid = self._fork(callback=self._on_child_exit)
             except OSError as exc:  # EAGAIN: a process limit; this slot backs off
                 log.error("%s: cannot fork: %s", slot.key, exc)
-                slot.failures += 1
                 self.events.put_nowait(("spawn_failed", slot))
                 return
             if pid == 0:

@@ -225,3 +225,14 @@ def test_supervisor_stops_what_it_started_when_the_loop_itself_fails(make, procs
     procs.exit(pid, exited(EXIT_OK))
     assert result.get(timeout=2) == 1
     assert any(r.exc_info and "not an OSError" in str(r.exc_info[1]) for r in caplog.records)
+
+
+# -- the exit table's users ------------------------------------------------------------
+
+def test_child_and_metrics_name_exits_from_the_exit_table_when_a_child_explains_a_failure():
+    from taskqueue import child, metrics
+    from taskqueue.lifecycle import EXIT_ERROR, EXITS
+    assert {code for _, code in child.EXPLAINED} | {EXIT_ERROR} <= set(EXITS)
+    for code, exit in EXITS.items():
+        assert metrics.exit_cause(exited(code)) == exit.cause
+    assert metrics.exit_cause(exited(42)) == "exit_42"
