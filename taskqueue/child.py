@@ -94,13 +94,13 @@ class ChildContext:
         os.write(self._report_fd, text.encode())
 
 
-def run(name, user, target, forget_inherited, report_fd, parent_pid, graveyard):
-    """Run `target(ctx)` as the child `name`; never returns."""
+def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, graveyard):
+    """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns."""
     code = EXIT_ERROR
     try:
         ctx = ChildContext(name, report_fd, graveyard)
         _take_over_signals(forget_inherited, ctx.stopping.set)
-        logs.set_identity(name)
+        logs.set_identity(kind, name)
         if user:
             drop_privileges(user)
         # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)).

@@ -14,7 +14,6 @@ import signal
 import time
 from collections import Counter
 
-from .amqp import TASK_QUEUE
 from .lifecycle import EXITS, TASK_OUTCOMES, ChildState, exit_code_of
 
 #: Upper bounds of the task duration histogram's buckets, in seconds (+Inf follows).
@@ -100,7 +99,7 @@ def render(supervisor, now=None):
 
 def _write_counters(metric, registry, specs):
     # Series known in advance start at 0, so that rate() sees their first increase.
-    workers = [name for name, spec in specs.items() if spec.queue != TASK_QUEUE]
+    workers = [name for name, spec in specs.items() if spec.kind == "worker"]
     tasks = Counter({(group, outcome): 0 for group in workers for outcome in OUTCOMES})
     tasks.update(registry.tasks)
     metric("taskqueue_tasks_total", "counter",

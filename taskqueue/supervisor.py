@@ -56,6 +56,10 @@ class SupervisorFailure(Exception):
     """The supervisor cannot go on; the internal error behind it is logged already."""
 
 
+#: What a child can be.
+KINDS = ("dispatcher", "worker")
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     """What to run in `processes` identical children.
@@ -73,6 +77,13 @@ class ChildSpec:
     task_timeout: Optional[float] = None
     settings: tuple = ()
     queue: Optional[str] = None     # what its children consume, for status and metrics
+    #: What its children are: "worker" or "dispatcher" (KINDS). The one place that
+    #: says so: status, metrics and the children's log lines read it.
+    kind: str = "worker"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"child spec {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
 
 
 def _short(value, limit=200):
@@ -492,8 +503,8 @@ class Supervisor:
                 self.events.put_nowait(("spawn_failed", slot))
                 return
             if pid == 0:
-                child.run(slot.key, slot.spec.user, slot.spec.target, self._forget_inherited,
-                          self._reports_w, parent, self.graveyard)
+                child.run(slot.key, slot.spec.kind, slot.spec.user, slot.spec.target,
+                          self._forget_inherited, self._reports_w, parent, self.graveyard)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
         slot.pid, slot.started_at = pid, time.monotonic()

@@ -236,3 +236,23 @@ def test_child_and_metrics_name_exits_from_the_exit_table_when_a_child_explains_
     for code, exit in EXITS.items():
         assert metrics.exit_cause(exited(code)) == exit.cause
     assert metrics.exit_cause(exited(42)) == "exit_42"
+
+
+# -- the spec says what a child is ---------------------------------------------------
+
+def test_child_specs_mark_the_dispatcher_by_kind_when_built_from_the_config():
+    from types import SimpleNamespace
+    from taskqueue.daemon import child_specs
+    group = SimpleNamespace(name="worker2/bifh1", processes=1, user="bifh1", stop_timeout=30.0,
+                            task_timeout=None, queue="worker_worker2", options={},
+                            worker_type="worker2")
+    cfg = SimpleNamespace(amqp="amqp", dispatcher=SimpleNamespace(processes=2, stop_timeout=30.0),
+                          groups=[group])
+    specs = child_specs(cfg, dispatcher=True, workers=True)
+    assert [(s.name, s.kind) for s in specs] == [("dispatcher", "dispatcher"),
+                                                 ("worker2/bifh1", "worker")]
+
+
+def test_child_spec_refuses_a_kind_it_does_not_know_when_built():
+    with pytest.raises(ValueError, match="kind 'dispatch' is not one of"):
+        ChildSpec("dispatcher", 1, target, kind="dispatch")
