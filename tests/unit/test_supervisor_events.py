@@ -8,11 +8,13 @@ test_supervisor.py and test_reload.py do the same with real processes).
 import errno
 import logging
 import signal
+import time
 
 import gevent
 import pytest
 
-from taskqueue.lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, ChildState
+from taskqueue.lifecycle import (EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, QUARANTINE_AFTER,
+                                 RECONNECT_CAP, ChildState)
 from taskqueue import supervisor
 from taskqueue.supervisor import ChildSpec, Supervisor
 
@@ -129,6 +131,122 @@ def test_supervisor_lets_a_draining_child_finish_when_sigterm_arrives_during_a_r
     procs.exit(new.pid, exited(EXIT_OK))
     pump(sup)
     assert sup.finished and sup.slots == [new]
+
+
+# -- restarts, backoff, quarantine, stop, reload ---------------------------------------
+
+def fire_timer(sup, slot):
+    """The slot's backoff or quarantine timer fires now."""
+    assert slot.timer is not None
+    slot.timer.kill()
+    sup.events.put(("timer", slot))
+    pump(sup)
+
+
+def test_supervisor_backs_off_and_forks_again_when_a_fork_fails(make, procs):
+    sup = make()
+    procs.fail_next_fork()
+    sup.start()
+    pump(sup)
+    (slot,) = sup.slots
+    assert slot.state is S.BACKOFF and slot.failures == 1 and procs.forked == []
+    fire_timer(sup, slot)
+    assert slot.state is S.STARTING and slot.pid == procs.forked[0]
+
+
+def test_supervisor_stops_a_child_waiting_in_backoff_without_signalling_anything(make, procs):
+    # Given a child that died quickly twice: it waits in BACKOFF
+    sup = make()
+    sup.start()
+    (slot,) = sup.slots
+    procs.exit(slot.pid, exited(1))     # the first quick failure: restarted at once
+    pump(sup)
+    fire_timer(sup, slot)
+    procs.exit(slot.pid, exited(1))     # the second: a backoff
+    pump(sup)
+    assert slot.state is S.BACKOFF and slot.failures == 2 and slot.timer is not None
+    timer = slot.timer
+    # When SIGTERM arrives
+    sigterm(sup)
+    pump(sup)
+    # Then it is stopped at once, its timer cancelled, and nothing is signalled
+    assert slot.state is S.STOPPED and slot.timer is None and timer.dead
+    assert procs.signals == [] and sup.finished
+    sup.events.put(("timer", slot))     # a timer that fired just before the cancel
+    pump(sup)
+    assert slot.state is S.STOPPED and len(procs.forked) == 2
+
+
+def test_supervisor_ignores_sighup_when_it_is_stopping(make, procs):
+    reloads = []
+    sup = running(make, procs, reload=lambda: reloads.append(1) or [spec(stop_timeout=1.0)])
+    sigterm(sup)
+    sup.events.put(("signal", signal.SIGHUP))
+    pump(sup)
+    assert reloads == [] and len(procs.forked) == 1
+    assert sup.slots[0].state is S.STOPPING
+
+
+def test_supervisor_kills_a_stopping_child_when_its_grace_expires_or_sigterm_comes_again(
+        make, procs):
+    sup = running(make, procs, spec(processes=2))
+    first, second = (slot.pid for slot in sup.slots)
+    sigterm(sup)
+    pump(sup)
+    sup.events.put(("grace_expired", sup.slots[0], first))
+    pump(sup)
+    assert procs.signals[-1] == (first, signal.SIGKILL)
+    sigterm(sup)
+    pump(sup)
+    assert procs.signals[-2:] == [(first, signal.SIGKILL), (second, signal.SIGKILL)]
+    for pid in (first, second):
+        procs.exit(pid, signal.SIGKILL)
+    pump(sup)
+    assert sup.finished
+
+
+def test_supervisor_quarantines_a_plugin_that_fails_to_load_and_retries_it_on_sighup(
+        make, procs, caplog):
+    # Given a plugin that cannot load
+    sup = make(reload=lambda: [spec()])
+    sup.start()
+    (slot,) = sup.slots
+    procs.exit(slot.pid, exited(EXIT_PLUGIN_LOAD))
+    pump(sup)
+    # Then its child is quarantined, and other children are untouched
+    assert slot.state is S.QUARANTINED and slot.timer is not None
+    assert "quarantined after exit 4 (plugin failed to load)" in caplog.text
+    # When the operator reloads after installing the fix, it is tried again at once
+    sup.events.put(("signal", signal.SIGHUP))
+    pump(sup)
+    assert slot.state is S.STARTING and slot.failures == 0 and slot.pid == procs.forked[-1]
+
+
+def test_supervisor_quarantines_a_child_after_ten_quick_failures_in_a_row(make, procs):
+    sup = make()
+    sup.start()
+    (slot,) = sup.slots
+    for n in range(1, QUARANTINE_AFTER + 1):
+        procs.exit(slot.pid, exited(1))
+        pump(sup)
+        assert slot.failures == n
+        if n < QUARANTINE_AFTER:
+            assert slot.state is S.BACKOFF
+            fire_timer(sup, slot)
+    assert slot.state is S.QUARANTINED
+
+
+def test_supervisor_restarts_a_child_at_once_after_a_connection_loss_with_a_short_backoff(
+        make, procs):
+    sup = running(make, procs)
+    (slot,) = sup.slots
+    for _ in range(20):
+        procs.exit(slot.pid, exited(EXIT_CONNECTION))
+        pump(sup)
+        assert slot.state is S.BACKOFF
+        assert slot.timer_due - time.monotonic() <= RECONNECT_CAP * 1.1
+        fire_timer(sup, slot)
+    assert slot.failures == 20
 
 
 # -- internal errors: log and go on, or stop every child gracefully --------------------
