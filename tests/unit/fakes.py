@@ -12,6 +12,7 @@ import os
 from types import SimpleNamespace
 
 import pika
+import pika.exceptions
 from gevent.event import Event
 
 from taskqueue.amqp import SessionClosed
@@ -23,9 +24,9 @@ class RecordingSession:
     An ack with `multiple` is recorded as what the broker does with it: an ack
     of every delivery up to its tag not settled yet. A delivery settled twice
     fails the test, as it would close the channel with RabbitMQ. Once
-    `closed` is set, calls that need the broker raise SessionClosed, as
-    amqp.Session's do; settling still goes through (pika drops it), so that a
-    test sees whether the caller checked `is_open` first.
+    `closed` is set it answers as amqp.Session does: calls that wait for the
+    broker (qos, consume) raise SessionClosed, cancel does nothing, and
+    publishing or settling raises pika's ChannelWrongStateError.
     """
 
     def __init__(self, refuse=(), answer_declares=True, require_mandatory=True):
@@ -70,7 +71,7 @@ class RecordingSession:
     def publish(self, queue, body, props, exchange="", mandatory=False):
         assert mandatory or not self.require_mandatory, \
             "an unroutable publish must come back, not vanish"
-        self._check_open("publish")
+        self._check_channel()
         self.calls.append(("publish", queue, body))
         self.published.append(body)
 
@@ -96,7 +97,8 @@ class RecordingSession:
         return tag
 
     def cancel(self, consumer_tag):
-        self._check_open("cancel")
+        if not self.is_open:
+            return
         self.consumers.pop(consumer_tag)
         self.calls.append(("cancel", consumer_tag))
 
@@ -122,9 +124,14 @@ class RecordingSession:
         self._settle(tag, ("reject", tag, requeue))
 
     def _settle(self, tag, call):
+        self._check_channel()
         assert tag not in self.settled, f"delivery {tag} settled twice"
         self.settled.add(tag)
         self.calls.append(call)
+
+    def _check_channel(self):
+        if self.closed.is_set():
+            raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
 
     def _check_open(self, what):
         if self.closed.is_set():
