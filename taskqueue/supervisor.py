@@ -9,7 +9,6 @@ of the state entered (`enter_<state>`). A handler that raises is logged with
 its traceback and supervising goes on; when the supervisor cannot go on, it
 stops its children gracefully before it exits 1 (`dispatch`, `supervise`).
 """
-import collections
 import logging
 import os
 import random
@@ -26,7 +25,7 @@ import gevent.socket
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
-from . import child, metrics
+from . import child, lastresort, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
 from .lifecycle import (QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition, Restart,
@@ -42,14 +41,6 @@ REPORT_BATCH = 0.01
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
-#: An internal error (a bug in a handler) is logged and supervising goes on, for
-#: the healthy children's sake; this many within INTERNAL_ERROR_WINDOW seconds
-#: mean an invariant is broken: then every child is stopped gracefully and the
-#: supervisor exits 1 (the init system starts it afresh).
-INTERNAL_ERRORS_TOLERATED = 5
-INTERNAL_ERROR_WINDOW = 60.0
-#: Seconds the last resort waits for children it killed with SIGKILL to be reaped.
-KILL_WAIT = 5.0
 
 
 class SupervisorFailure(Exception):
@@ -155,7 +146,7 @@ class Supervisor:
         self._partial = b""             # an incomplete report line
         self._stopping = False
         self._killed = False
-        self._errors = collections.deque()   # monotonic times of recent internal errors
+        self._error_budget = lastresort.ErrorBudget()
 
     # -- main loop -----------------------------------------------------------
 
@@ -194,7 +185,7 @@ class Supervisor:
 
         If the supervisor cannot go on (dispatch gave up, or the loop itself
         failed), its children are stopped gracefully, never orphaned, and it
-        returns 1 (gunicorn's arbiter does the same in its outermost except).
+        returns 1 (lastresort.py).
         """
         try:
             self.start()
@@ -218,8 +209,9 @@ class Supervisor:
         A handler that raises is a bug met handling one event, most likely for
         one child: it is logged with its traceback and the healthy children go
         on being supervised. SupervisorFailure when that cannot be trusted any
-        more: errors keep coming (an invariant is broken), or the supervisor is
-        stopping (a stop gone wrong could wait forever).
+        more: errors keep coming (lastresort.ErrorBudget: an invariant is
+        broken), or the supervisor is stopping (a stop gone wrong could wait
+        forever).
         """
         name, *args = event
         try:
@@ -227,63 +219,16 @@ class Supervisor:
         except Exception:
             log.exception("internal error while handling %s %s", name,
                           " ".join(_short(arg) for arg in args))
-            if not self._tolerate_error():
+            if self._stopping or not self._error_budget.spend():
                 raise SupervisorFailure(f"internal error while handling {name}") from None
 
-    def _tolerate_error(self):
-        now = time.monotonic()
-        self._errors.append(now)
-        while self._errors[0] < now - INTERNAL_ERROR_WINDOW:
-            self._errors.popleft()
-        if self._stopping:
-            return False
-        if len(self._errors) > INTERNAL_ERRORS_TOLERATED:
-            log.critical("%d internal errors within %gs: the supervisor cannot go on",
-                         len(self._errors), INTERNAL_ERROR_WINDOW)
-            return False
-        return True
-
     def _stop_after_failure(self):
-        """The last resort: SIGTERM every child still running, give them the longest
-        stop_timeout to finish their tasks, SIGKILL the rest; return exit status 1.
-        The state machine is left alone: it may be what broke."""
         self._stopping = True
-        live = dict(self._by_pid)
-        log.critical("supervisor failed: stopping its %d children gracefully", len(live))
-        grace = max((slot.spec.stop_timeout for slot in live.values()), default=0.0)
-        self._signal_pids(live, signal.SIGTERM)
-        self._await_exits(live, grace)
-        if live:
-            log.warning("%d children still running %gs after SIGTERM; killing them",
-                        len(live), grace)
-            self._killed = True
-            self._signal_pids(live, signal.SIGKILL)
-            self._await_exits(live, KILL_WAIT)
+        self._killed = lastresort.stop_children(
+            {pid: slot.key for pid, slot in self._by_pid.items()}, self.events, self._os_kill,
+            max((slot.spec.stop_timeout for slot in self._by_pid.values()), default=0.0))
         log.info("supervisor stopped after an internal error")
         return 1
-
-    def _signal_pids(self, live, sig):
-        for pid in live:
-            try:
-                self._os_kill(pid, sig)
-            except ProcessLookupError:
-                pass  # it exited; its exit event is on its way
-
-    def _await_exits(self, live, seconds):
-        """Take exit events until every pid of `live` has ended, or `seconds` have
-        passed, or SIGTERM/SIGINT arrives again (kill at once, as ever)."""
-        deadline = time.monotonic() + seconds
-        while live and time.monotonic() < deadline:
-            try:
-                event = self.events.get(timeout=min(TICK, deadline - time.monotonic()))
-            except Empty:
-                continue
-            if event[0] == "exit" and event[1] in live:
-                slot = live.pop(event[1])
-                self._by_pid.pop(event[1], None)
-                log.info("%s pid=%d %s", slot.key, event[1], describe_exit(event[2]))
-            elif event[0] == "signal" and event[1] != signal.SIGHUP:
-                return
 
     @property
     def finished(self):

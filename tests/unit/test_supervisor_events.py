@@ -15,7 +15,7 @@ import pytest
 
 from taskqueue.lifecycle import (EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, QUARANTINE_AFTER,
                                  RECONNECT_CAP, ChildState)
-from taskqueue import supervisor
+from taskqueue import lastresort
 from taskqueue.supervisor import ChildSpec, Supervisor
 
 from fakes import FakeProcesses
@@ -312,7 +312,7 @@ def test_supervisor_kills_what_outlives_stop_timeout_when_it_cannot_go_on(
     wait_for(lambda: len(procs.running) == 1)
     monkeypatch.setattr(sup, "handle_reports", broken)
     # When the errors keep coming
-    for _ in range(supervisor.INTERNAL_ERRORS_TOLERATED + 1):
+    for _ in range(lastresort.INTERNAL_ERRORS_TOLERATED + 1):
         ready(sup, 999)
     # Then the child gets SIGTERM, then SIGKILL after its stop_timeout, and the supervisor exits 1
     (pid,) = procs.forked
@@ -374,3 +374,14 @@ def test_child_specs_mark_the_dispatcher_by_kind_when_built_from_the_config():
 def test_child_spec_refuses_a_kind_it_does_not_know_when_built():
     with pytest.raises(ValueError, match="kind 'dispatch' is not one of"):
         ChildSpec("dispatcher", 1, target, kind="dispatch")
+
+
+def test_error_budget_tolerates_a_few_errors_but_not_a_stream_of_them_within_its_window():
+    now = [0.0]
+    budget = lastresort.ErrorBudget(tolerated=2, window=10.0, clock=lambda: now[0])
+    assert budget.spend() and budget.spend()
+    assert not budget.spend()           # a third within 10 s
+    now[0] = 10.5                       # the first two are out of the window
+    assert budget.spend()
+    now[0] = 21.0
+    assert budget.spend() and budget.spend() and not budget.spend()
