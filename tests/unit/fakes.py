@@ -49,6 +49,13 @@ class RecordingSession:
     def is_open(self):
         return not self.closed.is_set()
 
+    @is_open.setter
+    def is_open(self, value):   # `session.is_open = False` closes it, as `close()` does
+        if value:
+            self.closed.clear()
+        else:
+            self.close()
+
     def close(self, reason="closed by the test"):
         self.close_reason = reason
         self.closed.set()
