@@ -4,7 +4,7 @@ A forked child inherits the supervisor's greenlets, gevent signal handlers,
 child watchers and fds (shared/notes/debian-gevent-pika.md §2.3). `run()`
 neutralises each of them in one place, drops privileges, arranges to die
 with the supervisor, runs the child's target and always ends through
-os._exit() with one of lifecycle's EXIT_* codes.
+os._exit() with one of the codes of lifecycle.EXITS.
 """
 import ctypes
 import logging
@@ -38,7 +38,8 @@ class UserSwitchError(Exception):
     pass
 
 
-#: Failures a child explains in one line, and the exit code that tells the supervisor which.
+#: Failures a child explains in one line, and the exit code that tells the supervisor
+#: which (lifecycle.EXITS says what each means and what follows it).
 EXPLAINED = ((PluginError, EXIT_PLUGIN_LOAD), (UserSwitchError, EXIT_USER),
              (SessionClosed, EXIT_CONNECTION), (TopologyError, EXIT_TOPOLOGY))
 
@@ -99,13 +100,13 @@ class ChildContext:
         os.write(self._report_fd, text.encode())
 
 
-def run(name, user, target, forget_inherited, report_fd, parent_pid, graveyard):
-    """Run `target(ctx)` as the child `name`; never returns."""
+def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, graveyard):
+    """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns."""
     code = EXIT_ERROR
     try:
         ctx = ChildContext(name, report_fd, graveyard)
         _take_over_signals(forget_inherited, ctx.stopping.set)
-        logs.set_identity(name)
+        logs.set_identity(kind, name)
         if user:
             drop_privileges(user)
         # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)).

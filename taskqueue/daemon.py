@@ -39,7 +39,8 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
         specs.append(ChildSpec("dispatcher", cfg.dispatcher.processes,
                                functools.partial(run_dispatcher, cfg.amqp, cfg.dispatcher),
                                user=default_user, stop_timeout=cfg.dispatcher.stop_timeout,
-                               settings=(cfg.amqp, cfg.dispatcher), queue=amqp.TASK_QUEUE))
+                               settings=(cfg.amqp, cfg.dispatcher), queue=amqp.TASK_QUEUE,
+                               kind="dispatcher"))
     if workers:
         for group in cfg.groups:
             specs.append(ChildSpec(group.name, group.processes,

@@ -64,6 +64,10 @@ class Intake:
         """The task in hand has run `lookahead` seconds: give back what waits behind it."""
         if self._state is not AHEAD:
             return
+        if not self._session.is_open:
+            # The broker requeues everything anyway. (cancel() does nothing on a closed
+            # session, and a nack would raise pika's ChannelWrongStateError.)
+            return
         try:
             self._session.cancel(self._tag)
             self._state = PAUSED

@@ -1,12 +1,15 @@
-"""The life of one supervised child: states, events, transitions, backoff.
+"""The life of one supervised child: states, events, transitions, exit codes,
+and the restart policy (what an exit is, how long to back off).
 
 Pure: no I/O, no gevent, no clock. The supervisor turns what happens (a
-fork, a ready byte, an exit status, a timer) into an `Ev`, asks
-`next_state`, and performs the side effect of the state it enters.
+fork, a ready byte, an exit status, a timer) into an `Ev` (an exit through
+`restart_decision`), asks `next_state`, and performs the side effect of the
+state it enters.
 """
 import enum
 import os
 import signal
+import typing
 
 #: A child that reported ready and then lived this long counts as started fine:
 #: its death is restarted at once and its failure count is reset.
@@ -25,35 +28,6 @@ TASK_CRASH_CAP = 1.0
 QUARANTINE_AFTER = 10
 #: How long a quarantined child waits before it is tried again (SIGHUP retries at once).
 QUARANTINE_SECONDS = 60.0
-
-# Exit codes: the child -> supervisor protocol.
-EXIT_OK = 0             #: stopped as asked
-EXIT_ERROR = 1          #: an unexpected error in taskqueue itself (logged with traceback)
-EXIT_CONNECTION = 3     #: could not reach the broker, or lost the connection
-EXIT_PLUGIN_LOAD = 4    #: the plugin failed to import, construct or set up
-EXIT_USER = 5           #: could not switch to the configured Unix user
-EXIT_TOPOLOGY = 6       #: a queue exists with other arguments than taskqueue declares
-EXIT_RECYCLE = 7        #: reached max_tasks or max_memory; replace it at once
-
-EXIT_MEANINGS = {
-    EXIT_OK: "stopped",
-    EXIT_ERROR: "internal error",
-    EXIT_CONNECTION: "broker connection failed or lost",
-    EXIT_PLUGIN_LOAD: "plugin failed to load",
-    EXIT_USER: "could not switch user",
-    EXIT_TOPOLOGY: "queue declared with other arguments",
-    EXIT_RECYCLE: "recycled: max_tasks or max_memory reached",
-}
-#: How a worker child reports a task ended (`<pid> done <outcome> <seconds>`).
-TASK_OUTCOMES = {
-    "ack": "completed: acked",
-    "requeue": "given back to its queue by the plugin (nack or reject with requeue)",
-    "reject": "refused by the plugin without requeue: dead-lettered by the broker",
-    "raised": "handle_task raised: rejected, dead-lettered by the broker",
-    "dead": "not run: it had killed delivery_limit processes; dead-lettered",
-}
-#: Exits a restart cannot cure: the child waits in quarantine for a fix (or SIGHUP).
-CANNOT_START = (EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY)
 
 
 class ChildState(enum.Enum):
@@ -75,6 +49,54 @@ class Ev(enum.Enum):
     LOAD_FAILED = "load_failed"    # cannot start until something changes
     TIMER = "timer"
     STOP = "stop"
+
+
+# Exit codes: the child -> supervisor protocol.
+EXIT_OK = 0             #: stopped as asked
+EXIT_ERROR = 1          #: an unexpected error in taskqueue itself (logged with traceback)
+EXIT_CONNECTION = 3     #: could not reach the broker, or lost the connection
+EXIT_PLUGIN_LOAD = 4    #: the plugin failed to import, construct or set up
+EXIT_USER = 5           #: could not switch to the configured Unix user
+EXIT_TOPOLOGY = 6       #: a queue exists with other arguments than taskqueue declares
+EXIT_RECYCLE = 7        #: reached max_tasks or max_memory; replace it at once
+
+
+class ExitCode(typing.NamedTuple):
+    """One exit code of the protocol: its names, and what the supervisor makes of it."""
+    code: int
+    cause: str                  # one word: the metrics' `cause` label
+    meaning: str                # log lines and `taskqueue status`: `exit 3 (<meaning>)`
+    #: The event it is, whatever the uptime (restart_decision); None: a death,
+    #: judged by whether the child had started fine.
+    event: typing.Optional[Ev] = None
+
+
+#: Every exit code a child uses. The log, `taskqueue status`, the metrics and
+#: README's "Exit causes" table name exits from here (tests/unit/test_lifecycle.py
+#: holds the README to it); child.EXPLAINED maps exceptions to these codes.
+EXITS = {exit.code: exit for exit in (
+    ExitCode(EXIT_OK, "stopped", "stopped"),
+    ExitCode(EXIT_ERROR, "error", "internal error"),
+    # Not the child's fault: it must be back as soon as the broker is; never quarantined.
+    ExitCode(EXIT_CONNECTION, "connection", "broker connection failed or lost", Ev.DISCONNECTED),
+    # A restart cannot cure these: the child waits in quarantine for a fix (or SIGHUP).
+    ExitCode(EXIT_PLUGIN_LOAD, "plugin_load", "plugin failed to load", Ev.LOAD_FAILED),
+    ExitCode(EXIT_USER, "user", "could not switch user"),
+    ExitCode(EXIT_TOPOLOGY, "topology", "queue declared with other arguments", Ev.LOAD_FAILED),
+    # Planned: a replacement starts at once, whatever the uptime.
+    ExitCode(EXIT_RECYCLE, "recycled", "recycled: max_tasks or max_memory reached", Ev.DIED),
+)}
+#: The backoff cap of each event that backs off (BACKOFF_CAP for the others).
+BACKOFF_CAPS = {Ev.DISCONNECTED: RECONNECT_CAP, Ev.TASK_KILLED: TASK_CRASH_CAP}
+
+#: How a worker child reports a task ended (`<pid> done <outcome> <seconds>`).
+TASK_OUTCOMES = {
+    "ack": "completed: acked",
+    "requeue": "given back to its queue by the plugin (nack or reject with requeue)",
+    "reject": "refused by the plugin without requeue: dead-lettered by the broker",
+    "raised": "handle_task raised: rejected, dead-lettered by the broker",
+    "dead": "not run: it had killed delivery_limit processes; dead-lettered",
+}
 
 
 class IllegalTransition(Exception):
@@ -105,6 +127,8 @@ _TABLE = {
     (S.STOPPING, E.LOAD_FAILED): S.STOPPED,
     (S.STOPPING, E.DISCONNECTED): S.STOPPED,
     (S.STOPPING, E.TASK_KILLED): S.STOPPED,
+    # Asked again (SIGTERM during a reload's drain): it is stopping already.
+    (S.STOPPING, E.STOP): S.STOPPING,
     (S.BACKOFF, E.STOP): S.STOPPED,
     (S.QUARANTINED, E.STOP): S.STOPPED,
     (S.STOPPED, E.STOP): S.STOPPED,
@@ -112,13 +136,15 @@ _TABLE = {
 del S, E
 
 
-def next_state(state, event, failures=0):
+def next_state(state, event, failures=0, has_process=True):
     """The state a child in `state` enters on `event`.
 
     `failures` is the number of quick failures in a row, this one included:
     a quick death becomes QUARANTINED instead of BACKOFF once it reaches
     QUARANTINE_AFTER. Losing the broker never quarantines: it is not the
     child's fault, and it must come back as soon as the broker does.
+    `has_process` is False for a STARTING child whose fork failed: stopping
+    it goes straight to STOPPED, with no process to signal or wait for.
     Any pair not in the table raises IllegalTransition.
     """
     try:
@@ -127,28 +153,61 @@ def next_state(state, event, failures=0):
         raise IllegalTransition(f"{event.value} is not possible in state {state.value}") from None
     if event is Ev.DIED_QUICKLY and new is ChildState.BACKOFF and failures >= QUARANTINE_AFTER:
         return ChildState.QUARANTINED
+    if new is ChildState.STOPPING and not has_process:
+        return ChildState.STOPPED
     return new
 
 
 def classify_exit(exit_code, was_ready, uptime, in_task=False):
     """Turn how a child ended into an event. exit_code is None when a signal killed it.
 
-    A child that died in the middle of a task was killed by that task (or by
-    task_timeout): the delivery limit deals with the task, so the process is
-    restarted with a short backoff (TASK_CRASH_CAP) and never quarantined,
-    which is for processes that cannot start.
+    An exit code with an event in EXITS is that event. Otherwise a child that
+    died in the middle of a task was killed by that task (or by task_timeout):
+    the delivery limit deals with the task, so the process is restarted with
+    a short backoff (TASK_CRASH_CAP) and never quarantined, which is for
+    processes that cannot start.
     """
-    if exit_code in CANNOT_START:
-        return Ev.LOAD_FAILED
-    if exit_code == EXIT_CONNECTION:
-        return Ev.DISCONNECTED
-    if exit_code == EXIT_RECYCLE:
-        return Ev.DIED  # planned: a replacement starts at once, whatever the uptime
+    known = EXITS.get(exit_code)
+    if known is not None and known.event is not None:
+        return known.event
     if was_ready and in_task:
         return Ev.TASK_KILLED
     if was_ready and uptime >= STABLE_SECONDS:
         return Ev.DIED
     return Ev.DIED_QUICKLY
+
+
+class Restart(typing.NamedTuple):
+    """What follows the end of a child's process (or a failed fork)."""
+    event: Ev           # for next_state
+    failures: int       # quick failures in a row, this one included; 0 after a stable run
+    cap: float          # of the backoff before the next start, if it backs off
+
+    def delay(self, jitter=0.0):
+        """Seconds to wait in BACKOFF before the next start."""
+        return backoff_delay(self.failures, jitter, self.cap)
+
+
+def restart_decision(exit_code, was_ready, uptime, in_task, failures):
+    """The restart policy: how a child ended, with `failures` quick failures in a row
+    before it, -> Restart. exit_code is None when a signal killed it.
+
+    A child that ran stably and then died restarts at once, and its count
+    starts over: at 0 for a plain death or a recycle (DIED), at 1 for any
+    other failure. Otherwise the failure adds to the count, which sets the
+    backoff (backoff_delay) and, for quick deaths, the quarantine (next_state).
+    A settled task also resets the count (the supervisor's handle_done).
+    """
+    event = classify_exit(exit_code, was_ready, uptime, in_task)
+    stable = was_ready and uptime >= STABLE_SECONDS
+    failures = 0 if event is Ev.DIED else 1 if stable else failures + 1
+    return Restart(event, failures, BACKOFF_CAPS.get(event, BACKOFF_CAP))
+
+
+def fork_failed(failures):
+    """A fork failed (EAGAIN, ENOMEM: the host is short of processes or memory):
+    a quick failure, backed off as one."""
+    return Restart(Ev.DIED_QUICKLY, failures + 1, BACKOFF_CAP)
 
 
 def backoff_delay(failures, jitter=0.0, cap=BACKOFF_CAP):
@@ -174,8 +233,8 @@ def describe_exit(status):
             name = f"signal {sig}"
         return f"killed by {name}"
     code = os.WEXITSTATUS(status)
-    meaning = EXIT_MEANINGS.get(code)
-    return f"exit {code} ({meaning})" if meaning else f"exit {code}"
+    known = EXITS.get(code)
+    return f"exit {code} ({known.meaning})" if known else f"exit {code}"
 
 
 def exit_code_of(status):

@@ -36,16 +36,11 @@ _child = None       # a child's name: "dispatcher#0", "worker2/bifh1#2"
 _task = None        # the task this process handles now
 
 
-def set_identity(name):
-    """Name this process in every line: "supervisor", or a child's name. A child's
-    component follows from its name, since no plugin may be called "dispatcher"
-    (config.RESERVED_SECTIONS)."""
+def set_identity(component, child=None):
+    """Name this process in every line: its component ("supervisor"; a child's
+    kind, "dispatcher" or "worker", as its ChildSpec says) and, in a child, its name."""
     global _component, _child
-    if name == "supervisor":
-        _component, _child = "supervisor", None
-    else:
-        _component = "dispatcher" if name.partition("#")[0] == "dispatcher" else "worker"
-        _child = name
+    _component, _child = component, child
 
 
 def set_task(task_id):

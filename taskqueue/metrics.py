@@ -14,9 +14,7 @@ import signal
 import time
 from collections import Counter
 
-from .amqp import TASK_QUEUE
-from .lifecycle import (EXIT_CONNECTION, EXIT_ERROR, EXIT_OK, EXIT_PLUGIN_LOAD, EXIT_RECYCLE,
-                        EXIT_TOPOLOGY, EXIT_USER, TASK_OUTCOMES, ChildState, exit_code_of)
+from .lifecycle import EXITS, TASK_OUTCOMES, ChildState, exit_code_of
 
 #: Upper bounds of the task duration histogram's buckets, in seconds (+Inf follows).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -25,18 +23,14 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 #: sees it; the child cannot report it). The others are lifecycle.TASK_OUTCOMES.
 KILLED = "killed"
 OUTCOMES = (*TASK_OUTCOMES, KILLED)
-#: The `cause` label of an exit code (lifecycle.EXIT_MEANINGS says more).
-EXIT_CAUSES = {EXIT_OK: "stopped", EXIT_ERROR: "error", EXIT_CONNECTION: "connection",
-               EXIT_PLUGIN_LOAD: "plugin_load", EXIT_USER: "user", EXIT_TOPOLOGY: "topology",
-               EXIT_RECYCLE: "recycled"}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Longest request head read; a scraper sends a few hundred bytes.
 MAX_REQUEST = 8192
 
 
 def exit_cause(status, killed_for=None):
-    """The `cause` label of a waitpid status: `plugin_load`, `SIGKILL`, `exit_9`, or
-    why the supervisor killed it (`task_timeout`)."""
+    """The `cause` label of a waitpid status: `plugin_load` (lifecycle.EXITS), `SIGKILL`,
+    `exit_9`, or why the supervisor killed it (`task_timeout`)."""
     if killed_for:
         return killed_for
     code = exit_code_of(status)
@@ -46,7 +40,7 @@ def exit_cause(status, killed_for=None):
             return signal.Signals(sig).name
         except ValueError:
             return f"signal_{sig}"
-    return EXIT_CAUSES.get(code, f"exit_{code}")
+    return EXITS[code].cause if code in EXITS else f"exit_{code}"
 
 
 class Histogram:
@@ -105,7 +99,7 @@ def render(supervisor, now=None):
 
 def _write_counters(metric, registry, specs):
     # Series known in advance start at 0, so that rate() sees their first increase.
-    workers = [name for name, spec in specs.items() if spec.queue != TASK_QUEUE]
+    workers = [name for name, spec in specs.items() if spec.kind == "worker"]
     tasks = Counter({(group, outcome): 0 for group in workers for outcome in OUTCOMES})
     tasks.update(registry.tasks)
     metric("taskqueue_tasks_total", "counter",

@@ -9,7 +9,6 @@ import os
 import time
 
 from . import __version__
-from .amqp import TASK_QUEUE
 from .lifecycle import ChildState
 
 #: Version of the document; a client refuses others.
@@ -50,7 +49,7 @@ def group_status(spec, slots, now):
     last = max(exited, key=lambda slot: slot.exited_at) if exited else None
     return {
         "name": current.name,
-        "kind": "dispatcher" if current.queue == TASK_QUEUE else "worker",
+        "kind": current.kind,
         "type": worker_type,
         "subgroup": subgroup or None,
         "user": current.user,

@@ -5,7 +5,9 @@ starts no threads, so a fork inherits nothing dangerous. Signal handlers,
 child watchers, the children's report pipe and timers only put events on one queue; the
 main loop takes them one by one and dispatches to `handle_<event>`, which
 drives each child's state machine (lifecycle.py) and performs the side effect
-of the state entered (`enter_<state>`).
+of the state entered (`enter_<state>`). A handler that raises is logged with
+its traceback and supervising goes on; when the supervisor cannot go on, it
+stops its children gracefully before it exits 1 (`dispatch`, `supervise`).
 """
 import logging
 import os
@@ -23,13 +25,12 @@ import gevent.socket
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
-from . import child, metrics
+from . import child, lastresort, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
-from .lifecycle import (BACKOFF_CAP, QUARANTINE_SECONDS, RECONNECT_CAP, STABLE_SECONDS,
-                        TASK_CRASH_CAP, ChildState,
-                        Ev, IllegalTransition, backoff_delay, classify_exit, describe_exit,
-                        exit_code_of, next_state, parse_done)
+from .lifecycle import (QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition, Restart,
+                        describe_exit, exit_code_of, fork_failed, next_state, parse_done,
+                        restart_decision)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ REPORT_BATCH = 0.01
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
+
+
+class SupervisorFailure(Exception):
+    """The supervisor cannot go on; the internal error behind it is logged already."""
+
+
+#: What a child can be.
+KINDS = ("dispatcher", "worker")
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,19 @@ class ChildSpec:
     task_timeout: Optional[float] = None
     settings: tuple = ()
     queue: Optional[str] = None     # what its children consume, for status and metrics
+    #: What its children are: "worker" or "dispatcher" (KINDS). The one place that
+    #: says so: status, metrics and the children's log lines read it.
+    kind: str = "worker"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"child spec {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+
+
+def _short(value, limit=200):
+    """An event's argument for a log line: a slot by its name, the rest by repr, cut short."""
+    text = value.key if isinstance(value, Slot) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def diff_specs(old, new):
@@ -92,7 +114,7 @@ class Slot:
     tasks_done: int = 0
     task_timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     killed_for: Optional[str] = None  # why the supervisor killed it, for the exit line
-    last_event: Optional[Ev] = None  # how its last run ended
+    restart: Optional[Restart] = None  # what followed its last exit (lifecycle.restart_decision)
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     timer_due: float = 0.0          # monotonic time the timer fires
 
@@ -102,11 +124,15 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, specs, reload=None, endpoints=()):
+    def __init__(self, specs, reload=None, endpoints=(), fork=None, kill=os.kill):
         """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError.
         `endpoints` (endpoints.Endpoint: status, metrics) are served while it runs; their
-        owner closes them."""
+        owner closes them. `fork(callback)` forks and watches the child, calling
+        callback(watcher) when it ends (gevent.os.fork_and_watch); `kill(pid, sig)`
+        signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py)."""
         self._reload = reload
+        self._fork = fork or gevent.os.fork_and_watch
+        self._os_kill = kill
         self._endpoints = list(endpoints)
         self.metrics = metrics.Registry()
         self.started_at = time.monotonic()
@@ -120,11 +146,21 @@ class Supervisor:
         self._partial = b""             # an incomplete report line
         self._stopping = False
         self._killed = False
+        self._error_budget = lastresort.ErrorBudget()
 
     # -- main loop -----------------------------------------------------------
 
     def run(self):
         """Start every child and supervise until stopped; return the exit code."""
+        self.open()
+        try:
+            return self.supervise()
+        finally:
+            self.close()
+
+    def open(self):
+        """Set up what supervising needs: the report pipe, the graveyard, the signal
+        handlers, the endpoints. Forks nothing yet."""
         self._reports_r, self._reports_w = os.pipe()
         gevent.os.make_nonblocking(self._reports_r)  # read from the hub, never blocking it
         # Readable by children of every user; gone when the supervisor stops.
@@ -135,24 +171,75 @@ class Supervisor:
         self._greenlets.spawn(self._read_reports)
         for endpoint in self._endpoints:
             endpoint.serve(self)
+
+    def start(self):
+        """Start every child."""
         log.info("supervisor started: %s", ", ".join(
             f"{s.name} x{s.processes}" + (f" as {s.user}" if s.user else "")
             for s in self.specs) or "nothing to run")
         for slot in self.slots:
             self.transition(slot, Ev.START)
-        while not (self._stopping and all(s.state is ChildState.STOPPED for s in self.slots)):
-            try:
-                event, *args = self.events.get(timeout=TICK)
-            except Empty:
-                continue
-            getattr(self, f"handle_{event}")(*args)
-        self._close()
+
+    def supervise(self):
+        """Start every child, then handle events until stopped; return the exit code.
+
+        If the supervisor cannot go on (dispatch gave up, or the loop itself
+        failed), its children are stopped gracefully, never orphaned, and it
+        returns 1 (lastresort.py).
+        """
+        try:
+            self.start()
+            while not self.finished:
+                try:
+                    event = self.events.get(timeout=TICK)
+                except Empty:
+                    continue
+                self.dispatch(event)
+        except SupervisorFailure:
+            return self._stop_after_failure()
+        except Exception:
+            log.exception("internal error in the supervisor")
+            return self._stop_after_failure()
         log.info("supervisor stopped%s", " (children had to be killed)" if self._killed else "")
         return 1 if self._killed else 0
 
-    def _close(self):
+    def dispatch(self, event):
+        """Handle one event from the queue: (name, *args) -> handle_<name>(*args).
+
+        A handler that raises is a bug met handling one event, most likely for
+        one child: it is logged with its traceback and the healthy children go
+        on being supervised. SupervisorFailure when that cannot be trusted any
+        more: errors keep coming (lastresort.ErrorBudget: an invariant is
+        broken), or the supervisor is stopping (a stop gone wrong could wait
+        forever).
+        """
+        name, *args = event
+        try:
+            getattr(self, f"handle_{name}")(*args)
+        except Exception:
+            log.exception("internal error while handling %s %s", name,
+                          " ".join(_short(arg) for arg in args))
+            if self._stopping or not self._error_budget.spend():
+                raise SupervisorFailure(f"internal error while handling {name}") from None
+
+    def _stop_after_failure(self):
+        self._stopping = True
+        self._killed = lastresort.stop_children(
+            {pid: slot.key for pid, slot in self._by_pid.items()}, self.events, self._os_kill,
+            max((slot.spec.stop_timeout for slot in self._by_pid.values()), default=0.0))
+        log.info("supervisor stopped after an internal error")
+        return 1
+
+    @property
+    def finished(self):
+        """Stopping, and every child has stopped."""
+        return self._stopping and all(s.state is ChildState.STOPPED for s in self.slots)
+
+    def close(self):
+        """Undo open(); children are not touched."""
         for handle in self._signal_handles:
             handle.cancel()
+        self._signal_handles = []
         self._greenlets.kill(block=True, timeout=1)
         os.close(self._reports_r)
         os.close(self._reports_w)
@@ -188,7 +275,8 @@ class Supervisor:
         slot.exited_at = time.monotonic()
         uptime = slot.exited_at - slot.started_at
         slot.last_exit = describe_exit(status) + (f" ({slot.killed_for})" if slot.killed_for else "")
-        event = classify_exit(exit_code_of(status), slot.ready, uptime, slot.task is not None)
+        restart = restart_decision(exit_code_of(status), slot.ready, uptime,
+                                   slot.task is not None, slot.failures)
         self.metrics.child_exited(slot.spec.name, metrics.exit_cause(status, slot.killed_for))
         if slot.task is not None:
             self.metrics.task_ended(slot.spec.name, metrics.KILLED)
@@ -199,13 +287,10 @@ class Supervisor:
                 log.warning("cannot record the cause of death in %s: %s", self.graveyard.path, exc)
         slot.killed_for, slot.task = None, None
         self._cancel_task_timer(slot)
-        stable = slot.ready and uptime >= STABLE_SECONDS
-        # A stable child's failure starts a new count: it restarts at once.
-        slot.failures = 0 if event is Ev.DIED else 1 if stable else slot.failures + 1
-        slot.last_event = event
+        slot.failures, slot.restart = restart.failures, restart
         level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
-        self.transition(slot, event)  # logs the pid that died, then forgets it
+        self.transition(slot, restart.event)  # logs the pid that died, then forgets it
 
     def handle_ready(self, pid, detail=""):
         slot = self._by_pid.get(pid)
@@ -264,7 +349,9 @@ class Supervisor:
 
     def handle_spawn_failed(self, slot):
         if slot.state is ChildState.STARTING and slot.pid is None:
-            self.transition(slot, Ev.DIED_QUICKLY)
+            slot.restart = fork_failed(slot.failures)
+            slot.failures = slot.restart.failures
+            self.transition(slot, slot.restart.event)
 
     def handle_grace_expired(self, slot, pid):
         if slot.state is ChildState.STOPPING and slot.pid == pid:
@@ -306,12 +393,14 @@ class Supervisor:
     def transition(self, slot, event, note=""):
         exited = event in (Ev.DIED, Ev.DIED_QUICKLY, Ev.DISCONNECTED, Ev.TASK_KILLED, Ev.LOAD_FAILED)
         try:
-            new = next_state(slot.state, event, slot.failures)
+            new = next_state(slot.state, event, slot.failures, has_process=slot.pid is not None)
         except IllegalTransition as exc:
             log.error("%s pid=%s: %s", slot.key, slot.pid, exc)
             if exited:
                 slot.pid = None  # never signal a pid that is gone (and may be reused)
             return
+        if new is slot.state and not exited:
+            return  # nothing happened (a stop of what is stopping): no line, no side effect
         old, slot.state = slot.state, new
         # The contract line of every transition: tests and operators read it.
         log.info("%s pid=%s %s -> %s%s", slot.key, slot.pid or "-", old.value, new.value,
@@ -319,7 +408,7 @@ class Supervisor:
         if exited:
             slot.pid = None
         enter = getattr(self, f"enter_{new.value.lower()}", None)
-        if enter is not None and (old is not new or exited):
+        if enter is not None:
             enter(slot)
 
     def enter_starting(self, slot):
@@ -331,9 +420,7 @@ class Supervisor:
         self._spawn(slot)
 
     def enter_backoff(self, slot):
-        cap = {Ev.DISCONNECTED: RECONNECT_CAP, Ev.TASK_KILLED: TASK_CRASH_CAP}.get(
-            slot.last_event, BACKOFF_CAP)
-        delay = backoff_delay(slot.failures, random.random(), cap)
+        delay = slot.restart.delay(random.random())
         if delay:
             log.warning("%s failed %d times in a row; next start in %.1fs",
                         slot.key, slot.failures, delay)
@@ -361,15 +448,14 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, child.SUPERVISOR_SIGNALS)
         try:
             try:
-                pid = gevent.os.fork_and_watch(callback=self._on_child_exit)
+                pid = self._fork(callback=self._on_child_exit)
             except OSError as exc:  # EAGAIN: a process limit; this slot backs off
                 log.error("%s: cannot fork: %s", slot.key, exc)
-                slot.failures += 1
                 self.events.put_nowait(("spawn_failed", slot))
                 return
             if pid == 0:
-                child.run(slot.key, slot.spec.user, slot.spec.target, self._forget_inherited,
-                          self._reports_w, parent, self.graveyard)
+                child.run(slot.key, slot.spec.kind, slot.spec.user, slot.spec.target,
+                          self._forget_inherited, self._reports_w, parent, self.graveyard)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
         slot.pid, slot.started_at = pid, time.monotonic()
@@ -450,6 +536,6 @@ class Supervisor:
 
     def _signal(self, slot, sig):
         try:
-            os.kill(slot.pid, sig)
+            self._os_kill(slot.pid, sig)
         except ProcessLookupError:
             pass  # it exited; its exit event is on its way

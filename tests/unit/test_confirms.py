@@ -1,45 +1,19 @@
 """ConfirmWindow: many publishes in flight, each settled by the broker's answer.
 
-The session is a recording stand-in driven confirm by confirm: what is under
+The session is the recording stand-in of fakes.py, driven confirm by confirm: what is under
 test is the bookkeeping (window, multiple acks, nacks, returns), not the I/O
 (tests/integration covers that through `submit --file` and `dead requeue`).
 """
-from types import SimpleNamespace
 
 import gevent
 import pika
 import pytest
-from gevent.event import Event
 
 from taskqueue import confirms
 from taskqueue.amqp import SessionClosed
 from taskqueue.confirms import ConfirmWindow
 
-
-class RecordingSession:
-    def __init__(self):
-        self.published = []
-        self.closed = Event()
-        self.close_reason = None
-        self.aborted = False
-
-    def enable_confirms(self, on_confirm, on_return):
-        self.on_confirm, self.on_return = on_confirm, on_return
-
-    def publish(self, queue, body, props, mandatory=False):
-        assert mandatory, "an unroutable publish must come back, not vanish"
-        self.published.append(body)
-
-    @property
-    def is_open(self):
-        return not self.closed.is_set()
-
-    def abort(self):
-        self.aborted = True
-
-    def confirm(self, seq, multiple=False, ack=True):
-        method = pika.spec.Basic.Ack(seq, multiple) if ack else pika.spec.Basic.Nack(seq, multiple)
-        self.on_confirm(SimpleNamespace(method=method))
+from fakes import RecordingSession
 
 
 def window_of(size=10):

@@ -1,6 +1,6 @@
 """The dispatcher's confirm pipeline, driven callback by callback.
 
-The session here is a recording stand-in: the logic under test is which
+The session here is the recording stand-in of fakes.py: the logic under test is which
 publishes and acks the Dispatcher issues, and when, not the broker I/O
 (tests/integration/test_dispatcher.py covers that against RabbitMQ).
 """
@@ -11,55 +11,7 @@ import pika
 
 from taskqueue.dispatcher import Dispatcher
 
-
-class RecordingSession:
-    """Records calls; declares succeed at once unless `refuse` names the queue.
-
-    An ack with `multiple` is recorded as what the broker does with it: an ack
-    of every delivery up to its tag not settled yet.
-    """
-
-    def __init__(self, refuse=(), answer_declares=True):
-        self.calls = []
-        self.delivered = []
-        self.settled = set()
-        self.ack_frames = []    # (tag, multiple) as sent
-        self.refuse = refuse
-        self.answer_declares = answer_declares
-        self.unanswered = []
-
-    def declare_queue_async(self, queue, on_done):
-        self.calls.append(("declare", queue))
-        if not self.answer_declares:
-            self.unanswered.append((queue, on_done))
-        else:
-            on_done(f"queue {queue!r} refused" if queue in self.refuse else None)
-
-    def publish(self, queue, body, props, mandatory=False):
-        assert mandatory, "an unroutable publish must come back, not vanish"
-        self.calls.append(("publish", queue, body))
-
-    def ack(self, tag, multiple=False):
-        self.ack_frames.append((tag, multiple))
-        for acked in [t for t in self.delivered if t <= tag and t not in self.settled] \
-                if multiple else [tag]:
-            self._settle(acked, ("ack", acked))
-
-    def nack(self, tag, requeue):
-        self._settle(tag, ("nack", tag, requeue))
-
-    def reject(self, tag, requeue):
-        self._settle(tag, ("reject", tag, requeue))
-
-    def _settle(self, tag, call):
-        assert tag not in self.settled, f"delivery {tag} settled twice"
-        self.settled.add(tag)
-        self.calls.append(call)
-
-    is_open = True
-
-    def of(self, kind):
-        return [c for c in self.calls if c[0] == kind]
+from fakes import RecordingSession
 
 
 def at_once(delay, fn):

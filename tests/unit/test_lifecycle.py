@@ -5,6 +5,7 @@ No broker, no fork, no mocks: waitpid-style statuses are built by hand
 """
 import itertools
 import os
+import re
 import signal
 
 import pytest
@@ -12,6 +13,10 @@ import pytest
 from taskqueue.lifecycle import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    EXIT_RECYCLE,
+    EXITS,
+    RECONNECT_CAP,
+    TASK_CRASH_CAP,
     EXIT_CONNECTION,
     EXIT_ERROR,
     EXIT_OK,
@@ -27,7 +32,9 @@ from taskqueue.lifecycle import (
     classify_exit,
     describe_exit,
     exit_code_of,
+    fork_failed,
     next_state,
+    restart_decision,
 )
 
 S, E = ChildState, Ev
@@ -55,6 +62,7 @@ TRANSITIONS = [
     (S.STOPPING, E.LOAD_FAILED, S.STOPPED),
     (S.STOPPING, E.DISCONNECTED, S.STOPPED),
     (S.STOPPING, E.TASK_KILLED, S.STOPPED),
+    (S.STOPPING, E.STOP, S.STOPPING),
     (S.BACKOFF, E.STOP, S.STOPPED),
     (S.QUARANTINED, E.STOP, S.STOPPED),
     (S.STOPPED, E.STOP, S.STOPPED),
@@ -136,6 +144,17 @@ def test_next_state_never_quarantines_when_the_broker_or_a_task_is_what_fails(
 @pytest.mark.parametrize("state, event, expected", NOT_TO_BACKOFF, ids=lambda v: _id(v))
 def test_next_state_ignores_failures_when_the_target_is_not_backoff(state, event, expected):
     assert next_state(state, event, failures=QUARANTINE_AFTER * 3) is expected
+
+
+@pytest.mark.parametrize("state", [S.STARTING, S.RUNNING], ids=lambda v: _id(v))
+def test_next_state_stops_at_once_when_the_child_to_stop_has_no_process(state):
+    assert next_state(state, E.STOP, has_process=False) is S.STOPPED
+
+
+@pytest.mark.parametrize("state, event, expected", [t for t in TRANSITIONS if t[2] is not S.STOPPING],
+                         ids=lambda v: _id(v))
+def test_next_state_ignores_has_process_when_the_target_is_not_stopping(state, event, expected):
+    assert next_state(state, event, has_process=False) is expected
 
 
 def test_next_state_quarantines_on_the_tenth_quick_failure_when_a_child_keeps_dying():
@@ -334,3 +353,80 @@ def test_backoff_delay_honours_a_lower_cap_for_reconnection():
 ])
 def test_classify_exit_blames_the_task_when_the_child_died_in_one(exit_code, was_ready, expected):
     assert classify_exit(exit_code, was_ready, 0.1, in_task=True) is expected
+
+
+# -- restart_decision: the restart policy ------------------------------------------
+
+@pytest.mark.parametrize("exit_code, was_ready, uptime, in_task, failures, expected", [
+    # a stable run that ended: restart at once, the count starts over
+    (EXIT_OK, True, STABLE_SECONDS, False, 7, (E.DIED, 0, BACKOFF_CAP)),
+    (None, True, 3600.0, False, 3, (E.DIED, 0, BACKOFF_CAP)),
+    (EXIT_RECYCLE, True, 0.1, False, 4, (E.DIED, 0, BACKOFF_CAP)),
+    (EXIT_RECYCLE, True, 0.1, True, 4, (E.DIED, 0, BACKOFF_CAP)),
+    # a quick death adds to the count
+    (EXIT_ERROR, False, 0.1, False, 0, (E.DIED_QUICKLY, 1, BACKOFF_CAP)),
+    (EXIT_ERROR, True, STABLE_SECONDS - 0.01, False, 4, (E.DIED_QUICKLY, 5, BACKOFF_CAP)),
+    (None, False, 3600.0, False, 9, (E.DIED_QUICKLY, 10, BACKOFF_CAP)),
+    # the broker: short backoff; after a stable run the count starts at 1
+    (EXIT_CONNECTION, False, 0.0, False, 2, (E.DISCONNECTED, 3, RECONNECT_CAP)),
+    (EXIT_CONNECTION, True, 3600.0, False, 20, (E.DISCONNECTED, 1, RECONNECT_CAP)),
+    # killed by its task: short backoff
+    (None, True, 0.5, True, 2, (E.TASK_KILLED, 3, TASK_CRASH_CAP)),
+    (None, True, 3600.0, True, 2, (E.TASK_KILLED, 1, TASK_CRASH_CAP)),
+    # cannot start: quarantine follows from the event
+    (EXIT_PLUGIN_LOAD, False, 0.1, False, 0, (E.LOAD_FAILED, 1, BACKOFF_CAP)),
+    (EXIT_TOPOLOGY, True, 3600.0, True, 5, (E.LOAD_FAILED, 1, BACKOFF_CAP)),
+])
+def test_restart_decision_gives_the_event_count_and_cap_when_a_child_ends(
+        exit_code, was_ready, uptime, in_task, failures, expected):
+    decision = restart_decision(exit_code, was_ready, uptime, in_task, failures)
+    assert (decision.event, decision.failures, decision.cap) == expected
+
+
+def test_restart_decision_delays_as_backoff_delay_with_its_own_cap_when_it_backs_off():
+    decision = restart_decision(EXIT_CONNECTION, False, 0.0, False, 40)
+    assert decision.delay() == RECONNECT_CAP == backoff_delay(41, cap=RECONNECT_CAP)
+    assert restart_decision(None, True, 0.0, True, 40).delay(0.5) == TASK_CRASH_CAP * 1.05
+    assert restart_decision(EXIT_ERROR, False, 0.0, False, 0).delay() == 0.0  # the first: at once
+
+
+def test_restart_decision_reaches_quarantine_when_a_child_keeps_dying_quickly():
+    failures, state = 0, S.STARTING
+    for _ in range(QUARANTINE_AFTER):
+        decision = restart_decision(EXIT_ERROR, False, 0.1, False, failures)
+        failures = decision.failures
+        state = next_state(S.STARTING, decision.event, failures)
+    assert failures == QUARANTINE_AFTER and state is S.QUARANTINED
+
+
+def test_fork_failed_counts_a_quick_failure_when_the_fork_itself_fails():
+    assert fork_failed(0) == (E.DIED_QUICKLY, 1, BACKOFF_CAP)
+    assert fork_failed(QUARANTINE_AFTER - 1).failures == QUARANTINE_AFTER
+
+
+# -- EXITS: the one table of exit codes ----------------------------------------------
+
+def test_exits_name_each_code_and_cause_once_when_listed():
+    assert all(code == exit.code for code, exit in EXITS.items())
+    causes = [exit.cause for exit in EXITS.values()]
+    assert len(set(causes)) == len(causes)
+    assert all(re.fullmatch(r"[a-z_]+", cause) for cause in causes)
+
+
+@pytest.mark.parametrize("code", sorted(EXITS))
+def test_classify_exit_follows_the_exit_table_when_the_code_has_an_event(code):
+    event = EXITS[code].event
+    for was_ready, uptime, in_task in itertools.product((False, True), (0.0, 3600.0), (False, True)):
+        got = classify_exit(code, was_ready, uptime, in_task)
+        assert got is event if event else got in (E.DIED, E.DIED_QUICKLY, E.TASK_KILLED)
+
+
+def test_readme_exit_causes_table_lists_exactly_the_exit_table_when_read():
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("### Exit causes"):]
+    section = section[:section.index("\n### ", 1)]
+    rows = re.findall(r"^\| `exit (\d+) \(([^)]*(?:\)[^`]*)?)\)` \| `(\w+)` \|", section, re.M)
+    assert {(int(code), meaning, cause) for code, meaning, cause in rows} == \
+        {(exit.code, exit.meaning, exit.cause) for exit in EXITS.values()}

@@ -33,15 +33,15 @@ def lines(path):
 
 @pytest.mark.parametrize("identity, task, context", [
     (None, None, ""),
-    ("supervisor", None, "supervisor "),
-    ("dispatcher#1", None, "dispatcher dispatcher#1 "),
-    ("worker1#2", "abc", "worker worker1#2 task=abc "),
-    ("worker2/bifh1#0", "sha1-0a1b", "worker worker2/bifh1#0 task=sha1-0a1b "),
-    ("dispatcher_x/a#0", None, "worker dispatcher_x/a#0 "),
+    (("supervisor",), None, "supervisor "),
+    (("dispatcher", "dispatcher#1"), None, "dispatcher dispatcher#1 "),
+    (("worker", "worker1#2"), "abc", "worker worker1#2 task=abc "),
+    (("worker", "worker2/bifh1#0"), "sha1-0a1b", "worker worker2/bifh1#0 task=sha1-0a1b "),
+    (("worker", "dispatcher_x/a#0"), None, "worker dispatcher_x/a#0 "),
 ])
 def test_line_names_component_child_and_task(logfile, identity, task, context):
     if identity:
-        logs.set_identity(identity)
+        logs.set_identity(*identity)
     logs.set_task(task)
     logging.getLogger("taskqueue.x").warning("text %d", 1)
     assert re.fullmatch(HEADER % os.getpid() + re.escape(f"{context}WARNING: text 1"),
@@ -49,7 +49,7 @@ def test_line_names_component_child_and_task(logfile, identity, task, context):
 
 
 def test_a_lines_own_task_goes_before_the_process_task(logfile):
-    logs.set_identity("dispatcher#0")
+    logs.set_identity("dispatcher", "dispatcher#0")
     logs.set_task("current")
     logging.getLogger("x").info("routed", extra={"task": "mine"})
     logging.getLogger("x").info("no id", extra=logs.about(type("Props", (), {"message_id": None})))
@@ -65,7 +65,7 @@ def test_task_ids_are_shown_as_one_word(task, shown):
 
 
 def test_further_lines_of_an_event_repeat_the_header(logfile):
-    logs.set_identity("worker1#0")
+    logs.set_identity("worker", "worker1#0")
     logs.set_task("t1")
     try:
         raise ValueError("boom")
@@ -121,7 +121,7 @@ def test_processes_sharing_the_file_never_interleave_their_lines(logfile):
         pid = os.fork()
         if pid == 0:
             try:
-                logs.set_identity(f"worker1#{n}")
+                logs.set_identity("worker", f"worker1#{n}")
                 for i in range(50):
                     logging.getLogger("x").info("event %d\n%s", i, body)
             finally:

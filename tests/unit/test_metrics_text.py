@@ -21,7 +21,7 @@ def target(ctx):
 
 
 def supervisor():
-    return Supervisor([ChildSpec("dispatcher", 1, target, queue="taskqueue"),
+    return Supervisor([ChildSpec("dispatcher", 1, target, queue="taskqueue", kind="dispatcher"),
                        ChildSpec("worker2/bifh1", 2, target, queue="worker_worker2")])
 
 

@@ -19,7 +19,7 @@ def target(ctx):
 
 def answer_of(quarantined=False):
     """A supervisor's answer: a dispatcher, two recorders (one busy), maybe a quarantined type."""
-    specs = [ChildSpec("dispatcher", 1, target, queue="taskqueue"),
+    specs = [ChildSpec("dispatcher", 1, target, queue="taskqueue", kind="dispatcher"),
              ChildSpec("recorder", 2, target, queue="worker_recorder")]
     if quarantined:
         specs.append(ChildSpec("brokenimport", 1, target, queue="worker_brokenimport"))

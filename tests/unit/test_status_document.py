@@ -17,7 +17,7 @@ def target(ctx):
 
 
 def supervisor():
-    return Supervisor([ChildSpec("dispatcher", 1, target, queue="taskqueue"),
+    return Supervisor([ChildSpec("dispatcher", 1, target, queue="taskqueue", kind="dispatcher"),
                        ChildSpec("worker2/bifh1", 2, target, user="bifh1", queue="worker_worker2"),
                        ChildSpec("crasher", 1, target, queue="worker_crasher")])
 
