@@ -144,6 +144,7 @@ class Supervisor:
         self._signal_handles = []
         self._reports_r = self._reports_w = None
         self._partial = b""             # an incomplete report line
+        self.graveyard = None           # deaths by task (deadletter.Graveyard), made by open()
         self._stopping = False
         self._killed = False
         self._error_budget = lastresort.ErrorBudget()
@@ -472,6 +473,8 @@ class Supervisor:
         os.close(self._reports_r)
 
     def _forget_deaths(self, key):
+        if self.graveyard is None:   # not open(): nothing was recorded
+            return
         try:
             self.graveyard.forget(key)
         except OSError as exc:  # a stale count only ends a poison task sooner

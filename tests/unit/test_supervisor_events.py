@@ -385,3 +385,23 @@ def test_error_budget_tolerates_a_few_errors_but_not_a_stream_of_them_within_its
     assert budget.spend()
     now[0] = 21.0
     assert budget.spend() and budget.spend() and not budget.spend()
+
+
+# -- the graveyard: a task's deaths are forgotten once it is settled ---------------
+
+def test_a_task_s_deaths_are_forgotten_when_it_is_settled_or_arrives_afresh(make, procs):
+    sup = running(make, procs, spec(processes=1))
+    pid = procs.running[0]
+    for key in ("m-acked", "m-given-back", "m-fresh"):
+        sup.graveyard.record(key, "worker1#0 pid 1: exit 9")
+    sup.events.put(("reports", [("busy", pid, "m-acked"), ("done", pid, "ack 0.1"),
+                                ("busy", pid, "m-given-back"), ("done", pid, "requeue 0.1")]))
+    pump(sup)
+    # Settled: forgotten. Given back: it may still be the one killing processes.
+    assert sup.graveyard.deaths("m-acked") == (0, None)
+    assert sup.graveyard.deaths("m-given-back")[0] == 1
+    # A first delivery of a key (a requeued dead letter, the same body again) starts at 0
+    sup.events.put(("reports", [("busy", pid, "m-fresh first")]))
+    pump(sup)
+    assert sup.graveyard.deaths("m-fresh") == (0, None)
+    assert sup.slots[0].task == "m-fresh"
