@@ -5,7 +5,7 @@ import os
 import sys
 import uuid
 
-from . import amqp, config, plugins
+from . import amqp, config, plugins, workitems
 from .errors import ConfigError, InputError
 from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, load_config
 
@@ -28,20 +28,13 @@ def cmd_submit(args):
     if args.file is not None:
         return _submit_file(args)
     cfg, _ = load_config(args, check_users=False)
-    text = "null" if args.workitem is None else args.workitem
-    if text == "-":
-        text = sys.stdin.read()
-    try:
-        workitem = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"WORKITEM is not valid JSON ({exc}): {text[:100]!r}") from None
+    body = _envelope(args.worker_type, args.workitem)
     message_id = uuid.uuid4().hex
-    body = json.dumps({"worker_type": args.worker_type, "workitem": workitem}).encode()
     props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
                             message_id=message_id, correlation_id=message_id)
     if not args.wait:
         amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
-        print(message_id)
+        print(message_id, flush=True)
         return EXIT_OK
     reply = amqp.blocking_call(cfg.amqp, amqp.TASK_QUEUE, body, props, args.timeout)
     if reply is None:
@@ -49,6 +42,34 @@ def cmd_submit(args):
         return EXIT_FAILURE
     sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
     return EXIT_OK
+
+
+def _envelope(worker_type, argument):
+    """The envelope of the WORKITEM argument (None: null; `-`: stdin), whose workitem
+    is read as the dispatcher reads it; InputError naming the argument and the value."""
+    where, text = "WORKITEM", "null" if argument is None else argument
+    if text == "-":
+        where, text = "WORKITEM (stdin)", sys.stdin.read()
+    try:
+        return workitems.envelope(worker_type, workitems.parse(text))
+    except ValueError as exc:
+        shown = text if len(text) <= 100 else text[:100] + "..."
+        problem = f"{where} {shown!r}: {exc}"
+        if _starts_with_no_json_value(text):
+            problem += f"; to send it as a JSON string, quote it: {json.dumps(text)!r}"
+        raise InputError(problem) from None
+
+
+def _starts_with_no_json_value(text):
+    """True for text that is no JSON from its first character (`some work`), not
+    for JSON that goes wrong later (`{oops`) nor for Python's extras (`NaN`)."""
+    try:
+        workitems.DECODER.raw_decode(text.lstrip(" \t\r\n"))
+    except json.JSONDecodeError as exc:
+        return exc.pos == 0
+    except (ValueError, RecursionError):
+        pass
+    return False
 
 
 def _submit_file(args):

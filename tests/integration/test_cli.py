@@ -264,3 +264,34 @@ def test_submit_file_stops_cleanly_at_ctrl_c_and_says_where_to_resume(broker, wo
     assert "without a confirm" not in err       # what was sent was confirmed before it stopped
     wait_for(lambda: broker.counts("taskqueue")[0] == confirmed, 10,
              lambda: f"{confirmed} tasks in taskqueue, not {broker.counts('taskqueue')[0]}")
+
+
+def tool_config(workdir, vhost):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    return path
+
+
+@pytest.mark.parametrize("workitem", ["NaN", "1e400", "Infinity", "-Infinity", '{"a": [NaN]}'])
+def test_submit_refuses_a_workitem_the_dispatcher_would_dead_letter_naming_it(
+        broker, workdir, vhost, workitem):
+    # Given a WORKITEM that Python's json reads but JSON has no such value for
+    config = tool_config(workdir, vhost)
+    # When it is submitted, as an argument or on stdin
+    out = run("submit", "--config", config, "recorder", "--", workitem)   # -- for -Infinity
+    piped = run("submit", "--config", config, "recorder", "-", input=workitem)
+    # Then it is refused as bad input naming the argument and the value, and nothing is sent
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert out.stderr.startswith(f"taskqueue: WORKITEM {workitem!r}: not valid JSON ("), out.stderr
+    assert (piped.returncode, piped.stdout) == (2, ""), piped.stderr
+    assert piped.stderr.startswith(f"taskqueue: WORKITEM (stdin) {workitem!r}: not valid JSON")
+    assert broker.counts("taskqueue") == (0, 0)
+
+
+def test_submit_of_text_that_is_not_json_says_how_to_send_it_as_a_string(broker, workdir, vhost):
+    out = run("submit", "--config", tool_config(workdir, vhost), "recorder", "some work")
+    assert out.returncode == 2
+    assert "taskqueue: WORKITEM 'some work': not valid JSON (Expecting value" in out.stderr
+    assert """to send it as a JSON string, quote it: '"some work"'""" in out.stderr
+    assert broker.counts("taskqueue") == (0, 0)
