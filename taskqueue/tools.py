@@ -35,10 +35,12 @@ def cmd_submit(args):
     if not args.wait:
         amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
         print(message_id, flush=True)
+        warn_unless_served(cfg.amqp, args.worker_type, 1)
         return EXIT_OK
     reply = amqp.blocking_call(cfg.amqp, amqp.TASK_QUEUE, body, props, args.timeout)
     if reply is None:
         print(f"taskqueue: no reply to {message_id} within {args.timeout:g}s", file=sys.stderr)
+        warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
         return EXIT_FAILURE
     sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
     return EXIT_OK
@@ -85,7 +87,45 @@ def _submit_file(args):
         print(line, file=sys.stderr)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
+    if outcome.confirmed:
+        warn_unless_served(cfg.amqp, args.worker_type, outcome.confirmed)
     return EXIT_FAILURE if outcome.error else EXIT_OK
+
+
+#: Seconds the check after a submit, whether anything consumes the tasks, may take.
+SERVED_CHECK_TIMEOUT = 5.0
+
+
+def warn_unless_served(settings, worker_type, tasks):
+    """Say on stderr when no process consumes `taskqueue` or worker_<type>. The tasks
+    wait, which is by design (a plugin works as soon as it is installed), but it should
+    not be a surprise. Advisory: the tasks are submitted whatever happens here, so a
+    broker problem is a warning too, never a failure of the command."""
+    queues = [amqp.TASK_QUEUE, amqp.worker_queue(worker_type)]
+    try:
+        counts = amqp.queue_counts(settings, queues, SERVED_CHECK_TIMEOUT)
+    except Exception as exc:    # whatever it is, the tasks are submitted
+        print(f"taskqueue: warning: could not check whether a process consumes {queues[1]}: "
+              f"{exc}", file=sys.stderr)
+        return
+    warning = unserved_warning(worker_type, tasks, counts)
+    if warning:
+        print(f"taskqueue: warning: {warning}", file=sys.stderr)
+
+
+def unserved_warning(worker_type, tasks, counts):
+    """The warning for `tasks` tasks just submitted for `worker_type`, given the
+    amqp.queue_counts of taskqueue and worker_<type>; None when both have a consumer."""
+    queue = amqp.worker_queue(worker_type)
+    dispatched, served = (bool(counts.get(q) and counts[q][1]) for q in (amqp.TASK_QUEUE, queue))
+    subject = "the task waits" if tasks == 1 else f"the {tasks} tasks wait"
+    pool = f"until a pool with plugin {worker_type} runs"
+    if not dispatched:
+        return (f"no process consumes {amqp.TASK_QUEUE} (no dispatcher runs): {subject} there "
+                f"until one does" + ("" if served else f", then in {queue} {pool}"))
+    if not served:
+        return f"no process consumes {queue}: {subject} there {pool}"
+    return None
 
 
 def cmd_check_config(args):
