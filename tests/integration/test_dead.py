@@ -1,5 +1,6 @@
 """`taskqueue dead list|requeue|purge`: the operator's view of taskqueue_dead, with real
 dead letters made by a real pool and the real command."""
+import hashlib
 import json
 import os
 import pty
@@ -244,3 +245,28 @@ def test_more_dead_letters_than_one_consumer_may_hold_are_all_read_and_kept_in_o
     assert [props.message_id for props, _ in broker.drain("taskqueue")] == ["d03", "d17", "d24"]
     assert [letter.id for letter in deadtools.list_dead(settings)[0]] == \
         [f"d{n:02}" for n in range(25) if n not in (3, 17, 24)]
+
+
+def test_a_dead_letter_without_message_id_is_requeued_by_the_id_its_table_shows(
+        broker, workdir, vhost):
+    # Given an envelope without a message id, dead-lettered by the dispatcher
+    envelope = b'{"worker_type": "recorder", "workitem": {"id": "anon"}}'
+    broker.publish_raw(envelope, queue="taskqueue_dead", content_type="application/json",
+                       headers={"x-taskqueue-reason": "queue 'worker_recorder' was refused",
+                                "x-taskqueue-queue": "taskqueue"})
+    dead_count(broker, 1, "the dead letter")
+    config = tool_config(workdir, vhost)
+    # When the operator lists it
+    out = run("dead", "list", "--config", config)
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1].split(None, 4)
+    # Then the table shows the id --json shows, and the type of its envelope
+    [letter] = json.loads(run("dead", "list", "--json", "--config", config).stdout)
+    assert row[0] == letter["id"] == "sha1-" + hashlib.sha1(envelope).hexdigest()
+    assert row[1] == letter["type"] == "recorder"
+    # And requeue takes that id
+    requeued = run("dead", "requeue", "--id", row[0], "--config", config)
+    assert requeued.returncode == 0, requeued.stderr
+    assert requeued.stdout.splitlines() == ["requeued 1 dead letter to taskqueue:", f"  {row[0]}"]
+    assert [body for _, body in broker.drain("taskqueue")] == [envelope]
+    assert broker.counts("taskqueue_dead")[0] == 0
