@@ -193,8 +193,9 @@ and drop the message after 20 by default. There, raise the limit for taskqueue_d
 """
 
 DEAD_EXIT_CODES = """\
-exit status: 0 done; 1 broker problem, or (requeue) some dead letters were not
-requeued and stay in taskqueue_dead; 2 bad arguments, nothing done.
+exit status: 0 done (purge: also when the answer to its question was no);
+1 broker problem, or (requeue) some dead letters were not requeued and stay
+in taskqueue_dead; 2 bad arguments, nothing done.
 """
 
 
@@ -244,7 +245,7 @@ def cmd_dead_purge(args):
               end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("nothing purged")
-            return EXIT_FAILURE
+            return EXIT_OK      # the operator's choice, done as asked: no failure
     purged = deadtools.purge_dead(cfg.amqp)
     print(f"purged {deadtools.count_text(purged)} from {amqp.DEAD_QUEUE}")
     return EXIT_OK
