@@ -11,6 +11,11 @@ from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, load_config
 
 
 SUBMIT_EXIT_CODES = """\
+WORKITEM is read as the dispatcher reads it: JSON, without NaN, Infinity or
+numbers too large for a double. When no process consumes taskqueue or
+worker_TYPE, a warning on stderr says where the tasks wait (exit status 0
+still: they are served as soon as a pool with plugin TYPE runs).
+
 exit status:
   0  submitted: every task confirmed by the broker (with --wait: the reply printed)
   1  broker problem (unreachable, refused a task; with --wait: no reply in time).
