@@ -168,6 +168,22 @@ def _describe_logging(cfg):
     return f"{settings.level} to file {settings.path}"
 
 
+STATUS_EXIT_CODES = """\
+The queues: taskqueue, the worker queues of the config and of the running
+groups, taskqueue_dead, and every other worker_<type> queue of the broker
+that holds tasks or has a consumer: those are listed with rabbitmqctl, which
+works as root on the broker's host (elsewhere the table says why not).
+
+exit status (the highest that applies):
+  0  healthy
+  1  a group is quarantined, or a queue that needs a consumer has none, or
+     another worker queue holds tasks and has no consumer
+  2  bad arguments or config: nothing asked
+  3  no supervisor answers on this host
+  4  the broker could not be asked
+"""
+
+
 def cmd_status(args):
     """Exit codes: overview.HEALTHY, UNHEALTHY, NO_SUPERVISOR, NO_BROKER (the highest that applies)."""
     from . import overview
