@@ -6,7 +6,7 @@ host runs waits in a `worker_<type>` queue nobody names. Three ways could
 list it, and this module uses the one that needs nothing new:
 
 - `rabbitmqctl list_queues`, used here: on the broker's host, as root, it
-  lists every queue with its ready messages and consumers. Every RabbitMQ
+  lists every queue of a vhost. Every RabbitMQ
   install has it; it needs no plugin, no extra credentials and no change to
   the broker. It asks the node on this host only, hence only when the
   broker taskqueue uses is on this host (a loopback or local address).
@@ -30,6 +30,7 @@ import subprocess
 
 from . import amqp
 
+#: RabbitMQ's command line tool, looked up on PATH (Debian: /usr/sbin, root's PATH).
 RABBITMQCTL = "rabbitmqctl"
 #: Where listing is not possible, status says so and adds this.
 WHERE_IT_WORKS = "as root on the broker's host, status lists them all"
