@@ -7,8 +7,6 @@ midway cannot be all or nothing: the Outcome says how many tasks the broker
 confirmed and the line to resume from.
 """
 import contextlib
-import json
-import math
 import shlex
 import signal
 import sys
@@ -20,7 +18,7 @@ from typing import Optional
 import gevent
 from gevent.event import Event
 
-from . import amqp
+from . import amqp, workitems
 from .confirms import ConfirmWindow
 from .errors import InputError, TaskqueueError
 from .progress import Progress
@@ -62,7 +60,8 @@ def _checked(name, parsed):
 
 def parse_lines(lines, worker_type):
     """([Task], [(line number, problem)]) for an iterable of lines (bytes); pure.
-    Blank lines are skipped; every other line is one workitem in JSON."""
+    Blank lines are skipped; every other line is one workitem in JSON, read
+    as `taskqueue submit` and the dispatcher read it (workitems.parse)."""
     tasks, problems = [], []
     for number, raw in enumerate(lines, 1):
         try:
@@ -75,35 +74,12 @@ def parse_lines(lines, worker_type):
         if not text.strip():
             continue
         try:
-            workitem = parse_workitem(text)
+            body = workitems.envelope(worker_type, workitems.parse(text))
         except ValueError as exc:
             problems.append((number, f"{exc}: {_shown(text)}"))
             continue
-        body = json.dumps({"worker_type": worker_type, "workitem": workitem}).encode()
         tasks.append(Task(number, body))
     return tasks, problems
-
-
-def parse_workitem(text):
-    """The JSON value in `text`; ValueError saying what is wrong. Stricter than
-    json.loads where the dispatcher is: no NaN or Infinity."""
-    try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError("not usable JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text):
-    number = float(text)
-    if math.isinf(number):
-        raise ValueError(f"number {text[:30]} is too large")
-    return number
 
 
 def _shown(text):

@@ -9,8 +9,9 @@ from . import __version__, config, logs
 from .daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from .errors import ConfigError, InputError, PluginError, TaskqueueError
 from .startup import EXIT_FAILURE, EXIT_USAGE
-from .tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, SUBMIT_EXIT_CODES, cmd_check_config,
-                    cmd_dead_list, cmd_dead_purge, cmd_dead_requeue, cmd_status, cmd_submit)
+from .tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES, SUBMIT_EXIT_CODES,
+                    cmd_check_config, cmd_dead_list, cmd_dead_purge, cmd_dead_requeue, cmd_status,
+                    cmd_submit)
 
 
 def main(argv=None):
@@ -80,10 +81,12 @@ def _parser():
     command("check-config", cmd_check_config,
             "Validate the config; show the plugins found and the processes it would start.")
     p = command("status", cmd_status,
-                "Show this host's supervisors, their processes, and the queues on the broker.")
+                "Show this host's supervisors, their processes, and the queues on the broker.",
+                epilog=STATUS_EXIT_CODES)
     p.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="wait at most SECONDS for each supervisor and for the broker (default 5)")
+                   help="wait at most SECONDS for each supervisor, for the broker and for "
+                        "rabbitmqctl (default 5)")
     return parser
 
 

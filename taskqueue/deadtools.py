@@ -58,18 +58,20 @@ class DeadLetter:
     dead_at: Optional[float]        # seconds since the epoch
     exit: Optional[str] = None      # how the last process that ran it ended (poison tasks)
     delivery_count: Optional[int] = None   # the broker's x-delivery-count, as we got it
-    body: bytes = field(default=b"", repr=False)
+    body: Optional[bytes] = field(default=None, repr=False)   # None: not kept
 
     def age(self, now):
         return None if self.dead_at is None else max(0.0, now - self.dead_at)
 
 
-def describe(props, body):
+def describe(props, body, keep_body=True):
     """A DeadLetter for one message of taskqueue_dead (pure).
 
     The reason and source are taskqueue's own headers when taskqueue
     dead-lettered it, else the broker's latest x-death entry (a task whose
-    handle_task raised or rejected it, one that expired, ...).
+    handle_task raised or rejected it, one that expired, ...). The id and the
+    type come from the real body, always, so that every command names a dead
+    letter alike; `keep_body` only says whether the DeadLetter holds it too.
     """
     headers = props.headers or {}
     death = _latest_death(headers)
@@ -86,7 +88,8 @@ def describe(props, body):
         id=task_key(props, body), message_id=props.message_id,
         worker_type=_worker_type(headers, queue, body), reason=reason or "unknown", queue=queue,
         dead_at=dead_at, exit=_text(headers.get("x-taskqueue-exit")),
-        delivery_count=int(count) if isinstance(count, int) else None, body=body)
+        delivery_count=int(count) if isinstance(count, int) else None,
+        body=body if keep_body else None)
 
 
 def _latest_death(headers):
@@ -204,6 +207,9 @@ def as_json(letter, now):
            "reason": letter.reason, "queue": letter.queue, "dead_at": letter.dead_at,
            "age": None if age is None else round(age, 3), "exit": letter.exit,
            "delivery_count": letter.delivery_count}
+    if letter.body is None:     # listed without bodies
+        out["body"] = None
+        return out
     try:
         out["body"] = letter.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -234,7 +240,8 @@ PREFETCH = 65535
 
 def list_dead(settings, worker_type=None, limit=None, bodies=True):
     """(the dead letters, in queue order, of `worker_type` if given, at most `limit`;
-    how many there are). Nothing is removed; `bodies`: keep each message's body.
+    how many there are). Nothing is removed; `bodies`: keep each message's body
+    (the ids and types are read from the bodies either way).
 
     Every dead letter is read even past `limit`: RabbitMQ 3 puts a nacked message
     of a quorum queue behind those still there, so handing back only the first
@@ -246,7 +253,7 @@ def list_dead(settings, worker_type=None, limit=None, bodies=True):
         for method, props, body in reader:
             if limit and len(letters) >= limit:
                 continue
-            letter = describe(props, body if bodies else b"")
+            letter = describe(props, body, keep_body=bodies)
             if worker_type is None or letter.worker_type == worker_type:
                 letters.append(letter)
     finally:

@@ -1,7 +1,8 @@
 """`taskqueue status`: ask this host's supervisors and the broker, judge, and show it.
 
-Read-only: it reads the status sockets (status.py says what they answer)
-and declares queues passively; it creates, starts and changes nothing.
+Read-only: it reads the status sockets (status.py says what they answer),
+declares queues passively and lists the others with rabbitmqctl where it can
+(queuelist.py says why that way); it creates, starts and changes nothing.
 `gather` does the asking; `assess` and `render` are pure.
 """
 import glob
@@ -11,13 +12,13 @@ import socket
 import stat
 from collections import Counter
 
-from . import amqp, status
+from . import amqp, queuelist, status
 from .errors import TaskqueueError
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
 # or bad arguments, is the command line's own.)
 HEALTHY = 0
-UNHEALTHY = 1        #: a group is quarantined, or a queue that needs a consumer has none
+UNHEALTHY = 1        #: a group is quarantined, or a queue that needs a consumer (or holds tasks) has none
 NO_SUPERVISOR = 3    #: no supervisor answered on this host: the picture lacks the processes
 NO_BROKER = 4        #: the broker could not be asked: the picture lacks the queues
 #: Longest answer read from a status socket.
@@ -26,25 +27,55 @@ MAX_ANSWER = 16 * 2**20
 STATE_WORDS = {"backoff": "backing off"}
 #: Longest message id shown in the table (the JSON has it whole).
 TASK_WIDTH = 36
+#: Worker queues are named worker_<type>.
+WORKER_QUEUE_PREFIX = amqp.worker_queue("")
 
 
 def gather(cfg, timeout):
     """Everything `taskqueue status` shows, as a JSON-ready dict with `problems`,
     `errors` (what could not be asked) and `exit_code`."""
     supervisors = [ask_supervisor(path, timeout) for path in status_sockets(cfg.supervisor.status_dir)]
-    queues = queue_names(cfg, supervisors)
+    expected = queue_names(cfg, supervisors)
     try:
-        counts, broker_error = amqp.queue_counts(cfg.amqp, queues, timeout), None
+        counts, broker_error = amqp.queue_counts(cfg.amqp, expected, timeout), None
     except TaskqueueError as exc:
         counts, broker_error = {}, str(exc)
+    others, listing = set(), {"source": None, "error": "the broker could not be asked"}
+    if broker_error is None:
+        others, listing = other_worker_queues(cfg.amqp, timeout, counts)
+    queues = [expected[0], *sorted(set(expected[1:-1]) | others), expected[-1]]
     view = {
         "status_dir": cfg.supervisor.status_dir,
         "supervisors": supervisors,
         "broker": {"address": amqp.describe(cfg.amqp), "error": broker_error},
-        "queues": queue_rows(queues, counts, supervisors, broker_error is None),
+        "queue_listing": listing,
+        "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
     }
     view.update(assess(view))
     return view
+
+
+def other_worker_queues(settings, timeout, counts):
+    """(the worker queues of the broker beyond those in `counts` that hold tasks or
+    have a consumer, {"source": "rabbitmqctl" or None, "error": why they could not be
+    listed}); adds their counts to `counts`. Listed after `counts` was taken, so
+    that a queue found then and not listed now means another node answered."""
+    try:
+        listed = queuelist.list_queues(settings, timeout)
+        problem = queuelist.contradiction(listed, counts)
+        if problem:
+            raise queuelist.Unlisted(problem)
+        others = sorted(name for name in listed
+                        if name.startswith(WORKER_QUEUE_PREFIX) and name not in counts)
+    except queuelist.Unlisted as exc:
+        return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
+    try:
+        # Counted as the others are, exactly: rabbitmqctl's counts of quorum queues lag.
+        counts.update(amqp.queue_counts(settings, others, timeout) if others else {})
+    except TaskqueueError as exc:
+        return set(), {"source": None, "error": f"the broker did not count them: {exc}"}
+    return ({name for name in others if any(counts[name] or ())},
+            {"source": queuelist.RABBITMQCTL, "error": None})
 
 
 def status_sockets(status_dir):
@@ -96,7 +127,8 @@ def _read_all(path, timeout):
 
 
 def queue_names(cfg, supervisors):
-    """`taskqueue`, the worker queues of the config and of the running groups, `taskqueue_dead`."""
+    """The queues that need to be there: `taskqueue`, the worker queues of the config and
+    of the running groups, `taskqueue_dead`."""
     workers = {group.queue for group in cfg.groups}
     workers |= {group["queue"] for group in _groups(supervisors) if group["kind"] == "worker"}
     return [amqp.TASK_QUEUE, *sorted(workers), amqp.DEAD_QUEUE]
@@ -106,10 +138,11 @@ def _groups(supervisors):
     return [group for answer in supervisors if not answer["error"] for group in answer["groups"]]
 
 
-def queue_rows(queues, counts, supervisors, asked):
+def queue_rows(queues, counts, supervisors, asked, expected=None):
     """One row per queue. `busy_here` counts this host's children handling one of its
     tasks: a lower bound of its unacked messages, which the broker tells only through
-    its management API."""
+    its management API. `expected`: the queues that need a consumer or the dead-letter
+    queue (queue_names; default: all), the others were found by listing the broker's."""
     answered = any(not answer["error"] for answer in supervisors)
     busy = Counter()
     for group in _groups(supervisors):
@@ -125,6 +158,7 @@ def queue_rows(queues, counts, supervisors, asked):
             "consumers": count[1] if count else None,
             "busy_here": busy[queue] if answered and queue not in (amqp.TASK_QUEUE,
                                                                    amqp.DEAD_QUEUE) else None,
+            "expected": expected is None or queue in expected,
         })
     return rows
 
@@ -144,7 +178,9 @@ def assess(view):
             code = UNHEALTHY
     if view["broker"]["error"] is None:
         for queue in view["queues"]:
-            if queue["name"] != amqp.DEAD_QUEUE and not queue["consumers"]:
+            # A queue nothing here expects is a problem only when tasks wait in it in vain.
+            needed = queue["expected"] or queue["ready"]
+            if queue["name"] != amqp.DEAD_QUEUE and not queue["consumers"] and needed:
                 problems.append(f"queue {queue['name']} has no consumer ({queue['ready']} "
                                 "message(s) waiting)" if queue["exists"] else
                                 f"queue {queue['name']} does not exist: nothing consumes it")
@@ -170,6 +206,8 @@ def render(view):
     lines += _table(("QUEUE", "READY", "BUSY HERE", "CONSUMERS"),
                     [(q["name"], _cell(q["ready"]), _cell(q["busy_here"]), _cell(q["consumers"]))
                      for q in view["queues"]])
+    if view["broker"]["error"] is None and view["queue_listing"]["error"]:
+        lines.append(f"  (other worker queues not listed: {view['queue_listing']['error']})")
     lines.append("")
     lines.append("problems:" if view["problems"] else "problems: none")
     lines += [f"  {problem}" for problem in view["problems"]]

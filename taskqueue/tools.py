@@ -5,12 +5,17 @@ import os
 import sys
 import uuid
 
-from . import amqp, config, plugins
+from . import amqp, config, plugins, workitems
 from .errors import ConfigError, InputError
 from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, load_config
 
 
 SUBMIT_EXIT_CODES = """\
+WORKITEM is read as the dispatcher reads it: JSON, without NaN, Infinity or
+numbers too large for a double. When no process consumes taskqueue or
+worker_TYPE, a warning on stderr says where the tasks wait (exit status 0
+still: they are served as soon as a pool with plugin TYPE runs).
+
 exit status:
   0  submitted: every task confirmed by the broker (with --wait: the reply printed)
   1  broker problem (unreachable, refused a task; with --wait: no reply in time).
@@ -28,27 +33,50 @@ def cmd_submit(args):
     if args.file is not None:
         return _submit_file(args)
     cfg, _ = load_config(args, check_users=False)
-    text = "null" if args.workitem is None else args.workitem
-    if text == "-":
-        text = sys.stdin.read()
-    try:
-        workitem = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"WORKITEM is not valid JSON ({exc}): {text[:100]!r}") from None
+    body = _envelope(args.worker_type, args.workitem)
     message_id = uuid.uuid4().hex
-    body = json.dumps({"worker_type": args.worker_type, "workitem": workitem}).encode()
     props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
                             message_id=message_id, correlation_id=message_id)
     if not args.wait:
         amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
-        print(message_id)
+        print(message_id, flush=True)
+        warn_unless_served(cfg.amqp, args.worker_type, 1)
         return EXIT_OK
     reply = amqp.blocking_call(cfg.amqp, amqp.TASK_QUEUE, body, props, args.timeout)
     if reply is None:
         print(f"taskqueue: no reply to {message_id} within {args.timeout:g}s", file=sys.stderr)
+        warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
         return EXIT_FAILURE
     sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
     return EXIT_OK
+
+
+def _envelope(worker_type, argument):
+    """The envelope of the WORKITEM argument (None: null; `-`: stdin), whose workitem
+    is read as the dispatcher reads it; InputError naming the argument and the value."""
+    where, text = "WORKITEM", "null" if argument is None else argument
+    if text == "-":
+        where, text = "WORKITEM (stdin)", sys.stdin.read()
+    try:
+        return workitems.envelope(worker_type, workitems.parse(text))
+    except ValueError as exc:
+        shown = text if len(text) <= 100 else text[:100] + "..."
+        problem = f"{where} {shown!r}: {exc}"
+        if _starts_with_no_json_value(text):
+            problem += f"; to send it as a JSON string, quote it: {json.dumps(text)!r}"
+        raise InputError(problem) from None
+
+
+def _starts_with_no_json_value(text):
+    """True for text that is no JSON from its first character (`some work`), not
+    for JSON that goes wrong later (`{oops`) nor for Python's extras (`NaN`)."""
+    try:
+        workitems.DECODER.raw_decode(text.lstrip(" \t\r\n"))
+    except json.JSONDecodeError as exc:
+        return exc.pos == 0
+    except (ValueError, RecursionError):
+        pass
+    return False
 
 
 def _submit_file(args):
@@ -64,7 +92,45 @@ def _submit_file(args):
         print(line, file=sys.stderr)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
+    if outcome.confirmed:
+        warn_unless_served(cfg.amqp, args.worker_type, outcome.confirmed)
     return EXIT_FAILURE if outcome.error else EXIT_OK
+
+
+#: Seconds the check after a submit, whether anything consumes the tasks, may take.
+SERVED_CHECK_TIMEOUT = 5.0
+
+
+def warn_unless_served(settings, worker_type, tasks):
+    """Say on stderr when no process consumes `taskqueue` or worker_<type>. The tasks
+    wait, which is by design (a plugin works as soon as it is installed), but it should
+    not be a surprise. Advisory: the tasks are submitted whatever happens here, so a
+    broker problem is a warning too, never a failure of the command."""
+    queues = [amqp.TASK_QUEUE, amqp.worker_queue(worker_type)]
+    try:
+        counts = amqp.queue_counts(settings, queues, SERVED_CHECK_TIMEOUT)
+    except Exception as exc:    # whatever it is, the tasks are submitted
+        print(f"taskqueue: warning: could not check whether a process consumes {queues[1]}: "
+              f"{exc}", file=sys.stderr)
+        return
+    warning = unserved_warning(worker_type, tasks, counts)
+    if warning:
+        print(f"taskqueue: warning: {warning}", file=sys.stderr)
+
+
+def unserved_warning(worker_type, tasks, counts):
+    """The warning for `tasks` tasks just submitted for `worker_type`, given the
+    amqp.queue_counts of taskqueue and worker_<type>; None when both have a consumer."""
+    queue = amqp.worker_queue(worker_type)
+    dispatched, served = (bool(counts.get(q) and counts[q][1]) for q in (amqp.TASK_QUEUE, queue))
+    subject = "the task waits" if tasks == 1 else f"the {tasks} tasks wait"
+    pool = f"until a pool with plugin {worker_type} runs"
+    if not dispatched:
+        return (f"no process consumes {amqp.TASK_QUEUE} (no dispatcher runs): {subject} there "
+                f"until one does" + ("" if served else f", then in {queue} {pool}"))
+    if not served:
+        return f"no process consumes {queue}: {subject} there {pool}"
+    return None
 
 
 def cmd_check_config(args):
@@ -102,6 +168,22 @@ def _describe_logging(cfg):
     return f"{settings.level} to file {settings.path}"
 
 
+STATUS_EXIT_CODES = """\
+The queues: taskqueue, the worker queues of the config and of the running
+groups, taskqueue_dead, and every other worker_<type> queue of the broker
+that holds tasks or has a consumer: those are listed with rabbitmqctl, which
+works as root on the broker's host (elsewhere the table says why not).
+
+exit status (the highest that applies):
+  0  healthy
+  1  a group is quarantined, or a queue that needs a consumer has none, or
+     another worker queue holds tasks and has no consumer
+  2  bad arguments or config: nothing asked
+  3  no supervisor answers on this host
+  4  the broker could not be asked
+"""
+
+
 def cmd_status(args):
     """Exit codes: overview.HEALTHY, UNHEALTHY, NO_SUPERVISOR, NO_BROKER (the highest that applies)."""
     from . import overview
@@ -132,8 +214,9 @@ and drop the message after 20 by default. There, raise the limit for taskqueue_d
 """
 
 DEAD_EXIT_CODES = """\
-exit status: 0 done; 1 broker problem, or (requeue) some dead letters were not
-requeued and stay in taskqueue_dead; 2 bad arguments, nothing done.
+exit status: 0 done (purge: also when the answer to its question was no);
+1 broker problem, or (requeue) some dead letters were not requeued and stay
+in taskqueue_dead; 2 bad arguments, nothing done.
 """
 
 
@@ -183,7 +266,7 @@ def cmd_dead_purge(args):
               end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("nothing purged")
-            return EXIT_FAILURE
+            return EXIT_OK      # the operator's choice, done as asked: no failure
     purged = deadtools.purge_dead(cfg.amqp)
     print(f"purged {deadtools.count_text(purged)} from {amqp.DEAD_QUEUE}")
     return EXIT_OK

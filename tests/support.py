@@ -25,7 +25,7 @@ TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 #: Every queue a test may create; deleted before each test.
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
-    "brokenfactory")]
+    "brokenfactory", "nosuchtype")]
 
 
 def wait_for(predicate, timeout, what, interval=0.02):

@@ -288,3 +288,71 @@ def test_bin_taskqueue_runs_the_checkout_with_the_plugins_of_the_venv_it_is_give
                          env={**os.environ, "TASKQUEUE_VENV": str(bare)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("taskqueue ")
+
+
+def tool_config(workdir, vhost):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    return path
+
+
+@pytest.mark.parametrize("workitem", ["NaN", "1e400", "Infinity", "-Infinity", '{"a": [NaN]}'])
+def test_submit_refuses_a_workitem_the_dispatcher_would_dead_letter_naming_it(
+        broker, workdir, vhost, workitem):
+    # Given a WORKITEM that Python's json reads but JSON has no such value for
+    config = tool_config(workdir, vhost)
+    # When it is submitted, as an argument or on stdin
+    out = run("submit", "--config", config, "recorder", "--", workitem)   # -- for -Infinity
+    piped = run("submit", "--config", config, "recorder", "-", input=workitem)
+    # Then it is refused as bad input naming the argument and the value, and nothing is sent
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert out.stderr.startswith(f"taskqueue: WORKITEM {workitem!r}: not valid JSON ("), out.stderr
+    assert (piped.returncode, piped.stdout) == (2, ""), piped.stderr
+    assert piped.stderr.startswith(f"taskqueue: WORKITEM (stdin) {workitem!r}: not valid JSON")
+    assert broker.counts("taskqueue") == (0, 0)
+
+
+def test_submit_of_text_that_is_not_json_says_how_to_send_it_as_a_string(broker, workdir, vhost):
+    out = run("submit", "--config", tool_config(workdir, vhost), "recorder", "some work")
+    assert out.returncode == 2
+    assert "taskqueue: WORKITEM 'some work': not valid JSON (Expecting value" in out.stderr
+    assert """to send it as a JSON string, quote it: '"some work"'""" in out.stderr
+    assert broker.counts("taskqueue") == (0, 0)
+
+
+def test_submit_to_a_type_no_pool_serves_warns_and_still_submits(
+        broker, start_pool, workdir, vhost):
+    # Given a pool serving echo, and its dispatcher
+    pool = start_pool("[DEFAULT]\nworkers: 0\n\n[echo]\nworkers: 1\n")
+    wait_for(lambda: broker.counts("worker_echo")[1] == 1, 15, "the echo consumer")
+    wait_for(lambda: broker.counts("taskqueue")[1] == 1, 15, "the dispatcher consuming")
+    # When a task goes to a type no plugin of which is installed anywhere
+    out = run("submit", "--config", pool.config_path, "nosuchtype", "{}")
+    # Then it is submitted (exit 0, its message id), with a warning saying where it waits
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"[0-9a-f]{32}\n", out.stdout)
+    assert out.stderr == ("taskqueue: warning: no process consumes worker_nosuchtype: the task "
+                          "waits there until a pool with plugin nosuchtype runs\n")
+    wait_for(lambda: broker.counts("worker_nosuchtype")[0] == 1, 15, "the task routed and waiting")
+    # And so does a file of them
+    file_out = run("submit", "--config", pool.config_path, "--file", "-", "nosuchtype",
+                   input="1\n2\n")
+    assert file_out.returncode == 0, file_out.stderr
+    assert file_out.stderr.splitlines()[-1] == (
+        "taskqueue: warning: no process consumes worker_nosuchtype: the 2 tasks wait there "
+        "until a pool with plugin nosuchtype runs")
+    # A served type has no warning
+    served = run("submit", "--config", pool.config_path, "echo", "{}")
+    assert (served.returncode, served.stderr) == (0, "")
+    assert pool.stop() == 0
+
+
+def test_submit_with_no_dispatcher_running_says_the_task_waits_in_taskqueue(
+        broker, workdir, vhost):
+    out = run("submit", "--config", tool_config(workdir, vhost), "nosuchtype", "{}")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ("taskqueue: warning: no process consumes taskqueue (no dispatcher "
+                          "runs): the task waits there until one does, then in "
+                          "worker_nosuchtype until a pool with plugin nosuchtype runs\n")
+    assert broker.counts("taskqueue")[0] == 1

@@ -1,5 +1,6 @@
 """`taskqueue dead list|requeue|purge`: the operator's view of taskqueue_dead, with real
 dead letters made by a real pool and the real command."""
+import hashlib
 import json
 import os
 import pty
@@ -187,9 +188,9 @@ def test_dead_purge_asks_on_a_terminal_and_needs_yes_elsewhere(broker, workdir, 
     assert "not on a terminal" in refused.stderr and "--yes" in refused.stderr
     assert broker.counts("taskqueue_dead")[0] == 3
 
-    # On a terminal it asks; anything but y keeps them
+    # On a terminal it asks; anything but y keeps them, and that is no failure: exit 0
     code, out, err = run_on_terminal(["dead", "purge", "--config", config], "n\n")
-    assert (code, out) == (1, "nothing purged\n")
+    assert (code, out) == (0, "nothing purged\n")
     assert "Purge 3 dead letters from taskqueue_dead? [y/N]" in err
     assert broker.counts("taskqueue_dead")[0] == 3
     code, out, err = run_on_terminal(["dead", "purge", "--config", config], "y\n")
@@ -273,3 +274,28 @@ def test_a_requeued_poison_task_gets_another_delivery_limit_of_deaths(
     assert props.headers["x-taskqueue-reason"].startswith(
         "delivery limit 2 reached: 2 processes died handling it")
     assert pool.stop() == 0
+
+
+def test_a_dead_letter_without_message_id_is_requeued_by_the_id_its_table_shows(
+        broker, workdir, vhost):
+    # Given an envelope without a message id, dead-lettered by the dispatcher
+    envelope = b'{"worker_type": "recorder", "workitem": {"id": "anon"}}'
+    broker.publish_raw(envelope, queue="taskqueue_dead", content_type="application/json",
+                       headers={"x-taskqueue-reason": "queue 'worker_recorder' was refused",
+                                "x-taskqueue-queue": "taskqueue"})
+    dead_count(broker, 1, "the dead letter")
+    config = tool_config(workdir, vhost)
+    # When the operator lists it
+    out = run("dead", "list", "--config", config)
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1].split(None, 4)
+    # Then the table shows the id --json shows, and the type of its envelope
+    [letter] = json.loads(run("dead", "list", "--json", "--config", config).stdout)
+    assert row[0] == letter["id"] == "sha1-" + hashlib.sha1(envelope).hexdigest()
+    assert row[1] == letter["type"] == "recorder"
+    # And requeue takes that id
+    requeued = run("dead", "requeue", "--id", row[0], "--config", config)
+    assert requeued.returncode == 0, requeued.stderr
+    assert requeued.stdout.splitlines() == ["requeued 1 dead letter to taskqueue:", f"  {row[0]}"]
+    assert [body for _, body in broker.drain("taskqueue")] == [envelope]
+    assert broker.counts("taskqueue_dead")[0] == 0

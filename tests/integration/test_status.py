@@ -193,3 +193,35 @@ def test_supervisor_that_cannot_make_its_status_socket_warns_and_runs_on(
     broker.submit("recorder", {"id": "t1"})
     wait_for(lambda: records.ids() == ["t1"], 15, "the task done")
     assert pool.stop() == 0
+
+
+def test_status_lists_a_worker_queue_of_a_type_nobody_runs_holding_tasks_and_exits_1(
+        broker, start_pool, records, workdir):
+    # Given a healthy pool, and a task waiting for a type no host runs a plugin of
+    pool = start_pool(recorder_config(records))
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the recorder consuming")
+    wait_for(lambda: broker.counts("taskqueue")[1] == 1, 15, "the dispatcher consuming")
+    broker.submit("nosuchtype", {"id": "waits"})
+    wait_for(lambda: broker.counts("worker_nosuchtype")[0] == 1, 15, "the task routed")
+    # When status is asked (as root, on the broker's host: rabbitmqctl can list the queues)
+    out = status(pool.config_path)
+    # Then that queue is listed, and it is a problem
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert re.search(r"^  worker_nosuchtype +1 +0 +0$", out.stdout, re.M), out.stdout
+    assert out.stdout.endswith("\nproblems:\n  queue worker_nosuchtype has no consumer "
+                               "(1 message(s) waiting)\n"), out.stdout
+    code, doc = status_json(pool.config_path)
+    assert code == 1
+    assert doc["queue_listing"] == {"source": "rabbitmqctl", "error": None}
+    assert queues_of(doc)["worker_nosuchtype"]["ready"] == 1
+
+    # When rabbitmqctl cannot be run (not on this PATH), Then status says so and judges the rest
+    env = {**os.environ, "PATH": f"{os.path.dirname(TASKQUEUE)}:/usr/bin:/bin"}
+    blind = subprocess.run([TASKQUEUE, "status", "--config", pool.config_path], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert blind.returncode == 0, blind.stdout + blind.stderr
+    assert "worker_nosuchtype" not in blind.stdout
+    assert ("other worker queues not listed: rabbitmqctl is not on PATH (as root on the "
+            "broker's host, status lists them all)") in blind.stdout, blind.stdout
+    assert blind.stdout.endswith("\nproblems: none\n")
+    assert pool.stop() == 0

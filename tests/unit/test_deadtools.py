@@ -1,5 +1,6 @@
 """deadtools: what a dead letter says about itself, and the copy a requeue publishes."""
 import datetime
+import hashlib
 import json
 
 import pika
@@ -145,3 +146,14 @@ def test_as_json_gives_scripts_every_fact_and_the_body():
     json.dumps(out)
     binary = as_json(describe(props(), b"\xff\x00"), NOW)
     assert binary["body"] is None and binary["body_base64"] == "/wA="
+
+
+def test_a_letter_described_without_keeping_its_body_has_the_id_and_type_of_its_real_body():
+    # What `dead list` shows in its table: the same id `--json` and `requeue --id` use.
+    envelope = b'{"worker_type": "recorder", "workitem": 1}'
+    refused = props(headers={"x-taskqueue-reason": "refused", "x-taskqueue-queue": "taskqueue"})
+    kept, dropped = describe(refused, envelope), describe(refused, envelope, keep_body=False)
+    assert dropped.id == kept.id == "sha1-" + hashlib.sha1(envelope).hexdigest()
+    assert dropped.worker_type == kept.worker_type == "recorder"
+    assert (kept.body, dropped.body) == (envelope, None)
+    assert table([dropped], NOW)[1].split()[:2] == [kept.id, "recorder"]

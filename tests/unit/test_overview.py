@@ -37,12 +37,20 @@ def answer_of(quarantined=False):
             **snapshot(sup, "taskqueue-run", now=312.5)}
 
 
-def view_of(supervisors, counts, broker_error=None):
-    queues = ["taskqueue", *sorted({g["queue"] for s in supervisors if not s["error"]
-                                    for g in s["groups"] if g["kind"] == "worker"}), "taskqueue_dead"]
+LISTED = {"source": "rabbitmqctl", "error": None}
+
+
+def view_of(supervisors, counts, broker_error=None, others=None, listing=LISTED):
+    """As overview.gather makes it; `others`: the counts of the worker queues only the
+    broker's listing found."""
+    expected = ["taskqueue", *sorted({g["queue"] for s in supervisors if not s["error"]
+                                      for g in s["groups"] if g["kind"] == "worker"}),
+                "taskqueue_dead"]
+    queues = [expected[0], *sorted(set(expected[1:-1]) | set(others or {})), expected[-1]]
     view = {"status_dir": "/run/taskqueue", "supervisors": supervisors,
-            "broker": {"address": BROKER, "error": broker_error},
-            "queues": overview.queue_rows(queues, counts, supervisors, broker_error is None)}
+            "broker": {"address": BROKER, "error": broker_error}, "queue_listing": listing,
+            "queues": overview.queue_rows(queues, {**counts, **(others or {})}, supervisors,
+                                          broker_error is None, expected)}
     view.update(overview.assess(view))
     return view
 
@@ -127,3 +135,34 @@ def test_table_of_a_healthy_host_says_there_is_no_problem():
     (273600, "3d04h")])
 def test_durations_are_short(seconds, text):
     assert overview.format_seconds(seconds) == text
+
+
+def test_a_worker_queue_only_the_broker_lists_is_a_problem_when_tasks_wait_in_it_unconsumed():
+    others = {"worker_nosuchtype": (2, 0), "worker_elsewhere": (7, 3)}
+    view = view_of([answer_of()], HEALTHY_COUNTS, others=others)
+    assert view["exit_code"] == overview.UNHEALTHY
+    assert view["problems"] == ["queue worker_nosuchtype has no consumer (2 message(s) waiting)"]
+    rows = {q["name"]: q for q in view["queues"]}
+    assert [q["name"] for q in view["queues"]] == [
+        "taskqueue", "worker_elsewhere", "worker_nosuchtype", "worker_recorder", "taskqueue_dead"]
+    assert (rows["worker_nosuchtype"]["expected"], rows["worker_recorder"]["expected"]) == (
+        False, True)
+    text = overview.render(view)
+    assert "  worker_nosuchtype  2      0          0\n" in text
+    assert "not listed" not in text
+
+
+def test_a_worker_queue_only_the_broker_lists_is_no_problem_once_consumed_or_empty():
+    others = {"worker_elsewhere": (7, 3), "worker_old": (0, 0)}
+    view = view_of([answer_of()], HEALTHY_COUNTS, others=others)
+    assert (view["exit_code"], view["problems"]) == (overview.HEALTHY, [])
+
+
+def test_queues_that_could_not_be_listed_are_said_in_the_table_not_judged():
+    listing = {"source": None, "error": "rabbitmqctl is not on PATH (as root on the broker's "
+                                        "host, status lists them all)"}
+    view = view_of([answer_of()], HEALTHY_COUNTS, listing=listing)
+    assert (view["exit_code"], view["problems"], view["errors"]) == (overview.HEALTHY, [], [])
+    assert ("  taskqueue_dead   2      -          0\n"
+            "  (other worker queues not listed: rabbitmqctl is not on PATH (as root on the "
+            "broker's host, status lists them all))\n\nproblems: none\n") in overview.render(view)
