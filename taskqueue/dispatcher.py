@@ -188,6 +188,9 @@ class Dispatcher:
             log.exception("cannot route delivery %s (message %s); rejecting it to %s",
                           tag, getattr(props, "message_id", None) or "-", amqp.DEAD_QUEUE,
                           extra=logs.about(props))
+            # Settled here, not by _ack_inputs: left unsettled, it would hold the
+            # ack floor below every later input, and each would be acked alone.
+            self._unsettled.discard(tag)
             self._session.reject(tag, requeue=False)
 
     def _send(self, queue, message):

@@ -204,3 +204,16 @@ def test_dispatcher_rejects_to_the_dead_letter_queue_what_it_cannot_handle_inste
     # Properties that are not what pika gives (any unexpected failure will do)
     dispatcher._on_message(SimpleNamespace(delivery_tag=1), object(), b"x")
     assert session.of("reject") == [("reject", 1, False)]
+
+
+def test_dispatcher_acks_later_inputs_in_one_batch_when_an_earlier_one_could_not_be_routed():
+    """Issue 10, bug 4: the rejected input left the ack floor stuck below every later one."""
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    session.delivered.append(1)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=1), object(), b"x")  # routing fails
+    for tag in range(2, 12):
+        deliver(dispatcher, tag, envelope(tag))
+    confirm(dispatcher, 10, multiple=True)
+    assert session.of("reject") == [("reject", 1, False)]
+    assert session.ack_frames == [(11, True)]   # one multiple ack, not ten single ones
