@@ -17,8 +17,9 @@ from gevent.event import Event
 from . import amqp, formats, logs
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
+from .routing import BUILTIN_TYPES, route
 # Re-exported: the tools and tests name them from here.
-from .routing import TYPE_PATTERN, TYPE_RULE, Rejection, Route, route  # noqa: F401
+from .routing import TYPE_PATTERN, TYPE_RULE, Rejection, Route  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +250,10 @@ def load_formats():
     read after a restart or a reload); log what each reads or why it cannot."""
     readers = formats.load_installed()
     for content_type, fmt in sorted(readers.items()):
-        if fmt.problem:
+        if fmt.problem and content_type in BUILTIN_TYPES:
+            log.error("%s; it is not used", fmt.problem)
+        elif fmt.problem:
             log.error("%s; messages of content type %s are dead-lettered", fmt.problem, content_type)
         else:
-            log.info("format %s (%s) reads messages of content type %s",
-                     content_type, fmt.origin, content_type)
+            log.info("format %s (%s) loaded", content_type, fmt.origin)
     return readers

@@ -80,9 +80,9 @@ def media_type(content_type):
 def _starts_an_object(body):
     """True when the body's first non-blank character is `{`, in any JSON encoding."""
     encoding = json.detect_encoding(body)
-    if encoding == "utf-8":   # the common case: look at bytes, copy nothing
-        return body.lstrip(b" \t\r\n").startswith(b"{") or \
-            body.startswith(b"\xef\xbb\xbf") and body[3:].lstrip(b" \t\r\n").startswith(b"{")
+    if encoding == "utf-8":   # the common case: look at the bytes, copy nothing
+        return body.lstrip(b" \t\r\n").startswith(b"{")
+    # A byte order mark (utf-8-sig, utf-16, utf-32) or a UTF-16/32 body.
     return body.decode(encoding, "replace").lstrip("\ufeff \t\r\n").startswith("{")
 
 

@@ -69,3 +69,22 @@ def test_fingerprint_changes_when_a_format_comes_goes_or_moves():
     assert fingerprint(one) == fingerprint({"application/x-a": [ep("application/x-a", "m:read")]})
     assert fingerprint(one) != fingerprint({})
     assert fingerprint(one) != fingerprint({"application/x-a": [ep("application/x-a", "m:read2")]})
+
+
+def test_the_dispatcher_logs_each_format_as_it_starts_and_why_a_broken_one_reads_nothing(
+        monkeypatch, caplog):
+    from taskqueue import dispatcher, formats
+    found = {"application/x-good": [ep("application/x-good", "json:loads")],
+             "application/x-bad": [ep("application/x-bad", "tqtest_no_such_module:read")],
+             "text/plain": [ep("text/plain", "json:loads")]}
+    monkeypatch.setattr(formats, "discover", lambda: found)
+    caplog.set_level("INFO")
+    readers = dispatcher.load_formats()
+    assert set(readers) == set(found)
+    lines = {(r.levelname, r.getMessage()) for r in caplog.records}
+    assert ("INFO", "format application/x-good (json:loads) loaded") in lines
+    assert ("ERROR", "format application/x-bad (tqtest_no_such_module:read) failed to load: "
+                     "ModuleNotFoundError: No module named 'tqtest_no_such_module'; messages of "
+                     "content type application/x-bad are dead-lettered") in lines
+    assert ("ERROR", "format text/plain (json:loads): text/plain is read by taskqueue itself; "
+                     "a format cannot replace it; it is not used") in lines
