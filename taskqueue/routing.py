@@ -43,11 +43,11 @@ class Rejection:
     reason: str
 
 
-def route(body, content_type=None, headers=None, formats=None):
+def route(body, content_type=None, headers=None, readers=None):
     """Decide where one message from `taskqueue` goes: a Route, or a Rejection saying why.
 
-    `formats` maps a media type (lowercase, no parameters) to an installed
-    format plugin (formats.Format); the dispatcher passes those it loaded.
+    `readers` maps a media type (lowercase, no parameters) to an installed
+    format plugin (a formats.Format); the dispatcher passes those it loaded.
     """
     header_type = (headers or {}).get("worker_type")
     if header_type is not None:
@@ -62,11 +62,11 @@ def route(body, content_type=None, headers=None, formats=None):
         return read_plain(body)
     if media in JSON_TYPES:
         return read_envelope(body)
-    if media and formats and media in formats:
-        return read_format(formats[media], body)
+    if media and readers and media in readers:
+        return read_format(readers[media], body)
     if not media:
         return read_envelope(body) if _starts_an_object(body) else read_plain(body)
-    usable = sorted(name for name, fmt in (formats or {}).items() if fmt.read)
+    usable = sorted(name for name, fmt in (readers or {}).items() if fmt.read)
     understood = ", ".join(BUILTIN_TYPES + tuple(usable))
     return Rejection(f"content type {content_type[:100]!r} is not understood "
                      f"({_cut(understood, 200)}) and there is no worker_type header")
