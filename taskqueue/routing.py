@@ -99,7 +99,7 @@ def read_plain(body):
     if space == 0:
         return Rejection(f"plain-text body {_excerpt(body)} starts with a space, "
                          f"so its worker type is empty: {PLAIN_SHAPE}")
-    worker_type = body[:space].decode("utf-8", "backslashreplace")
+    worker_type = body[:space].decode("utf-8", "replace")
     if not TYPE_PATTERN.match(worker_type):
         return Rejection(f"plain-text worker type {_excerpt(body[:space])} is not {TYPE_RULE}: "
                          f"{PLAIN_SHAPE}")
@@ -107,7 +107,9 @@ def read_plain(body):
 
 
 def _excerpt(data):
-    text = data[:EXCERPT].decode("utf-8", "backslashreplace")
+    """The start of `data` as a quoted string: U+FFFD for bytes that are not UTF-8,
+    escapes for control characters (repr), so a reason stays one short line."""
+    text = data[:EXCERPT].decode("utf-8", "replace")
     return repr(text) + ("..." if len(data) > EXCERPT else "")
 
 
