@@ -104,7 +104,7 @@ def collect(broker, queue, count, what):
 def test_format_plugins_read_their_content_type_and_a_broken_one_dead_letters_only_its_own(
         broker, start_pool):
     # Given a dispatcher with the tqtest formats installed, one of which fails to import
-    pool = start_pool("[DEFAULT]\nworkers: 0\n")
+    pool = start_pool("[DEFAULT]\nworkers: 0\n", env={"TQTEST_BROKEN_FORMAT": "1"})
     pool.wait_log(rf"ERROR: format {re.escape(BROKEN)} \(tqtest.brokenformat:read from "
                   rf"taskqueue-test-plugins [\d.]+\) failed to load: ModuleNotFoundError: No module "
                   rf"named 'tqtest_no_such_dependency'; messages of content type {re.escape(BROKEN)} "
