@@ -4,7 +4,7 @@ import functools
 import logging
 import os
 
-from . import amqp, logs
+from . import amqp, formats, logs
 from .errors import ConfigError
 from .startup import load_config
 
@@ -39,8 +39,9 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
         specs.append(ChildSpec("dispatcher", cfg.dispatcher.processes,
                                functools.partial(run_dispatcher, cfg.amqp, cfg.dispatcher),
                                user=default_user, stop_timeout=cfg.dispatcher.stop_timeout,
-                               settings=(cfg.amqp, cfg.dispatcher), queue=amqp.TASK_QUEUE,
-                               kind="dispatcher"))
+                               settings=(cfg.amqp, cfg.dispatcher,
+                                         formats.fingerprint(formats.discover())),
+                               queue=amqp.TASK_QUEUE, kind="dispatcher"))
     if workers:
         for group in cfg.groups:
             specs.append(ChildSpec(group.name, group.processes,

@@ -27,7 +27,7 @@ from typing import Optional
 import gevent
 from gevent.queue import Empty, Queue
 
-from . import amqp
+from . import amqp, formats
 from .confirms import ConfirmWindow
 from .deadletter import REASON_HEADER, SOURCE_HEADER, task_key
 from .dispatcher import Rejection, route
@@ -138,7 +138,7 @@ def fresh_headers(headers):
             if k not in PAST_HEADERS and not k.startswith(PAST_HEADER_PREFIXES)}
 
 
-def requeue_copy(props, body):
+def requeue_copy(props, body, readers=None):
     """What to publish to `taskqueue` so that the dispatcher routes this dead letter
     to its worker again: (body, properties). Raise NotRequeueable if it would not.
 
@@ -146,7 +146,8 @@ def requeue_copy(props, body):
     it goes back with a `worker_type` header, which the dispatcher forwards
     unchanged. One from `taskqueue` holds the envelope, which goes as it is.
     Properties are kept (message_id, correlation_id, reply_to...), the
-    headers of its death are not.
+    headers of its death are not. `readers`: the installed format plugins
+    (formats.load_installed()), as the dispatcher would use them.
     """
     letter = describe(props, body)
     headers = fresh_headers(props.headers)
@@ -155,7 +156,7 @@ def requeue_copy(props, body):
     out = copy.copy(props)
     out.delivery_mode = amqp.PERSISTENT
     out.headers = amqp.amqp_safe(headers) or None
-    decision = route(body, out.content_type, out.headers)
+    decision = route(body, out.content_type, out.headers, readers)
     if isinstance(decision, Rejection):
         raise NotRequeueable(f"the dispatcher would dead-letter it again: {decision.reason}")
     return body, out
@@ -297,6 +298,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
     def selected(letter):
         return ((not ids or letter.id in ids or letter.message_id in ids)
                 and (worker_type is None or letter.worker_type == worker_type))
+    readers = formats.load_installed()
     reader = _Reader(settings, "requeue")
     session = reader.session
     report = RequeueReport()
@@ -330,7 +332,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
                                                  "already (a duplicate, or it died again)"))
                 continue
             try:
-                out = requeue_copy(props, body)
+                out = requeue_copy(props, body, readers)
             except NotRequeueable as exc:
                 report.failed.append((letter.id, str(exc)))
                 continue

@@ -1,34 +1,27 @@
-"""Route each envelope from `taskqueue` to `worker_<type>`.
+"""Route each message from `taskqueue` to `worker_<type>`.
 
-`route()` is the pure decision. `Dispatcher` is the loop around it: it
-consumes with a large prefetch, publishes with publisher confirms, and acks
-an input only once its output is confirmed, many messages in flight at once.
-What cannot be routed goes to `taskqueue_dead` with a header giving the
-reason; nothing is acked away unpublished.
+`routing.route()` is the pure decision (which way a message came in and where
+it goes); format plugins are loaded by `formats`. `Dispatcher` is the loop
+around it: it consumes with a large prefetch, publishes with publisher
+confirms, and acks an input only once its output is confirmed, many messages
+in flight at once. What cannot be routed goes to `taskqueue_dead` with a
+header giving the reason; nothing is acked away unpublished.
 """
-import json
 import logging
-import math
-import re
 import time
 from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
 
-from . import amqp, logs
+from . import amqp, formats, logs
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
+from .routing import BUILTIN_TYPES, route
+# Re-exported: the tools and tests name them from here.
+from .routing import TYPE_PATTERN, TYPE_RULE, Rejection, Route  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-#: What a worker type may be named (it becomes part of a queue name).
-TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,200}\Z")
-TYPE_RULE = "1-200 characters of letters, digits, '_', '.', '-'"
-#: Content types taken as JSON; a message without one is assumed to be JSON.
-JSON_TYPES = ("application/json", "text/json")
-#: Header names the dispatcher adds to a dead-lettered message.
-
 
 #: Seconds during which tasks for a queue the broker refused to declare go
 #: to the dead-letter queue before the declare is tried again.
@@ -44,89 +37,13 @@ class Refused:
     until: float
 
 
-@dataclass(frozen=True)
-class Route:
-    worker_type: str
-    body: bytes
-    from_envelope: bool   # body is the re-encoded workitem (else forwarded unchanged)
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reason: str
-
-
-def route(body, content_type=None, headers=None):
-    """Decide where one message from `taskqueue` goes: a Route, or a Rejection saying why."""
-    header_type = (headers or {}).get("worker_type")
-    if header_type is not None:
-        if isinstance(header_type, bytes):
-            header_type = header_type.decode("utf-8", "replace")
-        problem = _type_problem(header_type)
-        if problem:
-            return Rejection(f"header worker_type {problem}")
-        return Route(header_type, body, from_envelope=False)
-    if content_type and content_type.split(";")[0].strip().lower() not in JSON_TYPES:
-        return Rejection(f"content type {content_type[:100]!r} is not application/json "
-                         f"and there is no worker_type header")
-    try:
-        envelope = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
-    except RecursionError:
-        return Rejection("body is not usable JSON: nested too deeply")
-    except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
-        return Rejection(f"body is not JSON: {str(exc)[:200]}")
-    if not isinstance(envelope, dict):
-        return Rejection(f"envelope is a JSON {_kind(envelope)}, expected an object "
-                         f'{{"worker_type": ..., "workitem": ...}}')
-    if "worker_type" not in envelope:
-        return Rejection("envelope has no worker_type")
-    problem = _type_problem(envelope["worker_type"])
-    if problem:
-        return Rejection(f"worker_type {problem}")
-    if "workitem" not in envelope:
-        return Rejection("envelope has no workitem")
-    workitem = _ENCODER.encode(envelope["workitem"]).encode()
-    return Route(envelope["worker_type"], workitem, from_envelope=True)
-
-
-def _type_problem(value):
-    if not isinstance(value, str):
-        return f"is a JSON {_kind(value)}, expected a string"
-    if not TYPE_PATTERN.match(value):
-        shown = value if len(value) <= 60 else value[:60] + "..."
-        return f"{shown!r} is not {TYPE_RULE}"
-    return None
-
-
-def _kind(value):
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text):
-    # 1e400 would parse to inf and be forwarded as the non-JSON token Infinity.
-    number = float(text)
-    if math.isinf(number):
-        raise ValueError(f"number {text[:50]} is too large")
-    return number
-
-
-# Made once: json.loads and json.dumps with options build a new one per call,
-# a tenth of the dispatcher's time per message (bench/profile.py).
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
 def forwarded_properties(props, decision):
-    """The input's properties, kept, made persistent; JSON content type for re-encoded workitems."""
+    """The input's properties, kept, made persistent, with the content type the route
+    gives (application/json for an envelope's workitem, text/plain for plain text)."""
     out = amqp.copy_properties(props)
     out.delivery_mode = amqp.PERSISTENT
-    if decision.from_envelope:
-        out.content_type = "application/json"
+    if decision.content_type:
+        out.content_type = decision.content_type
     if out.headers:
         out.headers = amqp.amqp_safe(without_broker_headers(out.headers))
     return out
@@ -135,8 +52,9 @@ def forwarded_properties(props, decision):
 class Dispatcher:
     """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
 
-    def __init__(self, session, prefetch, schedule=gevent.spawn_later):
+    def __init__(self, session, prefetch, schedule=gevent.spawn_later, readers=None):
         self._session = session
+        self._readers = readers or {}   # content type -> formats.Format (installed plugins)
         self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
         self._prefetch = prefetch
         # publish sequence number -> (input delivery tag, queue, message id, body)
@@ -177,7 +95,7 @@ class Dispatcher:
         tag = method.delivery_tag
         self._unsettled.add(tag)
         try:
-            decision = route(body, props.content_type, props.headers)
+            decision = route(body, props.content_type, props.headers, self._readers)
             if isinstance(decision, Rejection):
                 self._dead_letter(tag, props, body, decision.reason)
             else:
@@ -188,6 +106,9 @@ class Dispatcher:
             log.exception("cannot route delivery %s (message %s); rejecting it to %s",
                           tag, getattr(props, "message_id", None) or "-", amqp.DEAD_QUEUE,
                           extra=logs.about(props))
+            # Settled here, not by _ack_inputs: left unsettled, it would hold the
+            # ack floor below every later input, and each would be acked alone.
+            self._unsettled.discard(tag)
             self._session.reject(tag, requeue=False)
 
     def _send(self, queue, message):
@@ -307,8 +228,9 @@ class Dispatcher:
 
 def run_dispatcher(amqp_settings, settings, ctx):
     """The body of a dispatcher child; returns an exit code."""
+    readers = load_formats()
     session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}").open()
-    dispatcher = Dispatcher(session, settings.prefetch)
+    dispatcher = Dispatcher(session, settings.prefetch, readers=readers)
     dispatcher.start()
     ctx.ready()
     log.info("routing %s (prefetch %d)", amqp.TASK_QUEUE, settings.prefetch)
@@ -321,3 +243,17 @@ def run_dispatcher(amqp_settings, settings, ctx):
                     dispatcher.unconfirmed, amqp.TASK_QUEUE)
     session.close()
     return EXIT_OK
+
+
+def load_formats():
+    """Import the installed format plugins, once, as the child starts (a new one is
+    read after a restart or a reload); log what each reads or why it cannot."""
+    readers = formats.load_installed()
+    for content_type, fmt in sorted(readers.items()):
+        if fmt.problem and content_type in BUILTIN_TYPES:
+            log.error("%s; it is not used", fmt.problem)
+        elif fmt.problem:
+            log.error("%s; messages of content type %s are dead-lettered", fmt.problem, content_type)
+        else:
+            log.info("format %s (%s) loaded", content_type, fmt.origin)
+    return readers

@@ -23,7 +23,7 @@ def discover():
         other = found.get(ep.name)
         if other is not None and other.value != ep.value:
             raise PluginError(
-                f"worker type {ep.name!r} is registered twice: {_origin(other)} and {_origin(ep)}; "
+                f"worker type {ep.name!r} is registered twice: {origin(other)} and {origin(ep)}; "
                 f"uninstall one of them")
         found[ep.name] = ep
     return found
@@ -40,20 +40,21 @@ def load(worker_type, group):
     try:
         factory = ep.load()
     except BaseException as exc:  # a plugin may raise anything at import, even SystemExit
-        raise PluginError(f"plugin {worker_type!r} ({_origin(ep)}) failed to import: "
+        raise PluginError(f"plugin {worker_type!r} ({origin(ep)}) failed to import: "
                           f"{type(exc).__name__}: {exc}") from exc
     try:
         worker = factory(group)
     except BaseException as exc:
-        raise PluginError(f"plugin {worker_type!r} ({_origin(ep)}) failed to construct its worker: "
+        raise PluginError(f"plugin {worker_type!r} ({origin(ep)}) failed to construct its worker: "
                           f"{type(exc).__name__}: {exc}") from exc
     if not callable(getattr(worker, "handle_task", None)):
-        raise PluginError(f"plugin {worker_type!r} ({_origin(ep)}): {ep.value} returned "
+        raise PluginError(f"plugin {worker_type!r} ({origin(ep)}): {ep.value} returned "
                           f"{type(worker).__name__}, which has no handle_task method")
     return worker
 
 
-def _origin(ep):
+def origin(ep):
+    """`module:attr from distribution version`: where an entry point comes from, for messages."""
     dist = getattr(ep, "dist", None)
     where = f" from {dist.name} {dist.version}" if dist is not None else ""
     return f"{ep.value}{where}"

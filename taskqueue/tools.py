@@ -27,7 +27,7 @@ exit status:
 
 
 def cmd_submit(args):
-    from .dispatcher import TYPE_PATTERN, TYPE_RULE
+    from .routing import TYPE_PATTERN, TYPE_RULE
     if not TYPE_PATTERN.match(args.worker_type):
         raise ConfigError(f"TYPE {args.worker_type[:100]!r} is not {TYPE_RULE}")
     if args.file is not None:

@@ -16,6 +16,7 @@ import pytest
 
 from figures import FIGURES
 from support import Broker, alive, wait_for
+from taskqueue.routing import PLAIN_SHAPE
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -125,8 +126,18 @@ def test_10000_tasks_survive_killed_workers_and_dispatchers_a_broker_restart_and
     assert pool.stop() == 0
 
 
+#: The malformed kinds read as plain text, whose reasons show the expected shape.
+PLAIN_KINDS = ("random bytes", "plain text", "10 MB plain text", "json array", "json number")
+
 MALFORMED_KINDS = [
-    ("random bytes", lambda r: bytes(r.getrandbits(8) for _ in range(r.randint(1, 300))), {}),
+    # Without a content type, read as plain text: \x01 is in no worker type, and is
+    # no '{' or blank in any encoding JSON allows (a NUL could start UTF-16 "{").
+    ("random bytes", lambda r: b"\x01" + bytes(r.getrandbits(8) for _ in range(r.randint(0, 300))), {}),
+    ("plain text without a space", lambda r: b"marker", {}),
+    ("plain text with a leading space", lambda r: b" marker {}", {}),
+    ("plain text with a bad type", lambda r: b"mark/er " + r.randbytes(r.randint(0, 50)),
+     {"content_type": "text/plain; charset=utf-8"}),
+    ("unknown content type", lambda r: b"marker {}", {"content_type": "application/xml"}),
     ("invalid utf-8", lambda r: b'{"worker_type": "marker", "workitem": "\xff\xfe"}', {}),
     ("json array", lambda r: json.dumps([r.random()]).encode(), {}),
     ("json number", lambda r: str(r.randint(0, 10**6)).encode(), {}),
@@ -151,10 +162,16 @@ def test_1000_malformed_messages_are_dead_lettered_and_every_valid_one_completed
         body = make(rng)
         if n % 200 == 0:  # a few 10 MB bodies, parsed in full before they are refused
             body, kind = json.dumps(["x" * (10 * 2**20)]).encode(), "10 MB body"
+            props = {"content_type": "application/json"}
+        elif n % 200 == 100:  # and 10 MB of plain text without a space
+            body, kind, props = b"m" * (10 * 2**20), "10 MB plain text", {}
         expected_dead[f"bad{n}"] = kind
         broker.publish_raw(body, message_id=f"bad{n}", **props)
         valid.append(f"ok{n}")
         broker.submit("marker", {"id": f"ok{n}"}, message_id=f"ok{n}")
+        if n % 2:  # the specification's plain text, "<worker_type> <workitem>", no content type
+            valid.append(f"plain{n}")
+            broker.publish_raw(b'marker {"id": "plain%d"}' % n, message_id=f"plain{n}")
     reasons = {}
 
     def all_dead():
@@ -166,6 +183,8 @@ def test_1000_malformed_messages_are_dead_lettered_and_every_valid_one_completed
                     180, "every valid task completed")
     assert set(reasons) == set(expected_dead)
     assert all(reasons.values()), [k for k, v in reasons.items() if not v]
+    plain = [k for k, kind in expected_dead.items() if kind.startswith(PLAIN_KINDS)]
+    assert all(PLAIN_SHAPE in reasons[k] for k in plain), [reasons[k] for k in plain][:5]
     assert set(done) == set(valid)
     assert len(re.findall(r"dispatcher#0 pid=\d+ STARTING -> RUNNING", pool.log())) == 1
     FIGURES["1000 malformed messages"] = {

@@ -240,8 +240,8 @@ def test_more_dead_letters_than_one_consumer_may_hold_are_all_read_and_kept_in_o
     report = deadtools.requeue_dead(settings, ids={"d03", "d05", "d17", "d24"})
     assert report.requeued == ["d03", "d17", "d24"]
     assert report.problems() == ["d05 not requeued, it stays in taskqueue_dead: the dispatcher "
-                                 "would dead-letter it again: body is not JSON: Expecting value: "
-                                 "line 1 column 1 (char 0)"]
+                                 "would dead-letter it again: plain-text body 'dead' has no space: "
+                                 'expected "<worker_type> <workitem>", e.g. "worker1 some work"']
     assert [props.message_id for props, _ in broker.drain("taskqueue")] == ["d03", "d17", "d24"]
     assert [letter.id for letter in deadtools.list_dead(settings)[0]] == \
         [f"d{n:02}" for n in range(25) if n not in (3, 17, 24)]

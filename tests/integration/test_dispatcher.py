@@ -1,17 +1,29 @@
-"""The dispatcher: routing, properties kept, and malformed input dead-lettered."""
+"""The dispatcher: the ways in (plain text, envelope, header, format plugins), routing,
+properties kept, and malformed input dead-lettered."""
 import json
 import re
 
+import pika
 import pytest
 
-from support import wait_for, recorder_config
+from support import BROKER_HOST, wait_for, recorder_config
 
 MALFORMED = [
-    ("not json", b"hello", {}, "body is not JSON"),
-    ("invalid utf-8", b"\xff\xfe\x00garbage", {}, "body is not JSON"),
-    ("empty body", b"", {}, "body is not JSON"),
-    ("array", b"[1, 2]", {}, "envelope is a JSON array"),
-    ("string", b'"recorder"', {}, "envelope is a JSON string"),
+    # Plain text, the specification's "<worker_type> <workitem>" (no content type, or text/plain)
+    ("no space", b"worker1", {}, 'plain-text body \'worker1\' has no space: expected '
+     '"<worker_type> <workitem>", e.g. "worker1 some work"'),
+    ("leading space", b" leading-space", {}, "plain-text body ' leading-space' starts with a space"),
+    ("bad plain type", b"bad/type work", {"content_type": "text/plain; charset=utf-8"},
+     "plain-text worker type 'bad/type' is not 1-200 characters"),
+    ("not json", b"hello", {}, "plain-text body 'hello' has no space"),
+    ("invalid utf-8", b"\xff\xfe\x00garbage", {}, "has no space"),
+    ("empty body", b"", {}, "plain-text body is empty"),
+    ("array", b"[1, 2]", {}, "plain-text worker type '[1,'"),
+    ("content type", b'{"worker_type": "recorder", "workitem": {"id": "x"}}',
+     {"content_type": "text/plain"}, "plain-text worker type '{\"worker_type\":'"),
+    # The JSON envelope (a body starting with "{", or application/json)
+    ("bad json", b"{hello", {}, "body is not JSON"),
+    ("string", b'"recorder"', {"content_type": "application/json"}, "envelope is a JSON string"),
     ("no type", b'{"workitem": 1}', {}, "envelope has no worker_type"),
     ("number type", b'{"worker_type": 5, "workitem": 1}', {}, "worker_type is a JSON number"),
     ("null type", b'{"worker_type": null, "workitem": 1}', {}, "worker_type is a JSON null"),
@@ -21,9 +33,10 @@ MALFORMED = [
      "is not 1-200 characters"),
     ("no workitem", b'{"worker_type": "recorder"}', {}, "envelope has no workitem"),
     ("NaN", b'{"worker_type": "recorder", "workitem": NaN}', {}, "body is not JSON"),
-    ("deep", b"[" * 100000, {}, "nested too deeply"),
-    ("content type", b'{"worker_type": "recorder", "workitem": {"id": "x"}}',
-     {"content_type": "text/plain"}, "is not application/json"),
+    ("deep", b"[" * 100000, {"content_type": "application/json"}, "nested too deeply"),
+    # Neither
+    ("unknown content type", b"recorder x", {"content_type": "application/xml"},
+     "content type 'application/xml' is not understood"),
     ("bad header type", b"opaque", {"headers": {"worker_type": "no spaces allowed"}},
      "header worker_type"),
 ]
@@ -47,6 +60,84 @@ def test_malformed_messages_are_dead_lettered_with_a_reason_and_valid_ones_still
     # The dispatcher was never restarted.
     assert len(pool.wait_log(r"dispatcher#0 pid=\d+ STARTING -> RUNNING")) == 1
     assert not re.search(r"dispatcher#0 pid=\d+ (exit|killed)", pool.log())
+    assert pool.stop() == 0
+
+
+def test_the_specification_client_reaches_worker1_with_the_text_after_the_space(
+        broker, start_pool, records, vhost, broker_port):
+    # Given worker1 (the Recorder plugin) and a dispatcher, both consuming
+    pool = start_pool(f"[DEFAULT]\nworkers: 0\n\n[worker1]\nworkers: 1\nrecord_dir: {records.path}\n")
+    wait_for(lambda: broker.counts("worker_worker1")[1] == 1 and broker.counts("taskqueue")[1] == 1,
+             15, "worker1 and the dispatcher consuming")
+    # When the specification's test client publishes, exactly as it did: plain text, no content type
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        BROKER_HOST, broker_port, virtual_host=vhost,
+        credentials=pika.PlainCredentials("guest", "guest")))
+    channel = connection.channel()
+    channel.basic_publish(exchange='', routing_key='taskqueue', body='worker1 some work',
+                          properties=pika.BasicProperties(delivery_mode=2))
+    connection.close()
+    # Then handle_task of worker1 gets the text after the space, as text/plain
+    record = wait_for(records.all, 15, "worker1's task done")[0]
+    assert (record["body"], record["content_type"]) == ("some work", "text/plain")
+    assert record["routing_key"] == "worker_worker1"
+    assert broker.counts("taskqueue_dead")[0] == 0
+    assert pool.stop() == 0
+
+
+WORKFLOW = "application/x-tqtest-workflow+json"
+PICKY = "application/x-tqtest-picky"
+BROKEN = "application/x-tqtest-broken"
+
+
+def collect(broker, queue, count, what):
+    """Drain `queue` until `count` messages came: {message id: (properties, body)}."""
+    got = {}
+
+    def enough():
+        got.update((props.message_id, (props, body)) for props, body in broker.drain(queue))
+        return len(got) >= count
+    wait_for(enough, 15, what)
+    return got
+
+
+def test_format_plugins_read_their_content_type_and_a_broken_one_dead_letters_only_its_own(
+        broker, start_pool):
+    # Given a dispatcher with the tqtest formats installed, one of which fails to import
+    pool = start_pool("[DEFAULT]\nworkers: 0\n", env={"TQTEST_BROKEN_FORMAT": "1"})
+    pool.wait_log(rf"ERROR: format {re.escape(BROKEN)} \(tqtest.brokenformat:read from "
+                  rf"taskqueue-test-plugins [\d.]+\) failed to load: ModuleNotFoundError: No module "
+                  rf"named 'tqtest_no_such_dependency'; messages of content type {re.escape(BROKEN)} "
+                  rf"are dead-lettered")
+    pool.wait_log(rf"INFO: format {re.escape(WORKFLOW)} \(tqtest.formats:read_workflow")
+    # When messages of every format, good and bad, and of the built-in readings arrive
+    broker.publish_raw(json.dumps({"step": "recorder", "data": {"id": "wf"}}).encode(),
+                       content_type=WORKFLOW, message_id="wf", headers={"trace": "t1"})
+    broker.publish_raw(b'{"no": "step"}', content_type=WORKFLOW, message_id="wf-bad")
+    broker.publish_raw(b"fine", content_type=PICKY + "; charset=utf-8", message_id="picky")
+    broker.publish_raw(b"bad input", content_type=PICKY, message_id="picky-bad")
+    broker.publish_raw(b"recorder anything", content_type=BROKEN, message_id="broken")
+    broker.publish_raw(b"recorder plain work", message_id="plain")
+    broker.submit("recorder", {"id": "env"}, message_id="env")
+    # Then each format's messages went where it said, the content type kept ...
+    routed = collect(broker, "worker_recorder", 4, "4 routed")
+    assert set(routed) == {"wf", "picky", "plain", "env"}
+    props, body = routed["wf"]
+    assert (json.loads(body), props.content_type, props.headers.get("trace")) == \
+        ({"id": "wf"}, WORKFLOW, "t1")
+    assert routed["picky"][1] == b"fine" and routed["picky"][0].content_type.startswith(PICKY)
+    assert routed["plain"][1] == b"plain work" and routed["plain"][0].content_type == "text/plain"
+    # ... and what a format refused, or could not read for failing to load, is dead-lettered
+    dead = collect(broker, "taskqueue_dead", 3, "3 dead-lettered")
+    reasons = {mid: props.headers["x-taskqueue-reason"] for mid, (props, _) in dead.items()}
+    assert reasons["wf-bad"] == (f"format {WORKFLOW} (tqtest.formats:read_workflow from "
+                                 f"taskqueue-test-plugins 0.1.0) refused the body: ValueError: "
+                                 f'a workflow message is {{"step": TYPE, "data": ...}}')
+    assert "refused the body: ValueError: picky refuses b'bad input'" in reasons["picky-bad"]
+    assert f"format {BROKEN} (tqtest.brokenformat:read" in reasons["broken"]
+    assert "failed to load: ModuleNotFoundError" in reasons["broken"]
+    assert dead["broken"][1] == b"recorder anything"   # kept as it came
+    assert len(pool.wait_log(r"dispatcher#0 pid=\d+ STARTING -> RUNNING")) == 1
     assert pool.stop() == 0
 
 

@@ -51,7 +51,7 @@ def test_file_target_gets_the_lines_of_every_process_each_naming_its_task(
     broker.submit("recorder", {"id": "t1", "log": "hello from the plugin", "noack": True},
                   message_id="msg-log-1")
     broker.submit("recorder", {"id": "t2", "raise": True}, message_id="msg-log-2")
-    broker.publish_raw(b"not json", message_id="msg-bad")
+    broker.publish_raw(b"{not json", message_id="msg-bad")
     # Then the file has the lines of the supervisor, the dispatcher and the worker
     wait_file(path, r"task=msg-log-2 ERROR: \| RuntimeError: task t2 asked to fail$")
     worker = records.all()[0]

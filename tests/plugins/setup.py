@@ -1,4 +1,4 @@
-"""Worker plugins the integration tests install into their virtualenv."""
+"""Worker and format plugins the integration tests install into their virtualenv."""
 from setuptools import setup
 
 setup(
@@ -17,5 +17,10 @@ setup(
         "marker = tqtest.marker:Marker.factory",
         "crasher = tqtest.faulty:Crasher.factory",
         "hanger = tqtest.faulty:Hanger.factory",
+    ], "taskqueue.formats": [
+        # The entry point's name is the content type the format reads.
+        "application/x-tqtest-workflow+json = tqtest.formats:read_workflow",
+        "application/x-tqtest-picky = tqtest.formats:read_picky",
+        "application/x-tqtest-broken = tqtest.brokenformat:read",
     ]},
 )

@@ -92,13 +92,13 @@ def test_a_workitem_dead_in_a_worker_queue_goes_back_with_a_worker_type_header()
     assert out.headers == {"trace": "keep me", "worker_type": "recorder"}
     assert (out.message_id, out.correlation_id, out.reply_to, out.content_type, out.delivery_mode) \
         == ("m-1", "c-1", "r", "application/json", 2)
-    assert route(body, out.content_type, out.headers) == Route("recorder", body, from_envelope=False)
+    assert route(body, out.content_type, out.headers) == Route("recorder", body)
 
 
 def test_a_workitem_that_looks_like_an_envelope_still_goes_to_the_queue_it_died_in():
     workitem = b'{"worker_type": "other", "workitem": 1}'
     body, out = requeue_copy(killed_its_workers(), workitem)
-    assert route(body, out.content_type, out.headers) == Route("crasher", workitem, False)
+    assert route(body, out.content_type, out.headers) == Route("crasher", workitem)
 
 
 def test_an_envelope_dead_in_taskqueue_goes_back_as_it_is():
@@ -107,7 +107,7 @@ def test_an_envelope_dead_in_taskqueue_goes_back_as_it_is():
         "x-death": [{"reason": "expired", "queue": "taskqueue", "count": 1}]})
     body, out = requeue_copy(dead, envelope)
     assert body == envelope and out.headers is None
-    assert route(body, out.content_type, out.headers) == Route("recorder", b'{"id":3}', True)
+    assert route(body, out.content_type, out.headers) == Route("recorder", b'{"id":3}', "application/json")
 
 
 def test_a_dead_letter_the_dispatcher_would_refuse_again_is_not_requeued():

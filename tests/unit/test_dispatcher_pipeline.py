@@ -72,8 +72,8 @@ def test_dispatcher_requeues_the_input_of_a_nacked_publish_instead_of_acking_it(
 def test_dispatcher_publishes_unroutable_input_to_the_dead_letter_queue_before_acking_it():
     session = RecordingSession()
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
-    deliver(dispatcher, 1, b"not json")
-    assert session.of("publish") == [("publish", "taskqueue_dead", b"not json")]
+    deliver(dispatcher, 1, b"{not json")
+    assert session.of("publish") == [("publish", "taskqueue_dead", b"{not json")]
     assert session.of("ack") == []
     confirm(dispatcher, 1)
     assert session.of("ack") == [("ack", 1)]
@@ -156,3 +156,33 @@ def test_dispatcher_rejects_to_the_dead_letter_queue_what_it_cannot_handle_inste
     # Properties that are not what pika gives (any unexpected failure will do)
     dispatcher._on_message(SimpleNamespace(delivery_tag=1), object(), b"x")
     assert session.of("reject") == [("reject", 1, False)]
+
+
+def test_dispatcher_acks_later_inputs_in_one_batch_when_an_earlier_one_could_not_be_routed():
+    """Issue 10, bug 4: the rejected input left the ack floor stuck below every later one."""
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    session.delivered.append(1)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=1), object(), b"x")  # routing fails
+    for tag in range(2, 12):
+        deliver(dispatcher, tag, envelope(tag))
+    confirm(dispatcher, 10, multiple=True)
+    assert session.of("reject") == [("reject", 1, False)]
+    assert session.ack_frames == [(11, True)]   # one multiple ack, not ten single ones
+
+
+def test_dispatcher_routes_by_the_format_plugins_it_was_given_and_dead_letters_a_broken_ones():
+    from taskqueue.formats import Format
+    readers = {"application/x-good": Format("application/x-good", "good:read",
+                                            read=lambda body: ("g", body.upper())),
+               "application/x-bad": Format("application/x-bad", "bad:read", problem="bad: no")}
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once, readers=readers)
+    for tag, content_type, body in [(1, "application/x-good", b"abc"), (2, "application/x-bad", b"x"),
+                                    (3, None, b"t plain")]:
+        session.delivered.append(tag)
+        dispatcher._on_message(SimpleNamespace(delivery_tag=tag),
+                               pika.BasicProperties(content_type=content_type), body)
+    assert session.of("publish") == [("publish", "worker_g", b"ABC"),
+                                     ("publish", "taskqueue_dead", b"x"),
+                                     ("publish", "worker_t", b"plain")]

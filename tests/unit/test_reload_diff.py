@@ -26,3 +26,27 @@ def test_diff_specs_ignores_the_target_function_but_not_the_process_count():
 def test_diff_specs_of_identical_lists_changes_nothing():
     specs = [spec("a"), spec("b", 3, "bifh1", ("s",))]
     assert diff_specs(specs, list(specs)) == ([], [], [], specs)
+
+
+def test_a_reload_restarts_the_dispatcher_when_a_format_plugin_came_or_changed(
+        tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from taskqueue import config, formats
+    from taskqueue.daemon import child_specs
+    path = tmp_path / "config.ini"
+    path.write_text("[DEFAULT]\nworkers: 1\n")
+    cfg = config.load(str(path), {}, check_users=False)
+
+    def specs_with(found):
+        monkeypatch.setattr(formats, "discover", lambda: found)
+        return child_specs(cfg, dispatcher=True, workers=False)
+
+    def fmt(value):
+        return {"application/x-a": [EntryPoint("application/x-a", value, formats.GROUP)]}
+    before = specs_with({})
+    assert diff_specs(before, specs_with({}))[3] == before            # nothing installed: kept
+    added, changed, removed, unchanged = diff_specs(before, specs_with(fmt("m:read")))
+    assert [s.name for s in changed] == ["dispatcher"]                # installed: restarted
+    assert [s.name for s in diff_specs(specs_with(fmt("m:read")), specs_with(fmt("m:other")))[1]] \
+        == ["dispatcher"]                                             # changed: restarted

@@ -1,6 +1,7 @@
-"""Unit tests for the pure part of taskqueue.dispatcher: route() and the outgoing properties.
+"""Unit tests for the pure routing decision (taskqueue.routing) and the outgoing properties.
 
 No broker, no mocks: route() takes bytes and returns a Route or a Rejection;
+format plugins are injected as formats.Format objects around plain functions;
 the property helpers take and return real pika.BasicProperties objects.
 """
 import decimal
@@ -12,7 +13,11 @@ import pika
 import pytest
 
 from taskqueue.deadletter import REASON_HEADER, SOURCE_HEADER, dead_properties
-from taskqueue.dispatcher import Rejection, Route, forwarded_properties, route
+from taskqueue.dispatcher import forwarded_properties
+from taskqueue.formats import Format
+from taskqueue.routing import Rejection, Route, route
+
+JSON = "application/json"
 
 
 def envelope(worker_type="resize", workitem=None, **extra):
@@ -59,7 +64,7 @@ def test_route_reencodes_the_workitem_when_the_envelope_is_valid(workitem):
     decision = route(envelope("resize", workitem))
     assert isinstance(decision, Route)
     assert decision.worker_type == "resize"
-    assert decision.from_envelope is True
+    assert decision.content_type == "application/json"
     assert isinstance(decision.body, bytes)
     assert json.loads(decision.body) == workitem
 
@@ -72,12 +77,12 @@ def test_route_emits_compact_json_when_the_envelope_is_valid(workitem):
 
 def test_route_emits_compact_json_when_the_input_has_whitespace():
     body = b'{ "worker_type" : "t" ,\n  "workitem" : { "a" : [ 1 , 2 ] , "b" : null } }'
-    assert route(body) == Route("t", b'{"a":[1,2],"b":null}', from_envelope=True)
+    assert route(body) == Route("t", b'{"a":[1,2],"b":null}', JSON)
 
 
 def test_route_ignores_extra_envelope_keys_when_the_envelope_is_valid():
     decision = route(envelope("t", {"k": 1}, priority=5, trace="abc"))
-    assert decision == Route("t", b'{"k":1}', from_envelope=True)
+    assert decision == Route("t", b'{"k":1}', JSON)
 
 
 @pytest.mark.parametrize("body", [
@@ -104,11 +109,10 @@ def test_route_accepts_the_envelope_when_the_body_is_in_a_json_unicode_encoding(
 ])
 def test_route_accepts_the_envelope_when_the_content_type_is_json_or_absent(content_type):
     decision = route(envelope("t", [1]), content_type=content_type)
-    assert decision == Route("t", b"[1]", from_envelope=True)
+    assert decision == Route("t", b"[1]", JSON)
 
 
 @pytest.mark.parametrize("content_type", [
-    "text/plain",
     "application/octet-stream",
     "application/xml",
     "application/jsonx",
@@ -144,7 +148,7 @@ def test_route_truncates_the_content_type_in_the_reason_when_it_is_huge():
 def test_route_accepts_the_worker_type_when_it_is_letters_digits_underscore_dot_dash(
         worker_type):
     decision = route(envelope(worker_type, 1))
-    assert decision == Route(worker_type, b"1", from_envelope=True)
+    assert decision == Route(worker_type, b"1", JSON)
 
 
 @pytest.mark.parametrize("worker_type", [
@@ -196,12 +200,12 @@ def test_route_rejects_the_envelope_when_it_is_an_empty_object():
     assert_rejected(route(b"{}"), "worker_type")
 
 
-# -- route: bodies that are not a JSON envelope --------------------------------------------
+# -- route: bodies that are not a JSON envelope (content type application/json) ---------------
 
 @pytest.mark.parametrize("seed", range(8))
 def test_route_rejects_the_body_when_it_is_random_bytes(seed):
     body = random.Random(seed).randbytes(64)
-    assert_rejected(route(body), "not JSON")
+    assert_rejected(route(body, JSON), "not JSON")
 
 
 @pytest.mark.parametrize("body", [
@@ -212,12 +216,12 @@ def test_route_rejects_the_body_when_it_is_random_bytes(seed):
     b"\x80abc",
 ], ids=repr)
 def test_route_rejects_the_body_when_it_is_not_valid_unicode(body):
-    assert_rejected(route(body), "not JSON")
+    assert_rejected(route(body, JSON), "not JSON")
 
 
 @pytest.mark.parametrize("body", [b"", b" ", b"\n\t "], ids=repr)
 def test_route_rejects_the_body_when_it_is_empty_or_blank(body):
-    assert_rejected(route(body), "not JSON")
+    assert_rejected(route(body, JSON), "not JSON")
 
 
 @pytest.mark.parametrize("body", [
@@ -229,7 +233,7 @@ def test_route_rejects_the_body_when_it_is_empty_or_blank(body):
     b'{"worker_type": "t", "workitem": 1,}',
 ], ids=repr)
 def test_route_rejects_the_body_when_it_is_malformed_json(body):
-    assert_rejected(route(body), "not JSON")
+    assert_rejected(route(body, JSON), "not JSON")
 
 
 @pytest.mark.parametrize("body, kind", [
@@ -242,7 +246,7 @@ def test_route_rejects_the_body_when_it_is_malformed_json(body):
     (b"true", "boolean"),
 ])
 def test_route_rejects_the_body_when_the_json_is_not_an_object(body, kind):
-    assert_rejected(route(body), f"JSON {kind}", "expected an object")
+    assert_rejected(route(body, JSON), f"JSON {kind}", "expected an object")
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
@@ -253,7 +257,7 @@ def test_route_rejects_the_body_when_the_json_is_not_an_object(body, kind):
     '{}',
 ])
 def test_route_rejects_the_body_when_it_holds_a_nan_or_infinity_constant(template, constant):
-    decision = route(template.format(constant).encode())
+    decision = route(template.format(constant).encode(), JSON)
     assert_rejected(decision, "not JSON", constant)
 
 
@@ -273,7 +277,7 @@ def test_route_never_forwards_non_standard_json_when_a_number_overflows_a_float(
     b'{"worker_type": "t", "workitem": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 ], ids=["open-arrays", "open-objects", "balanced-workitem"])
 def test_route_rejects_the_body_without_crashing_when_it_is_nested_too_deeply(body):
-    decision = route(body)
+    decision = route(body, JSON)
     assert isinstance(decision, Rejection)
     assert "JSON" in decision.reason
 
@@ -305,30 +309,30 @@ def test_route_never_raises_when_the_workitem_nesting_approaches_the_recursion_l
 ])
 def test_route_forwards_the_body_unchanged_when_the_worker_type_header_is_set(body, content_type):
     decision = route(body, content_type, {"worker_type": "t"})
-    assert decision == Route("t", body, from_envelope=False)
+    assert decision == Route("t", body)
     assert decision.body is body
 
 
 def test_route_prefers_the_header_when_both_header_and_envelope_name_a_type():
     body = envelope("from-envelope", 1)
     assert route(body, "application/json", {"worker_type": "from-header"}) == \
-        Route("from-header", body, from_envelope=False)
+        Route("from-header", body)
 
 
 def test_route_accepts_the_header_when_its_value_is_bytes():
     decision = route(b"data", "application/octet-stream", {"worker_type": b"thumbs.v2"})
-    assert decision == Route("thumbs.v2", b"data", from_envelope=False)
+    assert decision == Route("thumbs.v2", b"data")
     assert isinstance(decision.worker_type, str)
 
 
 def test_route_ignores_other_headers_when_the_worker_type_header_is_absent():
     decision = route(envelope("t", 1), None, {"x-trace": "abc", "Worker_Type": "nope"})
-    assert decision == Route("t", b"1", from_envelope=True)
+    assert decision == Route("t", b"1", JSON)
 
 
 @pytest.mark.parametrize("headers", [None, {}, {"worker_type": None}])
 def test_route_reads_the_envelope_when_there_is_no_usable_header(headers):
-    assert route(envelope("t", 1), None, headers) == Route("t", b"1", from_envelope=True)
+    assert route(envelope("t", 1), None, headers) == Route("t", b"1", JSON)
 
 
 @pytest.mark.parametrize("value", [
@@ -354,7 +358,203 @@ def test_route_rejects_the_message_when_the_worker_type_header_is_invalid(value)
 
 def test_route_accepts_a_two_hundred_character_header_when_it_follows_the_rule():
     name = "h" * 200
-    assert route(b"x", None, {"worker_type": name}) == Route(name, b"x", from_envelope=False)
+    assert route(b"x", None, {"worker_type": name}) == Route(name, b"x")
+
+
+# -- route: the specification's plain text, "<worker_type> <workitem>" --------------------
+
+@pytest.mark.parametrize("content_type", [
+    None, "", "text/plain", "text/plain; charset=utf-8", "Text/Plain;charset=UTF-8", " text/plain ",
+])
+def test_route_sends_the_text_after_the_first_space_when_the_body_is_plain_text(content_type):
+    # The specification's own test client: body 'worker1 some work', no content type.
+    decision = route(b"worker1 some work", content_type)
+    assert decision == Route("worker1", b"some work", "text/plain")
+
+
+@pytest.mark.parametrize("body, worker_type, workitem", [
+    (b"worker1 ", "worker1", b""),                               # an empty workitem is one
+    (b"worker1  two spaces", "worker1", b" two spaces"),        # byte for byte: nothing stripped
+    (b"worker1 line\n", "worker1", b"line\n"),
+    (b"w \xff\xfe\x00binary", "w", b"\xff\xfe\x00binary"),
+    (b"t {\"json\": true}", "t", b'{"json": true}'),
+    ("résumé café ✓".encode().join([b"a.b-c_0 ", b""]), "a.b-c_0", "résumé café ✓".encode()),
+    (b"x" * 200 + b" w", "x" * 200, b"w"),
+], ids=repr)
+def test_route_forwards_the_workitem_byte_for_byte_when_the_body_is_plain_text(
+        body, worker_type, workitem):
+    assert route(body) == Route(worker_type, workitem, "text/plain")
+    assert route(body, "text/plain") == Route(worker_type, workitem, "text/plain")
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"", ["plain-text body is empty"]),
+    (b"worker1", ["plain-text body 'worker1' has no space"]),
+    (b"worker1\tsome\nwork", ["has no space"]),
+    (b" leading-space", ["starts with a space", "worker type is empty"]),
+    (b" ", ["starts with a space"]),
+    (b"bad/type work", ["plain-text worker type 'bad/type'", "1-200 characters"]),
+    (b"caf\xc3\xa9 work", ["plain-text worker type 'caf\u00e9'"]),
+    (b"\xff\xfe\x00 x", ["plain-text worker type"]),
+    (b"x" * 201 + b" w", ["plain-text worker type 'xxxx", "..."]),
+    (b"[1, 2]", ["plain-text worker type '[1,'"]),
+    (b'"recorder"', ["has no space"]),
+    (b"42", ["has no space"]),
+], ids=repr)
+def test_route_rejects_plain_text_showing_the_expected_shape_when_it_is_malformed(body, words):
+    for content_type in (None, "text/plain"):
+        decision = route(body, content_type)
+        assert_rejected(decision, *words, '"<worker_type> <workitem>"', 'e.g. "worker1 some work"')
+
+
+@pytest.mark.parametrize("body", [b"x" * 10_000_000, b"bad/type " + b"y" * 10_000_000,
+                                  b"\xff" * 100_000], ids=["no-space", "bad-type", "binary"])
+def test_route_keeps_the_reason_short_when_a_huge_plain_text_body_is_malformed(body):
+    decision = route(body)
+    assert isinstance(decision, Rejection)
+    assert len(decision.reason) < 300
+
+
+def test_route_reads_text_plain_as_plain_text_even_when_the_body_is_an_envelope():
+    # An explicit content type is not second-guessed: the "type" is '{"worker_type":'.
+    decision = route(envelope("t", 1), "text/plain")
+    assert_rejected(decision, "plain-text worker type", '{"worker_type":')
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_route_rejects_random_bytes_as_plain_text_when_there_is_no_content_type(seed):
+    body = b"\x00" + random.Random(seed).randbytes(64)   # a NUL is in no worker type
+    assert_rejected(route(body), "plain-text")
+
+
+# -- route: which reading wins ----------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b'{"worker_type": "t", "workitem": 1}',
+    b'  \n\t{"worker_type": "t", "workitem": 1}',
+    "\ufeff".encode() + b'{"worker_type": "t", "workitem": 1}',
+    "\ufeff".encode() + b' {"worker_type": "t", "workitem": 1}',
+    json.dumps({"worker_type": "t", "workitem": 1}).encode("utf-16-le"),
+    json.dumps({"worker_type": "t", "workitem": 1}).encode("utf-32"),
+], ids=["plain", "leading-blanks", "bom", "bom-blank", "utf-16-le", "utf-32"])
+def test_route_reads_an_envelope_when_there_is_no_content_type_and_the_body_starts_with_a_brace(
+        body):
+    assert route(body) == Route("t", b"1", JSON)
+
+
+@pytest.mark.parametrize("body", [b"{not json at all", b"{}", b" {"], ids=repr)
+def test_route_rejects_as_json_when_there_is_no_content_type_and_the_body_starts_with_a_brace(
+        body):
+    assert_rejected(route(body), "JSON" if body != b"{}" else "worker_type")
+
+
+def test_route_does_not_sniff_when_the_content_type_says_json():
+    assert_rejected(route(b"worker1 some work", JSON), "not JSON")
+    assert_rejected(route(b"worker1 some work", "text/json"), "not JSON")
+
+
+def test_route_prefers_the_header_to_every_reading_of_the_body():
+    readers = formats_of(good_format)
+    for body, content_type in [(b"worker1 some work", None), (b"worker1 some work", "text/plain"),
+                               (envelope("other", 1), JSON), (b"w", GOOD_TYPE)]:
+        assert route(body, content_type, {"worker_type": "h"}, readers) == Route("h", body)
+
+
+def test_route_rejects_an_unknown_content_type_naming_what_it_understands():
+    decision = route(b"worker1 some work", "application/xml", None, formats_of(good_format))
+    assert_rejected(decision, "'application/xml' is not understood", "text/plain",
+                    "application/json", GOOD_TYPE, "worker_type header")
+
+
+def test_route_never_lets_a_format_plugin_take_a_built_in_content_type():
+    readers = {"text/plain": Format("text/plain", "evil:read", read=lambda body: ("evil", b""))}
+    assert route(b"worker1 some work", "text/plain", None, readers) == \
+        Route("worker1", b"some work", "text/plain")
+
+
+# -- route: format plugins --------------------------------------------------------------
+
+GOOD_TYPE = "application/x-tqtest+json"
+
+
+def good_format(body):
+    doc = json.loads(body)
+    return doc["step"], json.dumps(doc["data"]).encode()
+
+
+def formats_of(read, content_type=GOOD_TYPE, problem=None):
+    return {content_type: Format(content_type, "tqtest.formats:read from tqtest 0.1",
+                                 read=read, problem=problem)}
+
+
+@pytest.mark.parametrize("content_type", [GOOD_TYPE, "Application/X-TQTest+JSON; charset=utf-8"])
+def test_route_asks_the_format_plugin_of_the_content_type_and_keeps_the_content_type(
+        content_type):
+    body = b'{"step": "resize", "data": {"w": 64}}'
+    decision = route(body, content_type, None, formats_of(good_format))
+    assert decision == Route("resize", b'{"w": 64}')   # None: the input's content type is kept
+
+
+@pytest.mark.parametrize("answer", [b"bytes", bytearray(b"bytes"), memoryview(b"bytes")],
+                         ids=["bytes", "bytearray", "memoryview"])
+def test_route_takes_any_bytes_like_workitem_from_a_format_plugin(answer):
+    decision = route(b"", GOOD_TYPE, None, formats_of(lambda body: ["t", answer]))
+    assert decision == Route("t", b"bytes") and type(decision.body) is bytes
+
+
+@pytest.mark.parametrize("error", [ValueError("no step in it"), KeyError("step"),
+                                   RecursionError("deep"), SystemExit(3)], ids=repr)
+def test_route_rejects_naming_the_format_when_the_plugin_raises(error):
+    def read(body):
+        raise error
+    decision = route(b"{}", GOOD_TYPE, None, formats_of(read))
+    assert_rejected(decision, f"format {GOOD_TYPE}", "tqtest.formats:read", "refused the body",
+                    type(error).__name__)
+
+
+def test_route_cuts_a_format_plugins_huge_error_message_short():
+    def read(body):
+        raise ValueError(body.decode())
+    decision = route(b"x" * 100_000, GOOD_TYPE, None, formats_of(read))
+    assert_rejected(decision, "refused the body")
+    assert len(decision.reason) < 400
+
+
+@pytest.mark.parametrize("answer, words", [
+    (None, ["returned NoneType", "expected (worker_type, workitem bytes)"]),
+    ("t", ["returned str"]),
+    (("t",), ["returned tuple"]),
+    (("t", b"x", "extra"), ["returned tuple"]),
+    ((b"t", b"x"), ["worker type a bytes"]),
+    ((7, b"x"), ["worker type a int"]),
+    (("a/b", b"x"), ["worker type 'a/b'", "1-200 characters"]),
+    (("", b"x"), ["worker type ''"]),
+    (("t", "text"), ["a str workitem, expected bytes"]),
+    (("t", None), ["a NoneType workitem"]),
+], ids=repr)
+def test_route_rejects_naming_the_format_when_the_plugin_returns_the_wrong_shape(answer, words):
+    decision = route(b"{}", GOOD_TYPE, None, formats_of(lambda body: answer))
+    assert_rejected(decision, f"format {GOOD_TYPE}", *words)
+
+
+def test_route_rejects_with_the_load_failure_when_the_format_plugin_could_not_load():
+    problem = f"format {GOOD_TYPE} (tqtest.missing:read) failed to load: ImportError: nope"
+    decision = route(b"{}", GOOD_TYPE, None, formats_of(None, problem=problem))
+    assert decision == Rejection(problem)
+
+
+def test_route_leaves_other_messages_alone_when_a_format_plugin_is_broken():
+    readers = {**formats_of(None, problem="broken"), **formats_of(good_format, "application/x-ok")}
+    assert route(b"worker1 some work", None, None, readers) == \
+        Route("worker1", b"some work", "text/plain")
+    assert route(envelope("t", 1), JSON, None, readers) == Route("t", b"1", JSON)
+    assert route(b'{"step": "s", "data": 1}', "application/x-ok", None, readers) == Route("s", b"1")
+    assert_rejected(route(b"{}", GOOD_TYPE, None, readers), "broken")
+
+
+def test_route_does_not_list_a_broken_format_among_the_understood_content_types():
+    decision = route(b"x", "application/xml", None, formats_of(None, problem="broken"))
+    assert GOOD_TYPE not in decision.reason
 
 
 # -- forwarded_properties -------------------------------------------------------------
@@ -372,8 +572,9 @@ def input_properties(**overrides):
     return pika.BasicProperties(**values)
 
 
-ENVELOPE_ROUTE = Route("t", b"{}", from_envelope=True)
-HEADER_ROUTE = Route("t", b"raw", from_envelope=False)
+ENVELOPE_ROUTE = Route("t", b"{}", JSON)
+HEADER_ROUTE = Route("t", b"raw")
+PLAIN_ROUTE = Route("t", b"some work", "text/plain")
 
 
 @pytest.mark.parametrize("decision", [ENVELOPE_ROUTE, HEADER_ROUTE], ids=["envelope", "header"])
@@ -383,7 +584,8 @@ def test_forwarded_properties_are_persistent_when_the_input_was_not(decision, de
     assert out.delivery_mode == 2
 
 
-@pytest.mark.parametrize("decision", [ENVELOPE_ROUTE, HEADER_ROUTE], ids=["envelope", "header"])
+@pytest.mark.parametrize("decision", [ENVELOPE_ROUTE, HEADER_ROUTE, PLAIN_ROUTE],
+                         ids=["envelope", "header", "plain"])
 def test_forwarded_properties_keep_the_identity_of_the_input_when_routed(decision):
     props = input_properties()
     out = forwarded_properties(props, decision)
@@ -397,6 +599,12 @@ def test_forwarded_properties_keep_the_identity_of_the_input_when_routed(decisio
 def test_forwarded_properties_say_application_json_when_the_body_was_reencoded():
     out = forwarded_properties(input_properties(content_type="text/plain"), ENVELOPE_ROUTE)
     assert out.content_type == "application/json"
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "text/plain; charset=utf-8"])
+def test_forwarded_properties_say_text_plain_when_the_workitem_came_as_plain_text(content_type):
+    out = forwarded_properties(input_properties(content_type=content_type), PLAIN_ROUTE)
+    assert out.content_type == "text/plain"
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "image/png"])

@@ -45,7 +45,7 @@ def test_loads_leaves_the_wording_to_its_caller():
 def test_the_envelope_is_compact_json_the_dispatcher_routes_to_the_same_workitem():
     body = workitems.envelope("t", {"a": [1, "\u00e9"]})
     assert body == b'{"worker_type":"t","workitem":{"a":[1,"\\u00e9"]}}'
-    assert route(body, "application/json") == Route("t", b'{"a":[1,"\\u00e9"]}', True)
+    assert route(body, "application/json") == Route("t", b'{"a":[1,"\\u00e9"]}', "application/json")
 
 
 def test_dumps_never_writes_nan_or_infinity():

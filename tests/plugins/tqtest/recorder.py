@@ -9,8 +9,12 @@ plugin logs at DEBUG, then at INFO, from its handle_task thread), `until` (a pat
 cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, up to
 60 s, until it exists, so a test can hold a task between its delivery and its work).
 
+A body that is not JSON (plain text) is a task with no options, named by its
+message id (else `plain`).
+
 For each task it writes `<record_dir>/<id>.<pid>.start` before the work and
-`<id>.<pid>.done` after it, each a JSON object describing the process. The
+`<id>.<pid>.done` after it, each a JSON object describing the process and the
+message (`body` as text, `content_type`). The
 directory comes from the group's config option `record_dir`, else from
 $TQTEST_RECORD_DIR (so the specification's config runs unchanged).
 """
@@ -32,12 +36,15 @@ class Recorder(BaseWorker):
         self.record_dir = self.settings.get("record_dir") or os.environ["TQTEST_RECORD_DIR"]
 
     def handle_task(self, channel, method, header, body):
-        task = json.loads(body)
+        try:
+            task = json.loads(body)
+        except ValueError:
+            task = {"id": header.message_id or "plain"}
         if task.get("gate"):
             deadline = time.monotonic() + 60
             while not os.path.exists(task["gate"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
-        self._record(task["id"], "start", method)
+        self._record(task["id"], "start", method, header, body)
         if task.get("log"):
             log.debug("debug: %s", task["log"])
             log.info("%s", task["log"])
@@ -58,15 +65,16 @@ class Recorder(BaseWorker):
             channel.basic_ack(method.delivery_tag)
             if task.get("twice"):
                 channel.basic_ack(method.delivery_tag)
-        self._record(task["id"], "done", method)
+        self._record(task["id"], "done", method, header, body)
 
-    def _record(self, task_id, event, method):
+    def _record(self, task_id, event, method, header, body):
         facts = {
             "pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
             "groups": sorted(os.getgroups()), "home": os.environ.get("HOME"),
             "user": os.environ.get("USER"), "redelivered": method.redelivered,
             "routing_key": method.routing_key, "time": time.time(),
             "group_names": sorted(g.gr_name for g in grp.getgrall() if g.gr_gid in os.getgroups()),
+            "body": body.decode("utf-8", "backslashreplace"), "content_type": header.content_type,
         }
         path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}.{event}")
         with open(path + ".tmp", "w") as f:
