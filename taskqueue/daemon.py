@@ -6,6 +6,7 @@ import os
 
 from . import amqp, formats, logs
 from .errors import ConfigError
+from .specs import ChildSpec
 from .startup import load_config
 
 log = logging.getLogger("taskqueue")
@@ -32,7 +33,6 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
     """
     # Imported here: the supervisor pulls in gevent, which `submit` does not need.
     from .dispatcher import run_dispatcher
-    from .supervisor import ChildSpec
     from .worker import run_worker
     specs = []
     if dispatcher and cfg.dispatcher.processes:

@@ -30,7 +30,7 @@ from gevent.queue import Empty, Queue
 from . import amqp, formats
 from .confirms import ConfirmWindow
 from .deadletter import REASON_HEADER, SOURCE_HEADER, task_key
-from .dispatcher import Rejection, route
+from .routing import Rejection, route
 from .errors import TaskqueueError
 from .progress import format_duration
 

@@ -17,9 +17,7 @@ from gevent.event import Event
 from . import amqp, formats, logs
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
-from .routing import BUILTIN_TYPES, route
-# Re-exported: the tools and tests name them from here.
-from .routing import TYPE_PATTERN, TYPE_RULE, Rejection, Route  # noqa: F401
+from .routing import BUILTIN_TYPES, Rejection, route
 
 log = logging.getLogger(__name__)
 

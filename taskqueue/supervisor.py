@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import gevent
 import gevent.os
@@ -28,6 +28,7 @@ from gevent.queue import Empty, Queue
 from . import child, lastresort, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
+from .specs import ChildSpec, diff_specs
 from .lifecycle import (QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition, Restart,
                         describe_exit, exit_code_of, fork_failed, next_state, parse_done,
                         restart_decision)
@@ -47,52 +48,10 @@ class SupervisorFailure(Exception):
     """The supervisor cannot go on; the internal error behind it is logged already."""
 
 
-#: What a child can be.
-KINDS = ("dispatcher", "worker")
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """What to run in `processes` identical children.
-
-    Two specs are equal when everything that shapes their children is: the
-    `settings` (config values the target reads) included, the target
-    function itself excluded. A reload restarts the children of a spec that
-    is no longer equal to its old self.
-    """
-    name: str                       # "dispatcher", "worker1", "worker2/bifh1"
-    processes: int
-    target: Callable = field(compare=False)   # target(ctx) -> exit code, runs in the child
-    user: Optional[str] = None
-    stop_timeout: float = 30.0
-    task_timeout: Optional[float] = None
-    settings: tuple = ()
-    queue: Optional[str] = None     # what its children consume, for status and metrics
-    #: What its children are: "worker" or "dispatcher" (KINDS). The one place that
-    #: says so: status, metrics and the children's log lines read it.
-    kind: str = "worker"
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"child spec {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
-
-
 def _short(value, limit=200):
     """An event's argument for a log line: a slot by its name, the rest by repr, cut short."""
     text = value.key if isinstance(value, Slot) else repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def diff_specs(old, new):
-    """Compare two lists of specs by name: (added, changed, removed, unchanged), new specs
-    for the first two, old ones for the last two."""
-    before = {spec.name: spec for spec in old}
-    after = {spec.name: spec for spec in new}
-    added = [spec for name, spec in after.items() if name not in before]
-    changed = [spec for name, spec in after.items() if name in before and before[name] != spec]
-    removed = [spec for name, spec in before.items() if name not in after]
-    unchanged = [spec for name, spec in before.items() if after.get(name) == spec]
-    return added, changed, removed, unchanged
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ import pytest
 
 from taskqueue import bulk
 from taskqueue.bulk import Outcome, parse_lines, read_tasks, summary
-from taskqueue.dispatcher import Route, route
+from taskqueue.routing import Route, route
 from taskqueue.errors import InputError
 
 

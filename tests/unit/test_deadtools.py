@@ -8,7 +8,7 @@ import pytest
 
 from taskqueue.deadtools import (
     NotRequeueable, as_json, describe, fresh_headers, requeue_copy, table)
-from taskqueue.dispatcher import Route, route
+from taskqueue.routing import Route, route
 
 NOW = 1_700_000_000.0
 

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taskqueue import metrics
 from taskqueue.lifecycle import ChildState
-from taskqueue.supervisor import ChildSpec, Supervisor
+from taskqueue.specs import ChildSpec
+from taskqueue.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -6,7 +6,8 @@ import pytest
 from taskqueue import overview
 from taskqueue.lifecycle import ChildState
 from taskqueue.status import snapshot
-from taskqueue.supervisor import ChildSpec, Supervisor
+from taskqueue.specs import ChildSpec
+from taskqueue.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
 

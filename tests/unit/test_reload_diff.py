@@ -1,5 +1,5 @@
 """diff_specs: what a reload starts, stops, restarts and leaves alone."""
-from taskqueue.supervisor import ChildSpec, diff_specs
+from taskqueue.specs import ChildSpec, diff_specs
 
 
 def spec(name, processes=1, user=None, settings=(), target=print):

@@ -5,7 +5,8 @@ import pytest
 
 from taskqueue.lifecycle import ChildState
 from taskqueue.status import group_state, snapshot, socket_path
-from taskqueue.supervisor import ChildSpec, Supervisor
+from taskqueue.specs import ChildSpec
+from taskqueue.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -16,7 +16,8 @@ import pytest
 from taskqueue.lifecycle import (EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, QUARANTINE_AFTER,
                                  RECONNECT_CAP, ChildState)
 from taskqueue import lastresort
-from taskqueue.supervisor import ChildSpec, Supervisor
+from taskqueue.specs import ChildSpec
+from taskqueue.supervisor import Supervisor
 
 from fakes import FakeProcesses
 
