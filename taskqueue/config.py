@@ -3,7 +3,6 @@
 Owns the meaning of every option. Does no I/O besides reading the file and
 looking users up in the password database; never imports pika or plugins.
 """
-import ast
 import configparser
 import ipaddress
 import math
@@ -348,7 +347,7 @@ def _read_sections(path):
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigError(_syntax_error(path, exc)) from None
+        raise ConfigError(_syntax_error(path, exc, text.splitlines())) from None
     return {name: dict(parser.items(name)) for name in parser.sections()}
 
 
@@ -368,8 +367,8 @@ def _subgroup_lists(sections):
     return lists
 
 
-def _syntax_error(path, exc):
-    """configparser's error as one line per problem, with file and line."""
+def _syntax_error(path, exc, lines):
+    """configparser's error as one line per problem, with file and line; `lines`: the file's."""
     where = f"{path}, line {getattr(exc, 'lineno', '?')}"
     if isinstance(exc, configparser.DuplicateSectionError):
         return f"{where}: section [{exc.section}] appears twice; expected each section once"
@@ -377,11 +376,18 @@ def _syntax_error(path, exc):
         return f"{where}: [{exc.section}] {exc.option} is set twice; expected each option once per section"
     if isinstance(exc, configparser.MissingSectionHeaderError):
         return f"{where}: {exc.line.strip()!r} is outside any section; expected a [section] header first"
-    if isinstance(exc, configparser.ParsingError):   # .errors holds (lineno, repr(line)) pairs
-        return "\n".join(f"{path}, line {lineno}: cannot parse {ast.literal_eval(line).strip()!r}; "
+    if isinstance(exc, configparser.ParsingError):
+        # Only the line numbers come from the exception: what it keeps of each line
+        # changed between releases (3.11: its repr, 3.13: the line); the text is the file's.
+        numbers = [error[0] for error in exc.errors if error and isinstance(error[0], int)]
+        return "\n".join(f"{path}, line {n}: cannot parse {_line(lines, n)!r}; "
                          "expected 'option: value' or a [section] header"
-                         for lineno, line in exc.errors)
+                         for n in numbers) or f"{path}: {exc}"
     return f"{path}: {exc}"
+
+
+def _line(lines, number):
+    return lines[number - 1].strip() if 0 < number <= len(lines) else ""
 
 
 def _shown(option, value):
