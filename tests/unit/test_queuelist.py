@@ -20,14 +20,20 @@ def test_anything_else_is_said_not_taken(text):
         queuelist.parse_listing(text)
 
 
-def test_loopback_names_and_this_hosts_own_address_are_local_others_not():
+def test_loopback_names_are_local_others_not():
     assert queuelist.is_local("127.0.0.1") and queuelist.is_local("localhost")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("192.0.2.1", 9))     # no packet is sent: it picks this host's address
-        own = s.getsockname()[0]
-    assert queuelist.is_local(own)
     assert not queuelist.is_local("192.0.2.1")           # TEST-NET-1: nobody's
     assert not queuelist.is_local("no-such-host.invalid")
+
+
+def test_this_hosts_own_address_is_local():
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))     # no packet is sent: it picks this host's address
+            own = s.getsockname()[0]
+    except OSError:   # a network namespace with loopback only (the trixie stack)
+        pytest.skip("this host has no address but loopback")
+    assert queuelist.is_local(own)
 
 
 def test_a_broker_on_another_host_is_not_listed_and_the_reason_says_so():
