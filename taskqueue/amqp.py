@@ -34,6 +34,12 @@ DEAD_QUEUE = "taskqueue_dead"
 REPLY_TIMEOUT = 30.0
 #: The broker's delivery limit, in units of [amqp] delivery_limit (see queue_arguments).
 BROKER_LIMIT_FACTOR = 4
+#: The delivery limit of taskqueue_dead (a quorum queue): none worth the name. It
+#: must be explicit: RabbitMQ 4 gives a quorum queue declared without one a limit
+#: of 20, and taskqueue_dead has nowhere to dead-letter to, so a dead letter
+#: handed back 20 times (20 runs of `taskqueue dead list`) would be dropped.
+#: (-1, RabbitMQ 4's "unlimited", drops at the first return on RabbitMQ 3.)
+DEAD_QUEUE_DELIVERY_LIMIT = 10**9
 #: Persistent messages survive a broker restart (pika 1.2 has no pika.DeliveryMode).
 PERSISTENT = 2
 
@@ -92,6 +98,8 @@ def queue_arguments(queue, settings):
         # A classic queue is declared without x-queue-type, as every client does by default.
         args["x-queue-type"] = "quorum"
     if queue == DEAD_QUEUE:
+        if settings.queue_type == "quorum":
+            args["x-delivery-limit"] = DEAD_QUEUE_DELIVERY_LIMIT
         return args
     args.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_QUEUE})
     if settings.queue_type == "quorum":
@@ -99,6 +107,27 @@ def queue_arguments(queue, settings):
                      "x-dead-letter-strategy": "at-least-once",
                      "x-overflow": "reject-publish"})   # at-least-once requires it
     return args
+
+
+def legacy_arguments(queue, settings, reason):
+    """The arguments an older taskqueue declared `queue` with, when the broker's
+    refusal `reason` says the queue is theirs; else None. Such a queue is used as
+    it is, with a warning (LEGACY_DEAD_QUEUE), rather than stopping everything."""
+    text = getattr(reason, "reply_text", "") or ""
+    if (queue == DEAD_QUEUE and settings.queue_type == "quorum"
+            and "inequivalent arg 'x-delivery-limit'" in text and "current is none" in text):
+        return {"x-queue-type": "quorum"}
+    return None
+
+
+#: What an operator reads when taskqueue_dead is an older taskqueue's.
+LEGACY_DEAD_QUEUE = (
+    f"{DEAD_QUEUE} was declared by an older taskqueue, without a delivery limit: on "
+    "RabbitMQ 4 the broker then gives it a limit of 20, and a dead letter handed back 20 "
+    "times (by `taskqueue dead list`, say) is dropped. Give it one with a policy, "
+    f"`rabbitmqctl set_policy -p VHOST taskqueue-dead '^{DEAD_QUEUE}$' "
+    f"'{{\"delivery-limit\": {DEAD_QUEUE_DELIVERY_LIMIT}}}' --apply-to queues`, "
+    f"or recreate it when it is empty (rabbitmqctl delete_queue {DEAD_QUEUE})")
 
 
 def explain_refusal(queue, settings, reason):
@@ -267,14 +296,29 @@ class Session:
     def declare_queue(self, queue):
         """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise.
         Return how many messages it holds ready."""
+        arguments = queue_arguments(queue, self.settings)
+        if queue == DEAD_QUEUE:
+            arguments = self._dead_queue_arguments(arguments)
         try:
             frame = self._call(self._channel.queue_declare, queue, durable=True,
-                               arguments=queue_arguments(queue, self.settings))
+                               arguments=arguments)
             return frame.method.message_count
         except SessionClosed:
             if getattr(self.close_reason, "reply_code", None) in (403, 405, 406):
                 raise TopologyError(explain_refusal(queue, self.settings, self.close_reason)) from None
             raise
+
+    def _dead_queue_arguments(self, arguments):
+        """What taskqueue_dead is declared with: ours, or, when an older taskqueue
+        declared it, theirs (tried aside, so that a refusal closes no channel of ours)."""
+        refused = AsyncResult()
+        self._declare_aside(DEAD_QUEUE, arguments, refused.set)
+        reason = self._wait(refused, REPLY_TIMEOUT, f"declare {DEAD_QUEUE}")
+        legacy = reason and legacy_arguments(DEAD_QUEUE, self.settings, reason)
+        if legacy is None:
+            return arguments   # taken, or refused: the declare that follows says why
+        log.warning("%s", LEGACY_DEAD_QUEUE)
+        return legacy
 
     def declare_queue_async(self, queue, on_done):
         """Declare `queue` on a short-lived channel of its own; on_done(None), or
@@ -283,10 +327,16 @@ class Session:
         A refusal closes only that channel, so one queue declared elsewhere with
         other arguments does not stop everything else on this session.
         """
+        def explained(reason):
+            on_done(reason and explain_refusal(queue, self.settings, reason))
+        self._declare_aside(queue, queue_arguments(queue, self.settings), explained)
+
+    def _declare_aside(self, queue, arguments, on_done):
+        """Declare `queue` on a short-lived channel; on_done(None), or on_done(the
+        broker's close reason) if it refused, runs in the hub."""
         def on_open(channel):
             channel.add_on_close_callback(on_close)
-            channel.queue_declare(queue, durable=True,
-                                  arguments=queue_arguments(queue, self.settings),
+            channel.queue_declare(queue, durable=True, arguments=arguments,
                                   callback=lambda frame: on_ok(channel))
 
         def on_ok(channel):
@@ -298,7 +348,7 @@ class Session:
             # Only a broker's answer is a refusal: a closing connection is not.
             if not done and getattr(reason, "reply_code", 0) not in (0, 200) and \
                     type(reason).__name__ == "ChannelClosedByBroker":
-                on_done(explain_refusal(queue, self.settings, reason))
+                on_done(reason)
         done = []
         self._connection.channel(on_open_callback=on_open)
 

@@ -299,3 +299,21 @@ def test_a_dead_letter_without_message_id_is_requeued_by_the_id_its_table_shows(
     assert requeued.stdout.splitlines() == ["requeued 1 dead letter to taskqueue:", f"  {row[0]}"]
     assert [body for _, body in broker.drain("taskqueue")] == [envelope]
     assert broker.counts("taskqueue_dead")[0] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_letter_survives_being_listed_and_handed_back_many_times(broker, start_pool, records):
+    # Given a dead letter (RabbitMQ 4.0 gives a quorum queue declared without a
+    # delivery limit one of 20, and taskqueue_dead has no dead-letter target: a
+    # message returned 20 times would be dropped)
+    pool = start_pool(recorder_config(records))
+    broker.submit("recorder", {"id": "raises", "raise": True}, message_id="m-kept")
+    dead_count(broker, 1, "the raising task dead-lettered")
+    # When it is taken and handed back 25 times, as 25 runs of `dead list` would do
+    for _ in range(25):
+        method, _, _ = broker.channel.basic_get("taskqueue_dead")
+        assert method is not None, "the dead letter is gone"
+        broker.channel.basic_nack(method.delivery_tag, requeue=True)
+    # Then it is still there, and listed
+    assert listed(pool.config_path) == ["m-kept"]
+    assert pool.stop() == 0

@@ -56,6 +56,25 @@ def test_a_worker_queue_declared_with_other_arguments_is_explained_not_restarted
     assert pool.stop() == 0
 
 
+def test_a_dead_letter_queue_an_older_taskqueue_declared_is_used_with_a_warning_saying_the_fix(
+        broker, start_pool, records):
+    # Given taskqueue_dead as taskqueue declared it before it gave the queue a delivery limit
+    broker.channel.queue_declare("taskqueue_dead", durable=True, arguments={"x-queue-type": "quorum"})
+    pool = start_pool(recorder_config(records))
+    # Every component uses it as it is, and says what it risks and how to fix it
+    pool.wait_log(r"recorder#0 WARNING: taskqueue_dead was declared by an older taskqueue, "
+                  r"without a delivery limit: .*rabbitmqctl set_policy -p VHOST taskqueue-dead")
+    pool.wait_log(r"dispatcher#0 WARNING: taskqueue_dead was declared by an older taskqueue")
+    # and tasks flow, dead letters included
+    broker.submit("recorder", {"id": "raises", "raise": True}, message_id="m-dead")
+    broker.submit("recorder", {"id": "fine"})
+    wait_for(lambda: records.ids() == ["fine"], 20, "the healthy task done")
+    dead = wait_for(lambda: broker.drain("taskqueue_dead"), 20, "the raising task dead-lettered")
+    assert dead[0][0].message_id == "m-dead"
+    assert "QUARANTINED" not in pool.log()
+    assert pool.stop() == 0
+
+
 def test_classic_queues_can_be_chosen_in_the_config(broker, start_pool, records, vhost):
     pool = start_pool(recorder_config(records) + f"\n[amqp]\nhost: 127.0.0.1\nvhost: {vhost}\n"
                       "queue_type: classic\n", raw=True)
