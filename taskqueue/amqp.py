@@ -20,7 +20,7 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from . import sendbatch
+from . import delays, sendbatch
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,27 @@ def explain_refusal(queue, settings, reason):
     return f"queue {queue!r} cannot be declared: {text}"
 
 
+def delayed_properties(props, worker_type, seconds, now=None):
+    """A copy of `props` (or new ones) for a delayed task: persistent (it must survive a
+    broker restart while it waits), with the `worker_type` header the dispatcher routes
+    it by and delays.DELAYED_HEADER, when it is due."""
+    out = copy_properties(props) if props is not None else pika.BasicProperties()
+    out.delivery_mode = PERSISTENT
+    out.headers = dict(out.headers or {})
+    out.headers["worker_type"] = worker_type
+    out.headers[delays.DELAYED_HEADER] = delays.due(seconds, now)
+    return out
+
+
+def explain_delay_refusal(queue, arguments, reason):
+    """A broker's refusal to declare a queue of the delay chain, as a sentence."""
+    text = getattr(reason, "reply_text", None) or repr(reason)
+    return (f"queue {queue!r} of the delay chain already exists with other arguments ({text}); "
+            f"taskqueue wants {arguments}. Set [amqp] queue_type to match it, or, when no "
+            f"delayed task waits in it, delete it (rabbitmqctl delete_queue {queue}) so that "
+            f"it is declared anew")
+
+
 def amqp_safe(value):
     """Return `value` with what pika cannot encode converted.
 
@@ -184,8 +205,11 @@ class Session:
         self.close_reason = None
         self._connection = None
         self._channel = None
-        self._confirm_channel = None    # for publish_confirmed
+        self._confirm_channel = None    # for publish_confirmed and publish_delayed
         self._confirmed = None
+        self._confirm_reply = None      # a declare on the confirm channel, awaited
+        self._confirm_close_reason = None
+        self._delays_declared = False
 
     # -- opening and closing -------------------------------------------------
 
@@ -376,10 +400,63 @@ class Session:
     def publish_confirmed(self, queue, body, props):
         """Publish and wait for the broker's confirm, on a confirm channel of its own
         (opened on first use); raise SessionClosed unless the broker acked it."""
+        self._publish_on_confirm_channel("", queue, body, props, queue)
+
+    def publish_delayed(self, queue, worker_type, body, props, seconds):
+        """Publish a task for `worker_type` that reaches `queue` (taskqueue, or its
+        worker queue: the dispatcher routes it by its worker_type header) after
+        `seconds`, rounded up; wait for the broker's confirm as publish_confirmed does.
+        The delay chain (delays.py) is declared on first use by this session.
+        ValueError for a delay out of range or another queue; TopologyError when the
+        broker refuses a queue of the chain; SessionClosed unless the broker acked it."""
+        exchange, routing_key = delays.route(seconds)
+        if queue not in (TASK_QUEUE, worker_queue(worker_type)):
+            raise ValueError(f"a delayed task reaches {TASK_QUEUE} (the dispatcher forwards it "
+                             f"to {worker_queue(worker_type)}), not {queue!r}")
+        out = delayed_properties(props, worker_type, seconds)
+        if not self._delays_declared:
+            self._declare_delays()
+            self._delays_declared = True
+        self._publish_on_confirm_channel(exchange, routing_key, body, out,
+                                         f"{queue} in {delays.whole_seconds(seconds)}s")
+
+    def _declare_delays(self):
+        """Declare the delay chain on the confirm channel; a refusal closes it (a new one
+        opens on the next publish) and raises TopologyError naming the queue."""
+        channel = self._ensure_confirm_channel()
+        plan = delays.declarations(self.settings, TASK_QUEUE, queue_arguments(TASK_QUEUE, self.settings))
+        for name, kind in plan.exchanges:
+            self._call_on(channel, channel.exchange_declare, f"declare exchange {name}",
+                          name, exchange_type=kind, durable=True)
+        for name, arguments in plan.queues:
+            try:
+                self._call_on(channel, channel.queue_declare, f"declare {name}", name,
+                              durable=True, arguments=arguments)
+            except SessionClosed:
+                reason = self._confirm_close_reason
+                if getattr(reason, "reply_code", None) in (403, 405, 406):
+                    raise TopologyError(explain_delay_refusal(name, arguments, reason)) from None
+                raise
+        for name, exchange, pattern in plan.queue_bindings:
+            self._call_on(channel, channel.queue_bind, f"bind {name}", name, exchange,
+                          routing_key=pattern)
+        for destination, source, pattern in plan.exchange_bindings:
+            self._call_on(channel, channel.exchange_bind, f"bind {destination}",
+                          destination, source, routing_key=pattern)
+
+    def _call_on(self, channel, method, what, *args, **kwargs):
+        """Call `method` of `channel` (not the session's own) and wait for its reply."""
+        reply = AsyncResult()
+        self._confirm_reply = reply
+        method(*args, callback=reply.set, **kwargs)
+        return self._wait(reply, REPLY_TIMEOUT, what)
+
+    def _ensure_confirm_channel(self):
         if self._confirm_channel is None or not self._confirm_channel.is_open:
             opened = AsyncResult()
             self._connection.channel(on_open_callback=opened.set)
             channel = self._wait(opened, REPLY_TIMEOUT, "channel open")
+            channel.add_on_close_callback(self._on_confirm_channel_closed)
             ready = AsyncResult()
             # RabbitMQ returns an unroutable message before acking it: remember the return.
             channel.add_on_return_callback(lambda *args: self._confirmed.set("Basic.Return"))
@@ -388,11 +465,23 @@ class Session:
                 callback=ready.set)
             self._wait(ready, REPLY_TIMEOUT, "confirm mode")
             self._confirm_channel = channel
+            self._delays_declared = False   # a refused declare closed the last one
+        return self._confirm_channel
+
+    def _on_confirm_channel_closed(self, channel, reason):
+        # Whatever waits on this channel learns why at once, not after REPLY_TIMEOUT.
+        self._confirm_close_reason = reason
+        for result in (self._confirm_reply, self._confirmed):
+            if result is not None and not result.ready():
+                result.set_exception(SessionClosed(f"channel closed: {reason!r}"))
+
+    def _publish_on_confirm_channel(self, exchange, routing_key, body, props, what):
+        self._ensure_confirm_channel()
         self._confirmed = AsyncResult()
-        self._confirm_channel.basic_publish("", queue, body, props, mandatory=True)
-        answer = self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm from {queue}")
+        self._confirm_channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
+        answer = self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm from {what}")
         if answer != "Basic.Ack":
-            raise SessionClosed(f"the broker did not take a message for {queue} ({answer})")
+            raise SessionClosed(f"the broker did not take a message for {what} ({answer})")
 
     def enable_confirms(self, on_confirm, on_return):
         """Publisher confirms; in the hub, on_confirm(frame) gets each Basic.Ack/Nack and
@@ -446,6 +535,37 @@ def blocking_call(settings, queue, body, props, timeout):
     return replies[0] if replies else None
 
 
+def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds):
+    """Publish a task for `worker_type` that reaches taskqueue after `seconds` (rounded
+    up), on a pika BlockingChannel in confirm mode (blocking_channel gives one); declares
+    the delay chain first (idempotent: a few dozen round trips). ValueError for a delay
+    out of range; TopologyError, TaskqueueError with a readable reason otherwise."""
+    exchange, routing_key = delays.route(seconds)
+    out = delayed_properties(props, worker_type, seconds)
+    plan = delays.declarations(settings, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
+    for name, kind in plan.exchanges:
+        channel.exchange_declare(name, exchange_type=kind, durable=True)
+    for name, arguments in plan.queues:
+        try:
+            channel.queue_declare(name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if name == TASK_QUEUE:
+                raise TopologyError(explain_refusal(name, settings, exc)) from None
+            raise TopologyError(explain_delay_refusal(name, arguments, exc)) from None
+    for name, source, pattern in plan.queue_bindings:
+        channel.queue_bind(name, source, routing_key=pattern)
+    for destination, source, pattern in plan.exchange_bindings:
+        channel.exchange_bind(destination, source, routing_key=pattern)
+    what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
+    try:
+        channel.basic_publish(exchange, routing_key, body, out, mandatory=True)
+    except pika.exceptions.UnroutableError as exc:
+        raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
+                             f"{exchange!r} routed it to no queue") from exc
+    except pika.exceptions.NackError as exc:
+        raise TaskqueueError(f"broker refused the delayed task ({what}) (nack)") from exc
+
+
 def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):
     """{queue: (messages ready, consumers)} from passive declares; None for a queue that
     does not exist. Declaring passively creates nothing and needs no management plugin,
@@ -463,6 +583,14 @@ def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):
                 continue
             counts[queue] = (frame.method.message_count, frame.method.consumer_count)
     return counts
+
+
+@contextlib.contextmanager
+def blocking_channel(settings, timeout=REPLY_TIMEOUT):
+    """A pika BlockingChannel in confirm mode on the first broker that answers, for
+    ordinary (non-gevent) code; broker errors become TaskqueueError."""
+    with _blocking_channel(settings, timeout) as channel:
+        yield channel
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from . import amqp, formats, logs
+from . import amqp, delays, formats, logs
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
 from .routing import BUILTIN_TYPES, Rejection, route
@@ -44,6 +44,18 @@ def forwarded_properties(props, decision):
         out.content_type = decision.content_type
     if out.headers:
         out.headers = amqp.amqp_safe(without_broker_headers(out.headers))
+    return out
+
+
+def without_chain_deaths(props):
+    """The properties of a task that came through the delay chain without the deaths
+    its expiries added (delays.without_chain_deaths), so that nobody later reads them
+    as failures; other messages' properties, as they are."""
+    headers = props.headers
+    if not headers or delays.DELAYED_HEADER not in headers:
+        return props
+    out = amqp.copy_properties(props)
+    out.headers = delays.without_chain_deaths(headers)
     return out
 
 
@@ -93,6 +105,7 @@ class Dispatcher:
         tag = method.delivery_tag
         self._unsettled.add(tag)
         try:
+            props = without_chain_deaths(props)
             decision = route(body, props.content_type, props.headers, self._readers)
             if isinstance(decision, Rejection):
                 self._dead_letter(tag, props, body, decision.reason)

@@ -186,3 +186,23 @@ def test_dispatcher_routes_by_the_format_plugins_it_was_given_and_dead_letters_a
     assert session.of("publish") == [("publish", "worker_g", b"ABC"),
                                      ("publish", "taskqueue_dead", b"x"),
                                      ("publish", "worker_t", b"plain")]
+
+
+def test_dispatcher_drops_the_deaths_of_the_delay_chain_from_a_delayed_task_and_keeps_the_rest():
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    chain = [{"queue": f"taskqueue.delay.{level}", "reason": "expired", "count": 1,
+              "exchange": f"taskqueue.delay.x{level}", "routing-keys": ["0.1.1"]} for level in (0, 1)]
+    headers = {"worker_type": "t", "x-taskqueue-delayed-until": 1700000000, "mine": "kept",
+               "x-death": chain, "x-first-death-queue": "taskqueue.delay.1",
+               "x-first-death-reason": "expired", "x-first-death-exchange": "taskqueue.delay.x1",
+               "x-last-death-queue": "taskqueue.delay.0", "x-last-death-reason": "expired",
+               "x-last-death-exchange": "taskqueue.delay.x0"}
+    session.delivered.append(1)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=1),
+                           pika.BasicProperties(headers=headers, message_id="m"), b"\x00binary")
+    [(queue, body, props)] = session.sent
+    assert (queue, body) == ("worker_t", b"\x00binary")
+    assert props.headers == {"worker_type": "t", "x-taskqueue-delayed-until": 1700000000,
+                             "mine": "kept"}
+    assert props.message_id == "m"
