@@ -542,6 +542,20 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
     out of range; TopologyError, TaskqueueError with a readable reason otherwise."""
     exchange, routing_key = delays.route(seconds)
     out = delayed_properties(props, worker_type, seconds)
+    declare_delays_blocking(channel, settings)
+    what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
+    try:
+        channel.basic_publish(exchange, routing_key, body, out, mandatory=True)
+    except pika.exceptions.UnroutableError as exc:
+        raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
+                             f"{exchange!r} routed it to no queue") from exc
+    except pika.exceptions.NackError as exc:
+        raise TaskqueueError(f"broker refused the delayed task ({what}) (nack)") from exc
+
+
+def declare_delays_blocking(channel, settings):
+    """Declare the delay chain (delays.declarations) on a pika BlockingChannel;
+    TopologyError when the broker refuses a queue of it."""
     plan = delays.declarations(settings, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
     for name, kind in plan.exchanges:
         channel.exchange_declare(name, exchange_type=kind, durable=True)
@@ -556,14 +570,6 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
         channel.queue_bind(name, source, routing_key=pattern)
     for destination, source, pattern in plan.exchange_bindings:
         channel.exchange_bind(destination, source, routing_key=pattern)
-    what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
-    try:
-        channel.basic_publish(exchange, routing_key, body, out, mandatory=True)
-    except pika.exceptions.UnroutableError as exc:
-        raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
-                             f"{exchange!r} routed it to no queue") from exc
-    except pika.exceptions.NackError as exc:
-        raise TaskqueueError(f"broker refused the delayed task ({what}) (nack)") from exc
 
 
 def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):

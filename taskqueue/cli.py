@@ -73,6 +73,10 @@ def _parser():
                    help="wait for the worker's reply (sent to reply_to) and print its body")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="with --wait: give up after SECONDS (default 30); exit status 1")
+    p.add_argument("--delay", type=_seconds, metavar="SECONDS",
+                   help="no worker gets the task before SECONDS (rounded up to whole "
+                        "seconds, at most 1048575: 12 days) from now; it waits in the "
+                        "broker's delay queues (taskqueue.delay.*)")
     p.add_argument("--file", metavar="PATH",
                    help="submit one task per line of PATH ('-': stdin), each line a workitem "
                         "as JSON; blank lines are skipped. The whole file is checked first: "
@@ -111,6 +115,14 @@ def _dead_parser(sub, command):
                 epilog="Asks first on a terminal; elsewhere --yes is required.\n\n" +
                 DEAD_EXIT_CODES)
     p.add_argument("--yes", action="store_true", help="do not ask")
+
+
+def _seconds(text):
+    """A number of seconds as given; its range is checked by the command (delays.py)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
 
 
 def _positive_int(text):

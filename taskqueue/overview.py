@@ -12,7 +12,7 @@ import socket
 import stat
 from collections import Counter
 
-from . import amqp, queuelist, status
+from . import amqp, delays, queuelist, status
 from .errors import TaskqueueError
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
@@ -37,9 +37,11 @@ def gather(cfg, timeout):
     supervisors = [ask_supervisor(path, timeout) for path in status_sockets(cfg.supervisor.status_dir)]
     expected = queue_names(cfg, supervisors)
     try:
-        counts, broker_error = amqp.queue_counts(cfg.amqp, expected, timeout), None
+        counts, broker_error = amqp.queue_counts(cfg.amqp, expected + list(delays.LEVEL_QUEUES),
+                                                 timeout), None
     except TaskqueueError as exc:
         counts, broker_error = {}, str(exc)
+    delay_counts = [counts.pop(queue, None) for queue in delays.LEVEL_QUEUES]
     others, listing = set(), {"source": None, "error": "the broker could not be asked"}
     if broker_error is None:
         others, listing = other_worker_queues(cfg.amqp, timeout, counts)
@@ -50,6 +52,7 @@ def gather(cfg, timeout):
         "broker": {"address": amqp.describe(cfg.amqp), "error": broker_error},
         "queue_listing": listing,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
+        "delayed": delayed_tasks(delay_counts) if broker_error is None else None,
     }
     view.update(assess(view))
     return view
@@ -76,6 +79,12 @@ def other_worker_queues(settings, timeout, counts):
         return set(), {"source": None, "error": f"the broker did not count them: {exc}"}
     return ({name for name in others if any(counts[name] or ())},
             {"source": queuelist.RABBITMQCTL, "error": None})
+
+
+def delayed_tasks(counts):
+    """How many tasks wait in the delay queues, from their queue_counts (None: the
+    queue does not exist, no delayed task was ever submitted on this vhost)."""
+    return sum(count[0] for count in counts if count)
 
 
 def status_sockets(status_dir):
@@ -208,6 +217,8 @@ def render(view):
                      for q in view["queues"]])
     if view["broker"]["error"] is None and view["queue_listing"]["error"]:
         lines.append(f"  (other worker queues not listed: {view['queue_listing']['error']})")
+    if view.get("delayed") is not None:
+        lines.append(f"delayed tasks waiting: {view['delayed']} (in {delays.QUEUE_PREFIX}*)")
     lines.append("")
     lines.append("problems:" if view["problems"] else "problems: none")
     lines += [f"  {problem}" for problem in view["problems"]]

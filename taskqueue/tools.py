@@ -17,11 +17,12 @@ worker_TYPE, a warning on stderr says where the tasks wait (exit status 0
 still: they are served as soon as a pool with plugin TYPE runs).
 
 exit status:
-  0  submitted: every task confirmed by the broker (with --wait: the reply printed)
+  0  submitted: every task confirmed by the broker (with --wait: the reply printed;
+     with --delay: it waits in the delay queues, see README "Delayed tasks")
   1  broker problem (unreachable, refused a task; with --wait: no reply in time).
      With --file some tasks may be submitted: the summary on stderr says how many
      and the line to resume from
-  2  bad input (TYPE, WORKITEM, a line of the file, the config): nothing submitted
+  2  bad input (TYPE, WORKITEM, --delay, a line of the file, the config): nothing submitted
   130  --file stopped by Ctrl-C: as 1 (a second Ctrl-C ends it at once)
 """
 
@@ -32,8 +33,10 @@ def cmd_submit(args):
         raise ConfigError(f"TYPE {args.worker_type[:100]!r} is not {TYPE_RULE}")
     if args.file is not None:
         return _submit_file(args)
+    if args.delay is not None:
+        return _submit_delayed(args)
     cfg, _ = load_config(args, check_users=False)
-    body = _envelope(args.worker_type, args.workitem)
+    body = workitems.envelope(args.worker_type, _workitem(args.workitem))
     message_id = uuid.uuid4().hex
     props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
                             message_id=message_id, correlation_id=message_id)
@@ -51,14 +54,36 @@ def cmd_submit(args):
     return EXIT_OK
 
 
-def _envelope(worker_type, argument):
-    """The envelope of the WORKITEM argument (None: null; `-`: stdin), whose workitem
-    is read as the dispatcher reads it; InputError naming the argument and the value."""
+def _submit_delayed(args):
+    """One task through the delay chain (delays.py): its workitem as the body, JSON,
+    with the worker_type header the dispatcher routes it by once it is due."""
+    from . import delays
+    if args.wait:
+        raise InputError("--delay and --wait together: a delayed task is not waited for")
+    try:
+        seconds = delays.whole_seconds(args.delay)
+    except ValueError as exc:
+        raise InputError(f"--delay: {exc}") from None
+    cfg, _ = load_config(args, check_users=False)
+    body = workitems.dumps(_workitem(args.workitem))
+    message_id = uuid.uuid4().hex
+    props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
+                            message_id=message_id, correlation_id=message_id)
+    with amqp.blocking_channel(cfg.amqp) as channel:
+        amqp.publish_delayed_blocking(channel, cfg.amqp, args.worker_type, body, props, seconds)
+    print(message_id, flush=True)
+    warn_unless_served(cfg.amqp, args.worker_type, 1)
+    return EXIT_OK
+
+
+def _workitem(argument):
+    """The WORKITEM argument (None: null; `-`: stdin), read as the dispatcher reads
+    it; InputError naming the argument and the value."""
     where, text = "WORKITEM", "null" if argument is None else argument
     if text == "-":
         where, text = "WORKITEM (stdin)", sys.stdin.read()
     try:
-        return workitems.envelope(worker_type, workitems.parse(text))
+        return workitems.parse(text)
     except ValueError as exc:
         shown = text if len(text) <= 100 else text[:100] + "..."
         problem = f"{where} {shown!r}: {exc}"
@@ -83,6 +108,8 @@ def _submit_file(args):
     from . import bulk
     if args.workitem is not None or args.wait:
         raise InputError("--file takes the workitems from the file: give no WORKITEM and no --wait")
+    if args.delay is not None:
+        raise InputError("--file and --delay together: not supported; submit delayed tasks one by one")
     cfg, _ = load_config(args, check_users=False)
     tasks = bulk.read_tasks(args.file, args.worker_type)
     outcome = bulk.submit(cfg.amqp, args.worker_type, tasks)

@@ -26,6 +26,9 @@ TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
     "brokenfactory", "nosuchtype")]
+#: The delay chain's queues (taskqueue/delays.py): a delayed task of an earlier test must
+#: not arrive in a later one.
+QUEUES += [f"taskqueue.delay.{level}" for level in range(20)]
 
 
 def wait_for(predicate, timeout, what, interval=0.02):

@@ -167,3 +167,15 @@ def test_queues_that_could_not_be_listed_are_said_in_the_table_not_judged():
     assert ("  taskqueue_dead   2      -          0\n"
             "  (other worker queues not listed: rabbitmqctl is not on PATH (as root on the "
             "broker's host, status lists them all))\n\nproblems: none\n") in overview.render(view)
+
+
+def test_the_delayed_tasks_are_the_ready_ones_of_the_delay_queues_that_exist():
+    assert overview.delayed_tasks([None] * 20) == 0
+    assert overview.delayed_tasks([(3, 0), None, (0, 0), (2, 0)] + [None] * 16) == 5
+
+
+def test_table_says_how_many_delayed_tasks_wait_and_says_nothing_when_the_broker_was_not_asked():
+    view = dict(view_of([answer_of()], HEALTHY_COUNTS), delayed=7)
+    assert "\ndelayed tasks waiting: 7 (in taskqueue.delay.*)\n" in overview.render(view)
+    unasked = dict(view_of([answer_of()], {}, broker_error="refused"), delayed=None)
+    assert "delayed tasks" not in overview.render(unasked)

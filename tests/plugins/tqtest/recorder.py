@@ -75,6 +75,7 @@ class Recorder(BaseWorker):
             "routing_key": method.routing_key, "time": time.time(),
             "group_names": sorted(g.gr_name for g in grp.getgrall() if g.gr_gid in os.getgroups()),
             "body": body.decode("utf-8", "backslashreplace"), "content_type": header.content_type,
+            "headers": sorted(header.headers or {}),
         }
         path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}.{event}")
         with open(path + ".tmp", "w") as f:
