@@ -261,3 +261,36 @@ def test_heartbeats_detect_a_silent_broker_and_every_child_reconnects(
     FIGURES["silent broker (frozen connections)"] = {"connections frozen": frozen,
                                                      "tasks done after": 20}
     assert pool.stop() == 0
+
+
+def test_a_delayed_task_survives_a_stop_app_and_start_app_of_the_broker_during_its_wait(
+        node, broker, start_pool, records):
+    import pika
+    import subprocess
+    from support import recorder_config
+    from taskqueue import amqp, delays
+    pool = start_pool(recorder_config(records), heartbeat=5)
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 30, "the recorder consuming")
+    # Given a task delayed 20 s (16 + 4: it waits in two levels), waiting in the first
+    before = time.time()
+    amqp.publish_delayed_blocking(broker.channel, broker.settings, "recorder",
+                                  json.dumps({"id": "delayed"}).encode(),
+                                  pika.BasicProperties(content_type="application/json"), 20)
+    wait_for(lambda: broker.counts("taskqueue.delay.4")[0] == 1, 5, "the task in level 4")
+    # When the broker's application stops and starts again during its wait
+    for action in ("stop_app", "start_app"):
+        subprocess.run(["rabbitmqctl", "-q", "-n", node.name, action], check=True, timeout=120)
+    restarted = time.time() - before
+    broker.connect()
+    assert restarted < 18, f"the restart took {restarted:.1f}s: the test proves nothing"
+    assert broker.counts("taskqueue.delay.4")[0] + broker.counts("taskqueue.delay.2")[0] == 1
+    # Then the task reaches its worker, never before its delay
+    def started():
+        return [r for r in records.all("start") if r["id"] == "delayed"]
+    [record] = wait_for(started, 120, lambda: f"the delayed task started\n{pool.log()[-3000:]}")
+    FIGURES["a delayed task across stop_app/start_app"] = {
+        "delay": 20, "broker back after (s)": round(restarted, 1),
+        "started after (s)": round(record["time"] - before, 2)}
+    assert record["time"] - before >= 20.0
+    assert [broker.counts(q)[0] for q in delays.LEVEL_QUEUES] == [0] * delays.LEVELS
+    assert pool.stop() == 0
