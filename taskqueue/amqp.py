@@ -376,6 +376,15 @@ class Session:
         done = []
         self._connection.channel(on_open_callback=on_open)
 
+    def bind_delay_end(self):
+        """Bind taskqueue to the end of the delay chain (delays.DELIVER_EXCHANGE). A
+        dispatcher does it as it starts: a `taskqueue` declared anew (deleted, the
+        broker's data lost) has lost that binding, and a publisher declares the
+        chain only once per session."""
+        self._call(self._channel.exchange_declare, delays.DELIVER_EXCHANGE,
+                   exchange_type="fanout", durable=True)
+        self._call(self._channel.queue_bind, TASK_QUEUE, delays.DELIVER_EXCHANGE)
+
     def qos(self, prefetch):
         self._call(self._channel.basic_qos, prefetch_count=prefetch)
 

@@ -81,6 +81,7 @@ class Dispatcher:
     def start(self):
         for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
             self._session.declare_queue(queue)
+        self._session.bind_delay_end()
         self._session.enable_confirms(
             lambda frame: self._guarded(self._on_confirm, frame),
             lambda queue, props, body: self._guarded(self._on_return, queue, props, body))

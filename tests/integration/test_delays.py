@@ -147,3 +147,19 @@ def test_a_session_says_which_delay_queue_the_broker_refuses_at_once(broker, vho
         assert wait_for(lambda: broker.drain("taskqueue"), 5, "the task")[0][1] == b"y"
     finally:
         session.close()
+
+
+def test_a_dispatcher_binds_taskqueue_to_the_end_of_the_chain_again_when_it_was_declared_anew(
+        broker, start_pool, records):
+    # Given the chain declared, then taskqueue deleted (its binding goes with it)
+    amqp.declare_delays_blocking(broker.channel, broker.settings)
+    broker.channel.queue_delete("taskqueue")
+    # When a dispatcher starts (it declares taskqueue anew)
+    pool = start_pool(recorder_config(records))
+    serving(broker, pool)
+    # Then what leaves the chain reaches taskqueue, without any delayed publish re-declaring it
+    broker.channel.basic_publish(delays.DELIVER_EXCHANGE, "", json.dumps({"id": "bound"}).encode(),
+                                 pika.BasicProperties(headers={"worker_type": "recorder"},
+                                                      delivery_mode=2), mandatory=True)
+    wait_for(lambda: started(records, "bound"), 10, "the task from the end of the chain started")
+    assert pool.stop() == 0
