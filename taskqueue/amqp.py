@@ -443,9 +443,11 @@ class Session:
                               durable=True, arguments=arguments)
             except SessionClosed:
                 reason = self._confirm_close_reason
-                if getattr(reason, "reply_code", None) in (403, 405, 406):
-                    raise TopologyError(explain_delay_refusal(name, arguments, reason)) from None
-                raise
+                if getattr(reason, "reply_code", None) not in (403, 405, 406):
+                    raise
+                if name == TASK_QUEUE:
+                    raise TopologyError(explain_refusal(name, self.settings, reason)) from None
+                raise TopologyError(explain_delay_refusal(name, arguments, reason)) from None
         for name, exchange, pattern in plan.queue_bindings:
             self._call_on(channel, channel.queue_bind, f"bind {name}", name, exchange,
                           routing_key=pattern)
