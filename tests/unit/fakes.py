@@ -38,6 +38,7 @@ class RecordingSession:
         self.answer_declares = answer_declares
         self.unanswered = []
         self.published = []     # bodies, in order
+        self.published_props = []   # their properties, in the same order
         self.closed = Event()
         self.close_reason = None
         self.aborted = False
@@ -81,6 +82,7 @@ class RecordingSession:
         self._check_channel()
         self.calls.append(("publish", queue, body))
         self.published.append(body)
+        self.published_props.append(props)
 
     def enable_confirms(self, on_confirm, on_return):
         self.on_confirm, self.on_return = on_confirm, on_return
