@@ -219,3 +219,20 @@ def test_a_task_submitted_with_delay_3_is_done_after_3_s_and_by_4_s(broker, star
     client.submit("recorder", {"id": "later"}, delay=3)
     [done] = wait_for(lambda: records.all("start"), 10, "the delayed task")
     assert 3 <= done["time"] - started <= 4.5
+
+
+@pytest.mark.timeout(60)
+def test_a_threads_connection_is_closed_when_the_thread_ends(broker, vhost, amqp_port):
+    import gc
+    name = f"tq-test-thread-end-{os.getpid()}-{time.monotonic_ns()}"
+    client = Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, name=name)
+    client.submit("recorder", 0)        # this thread's connection
+    thread = threading.Thread(target=client.submit, args=("recorder", 1))
+    thread.start()
+    thread.join(30)
+    assert broker.counts("taskqueue")[0] == 2
+    # When the thread has ended, its connection goes; this thread's stays
+    gc.collect()
+    wait_for(lambda: len(connections_named(name)) == 1, 20, "the ended thread's connection closed")
+    client.close()
+    wait_for(lambda: not connections_named(name), 20, "the connection closed by close()")
