@@ -16,10 +16,11 @@ import m_e2e
 import m_footprint
 import m_latency
 import m_restart
+import m_submit
 from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
-                "restart": m_restart, "footprint": m_footprint}
+                "restart": m_restart, "footprint": m_footprint, "submit": m_submit}
 
 
 def parse_args(argv):
@@ -33,6 +34,8 @@ def parse_args(argv):
     parser.add_argument("--latency-tasks", type=int, default=500, help="sequential tasks (3.)")
     parser.add_argument("--kills", type=int, default=50, help="worker SIGKILLs (4.)")
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
+    parser.add_argument("--submit-tasks", type=int, default=5000,
+                        help="tasks per client submit figure (6.; a fifth of them for the loop)")
     return parser.parse_args(argv)
 
 

@@ -2,7 +2,7 @@
 from stats import summary
 
 UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
-         "idle": "MB", "ratio": "x", "cpu/task": "us"}
+         "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s"}
 
 #: (ratio name, numerator, denominator): computed within one repetition.
 RATIOS = [
@@ -14,6 +14,8 @@ RATIOS = [
     ("ratio e2e taskqueue classic / celery", "e2e taskqueue classic", "e2e celery"),
     ("ratio e2e taskqueue classic / dramatiq t1", "e2e taskqueue classic", "e2e dramatiq t1"),
     ("ratio latency p50 taskqueue / bare pika", "latency taskqueue p50", "latency bare pika p50"),
+    ("ratio submit_many / submit --file", "submit client submit_many", "submit cli --file"),
+    ("ratio submit loop / submit_many", "submit client loop", "submit client submit_many"),
 ]
 
 #: figure: (target as shown, test of the median)

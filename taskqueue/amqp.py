@@ -546,14 +546,16 @@ def blocking_call(settings, queue, body, props, timeout):
     return replies[0] if replies else None
 
 
-def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds):
+def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds, declare=True):
     """Publish a task for `worker_type` that reaches taskqueue after `seconds` (rounded
     up), on a pika BlockingChannel in confirm mode (blocking_channel gives one); declares
-    the delay chain first (idempotent: a few dozen round trips). ValueError for a delay
-    out of range; TopologyError, TaskqueueError with a readable reason otherwise."""
+    the delay chain first unless told it is declared on this connection already
+    (idempotent, but a few dozen round trips). ValueError for a delay out of range;
+    TopologyError, TaskqueueError with a readable reason otherwise."""
     exchange, routing_key = delays.route(seconds)
     out = delayed_properties(props, worker_type, seconds)
-    declare_delays_blocking(channel, settings)
+    if declare:
+        declare_delays_blocking(channel, settings)
     what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
     try:
         channel.basic_publish(exchange, routing_key, body, out, mandatory=True)
@@ -644,3 +646,53 @@ def _confirmed_publish(channel, settings, queue, body, props):
         raise TaskqueueError(f"broker returned the message: queue {queue!r} did not take it") from exc
     except pika.exceptions.NackError as exc:
         raise TaskqueueError(f"broker refused the message (nack) for queue {queue!r}") from exc
+
+
+# -- a kept blocking connection, for taskqueue.client ----------------------------
+
+class PublishRefused(TaskqueueError):
+    """The broker did not take a message: it returned it unroutable, or nacked it."""
+
+
+def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
+    """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError
+    naming each one tried otherwise. For ordinary (threaded) code: not thread-safe."""
+    failures = []
+    for params in parameters(settings):
+        params.blocked_connection_timeout = timeout
+        params.socket_timeout = timeout
+        params.client_properties = {"connection_name": name}
+        try:
+            return pika.BlockingConnection(params)
+        except pika.exceptions.AMQPError as exc:
+            failures.append(f"{params.host}:{params.port}: {exc!r}")
+    raise SessionClosed("cannot connect to the broker: " + "; ".join(failures))
+
+
+#: What a blocking connection raises once it is gone (closed by the broker, the
+#: network, a dead peer): the client reconnects on these.
+CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
+                   pika.exceptions.ChannelWrongStateError, pika.exceptions.ChannelClosed)
+
+
+def blocking_declare(channel, settings, queue):
+    """Declare `queue` as taskqueue wants it, on a blocking channel; TopologyError if it
+    exists with other arguments."""
+    try:
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue, settings))
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(explain_refusal(queue, settings, exc)) from None
+
+
+def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
+    """Publish (mandatory) on a blocking channel in confirm mode and return once the
+    broker confirmed it; PublishRefused saying why it did not take it."""
+    where = f"queue {queue!r}" if not exchange else f"exchange {exchange!r} ({queue!r})"
+    try:
+        channel.basic_publish(exchange, queue, body, props, mandatory=True)
+    except pika.exceptions.UnroutableError:
+        raise PublishRefused(f"the broker returned the message: no {where} took it "
+                             f"(unroutable)") from None
+    except pika.exceptions.NackError:
+        raise PublishRefused(f"the broker refused the message for {where} (nack): "
+                             f"is the queue full (max-length with reject-publish)?") from None

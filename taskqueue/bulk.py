@@ -11,7 +11,6 @@ import shlex
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +18,7 @@ import gevent
 from gevent.event import Event
 
 from . import amqp, workitems
+from .client import task_properties
 from .confirms import ConfirmWindow
 from .errors import InputError, TaskqueueError
 from .progress import Progress
@@ -158,7 +158,7 @@ def _publish(settings, tasks, tally, progress, stop):
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
-            window.publish(amqp.TASK_QUEUE, task.body, _properties(), index)
+            window.publish(amqp.TASK_QUEUE, task.body, task_properties(), index)
             tally.sent += 1
             progress.update(tally.count)
         window.flush(INTERRUPT_FLUSH if stop.is_set() else None)
@@ -184,13 +184,6 @@ def _interruptible():
     finally:
         handler.cancel()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _properties():
-    # As a single `taskqueue submit` sends it.
-    message_id = uuid.uuid4().hex
-    return amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
-                           message_id=message_id, correlation_id=message_id)
 
 
 def summary(outcome, worker_type, path):

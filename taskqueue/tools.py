@@ -3,9 +3,9 @@ cmd_<name>(args) returns an exit code (startup.EXIT_*)."""
 import json
 import os
 import sys
-import uuid
 
 from . import amqp, config, plugins, workitems
+from .client import Client, task_message
 from .errors import ConfigError, InputError
 from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, load_config
 
@@ -36,27 +36,24 @@ def cmd_submit(args):
     if args.delay is not None:
         return _submit_delayed(args)
     cfg, _ = load_config(args, check_users=False)
-    body = workitems.envelope(args.worker_type, _workitem(args.workitem))
-    message_id = uuid.uuid4().hex
-    props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
-                            message_id=message_id, correlation_id=message_id)
-    if not args.wait:
-        amqp.blocking_publish(cfg.amqp, amqp.TASK_QUEUE, body, props)
-        print(message_id, flush=True)
-        warn_unless_served(cfg.amqp, args.worker_type, 1)
-        return EXIT_OK
-    reply = amqp.blocking_call(cfg.amqp, amqp.TASK_QUEUE, body, props, args.timeout)
-    if reply is None:
-        print(f"taskqueue: no reply to {message_id} within {args.timeout:g}s", file=sys.stderr)
-        warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
-        return EXIT_FAILURE
+    workitem = _workitem(args.worker_type, args.workitem)
+    with Client.for_settings(cfg.amqp, "taskqueue submit") as client:
+        if not args.wait:
+            print(client.submit(args.worker_type, workitem), flush=True)
+            warn_unless_served(cfg.amqp, args.worker_type, 1)
+            return EXIT_OK
+        try:
+            reply = client.call(args.worker_type, workitem, args.timeout)
+        except TimeoutError as exc:
+            print(f"taskqueue: {exc}", file=sys.stderr)
+            warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
+            return EXIT_FAILURE
     sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
     return EXIT_OK
 
 
 def _submit_delayed(args):
-    """One task through the delay chain (delays.py): its workitem as the body, JSON,
-    with the worker_type header the dispatcher routes it by once it is due."""
+    """One task through the delay chain (delays.py), by the Client as any task."""
     from . import delays
     if args.wait:
         raise InputError("--delay and --wait together: a delayed task is not waited for")
@@ -65,25 +62,23 @@ def _submit_delayed(args):
     except ValueError as exc:
         raise InputError(f"--delay: {exc}") from None
     cfg, _ = load_config(args, check_users=False)
-    body = workitems.dumps(_workitem(args.workitem))
-    message_id = uuid.uuid4().hex
-    props = amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
-                            message_id=message_id, correlation_id=message_id)
-    with amqp.blocking_channel(cfg.amqp) as channel:
-        amqp.publish_delayed_blocking(channel, cfg.amqp, args.worker_type, body, props, seconds)
-    print(message_id, flush=True)
+    workitem = _workitem(args.worker_type, args.workitem)
+    with Client.for_settings(cfg.amqp, "taskqueue submit") as client:
+        print(client.submit(args.worker_type, workitem, delay=seconds), flush=True)
     warn_unless_served(cfg.amqp, args.worker_type, 1)
     return EXIT_OK
 
 
-def _workitem(argument):
-    """The WORKITEM argument (None: null; `-`: stdin), read as the dispatcher reads
-    it; InputError naming the argument and the value."""
+def _workitem(worker_type, argument):
+    """The workitem of the WORKITEM argument (None: null; `-`: stdin), read as the
+    dispatcher reads it; InputError naming the argument and the value."""
     where, text = "WORKITEM", "null" if argument is None else argument
     if text == "-":
         where, text = "WORKITEM (stdin)", sys.stdin.read()
     try:
-        return workitems.parse(text)
+        workitem = workitems.parse(text)
+        task_message(worker_type, workitem)     # what cannot go out in the envelope (too deep)
+        return workitem
     except ValueError as exc:
         shown = text if len(text) <= 100 else text[:100] + "..."
         problem = f"{where} {shown!r}: {exc}"

@@ -120,10 +120,11 @@ class TaskChannel:
     the worker's own default settlement, can never reach the broker twice.
     """
 
-    def __init__(self, session, hub_calls, delivery_tag):
+    def __init__(self, session, hub_calls, delivery_tag, header=None):
         self._session = session
         self._hub = hub_calls
         self._tag = delivery_tag
+        self._header = header        # the task's properties: where a reply goes
         self.settlement = None       # "ack", "nack" or "reject" once settled
         self.requeued = False        # nack or reject with requeue=True
 
@@ -153,6 +154,24 @@ class TaskChannel:
         self._hub.call(lambda: self._session.publish(routing_key, body, properties,
                                                      exchange=exchange, mandatory=mandatory),
                        PUBLISH_TIMEOUT)
+
+    def reply(self, body, content_type=None):
+        """Send `body` (bytes, or str sent as UTF-8) to whoever submitted the task and
+        waits for an answer (its reply_to, e.g. `taskqueue submit --wait` or
+        Client.call), with the task's correlation id. A task without reply_to has
+        nobody waiting: a warning, nothing sent. Publishing to header.reply_to
+        yourself, with basic_publish, does the same."""
+        header = self._header
+        if header is None or not header.reply_to:
+            log.warning("reply to delivery %s not sent: the task has no reply_to "
+                        "(nobody waits for an answer)", self._tag)
+            return
+        if isinstance(body, str):
+            body = body.encode()
+            content_type = content_type or "text/plain; charset=utf-8"
+        props = amqp.properties(correlation_id=header.correlation_id or header.message_id,
+                                content_type=content_type)
+        self.basic_publish("", header.reply_to, body, props)
 
     def _settle(self, action, delivery_tag, multiple, send):
         if delivery_tag not in (0, self._tag):
@@ -293,7 +312,7 @@ def _finish(worker, session, hub_calls, ctx, code):
 
 def _handle(worker, session, hub_calls, intake, method, props, body):
     """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
-    channel = TaskChannel(session, hub_calls, method.delivery_tag)
+    channel = TaskChannel(session, hub_calls, method.delivery_tag, props)
     started = time.monotonic()
     result = gevent.get_hub().threadpool.spawn(_call_handler, worker, channel, method, props, body)
     if intake.holds_ahead:

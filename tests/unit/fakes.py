@@ -47,6 +47,11 @@ class RecordingSession:
         self._tags = (f"ctag{n}" for n in itertools.count(1))
 
     @property
+    def published_props(self):
+        """The properties of what was published, in order."""
+        return [props for _, _, props in self.sent]
+
+    @property
     def is_open(self):
         return not self.closed.is_set()
 

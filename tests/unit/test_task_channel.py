@@ -8,6 +8,7 @@ import logging
 import threading
 
 import gevent
+import pika
 import pytest
 
 from taskqueue.worker import HubCalls, TaskChannel
@@ -123,3 +124,37 @@ def test_task_channel_reports_a_requeue_when_the_plugin_gives_the_task_back(chan
 def test_task_channel_publishes_through_the_hub_when_a_task_thread_publishes(channel, session):
     in_thread(lambda: channel.basic_publish("", "replies", "text"))
     assert session.calls == [("publish", "replies", b"text")]
+
+
+# -- reply --------------------------------------------------------------------------
+
+def task_header(**kwargs):
+    return pika.BasicProperties(**kwargs)
+
+
+def test_reply_goes_to_reply_to_with_the_tasks_correlation_id(session):
+    session.delivered.append(7)
+    channel = TaskChannel(session, HubCalls(), 7, task_header(
+        reply_to="amq.rabbitmq.reply-to.abc", correlation_id="c-1", message_id="m-1"))
+    in_thread(lambda: channel.reply(b'{"ok":true}', content_type="application/json"))
+    assert session.calls == [("publish", "amq.rabbitmq.reply-to.abc", b'{"ok":true}')]
+    props = session.published_props[0]
+    assert (props.correlation_id, props.content_type) == ("c-1", "application/json")
+    assert channel.settlement is None       # a reply settles nothing: the plugin still acks
+
+
+def test_reply_without_correlation_id_answers_with_the_message_id_and_text_as_utf8(session):
+    session.delivered.append(7)
+    channel = TaskChannel(session, HubCalls(), 7, task_header(reply_to="replies", message_id="m-2"))
+    in_thread(lambda: channel.reply("día"))
+    assert session.published == ["día".encode()]
+    props = session.published_props[0]
+    assert (props.correlation_id, props.content_type) == ("m-2", "text/plain; charset=utf-8")
+
+
+def test_reply_to_a_task_without_reply_to_sends_nothing_and_warns(session, caplog):
+    session.delivered.append(7)
+    channel = TaskChannel(session, HubCalls(), 7, task_header(message_id="m-3"))
+    in_thread(lambda: channel.reply(b"answer"))
+    assert session.calls == []
+    assert "reply to delivery 7 not sent: the task has no reply_to" in caplog.text

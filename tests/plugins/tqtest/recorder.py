@@ -7,7 +7,8 @@ does), `alloc` (MiB to allocate and keep), `raise` (handle_task raises), `noack`
 plugin logs at DEBUG, then at INFO, from its handle_task thread), `until` (a path:
 `raise` and `exit` apply only while it does not exist, so a test can fix the
 cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, up to
-60 s, until it exists, so a test can hold a task between its delivery and its work).
+60 s, until it exists, so a test can hold a task between its delivery and its work),
+`reply` (a value: sent back with channel.reply, as JSON {"id", "reply", "pid"}).
 
 A body that is not JSON (plain text) is a task with no options, named by its
 message id (else `plain`).
@@ -61,6 +62,9 @@ class Recorder(BaseWorker):
             os._exit(task["exit"])
         if task.get("raise") and failing:
             raise RuntimeError(f"task {task['id']} asked to fail")
+        if "reply" in task:
+            channel.reply(json.dumps({"id": task["id"], "reply": task["reply"],
+                                      "pid": os.getpid()}), content_type="application/json")
         if not task.get("noack"):
             channel.basic_ack(method.delivery_tag)
             if task.get("twice"):

@@ -1,0 +1,372 @@
+"""Submitting tasks from application code: `Client`, and what a task looks like on the wire.
+
+    from taskqueue.client import Client
+    with Client.from_config("/etc/taskqueue/config.ini") as client:
+        task_id = client.submit("resize", {"path": "a.png"})
+        reply = client.call("echo", {"x": 1}, timeout=10)
+
+This module is the one owner of what a submitted task is (`task_message`):
+the command line's `submit` and `submit --file` build their messages here too.
+
+Threads: pika's BlockingConnection is not thread-safe, so a Client keeps one
+connection per thread (a threading.local), opened on the thread's first call
+and kept between calls. Threads never share a connection, hence need no lock
+around it and never wait for one another's confirms; the cost is one broker
+connection per thread that submits, which is what a WSGI server's thread pool
+or a cron script can afford. (The alternative, one I/O thread owning a single
+connection and serving the others through queues, adds a thread and a hand-over
+per call, and would be a greenlet under gevent's monkey-patching.) Under gevent
+with monkey-patching, threading.local is greenlet-local and the same holds per
+greenlet; the sockets are gevent's, so waiting for the broker yields.
+
+A connection found closed (by the broker, the network, an idle timeout) is
+opened again on the next call, trying each broker of the config in turn.
+A publish interrupted by a lost connection, before its confirm, is sent once
+more on a new connection: at least once, as every confirm-based publisher is.
+"""
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+import weakref
+
+from . import amqp, config, plugins, workitems
+from .errors import TaskqueueError
+
+log = logging.getLogger(__name__)
+
+#: Seconds one wait for the broker may take (connect, declare, confirm).
+BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
+#: Longest slice of waiting for a reply, so a lost connection is noticed in time.
+REPLY_POLL = 1.0
+
+PublishRefused = amqp.PublishRefused
+#: The connection was lost, or no broker of the list could be reached.
+ConnectionLost = amqp.SessionClosed
+
+
+class PartlySubmitted(PublishRefused):
+    """submit_many stopped: the broker refused a task, or the connection went.
+    `ids` holds, in the order of the items, each task's message id if the broker
+    confirmed it, else None (not submitted, or not known to be)."""
+
+    def __init__(self, message, ids):
+        super().__init__(message)
+        self.ids = ids
+
+
+# -- what goes on the wire ---------------------------------------------------------
+
+def task_properties(message_id=None):
+    """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
+    message id (a new one unless given) that is also its correlation id."""
+    message_id = message_id or uuid.uuid4().hex
+    return amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
+                           message_id=message_id, correlation_id=message_id)
+
+
+def task_message(worker_type, workitem, message_id=None):
+    """(body, properties) of the task for `worker_type`: the JSON envelope and
+    task_properties(). ValueError saying what is wrong with the type or workitem."""
+    from .routing import TYPE_PATTERN, TYPE_RULE
+    if not isinstance(worker_type, str) or not TYPE_PATTERN.match(worker_type):
+        raise ValueError(f"worker type {worker_type!r:.100} is not {TYPE_RULE}")
+    try:
+        body = workitems.envelope(worker_type, workitem)
+    except (TypeError, ValueError) as exc:   # a set, NaN, Infinity, nested too deeply
+        problem = str(exc) if str(exc).startswith("not usable JSON") else f"not JSON ({exc})"
+        raise ValueError(f"workitem for {worker_type}: {problem}") from None
+    return body, task_properties(message_id)
+
+
+def _bare_workitem(body):
+    """The workitem of an envelope, as JSON bytes: what a message routed by its
+    worker_type header (a delayed one) carries."""
+    return workitems.dumps(workitems.loads(body)["workitem"])
+
+
+# -- one thread's connection -------------------------------------------------------
+
+#: Stands for the delay chain among the queues a connection declared.
+DELAY_CHAIN = "taskqueue.delay.*"
+
+
+class _Link:
+    """One BlockingConnection and its confirm-mode channel, used by one thread only."""
+
+    def __init__(self, settings, name):
+        self.settings = settings
+        self.name = name
+        # The connection lives in a box of its own, so that a finalizer can close it
+        # once the thread (and with its locals this link) is gone, without keeping
+        # the link alive.
+        self.box = {"connection": None}
+        self.channel = None
+        self.declared = set()       # queues declared on this connection
+        self.replies = {}           # correlation id -> reply body, for call()
+        self.consuming_replies = False
+
+    @property
+    def connection(self):
+        return self.box["connection"]
+
+    @connection.setter
+    def connection(self, value):
+        self.box["connection"] = value
+
+    @property
+    def is_open(self):
+        return bool(self.connection and self.connection.is_open and self.channel.is_open)
+
+    def ensure_open(self):
+        if self.is_open:
+            try:    # notice a close the broker sent since the last call
+                self.connection.process_data_events(time_limit=0)
+            except amqp.CONNECTION_LOST:
+                pass
+        if self.is_open:
+            return
+        self.drop()
+        self.connection = amqp.blocking_connect(self.settings, self.name, BROKER_TIMEOUT)
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
+    def declare(self, queue):
+        if queue not in self.declared:
+            amqp.blocking_declare(self.channel, self.settings, queue)
+            self.declared.add(queue)
+
+    def publish_delayed(self, worker_type, body, props, seconds):
+        """Through the delay chain, declared once per connection (DELAY_CHAIN in `declared`)."""
+        try:
+            amqp.publish_delayed_blocking(self.channel, self.settings, worker_type, body, props,
+                                          seconds, declare=DELAY_CHAIN not in self.declared)
+        except Exception:
+            self.declared.discard(DELAY_CHAIN)   # a returned task: declare it all again next time
+            raise
+        self.declared.add(DELAY_CHAIN)
+
+    def consume_replies(self):
+        """Consume direct reply-to on this channel: what RabbitMQ requires before a
+        publish with reply_to amq.rabbitmq.reply-to. Once per connection."""
+        if self.consuming_replies:
+            return
+        replies = self.replies   # not self: the connection must not keep the link alive
+
+        def on_reply(channel, method, props, body):
+            if props.correlation_id in replies:     # a late reply to a call that timed out is not
+                replies[props.correlation_id] = body
+        self.channel.basic_consume(amqp.DIRECT_REPLY_TO, on_reply, auto_ack=True)
+        self.consuming_replies = True
+
+    def drop(self):
+        """Forget the connection (closing it if it is still open)."""
+        _close_quietly(self.connection)
+        self.connection = self.channel = None
+        self.declared = set()
+        self.consuming_replies = False
+
+
+def _close_quietly(connection):
+    if connection is not None and connection.is_open:
+        try:
+            connection.close()
+        except Exception as exc:     # closing what is half gone: nothing to do about it
+            log.debug("closing a client connection: %r", exc)
+
+
+# -- the client ----------------------------------------------------------------------
+
+class Client:
+    """Submit tasks to taskqueue; see the module's docstring. `url`: amqp:// or amqps://
+    URLs (comma-separated: tried in turn); other keywords: the [amqp] options of the
+    config (host, port, vhost, user, password, heartbeat, queue_type, delivery_limit...)."""
+
+    def __init__(self, url=None, *, name="taskqueue client", **options):
+        known = {f.name for f in dataclasses.fields(config.AmqpSettings)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"Client: unknown option(s) {', '.join(unknown)}; "
+                            f"the [amqp] options are {', '.join(sorted(known))}")
+        if url is not None:
+            url = config.parse_amqp_url(url)
+        self.settings = config.AmqpSettings(url=url, **options)
+        self.name = name
+        self._local = threading.local()
+        self._links = weakref.WeakSet()     # every thread's, for close()
+        self._links_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path, name="taskqueue client"):
+        """A Client for the [amqp] section of the taskqueue config file at `path`;
+        ConfigError naming the file, section and option if it is not valid."""
+        return cls.for_settings(config.load(path, plugins.discover(), check_users=False).amqp,
+                                name)
+
+    @classmethod
+    def for_settings(cls, settings, name="taskqueue client"):
+        """A Client for a config.AmqpSettings (the command line's)."""
+        client = cls(name=name)
+        client.settings = settings
+        return client
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Close the connections of every thread. Call it when no thread is using the
+        client any more (pika's connections are not thread-safe); a later call opens a
+        new connection."""
+        with self._links_lock:
+            links = list(self._links)
+        for link in links:
+            link.drop()
+
+    def _link(self):
+        link = getattr(self._local, "link", None)
+        if link is None:
+            link = self._local.link = _Link(self.settings, self.name)
+            # When the thread ends, its local goes and with it the link: close its connection.
+            weakref.finalize(link, _close_boxed, link.box)
+            with self._links_lock:
+                self._links.add(link)
+        return link
+
+    def _with_connection(self, action):
+        """action(link) on this thread's open connection; once more on a new
+        connection if it was lost before the broker answered."""
+        link = self._link()
+        for attempt in (1, 2):
+            try:
+                link.ensure_open()
+                return action(link)
+            except amqp.CONNECTION_LOST as exc:
+                link.drop()
+                if attempt == 2:
+                    raise ConnectionLost(f"connection to {amqp.describe(self.settings)} "
+                                         f"lost: {exc!r}") from None
+                log.info("connection lost (%r); connecting again", exc)
+            except PublishRefused:
+                link.declared.clear()   # a returned message: perhaps its queue was deleted
+                raise
+
+    # -- submitting ----------------------------------------------------------------
+
+    def submit(self, worker_type, workitem, delay=None):
+        """Submit one task; return its message id once the broker confirmed it.
+        `delay`: seconds before a worker may see it (rounded up; see delays.py).
+        ValueError for a bad type or workitem (nothing sent), PublishRefused if the
+        broker did not take it, ConnectionLost if no broker could be reached."""
+        body, props = task_message(worker_type, workitem)
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+                raise ValueError(f"delay {delay!r}: expected a number of seconds")
+            self._with_connection(lambda link: link.publish_delayed(
+                worker_type, _bare_workitem(body), props, delay))
+        else:
+            self.publish(amqp.TASK_QUEUE, body, props)
+        return props.message_id
+
+    def publish(self, queue, body, props):
+        """Publish a message made elsewhere (dead requeue, a raw client) to `queue`,
+        declared as taskqueue declares it, and return once the broker confirmed it."""
+        def publish(link):
+            link.declare(queue)
+            amqp.blocking_publish_confirmed(link.channel, queue, body, props)
+        self._with_connection(publish)
+
+    def submit_many(self, worker_type, items):
+        """Submit a task for each workitem of `items` with many confirms in flight;
+        return their message ids, in order. Every item is checked first: a bad one
+        raises ValueError naming its index, and nothing is sent. PartlySubmitted,
+        with the ids the broker confirmed, if it refused one or the connection went."""
+        messages = []
+        for index, workitem in enumerate(items):
+            try:
+                messages.append(task_message(worker_type, workitem))
+            except ValueError as exc:
+                raise ValueError(f"item {index}: {exc}; nothing was submitted") from None
+        if not messages:
+            return []
+        return _submit_window(self.settings, self.name, messages)
+
+    # -- calling -------------------------------------------------------------------
+
+    def call(self, worker_type, workitem, timeout):
+        """Submit a task and return the body (bytes) of the worker's reply; TimeoutError
+        if none came within `timeout` seconds. Uses RabbitMQ's direct reply-to: the
+        reply comes back on this thread's connection, and no queue is declared for it."""
+        body, props = task_message(worker_type, workitem)
+        props.reply_to = amqp.DIRECT_REPLY_TO
+        started = time.monotonic()
+
+        def publish(link):
+            link.consume_replies()
+            link.declare(amqp.TASK_QUEUE)
+            link.replies[props.correlation_id] = None
+            amqp.blocking_publish_confirmed(link.channel, amqp.TASK_QUEUE, body, props)
+            return link
+        link = self._with_connection(publish)
+        try:
+            return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
+                                    timeout)
+        finally:
+            link.replies.pop(props.correlation_id, None)
+
+    def _wait_reply(self, link, correlation_id, deadline, worker_type, timeout):
+        while link.replies.get(correlation_id) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply from {worker_type} to task {correlation_id} "
+                                   f"within {timeout:g} s")
+            try:
+                link.connection.process_data_events(time_limit=min(REPLY_POLL, left))
+            except amqp.CONNECTION_LOST as exc:
+                link.drop()
+                raise ConnectionLost(f"connection lost while waiting for the reply to task "
+                                     f"{correlation_id} (it was submitted): {exc!r}") from None
+        return link.replies[correlation_id]
+
+
+def _close_boxed(box):
+    _close_quietly(box["connection"])
+
+
+def _submit_window(settings, name, messages):
+    """Publish `messages` [(body, props)] to `taskqueue` on a gevent Session of their
+    own, up to confirms.WINDOW unconfirmed; the message ids, in order."""
+    from .confirms import ConfirmWindow
+    ids = [None] * len(messages)
+    refusals = []
+
+    def on_settled(index, problem):     # in the hub
+        if problem is None:
+            ids[index] = messages[index][1].message_id
+        else:
+            refusals.append((index, problem))
+    session = amqp.Session(settings, f"{name} (submit_many)")
+    error = None
+    try:
+        session.open(BROKER_TIMEOUT)
+        session.declare_queue(amqp.TASK_QUEUE)
+        window = ConfirmWindow(session, on_settled)
+        for index, (body, props) in enumerate(messages):
+            if refusals:
+                break
+            window.publish(amqp.TASK_QUEUE, body, props, index)
+        window.flush()
+    except TaskqueueError as exc:
+        error = str(exc)
+    finally:
+        session.close(timeout=5)
+    if refusals:
+        index, why = min(refusals)
+        error = f"item {index}: {why}"
+    if error:
+        confirmed = sum(1 for i in ids if i is not None)
+        raise PartlySubmitted(f"{error} ({confirmed} of {len(messages)} tasks confirmed)", ids)
+    return ids

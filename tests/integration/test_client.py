@@ -1,0 +1,238 @@
+"""taskqueue.client on the real broker: threads sharing one Client, call() and
+replies, refusals that raise, reconnecting, from_config, and gevent."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from support import BROKER_HOST, config_text, recorder_config, wait_for
+from taskqueue import amqp
+from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
+from taskqueue.errors import ConfigError
+
+ECHO = "[DEFAULT]\nworkers: 0\n\n[echo]\nworkers: 1\n"
+
+
+@pytest.fixture
+def client(vhost, amqp_port):
+    with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost,
+                name=f"tq-test-client-{os.getpid()}-{time.monotonic_ns()}") as client:
+        yield client
+
+
+def serving(broker, start_pool, body, queue):
+    pool = start_pool(body)
+    wait_for(lambda: broker.counts(queue)[1] >= 1, 20, f"a consumer of {queue}")
+    wait_for(lambda: broker.counts("taskqueue")[1] >= 1, 20, "the dispatcher")
+    return pool
+
+
+@pytest.mark.timeout(180)
+def test_eight_plain_threads_sharing_one_client_submit_1000_tasks_and_all_are_done(
+        broker, start_pool, records, client):
+    # Given a pool of recorders, and one Client shared by 8 threads (no gevent patching)
+    serving(broker, start_pool, recorder_config(records, processes=4), "worker_recorder")
+    ids, errors = {}, []
+
+    def submit(thread):
+        try:
+            for n in range(125):
+                task = f"t{thread}-{n}"
+                ids[task] = client.submit("recorder", {"id": task})
+        except Exception as exc:     # reported below: a thread's exception is otherwise lost
+            errors.append(exc)
+    threads = [threading.Thread(target=submit, args=(t,)) for t in range(8)]
+    # When each submits 125 tasks at the same time
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # Then each submit returned a distinct message id, and every task is done once
+    assert errors == []
+    assert len(ids) == 1000 and len(set(ids.values())) == 1000
+    wait_for(lambda: len(records.ids()) >= 1000, 120,
+             lambda: f"1000 tasks done ({len(records.ids())} so far)")
+    assert sorted(records.ids()) == sorted(ids)
+
+
+@pytest.mark.timeout(60)
+def test_call_returns_the_reply_of_echo_and_times_out_without_one(broker, start_pool, client):
+    serving(broker, start_pool, ECHO, "worker_echo")
+    assert json.loads(client.call("echo", {"x": 1}, timeout=10)) == {"x": 1}
+    assert json.loads(client.call("echo", "again", timeout=10)) == "again"   # the same connection
+    # A type nobody serves: TimeoutError after the timeout, not before
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no reply from nosuchtype to task [0-9a-f]{32} within 1 s"):
+        client.call("nosuchtype", {}, timeout=1)
+    assert 1 <= time.monotonic() - started < 5
+
+
+@pytest.mark.timeout(60)
+def test_call_returns_what_a_plugin_sent_with_channel_reply(broker, start_pool, records, client):
+    serving(broker, start_pool, recorder_config(records), "worker_recorder")
+    reply = json.loads(client.call("recorder", {"id": "r1", "reply": [1, 2]}, timeout=10))
+    assert reply["id"] == "r1" and reply["reply"] == [1, 2]
+    # A task submitted without reply_to: the plugin's reply goes nowhere, the task is done
+    client.submit("recorder", {"id": "r2", "reply": "lost"})
+    wait_for(lambda: "r2" in records.ids(), 20, "task r2 done")
+
+
+@pytest.mark.timeout(60)
+def test_submit_many_returns_the_ids_in_order_and_checks_every_item_first(broker, client):
+    ids = client.submit_many("recorder", [{"n": n} for n in range(500)])
+    assert len(set(ids)) == 500
+    messages = wait_for(lambda: broker.counts("taskqueue")[0] == 500 and broker.drain("taskqueue"),
+                        20, "500 tasks in taskqueue")
+    assert [props.message_id for props, _ in messages] == ids
+    assert [json.loads(body) for _, body in messages] == [
+        {"worker_type": "recorder", "workitem": {"n": n}} for n in range(500)]
+    # One bad item: nothing is sent
+    with pytest.raises(ValueError, match=r"item 2: workitem for recorder: not JSON \(.*set"):
+        client.submit_many("recorder", [1, 2, {3}])
+    assert broker.counts("taskqueue")[0] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_the_broker_returns_unroutable_raises_and_the_next_submit_works(broker, client):
+    client.submit("recorder", 1)
+    # When taskqueue is deleted behind the client's back (it declared it once)
+    broker.channel.queue_delete("taskqueue")
+    # Then the next submit is returned by the broker, and says so
+    with pytest.raises(PublishRefused, match="no queue 'taskqueue' took it \\(unroutable\\)"):
+        client.submit("recorder", 2)
+    # And the one after declares the queue again
+    client.submit("recorder", 3)
+    assert broker.counts("taskqueue")[0] == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_the_broker_refuses_raises_with_the_reason(broker, vhost, amqp_port):
+    # Given a taskqueue that takes one message and refuses (nacks) the next (a classic
+    # queue: it enforces the limit exactly)
+    policy = ["rabbitmqctl", "-q", "set_policy", "-p", vhost, "--apply-to", "queues",
+              "tq-test-client-max", "^taskqueue$", '{"max-length": 1, "overflow": "reject-publish"}']
+    subprocess.run(policy, check=True)
+    try:
+        with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, queue_type="classic") as client:
+            client.submit("recorder", 1)
+            with pytest.raises(PublishRefused, match=r"refused the message for queue 'taskqueue' "
+                                                     r"\(nack\)"):
+                client.submit("recorder", 2)
+            with pytest.raises(PartlySubmitted, match=r"item 0: the broker refused it \(nack\)") as info:
+                client.submit_many("recorder", [3, 4])
+            assert info.value.ids == [None, None]
+        assert broker.counts("taskqueue")[0] == 1
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "tq-test-client-max"],
+                       check=True)
+
+
+def connections_named(name):
+    out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("\t", 1)[0] for line in out.splitlines() if name in line]
+
+
+@pytest.mark.timeout(90)
+def test_the_client_connects_again_after_the_broker_closed_its_connection(broker, vhost, amqp_port):
+    name = f"tq-test-reconnect-{os.getpid()}-{time.monotonic_ns()}"
+    with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, name=name) as client:
+        client.submit("recorder", 1)
+        [pid] = wait_for(lambda: connections_named(name), 20, "the client's connection")
+        # When an operator closes it
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by the test"],
+                       check=True)
+        # Then the next submit goes through a new one (the broker keeps the old one
+        # listed until the client reads its close)
+        client.submit("recorder", 2)
+        assert broker.counts("taskqueue")[0] == 2
+        [new_pid] = wait_for(lambda: [p for p in connections_named(name) if p != pid] and
+                             connections_named(name), 20, "only a new connection")
+        assert new_pid != pid
+    # And close() closed it
+    wait_for(lambda: not connections_named(name), 20, "the connection closed by close()")
+
+
+@pytest.mark.timeout(60)
+def test_a_client_with_no_broker_to_reach_says_which_it_tried(vhost):
+    client = Client(url="amqp://guest:guest@127.0.0.1:1/x, amqp://guest:guest@127.0.0.1:2/x")
+    with pytest.raises(ConnectionLost, match="cannot connect to the broker: 127.0.0.1:1: .*; "
+                                             "127.0.0.1:2: "):
+        client.submit("recorder", 1)
+
+
+@pytest.mark.timeout(60)
+def test_from_config_uses_the_amqp_section_of_the_file(broker, workdir, vhost, amqp_port):
+    path = os.path.join(workdir, "config.ini")
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=amqp_port))
+    with Client.from_config(path) as client:
+        task_id = client.submit("recorder", {"a": 1})
+    [(props, body)] = wait_for(lambda: broker.drain("taskqueue"), 10, "the task")
+    assert props.message_id == task_id and props.correlation_id == task_id
+    assert (props.content_type, props.delivery_mode) == ("application/json", 2)
+    with open(path, "a") as f:
+        f.write("port: many\n")
+    with pytest.raises(ConfigError, match=r"\[amqp\].*port"):
+        Client.from_config(path)
+
+
+GREENLETS = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import json, sys, gevent
+    from taskqueue.client import Client
+    client = Client(host=sys.argv[1], port=int(sys.argv[2]), vhost=sys.argv[3])
+    submitted = [gevent.spawn(lambda g=g: [client.submit("recorder", [g, n]) for n in range(10)])
+                 for g in range(20)]
+    replies = [gevent.spawn(client.call, "echo", {"greenlet": g}, 10) for g in range(10)]
+    gevent.joinall(submitted + replies, raise_error=True)
+    print(json.dumps({"submitted": sum(len(g.value) for g in submitted),
+                      "replies": [json.loads(g.value) for g in replies]}))
+    client.close()
+""")
+
+
+@pytest.mark.timeout(90)
+def test_greenlets_of_a_monkey_patched_program_share_one_client(broker, start_pool, vhost,
+                                                                amqp_port):
+    serving(broker, start_pool, ECHO, "worker_echo")
+    out = subprocess.run([sys.executable, "-c", GREENLETS, BROKER_HOST, str(amqp_port), vhost],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    # Each call got its own reply back, though all waited at the same time
+    assert result == {"submitted": 200, "replies": [{"greenlet": g} for g in range(10)]}
+    wait_for(lambda: broker.counts("worker_recorder")[0] == 200, 20, "200 tasks dispatched")
+
+
+@pytest.mark.skipif(not hasattr(amqp, "publish_delayed_blocking"), reason="needs delays.py (merge)")
+@pytest.mark.timeout(60)
+def test_a_task_submitted_with_delay_3_is_done_after_3_s_and_by_4_s(broker, start_pool, records,
+                                                                    client):
+    serving(broker, start_pool, recorder_config(records), "worker_recorder")
+    started = time.time()
+    client.submit("recorder", {"id": "later"}, delay=3)
+    [done] = wait_for(lambda: records.all("start"), 10, "the delayed task")
+    assert 3 <= done["time"] - started <= 4.5
+
+
+@pytest.mark.timeout(60)
+def test_a_threads_connection_is_closed_when_the_thread_ends(broker, vhost, amqp_port):
+    import gc
+    name = f"tq-test-thread-end-{os.getpid()}-{time.monotonic_ns()}"
+    client = Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, name=name)
+    client.submit("recorder", 0)        # this thread's connection
+    thread = threading.Thread(target=client.submit, args=("recorder", 1))
+    thread.start()
+    thread.join(30)
+    assert broker.counts("taskqueue")[0] == 2
+    # When the thread has ended, its connection goes; this thread's stays
+    gc.collect()
+    wait_for(lambda: len(connections_named(name)) == 1, 20, "the ended thread's connection closed")
+    client.close()
+    wait_for(lambda: not connections_named(name), 20, "the connection closed by close()")
