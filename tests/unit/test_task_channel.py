@@ -123,3 +123,19 @@ def test_task_channel_reports_a_requeue_when_the_plugin_gives_the_task_back(chan
 def test_task_channel_publishes_through_the_hub_when_a_task_thread_publishes(channel, session):
     in_thread(lambda: channel.basic_publish("", "replies", "text"))
     assert session.calls == [("publish", "replies", b"text")]
+
+
+# -- retry ------------------------------------------------------------------------------
+
+def test_retry_settles_the_task_once_and_sends_nothing_itself(channel, session):
+    channel.retry(2.5)
+    channel.basic_ack()     # too late: already settled by retry
+    assert (channel.settlement, channel.retry_delay, channel.outcome) == ("retry", 2.5, "retry")
+    assert session.calls == [] and session.published == []   # the worker publishes, then acks
+
+
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), "5", True, 2**21])
+def test_retry_refuses_a_delay_that_is_not_seconds_it_can_wait(channel, delay):
+    with pytest.raises(ValueError, match="retry: delay .* is not a number of seconds from 0 to"):
+        channel.retry(delay)
+    assert channel.settlement is None

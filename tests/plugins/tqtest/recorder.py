@@ -6,7 +6,10 @@ does), `alloc` (MiB to allocate and keep), `raise` (handle_task raises), `noack`
 (acks twice), `exit` (the process exits with that code mid-task), `log` (a text the
 plugin logs at DEBUG, then at INFO, from its handle_task thread), `until` (a path:
 `raise` and `exit` apply only while it does not exist, so a test can fix the
-cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, up to
+cause of a dead-lettered task and requeue it), `fail_times` (raise on the first N
+attempts, counted by the header x-taskqueue-retries), `retry` (a delay, or null for the
+backoff: call channel.retry with it, on the first `retry_times` attempts or always),
+`gate` (a path: the task waits, up to
 60 s, until it exists, so a test can hold a task between its delivery and its work).
 
 A body that is not JSON (plain text) is a task with no options, named by its
@@ -45,6 +48,13 @@ class Recorder(BaseWorker):
             while not os.path.exists(task["gate"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
         self._record(task["id"], "start", method, header, body)
+        attempt = (header.headers or {}).get("x-taskqueue-retries", 0)
+        if "retry" in task and attempt < task.get("retry_times", float("inf")):
+            channel.retry(task["retry"])
+            self._record(task["id"], "retried", method, header, body)
+            return
+        if attempt < task.get("fail_times", 0):
+            raise RuntimeError(f"task {task['id']} fails attempt {attempt}")
         if task.get("log"):
             log.debug("debug: %s", task["log"])
             log.info("%s", task["log"])
@@ -75,8 +85,11 @@ class Recorder(BaseWorker):
             "routing_key": method.routing_key, "time": time.time(),
             "group_names": sorted(g.gr_name for g in grp.getgrall() if g.gr_gid in os.getgroups()),
             "body": body.decode("utf-8", "backslashreplace"), "content_type": header.content_type,
+            "retries": (header.headers or {}).get("x-taskqueue-retries", 0),
         }
-        path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}.{event}")
+        # A retried task comes back to the same process: one file per attempt.
+        attempt = f"-{facts['retries']}" if facts["retries"] else ""
+        path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}{attempt}.{event}")
         with open(path + ".tmp", "w") as f:
             json.dump(facts, f)
         os.rename(path + ".tmp", path)
