@@ -57,11 +57,13 @@ class BaseWorker:
     def handle_task(self, channel, method, header, body):
         """Process one task. Settle it with channel.basic_ack/basic_nack/basic_reject.
 
-        channel: offers basic_ack, basic_nack, basic_reject, basic_publish.
+        channel: offers basic_ack, basic_nack, basic_reject, basic_publish, and
+            retry(delay=None): come back later (README, "Retrying").
         method: delivery_tag, redelivered, routing_key.
         header: the message properties (message_id, correlation_id, reply_to, headers...).
         body: bytes; the workitem as JSON when it came through the dispatcher.
-        If this raises, the task is rejected without requeue (dead-lettered).
+        If this raises, the task is retried while the group's max_retries allow,
+        else rejected without requeue (dead-lettered).
         If it returns without settling, the task is acked and a warning logged.
         """
         raise NotImplementedError
