@@ -15,6 +15,9 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
+from . import delays
+from .retries import RetryPolicy
+
 from .errors import ConfigError
 
 #: Where the packaged config lives; `--config` or TASKQUEUE_CONFIG override it.
@@ -64,6 +67,7 @@ class WorkerGroup:
     task_timeout: Optional[float] = None   # seconds; the supervisor kills a task running longer
     max_tasks: Optional[int] = None        # a process is replaced after this many tasks
     max_memory: Optional[int] = None       # MiB of resident memory; replaced after its task
+    retry: RetryPolicy = RetryPolicy()     # max_retries, retry_delay, retry_backoff, retry_max_delay
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
@@ -172,6 +176,7 @@ def parse_int(value, low, high=None, expected=None):
 
 parse_count = partial(parse_int, low=0, expected=f"expected {COUNT}")
 parse_positive_int = partial(parse_int, low=1)
+parse_retries = partial(parse_int, low=0, expected="expected a number of retries (integer >= 0)")
 #: AMQP carries prefetch counts and heartbeats in 16 bits.
 parse_prefetch = partial(parse_int, low=1, high=65535)
 parse_heartbeat = partial(parse_int, low=0, high=65535)
@@ -186,6 +191,24 @@ def parse_seconds(value):
     if math.isfinite(seconds) and seconds > 0:
         return seconds
     raise ValueError("expected a number of seconds > 0")
+
+
+def parse_retry_max_delay(value):
+    seconds = parse_seconds(value)
+    if seconds > delays.MAX_DELAY:
+        raise ValueError(f"expected at most {delays.MAX_DELAY} seconds (the longest delay, "
+                         "about 12 days)")
+    return seconds
+
+
+def parse_backoff(value):
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = math.nan
+    if math.isfinite(factor) and factor >= 1:
+        return factor
+    raise ValueError("expected a factor >= 1 (1: the same delay every time)")
 
 
 def parse_lookahead(value):
@@ -486,7 +509,29 @@ class _Loader:
                            task_timeout=self.convert(chain, "task_timeout", None, parse_seconds),
                            max_tasks=self.convert(chain, "max_tasks", None, parse_positive_int),
                            max_memory=self.convert(chain, "max_memory", None, parse_positive_int),
+                           retry=self.retry_policy(chain),
                            options=MappingProxyType(options))
+
+    def retry_policy(self, chain):
+        """The group's retry options; a bad one is reported (the group is not built then)."""
+        values = dict(max_retries=self.convert(chain, "max_retries", 0, parse_retries),
+                      delay=self.convert(chain, "retry_delay", 1.0, parse_seconds),
+                      backoff=self.convert(chain, "retry_backoff", 2.0, parse_backoff),
+                      max_delay=self.convert(chain, "retry_max_delay", 3600.0, parse_retry_max_delay))
+        if None in values.values():
+            return RetryPolicy()   # reported already: the load fails
+        policy = RetryPolicy(**values)
+        if policy.max_delay < policy.delay:
+            section = next((name for name in chain
+                            if "retry_max_delay" in self.sections.get(name, {})), None)
+            if section is not None:
+                self.fail(section, "retry_max_delay", self.sections[section]["retry_max_delay"],
+                          f"expected at least retry_delay ({policy.delay:g} s)")
+            else:
+                section = next(name for name in chain if "retry_delay" in self.sections.get(name, {}))
+                self.fail(section, "retry_delay", self.sections[section]["retry_delay"],
+                          f"expected at most retry_max_delay ({policy.max_delay:g} s, its default)")
+        return policy
 
     def check_task_timeouts(self, groups, amqp):
         """A task may not outlive the broker's patience: past consumer_timeout the broker

@@ -96,6 +96,7 @@ TASK_OUTCOMES = {
     "reject": "refused by the plugin without requeue: dead-lettered by the broker",
     "raised": "handle_task raised: rejected, dead-lettered by the broker",
     "dead": "not run: it had killed delivery_limit processes; dead-lettered",
+    "retry": "put off: published again through the delay queues (retry, or raised with retries left)",
 }
 
 

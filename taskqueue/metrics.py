@@ -103,7 +103,7 @@ def _write_counters(metric, registry, specs):
     tasks = Counter({(group, outcome): 0 for group in workers for outcome in OUTCOMES})
     tasks.update(registry.tasks)
     metric("taskqueue_tasks_total", "counter",
-           "Tasks whose handling ended, by outcome: ack, requeue, reject, raised, dead, killed.",
+           "Tasks whose handling ended, by outcome: ack, requeue, reject, raised, dead, retry, killed.",
            [({"group": g, "outcome": o}, n) for (g, o), n in sorted(tasks.items())])
     metric("taskqueue_task_duration_seconds", "histogram",
            "Seconds handle_task took, for tasks it handled to an outcome.",

@@ -71,6 +71,7 @@ class Slot:
     task: Optional[str] = None      # message id of the task it is handling, if any
     task_started: float = 0.0
     tasks_done: int = 0
+    retries: int = 0                # tasks it put off for later (outcome `retry`)
     task_timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     killed_for: Optional[str] = None  # why the supervisor killed it, for the exit line
     restart: Optional[Restart] = None  # what followed its last exit (lifecycle.restart_decision)
@@ -285,6 +286,7 @@ class Supervisor:
         ended = parse_done(detail)
         if ended is not None:
             self.metrics.task_ended(slot.spec.name, *ended)
+            slot.retries += ended[0] == "retry"
         if slot.task is not None and (ended is None or ended[0] != "requeue"):
             self._forget_deaths(slot.task)   # settled: its next life starts at 0 deaths
         slot.task = None

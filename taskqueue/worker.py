@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import random
 import threading
 import time
 import traceback
@@ -17,9 +18,9 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, logs, plugins
+from . import amqp, delays, logs, plugins, retries
 from .intake import Intake
-from .deadletter import dead_properties, task_key
+from .deadletter import dead_properties, task_key, without_broker_headers
 from .errors import PluginError
 from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
@@ -56,11 +57,13 @@ class BaseWorker:
     def handle_task(self, channel, method, header, body):
         """Process one task. Settle it with channel.basic_ack/basic_nack/basic_reject.
 
-        channel: offers basic_ack, basic_nack, basic_reject, basic_publish.
+        channel: offers basic_ack, basic_nack, basic_reject, basic_publish, and
+            retry(delay=None): come back later (README, "Retrying").
         method: delivery_tag, redelivered, routing_key.
         header: the message properties (message_id, correlation_id, reply_to, headers...).
         body: bytes; the workitem as JSON when it came through the dispatcher.
-        If this raises, the task is rejected without requeue (dead-lettered).
+        If this raises, the task is retried while the group's max_retries allow,
+        else rejected without requeue (dead-lettered).
         If it returns without settling, the task is acked and a warning logged.
         """
         raise NotImplementedError
@@ -125,8 +128,9 @@ class TaskChannel:
         self._hub = hub_calls
         self._tag = delivery_tag
         self._header = header        # the task's properties: where a reply goes
-        self.settlement = None       # "ack", "nack" or "reject" once settled
+        self.settlement = None       # "ack", "nack", "reject" or "retry" once settled
         self.requeued = False        # nack or reject with requeue=True
+        self.retry_delay = None      # what retry() asked for (None: the group's backoff)
 
     def basic_ack(self, delivery_tag=0, multiple=False):
         self._settle("ack", delivery_tag, multiple, lambda: self._session.ack(self._tag))
@@ -141,11 +145,27 @@ class TaskChannel:
                         lambda: self._session.reject(self._tag, requeue=requeue)):
             self.requeued = requeue
 
+    def retry(self, delay=None):
+        """Put the task off: it comes back to its queue after `delay` seconds (None:
+        the group's backoff for this attempt), counted in the header
+        x-taskqueue-retries, and not as a death. Settles the delivery. Bounded
+        by the group's max_retries (retries.py): past it, the task is dead-lettered."""
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                                  or not 0 <= delay <= delays.MAX_DELAY):
+            raise ValueError(f"retry: delay {delay!r} is not a number of seconds from 0 to "
+                             f"{delays.MAX_DELAY}")
+        if self.settlement is not None:
+            log.warning("retry on delivery %s ignored: already settled by basic_%s",
+                        self._tag, self.settlement)
+            return
+        self.settlement = "retry"   # the worker publishes the retry, then acks (_retry)
+        self.retry_delay = delay
+
     @property
     def outcome(self):
         """The settlement as a lifecycle.TASK_OUTCOMES word."""
-        if self.settlement == "ack":
-            return "ack"
+        if self.settlement in ("ack", "retry"):
+            return self.settlement
         return "requeue" if self.requeued else "reject"
 
     def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
@@ -233,7 +253,7 @@ def run_worker(group, amqp_settings, ctx):
             logs.set_task(None)
             ctx.done("dead", 0.0)
             continue
-        outcome, seconds = _handle(worker, session, hub_calls, intake, *delivery)
+        outcome, seconds = _handle(worker, group, session, hub_calls, intake, *delivery)
         ctx.done(outcome, seconds)
         logs.set_task(None)
         done += 1
@@ -310,7 +330,7 @@ def _finish(worker, session, hub_calls, ctx, code):
     return code
 
 
-def _handle(worker, session, hub_calls, intake, method, props, body):
+def _handle(worker, group, session, hub_calls, intake, method, props, body):
     """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props)
     started = time.monotonic()
@@ -325,6 +345,14 @@ def _handle(worker, session, hub_calls, intake, method, props, body):
         error = result.get()
     elapsed = time.monotonic() - started
     msg_id = props.message_id or "-"
+    if channel.settlement == "retry":
+        return _retry(group, session, method, props, body, explicit=True,
+                      requested=channel.retry_delay), elapsed
+    if error is not None and channel.settlement is None and group.retry.max_retries:
+        log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
+                    elapsed, error)
+        return _retry(group, session, method, props, body, explicit=False,
+                      error=retries.last_line(error)), elapsed
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, error)
@@ -338,6 +366,28 @@ def _handle(worker, session, hub_calls, intake, method, props, body):
                     msg_id, method.delivery_tag)
         channel.basic_ack()
     return channel.outcome, elapsed
+
+
+def _retry(group, session, method, props, body, explicit, requested=None, error=None):
+    """Publish the task again through the delay chain, or dead-letter it once its
+    retries are spent; then ack this delivery (after the broker confirmed the copy:
+    a crash in between redelivers it, nothing is lost). Returns the outcome."""
+    done = retries.retries_so_far(props.headers)
+    decision = retries.decide(group.retry, done, explicit, requested, error, random.random())
+    if isinstance(decision, retries.GiveUp):
+        log.error("task %s: %s; dead-lettering it", props.message_id or "-", decision.reason)
+        session.publish_confirmed(amqp.DEAD_QUEUE, body, dead_properties(
+            props, decision.reason, queue=group.queue, worker_type=group.worker_type,
+            retries=done))
+        session.ack(method.delivery_tag)
+        return "reject" if explicit else "raised"
+    copy = amqp.copy_properties(props)
+    copy.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
+    copy.headers[retries.RETRIES_HEADER] = done + 1
+    session.publish_delayed(group.queue, group.worker_type, body, copy, decision.delay)
+    session.ack(method.delivery_tag)
+    log.info("task %s: retry %d in %.1fs", props.message_id or "-", done + 1, decision.delay)
+    return "retry"
 
 
 def _call_handler(worker, channel, method, props, body):

@@ -5,7 +5,6 @@ README's "Never losing a task" says what each difference means for taskqueue.
 (Quorum queues' default delivery limit of 20 in 4.x: test_dead.py, a dead letter
 handed back 25 times.)
 """
-import pika
 
 QUEUE = "worker_versions"   # declared as taskqueue declares a worker queue
 

@@ -3,7 +3,6 @@ delivers a task to its worker no earlier than its delay and at most ~1 s later."
 import json
 import subprocess
 import time
-import uuid
 
 import gevent
 import pika

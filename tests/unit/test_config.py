@@ -9,6 +9,7 @@ from taskqueue import config
 from taskqueue.config import (AmqpSettings, DispatcherSettings, LoggingSettings,
                               MetricsSettings, SupervisorSettings, WorkerGroup)
 from taskqueue.errors import ConfigError
+from taskqueue.retries import RetryPolicy
 
 #: The specification's file, verbatim (shared with the integration tests).
 SPEC = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",
@@ -676,3 +677,34 @@ def test_task_timeout_must_be_below_the_brokers_consumer_timeout(write):
         f"{path}: [t] task_timeout = '1800': expected less than the broker's consumer timeout "
         "(1800 s, [amqp] consumer_timeout)")
     assert load(write("[t]\ntask_timeout: 1800\n[amqp]\nconsumer_timeout: 3600\n"), {"t"})
+
+
+# -- retries ------------------------------------------------------------------------
+
+def test_retry_options_default_to_no_retries_and_a_doubling_backoff(write):
+    group, = load(write("[w]\n"), {"w"}).groups
+    assert group.retry == RetryPolicy(max_retries=0, delay=1.0, backoff=2.0, max_delay=3600.0)
+
+
+def test_retry_options_are_read_per_group_with_defaults_inherited(write):
+    text = "[DEFAULT]\nretry_delay: 5\n[w]\nmax_retries: 3\nretry_backoff: 1.5\nretry_max_delay: 60\n"
+    group, = load(write(text), {"w"}).groups
+    assert group.retry == RetryPolicy(max_retries=3, delay=5.0, backoff=1.5, max_delay=60.0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[w]\nmax_retries: -1\n", "[w] max_retries = '-1': expected a number of retries (integer >= 0)"),
+    ("[w]\nretry_delay: 0\n", "[w] retry_delay = '0': expected a number of seconds > 0"),
+    ("[w]\nretry_backoff: 0.5\n",
+     "[w] retry_backoff = '0.5': expected a factor >= 1 (1: the same delay every time)"),
+    ("[w]\nretry_delay: 10\nretry_max_delay: 5\n",
+     "[w] retry_max_delay = '5': expected at least retry_delay (10 s)"),
+    ("[w]\nretry_max_delay: 2000000\n",
+     "[w] retry_max_delay = '2000000': expected at most 1048575 seconds (the longest delay, about "
+     "12 days)"),
+    ("[w]\nretry_delay: 4000\n",
+     "[w] retry_delay = '4000': expected at most retry_max_delay (3600 s, its default)"),
+])
+def test_bad_retry_options_name_section_option_and_value(write, text, expected):
+    path = write(text)
+    assert error_of(path, {"w"}) == f"{path}: {expected}"

@@ -95,6 +95,14 @@ def test_a_workitem_dead_in_a_worker_queue_goes_back_with_a_worker_type_header()
     assert route(body, out.content_type, out.headers) == Route("recorder", body)
 
 
+def test_a_requeued_dead_letter_starts_its_retries_afresh():
+    dead = rejected_by_worker()
+    dead.headers.update({"x-taskqueue-retries": 3, "x-taskqueue-reason": "raised E after 3 retries",
+                         "x-taskqueue-queue": "worker_recorder"})
+    _, out = requeue_copy(dead, b'{"id": 1}')
+    assert "x-taskqueue-retries" not in out.headers
+
+
 def test_a_workitem_that_looks_like_an_envelope_still_goes_to_the_queue_it_died_in():
     workitem = b'{"worker_type": "other", "workitem": 1}'
     body, out = requeue_copy(killed_its_workers(), workitem)

@@ -110,11 +110,11 @@ def test_table_shows_groups_children_queues_and_problems():
     lines = overview.render(view_of([answer_of(quarantined=True)], counts)).splitlines()
     assert lines[0] == f"taskqueue-run: pid {os.getpid()}, up 5m12s (/run/taskqueue/taskqueue-run.sock)"
     rows = [line.split() for line in lines]
-    assert ["TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS", "LAST",
-            "EXIT"] in rows
-    assert ["brokenimport", "-", "-", "1", "0", "quarantined", "0", "exit", "4", "(plugin",
+    assert ["TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS", "RETRIES",
+            "LAST", "EXIT"] in rows
+    assert ["brokenimport", "-", "-", "1", "0", "quarantined", "0", "0", "exit", "4", "(plugin",
             "failed", "to", "load),", "2.5s", "ago"] in rows
-    assert ["recorder", "-", "-", "2", "2", "running", "0", "-"] in rows
+    assert ["recorder", "-", "-", "2", "2", "running", "0", "0", "-"] in rows
     assert ["recorder#0", "101", "busy", "f00df00df00df00df00df00df00df00df...", "12s", "4"] in rows
     assert ["recorder#1", "102", "idle", "-", "-", "0"] in rows
     assert ["dispatcher#0", "100", "running", "-", "-", "-"] in rows

@@ -48,6 +48,7 @@ def test_snapshot_describes_groups_and_children_from_the_slots():
     dispatcher.state, dispatcher.pid = S.RUNNING, 11
     busy.state, busy.pid, busy.task, busy.task_started, busy.tasks_done = S.RUNNING, 12, "m-1", 140.0, 7
     idle.state, idle.pid, idle.tasks_done, idle.restarts = S.RUNNING, 13, 3, 2
+    idle.retries = 4
     idle.last_exit, idle.exited_at = "killed by SIGKILL", 120.0
     crasher.state, crasher.timer_due, crasher.restarts = S.QUARANTINED, 190.0, 9
     crasher.last_exit, crasher.exited_at = "exit 4 (plugin failed to load)", 130.0
@@ -62,7 +63,7 @@ def test_snapshot_describes_groups_and_children_from_the_slots():
     assert worker_group == {
         "name": "worker2/bifh1", "kind": "worker", "type": "worker2", "subgroup": "bifh1",
         "user": "bifh1", "queue": "worker_worker2", "processes": 2, "running": 2, "busy": 1,
-        "state": "running", "restarts": 2, "tasks_done": 10,
+        "state": "running", "restarts": 2, "tasks_done": 10, "retries": 4,
         "last_exit": "killed by SIGKILL", "last_exit_ago": 25.0,
         "children": [
             {"name": "worker2/bifh1#0", "pid": 12, "state": "running", "task": "m-1",

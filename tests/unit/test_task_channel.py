@@ -158,3 +158,19 @@ def test_reply_to_a_task_without_reply_to_sends_nothing_and_warns(session, caplo
     in_thread(lambda: channel.reply(b"answer"))
     assert session.calls == []
     assert "reply to delivery 7 not sent: the task has no reply_to" in caplog.text
+
+
+# -- retry ------------------------------------------------------------------------------
+
+def test_retry_settles_the_task_once_and_sends_nothing_itself(channel, session):
+    channel.retry(2.5)
+    channel.basic_ack()     # too late: already settled by retry
+    assert (channel.settlement, channel.retry_delay, channel.outcome) == ("retry", 2.5, "retry")
+    assert session.calls == [] and session.published == []   # the worker publishes, then acks
+
+
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), "5", True, 2**21])
+def test_retry_refuses_a_delay_that_is_not_seconds_it_can_wait(channel, delay):
+    with pytest.raises(ValueError, match="retry: delay .* is not a number of seconds from 0 to"):
+        channel.retry(delay)
+    assert channel.settlement is None

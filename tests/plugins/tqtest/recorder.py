@@ -8,6 +8,9 @@ plugin logs at DEBUG, then at INFO, from its handle_task thread), `until` (a pat
 `raise` and `exit` apply only while it does not exist, so a test can fix the
 cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, up to
 60 s, until it exists, so a test can hold a task between its delivery and its work),
+`fail_times` (raise on the first N
+attempts, counted by the header x-taskqueue-retries), `retry` (a delay, or null for the
+backoff: call channel.retry with it, on the first `retry_times` attempts or always),
 `reply` (a value: sent back with channel.reply, as JSON {"id", "reply", "pid"}).
 
 A body that is not JSON (plain text) is a task with no options, named by its
@@ -46,6 +49,13 @@ class Recorder(BaseWorker):
             while not os.path.exists(task["gate"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
         self._record(task["id"], "start", method, header, body)
+        attempt = (header.headers or {}).get("x-taskqueue-retries", 0)
+        if "retry" in task and attempt < task.get("retry_times", float("inf")):
+            channel.retry(task["retry"])
+            self._record(task["id"], "retried", method, header, body)
+            return
+        if attempt < task.get("fail_times", 0):
+            raise RuntimeError(f"task {task['id']} fails attempt {attempt}")
         if task.get("log"):
             log.debug("debug: %s", task["log"])
             log.info("%s", task["log"])
@@ -80,8 +90,11 @@ class Recorder(BaseWorker):
             "group_names": sorted(g.gr_name for g in grp.getgrall() if g.gr_gid in os.getgroups()),
             "body": body.decode("utf-8", "backslashreplace"), "content_type": header.content_type,
             "headers": sorted(header.headers or {}),
+            "retries": (header.headers or {}).get("x-taskqueue-retries", 0),
         }
-        path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}.{event}")
+        # A retried task comes back to the same process: one file per attempt.
+        attempt = f"-{facts['retries']}" if facts["retries"] else ""
+        path = os.path.join(self.record_dir, f"{task_id}.{os.getpid()}{attempt}.{event}")
         with open(path + ".tmp", "w") as f:
             json.dump(facts, f)
         os.rename(path + ".tmp", path)
