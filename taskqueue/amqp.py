@@ -523,29 +523,6 @@ class Session:
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
-def blocking_publish(settings, queue, body, props, timeout=REPLY_TIMEOUT):
-    """Publish one message with a confirm from ordinary (non-gevent) code.
-
-    Used by the command line; raises TaskqueueError with a readable reason.
-    """
-    with _blocking_channel(settings, timeout) as channel:
-        _confirmed_publish(channel, settings, queue, body, props)
-
-
-def blocking_call(settings, queue, body, props, timeout):
-    """Publish with reply_to set to direct reply-to; return the reply's body, or None on timeout."""
-    replies = []
-    with _blocking_channel(settings, timeout) as channel:
-        # Consuming the pseudo-queue (no-ack) before publishing is what direct reply-to requires.
-        channel.basic_consume(DIRECT_REPLY_TO, lambda ch, m, p, b: replies.append(b), auto_ack=True)
-        props.reply_to = DIRECT_REPLY_TO
-        _confirmed_publish(channel, settings, queue, body, props)
-        deadline = time.monotonic() + timeout
-        while not replies and time.monotonic() < deadline:
-            channel.connection.process_data_events(time_limit=min(1.0, deadline - time.monotonic()))
-    return replies[0] if replies else None
-
-
 def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds, declare=True):
     """Publish a task for `worker_type` that reaches taskqueue after `seconds` (rounded
     up), on a pika BlockingChannel in confirm mode (blocking_channel gives one); declares
@@ -633,19 +610,6 @@ def _blocking_channel(settings, timeout):
     finally:
         if connection.is_open:
             connection.close()
-
-
-def _confirmed_publish(channel, settings, queue, body, props):
-    try:
-        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue, settings))
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise TopologyError(explain_refusal(queue, settings, exc)) from None
-    try:
-        channel.basic_publish("", queue, body, props, mandatory=True)
-    except pika.exceptions.UnroutableError as exc:
-        raise TaskqueueError(f"broker returned the message: queue {queue!r} did not take it") from exc
-    except pika.exceptions.NackError as exc:
-        raise TaskqueueError(f"broker refused the message (nack) for queue {queue!r}") from exc
 
 
 # -- a kept blocking connection, for taskqueue.client ----------------------------
