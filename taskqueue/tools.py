@@ -169,12 +169,20 @@ def cmd_check_config(args):
     for name, ep in sorted(found.items()):
         dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
         print(f"  {name}: {ep.value}{dist}")
-    rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", amqp.TASK_QUEUE)]
-    rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue)
-             for g in cfg.groups]
+    rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", amqp.TASK_QUEUE, "-")]
+    rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue,
+              _describe_retries(g.retry)) for g in cfg.groups]
     print("processes:")
-    _print_table(("type", "subgroup", "count", "user", "queue"), rows)
+    _print_table(("type", "subgroup", "count", "user", "queue", "retries"), rows)
     return EXIT_OK
+
+
+def _describe_retries(policy):
+    """`3 (1s x2, at most 3600s)`, or `-` for a group that does not retry what raises."""
+    if not policy.max_retries:
+        return "-"
+    return (f"{policy.max_retries} ({policy.delay:g}s x{policy.backoff:g}, "
+            f"at most {policy.max_delay:g}s)")
 
 
 def _describe_logging(cfg):

@@ -20,14 +20,17 @@ def run(*args, **kwargs):
 def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vhost):
     path = f"{workdir}/config.ini"
     with open(path, "w") as f:
-        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 3\n"))
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 3\n"
+                                   "\n[recorder2]\nworkers: 1\nmax_retries: 3\n"))
     out = run("check-config", "--config", path)
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
     assert "workerext: extpackage.workerext:Worker.factory" in out.stdout
     lines = [line.split() for line in out.stdout.splitlines()]
-    assert ["recorder", "-", "3", "-", "worker_recorder"] in lines
-    assert ["dispatcher", "-", "1", "-", "taskqueue"] in lines
+    assert ["recorder", "-", "3", "-", "worker_recorder", "-"] in lines
+    assert ["dispatcher", "-", "1", "-", "taskqueue", "-"] in lines
+    assert ["recorder2", "-", "1", "-", "worker_recorder2", "3", "(1s", "x2,", "at", "most",
+            "3600s)"] in lines
 
 
 def test_bad_config_refuses_to_start_naming_file_section_option_and_value(workdir):
@@ -279,7 +282,8 @@ def test_bin_taskqueue_runs_the_checkout_with_the_plugins_of_the_venv_it_is_give
                          text=True, timeout=60, env={**os.environ, "TASKQUEUE_VENV": sys.prefix})
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
-    assert ["recorder", "-", "2", "-", "worker_recorder"] in [line.split() for line in out.stdout.splitlines()]
+    assert ["recorder", "-", "2", "-", "worker_recorder", "-"] in [
+        line.split() for line in out.stdout.splitlines()]
     # With a virtualenv that holds no taskqueue at all (Debian's gevent and pika only)
     bare = tmp_path / "bare"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages",
