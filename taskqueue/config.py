@@ -183,14 +183,23 @@ parse_heartbeat = partial(parse_int, low=0, high=65535)
 parse_port = partial(parse_int, low=1, high=65535)
 
 
-def parse_seconds(value):
+def parse_number(value, accept, expected):
+    """A finite number for which accept(number) holds; else ValueError(expected)."""
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
-        seconds = math.nan
-    if math.isfinite(seconds) and seconds > 0:
-        return seconds
-    raise ValueError("expected a number of seconds > 0")
+        number = math.nan
+    if math.isfinite(number) and accept(number):
+        return number
+    raise ValueError(expected)
+
+
+parse_seconds = partial(parse_number, accept=lambda n: n > 0,
+                        expected="expected a number of seconds > 0")
+parse_backoff = partial(parse_number, accept=lambda n: n >= 1,
+                        expected="expected a factor >= 1 (1: the same delay every time)")
+parse_lookahead = partial(parse_number, accept=lambda n: n >= 0,
+                          expected="expected a number of seconds >= 0 (0 turns lookahead off)")
 
 
 def parse_retry_max_delay(value):
@@ -199,26 +208,6 @@ def parse_retry_max_delay(value):
         raise ValueError(f"expected at most {delays.MAX_DELAY} seconds (the longest delay, "
                          "about 12 days)")
     return seconds
-
-
-def parse_backoff(value):
-    try:
-        factor = float(value)
-    except ValueError:
-        factor = math.nan
-    if math.isfinite(factor) and factor >= 1:
-        return factor
-    raise ValueError("expected a factor >= 1 (1: the same delay every time)")
-
-
-def parse_lookahead(value):
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if math.isfinite(seconds) and seconds >= 0:
-        return seconds
-    raise ValueError("expected a number of seconds >= 0 (0 turns lookahead off)")
 
 
 def parse_directory(value):
