@@ -184,7 +184,7 @@ def answer(supervisor, conn):
     method, path = parts[0], parts[1].split("?", 1)[0]
     if method not in ("GET", "HEAD"):
         return _respond(conn, "405 Method Not Allowed", "GET /metrics\n", {"Allow": "GET, HEAD"})
-    if path not in ("/metrics", "/"):
+    if path != "/metrics":   # nothing else is served, not even a page at /
         return _respond(conn, "404 Not Found", "the metrics are at /metrics\n")
     _respond(conn, "200 OK", render(supervisor), {"Content-Type": CONTENT_TYPE},
              head_only=method == "HEAD")

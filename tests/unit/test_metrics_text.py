@@ -154,6 +154,13 @@ def test_head_answers_headers_only():
 
 @pytest.mark.parametrize("request_bytes, status", [
     (b"GET /other HTTP/1.1\r\n\r\n", b"404 Not Found"),
+    (b"GET / HTTP/1.1\r\n\r\n", b"404 Not Found"),            # nothing but /metrics
+    (b"GET /metrics/../x HTTP/1.1\r\n\r\n", b"404 Not Found"),
+    (b"GET http://x/metrics HTTP/1.1\r\n\r\n", b"404 Not Found"),
+    (b"PUT /metrics HTTP/1.1\r\n\r\n", b"405 Method Not Allowed"),
+    (b"get /metrics HTTP/1.1\r\n\r\n", b"405 Method Not Allowed"),
+    (b"GET /metrics\r\n\r\n", b"400 Bad Request"),
+    (b"\x00\xff\x16\x03\x01\n\n", b"400 Bad Request"),          # binary junk, a TLS hello
     (b"POST /metrics HTTP/1.1\r\n\r\n", b"405 Method Not Allowed"),
     (b"hello\r\n\r\n", b"400 Bad Request"),
     (b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 2000, b"431 Request Header Fields Too Large"),
