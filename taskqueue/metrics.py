@@ -11,6 +11,7 @@ import bisect
 import math
 import os
 import signal
+import socket
 import time
 from collections import Counter
 
@@ -26,6 +27,8 @@ OUTCOMES = (*TASK_OUTCOMES, KILLED)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Longest request head read; a scraper sends a few hundred bytes.
 MAX_REQUEST = 8192
+#: Most bytes of an oversized request read and dropped after answering it (see _discard_rest).
+DISCARD_MAX = 1 << 20
 
 
 def exit_cause(status, killed_for=None):
@@ -177,7 +180,8 @@ def answer(supervisor, conn):
             return
         head += data
         if len(head) > MAX_REQUEST:
-            return _respond(conn, "431 Request Header Fields Too Large", "request too large\n")
+            _respond(conn, "431 Request Header Fields Too Large", "request too large\n")
+            return _discard_rest(conn)
     parts = head.split(b"\n", 1)[0].decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return _respond(conn, "400 Bad Request", "expected an HTTP request\n")
@@ -188,6 +192,22 @@ def answer(supervisor, conn):
         return _respond(conn, "404 Not Found", "the metrics are at /metrics\n")
     _respond(conn, "200 OK", render(supervisor), {"Content-Type": CONTENT_TYPE},
              head_only=method == "HEAD")
+
+
+def _discard_rest(conn):
+    """Close our side, then read what the client still sends, up to DISCARD_MAX bytes.
+
+    Closing a socket with unread data makes the kernel reset the connection,
+    and a reset can destroy the answer before the client has read it. The
+    endpoint's client timeout bounds the time this takes.
+    """
+    conn.shutdown(socket.SHUT_WR)
+    left = DISCARD_MAX
+    while left > 0:
+        data = conn.recv(min(65536, left))
+        if not data:
+            return
+        left -= len(data)
 
 
 def _respond(conn, status, body, headers=None, head_only=False):

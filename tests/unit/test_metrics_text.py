@@ -3,6 +3,7 @@
 The text is read back with prometheus_client's parser (tests only): what a
 real scraper understands is the contract, not our own reading of it.
 """
+import contextlib
 import signal
 import socket
 
@@ -132,8 +133,10 @@ def exchange(request):
     client, server = socket.socketpair()
     with client, server:
         client.sendall(request)
+        client.shutdown(socket.SHUT_WR)   # all sent: an answer that reads on meets the end
         metrics.answer(supervisor(), server)
-        server.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):   # shut already by an answer that reads on
+            server.shutdown(socket.SHUT_WR)
         return b"".join(iter(lambda: client.recv(65536), b""))
 
 
