@@ -27,7 +27,7 @@ OUTCOMES = (*TASK_OUTCOMES, KILLED)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Longest request head read; a scraper sends a few hundred bytes.
 MAX_REQUEST = 8192
-#: Most bytes of an oversized request read and dropped after answering it (see _discard_rest).
+#: Most bytes of a refused request read and dropped after answering it (see _refuse).
 DISCARD_MAX = 1 << 20
 
 
@@ -180,27 +180,28 @@ def answer(supervisor, conn):
             return
         head += data
         if len(head) > MAX_REQUEST:
-            _respond(conn, "431 Request Header Fields Too Large", "request too large\n")
-            return _discard_rest(conn)
+            return _refuse(conn, "431 Request Header Fields Too Large", "request too large\n")
     parts = head.split(b"\n", 1)[0].decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        return _respond(conn, "400 Bad Request", "expected an HTTP request\n")
+        return _refuse(conn, "400 Bad Request", "expected an HTTP request\n")
     method, path = parts[0], parts[1].split("?", 1)[0]
     if method not in ("GET", "HEAD"):
-        return _respond(conn, "405 Method Not Allowed", "GET /metrics\n", {"Allow": "GET, HEAD"})
+        return _refuse(conn, "405 Method Not Allowed", "GET /metrics\n", {"Allow": "GET, HEAD"})
     if path != "/metrics":   # nothing else is served, not even a page at /
-        return _respond(conn, "404 Not Found", "the metrics are at /metrics\n")
+        return _refuse(conn, "404 Not Found", "the metrics are at /metrics\n")
     _respond(conn, "200 OK", render(supervisor), {"Content-Type": CONTENT_TYPE},
              head_only=method == "HEAD")
 
 
-def _discard_rest(conn):
-    """Close our side, then read what the client still sends, up to DISCARD_MAX bytes.
+def _refuse(conn, status, body, headers=None):
+    """Answer with an error, close our side, then read what the client still sends
+    (a body, the rest of an oversized head), up to DISCARD_MAX bytes.
 
     Closing a socket with unread data makes the kernel reset the connection,
     and a reset can destroy the answer before the client has read it. The
     endpoint's client timeout bounds the time this takes.
     """
+    _respond(conn, status, body, headers)
     conn.shutdown(socket.SHUT_WR)
     left = DISCARD_MAX
     while left > 0:

@@ -126,6 +126,9 @@ NOT_SERVED = [
     (b"GET /metrics/../../etc/passwd HTTP/1.1\r\n\r\n", b"404 Not Found"),
     (b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", b"405 Method Not Allowed"),
     (b"DELETE /metrics HTTP/1.1\r\n\r\n", b"405 Method Not Allowed"),
+    # A body the endpoint never reads: answered all the same, not reset.
+    (b"PUT /metrics HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000,
+     b"405 Method Not Allowed"),
     (b"OPTIONS * HTTP/1.1\r\n\r\n", b"405 Method Not Allowed"),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n", b"400 Bad Request"),   # a TLS hello
     (b"garbage\r\n\r\n", b"400 Bad Request"),
