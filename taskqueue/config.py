@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 from typing import Mapping, Optional
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from . import delays, redact
 from .retries import RetryPolicy
@@ -603,6 +603,9 @@ class _Loader:
             url = self.convert(chain, "url", None, parse_amqp_url)
             if url and password is not None:
                 url = self.url_with_password(url, password, own)
+            for one in split_urls(url or ""):   # hidden in free text too, as written and decoded
+                redact.remember(urlsplit(one).password)
+                redact.remember(unquote(urlsplit(one).password or ""))
             return AmqpSettings(url=url, **queues)
         return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_hosts),
                             port=self.convert(chain, "port", 5672, parse_port),

@@ -7,6 +7,12 @@ from taskqueue import config, redact
 from taskqueue.errors import ConfigError, TaskqueueError
 
 
+@pytest.fixture(autouse=True)
+def forget_secrets(monkeypatch):
+    """The passwords these tests load are remembered process-wide: only for the test."""
+    monkeypatch.setattr(redact, "_secrets", set())
+
+
 @pytest.fixture
 def write(tmp_path):
     def write(text, name="config.ini", mode=0o640):
@@ -40,6 +46,11 @@ def test_password_file_gives_the_password_of_the_url_user(write):
     cfg = load(write(f"[amqp]\nurl: amqp://tq@a:5672/v, amqp://tq@b/v\npassword_file: {secret}\n"))
     assert cfg.amqp.hosts == ("amqp://tq:p%40ss%2Fw0rd@a:5672/v", "amqp://tq:p%40ss%2Fw0rd@b/v")
     assert "p%40ss" not in repr(cfg.amqp) and "p@ss" not in repr(cfg.amqp)
+
+
+def test_a_url_password_is_hidden_in_free_text_too(write):
+    load(write("[amqp]\nurl: amqp://tq:Url%2Fpw-5@a/v\n"))
+    assert redact.redact("quoted Url%2Fpw-5, decoded Url/pw-5") == "quoted ***, decoded ***"
 
 
 @pytest.mark.parametrize("url, expected", [
