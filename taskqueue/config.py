@@ -314,6 +314,12 @@ def _parse_one_url(value):
     return value.strip()
 
 
+def url_passwords(value):
+    """The passwords of the URLs of `value`, as written and decoded."""
+    written = [urlsplit(url).password for url in split_urls(value)]
+    return [form for password in written if password for form in (password, unquote(password))]
+
+
 def resolve_path(cli_path: Optional[str], environ=os.environ) -> str:
     """--config, else $TASKQUEUE_CONFIG, else the packaged path."""
     return cli_path or environ.get("TASKQUEUE_CONFIG") or DEFAULT_PATH
@@ -603,9 +609,8 @@ class _Loader:
             url = self.convert(chain, "url", None, parse_amqp_url)
             if url and password is not None:
                 url = self.url_with_password(url, password, own)
-            for one in split_urls(url or ""):   # hidden in free text too, as written and decoded
-                redact.remember(urlsplit(one).password)
-                redact.remember(unquote(urlsplit(one).password or ""))
+            for secret in url_passwords(url or ""):   # hidden in free text too
+                redact.remember(secret)
             return AmqpSettings(url=url, **queues)
         return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_hosts),
                             port=self.convert(chain, "port", 5672, parse_port),

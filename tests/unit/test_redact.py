@@ -50,3 +50,14 @@ def test_log_lines_and_tracebacks_are_redacted(monkeypatch):
         logging.getLogger().handlers[:] = []
     assert "amqp://tq:***@broker/" in text and "login *** refused" in text
     assert "s3cret" not in text
+
+
+def test_a_client_hides_the_passwords_it_was_given(monkeypatch):
+    from taskqueue.client import Client
+    from taskqueue.errors import TaskqueueError
+    monkeypatch.setattr(redact, "_secrets", set())
+    Client("amqp://tq:Client%2Fpw9@127.0.0.1:1/x")
+    Client(host="127.0.0.1", password="Option-pw9")
+    Client(password="guest")     # the well-known default is no secret: "guest" stays readable
+    assert (str(TaskqueueError("Client/pw9 Client%2Fpw9 Option-pw9 guest"))
+            == "*** *** *** guest")
