@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from . import __version__, config, logs
+from . import __version__, config, logs, redact
 from .daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from .errors import ConfigError, InputError, PluginError, TaskqueueError
 from .startup import EXIT_FAILURE, EXIT_USAGE
@@ -25,10 +25,10 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ConfigError, PluginError, InputError) as exc:
-        print(f"taskqueue: {exc}", file=sys.stderr)
+        print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except TaskqueueError as exc:
-        print(f"taskqueue: {exc}", file=sys.stderr)
+        print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:
         # `taskqueue dead list | head`: the reader is gone, so is the rest of the output.

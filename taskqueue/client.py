@@ -31,7 +31,7 @@ import time
 import uuid
 import weakref
 
-from . import amqp, config, plugins, workitems
+from . import amqp, config, plugins, redact, workitems
 from .errors import TaskqueueError
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,10 @@ class Client:
         if url is not None:
             url = config.parse_amqp_url(url)
         self.settings = config.AmqpSettings(url=url, **options)
+        # Never quoted by the errors we raise, nor in the application's log lines.
+        for password in [options.get("password")] + config.url_passwords(url or ""):
+            if password != config.DEFAULT_PASSWORD:
+                redact.remember(password)
         self.name = name
         self._local = threading.local()
         self._links = weakref.WeakSet()     # every thread's, for close()

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 from typing import Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from . import delays
+from . import delays, redact
 from .retries import RetryPolicy
 
 from .errors import ConfigError
@@ -36,7 +36,8 @@ class AmqpSettings:
     user: str = "guest"
     password: str = field(default="guest", repr=False)
     heartbeat: Optional[int] = None      # None: take the broker's proposal
-    url: Optional[str] = None            # when set, overrides all of the above
+    # Holds the password when the URL does: never in a repr (a log line may show settings).
+    url: Optional[str] = field(default=None, repr=False)   # when set, overrides all of the above
     queue_type: str = "quorum"           # of every queue taskqueue declares
     consumer_timeout: float = 1800.0     # the broker's consumer_timeout (RabbitMQ's default)
     delivery_limit: int = 5              # deliveries of one task before it is dead-lettered
@@ -137,6 +138,9 @@ class Config:
     logging: LoggingSettings = LoggingSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     metrics: MetricsSettings = MetricsSettings()
+    #: The options of the file that hold a secret or name one ("[amqp] password"...):
+    #: such a file must not be readable by every user (see exposed_secret).
+    secret_options: tuple = ()
 
 
 #: A plugin (entry-point) name: usable as a section name and a queue suffix.
@@ -149,10 +153,15 @@ _NUMBER_LIKE = re.compile(r"[+-]?[0-9.]*")
 #: [DEFAULT] inheritance off: each section keeps only its own options, and
 #: load() merges [DEFAULT] in only where the contract says it applies.
 _NO_DEFAULT = "\x00"
-AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "heartbeat",
-                "queue_type", "delivery_limit", "consumer_timeout")
-#: Options that say how to connect, which `url` replaces; the others go with either.
-CONNECTION_OPTIONS = AMQP_OPTIONS[1:7]
+AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "password_file",
+                "heartbeat", "queue_type", "delivery_limit", "consumer_timeout")
+#: Options that say how to connect, which `url` replaces; the others go with either
+#: (password_file too: it gives the password of the URL's user).
+CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat")
+#: [amqp] options that name a file holding a secret (tls_key_file: TLS's client key).
+SECRET_FILE_OPTIONS = ("tls_key_file",)
+#: The password used when the config gives none: RabbitMQ's well-known default, no secret.
+DEFAULT_PASSWORD = "guest"
 QUEUE_TYPES = ("quorum", "classic")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
@@ -305,6 +314,12 @@ def _parse_one_url(value):
     return value.strip()
 
 
+def url_passwords(value):
+    """The passwords of the URLs of `value`, as written and decoded."""
+    written = [urlsplit(url).password for url in split_urls(value)]
+    return [form for password in written if password for form in (password, unquote(password))]
+
+
 def resolve_path(cli_path: Optional[str], environ=os.environ) -> str:
     """--config, else $TASKQUEUE_CONFIG, else the packaged path."""
     return cli_path or environ.get("TASKQUEUE_CONFIG") or DEFAULT_PATH
@@ -340,7 +355,33 @@ def load(path: str, installed_types, *, check_users: bool = True,
     return Config(path, amqp, dispatcher,
                   tuple(sorted(groups, key=lambda g: (g.worker_type, g.subgroup or ""))),
                   loader.warnings(types, claimed), logging, supervisor=supervisor,
-                  metrics=metrics)
+                  metrics=metrics, secret_options=secret_options(loader.sections))
+
+
+def secret_options(sections):
+    """The options of a config file that hold a secret or name a file that does:
+    `[amqp] password`, a `url` with a password, `tls_key_file`."""
+    own = sections.get("amqp", {})
+    found = [option for option in ("password",) + SECRET_FILE_OPTIONS if option in own]
+    if any(urlsplit(url).password is not None for url in split_urls(own.get("url", ""))):
+        found.insert(0, "url")
+    return tuple(f"[amqp] {option}" for option in found)
+
+
+def exposed_secret(cfg, stat=os.stat):
+    """Why `cfg` must not be used: its file holds a secret and every user may read it
+    (as ssh refuses a key others can read); None when it is fine."""
+    if not cfg.secret_options:
+        return None
+    try:
+        mode = stat(cfg.path).st_mode
+    except OSError:
+        return None   # it was just read; a file gone since is no exposure of ours
+    if not mode & 0o004:
+        return None
+    return (f"{cfg.path}: holds {', '.join(cfg.secret_options)} and is readable by every "
+            f"user (mode {mode & 0o777:04o}); refusing to use it: chmod 640 {cfg.path} "
+            "(group taskqueue), or keep the password in [amqp] password_file")
 
 
 def _read_sections(path):
@@ -406,9 +447,7 @@ def _shown(option, value):
     """The value as quoted in messages, without the broker password."""
     if option == "password":
         return "'***'"
-    if option == "url":
-        value = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)
-    return repr(value)
+    return repr(redact.redact(value) if option == "url" else value)
 
 
 class _Loader:
@@ -561,18 +600,81 @@ class _Loader:
                       delivery_limit=self.convert(chain, "delivery_limit", 5, parse_positive_int),
                       consumer_timeout=self.convert(chain, "consumer_timeout", 1800.0,
                                                     parse_seconds))
+        password = self.password(own)
         if "url" in own:
             others = [option for option in CONNECTION_OPTIONS if option in own]
             if others:
                 self.fail("amqp", "url", own["url"],
                           f"expected either url or {', '.join(others)}, not both")
-            return AmqpSettings(url=self.convert(chain, "url", None, parse_amqp_url), **queues)
+            url = self.convert(chain, "url", None, parse_amqp_url)
+            if url and password is not None:
+                url = self.url_with_password(url, password, own)
+            for secret in url_passwords(url or ""):   # hidden in free text too
+                redact.remember(secret)
+            return AmqpSettings(url=url, **queues)
         return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_hosts),
                             port=self.convert(chain, "port", 5672, parse_port),
                             vhost=own.get("vhost", "/"), user=own.get("user", "guest"),
-                            password=own.get("password", "guest"),
+                            password=DEFAULT_PASSWORD if password is None else password,
                             heartbeat=self.convert(chain, "heartbeat", None, parse_heartbeat),
                             **queues)
+
+    def password(self, own):
+        """The password `password` or `password_file` gives (None: neither), remembered
+        for redaction. The file is read now, while taskqueue may still be root."""
+        if "password" in own and "password_file" in own:
+            self.fail("amqp", "password_file", own["password_file"],
+                      "expected either password or password_file, not both")
+            return None
+        if "password_file" in own:
+            password = self.read_password(own["password_file"].strip())
+        else:
+            password = own.get("password")
+        if password is not None and password != DEFAULT_PASSWORD:
+            redact.remember(password)
+        return password
+
+    def read_password(self, path):
+        where = f"{self.path}: [amqp] password_file = {path!r}"
+        if not os.path.isabs(path):
+            self.errors.append(f"{where}: expected the absolute path of a file")
+            return None
+        try:
+            with open(path, encoding="utf-8") as stream:
+                lines = stream.read().splitlines()
+        except OSError as exc:
+            self.errors.append(f"{where}: cannot read it: {exc.strerror or exc}")
+            return None
+        except UnicodeDecodeError:
+            self.errors.append(f"{where}: cannot read it: expected a UTF-8 text file")
+            return None
+        if not lines or not lines[0]:
+            self.errors.append(f"{where}: the file is empty; expected the password on its "
+                               "first line")
+            return None
+        if len(lines) > 1 and any(lines[1:]):
+            self.errors.append(f"{where}: expected the password alone on one line, "
+                               f"found {len(lines)} lines")
+            return None
+        return lines[0]
+
+    def url_with_password(self, url, password, own):
+        """Each URL of `url` with `password` as its user's; a URL that has a password of
+        its own is an error (two passwords for one user)."""
+        out = []
+        for one in split_urls(url):
+            parts = urlsplit(one)
+            if parts.password is not None:
+                self.fail("amqp", "url", own["url"], "expected no password in the URL "
+                          "alongside password_file (the file gives it)")
+                return url
+            if not parts.username:
+                self.fail("amqp", "url", own["url"], "expected a user in the URL "
+                          "(amqp://user@host/) for password_file's password")
+                return url
+            netloc = f"{parts.username}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+            out.append(urlunsplit(parts._replace(netloc=netloc)))
+        return ", ".join(out)
 
     def dispatcher(self):
         self.own_options("dispatcher", DISPATCHER_OPTIONS)

@@ -4,7 +4,7 @@ import functools
 import logging
 import os
 
-from . import amqp, formats, logs
+from . import amqp, config, formats, logs
 from .errors import ConfigError
 from .specs import ChildSpec
 from .startup import load_config
@@ -67,9 +67,11 @@ def _supervise(args, dispatcher, workers):
         _check_user(args.user)
     logs.set_identity("supervisor")
     cfg, found = load_config(args, switches_users=workers, apply_logging=True)
+    refuse_exposed_secret(cfg)
 
     def specs():
         new, found = load_config(args, switches_users=workers)
+        refuse_exposed_secret(new)
         for section in ("logging", "supervisor", "metrics"):   # read once, at start
             if getattr(new, section) != getattr(cfg, section):
                 log.warning("%s: [%s] changed; it applies when taskqueue restarts", new.path, section)
@@ -95,6 +97,13 @@ def _supervise(args, dispatcher, workers):
             endpoint.close()
         if args.pidfile:
             _remove_pidfile(args.pidfile)
+
+
+def refuse_exposed_secret(cfg):
+    """A config holding the broker's password that every user can read is refused."""
+    problem = config.exposed_secret(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_user(name):

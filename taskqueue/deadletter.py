@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 
-from . import amqp
+from . import amqp, redact
 
 REASON_HEADER = "x-taskqueue-reason"
 SOURCE_HEADER = "x-taskqueue-queue"
@@ -33,11 +33,12 @@ def dead_properties(props, reason, queue=amqp.TASK_QUEUE, **details):
     out = amqp.copy_properties(props)
     out.delivery_mode = amqp.PERSISTENT
     out.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
-    out.headers[REASON_HEADER] = reason
+    out.headers[REASON_HEADER] = redact.redact(reason)   # a plugin's error may quote anything
     out.headers[SOURCE_HEADER] = queue
     out.headers["x-taskqueue-dead-at"] = int(time.time())
     for name, value in details.items():
-        out.headers[f"x-taskqueue-{name.replace('_', '-')}"] = value
+        out.headers[f"x-taskqueue-{name.replace('_', '-')}"] = (
+            redact.redact(value) if isinstance(value, str) else value)
     return out
 
 

@@ -1,8 +1,13 @@
 """One hierarchy for every error taskqueue reports to an operator."""
+from . import redact
 
 
 class TaskqueueError(Exception):
-    """Base of all taskqueue errors; str() is a sentence for the operator."""
+    """Base of all taskqueue errors; str() is a sentence for the operator, with no
+    broker password in it (a pika error or a URL quoted in it is redacted)."""
+
+    def __str__(self):
+        return redact.redact(super().__str__())
 
 
 class ConfigError(TaskqueueError):

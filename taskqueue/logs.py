@@ -20,6 +20,8 @@ import logging.handlers
 import os
 import sys
 
+from . import redact
+
 #: Where syslog listens on Debian.
 SYSLOG_SOCKET = "/dev/log"
 #: What --log accepts; [logging] target also takes `file` (with a path).
@@ -99,6 +101,7 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
     else:
         handler = _stderr_handler(stream)
     handler.addFilter(_ContextFilter())
+    handler.addFilter(_RedactFilter())
     root = logging.getLogger()
     for old in root.handlers:
         old.close()
@@ -114,6 +117,19 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
 class _ContextFilter(logging.Filter):
     def filter(self, record):
         record.context = context(getattr(record, "task", None))
+        return True
+
+
+class _RedactFilter(logging.Filter):
+    """No broker password in any line, whoever logged it (pika, a plugin, a traceback):
+    the message and the traceback are rendered here, redacted, and kept so."""
+
+    def filter(self, record):
+        record.msg, record.args = redact.redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact.redact(record.exc_text)
         return True
 
 

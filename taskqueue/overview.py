@@ -12,7 +12,7 @@ import socket
 import stat
 from collections import Counter
 
-from . import amqp, delays, queuelist, status
+from . import amqp, delays, queuelist, redact, status
 from .errors import TaskqueueError
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
@@ -49,7 +49,8 @@ def gather(cfg, timeout):
     view = {
         "status_dir": cfg.supervisor.status_dir,
         "supervisors": supervisors,
-        "broker": {"address": amqp.describe(cfg.amqp), "error": broker_error},
+        "broker": {"address": amqp.describe(cfg.amqp),
+                   "error": None if broker_error is None else redact.redact(broker_error)},
         "queue_listing": listing,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
         "delayed": delayed_tasks(delay_counts) if broker_error is None else None,

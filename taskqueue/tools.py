@@ -159,6 +159,8 @@ def cmd_check_config(args):
     path = config.resolve_path(args.config)
     found = plugins.discover()
     cfg = config.load(path, found)
+    if config.exposed_secret(cfg):   # the daemons would refuse it
+        raise ConfigError(config.exposed_secret(cfg))
     logging_line = _describe_logging(cfg)
     print(f"config: {path}: ok")
     for warning in cfg.warnings:

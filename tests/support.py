@@ -146,6 +146,11 @@ class Records:
         return [r["id"] for r in self.all(event)]
 
 
+#: A config line with a password, as taskqueue.config.secret_options sees it.
+HOLDS_SECRET = re.compile(r"^\s*(password|tls_key_file)\s*[:=]|amqps?://[^/@\s:]*:[^@/\s]*@",
+                          re.MULTILINE | re.IGNORECASE)
+
+
 def config_text(vhost, body, heartbeat=None, amqp_extra="", port=5672, status_dir=None):
     """`body` with an [amqp] section for the test broker and, given a status_dir, a
     [supervisor] section that keeps the status sockets out of the host's /run/taskqueue."""
@@ -163,6 +168,8 @@ class Pool:
         self.config_path = os.path.join(workdir, f"config-{uuid.uuid4().hex[:6]}.ini")
         with open(self.config_path, "w") as f:
             f.write(config)
+        if HOLDS_SECRET.search(config):   # else taskqueue refuses it, as it must
+            os.chmod(self.config_path, 0o640)
         self.log_path = self.config_path.replace(".ini", ".log")
         self._log = open(self.log_path, "w")
         # --log stderr: where /dev/log exists, `auto` would send a daemon's lines to syslog.

@@ -396,7 +396,7 @@ def test_amqp_unknown_option_is_an_error(write):
     path = write("[amqp]\nhost: broker\npasswd: s3cret\n")
     message = error_of(path, set())
     assert message == (f"{path}: [amqp] passwd: unknown option; "
-                       "expected one of url, host, port, vhost, user, password, heartbeat, "
+                       "expected one of url, host, port, vhost, user, password, password_file, heartbeat, "
                        "queue_type, delivery_limit, consumer_timeout")
 
 
