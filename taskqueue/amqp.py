@@ -66,7 +66,7 @@ def parameters(settings):
     for params in candidates:
         if settings.heartbeat is not None:
             params.heartbeat = settings.heartbeat
-        if settings.tls:
+        if settings.tls and (not settings.url or params.ssl_options is not None):   # amqps:// only
             # The context kept since the config was loaded (still privileged): never pika's own.
             context = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
             params.ssl_options = pika.SSLOptions(context, settings.tls_server_name or params.host)

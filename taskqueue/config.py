@@ -42,7 +42,7 @@ class AmqpSettings:
     queue_type: str = "quorum"           # of every queue taskqueue declares
     consumer_timeout: float = 1800.0     # the broker's consumer_timeout (RabbitMQ's default)
     delivery_limit: int = 5              # deliveries of one task before it is dead-lettered
-    tls: bool = False                    # amqps:// in url, or `tls: yes`
+    tls: bool = False                    # `tls: yes`, or an amqps:// url (in a list: those only)
     tls_ca_file: Optional[str] = None    # None: the system's CAs
     tls_server_name: Optional[str] = None  # None: the host as written
     tls_cert_file: Optional[str] = None  # a client certificate, with tls_key_file
@@ -587,11 +587,9 @@ class _Loader:
                 self.fail("amqp", "url", own["url"],
                           f"expected either url or {', '.join(others)}, not both")
             url = self.convert(chain, "url", None, parse_amqp_url)
+            # TLS options apply to the amqps:// URLs of the list (amqp.parameters).
             schemes = {u.partition("://")[0].lower() for u in split_urls(url or "")}
-            if len(schemes) > 1:
-                self.fail("amqp", "url", own["url"], "expected every URL amqps:// or every "
-                          "one amqp://, not a mix")
-            base = dict(url=url, tls=schemes == {"amqps"})
+            base = dict(url=url, tls="amqps" in schemes)
         else:
             use_tls = self.convert(chain, "tls", False, parse_yes_no)
             base = dict(host=self.convert(chain, "host", "localhost", parse_hosts),
