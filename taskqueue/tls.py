@@ -7,6 +7,7 @@ cannot read the key inherits the context, and the key is never copied
 anywhere (no file, no environment). Verification of the certificate and of
 the host name is always on; nothing here turns it off.
 """
+import re
 import ssl
 
 #: Built contexts, by (tls_ca_file, tls_cert_file, tls_key_file): forked children inherit them.
@@ -92,7 +93,10 @@ def explain(exc, settings, host):
     certificate (tls_ca_file /etc/taskqueue/ca.pem)"; None when it is not one."""
     found = _find_ssl_error(exc)
     if found is None:
-        return None
+        # An alert after the handshake (TLS 1.3 refuses a client certificate so)
+        # reaches us only as text inside pika's StreamLostError.
+        alert = _ALERT.search(repr(exc))
+        return None if alert is None else _refused(alert.group(1), settings)
     if isinstance(found, ssl.SSLCertVerificationError):
         message = found.verify_message or str(found)
         if "ostname mismatch" in message or "IP address mismatch" in message:
@@ -103,12 +107,20 @@ def explain(exc, settings, host):
         where = f"tls_ca_file {settings.tls_ca_file}" if settings.tls_ca_file else \
             "the system's CAs; set tls_ca_file"
         return f"certificate verify failed: {message} ({where})"
-    reason = (found.reason or str(found)).lower()
-    if "alert" in reason or "certificate" in reason:
-        cert = settings.tls_cert_file
-        return (f"the broker refused the TLS handshake: {reason} "
-                f"({f'tls_cert_file {cert}' if cert else 'no tls_cert_file'})")
+    alert = _ALERT.search(str(found))
+    if alert is not None:
+        return _refused(alert.group(1), settings)
     return f"TLS failed: {found.reason or found}"
+
+
+#: OpenSSL's text for an alert the broker sent: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca".
+_ALERT = re.compile(r"\[SSL: [A-Z0-9_]*ALERT[A-Z0-9_]*\] ([a-z0-9 ]+)")
+
+
+def _refused(alert, settings):
+    cert = settings.tls_cert_file
+    return (f"the broker refused the TLS connection: {alert.strip()} "
+            f"({f'tls_cert_file {cert}' if cert else 'no tls_cert_file'})")
 
 
 def _find_ssl_error(exc, depth=0):

@@ -56,6 +56,11 @@ def make_certificates(path):
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
                 cwd=path)
+    # A client certificate from a CA the broker does not trust: refused in the handshake.
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={CLIENT_CN}",
+            "-keyout", "stranger.key", "-out", "stranger.csr", cwd=path)
+    openssl("x509", "-req", "-in", "stranger.csr", "-CA", "other-ca.pem", "-CAkey", "other-ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "client.ext", "-out", "stranger.pem", cwd=path)
     for name in os.listdir(path):
         os.chmod(os.path.join(path, name), 0o644)
     os.chmod(os.path.join(path, "client.key"), 0o600)   # root's alone
@@ -244,6 +249,10 @@ def test_wrong_ca_names_the_file_backs_off_and_submit_fails_saying_why(tls_node,
     result = submit(write_config(os.path.dirname(pool.config_path), amqp))
     assert result.returncode == EXIT_BROKER
     assert re.search(expected, result.stderr), result.stderr
+    status = subprocess.run([TASKQUEUE, "status", "--config", pool.config_path],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode != 0
+    assert re.search(expected, status.stdout + status.stderr), status.stdout + status.stderr
 
 
 def test_name_mismatch_fails_and_tls_server_name_fixes_it(tls_node, certs, workdir):
@@ -286,3 +295,11 @@ def test_a_group_whose_user_cannot_read_the_key_still_connects(
     uids = {os.stat(f"/proc/{pid}").st_uid for pid in pool.children()}
     assert pwd.getpwnam(keyless_user).pw_uid in uids
     assert pool.stop() == 0
+
+
+def test_a_refused_client_certificate_names_tls_cert_file(tls_node, certs, workdir):
+    amqp = amqp_section(tls_node, certs, extra=client_cert(certs).replace("client.", "stranger."))
+    result = submit(write_config(workdir, amqp))
+    assert result.returncode == EXIT_BROKER
+    assert f"(tls_cert_file {os.path.join(certs, 'stranger.pem')})" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -113,3 +113,13 @@ def test_explain_finds_the_ssl_error_inside_pika_wrappers():
     assert tls.explain(Exception([Wrapped(error)]), settings, "b") == \
         "certificate verify failed: unable to get local issuer certificate (tls_ca_file /etc/taskqueue/ca.pem)"
     assert tls.explain(ConnectionRefusedError(111, "refused"), settings, "b") is None
+
+
+def test_explain_reads_an_alert_that_pika_only_kept_as_text():
+    # TLS 1.3: the broker refuses a client certificate after the handshake, and pika
+    # reports it as a StreamLostError whose message holds the SSLError's text.
+    lost = Exception("Stream connection lost: SSLError(1, '[SSL: TLSV1_ALERT_UNKNOWN_CA] "
+                     "tlsv1 alert unknown ca (_ssl.c:2546)')")
+    settings = config.AmqpSettings(tls=True, tls_cert_file="/etc/taskqueue/pool1.pem")
+    assert tls.explain(Exception((lost,)), settings, "b") == \
+        "the broker refused the TLS connection: tlsv1 alert unknown ca (tls_cert_file /etc/taskqueue/pool1.pem)"
