@@ -95,8 +95,11 @@ def explain(exc, settings, host):
     if found is None:
         # An alert after the handshake (TLS 1.3 refuses a client certificate so)
         # reaches us only as text inside pika's StreamLostError.
-        alert = _ALERT.search(repr(exc))
-        return None if alert is None else _refused(alert.group(1), settings)
+        text = repr(exc)
+        alert = _ALERT.search(text)
+        if alert is not None:
+            return _refused(alert.group(1), settings)
+        return _closed(settings) if _EOF.search(text) else None
     if isinstance(found, ssl.SSLCertVerificationError):
         message = found.verify_message or str(found)
         if "ostname mismatch" in message or "IP address mismatch" in message:
@@ -110,11 +113,32 @@ def explain(exc, settings, host):
     alert = _ALERT.search(str(found))
     if alert is not None:
         return _refused(alert.group(1), settings)
+    if isinstance(found, ssl.SSLEOFError):
+        return _closed(settings)
+    if found.reason in NOT_TLS_REASONS:
+        return f"TLS failed: {found.reason} (the broker's port does not speak TLS: a plaintext port?)"
     return f"TLS failed: {found.reason or found}"
+
+
+#: What OpenSSL says when the peer answers the TLS hello in plaintext (AMQP's header).
+NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                   "UNKNOWN_PROTOCOL")
 
 
 #: OpenSSL's text for an alert the broker sent: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca".
 _ALERT = re.compile(r"\[SSL: [A-Z0-9_]*ALERT[A-Z0-9_]*\] ([a-z0-9 ]+)")
+
+
+#: The broker closed the TLS connection without an alert the client read: some
+#: OpenSSL and gevent versions see a refused client certificate only so.
+_EOF = re.compile(r"SSLEOFError|EOF occurred in violation of protocol")
+
+
+def _closed(settings):
+    cert = settings.tls_cert_file
+    return ("the broker closed the TLS connection as it began (EOF in violation of the protocol): "
+            + (f"did it refuse the client certificate? (tls_cert_file {cert})" if cert else
+               "does it require a client certificate? (no tls_cert_file)"))
 
 
 def _refused(alert, settings):

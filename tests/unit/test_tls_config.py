@@ -123,3 +123,12 @@ def test_explain_reads_an_alert_that_pika_only_kept_as_text():
     settings = config.AmqpSettings(tls=True, tls_cert_file="/etc/taskqueue/pool1.pem")
     assert tls.explain(Exception((lost,)), settings, "b") == \
         "the broker refused the TLS connection: tlsv1 alert unknown ca (tls_cert_file /etc/taskqueue/pool1.pem)"
+
+
+def test_explain_says_a_broker_closing_at_the_start_may_have_refused_the_certificate():
+    lost = Exception("Stream connection lost: SSLEOFError(8, 'EOF occurred in violation of "
+                     "protocol (_ssl.c:2393)')")
+    settings = config.AmqpSettings(tls=True, tls_cert_file="/etc/taskqueue/pool1.pem")
+    assert tls.explain(lost, settings, "b").endswith(
+        "did it refuse the client certificate? (tls_cert_file /etc/taskqueue/pool1.pem)")
+    assert tls.explain(lost, config.AmqpSettings(tls=True), "b").endswith("(no tls_cert_file)")
