@@ -13,6 +13,7 @@ import contextlib
 import decimal
 import encodings.idna  # noqa: F401  getaddrinfo loads it lazily, which fails after a privilege drop
 import logging
+import ssl
 import time
 
 import gevent
@@ -20,7 +21,7 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from . import delays, sendbatch
+from . import delays, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,43 @@ def parameters(settings):
     for params in candidates:
         if settings.heartbeat is not None:
             params.heartbeat = settings.heartbeat
+        if settings.tls and (not settings.url or params.ssl_options is not None):   # amqps:// only
+            # The context kept since the config was loaded (still privileged): never pika's own.
+            context = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+            params.ssl_options = pika.SSLOptions(context, settings.tls_server_name or params.host)
+        if settings.auth == "external":
+            params.credentials = pika.credentials.ExternalCredentials()
     return candidates
+
+
+#: pika's own ERROR lines for one failed connection attempt: seven of them, each
+#: repeating the same error; failure() says it once, naming the file at fault.
+PIKA_ATTEMPT_LINES = ("Attempt to create the streaming transport failed", "AMQPConnector - reporting failure",
+                      "AMQP connection workflow failed", "AMQPConnectionWorkflow - reporting failure",
+                      "Full-stack connection workflow failed", "Self-initiated stack bring-up failed",
+                      "SSL do_handshake failed")
+
+
+class _OneLinePerAttempt(logging.Filter):
+    """Drops pika's lines for a failed connection attempt: taskqueue logs one in their place."""
+
+    def filter(self, record):
+        return not (isinstance(record.msg, str) and record.msg.startswith(PIKA_ATTEMPT_LINES))
+
+
+for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection",
+              "pika.adapters.utils.io_services_utils"):
+    logging.getLogger(_name).addFilter(_OneLinePerAttempt())
+
+
+#: What a blocking connect raises for a broker it cannot use: pika re-raises a
+#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError.
+CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError)
+
+
+def failure(params, exc, settings):
+    """One broker's connection failure in words: a TLS one names the file or name at fault."""
+    return f"{params.host}:{params.port}: {tls.explain(exc, settings, params.host) or repr(exc)}"
 
 
 def copy_properties(props):
@@ -225,7 +262,7 @@ class Session:
                 params,
                 on_open_callback=opened.set,
                 on_open_error_callback=lambda conn, exc, opened=opened: opened.set_exception(
-                    SessionClosed(f"{conn.params.host}:{conn.params.port}: {exc!r}")),
+                    SessionClosed(failure(conn.params, exc, self.settings))),
                 on_close_callback=self._on_connection_closed)
             try:
                 opened.get(timeout=timeout)
@@ -597,8 +634,8 @@ def _blocking_channel(settings, timeout):
         try:
             connection = pika.BlockingConnection(params)
             break
-        except pika.exceptions.AMQPError as exc:
-            failures.append(f"{params.host}:{params.port}: {exc!r}")
+        except CONNECT_FAILED as exc:
+            failures.append(failure(params, exc, settings))
     else:
         raise TaskqueueError("cannot connect to the broker: " + "; ".join(failures))
     try:
@@ -628,8 +665,8 @@ def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
         params.client_properties = {"connection_name": name}
         try:
             return pika.BlockingConnection(params)
-        except pika.exceptions.AMQPError as exc:
-            failures.append(f"{params.host}:{params.port}: {exc!r}")
+        except CONNECT_FAILED as exc:
+            failures.append(failure(params, exc, settings))
     raise SessionClosed("cannot connect to the broker: " + "; ".join(failures))
 
 

@@ -1,7 +1,9 @@
 """Read and validate config.ini into plain frozen objects.
 
-Owns the meaning of every option. Does no I/O besides reading the file and
-looking users up in the password database; never imports pika or plugins.
+Owns the meaning of every option. Does no I/O besides reading the file, the
+TLS files it names (tls.load keeps the context built from them, for children
+that drop privileges), and looking users up in the password database; never
+imports pika or plugins.
 """
 import configparser
 import ipaddress
@@ -15,7 +17,7 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from . import delays, redact
+from . import delays, redact, tls
 from .retries import RetryPolicy
 
 from .errors import ConfigError
@@ -41,6 +43,12 @@ class AmqpSettings:
     queue_type: str = "quorum"           # of every queue taskqueue declares
     consumer_timeout: float = 1800.0     # the broker's consumer_timeout (RabbitMQ's default)
     delivery_limit: int = 5              # deliveries of one task before it is dead-lettered
+    tls: bool = False                    # `tls: yes`, or an amqps:// url (in a list: those only)
+    tls_ca_file: Optional[str] = None    # None: the system's CAs
+    tls_server_name: Optional[str] = None  # None: the host as written
+    tls_cert_file: Optional[str] = None  # a client certificate, with tls_key_file
+    tls_key_file: Optional[str] = None
+    auth: str = "plain"                  # plain: user/password; external: the client certificate
 
     @property
     def hosts(self):
@@ -154,14 +162,18 @@ _NUMBER_LIKE = re.compile(r"[+-]?[0-9.]*")
 #: load() merges [DEFAULT] in only where the contract says it applies.
 _NO_DEFAULT = "\x00"
 AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "password_file",
-                "heartbeat", "queue_type", "delivery_limit", "consumer_timeout")
+                "heartbeat", "queue_type", "delivery_limit", "consumer_timeout",
+                "tls", "tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file", "auth")
 #: Options that say how to connect, which `url` replaces; the others go with either
 #: (password_file too: it gives the password of the URL's user).
-CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat")
+CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat", "tls")
 #: [amqp] options that name a file holding a secret (tls_key_file: TLS's client key).
 SECRET_FILE_OPTIONS = ("tls_key_file",)
 #: The password used when the config gives none: RabbitMQ's well-known default, no secret.
 DEFAULT_PASSWORD = "guest"
+#: Options naming a file read when the config is loaded (tls.load).
+TLS_FILE_OPTIONS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+AUTH_MECHANISMS = ("plain", "external")
 QUEUE_TYPES = ("quorum", "classic")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
@@ -269,6 +281,14 @@ parse_user = partial(parse_text, expected="a Unix user name")
 def split_urls(value):
     """`amqp://a/, amqp://b/` -> the URLs; a comma inside a URL is kept."""
     return [url for url in re.split(r"\s*,\s*(?=amqps?://)", value.strip(), flags=re.I) if url]
+
+
+def parse_yes_no(value):
+    """yes/no, true/false, on/off, 1/0, in any case: configparser's booleans."""
+    word = value.strip().lower()
+    if word not in configparser.ConfigParser.BOOLEAN_STATES:
+        raise ValueError("expected yes or no")
+    return configparser.ConfigParser.BOOLEAN_STATES[word]
 
 
 def parse_hosts(value):
@@ -611,13 +631,51 @@ class _Loader:
                 url = self.url_with_password(url, password, own)
             for secret in url_passwords(url or ""):   # hidden in free text too
                 redact.remember(secret)
-            return AmqpSettings(url=url, **queues)
-        return AmqpSettings(host=self.convert(chain, "host", "localhost", parse_hosts),
-                            port=self.convert(chain, "port", 5672, parse_port),
-                            vhost=own.get("vhost", "/"), user=own.get("user", "guest"),
-                            password=DEFAULT_PASSWORD if password is None else password,
-                            heartbeat=self.convert(chain, "heartbeat", None, parse_heartbeat),
-                            **queues)
+            # TLS options apply to the amqps:// URLs of the list (amqp.parameters).
+            schemes = {u.partition("://")[0].lower() for u in split_urls(url or "")}
+            base = dict(url=url, tls="amqps" in schemes)
+        else:
+            use_tls = self.convert(chain, "tls", False, parse_yes_no)
+            base = dict(host=self.convert(chain, "host", "localhost", parse_hosts),
+                        port=self.convert(chain, "port", 5671 if use_tls else 5672, parse_port),
+                        vhost=own.get("vhost", "/"), user=own.get("user", "guest"),
+                        password=DEFAULT_PASSWORD if password is None else password,
+                        heartbeat=self.convert(chain, "heartbeat", None, parse_heartbeat),
+                        tls=use_tls)
+        return AmqpSettings(**base, **queues, **self.tls_options(own, chain, base["tls"]))
+
+    def tls_options(self, own, chain, use_tls):
+        """The TLS and auth options, each file read now (tls.load): a missing, unreadable
+        or non-PEM file, or a key that does not match its certificate, is named."""
+        options = dict(auth=self.convert(chain, "auth", "plain",
+                                         partial(parse_choice, choices=AUTH_MECHANISMS)))
+        for option in TLS_FILE_OPTIONS + ("tls_server_name",):
+            options[option] = own[option].strip() if own.get(option, "").strip() else None
+        given = [option for option in TLS_FILE_OPTIONS + ("tls_server_name",) if option in own]
+        if given and not use_tls:
+            self.fail("amqp", given[0], own[given[0]],
+                      "expected TLS to be on (tls = yes, or an amqps:// url)")
+            return options
+        cert, key = options["tls_cert_file"], options["tls_key_file"]
+        if (cert is None) != (key is None):
+            missing, present = ("tls_key_file", "tls_cert_file") if key is None \
+                else ("tls_cert_file", "tls_key_file")
+            self.fail("amqp", present, own[present], f"expected {missing} alongside it")
+            return options
+        if options["auth"] == "external":
+            if cert is None:
+                self.fail("amqp", "auth", own["auth"], "expected tls_cert_file and tls_key_file "
+                          "(the broker maps the client certificate to a user)")
+            for option in ("password", "password_file", "user"):
+                if option in own:
+                    self.fail("amqp", option, own[option], "expected no user or password with "
+                              "auth = external (the client certificate names the user)")
+        if use_tls:
+            try:
+                tls.load(options["tls_ca_file"], cert, key)
+            except tls.TlsFileError as exc:
+                self.fail("amqp", exc.option, exc.path, exc.reason)
+        return options
 
     def password(self, own):
         """The password `password` or `password_file` gives (None: neither), remembered

@@ -155,6 +155,20 @@ def unserved_warning(worker_type, tasks, counts):
     return None
 
 
+def _describe_tls(settings):
+    """The check-config line for TLS: the files were read (and matched) when the config loaded."""
+    if not settings.tls:
+        return "off (plaintext)"
+    parts = [f"tls_ca_file {settings.tls_ca_file}" if settings.tls_ca_file else "the system's CAs"]
+    if settings.tls_server_name:
+        parts.append(f"tls_server_name {settings.tls_server_name}")
+    if settings.tls_cert_file:
+        parts.append(f"client certificate {settings.tls_cert_file} (key {settings.tls_key_file}: "
+                     "matches)")
+    parts.append(f"auth {settings.auth}")
+    return "verified against " + ", ".join(parts)
+
+
 def cmd_check_config(args):
     path = config.resolve_path(args.config)
     found = plugins.discover()
@@ -166,6 +180,7 @@ def cmd_check_config(args):
     for warning in cfg.warnings:
         print(f"warning: {warning}")
     print(f"broker: {amqp.describe(cfg.amqp)}")
+    print(f"tls: {_describe_tls(cfg.amqp)}")
     print(f"logging: {logging_line}")
     print("plugins found:" if found else "plugins found: none")
     for name, ep in sorted(found.items()):

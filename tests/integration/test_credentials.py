@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from support import TASKQUEUE, Broker, config_text, recorder_config, wait_for
+from support import TASKQUEUE, config_text, recorder_config, wait_for
 from test_metrics import free_port
 
 

@@ -374,7 +374,8 @@ def test_amqp_separate_options(write):
 
 @pytest.mark.parametrize("url", ["amqp://guest:guest@localhost:5672/%2F", "amqps://broker/tq?heartbeat=30"])
 def test_amqp_url(write, url):
-    assert load(write(f"[amqp]\nurl: {url}\n"), set()).amqp == AmqpSettings(url=url)
+    assert load(write(f"[amqp]\nurl: {url}\n"), set()).amqp == \
+        AmqpSettings(url=url, tls=url.startswith("amqps:"))
 
 
 def test_amqp_url_with_other_options_is_an_error_that_hides_the_password(write):
@@ -396,8 +397,9 @@ def test_amqp_unknown_option_is_an_error(write):
     path = write("[amqp]\nhost: broker\npasswd: s3cret\n")
     message = error_of(path, set())
     assert message == (f"{path}: [amqp] passwd: unknown option; "
-                       "expected one of url, host, port, vhost, user, password, password_file, heartbeat, "
-                       "queue_type, delivery_limit, consumer_timeout")
+                       "expected one of url, host, port, vhost, user, password, password_file, "
+                       "heartbeat, queue_type, delivery_limit, consumer_timeout, tls, tls_ca_file, "
+                       "tls_server_name, tls_cert_file, tls_key_file, auth")
 
 
 @pytest.mark.parametrize("option, value, expected", [

@@ -60,7 +60,7 @@ def test_a_url_password_is_hidden_in_free_text_too(write):
 def test_password_file_with_a_url_that_cannot_take_it(write, url, expected):
     secret = write("pw-from-file-2\n", name="secret")
     message = error_of(write(f"[amqp]\nurl: {url}\npassword_file: {secret}\n"))
-    assert f"[amqp] url = " in message and expected in message
+    assert "[amqp] url = " in message and expected in message
     assert "other" not in message
 
 

@@ -1,0 +1,134 @@
+"""[amqp] TLS options: validation naming the file and option, and the kept context."""
+import shutil
+import ssl
+import subprocess
+
+import pytest
+
+from taskqueue import config, tls
+from taskqueue.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command makes the test certificates: apt-get install openssl")
+    path = tmp_path_factory.mktemp("certs")
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=path, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test ca",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=client",
+            "-keyout", "client.key", "-out", "client.csr")
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "client.pem")
+    (path / "garbage.pem").write_text("not a certificate\n")
+    return path
+
+
+def load(tmp_path, amqp):
+    path = tmp_path / "config.ini"
+    path.write_text("[amqp]\n" + amqp)
+    return config.load(str(path), set()).amqp
+
+
+def error_of(tmp_path, amqp):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, amqp)
+    return str(info.value)
+
+
+def test_tls_yes_defaults_to_port_5671_the_system_cas_and_plain_auth(tmp_path):
+    settings = load(tmp_path, "host: broker.example\ntls: yes\n")
+    assert (settings.tls, settings.port, settings.tls_ca_file, settings.auth) == \
+        (True, 5671, None, "plain")
+
+
+def test_amqps_url_turns_tls_on_for_the_amqps_urls_of_a_list(tmp_path, certs):
+    assert load(tmp_path, f"url: amqps://a/\ntls_ca_file: {certs}/ca.pem\n").tls
+    assert not load(tmp_path, "url: amqp://a/\n").tls
+    assert "expected TLS to be on" in error_of(tmp_path, f"url: amqp://a/\ntls_ca_file: {certs}/ca.pem\n")
+    settings = load(tmp_path, f"url: amqps://a/, amqp://b/\ntls_ca_file: {certs}/ca.pem\n")
+    pika = pytest.importorskip("pika")
+    from taskqueue import amqp
+    first, second = amqp.parameters(settings)
+    assert first.ssl_options.context is tls.context(f"{certs}/ca.pem")
+    assert first.ssl_options.server_hostname == "a"
+    assert second.ssl_options is None and isinstance(second.credentials, pika.PlainCredentials)
+
+
+def test_client_certificate_and_external_auth_load_and_keep_the_context(tmp_path, certs):
+    settings = load(tmp_path, f"host: b\ntls: yes\ntls_ca_file: {certs}/ca.pem\n"
+                              f"tls_cert_file: {certs}/client.pem\ntls_key_file: {certs}/client.key\n"
+                              "auth: external\n")
+    assert settings.auth == "external" and settings.tls_cert_file == f"{certs}/client.pem"
+    context = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    # Kept: the same object, not read again (a child after a privilege drop could not).
+    assert tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) is context
+
+
+@pytest.mark.parametrize("amqp, expected", [
+    ("tls_ca_file: {certs}/missing.pem\n", "[amqp] tls_ca_file = '{certs}/missing.pem': no such file"),
+    ("tls_ca_file: {certs}/garbage.pem\n",
+     "[amqp] tls_ca_file = '{certs}/garbage.pem': not a PEM file holding a certificate"),
+    ("tls_ca_file: {certs}\n", "[amqp] tls_ca_file = '{certs}': cannot read it"),
+    ("tls_cert_file: {certs}/client.pem\ntls_key_file: {certs}/client.pem\n",
+     "[amqp] tls_key_file = '{certs}/client.pem': not a PEM file holding a private key"),
+    ("tls_cert_file: {certs}/client.pem\ntls_key_file: {certs}/ca.key\n",
+     "[amqp] tls_key_file = '{certs}/ca.key': this key does not match the certificate in "
+     "{certs}/client.pem"),
+    ("tls_cert_file: {certs}/client.pem\n",
+     "[amqp] tls_cert_file = '{certs}/client.pem': expected tls_key_file alongside it"),
+    ("auth: external\n", "[amqp] auth = 'external': expected tls_cert_file and tls_key_file"),
+    ("auth: kerberos\n", "[amqp] auth = 'kerberos': expected one of plain, external"),
+    ("tls: maybe\n", "[amqp] tls = 'maybe': expected yes or no"),
+])
+def test_bad_tls_options_name_file_section_option_and_reason(tmp_path, certs, amqp, expected):
+    text = "host: b\n" + ("" if "tls:" in amqp else "tls: yes\n") + amqp.format(certs=certs)
+    assert expected.format(certs=certs) in error_of(tmp_path, text)
+
+
+def test_tls_files_without_tls_are_an_error(tmp_path, certs):
+    assert "[amqp] tls_ca_file" in error_of(tmp_path, f"host: b\ntls_ca_file: {certs}/ca.pem\n")
+    assert "expected TLS to be on" in error_of(tmp_path, f"host: b\ntls_ca_file: {certs}/ca.pem\n")
+
+
+def test_external_auth_refuses_a_password(tmp_path, certs):
+    message = error_of(tmp_path, f"host: b\ntls: yes\ntls_cert_file: {certs}/client.pem\n"
+                                 f"tls_key_file: {certs}/client.key\nauth: external\npassword: s3cret\n")
+    assert "[amqp] password = '***': expected no user or password with auth = external" in message
+    assert "s3cret" not in message
+
+
+def test_explain_finds_the_ssl_error_inside_pika_wrappers():
+    class Wrapped(Exception):
+        def __init__(self, exception):
+            super().__init__()
+            self.exception = exception
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "unable to get local issuer certificate"
+    settings = config.AmqpSettings(tls=True, tls_ca_file="/etc/taskqueue/ca.pem")
+    assert tls.explain(Exception([Wrapped(error)]), settings, "b") == \
+        "certificate verify failed: unable to get local issuer certificate (tls_ca_file /etc/taskqueue/ca.pem)"
+    assert tls.explain(ConnectionRefusedError(111, "refused"), settings, "b") is None
+
+
+def test_explain_reads_an_alert_that_pika_only_kept_as_text():
+    # TLS 1.3: the broker refuses a client certificate after the handshake, and pika
+    # reports it as a StreamLostError whose message holds the SSLError's text.
+    lost = Exception("Stream connection lost: SSLError(1, '[SSL: TLSV1_ALERT_UNKNOWN_CA] "
+                     "tlsv1 alert unknown ca (_ssl.c:2546)')")
+    settings = config.AmqpSettings(tls=True, tls_cert_file="/etc/taskqueue/pool1.pem")
+    assert tls.explain(Exception((lost,)), settings, "b") == \
+        "the broker refused the TLS connection: tlsv1 alert unknown ca (tls_cert_file /etc/taskqueue/pool1.pem)"
+
+
+def test_explain_says_a_broker_closing_at_the_start_may_have_refused_the_certificate():
+    lost = Exception("Stream connection lost: SSLEOFError(8, 'EOF occurred in violation of "
+                     "protocol (_ssl.c:2393)')")
+    settings = config.AmqpSettings(tls=True, tls_cert_file="/etc/taskqueue/pool1.pem")
+    assert tls.explain(lost, settings, "b").endswith(
+        "did it refuse the client certificate? (tls_cert_file /etc/taskqueue/pool1.pem)")
+    assert tls.explain(lost, config.AmqpSettings(tls=True), "b").endswith("(no tls_cert_file)")
