@@ -45,11 +45,15 @@ def make_certificates(path):
     for ca in ("ca", "other-ca"):
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                 "-subj", f"/CN=taskqueue test {ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                cwd=path)
+                # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a CA needs its key usage.
+                "-addext", "keyUsage = critical, keyCertSign, cRLSign", cwd=path)
+    # ... and a certificate its authority key identifier.
+    leaf = ("basicConstraints = CA:FALSE\nsubjectKeyIdentifier = hash\n"
+            "authorityKeyIdentifier = keyid, issuer\nkeyUsage = digitalSignature, keyEncipherment\n")
     with open(os.path.join(path, "server.ext"), "w") as f:
-        f.write("subjectAltName = DNS:localhost\n")
+        f.write(leaf + "subjectAltName = DNS:localhost\nextendedKeyUsage = serverAuth\n")
     with open(os.path.join(path, "client.ext"), "w") as f:
-        f.write("extendedKeyUsage = clientAuth\n")
+        f.write(leaf + "extendedKeyUsage = clientAuth\n")
     for name, cn in (("server", "localhost"), ("client", CLIENT_CN)):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=path)
