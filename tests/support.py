@@ -1,8 +1,11 @@
 """What the integration and fault tests share: a broker client, a supervisor
 process with its log, the records test plugins write, and waiting on events.
 """
+import contextlib
+import grp
 import json
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -227,3 +230,43 @@ def alive(pid):
 def recorder_config(records, processes=1, extra=""):
     return (f"[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: {processes}\n"
             f"record_dir: {records.path}\n{extra}")
+
+
+def _exists(db, name):
+    try:
+        db.getpwnam(name) if db is pwd else db.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@contextlib.contextmanager
+def system_users(users=(), groups=(), members=()):
+    """System users (each with a group of its name) and groups, created where missing
+    with adduser/addgroup, and `members` ((user, group) pairs) added; on exit what was
+    created is removed and the memberships undone. Needs root."""
+    if os.getuid() != 0:
+        pytest.skip("creating users and switching to them needs root")
+    created_users, created_groups = [], []
+    for group in groups:
+        if not _exists(grp, group):   # the packages create `taskqueue`; a test host may not have it
+            subprocess.run(["addgroup", "--system", "--quiet", group], check=True)
+            created_groups.append(group)
+    for user in users:
+        if not _exists(pwd, user):
+            subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
+                            "--home", f"/nonexistent/{user}", user], check=True)
+            created_users.append(user)
+    for user, group in members:
+        subprocess.run(["adduser", "--quiet", user, group], check=True)
+    try:
+        yield
+    finally:
+        for user, group in members:
+            subprocess.run(["deluser", "--quiet", user, group], check=False)
+        for user in created_users:
+            subprocess.run(["deluser", "--quiet", "--system", user], check=False)
+            if _exists(grp, user):
+                subprocess.run(["delgroup", "--quiet", "--system", user], check=False)
+        for group in created_groups:
+            subprocess.run(["delgroup", "--quiet", "--system", group], check=False)

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
+from nodes import free_port
 from support import TASKQUEUE, config_text, recorder_config, wait_for
-from test_metrics import free_port
 
 
 @pytest.fixture

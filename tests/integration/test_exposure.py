@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from support import recorder_config, wait_for
+from nodes import free_port
+from support import recorder_config, system_users, wait_for
 
 STATUS_GROUP = "taskqueue"
 OUTSIDER = "tqtest-outsider"
@@ -35,38 +36,13 @@ else:
 """
 
 
-def _exists(db, name):
-    try:
-        db.getpwnam(name) if db is pwd else db.getgrnam(name)
-        return True
-    except KeyError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def users():
     """OUTSIDER (not in STATUS_GROUP) and INSIDER (in it); what is created is removed."""
-    if os.getuid() != 0:
-        pytest.skip("creating users and switching to them needs root")
-    created_users, created_group = [], False
-    if not _exists(grp, STATUS_GROUP):   # the packages create it; a test host may not have it
-        subprocess.run(["addgroup", "--system", "--quiet", STATUS_GROUP], check=True)
-        created_group = True
-    for user in (OUTSIDER, INSIDER):
-        if not _exists(pwd, user):
-            subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
-                            "--home", f"/nonexistent/{user}", user], check=True)
-            created_users.append(user)
-    subprocess.run(["adduser", "--quiet", INSIDER, STATUS_GROUP], check=True)
-    assert OUTSIDER not in grp.getgrnam(STATUS_GROUP).gr_mem
-    yield
-    subprocess.run(["deluser", "--quiet", INSIDER, STATUS_GROUP], check=False)
-    for user in created_users:
-        subprocess.run(["deluser", "--quiet", "--system", user], check=False)
-        if _exists(grp, user):
-            subprocess.run(["delgroup", "--quiet", "--system", user], check=False)
-    if created_group:
-        subprocess.run(["delgroup", "--quiet", "--system", STATUS_GROUP], check=False)
+    with system_users(users=(OUTSIDER, INSIDER), groups=(STATUS_GROUP,),
+                      members=((INSIDER, STATUS_GROUP),)):
+        assert OUTSIDER not in grp.getgrnam(STATUS_GROUP).gr_mem
+        yield
 
 
 def connect_as(user, path):
@@ -102,12 +78,6 @@ def test_status_socket_answers_its_group_and_refuses_a_user_outside_it(
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "permission denied: ask as root or as a member of group taskqueue" in out.stdout
     assert pool.stop() == 0
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ask(port, request, close_write=True):

@@ -6,22 +6,19 @@ certificates when offered and maps one to a user for SASL EXTERNAL
 certificate for "localhost" (not for 127.0.0.1), a client certificate, and a CA
 the broker was not signed by, in a temp dir.
 """
-import grp
 import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
 
-from support import TASKQUEUE, recorder_config, wait_for
+import nodes
+from nodes import CLIENT_CN
+from support import TASKQUEUE, recorder_config, system_users, wait_for
 
-#: The client certificate's CN: the broker user SASL EXTERNAL maps it to.
-CLIENT_CN = "tqtls-client"
 #: A Unix user who cannot read the client key.
 KEYLESS_USER = "tqtls-keyless"
 #: The exit code of the tools for a broker problem (startup.EXIT_FAILURE).
@@ -30,118 +27,12 @@ EXIT_BROKER = 1
 pytestmark = pytest.mark.timeout(300)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certificates(path):
-    """ca.pem/ca.key, server.pem/.key (localhost), client.pem/.key, other-ca.pem."""
-    for ca in ("ca", "other-ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", f"/CN=taskqueue test {ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a CA needs its key usage.
-                "-addext", "keyUsage = critical, keyCertSign, cRLSign", cwd=path)
-    # ... and a certificate its authority key identifier.
-    leaf = ("basicConstraints = CA:FALSE\nsubjectKeyIdentifier = hash\n"
-            "authorityKeyIdentifier = keyid, issuer\nkeyUsage = digitalSignature, keyEncipherment\n")
-    with open(os.path.join(path, "server.ext"), "w") as f:
-        f.write(leaf + "subjectAltName = DNS:localhost\nextendedKeyUsage = serverAuth\n")
-    with open(os.path.join(path, "client.ext"), "w") as f:
-        f.write(leaf + "extendedKeyUsage = clientAuth\n")
-    for name, cn in (("server", "localhost"), ("client", CLIENT_CN)):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=path)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-                cwd=path)
-    # A client certificate from a CA the broker does not trust: refused in the handshake.
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={CLIENT_CN}",
-            "-keyout", "stranger.key", "-out", "stranger.csr", cwd=path)
-    openssl("x509", "-req", "-in", "stranger.csr", "-CA", "other-ca.pem", "-CAkey", "other-ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "client.ext", "-out", "stranger.pem", cwd=path)
-    for name in os.listdir(path):
-        os.chmod(os.path.join(path, name), 0o644)
-    os.chmod(os.path.join(path, "client.key"), 0o600)   # root's alone
-    os.chmod(path, 0o755)
-
-
-def wait_until_listening(port, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-            time.sleep(0.1)
-
-
-class TlsNode:
-    """A RabbitMQ node of the module's own with a TLS listener (man rabbitmq-env.conf)."""
-
-    def __init__(self, base, certs):
-        self.base, self.certs = base, certs
-        self.name = f"tqtls{os.getpid()}@localhost"
-        self.port, self.tls_port, self.dist_port = free_port(), free_port(), free_port()
-        for sub in ("mnesia", "log"):
-            os.makedirs(os.path.join(base, sub))
-        server = {"cacertfile": "ca.pem", "certfile": "server.pem", "keyfile": "server.key"}
-        for name in server.values():   # the broker's own copies, readable by rabbitmq
-            shutil.copy(os.path.join(certs, name), os.path.join(base, name))
-        with open(os.path.join(base, "rabbitmq.conf"), "w") as f:
-            f.write(f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
-                    f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
-                    + "".join(f"ssl_options.{k} = {os.path.join(base, v)}\n" for k, v in server.items())
-                    + "ssl_options.verify = verify_peer\n"
-                    "ssl_options.fail_if_no_peer_cert = false\n"
-                    "auth_mechanisms.1 = PLAIN\n"
-                    "auth_mechanisms.2 = EXTERNAL\n"
-                    "ssl_cert_login_from = common_name\n")
-        with open(os.path.join(base, "enabled_plugins"), "w") as f:
-            f.write("[rabbitmq_auth_mechanism_ssl].\n")
-        for root, dirs, files in os.walk(base):
-            shutil.chown(root, "rabbitmq", "rabbitmq")
-            for name in files:
-                shutil.chown(os.path.join(root, name), "rabbitmq", "rabbitmq")
-        self.process = None
-
-    def start(self):
-        env = {"HOME": "/var/lib/rabbitmq", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-               "RABBITMQ_NODENAME": self.name, "RABBITMQ_NODE_PORT": str(self.port),
-               "RABBITMQ_DIST_PORT": str(self.dist_port),
-               "RABBITMQ_MNESIA_BASE": os.path.join(self.base, "mnesia"),
-               "RABBITMQ_LOG_BASE": os.path.join(self.base, "log"),
-               "RABBITMQ_CONFIG_FILE": os.path.join(self.base, "rabbitmq.conf"),
-               "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(self.base, "enabled_plugins")}
-        with open(os.path.join(self.base, "server.out"), "a") as out:
-            self.process = subprocess.Popen(
-                ["runuser", "-u", "rabbitmq", "--", "env", *[f"{k}={v}" for k, v in env.items()],
-                 "/usr/lib/rabbitmq/bin/rabbitmq-server"], stdout=out, stderr=subprocess.STDOUT)
-        wait_until_listening(self.tls_port, 120)
-
-    def ctl(self, *args):
-        subprocess.run(["rabbitmqctl", "-q", "-n", self.name, *args], check=True, capture_output=True)
-
-    def stop(self):
-        subprocess.run(["rabbitmqctl", "-q", "-n", self.name, "stop"], capture_output=True)
-        if self.process is not None:
-            self.process.wait(60)
-            self.process = None
-
-
 @pytest.fixture(scope="module")
 def certs():
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command makes the test certificates: apt-get install openssl")
     path = tempfile.mkdtemp(prefix="tq-tls-certs-")
-    make_certificates(path)
+    nodes.make_certificates(path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -151,7 +42,7 @@ def tls_node(certs):
     if os.getuid() != 0:
         pytest.skip("starting a RabbitMQ node of the test's own (as user rabbitmq) needs root")
     base = tempfile.mkdtemp(prefix="tq-tls-node-")
-    node = TlsNode(base, certs)
+    node = nodes.tls_node(base, certs, "tqtls")
     node.start()
     try:
         node.ctl("add_user", CLIENT_CN, "unused-" + os.urandom(8).hex())
@@ -165,23 +56,8 @@ def tls_node(certs):
 
 @pytest.fixture(scope="module")
 def keyless_user():
-    if os.getuid() != 0:
-        pytest.skip("creating a user and switching to it needs root")
-    created = False
-    try:
-        pwd.getpwnam(KEYLESS_USER)
-    except KeyError:
-        subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
-                        "--home", f"/nonexistent/{KEYLESS_USER}", KEYLESS_USER], check=True)
-        created = True
-    yield KEYLESS_USER
-    if created:
-        subprocess.run(["deluser", "--quiet", "--system", KEYLESS_USER], check=False)
-        try:
-            grp.getgrnam(KEYLESS_USER)
-            subprocess.run(["delgroup", "--quiet", "--system", KEYLESS_USER], check=False)
-        except KeyError:
-            pass
+    with system_users(users=(KEYLESS_USER,)):
+        yield KEYLESS_USER
 
 
 def amqp_section(node, certs, host="localhost", ca="ca.pem", extra=""):

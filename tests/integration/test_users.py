@@ -3,14 +3,12 @@
 Runs the specification's config file verbatim (plus an [amqp] section for the
 test vhost). Creates the system users it names, and removes what it created.
 """
-import grp
 import os
 import pwd
-import subprocess
 
 import pytest
 
-from support import wait_for, recorder_config
+from support import recorder_config, system_users, wait_for
 
 SPEC_CONFIG = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",
                                "specification-config.ini")).read()
@@ -19,36 +17,11 @@ EXTRA_GROUP = "tqtest-extra"
 DAEMON_USER = "tqtest-daemon"
 
 
-def _exists(db, name):
-    try:
-        db.getpwnam(name) if db is pwd else db.getgrnam(name)
-        return True
-    except KeyError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def spec_users():
-    if os.getuid() != 0:
-        pytest.skip("creating users and switching to them needs root")
-    created_users, created_groups = [], []
-    for user in ("bifh1", "bifh2", DAEMON_USER):
-        if not _exists(pwd, user):
-            subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
-                            "--home", f"/nonexistent/{user}", user], check=True)
-            created_users.append(user)
-    if not _exists(grp, EXTRA_GROUP):
-        subprocess.run(["addgroup", "--system", "--quiet", EXTRA_GROUP], check=True)
-        created_groups.append(EXTRA_GROUP)
-    subprocess.run(["adduser", "--quiet", "bifh1", EXTRA_GROUP], check=True)
-    yield
-    subprocess.run(["deluser", "--quiet", "bifh1", EXTRA_GROUP], check=False)
-    for user in created_users:
-        subprocess.run(["deluser", "--quiet", "--system", user], check=False)
-        if _exists(grp, user):
-            subprocess.run(["delgroup", "--quiet", "--system", user], check=False)
-    for group in created_groups:
-        subprocess.run(["delgroup", "--quiet", "--system", group], check=False)
+    with system_users(users=("bifh1", "bifh2", DAEMON_USER), groups=(EXTRA_GROUP,),
+                      members=(("bifh1", EXTRA_GROUP),)):
+        yield
 
 
 def test_specification_config_runs_3_worker1_and_worker2_as_bifh1_and_bifh2(
