@@ -9,8 +9,11 @@ deaths are forgotten once it is settled, and when a task of the same key
 arrives afresh (a dead letter requeued, an identical body submitted again):
 each life of a task gets the whole delivery limit.
 """
+import fcntl
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 
 from . import amqp, redact
@@ -21,6 +24,8 @@ SOURCE_HEADER = "x-taskqueue-queue"
 BROKER_HEADERS = ("x-delivery-count",)
 #: The graveyard keeps at most this many causes (oldest go first).
 GRAVEYARD_SIZE = 1000
+#: The graveyards' names in the temp directory ($TMPDIR, else /tmp).
+GRAVEYARD_PREFIX = "taskqueue-graveyard-"
 
 
 def without_broker_headers(headers):
@@ -53,10 +58,42 @@ def task_key(props, body):
 
 
 class Graveyard:
-    """Causes of death by task, in a directory the supervisor owns and children read."""
+    """Causes of death by task, in a directory the supervisor owns and children read.
 
-    def __init__(self, path):
+    A graveyard is locked (flock on its directory) for as long as its supervisor
+    or one of the children that inherited the lock lives: the kernel releases
+    the lock of a killed process, so a graveyard nobody holds is stale, and the
+    next supervisor to start removes it (a SIGKILLed supervisor cannot)."""
+
+    def __init__(self, path, lock_fd=None):
         self.path = path
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def create(cls, parent=None):
+        """A new graveyard in `parent` (default: the temp directory), readable by the
+        children of every user, locked; stale ones there are removed first."""
+        parent = parent or tempfile.gettempdir()
+        sweep_stale(parent)
+        while True:
+            path = tempfile.mkdtemp(prefix=GRAVEYARD_PREFIX, dir=parent)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)   # waits while another sweep holds it
+            # A sweep that took it between mkdtemp and flock removed it: make another.
+            try:
+                if os.path.samestat(os.stat(path), os.fstat(fd)):
+                    os.chmod(path, 0o755)
+                    return cls(path, fd)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def remove(self):
+        """Supervisor side, when it stops: the graveyard and its lock are gone."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _file(self, key):
         return os.path.join(self.path, hashlib.sha1(key.encode()).hexdigest())
@@ -87,3 +124,31 @@ class Graveyard:
             return int(count), cause
         except (OSError, ValueError):
             return 0, None
+
+
+def sweep_stale(parent):
+    """Remove the graveyards in `parent` whose lock nobody holds (their supervisor
+    and its children are gone); return their paths. One this user may not remove
+    (another user's, in a sticky /tmp) is left alone."""
+    removed = []
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if not name.startswith(GRAVEYARD_PREFIX):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue    # gone meanwhile, not a directory, not ours to read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)    # held: its supervisor lives
+            continue
+        try:
+            shutil.rmtree(path)
+            removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed

@@ -12,9 +12,7 @@ stops its children gracefully before it exits 1 (`dispatch`, `supervise`).
 import logging
 import os
 import random
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -124,9 +122,9 @@ class Supervisor:
         handlers, the endpoints. Forks nothing yet."""
         self._reports_r, self._reports_w = os.pipe()
         gevent.os.make_nonblocking(self._reports_r)  # read from the hub, never blocking it
-        # Readable by children of every user; gone when the supervisor stops.
-        self.graveyard = Graveyard(tempfile.mkdtemp(prefix="taskqueue-graveyard-"))
-        os.chmod(self.graveyard.path, 0o755)
+        # Readable by children of every user; gone when the supervisor stops, or,
+        # once it and its children were killed, when the next supervisor starts.
+        self.graveyard = Graveyard.create()
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
         self._greenlets.spawn(self._read_reports)
@@ -204,7 +202,7 @@ class Supervisor:
         self._greenlets.kill(block=True, timeout=1)
         os.close(self._reports_r)
         os.close(self._reports_w)
-        shutil.rmtree(self.graveyard.path, ignore_errors=True)
+        self.graveyard.remove()
 
     @property
     def stopping(self):

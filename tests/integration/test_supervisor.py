@@ -49,6 +49,29 @@ def test_supervisor_killed_with_sigkill_leaves_no_child_running(broker, start_po
     wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child gone")
 
 
+def test_a_killed_supervisors_graveyard_is_removed_by_the_next_supervisor_to_start(
+        broker, start_pool, records, workdir):
+    # Given a supervisor whose temp directory is the test's own
+    tmp = os.path.join(workdir, "tmp")
+    os.mkdir(tmp)
+    pool = start_pool(recorder_config(records), env={"TMPDIR": tmp})
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "1 consumer")
+    [graveyard] = os.listdir(tmp)
+    assert graveyard.startswith("taskqueue-graveyard-")
+    # When it is killed with SIGKILL (close() never runs), with its children
+    children = pool.children()
+    pool.process.kill()
+    pool.process.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child gone")
+    assert os.listdir(tmp) == [graveyard]
+    # Then the next supervisor to start removes it, and its own goes when it stops
+    second = start_pool(recorder_config(records), env={"TMPDIR": tmp})
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "1 consumer again")
+    assert graveyard not in os.listdir(tmp) and len(os.listdir(tmp)) == 1
+    assert second.stop() == 0
+    assert os.listdir(tmp) == []
+
+
 def test_broken_plugins_stop_only_their_own_type_and_say_why(broker, start_pool, records):
     pool = start_pool(recorder_config(records)
                       + "\n[brokenimport]\nworkers: 1\n\n[brokenfactory]\nworkers: 1\n")

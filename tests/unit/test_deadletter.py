@@ -1,4 +1,6 @@
 """deadletter: the graveyard's death counts, task keys, dead-letter headers."""
+import os
+
 import pika
 
 from taskqueue import deadletter
@@ -51,3 +53,29 @@ def test_dead_properties_name_queue_and_details_as_taskqueue_headers():
             props.headers["x-taskqueue-worker-type"], props.headers["x-taskqueue-exit"]) == (
         "why", "worker_t", "t", "killed")
     props.encode()
+
+
+def test_a_graveyard_nobody_holds_is_swept_and_a_held_one_kept(tmp_path):
+    held = Graveyard.create(str(tmp_path))
+    stale = tmp_path / "taskqueue-graveyard-stale"
+    stale.mkdir()
+    (stale / "a-cause").write_text("1\ndied")
+    other = tmp_path / "not-a-graveyard"
+    other.mkdir()
+    assert deadletter.sweep_stale(str(tmp_path)) == [str(stale)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(held.path),
+                                                                 "not-a-graveyard"])
+    held.remove()
+    assert [p.name for p in tmp_path.iterdir()] == ["not-a-graveyard"]
+
+
+def test_a_new_graveyard_sweeps_the_stale_ones_and_is_readable_by_every_user(tmp_path):
+    (tmp_path / "taskqueue-graveyard-old").mkdir()
+    graveyard = Graveyard.create(str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(graveyard.path)]
+    assert os.stat(graveyard.path).st_mode & 0o777 == 0o755
+    # held: a second supervisor starting now leaves it alone
+    second = Graveyard.create(str(tmp_path))
+    assert second.path != graveyard.path and os.path.isdir(graveyard.path)
+    second.remove()
+    graveyard.remove()
