@@ -93,7 +93,7 @@ def node():
         pytest.skip("starting a RabbitMQ node as the rabbitmq user needs root")
     base = tempfile.mkdtemp(prefix="taskqueue-faults-")
     os.chmod(base, 0o755)
-    rabbit = RabbitNode(base)
+    rabbit = RabbitNode(base, "tqfaults")
     rabbit.start()
     yield rabbit
     rabbit.stop()

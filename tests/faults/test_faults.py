@@ -54,14 +54,6 @@ def publish_all(vhost, port, ids, errors):
         errors.append(exc)
 
 
-@pytest.fixture
-def record_dir(workdir):
-    path = os.path.join(workdir, "done")
-    os.mkdir(path)
-    os.chmod(path, 0o1777)
-    return path
-
-
 def test_10000_tasks_survive_killed_workers_and_dispatchers_a_broker_restart_and_a_cut(
         node, proxy, broker, start_pool, record_dir, vhost):
     total, rng = 10_000, random.Random(20261127)
