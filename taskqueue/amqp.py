@@ -49,6 +49,11 @@ class SessionClosed(TaskqueueError):
     """The connection or channel closed; the session cannot be used any more."""
 
 
+class BrokerUnreachable(SessionClosed):
+    """No broker of the list could be connected to (refused, TLS, login): the tools
+    exit with startup.EXIT_NO_BROKER."""
+
+
 def worker_queue(worker_type):
     return f"worker_{worker_type}"
 
@@ -270,7 +275,7 @@ class Session:
             except (SessionClosed, gevent.Timeout) as exc:
                 failures.append(str(exc) or f"{params.host}:{params.port}: no answer in {timeout:g}s")
         else:
-            raise SessionClosed("cannot connect to the broker: " + "; ".join(failures))
+            raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
         channel = AsyncResult()
         self._connection.channel(on_open_callback=channel.set)
         self._channel = self._wait(channel, timeout, "channel open")
@@ -637,7 +642,7 @@ def _blocking_channel(settings, timeout):
         except CONNECT_FAILED as exc:
             failures.append(failure(params, exc, settings))
     else:
-        raise TaskqueueError("cannot connect to the broker: " + "; ".join(failures))
+        raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -667,7 +672,7 @@ def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
             return pika.BlockingConnection(params)
         except CONNECT_FAILED as exc:
             failures.append(failure(params, exc, settings))
-    raise SessionClosed("cannot connect to the broker: " + "; ".join(failures))
+    raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
 
 
 #: What a blocking connection raises once it is gone (closed by the broker, the

@@ -97,6 +97,7 @@ class Outcome:
     error: Optional[str]
     interrupted: bool = False
     unconfirmed: int = 0            # sent, but neither confirmed nor refused
+    unreachable: bool = False       # no broker could be reached: nothing was sent
 
     @property
     def rate(self):
@@ -130,12 +131,12 @@ def submit(settings, worker_type, tasks, stream=None):
     tally = _Tally(len(tasks))
     progress = Progress(len(tasks), stream)
     started = time.monotonic()
-    error = None
+    error, unreachable = None, False
     with _interruptible() as stop:
         try:
             _publish(settings, tasks, tally, progress, stop)
         except TaskqueueError as exc:
-            error = str(exc)
+            error, unreachable = str(exc), isinstance(exc, amqp.BrokerUnreachable)
     elapsed = time.monotonic() - started
     progress.finish(tally.count)
     if tally.refusals and error is None:
@@ -146,7 +147,7 @@ def submit(settings, worker_type, tasks, stream=None):
     first = tally.confirmed.find(0)
     return Outcome(len(tasks), tally.count, elapsed, None if first < 0 else tasks[first].line,
                    0 if first < 0 else sum(tally.confirmed[first:]), error, stop.is_set(),
-                   tally.sent - tally.count - len(tally.refusals))
+                   tally.sent - tally.count - len(tally.refusals), unreachable)
 
 
 def _publish(settings, tasks, tally, progress, stop):

@@ -5,10 +5,10 @@ import logging
 import os
 import sys
 
-from . import __version__, config, logs, redact
+from . import __version__, amqp, config, logs, redact
 from .daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from .errors import ConfigError, InputError, PluginError, TaskqueueError
-from .startup import EXIT_FAILURE, EXIT_USAGE
+from .startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
 from .tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES, SUBMIT_EXIT_CODES,
                     cmd_check_config, cmd_dead_list, cmd_dead_purge, cmd_dead_requeue, cmd_status,
                     cmd_submit)
@@ -27,6 +27,9 @@ def main(argv=None):
     except (ConfigError, PluginError, InputError) as exc:
         print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except amqp.BrokerUnreachable as exc:
+        print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
+        return EXIT_NO_BROKER
     except TaskqueueError as exc:
         print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
         return EXIT_FAILURE

@@ -14,13 +14,14 @@ from collections import Counter
 
 from . import amqp, delays, queuelist, redact, status
 from .errors import TaskqueueError
+from .startup import EXIT_NO_BROKER
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
 # or bad arguments, is the command line's own.)
 HEALTHY = 0
 UNHEALTHY = 1        #: a group is quarantined, or a queue that needs a consumer (or holds tasks) has none
 NO_SUPERVISOR = 3    #: no supervisor answered on this host: the picture lacks the processes
-NO_BROKER = 4        #: the broker could not be asked: the picture lacks the queues
+NO_BROKER = EXIT_NO_BROKER  #: the broker could not be asked: the picture lacks the queues
 #: Longest answer read from a status socket.
 MAX_ANSWER = 16 * 2**20
 #: How the table words a child's or group's state (the JSON keeps the one-word form).

@@ -9,8 +9,9 @@ from .errors import ConfigError
 log = logging.getLogger("taskqueue")
 
 EXIT_OK = 0
-EXIT_FAILURE = 1      #: the command ran and failed (broker unreachable, children killed...)
+EXIT_FAILURE = 1      #: the command ran and failed (the broker refused a task, children killed...)
 EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
+EXIT_NO_BROKER = 4    #: no broker could be reached (connection, TLS, login refused); nothing was done
 EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT), as shells report it
 
 

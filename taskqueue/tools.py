@@ -7,7 +7,7 @@ import sys
 from . import amqp, config, plugins, workitems
 from .client import Client, task_message
 from .errors import ConfigError, InputError
-from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, load_config
+from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK, load_config
 
 
 SUBMIT_EXIT_CODES = """\
@@ -19,10 +19,12 @@ still: they are served as soon as a pool with plugin TYPE runs).
 exit status:
   0  submitted: every task confirmed by the broker (with --wait: the reply printed;
      with --delay: it waits in the delay queues, see README "Delayed tasks")
-  1  broker problem (unreachable, refused a task; with --wait: no reply in time).
-     With --file some tasks may be submitted: the summary on stderr says how many
-     and the line to resume from
+  1  the broker refused a task or the connection broke (with --wait: no reply in
+     time). With --file some tasks may be submitted: the summary on stderr says how
+     many and the line to resume from
   2  bad input (TYPE, WORKITEM, --delay, a line of the file, the config): nothing submitted
+  4  no broker could be reached (refused, TLS, login; as `taskqueue status`): nothing
+     submitted; the message names each broker tried and why
   130  --file stopped by Ctrl-C: as 1 (a second Ctrl-C ends it at once)
 """
 
@@ -114,6 +116,8 @@ def _submit_file(args):
         print(line, file=sys.stderr)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
+    if outcome.unreachable:
+        return EXIT_NO_BROKER
     if outcome.confirmed:
         warn_unless_served(cfg.amqp, args.worker_type, outcome.confirmed)
     return EXIT_FAILURE if outcome.error else EXIT_OK
@@ -262,8 +266,9 @@ and drop the message after 20 by default. There, raise the limit for taskqueue_d
 
 DEAD_EXIT_CODES = """\
 exit status: 0 done (purge: also when the answer to its question was no);
-1 broker problem, or (requeue) some dead letters were not requeued and stay
-in taskqueue_dead; 2 bad arguments, nothing done.
+1 the connection broke, or (requeue) some dead letters were not requeued and
+stay in taskqueue_dead; 2 bad arguments, nothing done; 4 no broker could be
+reached (refused, TLS, login), nothing done.
 """
 
 

@@ -198,7 +198,7 @@ def test_submit_file_shows_a_progress_bar_on_a_terminal(broker, workdir, vhost):
     assert broker.counts("taskqueue")[0] == 300
 
 
-def test_submit_file_to_an_unreachable_broker_exits_1_and_says_where_to_resume(workdir, vhost):
+def test_submit_file_to_an_unreachable_broker_exits_4_and_says_where_to_resume(workdir, vhost):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -207,12 +207,26 @@ def test_submit_file_to_an_unreachable_broker_exits_1_and_says_where_to_resume(w
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=port))
     path = write_tasks(f"{workdir}/tasks.jsonl", ["1", "2", "3"])
     out = run("submit", "--config", config, "--file", path, "recorder")
-    assert out.returncode == 1
+    assert out.returncode == 4
     assert f"taskqueue: cannot connect to the broker: 127.0.0.1:{port}" in out.stderr
     assert "submitted 0 of 3 tasks" in out.stderr
     assert f"resume from line 1: tail -n +1 {path} | taskqueue submit --file - recorder" \
         in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("how", [[], ["--wait"], ["--delay", "5"]])
+def test_submit_to_an_unreachable_broker_exits_4_as_status_does_naming_it(workdir, vhost, how):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = f"{workdir}/config.ini"
+    with open(config, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=port))
+    out = run("submit", "--config", config, *how, "recorder", "1")
+    assert out.returncode == 4, out.stderr
+    assert f"taskqueue: cannot connect to the broker: 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
 
 
 def test_submit_file_refused_midway_by_the_broker_exits_1_and_says_where_to_resume(

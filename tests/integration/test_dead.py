@@ -213,10 +213,10 @@ def closed_port():
 
 
 @pytest.mark.parametrize("action", [["list"], ["requeue", "--all"], ["purge", "--yes"]])
-def test_dead_commands_exit_1_naming_the_broker_they_cannot_reach(workdir, vhost, action):
+def test_dead_commands_exit_4_naming_the_broker_they_cannot_reach(workdir, vhost, action):
     port = closed_port()
     out = run("dead", *action, "--config", tool_config(workdir, vhost, port=port))
-    assert out.returncode == 1
+    assert out.returncode == 4
     assert f"cannot connect to the broker: 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
 

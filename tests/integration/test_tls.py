@@ -21,8 +21,9 @@ from support import TASKQUEUE, recorder_config, system_users, wait_for
 
 #: A Unix user who cannot read the client key.
 KEYLESS_USER = "tqtls-keyless"
-#: The exit code of the tools for a broker problem (startup.EXIT_FAILURE).
-EXIT_BROKER = 1
+#: The exit code of the tools when no broker could be reached (startup.EXIT_NO_BROKER),
+#: as `taskqueue status` says it.
+EXIT_BROKER = 4
 
 pytestmark = pytest.mark.timeout(300)
 
