@@ -670,12 +670,26 @@ class _Loader:
                 if option in own:
                     self.fail("amqp", option, own[option], "expected no user or password with "
                               "auth = external (the client certificate names the user)")
+            self.refuse_url_credentials(own)
         if use_tls:
             try:
                 tls.load(options["tls_ca_file"], cert, key)
             except tls.TlsFileError as exc:
                 self.fail("amqp", exc.option, exc.path, exc.reason)
         return options
+
+    def refuse_url_credentials(self, own):
+        """With auth = external a URL carries no user:password: the broker would never
+        see them, and a password left in the file is a secret for nothing."""
+        urls = [urlsplit(one) for one in split_urls(own.get("url", ""))]
+        for kind, given in (("password", any(u.password is not None for u in urls)),
+                            ("user", any(u.username for u in urls))):
+            if given:
+                self.fail("amqp", "url", own["url"], "expected no user or password in the URL "
+                          "with auth = external: the client certificate authenticates, so "
+                          f"a {kind} there would be ignored"
+                          + (", and is a secret in the file" if kind == "password" else ""))
+                return
 
     def password(self, own):
         """The password `password` or `password_file` gives (None: neither), remembered

@@ -102,6 +102,21 @@ def test_external_auth_refuses_a_password(tmp_path, certs):
     assert "s3cret" not in message
 
 
+@pytest.mark.parametrize("url, why", [
+    ("amqps://tq:s3cret@b/", "a password there would be ignored, and is a secret in the file"),
+    ("amqps://b/, amqps://tq:s3cret@c/", "a password there would be ignored"),
+    ("amqps://tq@b/", "a user there would be ignored"),
+])
+def test_external_auth_refuses_a_url_with_a_user_or_password(tmp_path, certs, url, why):
+    message = error_of(tmp_path, f"url: {url}\ntls_cert_file: {certs}/client.pem\n"
+                                 f"tls_key_file: {certs}/client.key\nauth: external\n")
+    path = tmp_path / "config.ini"
+    assert f"{path}: [amqp] url = " in message
+    assert ("expected no user or password in the URL with auth = external: the client "
+            "certificate authenticates") in message and why in message
+    assert "s3cret" not in message
+
+
 def test_explain_finds_the_ssl_error_inside_pika_wrappers():
     class Wrapped(Exception):
         def __init__(self, exception):
