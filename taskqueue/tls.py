@@ -109,6 +109,9 @@ def explain(exc, settings, host):
             return f"certificate verify failed: {message} ({where})"
         where = f"tls_ca_file {settings.tls_ca_file}" if settings.tls_ca_file else \
             "the system's CAs; set tls_ca_file"
+        if found.verify_code in OUT_OF_DATE_CODES:
+            # The CA file is right; a certificate is out of its dates (or a clock is wrong).
+            where = f"the broker's certificate, or a CA certificate of {where}"
         return f"certificate verify failed: {message} ({where})"
     alert = _ALERT.search(str(found))
     if alert is not None:
@@ -119,6 +122,9 @@ def explain(exc, settings, host):
         return f"TLS failed: {found.reason} (the broker's port does not speak TLS: a plaintext port?)"
     return f"TLS failed: {found.reason or found}"
 
+
+#: OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED.
+OUT_OF_DATE_CODES = (9, 10)
 
 #: What OpenSSL says when the peer answers the TLS hello in plaintext (AMQP's header).
 NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",

@@ -92,12 +92,12 @@ class RabbitNode:
         self.start()
 
 
-def tls_node(base, certs, prefix):
-    """A RabbitNode with a TLS listener (`tls_port`) presenting certs' server.pem for
-    localhost, verifying client certificates when offered and mapping one to the
+def tls_node(base, certs, prefix, server="server"):
+    """A RabbitNode with a TLS listener (`tls_port`) presenting certs' <server>.pem
+    (localhost's certificate; expired-server: one that expired), verifying client certificates when offered and mapping one to the
     user of its CN for SASL EXTERNAL; PLAIN still works. Not started."""
     tls_port = free_port()
-    server = {"cacertfile": "ca.pem", "certfile": "server.pem", "keyfile": "server.key"}
+    server = {"cacertfile": "ca.pem", "certfile": f"{server}.pem", "keyfile": f"{server}.key"}
     node = RabbitNode(
         base, prefix, ready_port=tls_port, plugins=["rabbitmq_auth_mechanism_ssl"],
         files=[os.path.join(certs, name) for name in server.values()],

@@ -56,6 +56,19 @@ def tls_node(certs):
 
 
 @pytest.fixture(scope="module")
+def expired_node(certs):
+    """A second node, whose TLS listener presents a certificate that expired in 2020."""
+    if os.getuid() != 0:
+        pytest.skip("starting a RabbitMQ node of the test's own (as user rabbitmq) needs root")
+    base = tempfile.mkdtemp(prefix="tq-tls-expired-")
+    node = nodes.tls_node(base, certs, "tqtlsexpired", server="expired-server")
+    node.start()
+    yield node
+    node.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def keyless_user():
     with system_users(users=(KEYLESS_USER,)):
         yield KEYLESS_USER
@@ -194,3 +207,41 @@ def test_tls_to_a_plaintext_port_says_so(tls_node, certs, workdir):
     result = submit(write_config(workdir, amqp))
     assert result.returncode == EXIT_BROKER
     assert "the broker's port does not speak TLS: a plaintext port?" in result.stderr, result.stderr
+
+
+def test_an_expired_broker_certificate_is_said_per_attempt_in_status_and_by_submit(
+        expired_node, certs, start_pool, records):
+    amqp = amqp_section(expired_node, certs)
+    ca = os.path.join(certs, "ca.pem")
+    expected = (r"certificate verify failed: certificate has expired \(the broker's certificate, "
+                rf"or a CA certificate of tls_ca_file {re.escape(ca)}\)")
+    broker = rf"cannot connect to the broker: localhost:{expired_node.tls_port}: "
+    pool = start_pool(recorder_config(records) + "\n" + amqp, raw=True)
+    # Each attempt of the dispatcher and the worker: one line naming the broker and why
+    pool.wait_log(rf"^.*ERROR: .*{broker}{expected}$", timeout=30, count=3)
+    pool.wait_log(r"failed \d+ times in a row; next start in", timeout=30)
+    log = pool.log()
+    failing = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert all(re.search(broker + expected, line) for line in failing), "\n".join(failing)
+    assert pool.process.poll() is None, "the supervisor must back off, not exit"
+    status = subprocess.run([TASKQUEUE, "status", "--config", pool.config_path],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == EXIT_BROKER, status.stdout + status.stderr
+    assert re.search(broker + expected, status.stdout), status.stdout
+    result = submit(write_config(os.path.dirname(pool.config_path), amqp))
+    assert result.returncode == EXIT_BROKER
+    assert re.search(f"^taskqueue: {broker}{expected}$", result.stderr), result.stderr
+    assert pool.stop() == 0
+
+
+def test_an_expired_client_certificate_is_refused_naming_tls_cert_file(tls_node, certs, workdir):
+    amqp = amqp_section(tls_node, certs, extra=client_cert(certs).replace("client.", "expired-client."))
+    result = submit(write_config(workdir, amqp))
+    assert result.returncode == EXIT_BROKER
+    named = f"(tls_cert_file {os.path.join(certs, 'expired-client.pem')})"
+    # The broker's alert says why when it reaches the client (TLS 1.2; TLS 1.3 may
+    # deliver only the EOF after it).
+    assert f"the broker refused the TLS connection: sslv3 alert certificate expired {named}" \
+        in result.stderr or f"the broker closed the TLS connection as it began" in result.stderr, \
+        result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
