@@ -109,9 +109,10 @@ def explain(exc, settings, host):
             return f"certificate verify failed: {message} ({where})"
         where = f"tls_ca_file {settings.tls_ca_file}" if settings.tls_ca_file else \
             "the system's CAs; set tls_ca_file"
-        if found.verify_code in OUT_OF_DATE_CODES:
+        if getattr(found, "verify_code", None) in OUT_OF_DATE_CODES:   # set by a handshake
             # The CA file is right; a certificate is out of its dates (or a clock is wrong).
-            where = f"the broker's certificate, or a CA certificate of {where}"
+            where = "the broker's certificate, or a CA certificate of " + (
+                f"tls_ca_file {settings.tls_ca_file}" if settings.tls_ca_file else "the system's CAs")
         return f"certificate verify failed: {message} ({where})"
     alert = _ALERT.search(str(found))
     if alert is not None:

@@ -117,6 +117,18 @@ def test_external_auth_refuses_a_url_with_a_user_or_password(tmp_path, certs, ur
     assert "s3cret" not in message
 
 
+def test_explain_an_expired_certificate_points_at_the_brokers_certificate_too():
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code, error.verify_message = 10, "certificate has expired"
+    settings = config.AmqpSettings(tls=True, tls_ca_file="/etc/taskqueue/ca.pem")
+    assert tls.explain(error, settings, "b") == (
+        "certificate verify failed: certificate has expired (the broker's certificate, or a CA "
+        "certificate of tls_ca_file /etc/taskqueue/ca.pem)")
+    settings = config.AmqpSettings(tls=True)
+    assert tls.explain(error, settings, "b").endswith(
+        "(the broker's certificate, or a CA certificate of the system's CAs)")
+
+
 def test_explain_finds_the_ssl_error_inside_pika_wrappers():
     class Wrapped(Exception):
         def __init__(self, exception):
