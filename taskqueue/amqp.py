@@ -21,6 +21,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import brokers, delays, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
@@ -115,8 +116,10 @@ def ordered_parameters(settings, route, now=None):
 
 
 #: What a blocking connect raises for a broker it cannot use: pika re-raises a
-#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError.
-CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError)
+#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError, and
+#: the stack_timeout of a broker that accepts and never answers as its own
+#: AMQPConnectorStackTimeout (pika 1.2 to 1.4), no AMQPError either.
+CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorException)
 
 
 def failure(params, exc, settings):

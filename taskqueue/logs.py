@@ -121,6 +121,8 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
 #: several lines per event (seven for one failed attempt); taskqueue says it once itself,
 #: naming the broker ("lost the broker ...", "cannot connect to the broker: ...").
 PIKA_CONNECTION_LOGGERS = ("pika.adapters", "pika.connection")
+#: pika's WARNING for a channel the broker closed (a declare refused, say).
+PIKA_CHANNEL_CLOSE = "Received remote Channel.Close"
 
 
 def quiet_pika(record):
@@ -132,6 +134,8 @@ def quiet_pika(record):
         return True
     if record.levelno == logging.ERROR and record.name.startswith(PIKA_CONNECTION_LOGGERS):
         return False
+    if isinstance(record.msg, str) and record.msg.startswith(PIKA_CHANNEL_CLOSE):
+        return False   # a refusal taskqueue explains (explain_refusal) or works around
     if record.exc_info:
         exc = record.exc_info[1]
         record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None

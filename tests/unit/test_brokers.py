@@ -132,6 +132,9 @@ def test_at_the_default_level_pika_says_nothing_of_a_connection_ending():
     assert not logs.quiet_pika(record("pika.adapters.utils.io_services_utils", logging.ERROR, lost))
     assert not logs.quiet_pika(record("pika.adapters.base_connection", logging.ERROR))
     assert not logs.quiet_pika(record("pika.connection", logging.ERROR))
+    refused = logging.LogRecord("pika.channel", logging.WARNING, __file__, 1,
+                                "Received remote Channel.Close (%s): %r on %s", (406, "x", "ch"), None)
+    assert not logs.quiet_pika(refused)
 
 
 def test_other_pika_lines_show_without_traceback_and_ours_untouched():
