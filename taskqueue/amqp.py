@@ -127,6 +127,11 @@ def failure(params, exc, settings):
     return f"{params.host}:{params.port}: {tls.explain(exc, settings, params.host) or repr(exc)}"
 
 
+def short_failure(params, exc, settings):
+    """The same in a few words, for status and the supervisor's memory of failures."""
+    return tls.explain(exc, settings, params.host) or brokers.reason(exc)
+
+
 def copy_properties(props):
     """A shallow copy of message properties: copy.copy's generic protocol costs
     the dispatcher more than routing the message does."""
@@ -335,16 +340,16 @@ class Session:
                 params,
                 on_open_callback=opened.set,
                 on_open_error_callback=lambda conn, exc, opened=opened: opened.set_exception(
-                    SessionClosed(failure(conn.params, exc, self.settings))),
+                    self._attempt_failed(conn.params, exc)),
                 on_close_callback=self._on_connection_closed)
             try:
                 opened.get(timeout=wait)
                 break
             except (SessionClosed, gevent.Timeout) as exc:
-                said = str(exc) or f"{address(params)}: no answer in {wait:g}s"
-                failures.append(said)
-                self.route.attempt_failed(address(params), said.partition(": ")[2] or said,
-                                          time.monotonic())
+                short = getattr(exc, "short", None) or f"no answer in {wait:g}s"
+                failures.append(str(exc) if isinstance(exc, SessionClosed)
+                                else f"{address(params)}: {short}")
+                self.route.attempt_failed(address(params), short, time.monotonic())
                 self._give_up_connecting()
         else:
             raise SessionClosed("cannot connect to the broker: " + "; ".join(failures))
@@ -358,6 +363,12 @@ class Session:
         self._channel.add_on_close_callback(self._on_channel_closed)
         self._channel.add_on_cancel_callback(self._on_consumer_cancelled)
         return self
+
+    def _attempt_failed(self, params, exc):
+        """What opening says of pika's `exc` (in the hub: builds, never raises)."""
+        error = SessionClosed(failure(params, exc, self.settings))
+        error.short = short_failure(params, exc, self.settings)
+        return error
 
     def _give_up_connecting(self):
         """Stop a connection attempt that our own wait gave up on (pika's did not yet)."""
@@ -772,7 +783,8 @@ def _blocking_connection(settings, name, timeout):
             connection = pika.BlockingConnection(params)
         except CONNECT_FAILED as exc:
             failures.append(failure(params, exc, settings))
-            route.attempt_failed(address(params), failures[-1], time.monotonic())
+            route.attempt_failed(address(params), short_failure(params, exc, settings),
+                                 time.monotonic())
             continue
         route.connected(address(params), "")
         return connection

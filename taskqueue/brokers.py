@@ -100,18 +100,24 @@ def server_summary(properties):
     return ", ".join(part for part in (product, cluster and f"cluster {cluster}") if part)
 
 
-#: Words for the ways a connection ends, by exception type name (pika's, the socket's).
-_ENDINGS = (("ConnectionResetError", "connection reset"),
-            ("BrokenPipeError", "connection reset"),
-            ("TimeoutError", "timed out"),
+#: Words for the ways a connection attempt fails or a connection ends, by what
+#: pika's exception (or the socket error inside it) says: the first that matches.
+_ENDINGS = (("AMQPConnectorStackTimeout", "no answer to the AMQP handshake"),
+            ("TCP connection attempt timed out", "no answer to the TCP connect"),
             ("ConnectionRefusedError", "connection refused"),
+            ("ConnectionResetError", "connection reset"),
+            ("BrokenPipeError", "connection reset"),
+            ("ProbableAuthenticationError", "authentication refused (user, password)"),
+            ("ProbableAccessDeniedError", "access refused (vhost, permissions)"),
             ("AMQPHeartbeatTimeout", "missed heartbeats"),
+            ("gaierror", "cannot resolve the host name"),
+            ("TimeoutError", "timed out"),
             ("EOF", "the broker closed the socket"))
 
 
 def reason(close_reason):
-    """Why a connection ended, in a few words: `connection reset`, `closed by the
-    broker: 320 CONNECTION_FORCED - broker forced connection closure...`."""
+    """Why a connection ended or an attempt failed, in a few words: `connection reset`,
+    `no answer to the TCP connect`, `closed by the broker: 320 CONNECTION_FORCED - ...`."""
     code = getattr(close_reason, "reply_code", None)
     text = getattr(close_reason, "reply_text", None)
     kind = type(close_reason).__name__
@@ -119,7 +125,7 @@ def reason(close_reason):
         who = "channel closed" if "Channel" in kind else "closed"
         by = " by the broker" if "ByBroker" in kind else ""
         return f"{who}{by}: {code} {text}"
-    words = f"{kind} {close_reason}"
+    words = f"{kind} {close_reason!r}"
     found = next((said for key, said in _ENDINGS if key in words), None)
     if found:
         return found

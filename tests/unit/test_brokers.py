@@ -4,6 +4,7 @@ import logging
 import os
 
 import pika
+import pika.adapters.utils.connection_workflow
 import pytest
 
 from taskqueue import brokers, logs
@@ -116,6 +117,18 @@ def test_server_summary_says_product_version_and_cluster_name():
     (pika.exceptions.AMQPHeartbeatTimeout("No activity or too many missed heartbeats in the "
                                           "last 60 seconds"), "missed heartbeats"),
     ("the broker cancelled the consumer ctag1.x", "the broker cancelled the consumer ctag1.x"),
+    # attempts that failed, as pika 1.2 to 1.4 raise them
+    (pika.exceptions.AMQPConnectionError(
+        "AMQPConnectionWorkflowFailed: 1 exceptions in all; last exception - "
+        "AMQPConnectorSocketConnectError: TimeoutError(\"TCP connection attempt timed out: "
+        "'127.0.0.1'/(...)\"); first exception - None"), "no answer to the TCP connect"),
+    (pika.adapters.utils.connection_workflow.AMQPConnectorStackTimeout(
+        "Timeout during AMQP handshake'127.0.0.1'"), "no answer to the AMQP handshake"),
+    (pika.exceptions.AMQPConnectionError(
+        "AMQPConnectorSocketConnectError: ConnectionRefusedError(111, 'Connection refused')"),
+     "connection refused"),
+    (pika.exceptions.ProbableAuthenticationError("ConnectionClosedByBroker: (403) 'ACCESS_REFUSED'"),
+     "authentication refused (user, password)"),
 ])
 def test_reason_says_why_a_connection_ended_in_a_few_words(close_reason, words):
     assert brokers.reason(close_reason) == words
