@@ -115,6 +115,30 @@ def ordered_parameters(settings, route, now=None):
     return [candidates[i] for i in route.order([address(p) for p in candidates], now)]
 
 
+#: pika's own ERROR lines for one failed connection attempt: seven of them, each
+#: repeating the same error; failure() says it once, naming the file at fault.
+PIKA_ATTEMPT_LINES = ("Attempt to create the streaming transport failed", "AMQPConnector - reporting failure",
+                      "AMQP connection workflow failed", "AMQPConnectionWorkflow - reporting failure",
+                      "Full-stack connection workflow failed", "Self-initiated stack bring-up failed",
+                      "SSL do_handshake failed")
+
+
+class _OneLinePerAttempt(logging.Filter):
+    """Drops pika's lines for a failed connection attempt: taskqueue logs one in their place.
+    In any program that imports taskqueue (an application's Client too); at debug
+    they show (logs.py quiets the rest of pika's connection lines in our own processes)."""
+
+    def filter(self, record):
+        if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+            return True
+        return not (isinstance(record.msg, str) and record.msg.startswith(PIKA_ATTEMPT_LINES))
+
+
+for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection",
+              "pika.adapters.utils.io_services_utils"):
+    logging.getLogger(_name).addFilter(_OneLinePerAttempt())
+
+
 #: What a blocking connect raises for a broker it cannot use: pika re-raises a
 #: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError, and
 #: the stack_timeout of a broker that accepts and never answers as its own
