@@ -30,9 +30,9 @@ from . import brokers, child, lastresort, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
 from .specs import ChildSpec, diff_specs
-from .lifecycle import (QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition, Restart,
-                        describe_exit, exit_code_of, fork_failed, next_state, parse_done,
-                        restart_decision)
+from .lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition,
+                        Restart, describe_exit, exit_code_of, fork_failed, next_state,
+                        parse_done, restart_decision)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class Slot:
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     timer_due: float = 0.0          # monotonic time the timer fires
     broker: Optional[str] = None    # `host:port` it is connected to, and what that broker said
+    lost_broker: bool = False       # it logged losing its broker: its exit 3 says nothing new
 
     @property
     def key(self):
@@ -252,10 +253,14 @@ class Supervisor:
                 self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
             except OSError as exc:  # the cause is a courtesy; supervising is not
                 log.warning("cannot record the cause of death in %s: %s", self.graveyard.path, exc)
-        slot.killed_for, slot.task, slot.broker = None, None, None
+        # A child that lost its broker warned of it (one line per lost connection):
+        # its exit 3 is no news, logged at INFO.
+        expected = slot.state is ChildState.STOPPING or (
+            slot.lost_broker and exit_code_of(status) == EXIT_CONNECTION)
+        slot.killed_for, slot.task, slot.broker, slot.lost_broker = None, None, None, False
         self._cancel_task_timer(slot)
         slot.failures, slot.restart = restart.failures, restart
-        level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
+        level = logging.INFO if expected else logging.WARNING
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
         self.transition(slot, restart.event)  # logs the pid that died, then forgets it
 
@@ -301,7 +306,7 @@ class Supervisor:
         self.handle_unreachable(pid, detail)
         slot = self._by_pid.get(pid)
         if slot is not None:
-            slot.broker = None
+            slot.broker, slot.lost_broker = None, True
 
     def handle_done(self, pid, detail=""):
         """`<outcome> <seconds>`: the child settled its task (lifecycle.TASK_OUTCOMES)."""

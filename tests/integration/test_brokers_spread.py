@@ -104,6 +104,9 @@ def test_cut_connections_are_logged_once_each_naming_the_broker_lost_and_the_nex
             m = re.search(r"WARNING: lost the broker 127\.0\.0\.1:(\d+) \((.+)\); "
                           r"reconnecting to 127\.0\.0\.1:(\d+)$", line)
             assert m and m.group(1) in ports and m.group(3) in ports - {m.group(1)}, line
+        # (the supervisor's line for each such child's exit 3 is INFO: no news)
+        assert len(re.findall(r" INFO: \S+ pid=\d+ exit 3 ", log)) == lost
+        assert not re.findall(r" WARNING: \S+ pid=\d+ exit 3 ", log)
         # and nothing of pika's: no traceback, no ERROR line
         assert "Traceback" not in log
         assert not re.findall(r".* ERROR: .*", log), re.findall(r".* ERROR: .*", log)

@@ -9,7 +9,11 @@ import pytest
 
 from taskqueue import brokers, logs
 from taskqueue.child import ChildContext
+from taskqueue.lifecycle import EXIT_CONNECTION
+from taskqueue.specs import ChildSpec
 from taskqueue.supervisor import Supervisor
+
+from fakes import FakeProcesses
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -79,7 +83,6 @@ def test_a_child_reports_its_broker_on_one_short_line_and_the_supervisor_keeps_i
 
 
 def test_each_slot_of_a_supervisor_starts_at_the_next_broker_and_avoids_recent_failures():
-    from taskqueue.specs import ChildSpec
     sup = Supervisor([ChildSpec("dispatcher", 1, None, queue="taskqueue", kind="dispatcher"),
                       ChildSpec("w", 3, None, queue="worker_w")])
     sup._spread = 0
@@ -175,3 +178,24 @@ def test_debug_brings_every_pika_line_back(tmp_path):
     text = open(path).read()
     assert "Socket failed to connect" in text and "a detail" in text
     assert "hidden" not in text and "Received Connection.Blocked from broker" in text
+
+
+@pytest.mark.parametrize("reported, level", [(True, logging.INFO), (False, logging.WARNING)])
+def test_the_exit_of_a_child_that_said_it_lost_its_broker_is_no_warning(caplog, reported, level):
+    procs = FakeProcesses()
+    sup = Supervisor([ChildSpec("w", 1, None, queue="worker_w")], fork=procs.fork_and_watch,
+                     kill=procs.kill)
+    sup.open()
+    try:
+        sup.start()
+        [pid] = procs.running
+        sup.dispatch(("reports", [("ready", pid, ""), ("broker", pid, "10.0.0.1:5672 RabbitMQ")]))
+        if reported:   # the child logged `lost the broker ...` itself
+            sup.dispatch(("reports", [("lost", pid, "10.0.0.1:5672 connection reset")]))
+        caplog.set_level(logging.INFO)
+        sup.dispatch(("exit", pid, EXIT_CONNECTION << 8))
+        [line] = [r for r in caplog.records if "exit 3" in r.getMessage()]
+        assert line.levelno == level
+        assert ("10.0.0.1:5672" in sup.broker_failures) == reported
+    finally:
+        sup.close()
