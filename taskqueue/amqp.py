@@ -15,13 +15,15 @@ import encodings.idna  # noqa: F401  getaddrinfo loads it lazily, which fails af
 import logging
 import ssl
 import time
+import urllib.parse
 
 import gevent
 from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import delays, sendbatch, tls
+from . import brokers, delays, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -54,23 +56,43 @@ class BrokerUnreachable(SessionClosed):
     exit with startup.EXIT_NO_BROKER."""
 
 
+_process_route = None
+
+
+def process_route():
+    """The route of this process's sessions and blocking connections, when the caller
+    gives none (tools, clients): a random first broker, and what failed lately."""
+    global _process_route
+    if _process_route is None:
+        _process_route = brokers.random_route()
+    return _process_route
+
+
 def worker_queue(worker_type):
     return f"worker_{worker_type}"
 
 
 def parameters(settings):
-    """pika connection parameters for each broker of an AmqpSettings, in the order to try them."""
+    """pika connection parameters for each broker of an AmqpSettings, in config order."""
     if settings.url:
         candidates = [pika.URLParameters(url) for url in settings.hosts]
+        own_timeouts = [_url_timeouts(url) for url in settings.hosts]
     else:
         credentials = pika.PlainCredentials(settings.user, settings.password)
         candidates = [pika.ConnectionParameters(host=host, port=settings.port,
                                                 virtual_host=settings.vhost,
                                                 credentials=credentials)
                       for host in settings.hosts]
-    for params in candidates:
+        own_timeouts = [()] * len(candidates)
+    for params, own in zip(candidates, own_timeouts):
         if settings.heartbeat is not None:
             params.heartbeat = settings.heartbeat
+        # A host that drops packets never refuses: without these a dead node costs
+        # pika's defaults (10 s to connect, 15 s for the whole handshake) per attempt.
+        # (socket_timeout and stack_timeout: both in pika 1.2.0 and 1.3.2.)
+        for name in ("socket_timeout", "stack_timeout"):
+            if name not in own:   # a URL's own ?socket_timeout= wins
+                setattr(params, name, settings.connect_timeout)
         if settings.tls and (not settings.url or params.ssl_options is not None):   # amqps:// only
             # The context kept since the config was loaded (still privileged): never pika's own.
             context = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
@@ -78,6 +100,24 @@ def parameters(settings):
         if settings.auth == "external":
             params.credentials = pika.credentials.ExternalCredentials()
     return candidates
+
+
+def _url_timeouts(url):
+    """The connect timeouts a URL sets itself (?socket_timeout=...)."""
+    return {key for key in urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+            if key in ("socket_timeout", "stack_timeout")}
+
+
+def address(params):
+    """`host:port` of one broker's parameters: how logs, reports and status name it."""
+    return brokers.address(params.host, params.port)
+
+
+def ordered_parameters(settings, route, now=None):
+    """parameters(settings) in the order `route` (brokers.Route) tries them."""
+    candidates = parameters(settings)
+    now = time.monotonic() if now is None else now
+    return [candidates[i] for i in route.order([address(p) for p in candidates], now)]
 
 
 #: pika's own ERROR lines for one failed connection attempt: seven of them, each
@@ -89,9 +129,13 @@ PIKA_ATTEMPT_LINES = ("Attempt to create the streaming transport failed", "AMQPC
 
 
 class _OneLinePerAttempt(logging.Filter):
-    """Drops pika's lines for a failed connection attempt: taskqueue logs one in their place."""
+    """Drops pika's lines for a failed connection attempt: taskqueue logs one in their place.
+    In any program that imports taskqueue (an application's Client too); at debug
+    they show (logs.py quiets the rest of pika's connection lines in our own processes)."""
 
     def filter(self, record):
+        if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+            return True
         return not (isinstance(record.msg, str) and record.msg.startswith(PIKA_ATTEMPT_LINES))
 
 
@@ -101,13 +145,20 @@ for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_con
 
 
 #: What a blocking connect raises for a broker it cannot use: pika re-raises a
-#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError.
-CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError)
+#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError, and
+#: the stack_timeout of a broker that accepts and never answers as its own
+#: AMQPConnectorStackTimeout (pika 1.2 to 1.4), no AMQPError either.
+CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorException)
 
 
 def failure(params, exc, settings):
     """One broker's connection failure in words: a TLS one names the file or name at fault."""
     return f"{params.host}:{params.port}: {tls.explain(exc, settings, params.host) or repr(exc)}"
+
+
+def short_failure(params, exc, settings):
+    """The same in a few words, for status and the supervisor's memory of failures."""
+    return tls.explain(exc, settings, params.host) or brokers.reason(exc)
 
 
 def copy_properties(props):
@@ -139,6 +190,10 @@ def queue_arguments(queue, settings):
     if settings.queue_type == "quorum":
         # A classic queue is declared without x-queue-type, as every client does by default.
         args["x-queue-type"] = "quorum"
+        # A new queue's leader goes to the node with the fewest leaders, not to the
+        # node the declaring process happens to be connected to (RabbitMQ >= 3.10).
+        # Queues declared without it are used as they are (legacy_arguments).
+        args[LEADER_LOCATOR] = "balanced"
     if queue == DEAD_QUEUE:
         if settings.queue_type == "quorum":
             args["x-delivery-limit"] = DEAD_QUEUE_DELIVERY_LIMIT
@@ -151,15 +206,55 @@ def queue_arguments(queue, settings):
     return args
 
 
-def legacy_arguments(queue, settings, reason):
-    """The arguments an older taskqueue declared `queue` with, when the broker's
-    refusal `reason` says the queue is theirs; else None. Such a queue is used as
-    it is, with a warning (LEGACY_DEAD_QUEUE), rather than stopping everything."""
+#: The argument that places a quorum queue's leader (RabbitMQ >= 3.10).
+LEADER_LOCATOR = "x-queue-leader-locator"
+
+
+def legacy_arguments(queue, arguments, reason):
+    """`arguments` without the one the broker's refusal `reason` names, when that is
+    an argument taskqueue added later, and the queue exists without it (an older
+    taskqueue declared it) or the broker does not know it: such a queue is used as
+    it is rather than stopping everything. None for any other refusal.
+
+    The broker compares x-queue-leader-locator as it compares every argument of
+    its queue type: a queue declared without it refuses a declare with it.
+    taskqueue_dead without a delivery limit is used with a warning (LEGACY_DEAD_QUEUE).
+    """
     text = getattr(reason, "reply_text", "") or ""
-    if (queue == DEAD_QUEUE and settings.queue_type == "quorum"
-            and "inequivalent arg 'x-delivery-limit'" in text and "current is none" in text):
-        return {"x-queue-type": "quorum"}
+    tolerated = {LEADER_LOCATOR} | ({"x-delivery-limit"} if queue == DEAD_QUEUE else set())
+    for name in tolerated & set(arguments):
+        if (f"inequivalent arg '{name}'" in text and "current is none" in text) or \
+                (name == LEADER_LOCATOR and f"invalid arg '{name}'" in text):
+            return {key: value for key, value in arguments.items() if key != name}
     return None
+
+
+def blocking_arguments(connection, queue, arguments):
+    """The arguments to declare `queue` with on a pika BlockingConnection: `arguments`,
+    or fewer where legacy_arguments allows; tried on channels of their own, which a
+    refusal closes (the caller's stays open). A refusal of another kind is left to
+    the caller's own declare, which explains it."""
+    while True:
+        probe = connection.channel()
+        try:
+            probe.queue_declare(queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            older = legacy_arguments(queue, arguments, exc)
+            if older is None:
+                return arguments
+            arguments = older
+            continue
+        probe.close()
+        return arguments
+
+
+def _note_legacy(queue, arguments, older):
+    """Say what a queue declared otherwise costs, once per declare that meets it."""
+    if "x-delivery-limit" in arguments and "x-delivery-limit" not in older:
+        log.warning("%s", LEGACY_DEAD_QUEUE)
+    else:
+        log.debug("queue %r exists without %s (an older taskqueue declared it, or the broker "
+                  "is older than 3.10): its leader stays where it is", queue, LEADER_LOCATOR)
 
 
 #: What an operator reads when taskqueue_dead is an older taskqueue's.
@@ -240,9 +335,13 @@ def properties(**kwargs):
 class Session:
     """One AMQP connection and one channel, owned by the current process."""
 
-    def __init__(self, settings, name):
+    def __init__(self, settings, name, route=None):
         self.settings = settings
         self.name = name            # shown in the broker's connection list
+        #: brokers.Route: which broker to try first, whom to tell (a child's supervisor)
+        self.route = route or process_route()
+        self.address = None         # "host:port" of the broker once open
+        self.server = ""            # what that broker says of itself (brokers.server_summary)
         self.closed = Event()       # set once connection or channel is gone
         self.close_reason = None
         self._connection = None
@@ -256,9 +355,12 @@ class Session:
     # -- opening and closing -------------------------------------------------
 
     def open(self, timeout=REPLY_TIMEOUT):
-        """Connect to the first broker of the list that answers, and open a channel."""
+        """Connect to the first broker that answers, in the route's order, and open a
+        channel. Each broker gets [amqp] connect_timeout (pika's own timeouts, and
+        this wait a second longer as a backstop) before the next is tried."""
         failures = []
-        for params in parameters(self.settings):
+        wait = self.settings.connect_timeout + 1.0
+        for params in ordered_parameters(self.settings, self.route):
             params.client_properties = {"connection_name": self.name}
             self.closed.clear()
             self.close_reason = None
@@ -267,21 +369,51 @@ class Session:
                 params,
                 on_open_callback=opened.set,
                 on_open_error_callback=lambda conn, exc, opened=opened: opened.set_exception(
-                    SessionClosed(failure(conn.params, exc, self.settings))),
+                    self._attempt_failed(conn.params, exc)),
                 on_close_callback=self._on_connection_closed)
             try:
-                opened.get(timeout=timeout)
+                opened.get(timeout=wait)
                 break
             except (SessionClosed, gevent.Timeout) as exc:
-                failures.append(str(exc) or f"{params.host}:{params.port}: no answer in {timeout:g}s")
+                short = getattr(exc, "short", None) or f"no answer in {wait:g}s"
+                failures.append(str(exc) if isinstance(exc, SessionClosed)
+                                else f"{address(params)}: {short}")
+                self.route.attempt_failed(address(params), short, time.monotonic())
+                self._give_up_connecting()
         else:
             raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
+        self.address = address(self._connection.params)
+        self.server = brokers.server_summary(getattr(self._connection, "server_properties", None))
+        self.route.connected(self.address, self.server)
+        log.debug("connected to %s (%s)", self.address, self.server or "no server properties")
         channel = AsyncResult()
         self._connection.channel(on_open_callback=channel.set)
         self._channel = self._wait(channel, timeout, "channel open")
         self._channel.add_on_close_callback(self._on_channel_closed)
         self._channel.add_on_cancel_callback(self._on_consumer_cancelled)
         return self
+
+    def _attempt_failed(self, params, exc):
+        """What opening says of pika's `exc` (in the hub: builds, never raises)."""
+        error = SessionClosed(failure(params, exc, self.settings))
+        error.short = short_failure(params, exc, self.settings)
+        return error
+
+    def _give_up_connecting(self):
+        """Stop a connection attempt that our own wait gave up on (pika's did not yet)."""
+        try:
+            if not (self._connection.is_closed or self._connection.is_closing):
+                self._connection.close()
+        except pika.exceptions.AMQPError:
+            pass   # still bringing the stack up: pika's stack_timeout ends it
+
+    def loss(self):
+        """The line saying this session's broker is gone, why, and which broker the
+        next attempt starts at (the route remembers the failure): one per lost connection."""
+        candidates = [address(p) for p in parameters(self.settings)]
+        why = brokers.reason(self.close_reason)
+        following = self.route.lost(self.address, why, candidates, time.monotonic())
+        return f"lost the broker {self.address} ({why}); reconnecting to {following}"
 
     def close(self, timeout=REPLY_TIMEOUT):
         """Close cleanly (the broker requeues unacked deliveries); wait for it."""
@@ -362,9 +494,7 @@ class Session:
     def declare_queue(self, queue):
         """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise.
         Return how many messages it holds ready."""
-        arguments = queue_arguments(queue, self.settings)
-        if queue == DEAD_QUEUE:
-            arguments = self._dead_queue_arguments(arguments)
+        arguments = self._accepted_arguments(queue, queue_arguments(queue, self.settings))
         try:
             frame = self._call(self._channel.queue_declare, queue, durable=True,
                                arguments=arguments)
@@ -374,17 +504,18 @@ class Session:
                 raise TopologyError(explain_refusal(queue, self.settings, self.close_reason)) from None
             raise
 
-    def _dead_queue_arguments(self, arguments):
-        """What taskqueue_dead is declared with: ours, or, when an older taskqueue
-        declared it, theirs (tried aside, so that a refusal closes no channel of ours)."""
-        refused = AsyncResult()
-        self._declare_aside(DEAD_QUEUE, arguments, refused.set)
-        reason = self._wait(refused, REPLY_TIMEOUT, f"declare {DEAD_QUEUE}")
-        legacy = reason and legacy_arguments(DEAD_QUEUE, self.settings, reason)
-        if legacy is None:
-            return arguments   # taken, or refused: the declare that follows says why
-        log.warning("%s", LEGACY_DEAD_QUEUE)
-        return legacy
+    def _accepted_arguments(self, queue, arguments):
+        """What `queue` is declared with: `arguments`, or, when an older taskqueue declared
+        it, theirs (legacy_arguments; tried aside, so that a refusal closes no channel of ours)."""
+        while True:
+            refused = AsyncResult()
+            self._declare_aside(queue, arguments, refused.set)
+            reason = self._wait(refused, REPLY_TIMEOUT, f"declare {queue}")
+            older = reason and legacy_arguments(queue, arguments, reason)
+            if older is None:
+                return arguments   # taken, or refused: the declare that follows says why
+            _note_legacy(queue, arguments, older)
+            arguments = older
 
     def declare_queue_async(self, queue, on_done):
         """Declare `queue` on a short-lived channel of its own; on_done(None), or
@@ -393,9 +524,15 @@ class Session:
         A refusal closes only that channel, so one queue declared elsewhere with
         other arguments does not stop everything else on this session.
         """
-        def explained(reason):
-            on_done(reason and explain_refusal(queue, self.settings, reason))
-        self._declare_aside(queue, queue_arguments(queue, self.settings), explained)
+        def answered(reason, arguments):
+            older = reason and legacy_arguments(queue, arguments, reason)
+            if older is not None:
+                _note_legacy(queue, arguments, older)
+                self._declare_aside(queue, older, lambda again: answered(again, older))
+            else:
+                on_done(reason and explain_refusal(queue, self.settings, reason))
+        wanted = queue_arguments(queue, self.settings)
+        self._declare_aside(queue, wanted, lambda reason: answered(reason, wanted))
 
     def _declare_aside(self, queue, arguments, on_done):
         """Declare `queue` on a short-lived channel; on_done(None), or on_done(the
@@ -474,8 +611,9 @@ class Session:
     def _declare_delays(self):
         """Declare the delay chain on the confirm channel; a refusal closes it (a new one
         opens on the next publish) and raises TopologyError naming the queue."""
+        task_queue = self._accepted_arguments(TASK_QUEUE, queue_arguments(TASK_QUEUE, self.settings))
         channel = self._ensure_confirm_channel()
-        plan = delays.declarations(self.settings, TASK_QUEUE, queue_arguments(TASK_QUEUE, self.settings))
+        plan = delays.declarations(self.settings, TASK_QUEUE, task_queue)
         for name, kind in plan.exchanges:
             self._call_on(channel, channel.exchange_declare, f"declare exchange {name}",
                           name, exchange_type=kind, durable=True)
@@ -588,7 +726,8 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
 def declare_delays_blocking(channel, settings):
     """Declare the delay chain (delays.declarations) on a pika BlockingChannel;
     TopologyError when the broker refuses a queue of it."""
-    plan = delays.declarations(settings, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
+    task_queue = blocking_arguments(channel.connection, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
+    plan = delays.declarations(settings, TASK_QUEUE, task_queue)
     for name, kind in plan.exchanges:
         channel.exchange_declare(name, exchange_type=kind, durable=True)
     for name, arguments in plan.queues:
@@ -633,16 +772,7 @@ def blocking_channel(settings, timeout=REPLY_TIMEOUT):
 
 @contextlib.contextmanager
 def _blocking_channel(settings, timeout):
-    failures = []
-    for params in parameters(settings):
-        params.blocked_connection_timeout = timeout
-        try:
-            connection = pika.BlockingConnection(params)
-            break
-        except CONNECT_FAILED as exc:
-            failures.append(failure(params, exc, settings))
-    else:
-        raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
+    connection = _blocking_connection(settings, None, timeout)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -663,15 +793,27 @@ class PublishRefused(TaskqueueError):
 def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
     """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError
     naming each one tried otherwise. For ordinary (threaded) code: not thread-safe."""
+    return _blocking_connection(settings, name, timeout)
+
+
+def _blocking_connection(settings, name, timeout):
+    """The first broker that answers, in this process's route (process_route), each
+    given [amqp] connect_timeout; SessionClosed naming each one tried otherwise."""
     failures = []
-    for params in parameters(settings):
+    route = process_route()
+    for params in ordered_parameters(settings, route):
         params.blocked_connection_timeout = timeout
-        params.socket_timeout = timeout
-        params.client_properties = {"connection_name": name}
+        if name is not None:
+            params.client_properties = {"connection_name": name}
         try:
-            return pika.BlockingConnection(params)
+            connection = pika.BlockingConnection(params)
         except CONNECT_FAILED as exc:
             failures.append(failure(params, exc, settings))
+            route.attempt_failed(address(params), short_failure(params, exc, settings),
+                                 time.monotonic())
+            continue
+        route.connected(address(params), "")
+        return connection
     raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
 
 
@@ -684,8 +826,9 @@ CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.Connecti
 def blocking_declare(channel, settings, queue):
     """Declare `queue` as taskqueue wants it, on a blocking channel; TopologyError if it
     exists with other arguments."""
+    arguments = blocking_arguments(channel.connection, queue, queue_arguments(queue, settings))
     try:
-        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue, settings))
+        channel.queue_declare(queue, durable=True, arguments=arguments)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise TopologyError(explain_refusal(queue, settings, exc)) from None
 

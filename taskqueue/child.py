@@ -16,7 +16,7 @@ import gevent
 import gevent.signal
 from gevent.event import Event
 
-from . import logs
+from . import brokers, logs
 from .amqp import SessionClosed
 from .errors import PluginError, TopologyError
 from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY, EXIT_USER
@@ -44,6 +44,8 @@ EXPLAINED = ((PluginError, EXIT_PLUGIN_LOAD), (UserSwitchError, EXIT_USER),
              (SessionClosed, EXIT_CONNECTION), (TopologyError, EXIT_TOPOLOGY))
 
 
+#: Longest detail of a broker report: one write stays atomic (PIPE_BUF).
+BROKER_DETAIL_MAX = 400
 #: Marks a `busy` report of a task's first delivery.
 FIRST_DELIVERY = "first"
 
@@ -58,7 +60,7 @@ class ChildContext:
     one supervisor wake-up per task instead of two, in a stream of short tasks.
     """
 
-    def __init__(self, name, report_fd, graveyard):
+    def __init__(self, name, report_fd, graveyard, route=None):
         self.name = name
         self.stopping = Event()
         #: Where the supervisor records how processes died in the middle of a task.
@@ -66,6 +68,14 @@ class ChildContext:
         self._report_fd = report_fd
         self._pid = os.getpid()
         self._held = ""     # a `done` line not written yet
+        #: brokers.Route: where this child connects first; it tells the supervisor
+        #: which broker it reached (`broker`), could not reach (`unreachable`), lost (`lost`).
+        self.route = route or brokers.Route()
+        self.route.report = self.report_broker
+
+    def report_broker(self, event, detail):
+        """A broker event of brokers.Route, as one short line (PIPE_BUF)."""
+        self._report(event, " ".join(detail.split())[:BROKER_DETAIL_MAX])
 
     def ready(self):
         """Consuming: the supervisor counts this child as started."""
@@ -100,11 +110,11 @@ class ChildContext:
         os.write(self._report_fd, text.encode())
 
 
-def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, graveyard):
+def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, graveyard, route=None):
     """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns."""
     code = EXIT_ERROR
     try:
-        ctx = ChildContext(name, report_fd, graveyard)
+        ctx = ChildContext(name, report_fd, graveyard, route)
         _take_over_signals(forget_inherited, ctx.stopping.set)
         logs.set_identity(kind, name)
         if user:

@@ -49,6 +49,9 @@ class AmqpSettings:
     tls_cert_file: Optional[str] = None  # a client certificate, with tls_key_file
     tls_key_file: Optional[str] = None
     auth: str = "plain"                  # plain: user/password; external: the client certificate
+    #: Seconds one broker of the list may take to accept the connection and finish the
+    #: AMQP handshake before the next is tried (a host that drops packets never refuses).
+    connect_timeout: float = 5.0
 
     @property
     def hosts(self):
@@ -163,7 +166,8 @@ _NUMBER_LIKE = re.compile(r"[+-]?[0-9.]*")
 _NO_DEFAULT = "\x00"
 AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "password_file",
                 "heartbeat", "queue_type", "delivery_limit", "consumer_timeout",
-                "tls", "tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file", "auth")
+                "tls", "tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file", "auth",
+                "connect_timeout")
 #: Options that say how to connect, which `url` replaces; the others go with either
 #: (password_file too: it gives the password of the URL's user).
 CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat", "tls")
@@ -217,6 +221,11 @@ def parse_number(value, accept, expected):
 
 parse_seconds = partial(parse_number, accept=lambda n: n > 0,
                         expected="expected a number of seconds > 0")
+#: Longer is a mistake (milliseconds?): the next broker waits that long behind a dead one.
+MAX_CONNECT_TIMEOUT = 300
+parse_connect_timeout = partial(parse_number, accept=lambda n: 0 < n <= MAX_CONNECT_TIMEOUT,
+                                expected=f"expected a number of seconds > 0 and at most "
+                                         f"{MAX_CONNECT_TIMEOUT}")
 parse_backoff = partial(parse_number, accept=lambda n: n >= 1,
                         expected="expected a factor >= 1 (1: the same delay every time)")
 parse_lookahead = partial(parse_number, accept=lambda n: n >= 0,
@@ -619,7 +628,9 @@ class _Loader:
         queues = dict(queue_type=self.convert(chain, "queue_type", "quorum", parse_queue_type),
                       delivery_limit=self.convert(chain, "delivery_limit", 5, parse_positive_int),
                       consumer_timeout=self.convert(chain, "consumer_timeout", 1800.0,
-                                                    parse_seconds))
+                                                    parse_seconds),
+                      connect_timeout=self.convert(chain, "connect_timeout", 5.0,
+                                                   parse_connect_timeout))
         password = self.password(own)
         if "url" in own:
             others = [option for option in CONNECTION_OPTIONS if option in own]

@@ -241,14 +241,14 @@ class Dispatcher:
 def run_dispatcher(amqp_settings, settings, ctx):
     """The body of a dispatcher child; returns an exit code."""
     readers = load_formats()
-    session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}").open()
+    session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}", ctx.route).open()
     dispatcher = Dispatcher(session, settings.prefetch, readers=readers)
     dispatcher.start()
     ctx.ready()
     log.info("routing %s (prefetch %d)", amqp.TASK_QUEUE, settings.prefetch)
     gevent.wait([ctx.stopping, session.closed], count=1)
     if not session.is_open:
-        log.error("lost the broker connection: %r", session.close_reason)
+        log.warning("%s", session.loss())
         return EXIT_CONNECTION
     if not dispatcher.stop(settings.stop_timeout):
         log.warning("stopping with %d publishes unconfirmed; their inputs return to %s",

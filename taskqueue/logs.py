@@ -100,18 +100,52 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
             "taskqueue[%(process)d]: %(context)s%(levelname)s: %(message)s"))
     else:
         handler = _stderr_handler(stream)
+    root = logging.getLogger()
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    debug = root.level <= logging.DEBUG
+    if not debug:
+        handler.addFilter(_QuietPika())
     handler.addFilter(_ContextFilter())
     handler.addFilter(_RedactFilter())
-    root = logging.getLogger()
     for old in root.handlers:
         old.close()
     root.handlers[:] = [handler]
-    root.setLevel(level if isinstance(level, int) else level.upper())
-    # pika logs every connection detail at INFO; keep its warnings only.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every connection detail at INFO: at debug (-v) all of it, else warnings only.
+    logging.getLogger("pika").setLevel(logging.NOTSET if debug else logging.WARNING)
     if chosen != target and target == "syslog":
         logging.getLogger(__name__).warning("no syslog here (%s is missing): logging to stderr",
                                             SYSLOG_SOCKET)
+
+
+#: Where pika logs a connection failing or ending, at ERROR and often with a traceback,
+#: several lines per event (seven for one failed attempt); taskqueue says it once itself,
+#: naming the broker ("lost the broker ...", "cannot connect to the broker: ...").
+PIKA_CONNECTION_LOGGERS = ("pika.adapters", "pika.connection")
+#: pika's WARNING for a channel the broker closed (a declare refused, say).
+PIKA_CHANNEL_CLOSE = "Received remote Channel.Close"
+
+
+def quiet_pika(record):
+    """Whether a line pika logged is shown at the default level (pure: the record may be
+    changed). Lines about a connection failing or ending (ERROR from
+    PIKA_CONNECTION_LOGGERS) are not; the others show without their traceback, the
+    exception in a few words instead. At debug every line shows, as pika wrote it."""
+    if not record.name.startswith("pika"):
+        return True
+    if record.levelno == logging.ERROR and record.name.startswith(PIKA_CONNECTION_LOGGERS):
+        return False
+    if isinstance(record.msg, str) and record.msg.startswith(PIKA_CHANNEL_CLOSE):
+        return False   # a refusal taskqueue explains (explain_refusal) or works around
+    if record.exc_info:
+        exc = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None
+        record.exc_info = record.exc_text = None
+    return True
+
+
+class _QuietPika(logging.Filter):
+    def filter(self, record):
+        return quiet_pika(record)
 
 
 class _ContextFilter(logging.Filter):

@@ -240,10 +240,22 @@ def _supervisor_lines(answer):
                       str(g["restarts"]), str(g.get("retries", 0)), _last_exit(g))
                      for g in answer["groups"]])
     lines.append("")
-    lines += _table(("CHILD", "PID", "STATE", "TASK", "ELAPSED", "DONE"),
+    lines += _table(("CHILD", "PID", "STATE", "TASK", "ELAPSED", "DONE", "BROKER"),
                     [_child_row(group, child) for group in answer["groups"]
                      for child in group["children"]])
+    if answer.get("brokers"):
+        lines.append("")
+        lines.append("  brokers, as its children see them:")
+        lines += _table(("BROKER", "CHILDREN", "SERVER", "LAST FAILURE"),
+                        [_broker_row(row) for row in answer["brokers"]])
     return lines
+
+
+def _broker_row(row):
+    failure = "-"
+    if row["failure"] is not None:
+        failure = f"{format_seconds(row['failed_ago'])} ago: {row['failure']}"
+    return (row["address"], str(row["children"]), row["server"] or "-", failure)
 
 
 def _child_row(group, child):
@@ -256,7 +268,8 @@ def _child_row(group, child):
     elif child["retry_in"] is not None:
         task = f"retry in {format_seconds(child['retry_in'])}"
     done = str(child["tasks_done"]) if group["kind"] == "worker" else "-"
-    return (child["name"], _cell(child["pid"]), state, task, elapsed, done)
+    return (child["name"], _cell(child["pid"]), state, task, elapsed, done,
+            _cell(child.get("broker")))
 
 
 def _last_exit(group):

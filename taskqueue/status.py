@@ -38,7 +38,27 @@ def snapshot(supervisor, name, now=None):
                        "uptime": round(now - supervisor.started_at, 3),
                        "stopping": supervisor.stopping},
         "groups": sorted(groups, key=lambda g: (g["kind"] != "dispatcher", g["name"])),
+        "brokers": broker_status(supervisor.slots, getattr(supervisor, "broker_failures", {}), now),
     }
+
+
+def broker_status(slots, failures, now):
+    """The brokers as this supervisor's children see them: each one a child is connected
+    to (how many), and each one a child failed to reach or lost lately (how long ago,
+    why). AMQP tells a client nothing of the other nodes of a cluster: this is the view
+    from the connections, not the cluster's own."""
+    rows = {}
+    for slot in slots:
+        if slot.broker:
+            where, _, server = slot.broker.partition(" ")
+            row = rows.setdefault(where, {"address": where, "server": server, "children": 0,
+                                          "failed_ago": None, "failure": None})
+            row["children"] += 1
+    for where, (when, why) in failures.items():
+        row = rows.setdefault(where, {"address": where, "server": None, "children": 0,
+                                      "failed_ago": None, "failure": None})
+        row["failed_ago"], row["failure"] = round(max(0.0, now - when), 3), why
+    return sorted(rows.values(), key=lambda row: row["address"])
 
 
 def group_status(spec, slots, now):
@@ -79,6 +99,7 @@ def child_status(slot, now):
         "restarts": slot.restarts,
         "last_exit": slot.last_exit,
         "retry_in": round(max(0.0, slot.timer_due - now), 3) if waiting else None,
+        "broker": slot.broker.partition(" ")[0] if slot.broker else None,
     }
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,18 +24,18 @@ import gevent.socket
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
-from . import child, lastresort, metrics
+from . import brokers, child, lastresort, metrics
 from .deadletter import Graveyard
 from .errors import TaskqueueError
 from .specs import ChildSpec, diff_specs
-from .lifecycle import (QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition, Restart,
-                        describe_exit, exit_code_of, fork_failed, next_state, parse_done,
-                        restart_decision)
+from .lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition,
+                        Restart, describe_exit, exit_code_of, fork_failed, next_state,
+                        parse_done, restart_decision)
 
 log = logging.getLogger(__name__)
 
 #: What a child may report on the pipe (child.ChildContext).
-REPORTS = ("ready", "busy", "done")
+REPORTS = ("ready", "busy", "done", "broker", "unreachable", "lost")
 #: Seconds between two reads of the report pipe.
 REPORT_BATCH = 0.01
 #: The main loop wakes at least this often, which also keeps the hub from
@@ -75,6 +76,8 @@ class Slot:
     restart: Optional[Restart] = None  # what followed its last exit (lifecycle.restart_decision)
     timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     timer_due: float = 0.0          # monotonic time the timer fires
+    broker: Optional[str] = None    # `host:port` it is connected to, and what that broker said
+    lost_broker: bool = False       # it logged losing its broker: its exit 3 says nothing new
 
     @property
     def key(self):
@@ -106,6 +109,10 @@ class Supervisor:
         self._stopping = False
         self._killed = False
         self._error_budget = lastresort.ErrorBudget()
+        #: {"host:port": (monotonic time, why)}: brokers the children failed to reach or
+        #: lost; a child forked next tries those last (brokers.Route), status shows them.
+        self.broker_failures = {}
+        self._spread = brokers.spread_offset(socket.gethostname())
 
     # -- main loop -----------------------------------------------------------
 
@@ -244,10 +251,14 @@ class Supervisor:
                 self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
             except OSError as exc:  # the cause is a courtesy; supervising is not
                 log.warning("cannot record the cause of death in %s: %s", self.graveyard.path, exc)
-        slot.killed_for, slot.task = None, None
+        # A child that lost its broker warned of it (one line per lost connection):
+        # its exit 3 is no news, logged at INFO.
+        expected = slot.state is ChildState.STOPPING or (
+            slot.lost_broker and exit_code_of(status) == EXIT_CONNECTION)
+        slot.killed_for, slot.task, slot.broker, slot.lost_broker = None, None, None, False
         self._cancel_task_timer(slot)
         slot.failures, slot.restart = restart.failures, restart
-        level = logging.INFO if slot.state is ChildState.STOPPING else logging.WARNING
+        level = logging.INFO if expected else logging.WARNING
         log.log(level, "%s pid=%d %s after %.2fs", slot.key, pid, slot.last_exit, uptime)
         self.transition(slot, restart.event)  # logs the pid that died, then forgets it
 
@@ -275,6 +286,25 @@ class Supervisor:
         """What children wrote on the pipe, in order: one event per read, not per line."""
         for event, pid, detail in reports:
             getattr(self, f"handle_{event}")(pid, detail)
+
+    def handle_broker(self, pid, detail=""):
+        """`<host:port> <what the broker said of itself>`: the child connected there."""
+        slot = self._by_pid.get(pid)
+        self.broker_failures.pop(detail.partition(" ")[0], None)
+        if slot is not None:
+            slot.broker = detail
+
+    def handle_unreachable(self, pid, detail=""):
+        """`<host:port> <why>`: the child could not connect there; tried last for a while."""
+        where, _, why = detail.partition(" ")
+        self.broker_failures[where] = (time.monotonic(), why)
+
+    def handle_lost(self, pid, detail=""):
+        """`<host:port> <why>`: the child lost its broker (it logged it, and exits)."""
+        self.handle_unreachable(pid, detail)
+        slot = self._by_pid.get(pid)
+        if slot is not None:
+            slot.broker, slot.lost_broker = None, True
 
     def handle_done(self, pid, detail=""):
         """`<outcome> <seconds>`: the child settled its task (lifecycle.TASK_OUTCOMES)."""
@@ -415,12 +445,20 @@ class Supervisor:
                 return
             if pid == 0:
                 child.run(slot.key, slot.spec.kind, slot.spec.user, slot.spec.target,
-                          self._forget_inherited, self._reports_w, parent, self.graveyard)
+                          self._forget_inherited, self._reports_w, parent, self.graveyard,
+                          self._route(slot))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
         slot.pid, slot.started_at = pid, time.monotonic()
         self._by_pid[pid] = slot
         log.debug("%s forked pid=%d", slot.key, pid)
+
+    def _route(self, slot):
+        """Where the child of `slot` connects first: its position among all children
+        (so that a pool spreads over the brokers), the brokers that failed last."""
+        position = self.slots.index(slot) if slot in self.slots else slot.index
+        return brokers.Route(first=self._spread + position,
+                             failed={where: when for where, (when, _) in self.broker_failures.items()})
 
     def _forget_inherited(self):
         """In a fresh child: drop what belongs to the supervisor (runs before anything else)."""

@@ -221,7 +221,7 @@ def run_worker(group, amqp_settings, ctx):
     """The body of a worker child: load the plugin, consume, handle, settle; return an exit code."""
     worker = plugins.load(group.worker_type, group)
     _call_plugin_hook(worker, "setup", group)
-    session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}").open()
+    session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.declare_queue(amqp.DEAD_QUEUE)
     session.declare_queue(group.queue)
     intake = Intake(session, group.queue, group.prefetch, group.lookahead)
@@ -263,7 +263,7 @@ def run_worker(group, amqp_settings, ctx):
             return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE)
         intake.task_done(seconds)
     if not session.is_open:
-        log.error("lost the broker connection: %r", session.close_reason)
+        log.warning("%s", session.loss())
         return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
     return _finish(worker, session, hub_calls, ctx, EXIT_OK)
 

@@ -92,9 +92,12 @@ def test_status_shows_a_quarantined_type_a_busy_child_and_the_queues_and_exits_1
     # starting (541) exits 3 and is replaced; the count and last exit say so.)
     assert re.search(rf"^  recorder +- +- +2 +2 +running +{recorder['restarts']} +0 +"
                      rf"{re.escape(recorder['last_exit'] or '-')}", text, re.M), text
-    assert re.search(rf"^  recorder#\d +{child['pid']} +busy +long-task-1 +[\d.]+s +0$", text, re.M), text
-    assert re.search(r"^  recorder#\d +\d+ +idle +- +- +0$", text, re.M), text
-    assert re.search(r"^  brokenimport#0 +- +quarantined +retry in \d+s +- +0$", text, re.M), text
+    # (BROKER: the node each child is connected to; none for one that does not run)
+    assert re.search(rf"^  recorder#\d +{child['pid']} +busy +long-task-1 +[\d.]+s +0 "
+                     rf"+127\.0\.0\.1:5672$", text, re.M), text
+    assert re.search(r"^  recorder#\d +\d+ +idle +- +- +0 +127\.0\.0\.1:5672$", text, re.M), text
+    assert re.search(r"^  brokenimport#0 +- +quarantined +retry in \d+s +- +0 +-$", text, re.M), text
+    assert re.search(r"^  127\.0\.0\.1:5672 +3 +RabbitMQ \S+, cluster \S+ +-$", text, re.M), text
     assert re.search(r"^  worker_brokenimport +3 +0 +0$", text, re.M), text
     assert re.search(r"^  worker_recorder +0 +1 +2$", text, re.M), text
     assert re.search(r"^  taskqueue +0 +- +1$", text, re.M), text

@@ -399,7 +399,7 @@ def test_amqp_unknown_option_is_an_error(write):
     assert message == (f"{path}: [amqp] passwd: unknown option; "
                        "expected one of url, host, port, vhost, user, password, password_file, "
                        "heartbeat, queue_type, delivery_limit, consumer_timeout, tls, tls_ca_file, "
-                       "tls_server_name, tls_cert_file, tls_key_file, auth")
+                       "tls_server_name, tls_cert_file, tls_key_file, auth, connect_timeout")
 
 
 @pytest.mark.parametrize("option, value, expected", [
@@ -659,6 +659,19 @@ def test_amqp_takes_several_hosts_or_urls_tried_in_turn(write):
 def test_amqp_queue_settings_default_to_quorum_queues_with_a_delivery_limit_of_5(write):
     cfg = load(write("[amqp]\nhost: broker\n"), set())
     assert (cfg.amqp.queue_type, cfg.amqp.delivery_limit) == ("quorum", 5)
+
+
+def test_connect_timeout_defaults_to_5_seconds_and_goes_with_url_or_host(write):
+    assert load(write("[amqp]\nhost: a, b\n"), set()).amqp.connect_timeout == 5.0
+    cfg = load(write("[amqp]\nurl: amqp://a/, amqp://b/\nconnect_timeout: 1.5\n"), set())
+    assert cfg.amqp.connect_timeout == 1.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "301", "5s", "nan", ""])
+def test_bad_connect_timeout_is_an_error_naming_file_section_and_option(write, value):
+    path = write(f"[amqp]\nconnect_timeout: {value}\n")
+    assert error_of(path, set()) == (f"{path}: [amqp] connect_timeout = {value!r}: expected a "
+                                     "number of seconds > 0 and at most 300")
 
 
 def test_amqp_rejects_each_bad_url_of_a_list(write):

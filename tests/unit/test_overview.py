@@ -30,6 +30,11 @@ def answer_of(quarantined=False):
         slot.state, slot.pid = ChildState.RUNNING, pid
     busy = sup.slots[1]
     busy.task, busy.task_started, busy.tasks_done = "f00d" * 10, 300.0, 4
+    # Children on two nodes of a cluster; a third node lost 2.5 s ago
+    sup.slots[0].broker = "10.0.0.1:5672 RabbitMQ 3.10.8, cluster rabbit@a"
+    sup.slots[1].broker = "10.0.0.2:5672 RabbitMQ 3.10.8, cluster rabbit@a"
+    sup.slots[2].broker = "10.0.0.1:5672 RabbitMQ 3.10.8, cluster rabbit@a"
+    sup.broker_failures = {"10.0.0.3:5672": (310.0, "connection reset")}
     if quarantined:
         broken = sup.slots[3]
         broken.state, broken.pid, broken.timer_due = ChildState.QUARANTINED, None, 370.0
@@ -115,15 +120,39 @@ def test_table_shows_groups_children_queues_and_problems():
     assert ["brokenimport", "-", "-", "1", "0", "quarantined", "0", "0", "exit", "4", "(plugin",
             "failed", "to", "load),", "2.5s", "ago"] in rows
     assert ["recorder", "-", "-", "2", "2", "running", "0", "0", "-"] in rows
-    assert ["recorder#0", "101", "busy", "f00df00df00df00df00df00df00df00df...", "12s", "4"] in rows
-    assert ["recorder#1", "102", "idle", "-", "-", "0"] in rows
-    assert ["dispatcher#0", "100", "running", "-", "-", "-"] in rows
-    assert ["brokenimport#0", "-", "quarantined", "retry", "in", "57s", "-", "0"] in rows
+    assert ["recorder#0", "101", "busy", "f00df00df00df00df00df00df00df00df...", "12s", "4",
+            "10.0.0.2:5672"] in rows
+    assert ["recorder#1", "102", "idle", "-", "-", "0", "10.0.0.1:5672"] in rows
+    assert ["dispatcher#0", "100", "running", "-", "-", "-", "10.0.0.1:5672"] in rows
+    assert ["brokenimport#0", "-", "quarantined", "retry", "in", "57s", "-", "0", "-"] in rows
     assert ["worker_brokenimport", "3", "0", "0"] in rows
     assert ["taskqueue_dead", "2", "-", "0"] in rows
     assert lines[-2:] == ["  brokenimport is quarantined after exit 4 (plugin failed to load); "
                           "retried in 57s or on reload (SIGHUP)",
                           "  queue worker_brokenimport has no consumer (3 message(s) waiting)"]
+
+
+def test_table_shows_each_broker_the_children_use_and_each_that_failed_lately():
+    lines = overview.render(view_of([answer_of()], HEALTHY_COUNTS)).splitlines()
+    rows = [line.split() for line in lines]
+    assert ["brokers,", "as", "its", "children", "see", "them:"] in rows
+    assert ["10.0.0.1:5672", "2", "RabbitMQ", "3.10.8,", "cluster", "rabbit@a", "-"] in rows
+    assert ["10.0.0.2:5672", "1", "RabbitMQ", "3.10.8,", "cluster", "rabbit@a", "-"] in rows
+    assert ["10.0.0.3:5672", "0", "-", "2.5s", "ago:", "connection", "reset"] in rows
+
+
+def test_status_document_names_each_childs_broker_and_the_brokers_seen():
+    answer = answer_of()
+    children = {c["name"]: c["broker"] for g in answer["groups"] for c in g["children"]}
+    assert children == {"dispatcher#0": "10.0.0.1:5672", "recorder#0": "10.0.0.2:5672",
+                        "recorder#1": "10.0.0.1:5672"}
+    assert answer["brokers"] == [
+        {"address": "10.0.0.1:5672", "server": "RabbitMQ 3.10.8, cluster rabbit@a", "children": 2,
+         "failed_ago": None, "failure": None},
+        {"address": "10.0.0.2:5672", "server": "RabbitMQ 3.10.8, cluster rabbit@a", "children": 1,
+         "failed_ago": None, "failure": None},
+        {"address": "10.0.0.3:5672", "server": None, "children": 0, "failed_ago": 2.5,
+         "failure": "connection reset"}]
 
 
 def test_table_of_a_healthy_host_says_there_is_no_problem():

@@ -47,6 +47,7 @@ def test_snapshot_describes_groups_and_children_from_the_slots():
     sup.started_at = 100.0
     dispatcher.state, dispatcher.pid = S.RUNNING, 11
     busy.state, busy.pid, busy.task, busy.task_started, busy.tasks_done = S.RUNNING, 12, "m-1", 140.0, 7
+    busy.broker = "127.0.0.1:5782 RabbitMQ 3.10.8, cluster rabbit@a"
     idle.state, idle.pid, idle.tasks_done, idle.restarts = S.RUNNING, 13, 3, 2
     idle.retries = 4
     idle.last_exit, idle.exited_at = "killed by SIGKILL", 120.0
@@ -67,10 +68,11 @@ def test_snapshot_describes_groups_and_children_from_the_slots():
         "last_exit": "killed by SIGKILL", "last_exit_ago": 25.0,
         "children": [
             {"name": "worker2/bifh1#0", "pid": 12, "state": "running", "task": "m-1",
-             "task_seconds": 5.0, "tasks_done": 7, "restarts": 0, "last_exit": None, "retry_in": None},
+             "task_seconds": 5.0, "tasks_done": 7, "restarts": 0, "last_exit": None, "retry_in": None,
+             "broker": "127.0.0.1:5782"},
             {"name": "worker2/bifh1#1", "pid": 13, "state": "running", "task": None,
              "task_seconds": None, "tasks_done": 3, "restarts": 2, "last_exit": "killed by SIGKILL",
-             "retry_in": None},
+             "retry_in": None, "broker": None},
         ]}
     assert crasher_group["state"] == "quarantined" and crasher_group["running"] == 0
     assert crasher_group["last_exit"] == "exit 4 (plugin failed to load)"
