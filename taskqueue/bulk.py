@@ -192,7 +192,7 @@ def _interruptible():
 def summary(outcome, worker_type, path):
     """The lines to print at the end, for people and scripts alike."""
     lines = [f"submitted {outcome.confirmed} of {outcome.total} tasks ({worker_type}) to "
-             f"{amqp.TASK_QUEUE} in {outcome.elapsed:.2f} s ({outcome.rate:,.0f}/s)"]
+             f"{onehop.EXCHANGE} in {outcome.elapsed:.2f} s ({outcome.rate:,.0f}/s)"]
     line = outcome.resume_line
     if line is not None:
         name, source = ("the input", "FILE") if path == "-" else (path, shlex.quote(path))
@@ -205,5 +205,5 @@ def summary(outcome, worker_type, path):
                          f"resuming submits them a second time)")
         if outcome.unconfirmed:
             lines.append(f"({outcome.unconfirmed} tasks were sent without a confirm: some may "
-                         f"be in {amqp.TASK_QUEUE} already, and resuming submits them again)")
+                         f"be in {amqp.worker_queue(worker_type)} or {amqp.TASK_QUEUE} already, and resuming submits them again)")
     return lines

@@ -129,7 +129,7 @@ def test_submit_file_of_500_tasks_gets_every_one_completed(broker, start_pool, r
     path = write_tasks(f"{workdir}/tasks.jsonl", tasks[:250] + ["", "  "] + tasks[250:])
     out = run("submit", "--config", pool.config_path, "--file", path, "recorder")
     assert out.returncode == 0, out.stderr
-    assert re.fullmatch(r"submitted 500 of 500 tasks \(recorder\) to taskqueue in [\d.]+ s "
+    assert re.fullmatch(r"submitted 500 of 500 tasks \(recorder\) to taskqueue\.direct in [\d.]+ s "
                         r"\([\d,]+/s\)\n", out.stderr)
     wait_for(lambda: len(records.ids()) == 500, 90, lambda: f"500 tasks done ({len(records.ids())})")
     assert sorted(records.ids()) == sorted(f"t{n}" for n in range(500))

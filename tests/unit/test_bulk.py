@@ -64,7 +64,7 @@ def test_read_tasks_says_which_file_it_cannot_read(tmp_path):
 
 def test_summary_of_a_complete_run_is_one_line_with_the_rate():
     assert summary(Outcome(500, 500, 0.25, None, 0, None), "recorder", "t.jsonl") == [
-        "submitted 500 of 500 tasks (recorder) to taskqueue in 0.25 s (2,000/s)"]
+        "submitted 500 of 500 tasks (recorder) to taskqueue.direct in 0.25 s (2,000/s)"]
 
 
 def test_summary_of_a_broken_run_says_where_to_resume_and_what_would_be_sent_twice():
@@ -74,8 +74,8 @@ def test_summary_of_a_broken_run_says_where_to_resume_and_what_would_be_sent_twi
                       "line 201: tail -n +201 'my tasks.jsonl' | taskqueue submit --file - recorder")
     assert "10 tasks after line 201 were confirmed too" in out[2]
     unsure = summary(Outcome(500, 200, 1.0, 201, 0, "connection lost", unconfirmed=7), "t", "f")
-    assert unsure[2] == ("(7 tasks were sent without a confirm: some may be in taskqueue "
-                         "already, and resuming submits them again)")
+    assert unsure[2] == ("(7 tasks were sent without a confirm: some may be in worker_t or "
+                         "taskqueue already, and resuming submits them again)")
     from_stdin = summary(Outcome(5, 0, 0.1, 1, 0, "no broker"), "t", "-")
     assert from_stdin[1] == ("no task of the input is confirmed; resume from line 1: "
                              "tail -n +1 FILE | taskqueue submit --file - t")
