@@ -739,20 +739,30 @@ def declare_onehop_blocking(channel, settings):
     `taskqueue` (as every component declares it) and its binding to the alternate
     exchange. TopologyError naming what the broker refused (the channel is then closed)."""
     plan = onehop.declarations(TASK_QUEUE)
-    what = None
-    try:
-        for name, kind, arguments in plan.exchanges:
-            what = f"declare exchange {name}"
-            channel.exchange_declare(name, exchange_type=kind, durable=True,
-                                     arguments=arguments or None)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise TopologyError(onehop.explain_refusal(what, exc)) from None
+    declare_onehop_exchanges_blocking(channel)
     blocking_declare(channel, settings, TASK_QUEUE)
     for queue, exchange, key in plan.queue_bindings:
         try:
             channel.queue_bind(queue, exchange, routing_key=key)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}", exc)) from None
+
+
+def declare_onehop_exchanges_blocking(channel, worker_queues=()):
+    """Declare the one-hop exchanges on a BlockingChannel and bind each (queue,
+    worker_type) of `worker_queues` to the direct one; TopologyError on a refusal."""
+    plan = onehop.declarations(None, worker_queues)
+    what = None
+    try:
+        for name, kind, arguments in plan.exchanges:
+            what = f"declare exchange {name}"
+            channel.exchange_declare(name, exchange_type=kind, durable=True,
+                                     arguments=arguments or None)
+        for queue, exchange, key in plan.queue_bindings:
+            what = f"bind {queue} to {exchange}"
+            channel.queue_bind(queue, exchange, routing_key=key)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(onehop.explain_refusal(what, exc)) from None
 
 
 def onehop_properties(props, worker_type):

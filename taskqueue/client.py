@@ -162,6 +162,9 @@ class _Link:
     def declare(self, queue):
         if queue not in self.declared:
             amqp.blocking_declare(self.channel, self.settings, queue)
+            worker_type = _worker_type_of(queue)
+            if worker_type:     # bound as every declarer of a worker queue binds it (one hop)
+                amqp.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
             self.declared.add(queue)
 
     def publish_onehop(self, worker_type, body, props):
@@ -200,6 +203,15 @@ class _Link:
         self.connection = self.channel = None
         self.declared = set()
         self.consuming_replies = False
+
+
+def _worker_type_of(queue):
+    """The worker type whose queue `queue` is, or None for another queue."""
+    from .routing import TYPE_PATTERN
+    prefix = amqp.worker_queue("")
+    if queue.startswith(prefix) and TYPE_PATTERN.match(queue[len(prefix):]):
+        return queue[len(prefix):]
+    return None
 
 
 def _close_quietly(connection):

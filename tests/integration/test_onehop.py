@@ -19,7 +19,8 @@ import pika
 import pytest
 
 from support import BROKER_HOST, recorder_config, bindings, wait_for
-from taskqueue.client import Client
+from taskqueue import amqp
+from taskqueue.client import Client, PublishRefused
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -190,10 +191,20 @@ def test_a_confirm_without_a_return_means_the_task_is_in_a_queue(broker, vhost, 
     with pytest.raises(pika.exceptions.UnroutableError):
         broker.channel.basic_publish("taskqueue.direct", "recorder", b"2", pika.BasicProperties(
             delivery_mode=2, headers={"worker_type": "recorder"}), mandatory=True)
-    from taskqueue.client import PublishRefused
     with pytest.raises(PublishRefused, match=r"the broker returned the task for recorder: neither "
                                              r"worker_recorder nor taskqueue took it"):
         client.submit("recorder", 3)
     # And the client's next submit declares and binds taskqueue again
     client.submit("recorder", 4)
     assert broker.counts("taskqueue")[0] == 1
+
+
+def test_a_worker_queue_the_client_declares_is_bound_as_every_declarer_binds_it(
+        broker, client, vhost):
+    # When the client publishes a message of its own to worker_recorder, declaring it
+    client.publish("worker_recorder", b'{"id": "direct"}', amqp.properties(delivery_mode=2))
+    # Then the queue is bound by its type, so one-hop tasks for it go straight there
+    assert ("taskqueue.direct", "worker_recorder", "recorder") in bindings(vhost)
+    client.submit("recorder", {"id": "one hop"})
+    wait_for(lambda: broker.counts("worker_recorder")[0] == 2, 10, "both in worker_recorder")
+    assert broker.counts("taskqueue")[0] == 0

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from taskqueue import bulk, workitems
-from taskqueue.routing import Rejection, Route, route
+from taskqueue.routing import Route, route
 
 
 @pytest.mark.parametrize("text, problem", [
