@@ -449,7 +449,8 @@ class Session:
                 continue
             if refused.ready() and not self.closed.is_set():
                 return onehop.explain_refusal(what, refused.get())
-            raise SessionClosed(f"{what}: " + (f"failed: {self.close_reason!r}" if self.closed.is_set()
+            raise SessionClosed(f"{what}: " + (f"failed: {self.close_reason!r}"
+                                               if self.closed.is_set()
                                                else f"no reply in {REPLY_TIMEOUT:g}s"))
         if channel.is_open:
             channel.close()
@@ -745,7 +746,8 @@ def declare_onehop_blocking(channel, settings):
         try:
             channel.queue_bind(queue, exchange, routing_key=key)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}", exc)) from None
+            raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}",
+                                                       exc)) from None
 
 
 def declare_onehop_exchanges_blocking(channel, worker_queues=()):

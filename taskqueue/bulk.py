@@ -205,5 +205,6 @@ def summary(outcome, worker_type, path):
                          f"resuming submits them a second time)")
         if outcome.unconfirmed:
             lines.append(f"({outcome.unconfirmed} tasks were sent without a confirm: some may "
-                         f"be in {amqp.worker_queue(worker_type)} or {amqp.TASK_QUEUE} already, and resuming submits them again)")
+                         f"be in {amqp.worker_queue(worker_type)} or {amqp.TASK_QUEUE} already, "
+                         f"and resuming submits them again)")
     return lines

@@ -38,7 +38,8 @@ class ConfirmWindow:
     def __init__(self, session, on_settled, window=WINDOW, on_wait=None, on_unroutable=None):
         self._session = session
         # routing key -> why a returned message was not taken, in words
-        self._unroutable = on_unroutable or (lambda queue: f"the broker returned it: no queue {queue!r}")
+        self._unroutable = on_unroutable or (
+            lambda queue: f"the broker returned it: no queue {queue!r}")
         self._on_settled = on_settled
         self._window = window
         self._on_wait = on_wait or (lambda: None)

@@ -73,5 +73,6 @@ def explain_refusal(what, reason):
         kind = next(k for n, k, _ in EXCHANGES if n == name)
         return (f"exchange {name!r} already exists with other settings ({text}); taskqueue "
                 f"wants a durable {kind} exchange with arguments {wanted}. Delete it (rabbitmqadmin "
-                f"delete exchange name={name}, or the management UI) so that it is declared anew")
+                f"delete exchange name={name}, or the management UI) so that it is declared "
+                f"anew")
     return f"one-hop topology: {what} refused: {text}"
