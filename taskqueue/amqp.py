@@ -23,7 +23,7 @@ import pika
 from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import brokers, delays, sendbatch, tls
+from . import brokers, delays, onehop, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -564,6 +564,40 @@ class Session:
                    exchange_type="fanout", durable=True)
         self._call(self._channel.queue_bind, TASK_QUEUE, delays.DELIVER_EXCHANGE)
 
+    def declare_onehop(self, task_queue=False, worker_queues=()):
+        """Declare the one-hop exchanges (onehop.py) and bind `taskqueue` to the alternate
+        exchange (task_queue=True: the queue must exist) and each (queue, worker_type) of
+        `worker_queues` to the direct exchange. Idempotent. On a short-lived channel of
+        its own, so that a refusal closes no channel of ours: returns None, or the
+        refusal as a sentence (the caller decides whether it is fatal: the dispatcher
+        path works without the one-hop topology). SessionClosed if the connection goes."""
+        plan = onehop.declarations(TASK_QUEUE if task_queue else None, worker_queues)
+        opened = AsyncResult()
+        self._connection.channel(on_open_callback=opened.set)
+        channel = self._wait(opened, REPLY_TIMEOUT, "channel open")
+        refused = AsyncResult()
+        channel.add_on_close_callback(lambda ch, reason: refused.set(reason))
+        steps = [(f"declare exchange {name}", channel.exchange_declare, (name,),
+                  {"exchange_type": kind, "durable": True, "arguments": arguments or None})
+                 for name, kind, arguments in plan.exchanges]
+        steps += [(f"bind {queue} to {exchange} (routing key {key!r})", channel.queue_bind,
+                   (queue, exchange), {"routing_key": key})
+                  for queue, exchange, key in plan.queue_bindings]
+        for what, method, args, kwargs in steps:
+            reply = AsyncResult()
+            method(*args, callback=reply.set, **kwargs)
+            gevent.wait([reply, refused, self.closed], count=1, timeout=REPLY_TIMEOUT)
+            if reply.ready():
+                continue
+            if refused.ready() and not self.closed.is_set():
+                return onehop.explain_refusal(what, refused.get())
+            raise SessionClosed(f"{what}: " + (f"failed: {self.close_reason!r}"
+                                               if self.closed.is_set()
+                                               else f"no reply in {REPLY_TIMEOUT:g}s"))
+        if channel.is_open:
+            channel.close()
+        return None
+
     def qos(self, prefetch):
         self._call(self._channel.basic_qos, prefetch_count=prefetch)
 
@@ -845,3 +879,66 @@ def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
     except pika.exceptions.NackError:
         raise PublishRefused(f"the broker refused the message for {where} (nack): "
                              f"is the queue full (max-length with reject-publish)?") from None
+
+
+# -- one hop (onehop.py), for blocking clients ----------------------------------
+
+def declare_onehop_blocking(channel, settings):
+    """Declare, on a pika BlockingChannel, what a one-hop publish needs: the exchanges,
+    `taskqueue` (as every component declares it) and its binding to the alternate
+    exchange. TopologyError naming what the broker refused (the channel is then closed)."""
+    plan = onehop.declarations(TASK_QUEUE)
+    declare_onehop_exchanges_blocking(channel)
+    blocking_declare(channel, settings, TASK_QUEUE)
+    for queue, exchange, key in plan.queue_bindings:
+        try:
+            channel.queue_bind(queue, exchange, routing_key=key)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}",
+                                                       exc)) from None
+
+
+def declare_onehop_exchanges_blocking(channel, worker_queues=()):
+    """Declare the one-hop exchanges on a BlockingChannel and bind each (queue,
+    worker_type) of `worker_queues` to the direct one; TopologyError on a refusal."""
+    plan = onehop.declarations(None, worker_queues)
+    what = None
+    try:
+        for name, kind, arguments in plan.exchanges:
+            what = f"declare exchange {name}"
+            channel.exchange_declare(name, exchange_type=kind, durable=True,
+                                     arguments=arguments or None)
+        for queue, exchange, key in plan.queue_bindings:
+            what = f"bind {queue} to {exchange}"
+            channel.queue_bind(queue, exchange, routing_key=key)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(onehop.explain_refusal(what, exc)) from None
+
+
+def onehop_properties(props, worker_type):
+    """`props` (changed in place, and returned) made a one-hop task's: persistent, with
+    the worker_type header the dispatcher reads when no worker queue took it."""
+    props.delivery_mode = PERSISTENT
+    props.headers = onehop.headers(worker_type, props.headers)
+    return props
+
+
+def blocking_publish_onehop(channel, worker_type, body, props):
+    """Publish a one-hop task (mandatory) on a blocking channel in confirm mode; return
+    once the broker confirmed it is in a queue (worker_<type>, or taskqueue through the
+    alternate exchange). PublishRefused saying why not."""
+    try:
+        channel.basic_publish(onehop.EXCHANGE, worker_type, body, props, mandatory=True)
+    except pika.exceptions.UnroutableError:
+        raise PublishRefused(unroutable_onehop(worker_type)) from None
+    except pika.exceptions.NackError:
+        raise PublishRefused(f"the broker refused the task for {worker_type} (nack): is "
+                             f"{worker_queue(worker_type)} or {TASK_QUEUE} full (max-length "
+                             f"with reject-publish)?") from None
+
+
+def unroutable_onehop(worker_type):
+    """Why the broker returned a one-hop task, in words."""
+    return (f"the broker returned the task for {worker_type}: neither "
+            f"{worker_queue(worker_type)} nor {TASK_QUEUE} took it (unroutable: {TASK_QUEUE} "
+            f"does not exist or is not bound to {onehop.UNROUTED_EXCHANGE})")

@@ -1,8 +1,8 @@
 """`taskqueue submit --file`: many tasks from a JSON-lines file.
 
 The whole file is checked before the first publish, so bad input publishes
-nothing. Then each workitem goes out as the envelope a single `submit`
-sends, with up to confirms.WINDOW confirms outstanding. Broker trouble
+nothing. Then each workitem goes out as a single `submit` sends it (one hop:
+client.onehop_message), with up to confirms.WINDOW confirms outstanding. Broker trouble
 midway cannot be all or nothing: the Outcome says how many tasks the broker
 confirmed and the line to resume from.
 """
@@ -17,8 +17,8 @@ from typing import Optional
 import gevent
 from gevent.event import Event
 
-from . import amqp, workitems
-from .client import task_properties
+from . import amqp, onehop, workitems
+from .client import declare_onehop, task_properties, workitem_bytes
 from .confirms import ConfirmWindow
 from .errors import InputError, TaskqueueError
 from .progress import Progress
@@ -30,7 +30,7 @@ PROBLEMS_SHOWN = 10
 @dataclass(frozen=True)
 class Task:
     line: int       # in the file, counting from 1, blank lines included (as tail -n +LINE does)
-    body: bytes     # the envelope
+    body: bytes     # the workitem, JSON: what the worker receives
 
 
 def read_tasks(path, worker_type):
@@ -74,7 +74,8 @@ def parse_lines(lines, worker_type):
         if not text.strip():
             continue
         try:
-            body = workitems.envelope(worker_type, workitems.parse(text))
+            # The bytes a single submit sends (client.onehop_message)
+            body = workitem_bytes(workitems.parse(text))
         except ValueError as exc:
             problems.append((number, f"{exc}: {_shown(text)}"))
             continue
@@ -134,7 +135,7 @@ def submit(settings, worker_type, tasks, stream=None):
     error, unreachable = None, False
     with _interruptible() as stop:
         try:
-            _publish(settings, tasks, tally, progress, stop)
+            _publish(settings, worker_type, tasks, tally, progress, stop)
         except TaskqueueError as exc:
             error, unreachable = str(exc), isinstance(exc, amqp.BrokerUnreachable)
     elapsed = time.monotonic() - started
@@ -150,16 +151,18 @@ def submit(settings, worker_type, tasks, stream=None):
                    tally.sent - tally.count - len(tally.refusals), unreachable)
 
 
-def _publish(settings, tasks, tally, progress, stop):
+def _publish(settings, worker_type, tasks, tally, progress, stop):
     session = amqp.Session(settings, "taskqueue submit --file").open()
     try:
-        session.declare_queue(amqp.TASK_QUEUE)
+        declare_onehop(session)
         window = ConfirmWindow(session, tally.on_settled,
-                               on_wait=lambda: progress.update(tally.count))
+                               on_wait=lambda: progress.update(tally.count),
+                               on_unroutable=amqp.unroutable_onehop)
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
-            window.publish(amqp.TASK_QUEUE, task.body, task_properties(), index)
+            props = amqp.onehop_properties(task_properties(), worker_type)
+            window.publish(worker_type, task.body, props, index, exchange=onehop.EXCHANGE)
             tally.sent += 1
             progress.update(tally.count)
         window.flush(INTERRUPT_FLUSH if stop.is_set() else None)
@@ -190,7 +193,7 @@ def _interruptible():
 def summary(outcome, worker_type, path):
     """The lines to print at the end, for people and scripts alike."""
     lines = [f"submitted {outcome.confirmed} of {outcome.total} tasks ({worker_type}) to "
-             f"{amqp.TASK_QUEUE} in {outcome.elapsed:.2f} s ({outcome.rate:,.0f}/s)"]
+             f"{onehop.EXCHANGE} in {outcome.elapsed:.2f} s ({outcome.rate:,.0f}/s)"]
     line = outcome.resume_line
     if line is not None:
         name, source = ("the input", "FILE") if path == "-" else (path, shlex.quote(path))
@@ -203,5 +206,6 @@ def summary(outcome, worker_type, path):
                          f"resuming submits them a second time)")
         if outcome.unconfirmed:
             lines.append(f"({outcome.unconfirmed} tasks were sent without a confirm: some may "
-                         f"be in {amqp.TASK_QUEUE} already, and resuming submits them again)")
+                         f"be in {amqp.worker_queue(worker_type)} or {amqp.TASK_QUEUE} already, "
+                         f"and resuming submits them again)")
     return lines

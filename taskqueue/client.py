@@ -5,8 +5,12 @@
         task_id = client.submit("resize", {"path": "a.png"})
         reply = client.call("echo", {"x": 1}, timeout=10)
 
-This module is the one owner of what a submitted task is (`task_message`):
-the command line's `submit` and `submit --file` build their messages here too.
+This module is the one owner of what a submitted task is: `onehop_message`,
+what the Client publishes (one hop, onehop.py: the broker routes it to
+`worker_<type>` by its routing key, or to `taskqueue` when no such queue is
+bound yet), and `task_message`, the envelope for `taskqueue` (the
+specification's protocol). The command line's `submit` and `submit --file`
+build their messages here too.
 
 Threads: pika's BlockingConnection is not thread-safe, so a Client keeps one
 connection per thread (a threading.local), opened on the thread's first call
@@ -31,8 +35,8 @@ import time
 import uuid
 import weakref
 
-from . import amqp, config, plugins, redact, workitems
-from .errors import TaskqueueError
+from . import amqp, config, onehop, plugins, redact, workitems
+from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +71,52 @@ def task_properties(message_id=None):
 
 
 def task_message(worker_type, workitem, message_id=None):
-    """(body, properties) of the task for `worker_type`: the JSON envelope and
-    task_properties(). ValueError saying what is wrong with the type or workitem."""
-    from .routing import TYPE_PATTERN, TYPE_RULE
-    if not isinstance(worker_type, str) or not TYPE_PATTERN.match(worker_type):
-        raise ValueError(f"worker type {worker_type!r:.100} is not {TYPE_RULE}")
-    try:
-        body = workitems.envelope(worker_type, workitem)
-    except (TypeError, ValueError) as exc:   # a set, NaN, Infinity, nested too deeply
-        problem = str(exc) if str(exc).startswith("not usable JSON") else f"not JSON ({exc})"
-        raise ValueError(f"workitem for {worker_type}: {problem}") from None
+    """(body, properties) of the task for `worker_type` submitted to `taskqueue`: the
+    JSON envelope and task_properties(). ValueError saying what is wrong with the type
+    or workitem."""
+    _check_type(worker_type)
+    body = _encoded(worker_type, workitems.envelope, worker_type, workitem)
     return body, task_properties(message_id)
 
 
-def _bare_workitem(body):
-    """The workitem of an envelope, as JSON bytes: what a message routed by its
-    worker_type header (a delayed one) carries."""
-    return workitems.dumps(workitems.loads(body)["workitem"])
+def onehop_message(worker_type, workitem, message_id=None):
+    """(body, properties) of the one-hop task for `worker_type` (README "Messages"): the
+    workitem as JSON, which is what the worker receives, and task_properties() with the
+    worker_type header. ValueError saying what is wrong with the type or workitem."""
+    _check_type(worker_type)
+    body = _encoded(worker_type, workitem_bytes, workitem)
+    return body, amqp.onehop_properties(task_properties(message_id), worker_type)
+
+
+def _check_type(worker_type):
+    from .routing import TYPE_PATTERN, TYPE_RULE
+    if not isinstance(worker_type, str) or not TYPE_PATTERN.match(worker_type):
+        raise ValueError(f"worker type {worker_type!r:.100} is not {TYPE_RULE}")
+
+
+def workitem_bytes(workitem):
+    """`workitem` as the JSON bytes a one-hop task carries; ValueError (TypeError for
+    what JSON has no value for) as workitems.dumps, nesting too deep included."""
+    try:
+        return workitems.dumps(workitem)
+    except RecursionError:
+        raise ValueError("not usable JSON: nested too deeply") from None
+
+
+def _encoded(worker_type, encode, *args):
+    try:
+        return encode(*args)
+    except (TypeError, ValueError) as exc:   # a set, NaN, Infinity, nested too deeply
+        problem = str(exc) if str(exc).startswith("not usable JSON") else f"not JSON ({exc})"
+        raise ValueError(f"workitem for {worker_type}: {problem}") from None
 
 
 # -- one thread's connection -------------------------------------------------------
 
 #: Stands for the delay chain among the queues a connection declared.
 DELAY_CHAIN = "taskqueue.delay.*"
+#: Stands for the one-hop exchanges (and taskqueue, bound to the alternate one).
+ONE_HOP = onehop.EXCHANGE
 
 
 class _Link:
@@ -135,7 +162,17 @@ class _Link:
     def declare(self, queue):
         if queue not in self.declared:
             amqp.blocking_declare(self.channel, self.settings, queue)
+            worker_type = _worker_type_of(queue)
+            if worker_type:     # bound as every declarer of a worker queue binds it (one hop)
+                amqp.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
             self.declared.add(queue)
+
+    def publish_onehop(self, worker_type, body, props):
+        """To the one-hop exchange, its topology declared once per connection."""
+        if ONE_HOP not in self.declared:
+            amqp.declare_onehop_blocking(self.channel, self.settings)
+            self.declared.add(ONE_HOP)
+        amqp.blocking_publish_onehop(self.channel, worker_type, body, props)
 
     def publish_delayed(self, worker_type, body, props, seconds):
         """Through the delay chain, declared once per connection (DELAY_CHAIN in `declared`)."""
@@ -166,6 +203,15 @@ class _Link:
         self.connection = self.channel = None
         self.declared = set()
         self.consuming_replies = False
+
+
+def _worker_type_of(queue):
+    """The worker type whose queue `queue` is, or None for another queue."""
+    from .routing import TYPE_PATTERN
+    prefix = amqp.worker_queue("")
+    if queue.startswith(prefix) and TYPE_PATTERN.match(queue[len(prefix):]):
+        return queue[len(prefix):]
+    return None
 
 
 def _close_quietly(connection):
@@ -265,14 +311,16 @@ class Client:
         `delay`: seconds before a worker may see it (rounded up; see delays.py).
         ValueError for a bad type or workitem (nothing sent), PublishRefused if the
         broker did not take it, ConnectionLost if no broker could be reached."""
-        body, props = task_message(worker_type, workitem)
+        body, props = onehop_message(worker_type, workitem)
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
                 raise ValueError(f"delay {delay!r}: expected a number of seconds")
+            # Through the delay chain to taskqueue, as before one hop: the dispatcher's
+            # hop costs nothing beside a delay of a second or more.
             self._with_connection(lambda link: link.publish_delayed(
-                worker_type, _bare_workitem(body), props, delay))
+                worker_type, body, props, delay))
         else:
-            self.publish(amqp.TASK_QUEUE, body, props)
+            self._with_connection(lambda link: link.publish_onehop(worker_type, body, props))
         return props.message_id
 
     def publish(self, queue, body, props):
@@ -291,12 +339,12 @@ class Client:
         messages = []
         for index, workitem in enumerate(items):
             try:
-                messages.append(task_message(worker_type, workitem))
+                messages.append(onehop_message(worker_type, workitem))
             except ValueError as exc:
                 raise ValueError(f"item {index}: {exc}; nothing was submitted") from None
         if not messages:
             return []
-        return _submit_window(self.settings, self.name, messages)
+        return _submit_window(self.settings, self.name, worker_type, messages)
 
     # -- calling -------------------------------------------------------------------
 
@@ -304,15 +352,14 @@ class Client:
         """Submit a task and return the body (bytes) of the worker's reply; TimeoutError
         if none came within `timeout` seconds. Uses RabbitMQ's direct reply-to: the
         reply comes back on this thread's connection, and no queue is declared for it."""
-        body, props = task_message(worker_type, workitem)
+        body, props = onehop_message(worker_type, workitem)
         props.reply_to = amqp.DIRECT_REPLY_TO
         started = time.monotonic()
 
         def publish(link):
             link.consume_replies()
-            link.declare(amqp.TASK_QUEUE)
             link.replies[props.correlation_id] = None
-            amqp.blocking_publish_confirmed(link.channel, amqp.TASK_QUEUE, body, props)
+            link.publish_onehop(worker_type, body, props)
             return link
         link = self._with_connection(publish)
         try:
@@ -340,9 +387,9 @@ def _close_boxed(box):
     _close_quietly(box["connection"])
 
 
-def _submit_window(settings, name, messages):
-    """Publish `messages` [(body, props)] to `taskqueue` on a gevent Session of their
-    own, up to confirms.WINDOW unconfirmed; the message ids, in order."""
+def _submit_window(settings, name, worker_type, messages):
+    """Publish `messages` [(body, props)] for `worker_type`, one hop, on a gevent Session
+    of their own, up to confirms.WINDOW unconfirmed; the message ids, in order."""
     from .confirms import ConfirmWindow
     ids = [None] * len(messages)
     refusals = []
@@ -356,12 +403,12 @@ def _submit_window(settings, name, messages):
     error = None
     try:
         session.open(BROKER_TIMEOUT)
-        session.declare_queue(amqp.TASK_QUEUE)
-        window = ConfirmWindow(session, on_settled)
+        declare_onehop(session)
+        window = ConfirmWindow(session, on_settled, on_unroutable=amqp.unroutable_onehop)
         for index, (body, props) in enumerate(messages):
             if refusals:
                 break
-            window.publish(amqp.TASK_QUEUE, body, props, index)
+            window.publish(worker_type, body, props, index, exchange=onehop.EXCHANGE)
         window.flush()
     except TaskqueueError as exc:
         error = str(exc)
@@ -374,3 +421,12 @@ def _submit_window(settings, name, messages):
         confirmed = sum(1 for i in ids if i is not None)
         raise PartlySubmitted(f"{error} ({confirmed} of {len(messages)} tasks confirmed)", ids)
     return ids
+
+
+def declare_onehop(session):
+    """What a one-hop publisher on a gevent Session needs: taskqueue, the exchanges and
+    the alternate exchange's binding; TopologyError if the broker refuses any."""
+    session.declare_queue(amqp.TASK_QUEUE)
+    problem = session.declare_onehop(task_queue=True)
+    if problem:
+        raise TopologyError(problem)

@@ -35,8 +35,11 @@ class ConfirmWindow:
     runs in the publishing greenlet about every TICK seconds while it waits.
     """
 
-    def __init__(self, session, on_settled, window=WINDOW, on_wait=None):
+    def __init__(self, session, on_settled, window=WINDOW, on_wait=None, on_unroutable=None):
         self._session = session
+        # routing key -> why a returned message was not taken, in words
+        self._unroutable = on_unroutable or (
+            lambda queue: f"the broker returned it: no queue {queue!r}")
         self._on_settled = on_settled
         self._window = window
         self._on_wait = on_wait or (lambda: None)
@@ -53,8 +56,9 @@ class ConfirmWindow:
     def unconfirmed(self):
         return len(self._pending)
 
-    def publish(self, queue, body, props, token):
-        """Publish `body` to `queue` (mandatory) once the window has room.
+    def publish(self, queue, body, props, token, exchange=""):
+        """Publish `body` to `queue` (mandatory) once the window has room; with `exchange`,
+        to that exchange with `queue` as routing key.
         SessionClosed if the session is gone or the broker stopped confirming."""
         while len(self._pending) >= self._window:
             self._wait()
@@ -62,7 +66,7 @@ class ConfirmWindow:
             raise amqp.SessionClosed(f"connection lost: {self._session.close_reason!r}")
         if not self._pending:
             self._confirmed_at = time.monotonic()  # the stall clock runs only while some are due
-        self._session.publish(queue, body, props, mandatory=True)
+        self._session.publish(queue, body, props, exchange=exchange, mandatory=True)
         self._published += 1
         self._pending[self._published] = (token, queue, props.message_id, body)
 
@@ -110,7 +114,7 @@ class ConfirmWindow:
         seq = next((seq for seq, (_, *sent) in self._pending.items()
                     if tuple(sent) == match and seq not in self._returned), None)
         if seq is not None:
-            self._returned[seq] = f"the broker returned it: no queue {queue!r}"
+            self._returned[seq] = self._unroutable(queue)
 
     def _guarded(self, callback):
         def guarded(*args):

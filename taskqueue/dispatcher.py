@@ -62,8 +62,10 @@ def without_chain_deaths(props):
 class Dispatcher:
     """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
 
-    def __init__(self, session, prefetch, schedule=gevent.spawn_later, readers=None):
+    def __init__(self, session, prefetch, schedule=gevent.spawn_later, readers=None,
+                 spawn=gevent.spawn):
         self._session = session
+        self._spawn = spawn         # spawn(fn, *args): a greenlet (tests pass their own)
         self._readers = readers or {}   # content type -> formats.Format (installed plugins)
         self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
         self._prefetch = prefetch
@@ -82,6 +84,12 @@ class Dispatcher:
         for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
             self._session.declare_queue(queue)
         self._session.bind_delay_end()
+        # One hop (onehop.py): what a client publishes to the direct exchange for a type
+        # with no bound queue comes here through its alternate exchange.
+        problem = self._session.declare_onehop(task_queue=True)
+        if problem:
+            log.error("%s; one-hop tasks cannot be published until it is fixed (this "
+                      "dispatcher routes what reaches %s as ever)", problem, amqp.TASK_QUEUE)
         self._session.enable_confirms(
             lambda frame: self._guarded(self._on_confirm, frame),
             lambda queue, props, body: self._guarded(self._on_return, queue, props, body))
@@ -142,6 +150,8 @@ class Dispatcher:
         waiting = waiting if isinstance(waiting, list) else []  # a later declare took them
         if refusal is None:
             self._queues[queue] = READY
+            if queue != amqp.DEAD_QUEUE:
+                self._spawn(self._bind_onehop, queue)
             for message in waiting:
                 self._publish(queue, *message)
             return
@@ -149,6 +159,20 @@ class Dispatcher:
         self._queues[queue] = Refused(refusal, time.monotonic() + REFUSED_RETRY_SECONDS)
         for message in waiting:
             self._refused(queue, message, refusal)
+
+    def _bind_onehop(self, queue):
+        """Bind a worker queue this dispatcher declared to the one-hop exchange, so that the
+        type's next one-hop tasks skip this dispatcher (a queue an older taskqueue made is
+        bound from then on). In a greenlet: nothing is lost if it fails, the tasks keep
+        coming through the alternate exchange."""
+        worker_type = queue[len(amqp.worker_queue("")):]
+        try:
+            problem = self._session.declare_onehop(worker_queues=[(queue, worker_type)])
+        except amqp.SessionClosed:
+            return      # the dispatcher starts over, and binds again
+        if problem:
+            log.warning("%s; tasks for %s keep coming through %s", problem, worker_type,
+                        amqp.TASK_QUEUE)
 
     def _refused(self, queue, message, reason):
         tag, body, props = message

@@ -146,12 +146,20 @@ def warn_unless_served(settings, worker_type, tasks):
 
 def unserved_warning(worker_type, tasks, counts):
     """The warning for `tasks` tasks just submitted for `worker_type`, given the
-    amqp.queue_counts of taskqueue and worker_<type>; None when both have a consumer."""
+    amqp.queue_counts of taskqueue and worker_<type>; None when they are consumed.
+
+    Submitted one hop (onehop.py), tasks go straight into worker_<type> when it
+    exists (whoever declared it bound it), so no dispatcher is needed for them;
+    without it they go to taskqueue, where only a dispatcher moves them on. A
+    taskqueue holding tasks with no dispatcher is worth a warning either way
+    (a worker queue an older taskqueue made is not bound until a new one starts)."""
     queue = amqp.worker_queue(worker_type)
-    dispatched, served = (bool(counts.get(q) and counts[q][1]) for q in (amqp.TASK_QUEUE, queue))
+    task_queue = counts.get(amqp.TASK_QUEUE)
+    dispatched = bool(task_queue and task_queue[1])
+    served = bool(counts.get(queue) and counts[queue][1])
     subject = "the task waits" if tasks == 1 else f"the {tasks} tasks wait"
     pool = f"until a pool with plugin {worker_type} runs"
-    if not dispatched:
+    if not dispatched and (counts.get(queue) is None or (task_queue and task_queue[0])):
         return (f"no process consumes {amqp.TASK_QUEUE} (no dispatcher runs): {subject} there "
                 f"until one does" + ("" if served else f", then in {queue} {pool}"))
     if not served:

@@ -224,6 +224,11 @@ def run_worker(group, amqp_settings, ctx):
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.declare_queue(amqp.DEAD_QUEUE)
     session.declare_queue(group.queue)
+    # One hop (onehop.py): clients that name the type publish straight into group.queue.
+    problem = session.declare_onehop(worker_queues=[(group.queue, group.worker_type)])
+    if problem:
+        log.error("%s; tasks for %s come through %s and the dispatcher meanwhile",
+                  problem, group.worker_type, amqp.TASK_QUEUE)
     intake = Intake(session, group.queue, group.prefetch, group.lookahead)
     prefetch = intake.start()
     # Wake the loop when asked to stop or when the connection goes.

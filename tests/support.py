@@ -80,7 +80,28 @@ class Broker:
                 time.sleep(0.1 * (attempt + 1))
         pytest.fail(f"the broker refused a publish to {queue} 20 times")
 
+    def submit_one_hop(self, worker_type, workitem, routing_key=None, **props):
+        """Publish a task the one-hop way (README "Messages"), as a raw client does: the
+        workitem as body, the worker_type header, to taskqueue.direct by its type;
+        confirmed and mandatory (UnroutableError if no queue took it)."""
+        if not self.one_hop_declared:
+            declare_one_hop(self.channel)
+            self.one_hop_declared = True
+        props.setdefault("delivery_mode", 2)
+        props.setdefault("content_type", "application/json")
+        props["headers"] = {**props.get("headers", {}), "worker_type": worker_type}
+        body = json.dumps(workitem).encode()
+        for attempt in range(20):   # a quorum queue just declared may nack: see publish_raw
+            try:
+                self.channel.basic_publish("taskqueue.direct", routing_key or worker_type, body,
+                                           pika.BasicProperties(**props), mandatory=True)
+                return
+            except pika.exceptions.NackError:
+                time.sleep(0.1 * (attempt + 1))
+        pytest.fail(f"the broker refused a one-hop publish for {worker_type} 20 times")
+
     def connect(self):
+        self.one_hop_declared = False
         self.connection = pika.BlockingConnection(pika.ConnectionParameters(
             BROKER_HOST, self.port, virtual_host=self.vhost,
             credentials=pika.PlainCredentials("guest", "guest")))
@@ -128,6 +149,31 @@ class Broker:
     def close(self):
         if self.connection.is_open:
             self.connection.close()
+
+
+def declare_one_hop(channel, settings=None):
+    """What a raw client declares before its first one-hop publish (README "Messages"):
+    the alternate exchange, the direct exchange naming it, taskqueue bound to the first."""
+    channel.exchange_declare("taskqueue.unrouted", exchange_type="fanout", durable=True)
+    channel.exchange_declare("taskqueue.direct", exchange_type="direct", durable=True,
+                             arguments={"alternate-exchange": "taskqueue.unrouted"})
+    channel.queue_declare("taskqueue", durable=True,
+                          arguments=queue_arguments("taskqueue", settings or AmqpSettings()))
+    channel.queue_bind("taskqueue", "taskqueue.unrouted", routing_key="")
+
+
+def bindings(vhost):
+    """{(exchange, queue, routing key)} of the vhost's bindings from the one-hop exchanges
+    (rabbitmqctl: the test runs as root on the broker's host)."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_bindings", "-p", vhost, "--no-table-headers",
+                          "source_name", "destination_name", "routing_key"],
+                         capture_output=True, text=True, check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[0] in ("taskqueue.direct", "taskqueue.unrouted"):
+            found.add(tuple(parts))
+    return found
 
 
 class Records:

@@ -56,7 +56,7 @@ def test_config_path_comes_from_taskqueue_config_when_no_option(workdir):
     assert f"{workdir}/env.ini" in out.stderr
 
 
-def test_submit_publishes_the_envelope_and_prints_its_message_id(broker, workdir, vhost):
+def test_submit_publishes_the_task_one_hop_and_prints_its_message_id(broker, workdir, vhost):
     path = f"{workdir}/config.ini"
     with open(path, "w") as f:
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
@@ -65,10 +65,11 @@ def test_submit_publishes_the_envelope_and_prints_its_message_id(broker, workdir
     message_id = out.stdout.strip()
     from_stdin = run("submit", "--config", path, "recorder", "-", input='"text"')
     assert from_stdin.returncode == 0, from_stdin.stderr
-    messages = wait_for(lambda: broker.drain("taskqueue"), 5, "the submitted envelopes")
+    # One hop, with no worker_recorder yet: through the alternate exchange into taskqueue
+    messages = wait_for(lambda: broker.drain("taskqueue"), 5, "the submitted tasks")
     assert [p.message_id for p, _ in messages][0] == message_id
-    assert json.loads(messages[0][1]) == {"worker_type": "recorder", "workitem": {"a": [1, 2]}}
-    assert json.loads(messages[1][1]) == {"worker_type": "recorder", "workitem": "text"}
+    assert [body for _, body in messages] == [b'{"a":[1,2]}', b'"text"']
+    assert all(p.headers["worker_type"] == "recorder" for p, _ in messages)
     bad = run("submit", "--config", path, "recorder", "{not json")
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
     bad_type = run("submit", "--config", path, "no spaces", "1")
@@ -129,7 +130,7 @@ def test_submit_file_of_500_tasks_gets_every_one_completed(broker, start_pool, r
     path = write_tasks(f"{workdir}/tasks.jsonl", tasks[:250] + ["", "  "] + tasks[250:])
     out = run("submit", "--config", pool.config_path, "--file", path, "recorder")
     assert out.returncode == 0, out.stderr
-    assert re.fullmatch(r"submitted 500 of 500 tasks \(recorder\) to taskqueue in [\d.]+ s "
+    assert re.fullmatch(r"submitted 500 of 500 tasks \(recorder\) to taskqueue\.direct in [\d.]+ s "
                         r"\([\d,]+/s\)\n", out.stderr)
     wait_for(lambda: len(records.ids()) == 500, 90, lambda: f"500 tasks done ({len(records.ids())})")
     assert sorted(records.ids()) == sorted(f"t{n}" for n in range(500))
@@ -153,18 +154,17 @@ def test_submit_file_with_bad_lines_submits_nothing_and_names_file_and_line(brok
     assert both.returncode == 2 and "give no WORKITEM" in both.stderr
 
 
-def test_submit_file_from_stdin_sends_the_envelopes_a_single_submit_sends(broker, workdir, vhost):
+def test_submit_file_from_stdin_sends_the_tasks_a_single_submit_sends(broker, workdir, vhost):
     config = f"{workdir}/config.ini"
     with open(config, "w") as f:
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
     out = run("submit", "--config", config, "--file", "-", "recorder", input='1\n\n{"a": [2]}\n')
     assert out.returncode == 0, out.stderr
     assert out.stderr.startswith("submitted 2 of 2 tasks (recorder)")
-    messages = wait_for(lambda: broker.drain("taskqueue"), 5, "the submitted envelopes")
-    assert [json.loads(body) for _, body in messages] == [
-        {"worker_type": "recorder", "workitem": 1},
-        {"worker_type": "recorder", "workitem": {"a": [2]}}]
+    messages = wait_for(lambda: broker.drain("taskqueue"), 5, "the submitted tasks")
+    assert [body for _, body in messages] == [b"1", b'{"a":[2]}']
     for props, _ in messages:
+        assert props.headers["worker_type"] == "recorder"
         assert len(props.message_id) == 32 and props.correlation_id == props.message_id
         assert (props.delivery_mode, props.content_type) == (2, "application/json")
 

@@ -90,8 +90,9 @@ def test_submit_many_returns_the_ids_in_order_and_checks_every_item_first(broker
     messages = wait_for(lambda: broker.counts("taskqueue")[0] == 500 and broker.drain("taskqueue"),
                         20, "500 tasks in taskqueue")
     assert [props.message_id for props, _ in messages] == ids
-    assert [json.loads(body) for _, body in messages] == [
-        {"worker_type": "recorder", "workitem": {"n": n}} for n in range(500)]
+    # one hop, no worker_recorder yet: through the alternate exchange, the workitem itself
+    assert [json.loads(body) for _, body in messages] == [{"n": n} for n in range(500)]
+    assert all(props.headers["worker_type"] == "recorder" for props, _ in messages)
     # One bad item: nothing is sent
     with pytest.raises(ValueError, match=r"item 2: workitem for recorder: not JSON \(.*set"):
         client.submit_many("recorder", [1, 2, {3}])
@@ -104,7 +105,8 @@ def test_a_publish_the_broker_returns_unroutable_raises_and_the_next_submit_work
     # When taskqueue is deleted behind the client's back (it declared it once)
     broker.channel.queue_delete("taskqueue")
     # Then the next submit is returned by the broker, and says so
-    with pytest.raises(PublishRefused, match="no queue 'taskqueue' took it \\(unroutable\\)"):
+    with pytest.raises(PublishRefused, match="neither worker_recorder nor taskqueue took it "
+                                             "\\(unroutable"):
         client.submit("recorder", 2)
     # And the one after declares the queue again
     client.submit("recorder", 3)
@@ -121,8 +123,8 @@ def test_a_publish_the_broker_refuses_raises_with_the_reason(broker, vhost, amqp
     try:
         with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, queue_type="classic") as client:
             client.submit("recorder", 1)
-            with pytest.raises(PublishRefused, match=r"refused the message for queue 'taskqueue' "
-                                                     r"\(nack\)"):
+            with pytest.raises(PublishRefused, match=r"refused the task for recorder \(nack\): "
+                                                     r"is worker_recorder or taskqueue full"):
                 client.submit("recorder", 2)
             with pytest.raises(PartlySubmitted, match=r"item 0: the broker refused it \(nack\)") as info:
                 client.submit_many("recorder", [3, 4])

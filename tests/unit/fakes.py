@@ -74,6 +74,9 @@ class RecordingSession:
 
     # -- publishing --------------------------------------------------------------
 
+    def declare_onehop(self, task_queue=False, worker_queues=()):
+        self.calls.append(("onehop", task_queue, tuple(worker_queues)))
+
     def declare_queue_async(self, queue, on_done):
         self.calls.append(("declare", queue))
         if not self.answer_declares:

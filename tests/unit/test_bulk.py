@@ -6,6 +6,7 @@ import pytest
 
 from taskqueue import bulk
 from taskqueue.bulk import Outcome, parse_lines, read_tasks, summary
+from taskqueue.client import onehop_message
 from taskqueue.routing import Route, route
 from taskqueue.errors import InputError
 
@@ -14,15 +15,17 @@ def lines(text):
     return io.BytesIO(text.encode() if isinstance(text, str) else text)
 
 
-def test_each_line_becomes_the_envelope_a_single_submit_sends_and_blank_lines_are_skipped():
+def test_each_line_becomes_the_body_a_single_submit_sends_and_blank_lines_are_skipped():
     tasks, problems = parse_lines(lines('{"a": 1}\n\n  \n"text"\r\n[1, 2]'), "recorder")
     assert problems == []
     assert [t.line for t in tasks] == [1, 4, 5]
-    assert [json.loads(t.body) for t in tasks] == [
-        {"worker_type": "recorder", "workitem": {"a": 1}},
-        {"worker_type": "recorder", "workitem": "text"},
-        {"worker_type": "recorder", "workitem": [1, 2]}]
-    assert all(isinstance(route(t.body, "application/json"), Route) for t in tasks)
+    # One hop: the workitem itself, compact, as client.onehop_message makes it
+    assert [t.body for t in tasks] == [onehop_message("recorder", item)[0]
+                                       for item in ({"a": 1}, "text", [1, 2])]
+    assert [t.body for t in tasks] == [b'{"a":1}', b'"text"', b'[1,2]']
+    # and the dispatcher routes each by its worker_type header, unchanged
+    assert all(route(t.body, "application/json", {"worker_type": "recorder"}) ==
+               Route("recorder", t.body) for t in tasks)
 
 
 def test_every_bad_line_is_named_with_its_number_and_what_is_wrong():
@@ -61,7 +64,7 @@ def test_read_tasks_says_which_file_it_cannot_read(tmp_path):
 
 def test_summary_of_a_complete_run_is_one_line_with_the_rate():
     assert summary(Outcome(500, 500, 0.25, None, 0, None), "recorder", "t.jsonl") == [
-        "submitted 500 of 500 tasks (recorder) to taskqueue in 0.25 s (2,000/s)"]
+        "submitted 500 of 500 tasks (recorder) to taskqueue.direct in 0.25 s (2,000/s)"]
 
 
 def test_summary_of_a_broken_run_says_where_to_resume_and_what_would_be_sent_twice():
@@ -71,8 +74,8 @@ def test_summary_of_a_broken_run_says_where_to_resume_and_what_would_be_sent_twi
                       "line 201: tail -n +201 'my tasks.jsonl' | taskqueue submit --file - recorder")
     assert "10 tasks after line 201 were confirmed too" in out[2]
     unsure = summary(Outcome(500, 200, 1.0, 201, 0, "connection lost", unconfirmed=7), "t", "f")
-    assert unsure[2] == ("(7 tasks were sent without a confirm: some may be in taskqueue "
-                         "already, and resuming submits them again)")
+    assert unsure[2] == ("(7 tasks were sent without a confirm: some may be in worker_t or "
+                         "taskqueue already, and resuming submits them again)")
     from_stdin = summary(Outcome(5, 0, 0.1, 1, 0, "no broker"), "t", "-")
     assert from_stdin[1] == ("no task of the input is confirmed; resume from line 1: "
                              "tail -n +1 FILE | taskqueue submit --file - t")

@@ -58,6 +58,17 @@ def test_dispatcher_declares_each_worker_queue_once():
     assert session.of("declare") == [("declare", "worker_t")]
 
 
+def test_dispatcher_binds_each_worker_queue_it_declared_to_the_one_hop_exchange_once():
+    session = RecordingSession(refuse={"worker_u"})
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once, spawn=lambda fn, *a: fn(*a))
+    for tag in range(1, 4):
+        deliver(dispatcher, tag, envelope(tag))
+    deliver(dispatcher, 4, json.dumps({"worker_type": "u", "workitem": 1}).encode())
+    deliver(dispatcher, 5, b"{not json")    # taskqueue_dead is no worker queue: never bound
+    # worker_t, declared, is bound by its type; worker_u, refused, is not
+    assert session.of("onehop") == [("onehop", False, (("worker_t", "t"),))]
+
+
 def test_dispatcher_requeues_the_input_of_a_nacked_publish_instead_of_acking_it():
     session = RecordingSession()
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)

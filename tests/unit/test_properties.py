@@ -13,7 +13,7 @@ import tempfile
 
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from taskqueue import bulk, config
+from taskqueue import bulk, config, workitems
 from taskqueue.errors import ConfigError, InputError
 from taskqueue.formats import Format
 from taskqueue.routing import TYPE_PATTERN, Rejection, Route, route
@@ -183,8 +183,11 @@ def test_submit_file_lines_give_tasks_that_route_or_problems_naming_their_line(l
     assert all(1 <= task.line <= count for task in tasks)
     assert all(1 <= number <= count and isinstance(what, str) and what for number, what in problems)
     for task in tasks:
-        decided = route(task.body, "application/json")
-        assert isinstance(decided, Route) and decided.worker_type == worker_type
+        # One hop: the body is the workitem, routed by the worker_type header unchanged,
+        # and JSON a worker reads back
+        decided = route(task.body, "application/json", {"worker_type": worker_type})
+        assert decided == Route(worker_type, task.body)
+        workitems.loads(task.body)
 
 
 @FAST

@@ -32,6 +32,14 @@ def test_no_dispatcher_says_the_tasks_wait_in_taskqueue_and_then_where():
         "does, then in worker_t until a pool with plugin t runs")
 
 
+def test_one_hop_tasks_into_a_consumed_worker_queue_need_no_dispatcher():
+    # taskqueue empty, no dispatcher: the tasks went straight into worker_t
+    assert tools.unserved_warning("t", 1, {"taskqueue": (0, 0), "worker_t": SERVED}) is None
+    assert tools.unserved_warning("t", 1, {"taskqueue": None, "worker_t": SERVED}) is None
+    assert tools.unserved_warning("t", 2, {"taskqueue": (0, 0), "worker_t": UNSERVED}) == (
+        "no process consumes worker_t: the 2 tasks wait there until a pool with plugin t runs")
+
+
 def test_a_broker_problem_during_the_check_is_a_warning_not_a_failure(monkeypatch):
     def broken(settings, queues, timeout):
         raise TaskqueueError("cannot connect to the broker: 127.0.0.1:5672: refused")
