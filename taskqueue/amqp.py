@@ -21,7 +21,7 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from . import delays, sendbatch, tls
+from . import delays, promptwrite, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,11 @@ class Session:
     @property
     def is_open(self):
         return not self.closed.is_set()
+
+    def write_promptly(self):
+        """Send each write at the end of the hub's turn, not on the next writable
+        event (promptwrite.py: a worker's ack per task); True if pika allows it."""
+        return promptwrite.install(self._connection)
 
     def flush(self, timeout=1.0):
         """Wait until the frames pika buffered (an ack, say) are in the kernel's socket

@@ -222,6 +222,7 @@ def run_worker(group, amqp_settings, ctx):
     worker = plugins.load(group.worker_type, group)
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}").open()
+    session.write_promptly()
     session.declare_queue(amqp.DEAD_QUEUE)
     session.declare_queue(group.queue)
     intake = Intake(session, group.queue, group.prefetch, group.lookahead)
