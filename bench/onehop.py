@@ -11,8 +11,13 @@ the bench: its queue is bound before the first publish).
 """
 import pika
 
-#: The direct exchange clients publish to (taskqueue's one-hop path).
-EXCHANGE = "taskqueue.direct"
+try:   # taskqueue with the one-hop path: its own names
+    from taskqueue.onehop import EXCHANGE, UNROUTED_EXCHANGE
+except ImportError:   # before it landed: the names its README gives
+    #: The direct exchange clients publish to, routing key = worker type.
+    EXCHANGE = "taskqueue.direct"
+    #: EXCHANGE's alternate exchange (fanout, bound to the queue `taskqueue`).
+    UNROUTED_EXCHANGE = "taskqueue.unrouted"
 
 
 def publish(channel, worker_type, body, **props):
@@ -29,10 +34,13 @@ def ensure_bound(client, queue, worker_type):
     A taskqueue with the one-hop path declared EXCHANGE and bound the pool's
     queue before the pool consumed: nothing to do. An older taskqueue did
     neither: the bench declares a plain direct exchange and binds the queue
-    itself, so the one-hop rows measure the same broker path either way.
-    Returns True if taskqueue had done it."""
+    itself, with the arguments taskqueue gives it (the broker refuses a second
+    declare with others), so the one-hop rows measure the same broker path
+    either way. Returns True if taskqueue had done it."""
     if client.exchange_exists(EXCHANGE):
         return True
-    client.channel.exchange_declare(EXCHANGE, exchange_type="direct", durable=True)
+    client.channel.exchange_declare(UNROUTED_EXCHANGE, exchange_type="fanout", durable=True)
+    client.channel.exchange_declare(EXCHANGE, exchange_type="direct", durable=True,
+                                    arguments={"alternate-exchange": UNROUTED_EXCHANGE})
     client.channel.queue_bind(queue, EXCHANGE, routing_key=worker_type)
     return False
