@@ -138,7 +138,7 @@ def systems(workdir):
 
 def measure(workdir, args):
     n = args.tasks
-    only = set(args.e2e.split(",")) if getattr(args, "e2e", None) else None
+    only = set(args.rows.split(",")) if getattr(args, "rows", None) else None
     out = {}
     for name, kind, queue_type, start in systems(workdir):
         if only is not None and name not in only:

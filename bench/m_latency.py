@@ -71,7 +71,10 @@ def systems(workdir):
 
 def measure(workdir, args):
     out = {}
+    only = set(args.rows.split(",")) if getattr(args, "rows", None) else None
     for name, kind, queue_type, start in systems(workdir):
+        if only is not None and name not in only:
+            continue
         p50, p99 = run_one(workdir, "latency-" + name.replace(" ", "-"), kind,
                            args.latency_tasks, start, queue_type)
         out[f"latency {name} p50"], out[f"latency {name} p99"] = p50, p99
