@@ -1,11 +1,13 @@
 """Publish N no-op tasks with each system's own client, as fast as it can or one at a time.
 
-    python send.py [--sequential] taskqueue|taskqueue-onehop|bare|celery|dramatiq N PREFIX
+    python send.py [--stepped] taskqueue|taskqueue-onehop|bare|celery|dramatiq N PREFIX
 As fast as it can: prints {"start": ..., "end": ...} (time.time()) around the
 publishing loop, so the bench's clock starts at the first publish, not at the
-interpreter's start. --sequential: publishes one task, waits until the
-records (BENCH_RECORD_DIR) show it started, then the next; prints {task id:
-time.time() just before its publish}.
+interpreter's start. --stepped: for each line read on stdin, publishes one
+task, waits until the records (BENCH_RECORD_DIR) show it started, and prints
+its id and time.time() just before its publish; N tasks at most. The bench
+steps the senders of several systems in turn, so that each system's latency
+is measured over the same stretch of time (the same load on the machine).
 """
 import json
 import os
@@ -77,29 +79,31 @@ def burst(send, count, prefix):
     return {"start": start, "end": time.time()}
 
 
-def sequential(send, count, prefix):
+def stepped(send, count, prefix):
     from common import count_records, wait_until
     path = os.environ["BENCH_RECORD_DIR"]
-    sent = {}
     for n in range(count):
+        if not sys.stdin.readline():
+            break
         task_id = f"{prefix}{n}"
-        sent[task_id] = time.time()
+        sent = time.time()
         send(task_id)
         wait_until(lambda: count_records(path) > n, SEQUENTIAL_TIMEOUT, f"task {task_id}",
                    interval=0.0005)
-    return sent
+        print(task_id, f"{sent:.6f}", flush=True)
 
 
 def main(argv):
     mode = burst
-    if argv[0] == "--sequential":
-        mode, argv = sequential, argv[1:]
+    if argv[0] == "--stepped":
+        mode, argv = stepped, argv[1:]
     kind, count, prefix = argv[0], int(argv[1]), argv[2]
     sys.path.insert(0, BENCH)
     send, close = SENDERS[kind]()
     result = mode(send, count, prefix)
     close()
-    print(json.dumps(result))
+    if result is not None:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
