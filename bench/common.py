@@ -86,6 +86,14 @@ class Client:
             return None
         return frame.method.message_count, frame.method.consumer_count
 
+    def exchange_exists(self, exchange):
+        try:
+            self.channel.exchange_declare(exchange, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            self.channel = self.connection.channel()
+            return False
+        return True
+
     def close(self):
         """Close, if the broker has not already dropped the connection (its vhost deleted)."""
         try:
@@ -132,14 +140,19 @@ class Proc:
         self._log.close()
 
 
-def taskqueue(command, vhost, body, workdir, queue_type="quorum"):
+def taskqueue(command, vhost, body, workdir, queue_type="quorum", env=None):
     """Start `taskqueue COMMAND` with a config on `vhost`; `body` holds the other sections."""
     path = os.path.join(workdir, f"{command}-{vhost}.ini")
     with open(path, "w") as f:
         f.write(f"{body.rstrip()}\n\n[amqp]\nhost: {HOST}\nport: {PORT}\nvhost: {vhost}\n"
                 f"queue_type: {queue_type}\n")
     return Proc([os.path.join(BIN, "taskqueue"), command, "--config", path, "--log", "stderr"],
-                path.replace(".ini", ".log"))
+                path.replace(".ini", ".log"), env=env)
+
+
+def worker_pids(log, worker_type="bench"):
+    """Pids of the `worker_type` children a supervisor's log says it started."""
+    return [int(pid) for pid in re.findall(rf"{worker_type}#\d+ pid=(\d+) STARTING -> RUNNING", log)]
 
 
 def cpu_seconds(pids):

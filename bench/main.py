@@ -31,6 +31,9 @@ def parse_args(argv):
                         help="comma-separated subset of: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--preload", type=int, default=20_000, help="envelopes routed (1.)")
     parser.add_argument("--tasks", type=int, default=10_000, help="end-to-end tasks (2.)")
+    parser.add_argument("--rows", default="",
+                        help="comma-separated systems of the e2e and latency measurements to "
+                             "run (default: all), e.g. 'taskqueue one-hop classic,dramatiq t1'")
     parser.add_argument("--latency-tasks", type=int, default=500, help="sequential tasks (3.)")
     parser.add_argument("--kills", type=int, default=50, help="worker SIGKILLs (4.)")
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")

@@ -2,7 +2,9 @@
 (1 dispatcher, 2 bench workers) while N no-op tasks go through it; prints the
 top functions (self and inclusive samples) of the dispatcher and of a worker.
 
-    /var/tmp/taskqueue-bench-venv/bin/python bench/profile.py [TASKS] [SECONDS]
+    /var/tmp/taskqueue-bench-venv/bin/python bench/profile.py [TASKS] [SECONDS] [GIL]
+GIL=1 samples only threads holding the GIL (py-spy --gil): the hub's native
+wait (Hub.run, idle threads) drops out, so the shares come closer to CPU time.
 Run it after bench/run (which builds the venv); needs root (ptrace).
 """
 import collections
@@ -42,7 +44,7 @@ def summarize(raw_path, pid_roles):
     return self_, incl
 
 
-def main(tasks=10_000, seconds=20):
+def main(tasks=10_000, seconds=20, gil=0):
     workdir = tempfile.mkdtemp(prefix="taskqueue-profile-")
     raw = os.path.join(workdir, "pyspy.raw")
     with Vhost("profile") as vhost:
@@ -54,7 +56,8 @@ def main(tasks=10_000, seconds=20):
                        or proc.check_alive(), 60, "taskqueue consuming")
             spy = Proc([os.path.join(BIN, "py-spy"), "record", "--pid", str(proc.pid),
                         "--subprocesses", "--rate", "200", "--format", "raw", "--output", raw,
-                        "--duration", str(seconds), "--nonblocking"], raw + ".log")
+                        "--duration", str(seconds), "--nonblocking"] + (["--gil"] if gil else []),
+                       raw + ".log")
             subprocess.run([sys.executable, os.path.join(PEERS, "send.py"), "taskqueue",
                             str(tasks), "p"], env={**os.environ, **peer_env(vhost, path)},
                            check=True, timeout=300, capture_output=True)

@@ -23,7 +23,7 @@ import pika
 from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import brokers, delays, onehop, sendbatch, tls
+from . import brokers, delays, onehop, promptwrite, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -456,6 +456,11 @@ class Session:
     @property
     def is_open(self):
         return not self.closed.is_set()
+
+    def write_promptly(self):
+        """Send each write at the end of the hub's turn, not on the next writable
+        event (promptwrite.py: a worker's ack per task); True if pika allows it."""
+        return promptwrite.install(self._connection)
 
     def flush(self, timeout=1.0):
         """Wait until the frames pika buffered (an ack, say) are in the kernel's socket

@@ -222,6 +222,7 @@ def run_worker(group, amqp_settings, ctx):
     worker = plugins.load(group.worker_type, group)
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
+    session.write_promptly()
     session.declare_queue(amqp.DEAD_QUEUE)
     session.declare_queue(group.queue)
     # One hop (onehop.py): clients that name the type publish straight into group.queue.

@@ -1,25 +1,59 @@
-"""Publish N no-op tasks as fast as one client can, with each system's own client.
+"""Publish N no-op tasks with each system's own client, as fast as it can or one at a time.
 
-    python send.py taskqueue|celery|dramatiq N PREFIX
-Prints {"start": ..., "end": ...} (time.time()) around the publishing loop, so
-the bench's clock starts at the first publish, not at the interpreter's start.
+    python send.py [--stepped] taskqueue|taskqueue-onehop|bare|celery|dramatiq N PREFIX
+As fast as it can: prints {"start": ..., "end": ...} (time.time()) around the
+publishing loop, so the bench's clock starts at the first publish, not at the
+interpreter's start. --stepped: for each line read on stdin, publishes one
+task, waits until the records (BENCH_RECORD_DIR) show it started, and prints
+its id and time.time() just before its publish; N tasks at most. The bench
+steps the senders of several systems in turn, so that each system's latency
+is measured over the same stretch of time (the same load on the machine).
 """
 import json
 import os
 import sys
 import time
 
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Seconds a sequential task may take before the run is given up.
+SEQUENTIAL_TIMEOUT = 30
 
-def taskqueue_sender():
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+def _client():
+    sys.path.insert(0, BENCH)
     from common import Client
     vhost = os.environ["BENCH_BROKER_URL"].rsplit("/", 1)[1]
-    client = Client(vhost)
+    return Client(vhost)
+
+
+def taskqueue_sender():
+    """The dispatcher path: the envelope to the queue `taskqueue` (the specification's protocol)."""
+    client = _client()
     # No declare: the dispatcher declared it (quorum or classic) before we are started.
 
     def send(task_id):
         body = json.dumps({"worker_type": "bench", "workitem": {"id": task_id}}).encode()
         client.publish("taskqueue", body, content_type="application/json")
+    return send, client.close
+
+
+def taskqueue_onehop_sender():
+    """The one-hop path: the workitem itself, routed by the broker (bench/onehop.py)."""
+    client = _client()
+    import onehop
+
+    def send(task_id):
+        onehop.publish(client.channel, "bench", json.dumps({"id": task_id}).encode())
+    return send, client.close
+
+
+def bare_sender():
+    """The latency baseline: the workitem to the quorum queue `bare` (bare_consumer.py)."""
+    client = _client()
+
+    def send(task_id):
+        client.publish("bare", json.dumps({"id": task_id}).encode(),
+                       content_type="application/json")
     return send, client.close
 
 
@@ -33,16 +67,44 @@ def dramatiq_sender():
     return noop.send, lambda: None
 
 
-def main(kind, count, prefix):
-    send, close = {"taskqueue": taskqueue_sender, "celery": celery_sender,
-                   "dramatiq": dramatiq_sender}[kind]()
+SENDERS = {"taskqueue": taskqueue_sender, "taskqueue-onehop": taskqueue_onehop_sender,
+           "bare": bare_sender,
+           "celery": celery_sender, "dramatiq": dramatiq_sender}
+
+
+def burst(send, count, prefix):
     start = time.time()
     for n in range(count):
         send(f"{prefix}{n}")
-    end = time.time()
+    return {"start": start, "end": time.time()}
+
+
+def stepped(send, count, prefix):
+    from common import count_records, wait_until
+    path = os.environ["BENCH_RECORD_DIR"]
+    for n in range(count):
+        if not sys.stdin.readline():
+            break
+        task_id = f"{prefix}{n}"
+        sent = time.time()
+        send(task_id)
+        wait_until(lambda: count_records(path) > n, SEQUENTIAL_TIMEOUT, f"task {task_id}",
+                   interval=0.0005)
+        print(task_id, f"{sent:.6f}", flush=True)
+
+
+def main(argv):
+    mode = burst
+    if argv[0] == "--stepped":
+        mode, argv = stepped, argv[1:]
+    kind, count, prefix = argv[0], int(argv[1]), argv[2]
+    sys.path.insert(0, BENCH)
+    send, close = SENDERS[kind]()
+    result = mode(send, count, prefix)
     close()
-    print(json.dumps({"start": start, "end": end}))
+    if result is not None:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1:])
