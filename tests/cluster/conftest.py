@@ -76,6 +76,15 @@ def cluster(loopback_cluster):
     return loopback_cluster
 
 
+@pytest.fixture
+def record_dir(workdir):
+    """Where the marker plugin's workers write the ids of the tasks they completed."""
+    path = os.path.join(workdir, "done")
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    return path
+
+
 #: The namespaces' subnets: brokers talk to each other on one, clients reach them on
 #: the other, so a partition between brokers leaves the clients' paths up.
 CLUSTER_NET, CLIENT_NET = "10.231.1", "10.231.2"
@@ -126,6 +135,15 @@ def hosts():
         Cluster(nodes).stop()
         network.remove()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def ns_pools():
+    """Pools started on namespaced hosts (clusterload.NsPool), killed at the end."""
+    pools = []
+    yield pools
+    for pool in pools:
+        pool.kill()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -181,16 +181,16 @@ class Cluster:
         """Every client connection: [(node, connection name)], the node told by the
         address and port the connection came in on (the broker's own view)."""
         via = via or next(n for n in self.nodes if n.running)
-        rows = via.ctl_json("list_connections", "host", "port", "name", "client_properties")
+        rows = via.ctl_json("list_connections", "name", "client_properties")
         by_endpoint = {(n.host, n.port): n for n in self.nodes}
         out = []
         for row in rows or []:
             props = row.get("client_properties") or []
             if isinstance(props, list):   # the json formatter gives [[key, type, value], ...]
                 props = {p[0]: p[-1] for p in props if isinstance(p, list) and p}
-            host = row["host"]   # an address comes as a list of numbers
-            host = ".".join(map(str, host)) if isinstance(host, list) else host
-            out.append((by_endpoint.get((host, row["port"])),
+            # "peer:port -> address:port": where it came in (the `host` item may be a name)
+            host, _, port = row["name"].split(" -> ")[-1].rpartition(":")
+            out.append((by_endpoint.get((host, int(port))),
                         props.get("connection_name", row["name"])))
         return out
 
@@ -222,3 +222,18 @@ class Cluster:
                     pass
                 node.kill()
                 node.process = None
+
+    def from_peer(self, peer, via=None):
+        """(connections, unacknowledged messages) of the clients at address `peer`."""
+        via = via or next(n for n in self.nodes if n.running)
+        rows = via.ctl_json("list_channels", "name", "messages_unacknowledged") or []
+        mine = [row for row in rows if row["name"].startswith(f"{peer}:")]
+        connections = {row["name"].rsplit(" (", 1)[0] for row in mine}
+        return len(connections), sum(row["messages_unacknowledged"] for row in mine)
+
+    def backlog(self, vhost="/", via=None):
+        """{queue: (ready, unacknowledged)} as a running node sees them."""
+        via = via or next(n for n in self.nodes if n.running)
+        rows = via.ctl_json("list_queues", "-p", vhost, "name", "messages_ready",
+                            "messages_unacknowledged") or []
+        return {r["name"]: (r["messages_ready"], r["messages_unacknowledged"]) for r in rows}
