@@ -81,7 +81,11 @@ class Network:
         self.switch = f"tq{tag}sw"
         self.hosts = []                 # namespaces made, the switch included
         self.bridges = set()
-        self._add_namespace(self.switch)
+        try:
+            self._add_namespace(self.switch)
+        except Exception:
+            self.remove()
+            raise
 
     def _add_namespace(self, name):
         ip("netns", "add", name)

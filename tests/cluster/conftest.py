@@ -104,9 +104,9 @@ def hosts():
     reason = clusternet.usable()
     if reason:
         pytest.skip(reason)
+    network = clusternet.Network(f"{os.getpid() % 100000}")
     base = tempfile.mkdtemp(prefix="taskqueue-hosts-")
     os.chmod(base, 0o755)
-    network = clusternet.Network(f"{os.getpid() % 100000}")
     nodes = []
     try:
         for n in (1, 2, 3):
