@@ -24,6 +24,17 @@ def marker_config(record_dir, urls, heartbeat=5, processes=4):
             f"record_dir: {record_dir}\n\n[amqp]\nurl: {url}\n")
 
 
+#: Every queue taskqueue declares in these runs.
+QUEUES = ("taskqueue", "taskqueue_dead", "worker_marker")
+
+
+def assert_quorum_with_three_members(cluster, via=None):
+    queues = cluster.queues(via=via)
+    for name in QUEUES:
+        assert queues[name]["type"] == "quorum", queues[name]
+        assert len(queues[name]["members"]) == 3, queues[name]
+
+
 def completions(record_dir):
     """How many times each task id was completed (the marker plugin's files)."""
     counts = collections.Counter()
@@ -122,3 +133,11 @@ def figures(total, done, dead, lost, stall, **more):
     return {"published": total, "completed": len(done), "dead-lettered": len(dead),
             "lost": len(lost), "duplicated": sum(1 for c in done.values() if c > 1),
             "longest stall (s)": round(stall, 2), **more}
+
+
+def log_figures(pools):
+    """What the pools logged: the issue's measure of pika's noise (one line per event)."""
+    lines = [line for pool in pools for line in pool.log().splitlines()]
+    return {"log lines": len(lines),
+            "ERROR lines": sum(1 for line in lines if " ERROR: " in line),
+            "traceback lines": sum(1 for line in lines if "Traceback (most recent call last)" in line)}

@@ -13,8 +13,8 @@ import time
 import pytest
 
 import clusternet
-from clusterload import (FIGURES, NodeBroker, NsPool, Progress, account, figures, marker_config,
-                         publish_all)
+from clusterload import (FIGURES, NodeBroker, NsPool, Progress, account, figures, log_figures,
+                         marker_config, publish_all, assert_quorum_with_three_members)
 from support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -35,6 +35,7 @@ def start_pools(hosts, workdir, record_dir, ns_pools, url_orders):
         ns_pools.append(NsPool(ns, workdir, marker_config(record_dir, urls, HEARTBEAT, WORKERS)))
     wait_for(lambda: client.counts("worker_marker")[1] == 2 * WORKERS, 90,
              lambda: f"{2 * WORKERS} workers consuming\n{ns_pools[0].log()[-3000:]}")
+    assert_quorum_with_three_members(hosts.cluster)
     return client
 
 
@@ -92,7 +93,7 @@ def test_a_worker_host_cut_off_mid_run_has_its_tasks_redelivered_to_the_other(
         TASKS, done, dead, lost, progress.longest_stall,
         **{"unacked on the cut host (broker's view)": unacked,
            "broker dropped its connections after (s)": round(dropped_after, 1),
-           "heartbeat (s)": HEARTBEAT})
+           "heartbeat (s)": HEARTBEAT, **log_figures(ns_pools)})
     assert unacked > 0, "nothing was unacknowledged on the cut host: a proof of nothing"
     assert not lost and not dead
     client.close()
@@ -158,7 +159,8 @@ def test_a_broker_node_partitioned_from_the_others_pauses_and_its_clients_move(
            "b3 stopped listening after (s)": round(paused_after, 1),
            "every client on b1/b2 after (s)": round(moved_after, 1),
            "done by then": done_at_move,
-           "b3 back in the cluster after healing (s)": round(rejoined_after, 1)})
+           "b3 back in the cluster after healing (s)": round(rejoined_after, 1),
+           **log_figures(ns_pools)})
     assert spread_before[b3.name] > 0, "no client on b3: the partition would prove nothing"
     assert not lost and not dead
     client.close()
