@@ -21,6 +21,7 @@ import pytest
 from support import BROKER_HOST, recorder_config, bindings, wait_for
 from taskqueue import amqp
 from taskqueue.client import Client, PublishRefused
+from taskqueue.errors import TopologyError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -208,3 +209,27 @@ def test_a_worker_queue_the_client_declares_is_bound_as_every_declarer_binds_it(
     client.submit("recorder", {"id": "one hop"})
     wait_for(lambda: broker.counts("worker_recorder")[0] == 2, 10, "both in worker_recorder")
     assert broker.counts("taskqueue")[0] == 0
+
+
+def test_a_one_hop_exchange_of_other_settings_stops_only_one_hop_saying_how_to_fix_it(
+        broker, start_pool, records, client):
+    # Given a taskqueue.direct someone declared without the alternate exchange
+    broker.channel.exchange_delete("taskqueue.direct")
+    broker.channel.exchange_declare("taskqueue.direct", exchange_type="direct", durable=True)
+    try:
+        # When a pool and its dispatcher start
+        pool = dispatching(broker, start_pool, recorder_config(records), command="run")
+        wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 20, "the recorder consuming")
+        # Then each says what is wrong and how to fix it, and keeps working
+        pool.wait_log(r"exchange 'taskqueue.direct' already exists with other settings .*"
+                      r"inequivalent arg 'alternate-exchange'.* Delete it \(rabbitmqadmin "
+                      r"delete exchange name=taskqueue.direct", count=2)
+        broker.submit("recorder", {"id": "through taskqueue"})
+        done(records, "through taskqueue")
+        # and the client refuses to publish one hop, with the same sentence
+        with pytest.raises(TopologyError, match=r"exchange 'taskqueue.direct' already exists "
+                                                r"with other settings"):
+            client.submit("recorder", {"id": "never sent"})
+        assert pool.stop() == 0
+    finally:
+        broker.channel.exchange_delete("taskqueue.direct")
