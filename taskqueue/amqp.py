@@ -21,7 +21,7 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from . import delays, sendbatch, tls
+from . import delays, nacks, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -581,8 +581,8 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
     except pika.exceptions.UnroutableError as exc:
         raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
                              f"{exchange!r} routed it to no queue") from exc
-    except pika.exceptions.NackError as exc:
-        raise TaskqueueError(f"broker refused the delayed task ({what}) (nack)") from exc
+    except pika.exceptions.NackError:
+        raise PublishNacked(f"the delayed task ({what})") from None
 
 
 def declare_delays_blocking(channel, settings):
@@ -660,6 +660,17 @@ class PublishRefused(TaskqueueError):
     """The broker did not take a message: it returned it unroutable, or nacked it."""
 
 
+class PublishNacked(PublishRefused):
+    """The broker nacked `subject` (a message) `tries` times: see nacks.py."""
+
+    def __init__(self, subject, tries=1):
+        super().__init__(nacks.refused(subject, tries))
+        self.subject = subject
+
+    def after(self, tries):
+        return PublishNacked(self.subject, tries)
+
+
 def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
     """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError
     naming each one tried otherwise. For ordinary (threaded) code: not thread-safe."""
@@ -700,5 +711,4 @@ def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
         raise PublishRefused(f"the broker returned the message: no {where} took it "
                              f"(unroutable)") from None
     except pika.exceptions.NackError:
-        raise PublishRefused(f"the broker refused the message for {where} (nack): "
-                             f"is the queue full (max-length with reject-publish)?") from None
+        raise PublishNacked(f"the message for {where}") from None
