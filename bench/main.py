@@ -17,10 +17,12 @@ import m_footprint
 import m_latency
 import m_restart
 import m_submit
+import m_tls
 from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
-                "restart": m_restart, "footprint": m_footprint, "submit": m_submit}
+                "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
+                "tls": m_tls}
 
 
 def parse_args(argv):

@@ -23,7 +23,7 @@ import pika
 from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import brokers, delays, onehop, promptwrite, sendbatch, tls
+from . import brokers, delays, nacks, onehop, promptwrite, sendbatch, tls
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -758,8 +758,8 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
     except pika.exceptions.UnroutableError as exc:
         raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
                              f"{exchange!r} routed it to no queue") from exc
-    except pika.exceptions.NackError as exc:
-        raise TaskqueueError(f"broker refused the delayed task ({what}) (nack)") from exc
+    except pika.exceptions.NackError:
+        raise PublishNacked(f"the delayed task ({what})") from None
 
 
 def declare_delays_blocking(channel, settings):
@@ -829,6 +829,17 @@ class PublishRefused(TaskqueueError):
     """The broker did not take a message: it returned it unroutable, or nacked it."""
 
 
+class PublishNacked(PublishRefused):
+    """The broker nacked `subject` (a message) `tries` times: see nacks.py."""
+
+    def __init__(self, subject, tries=1):
+        super().__init__(nacks.refused(subject, tries))
+        self.subject = subject
+
+    def after(self, tries):
+        return PublishNacked(self.subject, tries)
+
+
 def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
     """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError
     naming each one tried otherwise. For ordinary (threaded) code: not thread-safe."""
@@ -882,8 +893,7 @@ def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
         raise PublishRefused(f"the broker returned the message: no {where} took it "
                              f"(unroutable)") from None
     except pika.exceptions.NackError:
-        raise PublishRefused(f"the broker refused the message for {where} (nack): "
-                             f"is the queue full (max-length with reject-publish)?") from None
+        raise PublishNacked(f"the message for {where}") from None
 
 
 # -- one hop (onehop.py), for blocking clients ----------------------------------
@@ -937,9 +947,8 @@ def blocking_publish_onehop(channel, worker_type, body, props):
     except pika.exceptions.UnroutableError:
         raise PublishRefused(unroutable_onehop(worker_type)) from None
     except pika.exceptions.NackError:
-        raise PublishRefused(f"the broker refused the task for {worker_type} (nack): is "
-                             f"{worker_queue(worker_type)} or {TASK_QUEUE} full (max-length "
-                             f"with reject-publish)?") from None
+        raise PublishNacked(f"the task for {worker_type} (into {worker_queue(worker_type)} "
+                            f"or {TASK_QUEUE})") from None
 
 
 def unroutable_onehop(worker_type):

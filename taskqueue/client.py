@@ -27,6 +27,8 @@ A connection found closed (by the broker, the network, an idle timeout) is
 opened again on the next call, trying each broker of the config in turn.
 A publish interrupted by a lost connection, before its confirm, is sent once
 more on a new connection: at least once, as every confirm-based publisher is.
+A publish the broker nacked (did not take) is sent again a bounded number of
+times before PublishRefused says so (nacks.py).
 """
 import dataclasses
 import logging
@@ -35,7 +37,7 @@ import time
 import uuid
 import weakref
 
-from . import amqp, config, onehop, plugins, redact, workitems
+from . import amqp, config, nacks, onehop, plugins, redact, workitems
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -287,8 +289,12 @@ class Client:
         return link
 
     def _with_connection(self, action):
-        """action(link) on this thread's open connection; once more on a new
-        connection if it was lost before the broker answered."""
+        """action(link) (a publish) on this thread's open connection; once more on a
+        new connection if it was lost before the broker answered; again, a bounded
+        number of times, while the broker nacks it (nacks.py)."""
+        return nacks.retry(lambda: self._connected(action), amqp.PublishNacked)
+
+    def _connected(self, action):
         link = self._link()
         for attempt in (1, 2):
             try:

@@ -4,7 +4,9 @@
 tools (`submit --file`, `dead requeue`): it keeps up to `window` messages
 unconfirmed, as RabbitMQ's confirms guide advises, instead of waiting one
 round trip per message, and tells its owner, message by message, whether the
-broker took it. The dispatcher has its own pipeline, tied to its inputs' acks.
+broker took it. A message the broker nacks is published again, a bounded
+number of times, before it counts as refused (nacks.py). The dispatcher has
+its own pipeline, tied to its inputs' acks.
 """
 import itertools
 import logging
@@ -13,7 +15,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from . import amqp
+from . import amqp, nacks
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ class ConfirmWindow:
 
     on_settled(token, problem) runs in the hub for each message once the broker
     has answered: problem is None if it took the message, else a sentence
-    (nacked, or returned unroutable). It must not block or raise. on_wait()
-    runs in the publishing greenlet about every TICK seconds while it waits.
+    (nacked nacks.TRIES times, or returned unroutable). It must not block or raise.
+    on_wait() runs in the publishing greenlet about every TICK seconds while it waits.
     """
 
     def __init__(self, session, on_settled, window=WINDOW, on_wait=None, on_unroutable=None):
@@ -43,9 +45,11 @@ class ConfirmWindow:
         self._on_settled = on_settled
         self._window = window
         self._on_wait = on_wait or (lambda: None)
-        # publish sequence number -> (token, queue, message id, body); ascending,
+        # publish sequence number -> (token, queue, body, props, tries); ascending,
         # since sequence numbers only grow and removals keep dict order.
         self._pending = {}
+        # nacked, to be published again: [(when, token, queue, body, props, tries)]
+        self._retries = []
         self._returned = {}        # sequence number -> why the broker returned it
         self._published = 0
         self._confirmed_at = time.monotonic()
@@ -54,27 +58,30 @@ class ConfirmWindow:
 
     @property
     def unconfirmed(self):
-        return len(self._pending)
+        return len(self._pending) + len(self._retries)
 
     def publish(self, queue, body, props, token, exchange=""):
         """Publish `body` to `queue` (mandatory) once the window has room; with `exchange`,
         to that exchange with `queue` as routing key.
         SessionClosed if the session is gone or the broker stopped confirming."""
-        while len(self._pending) >= self._window:
+        while self.unconfirmed >= self._window:
             self._wait()
+        self._send(queue, body, props, token, 1, exchange)
+
+    def _send(self, queue, body, props, token, tries, exchange):
         if not self._session.is_open:
             raise amqp.SessionClosed(f"connection lost: {self._session.close_reason!r}")
         if not self._pending:
             self._confirmed_at = time.monotonic()  # the stall clock runs only while some are due
         self._session.publish(queue, body, props, exchange=exchange, mandatory=True)
         self._published += 1
-        self._pending[self._published] = (token, queue, props.message_id, body)
+        self._pending[self._published] = (token, queue, body, props, tries, exchange)
 
     def flush(self, timeout=None):
-        """Wait until every message published is confirmed, or `timeout` seconds passed
-        (then return False); SessionClosed as for publish()."""
+        """Wait until every message published is confirmed (or refused), or `timeout`
+        seconds passed (then return False); SessionClosed as for publish()."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._pending:
+        while self.unconfirmed:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._wait()
@@ -85,11 +92,22 @@ class ConfirmWindow:
         gevent.wait([self._answered, self._session.closed], count=1, timeout=TICK)
         self._on_wait()
         if not self._session.is_open:
-            raise amqp.SessionClosed(f"connection lost with {len(self._pending)} messages "
+            raise amqp.SessionClosed(f"connection lost with {self.unconfirmed} messages "
                                      f"unconfirmed: {self._session.close_reason!r}")
         if time.monotonic() - self._confirmed_at > STALL_TIMEOUT:
             raise amqp.SessionClosed(f"no confirm from the broker in {STALL_TIMEOUT:g}s "
                                      f"({len(self._pending)} messages unconfirmed)")
+        self._send_due_retries()
+
+    def _send_due_retries(self):
+        """Publish again the nacked messages whose wait is over (here, not in the hub:
+        publishing may block on the socket)."""
+        now = time.monotonic()
+        due = [retry for retry in self._retries if retry[0] <= now]
+        if due:
+            self._retries = [retry for retry in self._retries if retry[0] > now]
+            for _, token, queue, body, props, tries, exchange in due:
+                self._send(queue, body, props, token, tries + 1, exchange)
 
     # Hub callbacks: they must not block, and must not raise (pika would abort the connection).
     def _on_confirm(self, frame):
@@ -99,10 +117,15 @@ class ConfirmWindow:
         else:
             done = [confirm.delivery_tag] if confirm.delivery_tag in self._pending else []
         for seq in done:
-            token = self._pending.pop(seq)[0]
+            token, queue, body, props, tries, exchange = self._pending.pop(seq)
             problem = self._returned.pop(seq, None)
             if confirm.NAME != "Basic.Ack":
-                problem = "the broker refused it (nack): is the queue full?"
+                wait = nacks.delay_before_retry(tries)
+                if wait is not None:
+                    self._retries.append((time.monotonic() + wait, token, queue, body, props,
+                                          tries, exchange))
+                    continue
+                problem = nacks.refused("it", tries)
             self._on_settled(token, problem)
         self._confirmed_at = time.monotonic()
         self._answered.set()
@@ -111,8 +134,9 @@ class ConfirmWindow:
         """The broker could not route this message; its confirm follows. It is the
         oldest unconfirmed publish of that very message not returned yet."""
         match = (queue, props.message_id, body)
-        seq = next((seq for seq, (_, *sent) in self._pending.items()
-                    if tuple(sent) == match and seq not in self._returned), None)
+        seq = next((seq for seq, (_, sent_queue, sent_body, sent_props, *_) in self._pending.items()
+                    if (sent_queue, sent_props.message_id, sent_body) == match
+                    and seq not in self._returned), None)
         if seq is not None:
             self._returned[seq] = self._unroutable(queue)
 

@@ -176,6 +176,35 @@ def bindings(vhost):
     return found
 
 
+@contextlib.contextmanager
+def nacking_vhost(max_length, port=5672):
+    """A vhost of the test's own, and a Broker on it, whose task queues (`taskqueue`,
+    `worker_*`: classic, which hold the limit exactly) take at most `max_length`
+    messages and nack every publish beyond (overflow reject-publish-dlx): each nacked
+    copy is dead-lettered into taskqueue_dead (declared here, outside the policy), so
+    a test counts there how often a publish was tried."""
+    name = f"taskqueue-test-nack-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run(ctl + ["add_vhost", name], check=True)
+    try:
+        subprocess.run(ctl + ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                       check=True)
+        subprocess.run(ctl + ["set_policy", "-p", name, "--apply-to", "queues", "tq-test-nack",
+                              "^(taskqueue|worker_.*)$", json.dumps(
+                                  {"max-length": max_length, "overflow": "reject-publish-dlx"})],
+                       check=True)
+        broker = Broker(name, port)
+        broker.settings = AmqpSettings(queue_type="classic")
+        broker.channel.queue_declare("taskqueue_dead", durable=True,
+                                     arguments=queue_arguments("taskqueue_dead", broker.settings))
+        try:
+            yield name, broker
+        finally:
+            broker.close()
+    finally:
+        subprocess.run(ctl + ["delete_vhost", name], check=False)
+
+
 class Records:
     """What the tqtest Recorder plugin wrote: one file per task event."""
 

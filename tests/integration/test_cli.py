@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from support import TASKQUEUE, config_text, recorder_config, wait_for
+from support import TASKQUEUE, config_text, nacking_vhost, recorder_config, wait_for
 
 
 def run(*args, **kwargs):
@@ -246,7 +246,7 @@ def test_submit_file_refused_midway_by_the_broker_exits_1_and_says_where_to_resu
         # Then the first 100 are in, and the command says the broker refused line 101
         # and how to resume from there
         assert out.returncode == 1, out.stderr
-        assert "taskqueue: line 101: the broker refused it (nack)" in out.stderr
+        assert "taskqueue: line 101: the broker refused it (nack; 3 tries in 2 s)" in out.stderr
         assert "submitted 100 of 300 tasks" in out.stderr
         assert f"every task before line 101 of {path} is confirmed; resume from line 101: " \
                f"tail -n +101 {path} | taskqueue submit --file - recorder" in out.stderr
@@ -254,6 +254,30 @@ def test_submit_file_refused_midway_by_the_broker_exits_1_and_says_where_to_resu
     finally:
         subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "tq-test-max-length"],
                        check=True)
+
+
+@pytest.mark.timeout(120)
+def test_submit_nacked_every_time_exits_1_after_3_tries_saying_so(workdir, amqp_port, broker_port):
+    # Given task queues that take nothing (every publish nacked, each copy counted)
+    with nacking_vhost(0, broker_port) as (vhost, broker):
+        config = f"{workdir}/config.ini"
+        with open(config, "w") as f:
+            f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=amqp_port,
+                                amqp_extra="queue_type: classic\n"))
+        # When one task is submitted, then a file of two
+        out = run("submit", "--config", config, "recorder", "1")
+        tasks = write_tasks(f"{workdir}/tasks.jsonl", ["2", "3"])
+        out_file = run("submit", "--config", config, "--file", tasks, "recorder")
+        # Then each exits 1 saying the broker refused it 3 times, and it was tried 3 times
+        assert out.returncode == 1, out.stderr
+        assert "taskqueue: the broker refused the message for " in out.stderr
+        assert "(nack; 3 tries in 2 s): is the queue full" in out.stderr
+        assert out.stdout == "" and "Traceback" not in out.stderr
+        assert out_file.returncode == 1, out_file.stderr
+        assert "taskqueue: line 1: the broker refused it (nack; 3 tries in 2 s)" in out_file.stderr
+        assert "submitted 0 of 2 tasks" in out_file.stderr
+        wait_for(lambda: broker.counts("taskqueue_dead")[0] >= 9, 10, "9 nacked copies")
+        assert broker.counts("taskqueue_dead")[0] == 9
 
 
 @pytest.mark.timeout(120)

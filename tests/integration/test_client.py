@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from support import BROKER_HOST, config_text, recorder_config, wait_for
+from support import BROKER_HOST, config_text, nacking_vhost, recorder_config, wait_for
 from taskqueue import amqp
 from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
 from taskqueue.errors import ConfigError
@@ -123,16 +123,72 @@ def test_a_publish_the_broker_refuses_raises_with_the_reason(broker, vhost, amqp
     try:
         with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, queue_type="classic") as client:
             client.submit("recorder", 1)
-            with pytest.raises(PublishRefused, match=r"refused the task for recorder \(nack\): "
-                                                     r"is worker_recorder or taskqueue full"):
+            with pytest.raises(PublishRefused, match=r"refused the task for recorder \(into "
+                                                     r"worker_recorder or taskqueue\) "
+                                                     r"\(nack; 3 tries in 2 s\)"):
                 client.submit("recorder", 2)
-            with pytest.raises(PartlySubmitted, match=r"item 0: the broker refused it \(nack\)") as info:
+            with pytest.raises(PartlySubmitted, match=r"item 0: the broker refused it "
+                                                      r"\(nack; 3 tries in 2 s\)") as info:
                 client.submit_many("recorder", [3, 4])
             assert info.value.ids == [None, None]
         assert broker.counts("taskqueue")[0] == 1
     finally:
         subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "tq-test-client-max"],
                        check=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_nacked_every_time_is_tried_3_times_within_about_2_s_then_refused(
+        amqp_port, broker_port):
+    # Given task queues that take nothing: every publish is nacked (and its copy counted
+    # in taskqueue_dead)
+    with nacking_vhost(0, broker_port) as (vhost, broker), \
+            Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, queue_type="classic") as client:
+        # When a task is submitted
+        started = time.monotonic()
+        with pytest.raises(PublishRefused) as info:
+            client.submit("recorder", 1)
+        elapsed = time.monotonic() - started
+        # Then it was tried 3 times, 0.5 s and 1.5 s apart, and the error says so
+        assert str(info.value).endswith("(nack; 3 tries in 2 s): is the queue full "
+                                        "(max-length with reject-publish)?"), info.value
+        assert 2.0 <= elapsed < 10, elapsed
+        wait_for(lambda: broker.counts("taskqueue_dead")[0] >= 3, 10, "3 nacked copies")
+        assert broker.counts("taskqueue_dead")[0] == 3
+        assert broker.counts("taskqueue")[0] == 0
+        # And submit_many tries each of its tasks 3 times too
+        with pytest.raises(PartlySubmitted, match=r"item 0: the broker refused it "
+                                                  r"\(nack; 3 tries in 2 s\)") as many:
+            client.submit_many("recorder", [2, 3])
+        assert many.value.ids == [None, None]
+        wait_for(lambda: broker.counts("taskqueue_dead")[0] >= 9, 10, "9 nacked copies")
+        assert broker.counts("taskqueue_dead")[0] == 9
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_nacked_while_the_queue_is_full_is_taken_once_there_is_room(
+        amqp_port, broker_port):
+    # Given a taskqueue that holds 1 task, full
+    with nacking_vhost(1, broker_port) as (vhost, broker), \
+            Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, queue_type="classic") as client:
+        broker.publish_raw(b"filler", content_type="text/plain")
+        outcome = {}
+
+        def submit():
+            try:
+                outcome["id"] = client.submit("recorder", 1)
+            except Exception as exc:   # shown by the assertion below
+                outcome["error"] = exc
+        submitting = threading.Thread(target=submit)
+        submitting.start()
+        # When the broker nacked the task once, and then a consumer takes the filler
+        wait_for(lambda: broker.counts("taskqueue_dead")[0] >= 1, 10, "the first nack")
+        assert broker.channel.basic_get("taskqueue", auto_ack=True)[2] == b"filler"
+        submitting.join(10)
+        # Then the submit, tried again, succeeds: the task is in taskqueue
+        assert "id" in outcome, outcome
+        [(props, body)] = broker.drain("taskqueue")
+        assert props.message_id == outcome["id"]
 
 
 def connections_named(name):

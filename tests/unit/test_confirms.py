@@ -5,11 +5,13 @@ test is the bookkeeping (window, multiple acks, nacks, returns), not the I/O
 (tests/integration covers that through `submit --file` and `dead requeue`).
 """
 
+import time
+
 import gevent
 import pika
 import pytest
 
-from taskqueue import confirms
+from taskqueue import confirms, nacks
 from taskqueue.amqp import SessionClosed
 from taskqueue.confirms import ConfirmWindow
 
@@ -37,16 +39,70 @@ def test_multiple_and_single_acks_settle_exactly_the_messages_they_cover():
     assert settled[-1] == (5, None) and window.unconfirmed == 0
 
 
-def test_a_nack_or_a_return_settles_with_the_reason():
+def test_a_return_settles_with_the_reason_and_is_not_published_again():
     session, window, settled = window_of()
-    for n in range(1, 4):
+    for n in range(1, 3):
         publish(window, n)
     session.on_return("taskqueue", pika.BasicProperties(message_id="id2"), b"m2")
     session.confirm(2, multiple=True)
-    session.confirm(3, ack=False)
     assert settled[0] == (1, None)
     assert settled[1][0] == 2 and "returned it" in settled[1][1]
-    assert settled[2][0] == 3 and "nack" in settled[2][1]
+    assert window.flush(0.2) and session.published == [b"m1", b"m2"]
+
+
+@pytest.fixture
+def quick_nacks(monkeypatch):
+    monkeypatch.setattr(nacks, "DELAYS", (0.01, 0.02))
+
+
+def test_a_nacked_message_is_published_again_and_settles_when_the_broker_takes_it(quick_nacks):
+    session, window, settled = window_of()
+    publish(window, 1)
+    publish(window, 2)
+    session.confirm(1, ack=False)
+    session.confirm(2)
+    assert settled == [(2, None)] and window.unconfirmed == 1
+    # The second try goes out once its wait is over, after what was published meanwhile
+    gevent.spawn(window.flush)
+    wait_for(lambda: len(session.published) == 3)
+    assert session.published == [b"m1", b"m2", b"m1"]
+    session.confirm(3)
+    assert settled == [(2, None), (1, None)] and window.flush(1)
+
+
+def test_a_message_nacked_at_every_try_is_refused_after_the_last_naming_the_tries(quick_nacks):
+    session, window, settled = window_of()
+    publish(window, 1)
+    flushing = gevent.spawn(window.flush)
+    for seq in range(1, nacks.TRIES + 1):
+        wait_for(lambda: len(session.published) == seq)
+        assert settled == []
+        session.confirm(seq, ack=False)
+    flushing.join(1)
+    assert flushing.value is True and len(session.published) == 3
+    assert settled == [(1, "the broker refused it (nack; 3 tries in 0.03 s): is the queue full "
+                           "(max-length with reject-publish)?")]
+
+
+def test_messages_waiting_to_be_tried_again_take_room_in_the_window(quick_nacks):
+    session, window, settled = window_of(size=2)
+    publish(window, 1)
+    publish(window, 2)
+    session.confirm(2, multiple=True, ack=False)
+    third = gevent.spawn(publish, window, 3)
+    # The two nacked ones go out again before the third finds room
+    wait_for(lambda: len(session.published) == 4)
+    assert not third.dead
+    session.confirm(4, multiple=True)
+    third.join(1)
+    assert session.published[-1] == b"m3"
+
+
+def wait_for(predicate, timeout=2):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        gevent.sleep(0.005)
 
 
 def test_publish_waits_while_the_window_is_full_and_goes_on_after_a_confirm():
