@@ -61,10 +61,12 @@ class NodeBroker(Broker):
         self.channel.confirm_delivery()
 
 
-def publish_all(client, ids, errors):
+def publish_all(client, ids, errors, sleep=0):
+    """Submit a marker task per id (taking `sleep` s each); errors go to `errors`."""
+    work = {"sleep": sleep} if sleep else {}
     try:
         for task_id in ids:
-            client.submit("marker", {"id": task_id}, message_id=task_id)
+            client.submit("marker", {"id": task_id, **work}, message_id=task_id)
     except Exception as exc:  # reported by the test, which waits for this thread
         errors.append(exc)
 
