@@ -6,6 +6,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 
 import pika
 
@@ -109,7 +110,6 @@ class NsPool(Pool):
     execs it: the pid is the supervisor's)."""
 
     def __init__(self, netns, workdir, config, command="run"):
-        import uuid
         self.config_path = os.path.join(workdir, f"config-{netns}-{uuid.uuid4().hex[:6]}.ini")
         with open(self.config_path, "w") as f:
             f.write(config)
