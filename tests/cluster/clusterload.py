@@ -6,6 +6,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 
 import pika
 
@@ -61,10 +62,12 @@ class NodeBroker(Broker):
         self.channel.confirm_delivery()
 
 
-def publish_all(client, ids, errors):
+def publish_all(client, ids, errors, sleep=0):
+    """Submit a marker task per id (taking `sleep` s each); errors go to `errors`."""
+    work = {"sleep": sleep} if sleep else {}
     try:
         for task_id in ids:
-            client.submit("marker", {"id": task_id}, message_id=task_id)
+            client.submit("marker", {"id": task_id, **work}, message_id=task_id)
     except Exception as exc:  # reported by the test, which waits for this thread
         errors.append(exc)
 
@@ -107,7 +110,6 @@ class NsPool(Pool):
     execs it: the pid is the supervisor's)."""
 
     def __init__(self, netns, workdir, config, command="run"):
-        import uuid
         self.config_path = os.path.join(workdir, f"config-{netns}-{uuid.uuid4().hex[:6]}.ini")
         with open(self.config_path, "w") as f:
             f.write(config)

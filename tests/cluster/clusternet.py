@@ -43,7 +43,7 @@ def inside(netns):
     if netns is None:
         yield
         return
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         _setns(target)

@@ -19,7 +19,7 @@ from support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-#: Tasks per run, each taking SLEEP s: long enough that a cut lands mid-run.
+#: Tasks per run, each taking SLEEP s: workers hold a task in hand when a cut comes.
 TASKS, SLEEP = 2000, 0.005
 WORKERS = 4
 #: Seconds; the broker drops a silent client after about two of them.
@@ -42,7 +42,7 @@ def start_pools(hosts, workdir, record_dir, ns_pools, url_orders):
 def publish(client, prefix):
     ids = [f"{prefix}{n:05d}" for n in range(TASKS)]
     errors = []
-    thread = threading.Thread(target=publish_all, args=(client, ids, errors), daemon=True)
+    thread = threading.Thread(target=publish_all, args=(client, ids, errors, SLEEP), daemon=True)
     thread.start()
     return ids, thread, errors
 
@@ -58,9 +58,9 @@ def wait_accounted(client, ids, record_dir, pools):
 
 def test_a_worker_host_cut_off_mid_run_has_its_tasks_redelivered_to_the_other(
         hosts, workdir, record_dir, ns_pools):
-    cluster, (h1, h2) = hosts.cluster, hosts.workers
+    cluster, h1 = hosts.cluster, hosts.workers[0]
     client = start_pools(hosts, workdir, record_dir, ns_pools, [(0, 1, 2), (0, 1, 2)])
-    h1_address = f"{clusternet_address(hosts, h1)}"
+    h1_address = address_of(h1)
     ids, publisher, errors = publish(client, "cut")
     progress = Progress(record_dir, TASKS)
     progress.start()
@@ -101,7 +101,8 @@ def test_a_worker_host_cut_off_mid_run_has_its_tasks_redelivered_to_the_other(
         assert pool.stop() == 0
 
 
-def clusternet_address(hosts, ns):
+def address_of(ns):
+    """The address of host `ns` on the clients' subnet."""
     out = clusternet.ip("-n", ns, "-4", "-o", "addr", "show", "dev", "eth0")
     return out.split()[3].split("/")[0]
 
