@@ -270,7 +270,7 @@ def test_submit_nacked_every_time_exits_1_after_3_tries_saying_so(workdir, amqp_
         out_file = run("submit", "--config", config, "--file", tasks, "recorder")
         # Then each exits 1 saying the broker refused it 3 times, and it was tried 3 times
         assert out.returncode == 1, out.stderr
-        assert "taskqueue: the broker refused the message for " in out.stderr
+        assert "taskqueue: the broker refused the task for recorder " in out.stderr
         assert "(nack; 3 tries in 2 s): is the queue full" in out.stderr
         assert out.stdout == "" and "Traceback" not in out.stderr
         assert out_file.returncode == 1, out_file.stderr
