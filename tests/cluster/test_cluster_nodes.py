@@ -39,8 +39,6 @@ def start_two_pools(cluster, start_pool, record_dir):
     return pools
 
 
-@pytest.mark.xfail(strict=False, reason="today every child connects to the first URL first: "
-                   "all connections pile onto one node (issue 14; remove once children rotate)")
 def test_connections_of_two_pools_spread_so_no_node_holds_more_than_half(
         cluster, start_pool, record_dir):
     pools = start_two_pools(cluster, start_pool, record_dir)
