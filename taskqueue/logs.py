@@ -130,7 +130,7 @@ def quiet_pika(record):
     changed). Lines about a connection failing or ending (ERROR from
     PIKA_CONNECTION_LOGGERS) are not; the others show without their traceback, the
     exception in a few words instead. At debug every line shows, as pika wrote it."""
-    if not record.name.startswith("pika"):
+    if record.name != "pika" and not record.name.startswith("pika."):
         return True
     if record.levelno == logging.ERROR and record.name.startswith(PIKA_CONNECTION_LOGGERS):
         return False
