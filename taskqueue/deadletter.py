@@ -24,8 +24,10 @@ SOURCE_HEADER = "x-taskqueue-queue"
 BROKER_HEADERS = ("x-delivery-count",)
 #: The graveyard keeps at most this many causes (oldest go first).
 GRAVEYARD_SIZE = 1000
-#: The graveyards' names in the temp directory ($TMPDIR, else /tmp).
-GRAVEYARD_PREFIX = "taskqueue-graveyard-"
+#: The graveyards' names in the temp directory ($TMPDIR, else /tmp). Versions
+#: before the lock named theirs "taskqueue-graveyard-" and held no lock: a sweep
+#: must never take a running one of those (an upgrade), so the name changed.
+GRAVEYARD_PREFIX = "taskqueue-graves-"
 
 
 def without_broker_headers(headers):

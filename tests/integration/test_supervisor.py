@@ -57,7 +57,7 @@ def test_a_killed_supervisors_graveyard_is_removed_by_the_next_supervisor_to_sta
     pool = start_pool(recorder_config(records), env={"TMPDIR": tmp})
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "1 consumer")
     [graveyard] = os.listdir(tmp)
-    assert graveyard.startswith("taskqueue-graveyard-")
+    assert graveyard.startswith("taskqueue-graves-")
     # When it is killed with SIGKILL (close() never runs), with its children
     children = pool.children()
     pool.process.kill()

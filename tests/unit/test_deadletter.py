@@ -57,20 +57,23 @@ def test_dead_properties_name_queue_and_details_as_taskqueue_headers():
 
 def test_a_graveyard_nobody_holds_is_swept_and_a_held_one_kept(tmp_path):
     held = Graveyard.create(str(tmp_path))
-    stale = tmp_path / "taskqueue-graveyard-stale"
+    stale = tmp_path / "taskqueue-graves-stale"
     stale.mkdir()
     (stale / "a-cause").write_text("1\ndied")
     other = tmp_path / "not-a-graveyard"
     other.mkdir()
+    # An earlier version's (no lock: it may be running, as during an upgrade) is kept
+    earlier = tmp_path / "taskqueue-graveyard-abc123"
+    earlier.mkdir()
     assert deadletter.sweep_stale(str(tmp_path)) == [str(stale)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(held.path),
-                                                                 "not-a-graveyard"])
+                                                                 "not-a-graveyard", earlier.name])
     held.remove()
-    assert [p.name for p in tmp_path.iterdir()] == ["not-a-graveyard"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [earlier.name, "not-a-graveyard"]
 
 
 def test_a_new_graveyard_sweeps_the_stale_ones_and_is_readable_by_every_user(tmp_path):
-    (tmp_path / "taskqueue-graveyard-old").mkdir()
+    (tmp_path / "taskqueue-graves-old").mkdir()
     graveyard = Graveyard.create(str(tmp_path))
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(graveyard.path)]
     assert os.stat(graveyard.path).st_mode & 0o777 == 0o755
