@@ -69,7 +69,7 @@ def test_a_graveyard_nobody_holds_is_swept_and_a_held_one_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(held.path),
                                                                  "not-a-graveyard", earlier.name])
     held.remove()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [earlier.name, "not-a-graveyard"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([earlier.name, "not-a-graveyard"])
 
 
 def test_a_new_graveyard_sweeps_the_stale_ones_and_is_readable_by_every_user(tmp_path):
