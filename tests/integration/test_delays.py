@@ -31,7 +31,7 @@ def serving(broker, pool):
              20, "the dispatcher and the recorder consuming")
 
 
-def test_a_task_delayed_3s_reaches_its_worker_not_before_3s_from_its_publish_and_by_4s(
+def test_a_task_delayed_3s_reaches_its_worker_not_before_3s_from_its_publish_and_by_5s(
         broker, start_pool, records):
     # Given a pool, and the delay chain declared (so that the publish is all that is timed)
     pool = start_pool(recorder_config(records))
@@ -43,10 +43,11 @@ def test_a_task_delayed_3s_reaches_its_worker_not_before_3s_from_its_publish_and
     before = time.time()
     amqp.publish_delayed_blocking(broker.channel, broker.settings, "recorder", body, props, 3)
     confirmed = time.time()
-    # Then its worker starts it 3 s after the publish at the earliest, 4 s at the latest
+    # Then its worker starts it 3 s after the publish at the earliest, 5 s at the latest
+    # (2 s for a loaded CI machine; a wrong level, a whole delay more, still fails)
     record = wait_for(lambda: started(records, "later"), 10, "the delayed task started")
     assert record["time"] - before >= 3.0, record["time"] - before
-    assert record["time"] - confirmed <= 4.0, record["time"] - confirmed
+    assert record["time"] - confirmed <= 5.0, record["time"] - confirmed
     # with its body and properties, without the deaths of the chain's queues
     assert record["body"] == body.decode() and record["content_type"] == "application/json"
     assert "x-death" not in record["headers"] and "x-last-death-queue" not in record["headers"]
