@@ -132,8 +132,10 @@ NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGT
                    "UNKNOWN_PROTOCOL")
 
 
-#: OpenSSL's text for an alert the broker sent: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca".
-_ALERT = re.compile(r"\[SSL: [A-Z0-9_]*ALERT[A-Z0-9_]*\] ([a-z0-9 ]+)")
+#: OpenSSL's text for an alert the broker sent: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert
+#: unknown ca" (OpenSSL 3.0), "[SSL: SSLV3_ALERT_CERTIFICATE_EXPIRED] ssl/tls alert certificate
+#: expired" (OpenSSL 3.5, Debian 13).
+_ALERT = re.compile(r"\[SSL: [A-Z0-9_]*ALERT[A-Z0-9_]*\] ([a-z0-9 /]+)")
 
 
 #: The broker closed the TLS connection without an alert the client read: some

@@ -152,6 +152,16 @@ def test_explain_reads_an_alert_that_pika_only_kept_as_text():
         "the broker refused the TLS connection: tlsv1 alert unknown ca (tls_cert_file /etc/taskqueue/pool1.pem)"
 
 
+def test_explain_reads_openssl_3_5s_wording_of_an_alert_whole():
+    # Debian 13's OpenSSL says "ssl/tls alert": the slash once cut the reason to "ssl".
+    lost = Exception("Stream connection lost: SSLError(1, '[SSL: SSLV3_ALERT_CERTIFICATE_EXPIRED] "
+                     "ssl/tls alert certificate expired (_ssl.c:2706)')")
+    settings = config.AmqpSettings(tls=True, tls_cert_file="/etc/taskqueue/pool1.pem")
+    assert tls.explain(Exception((lost,)), settings, "b") == (
+        "the broker refused the TLS connection: ssl/tls alert certificate expired "
+        "(tls_cert_file /etc/taskqueue/pool1.pem)")
+
+
 def test_explain_says_a_broker_closing_at_the_start_may_have_refused_the_certificate():
     lost = Exception("Stream connection lost: SSLEOFError(8, 'EOF occurred in violation of "
                      "protocol (_ssl.c:2393)')")
