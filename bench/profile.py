@@ -60,7 +60,8 @@ def main(tasks=10_000, seconds=20, gil=0):
                        raw + ".log")
             subprocess.run([sys.executable, os.path.join(PEERS, "send.py"), "taskqueue",
                             str(tasks), "p"], env={**os.environ, **peer_env(vhost, path)},
-                           check=True, timeout=300, capture_output=True)
+                           check=True, timeout=300, capture_output=True,
+                           stdin=subprocess.DEVNULL)
             wait_until(lambda: count_records(path) >= tasks, 300, f"{tasks} tasks", 0.1)
             spy.process.wait(seconds + 30)  # py-spy writes its file when its duration ends
         finally:
