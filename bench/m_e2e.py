@@ -10,7 +10,7 @@ import sys
 from taskqueue.amqp import worker_queue
 
 import onehop
-from common import (BENCH, BIN, Client, Proc, Vhost, broker_pids, count_records, cpu_seconds,
+from common import (BENCH, BIN, BenchError, Client, Proc, Vhost, broker_pids, count_records, cpu_seconds,
                     cpu_used, record_dir, records, session_pids, taskqueue, wait_until,
                     worker_pids)
 
@@ -83,15 +83,30 @@ def run_one(workdir, label, kind, count, start, queue_type="classic"):
             workers = workers_of(kind, proc) or []
             cpu_before = (cpu_seconds(own), cpu_seconds(broker), _children_cpu(),
                           cpu_seconds(workers))
-            sent = subprocess.run([sys.executable, os.path.join(PEERS, "send.py"), kind,
-                                   str(count), label],
-                                  env={**os.environ, **peer_env(vhost, path, queue_type)},
-                                  capture_output=True, text=True, timeout=600, check=True)
-            times = json.loads(sent.stdout.strip().splitlines()[-1])
-            wait_until(lambda: count_records(path) >= count or proc.check_alive(),
-                       max(120, count / 20), f"{count} {label} tasks done", interval=0.05)
-            cpu_after = (cpu_seconds(own), cpu_seconds(broker), _children_cpu(),
-                         cpu_seconds(workers))
+            sender = subprocess.Popen(
+                [sys.executable, os.path.join(PEERS, "send.py"), kind, str(count), label],
+                env={**os.environ, **peer_env(vhost, path, queue_type)},
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                line = sender.stdout.readline()   # once it has published them all
+                if not line:
+                    raise BenchError(f"{label}: the client exited {sender.wait()} before "
+                                     f"publishing {count} tasks (its traceback is above)")
+                times = json.loads(line)
+                wait_until(lambda: count_records(path) >= count or proc.check_alive(),
+                           max(120, count / 20), f"{count} {label} tasks done", interval=0.05)
+                cpu_after = [cpu_seconds(own), cpu_seconds(broker), None, cpu_seconds(workers)]
+            finally:
+                sender.stdin.close()   # now it may close its connection, and exit
+                try:
+                    sender.wait(60)
+                except subprocess.TimeoutExpired:
+                    sender.kill()
+                    sender.wait()
+            if sender.returncode:
+                raise BenchError(f"{label}: the client exited {sender.returncode} (its "
+                                 f"traceback is above)")
+            cpu_after[2] = _children_cpu()   # the client's, once it was reaped
         finally:
             try:
                 proc.stop()

@@ -58,10 +58,17 @@ def main(tasks=10_000, seconds=20, gil=0):
                         "--subprocesses", "--rate", "200", "--format", "raw", "--output", raw,
                         "--duration", str(seconds), "--nonblocking"] + (["--gil"] if gil else []),
                        raw + ".log")
-            subprocess.run([sys.executable, os.path.join(PEERS, "send.py"), "taskqueue",
-                            str(tasks), "p"], env={**os.environ, **peer_env(vhost, path)},
-                           check=True, timeout=300, capture_output=True)
-            wait_until(lambda: count_records(path) >= tasks, 300, f"{tasks} tasks", 0.1)
+            # The client keeps its connection until every task started (send.py).
+            sender = subprocess.Popen([sys.executable, os.path.join(PEERS, "send.py"),
+                                       "taskqueue", str(tasks), "p"],
+                                      env={**os.environ, **peer_env(vhost, path)},
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            try:
+                wait_until(lambda: count_records(path) >= tasks or sender.poll(), 300,
+                           f"{tasks} tasks", 0.1)
+            finally:
+                sender.stdin.close()
+                sender.wait(60)
             spy.process.wait(seconds + 30)  # py-spy writes its file when its duration ends
         finally:
             client.close()

@@ -3,7 +3,11 @@
     python send.py [--stepped] taskqueue|taskqueue-onehop|bare|celery|dramatiq N PREFIX
 As fast as it can: prints {"start": ..., "end": ...} (time.time()) around the
 publishing loop, so the bench's clock starts at the first publish, not at the
-interpreter's start. --stepped: for each line read on stdin, publishes one
+interpreter's start; then keeps its connection open until stdin closes (the
+bench has seen every task start). Published without confirms, the last
+messages may still sit in the broker's channel process, on their way to a
+quorum queue's leader, when the publishing loop ends: closing the connection
+then drops them (seen: the last 62 of 10 000 never arrived, under load). --stepped: for each line read on stdin, publishes one
 task, waits until the records (BENCH_RECORD_DIR) show it started, and prints
 its id and time.time() just before its publish; N tasks at most. The bench
 steps the senders of several systems in turn, so that each system's latency
@@ -101,9 +105,10 @@ def main(argv):
     sys.path.insert(0, BENCH)
     send, close = SENDERS[kind]()
     result = mode(send, count, prefix)
-    close()
     if result is not None:
-        print(json.dumps(result))
+        print(json.dumps(result), flush=True)
+        sys.stdin.read()   # until the bench is done with us
+    close()
 
 
 if __name__ == "__main__":
