@@ -237,7 +237,7 @@ def run_worker(group, amqp_settings, ctx):
     session.closed.rawlink(lambda _: intake.wake())
     ctx.ready()
     log.info("consuming %s (prefetch %d%s)", group.queue, prefetch,
-             f", the next task in advance while tasks take < {intake.lookahead:g}s"
+             f", {prefetch - 1} tasks in advance while tasks take < {intake.lookahead:g}s"
              if intake.lookahead else "")
     hub_calls = HubCalls()
     done = 0

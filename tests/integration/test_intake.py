@@ -10,7 +10,7 @@ def test_a_task_held_behind_a_long_one_is_given_back_to_an_idle_worker(
     # Given one worker process that takes the next task in advance (the default lookahead)
     first = start_pool(recorder_config(records))
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the first consumer")
-    first.wait_log(r"consuming worker_recorder \(prefetch 2, the next task in advance")
+    first.wait_log(r"consuming worker_recorder \(prefetch 4, 3 tasks in advance")
     # When a long task arrives with a short one behind it, both delivered to that process,
     broker.submit("recorder", {"id": "long", "sleep": 4}, message_id="m-long")
     broker.submit("recorder", {"id": "short"}, message_id="m-short")

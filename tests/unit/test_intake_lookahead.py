@@ -2,7 +2,7 @@
 and resuming. Driven with the recording session of fakes.py; tests/integration/
 test_intake.py does the same against RabbitMQ.
 """
-from taskqueue.intake import Intake
+from taskqueue.intake import AHEAD_PREFETCH, Intake
 
 from fakes import RecordingSession
 
@@ -27,8 +27,8 @@ def consumes(session):
 
 def test_intake_takes_the_next_task_in_advance_when_prefetch_is_one_with_lookahead():
     session, intake = intake_of()
-    assert intake.start() == 2
-    assert session.calls == [("qos", 2), ("consume", QUEUE, "ctag1")]
+    assert intake.start() == AHEAD_PREFETCH == 4
+    assert session.calls == [("qos", 4), ("consume", QUEUE, "ctag1")]
     assert intake.holds_ahead
 
 
@@ -77,9 +77,20 @@ def test_intake_resumes_one_at_a_time_then_ahead_again_once_tasks_are_short():
     session.deliver(3)
     take(intake)
     intake.task_done(0.01)
-    assert session.calls[-3:] == [("cancel", "ctag2"), ("qos", 2), ("consume", QUEUE, "ctag3")]
+    assert session.calls[-3:] == [("cancel", "ctag2"), ("qos", 4), ("consume", QUEUE, "ctag3")]
     assert intake.holds_ahead
-    assert consumes(session) == [2, 1, 2]
+    assert consumes(session) == [4, 1, 4]
+
+
+def test_intake_gives_back_every_task_held_in_advance():
+    session, intake = intake_of()
+    intake.start()
+    for tag in (1, 2, 3, 4):
+        session.deliver(tag)
+    assert take(intake) == 1
+    intake.task_is_long()
+    assert session.of("nack") == [("nack", 2, True), ("nack", 3, True), ("nack", 4, True)]
+    assert intake.inbox.empty()
 
 
 def test_intake_keeps_a_wake_up_when_it_gives_tasks_back():
