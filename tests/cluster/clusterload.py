@@ -3,6 +3,8 @@ what a run measures (completed, lost, duplicated, the longest stall).
 """
 import collections
 import os
+import re
+import shutil
 import subprocess
 import threading
 import time
@@ -143,3 +145,52 @@ def log_figures(pools):
     return {"log lines": len(lines),
             "ERROR lines": sum(1 for line in lines if " ERROR: " in line),
             "traceback lines": sum(1 for line in lines if "Traceback (most recent call last)" in line)}
+
+
+def keep_logs(pools, label):
+    """Copy the pools' logs to $TASKQUEUE_CLUSTER_LOGS (if set), named by `label`:
+    the workdir, and its logs, are removed at the end of each test."""
+    keep = os.environ.get("TASKQUEUE_CLUSTER_LOGS")
+    if not keep:
+        return
+    os.makedirs(keep, exist_ok=True)
+    stem = "".join(c if c.isalnum() else "-" for c in label)
+    for n, pool in enumerate(pools):
+        shutil.copyfile(pool.log_path, os.path.join(keep, f"{stem}-pool{n}-{os.getpid()}.log"))
+
+
+def connections_on(cluster, node, via=None):
+    """How many of taskqueue's connections the broker counts on `node` (its view)."""
+    return cluster.spread(via=via)[node.name]
+
+
+#: taskqueue's line for a lost connection, and the broker it names.
+LOST_LINE = re.compile(r" WARNING: lost the broker (\S+) \(")
+#: The WARNING lines taskqueue's own code writes in a node-stop run: a lost connection,
+#: a connection attempt to a node that is down (brokers.Route, amqp.open), and the
+#: dispatcher told once that publishes are nacked while a queue has no leader.
+OWN_WARNINGS = re.compile(r" WARNING: (lost the broker |cannot connect to the broker: "
+                          r"|the broker nacks routed messages )")
+
+
+def log_problems(pools, lost):
+    """What is wrong with the pools' logs of a run whose node stops took down `lost`
+    ({"host:port": connections on that node just before it stopped}): at the default
+    level every stop reads as one line per lost connection naming its node, and nothing
+    else above INFO: no traceback, no pika line (pika's loggers log at WARNING or worse
+    there, so any of theirs is a WARNING or ERROR line that is not taskqueue's own),
+    no ERROR but a task's own. [] when the log is as the issue wants it."""
+    problems = []
+    lines = [line for pool in pools for line in pool.log().splitlines()]
+    for line in lines:
+        if "Traceback" in line:
+            problems.append(f"a traceback: {line}")
+        elif " ERROR: " in line and " task=" not in line.split(" ERROR: ")[0]:
+            problems.append(f"an ERROR that is no task's: {line}")
+        elif (" WARNING: " in line or " CRITICAL: " in line) and not OWN_WARNINGS.search(line):
+            problems.append(f"a warning that is not taskqueue's own: {line}")
+    seen = collections.Counter(m.group(1) for m in map(LOST_LINE.search, lines) if m)
+    if seen != collections.Counter(lost):
+        problems.append(f"lost-connection lines per broker {dict(seen)}, "
+                        f"connections the stops took down {lost}")
+    return problems
