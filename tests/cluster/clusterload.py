@@ -164,22 +164,33 @@ def connections_on(cluster, node, via=None):
     return cluster.spread(via=via)[node.name]
 
 
-#: taskqueue's line for a lost connection, and the broker it names.
-LOST_LINE = re.compile(r" WARNING: lost the broker (\S+) \(")
-#: The WARNING lines taskqueue's own code writes in a node-stop run: a lost connection,
-#: a connection attempt to a node that is down (brokers.Route, amqp.open), and the
-#: dispatcher told once that publishes are nacked while a queue has no leader.
-OWN_WARNINGS = re.compile(r" WARNING: (lost the broker |cannot connect to the broker: "
-                          r"|the broker nacks routed messages )")
+#: taskqueue's line for a lost connection: the child's pid, the broker it names, why.
+LOST_LINE = re.compile(r"taskqueue\[(\d+)\] .*WARNING: lost the broker (\S+) \((.*)\); reconnecting to ")
+#: Why a connection on a node that `rabbitmqctl stop` stops ends.
+NODE_SHUTDOWN = "320 CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+#: The WARNING lines of a child in a node-stop run, all taskqueue's own: a lost
+#: connection, a connection attempt to a node that is down (brokers.Route, amqp.open),
+#: and the dispatcher told once that publishes are nacked while a queue has no leader.
+#: (The supervisor holds no broker connection: its lines are all taskqueue's.)
+OWN_WARNINGS = re.compile(r" (supervisor WARNING: |WARNING: (lost the broker |cannot connect to "
+                          r"the broker: |the broker nacks routed messages ))")
+
+
+def lost_lines(pools):
+    """[(pid, broker, why)] of every "lost the broker" line of the pools."""
+    return [m.groups() for pool in pools for m in map(LOST_LINE.search, pool.log().splitlines()) if m]
 
 
 def log_problems(pools, lost):
     """What is wrong with the pools' logs of a run whose node stops took down `lost`
     ({"host:port": connections on that node just before it stopped}): at the default
-    level every stop reads as one line per lost connection naming its node, and nothing
-    else above INFO: no traceback, no pika line (pika's loggers log at WARNING or worse
-    there, so any of theirs is a WARNING or ERROR line that is not taskqueue's own),
-    no ERROR but a task's own. [] when the log is as the issue wants it."""
+    level each of those reads as one line naming its node, and nothing else above INFO
+    is anyone's but taskqueue's: no traceback, no pika line (pika's loggers log at
+    WARNING or worse there, so any of theirs is a WARNING or ERROR line that is not
+    taskqueue's own), no ERROR but a task's own. A connection a stop takes down
+    otherwise (RabbitMQ 3.10 closes one that consumes while the queue's leader moves,
+    541 INTERNAL_ERROR) has its line too: each child (one connection) writes one at
+    most. [] when the log is as the issue wants it."""
     problems = []
     lines = [line for pool in pools for line in pool.log().splitlines()]
     for line in lines:
@@ -189,8 +200,12 @@ def log_problems(pools, lost):
             problems.append(f"an ERROR that is no task's: {line}")
         elif (" WARNING: " in line or " CRITICAL: " in line) and not OWN_WARNINGS.search(line):
             problems.append(f"a warning that is not taskqueue's own: {line}")
-    seen = collections.Counter(m.group(1) for m in map(LOST_LINE.search, lines) if m)
-    if seen != collections.Counter(lost):
-        problems.append(f"lost-connection lines per broker {dict(seen)}, "
-                        f"connections the stops took down {lost}")
+    said = lost_lines(pools)
+    stopped = collections.Counter(broker for _, broker, why in said if NODE_SHUTDOWN in why)
+    if stopped != collections.Counter(lost):
+        problems.append(f"lines of connections lost to a node's shutdown per broker "
+                        f"{dict(stopped)}, connections the stops took down {lost}")
+    twice = [pid for pid, n in collections.Counter(pid for pid, _, _ in said).items() if n > 1]
+    if twice:
+        problems.append(f"more than one lost-connection line from the processes {twice}")
     return problems

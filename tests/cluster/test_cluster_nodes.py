@@ -9,6 +9,7 @@ Each run's log at the default level must read as the issue wants: one line per
 connection the stops took down (counted by the broker just before each stop),
 naming the node, and no traceback, pika line or ERROR that is not a task's.
 """
+import collections
 import os
 import threading
 import time
@@ -16,8 +17,8 @@ import time
 import pytest
 
 from clusterload import (FIGURES, NodeBroker, Progress, account, assert_quorum_with_three_members,
-                         connections_on, figures, keep_logs, log_figures, log_problems,
-                         marker_config, publish_all)
+                         NODE_SHUTDOWN, connections_on, figures, keep_logs, log_figures,
+                         log_problems, lost_lines, marker_config, publish_all)
 from support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,6 +156,8 @@ def test_tasks_survive_a_node_stop(cluster, start_pool, record_dir, fault):
            "done when stopped": [s[3] for s in stops],
            "connections per node before": spread_before,
            "connections per node after": spread_after,
+           "other lost connections (why)": collections.Counter(
+               why for _, _, why in lost_lines(pools) if NODE_SHUTDOWN not in why),
            "child restarts": sum(p.log().count("STARTING -> RUNNING") for p in pools)
            - 2 * (WORKERS + 1),
            **log_figures(pools),
