@@ -165,7 +165,8 @@ def connections_on(cluster, node, via=None):
 
 
 #: taskqueue's line for a lost connection: the child's pid, the broker it names, why.
-LOST_LINE = re.compile(r"taskqueue\[(\d+)\] .*WARNING: lost the broker (\S+) \((.*)\); reconnecting to ")
+LOST_LINE = re.compile(r"taskqueue\[(\d+)\] .*WARNING: lost the broker (\S+) \((.*)\); "
+                       r"reconnecting to ")
 #: Why a connection on a node that `rabbitmqctl stop` stops ends.
 NODE_SHUTDOWN = "320 CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 #: The WARNING lines of a child in a node-stop run, all taskqueue's own: a lost
@@ -178,7 +179,8 @@ OWN_WARNINGS = re.compile(r" (supervisor WARNING: |WARNING: (lost the broker |ca
 
 def lost_lines(pools):
     """[(pid, broker, why)] of every "lost the broker" line of the pools."""
-    return [m.groups() for pool in pools for m in map(LOST_LINE.search, pool.log().splitlines()) if m]
+    return [m.groups() for pool in pools
+            for m in map(LOST_LINE.search, pool.log().splitlines()) if m]
 
 
 def log_problems(pools, lost):

@@ -125,7 +125,8 @@ def test_tasks_survive_a_node_stop(cluster, start_pool, record_dir, fault):
             stopped_at = time.monotonic()
             victim.stop()
             done_at_stop = progress.done
-            assert done_at_stop < TASKS, "every task was done before the node stopped: a proof of nothing"
+            assert done_at_stop < TASKS, \
+                "every task was done before the node stopped: a proof of nothing"
             if start_again:
                 victim.start()
                 cluster.wait_running(3, 120, via=other)
