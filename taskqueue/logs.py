@@ -123,12 +123,17 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
 PIKA_CONNECTION_LOGGERS = ("pika.adapters", "pika.connection")
 #: pika's WARNING for a channel the broker closed (a declare refused, say).
 PIKA_CHANNEL_CLOSE = "Received remote Channel.Close"
+#: pika's ERROR for a frame it did not expect: RabbitMQ 3.10, its quorum queue's leader
+#: moving, answered a consume twice and then closed the connection (541 INTERNAL_ERROR),
+#: which taskqueue says itself ("lost the broker ...").
+PIKA_UNEXPECTED_FRAME = "Unexpected frame"
 
 
 def quiet_pika(record):
     """Whether a line pika logged is shown at the default level (pure: the record may be
     changed). Lines about a connection failing or ending (ERROR from
-    PIKA_CONNECTION_LOGGERS) are not; the others show without their traceback, the
+    PIKA_CONNECTION_LOGGERS, PIKA_UNEXPECTED_FRAME) are not; the others show
+    without their traceback, the
     exception in a few words instead. At debug every line shows, as pika wrote it."""
     if record.name != "pika" and not record.name.startswith("pika."):
         return True
@@ -136,6 +141,8 @@ def quiet_pika(record):
         return False
     if isinstance(record.msg, str) and record.msg.startswith(PIKA_CHANNEL_CLOSE):
         return False   # a refusal taskqueue explains (explain_refusal) or works around
+    if isinstance(record.msg, str) and record.msg.startswith(PIKA_UNEXPECTED_FRAME):
+        return False   # a broker's slip on its way to closing the connection
     if record.exc_info:
         exc = record.exc_info[1]
         record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None

@@ -3,6 +3,8 @@ what a run measures (completed, lost, duplicated, the longest stall).
 """
 import collections
 import os
+import re
+import shutil
 import subprocess
 import threading
 import time
@@ -143,3 +145,69 @@ def log_figures(pools):
     return {"log lines": len(lines),
             "ERROR lines": sum(1 for line in lines if " ERROR: " in line),
             "traceback lines": sum(1 for line in lines if "Traceback (most recent call last)" in line)}
+
+
+def keep_logs(pools, label):
+    """Copy the pools' logs to $TASKQUEUE_CLUSTER_LOGS (if set), named by `label`:
+    the workdir, and its logs, are removed at the end of each test."""
+    keep = os.environ.get("TASKQUEUE_CLUSTER_LOGS")
+    if not keep:
+        return
+    os.makedirs(keep, exist_ok=True)
+    stem = "".join(c if c.isalnum() else "-" for c in label)
+    for n, pool in enumerate(pools):
+        shutil.copyfile(pool.log_path, os.path.join(keep, f"{stem}-pool{n}-{os.getpid()}.log"))
+
+
+def connections_on(cluster, node, via=None):
+    """How many of taskqueue's connections the broker counts on `node` (its view)."""
+    return cluster.spread(via=via)[node.name]
+
+
+#: taskqueue's line for a lost connection: the child's pid, the broker it names, why.
+LOST_LINE = re.compile(r"taskqueue\[(\d+)\] .*WARNING: lost the broker (\S+) \((.*)\); "
+                       r"reconnecting to ")
+#: Why a connection on a node that `rabbitmqctl stop` stops ends.
+NODE_SHUTDOWN = "320 CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+#: The WARNING lines of a child in a node-stop run, all taskqueue's own: a lost
+#: connection, a connection attempt to a node that is down (brokers.Route, amqp.open),
+#: and the dispatcher told once that publishes are nacked while a queue has no leader.
+#: (The supervisor holds no broker connection: its lines are all taskqueue's.)
+OWN_WARNINGS = re.compile(r" (supervisor WARNING: |WARNING: (lost the broker |cannot connect to "
+                          r"the broker: |the broker nacks routed messages ))")
+
+
+def lost_lines(pools):
+    """[(pid, broker, why)] of every "lost the broker" line of the pools."""
+    return [m.groups() for pool in pools
+            for m in map(LOST_LINE.search, pool.log().splitlines()) if m]
+
+
+def log_problems(pools, lost):
+    """What is wrong with the pools' logs of a run whose node stops took down `lost`
+    ({"host:port": connections on that node just before it stopped}): at the default
+    level each of those reads as one line naming its node, and nothing else above INFO
+    is anyone's but taskqueue's: no traceback, no pika line (pika's loggers log at
+    WARNING or worse there, so any of theirs is a WARNING or ERROR line that is not
+    taskqueue's own), no ERROR but a task's own. A connection a stop takes down
+    otherwise (RabbitMQ 3.10 closes one that consumes while the queue's leader moves,
+    541 INTERNAL_ERROR) has its line too: each child (one connection) writes one at
+    most. [] when the log is as the issue wants it."""
+    problems = []
+    lines = [line for pool in pools for line in pool.log().splitlines()]
+    for line in lines:
+        if "Traceback" in line:
+            problems.append(f"a traceback: {line}")
+        elif " ERROR: " in line and " task=" not in line.split(" ERROR: ")[0]:
+            problems.append(f"an ERROR that is no task's: {line}")
+        elif (" WARNING: " in line or " CRITICAL: " in line) and not OWN_WARNINGS.search(line):
+            problems.append(f"a warning that is not taskqueue's own: {line}")
+    said = lost_lines(pools)
+    stopped = collections.Counter(broker for _, broker, why in said if NODE_SHUTDOWN in why)
+    if stopped != collections.Counter(lost):
+        problems.append(f"lines of connections lost to a node's shutdown per broker "
+                        f"{dict(stopped)}, connections the stops took down {lost}")
+    twice = [pid for pid, n in collections.Counter(pid for pid, _, _ in said).items() if n > 1]
+    if twice:
+        problems.append(f"more than one lost-connection line from the processes {twice}")
+    return problems

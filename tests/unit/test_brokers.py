@@ -151,6 +151,10 @@ def test_at_the_default_level_pika_says_nothing_of_a_connection_ending():
     refused = logging.LogRecord("pika.channel", logging.WARNING, __file__, 1,
                                 "Received remote Channel.Close (%s): %r on %s", (406, "x", "ch"), None)
     assert not logs.quiet_pika(refused)
+    # RabbitMQ 3.10 mid-failover: a second ConsumeOk, then 541 INTERNAL_ERROR on the connection
+    unexpected = logging.LogRecord("pika.channel", logging.ERROR, __file__, 1,
+                                   "Unexpected frame: %r", ("<METHOD Basic.ConsumeOk>",), None)
+    assert not logs.quiet_pika(unexpected)
 
 
 def test_other_pika_lines_show_without_traceback_and_ours_untouched():

@@ -5,6 +5,7 @@ publishes and acks the Dispatcher issues, and when, not the broker I/O
 (tests/integration/test_dispatcher.py covers that against RabbitMQ).
 """
 import json
+import logging
 from types import SimpleNamespace
 
 import pika
@@ -78,6 +79,29 @@ def test_dispatcher_requeues_the_input_of_a_nacked_publish_instead_of_acking_it(
     confirm(dispatcher, 2)
     assert session.of("nack") == [("nack", 1, True)]
     assert session.of("ack") == [("ack", 2)]
+
+
+def test_dispatcher_logs_a_run_of_nacked_publishes_once_and_their_count_when_acks_return(caplog):
+    # A quorum queue without a leader (its node went away) nacks every publish for
+    # seconds: one line for the event, not one per message (a cluster run wrote 1 344).
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    caplog.set_level(logging.INFO, logger="taskqueue.dispatcher")
+    for tag in range(1, 7):
+        deliver(dispatcher, tag, envelope(tag))
+    for seq in range(1, 5):
+        confirm(dispatcher, seq, ack=False)
+    confirm(dispatcher, 5, ack=False)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "nacks routed messages" in caplog.records[0].getMessage()
+    confirm(dispatcher, 6)
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert "again: 5 nacked" in caplog.records[1].getMessage()
+    assert session.of("nack") == [("nack", t, True) for t in range(1, 6)]
+    # The next episode is told again.
+    deliver(dispatcher, 7, envelope(7))
+    confirm(dispatcher, 7, ack=False)
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING"]
 
 
 def test_dispatcher_publishes_unroutable_input_to_the_dead_letter_queue_before_acking_it():
