@@ -180,7 +180,7 @@ class _Link:
         """Through the delay chain, declared once per connection (DELAY_CHAIN in `declared`)."""
         try:
             blocking.publish_delayed_blocking(self.channel, self.settings, worker_type, body, props,
-                                          seconds, declare=DELAY_CHAIN not in self.declared)
+                                              seconds, declare=DELAY_CHAIN not in self.declared)
         except Exception:
             self.declared.discard(DELAY_CHAIN)   # a returned task: declare it all again next time
             raise

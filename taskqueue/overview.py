@@ -39,7 +39,7 @@ def gather(cfg, timeout):
     expected = queue_names(cfg, supervisors)
     try:
         counts, broker_error = blocking.queue_counts(cfg.amqp, expected + list(delays.LEVEL_QUEUES),
-                                                 timeout), None
+                                                     timeout), None
     except TaskqueueError as exc:
         counts, broker_error = {}, str(exc)
     delay_counts = [counts.pop(queue, None) for queue in delays.LEVEL_QUEUES]
