@@ -10,7 +10,7 @@ import time
 
 import pika
 
-from taskqueue.amqp import queue_arguments
+from taskqueue.topology import queue_arguments
 from taskqueue.config import AmqpSettings
 
 HOST, PORT = "127.0.0.1", 5672

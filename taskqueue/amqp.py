@@ -1,19 +1,21 @@
-"""The only module that imports pika: parameters, topology, one session.
+"""pika's connection parameters, message properties, and the gevent `Session`.
 
-A `Session` is one connection with one channel, driven by the gevent hub.
+A `Session` is one connection with one channel, driven by the gevent hub: what
+the supervisor's children (dispatcher, workers) and the gevent tools use.
 Its blocking-style methods (`open`, `declare_queue`, `consume`, ...) are
 called from a greenlet and wait cooperatively for the broker's reply; pika
 callbacks run in the hub and must never block or raise (an exception in a
 callback closes the whole connection: shared/notes/debian-gevent-pika.md §1.4).
+Blocking connections for ordinary code are blocking.py's; queue names and
+arguments are topology.py's (pure). pika is imported here and in blocking.py
+only (sendbatch.py and promptwrite.py patch two of its transport classes).
 
 Importing this module in the supervisor, before any fork, is intended: the
 import costs ~40 ms, which a restarted child then does not pay.
 """
-import contextlib
 import decimal
 import encodings.idna  # noqa: F401  getaddrinfo loads it lazily, which fails after a privilege drop
 import logging
-import ssl
 import time
 import urllib.parse
 
@@ -21,28 +23,15 @@ import gevent
 from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import brokers, delays, nacks, onehop, promptwrite, sendbatch, tls
+from . import brokers, delays, onehop, promptwrite, sendbatch, tls, topology
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 sendbatch.install()
 
-#: The queue clients submit envelopes to; the dispatcher consumes it.
-TASK_QUEUE = "taskqueue"
-#: Where everything that cannot be processed ends up, with headers saying why.
-DEAD_QUEUE = "taskqueue_dead"
 #: Seconds to wait for a broker reply (open, declare, consume, close).
 REPLY_TIMEOUT = 30.0
-#: The broker's delivery limit, in units of [amqp] delivery_limit (see queue_arguments).
-BROKER_LIMIT_FACTOR = 4
-#: The delivery limit of taskqueue_dead (a quorum queue): none worth the name. It
-#: must be explicit: RabbitMQ 4 gives a quorum queue declared without one a limit
-#: of 20, and taskqueue_dead has nowhere to dead-letter to, so a dead letter
-#: handed back 20 times (20 runs of `taskqueue dead list`) would be dropped.
-#: (-1, RabbitMQ 4's "unlimited", drops at the first return on RabbitMQ 3.)
-DEAD_QUEUE_DELIVERY_LIMIT = 10**9
 #: Persistent messages survive a broker restart (pika 1.2 has no pika.DeliveryMode).
 PERSISTENT = 2
 
@@ -66,10 +55,6 @@ def process_route():
     if _process_route is None:
         _process_route = brokers.random_route()
     return _process_route
-
-
-def worker_queue(worker_type):
-    return f"worker_{worker_type}"
 
 
 def parameters(settings):
@@ -144,13 +129,6 @@ for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_con
     logging.getLogger(_name).addFilter(_OneLinePerAttempt())
 
 
-#: What a blocking connect raises for a broker it cannot use: pika re-raises a
-#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError, and
-#: the stack_timeout of a broker that accepts and never answers as its own
-#: AMQPConnectorStackTimeout (pika 1.2 to 1.4), no AMQPError either.
-CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorException)
-
-
 def failure(params, exc, settings):
     """One broker's connection failure in words: a TLS one names the file or name at fault."""
     return f"{params.host}:{params.port}: {tls.explain(exc, settings, params.host) or repr(exc)}"
@@ -174,108 +152,13 @@ def describe(settings):
     return ", ".join(f"{p.host}:{p.port} vhost {p.virtual_host!r}" for p in parameters(settings))
 
 
-def queue_arguments(queue, settings):
-    """The arguments every component declares `queue` with: one place, so they never differ.
-
-    Every queue but the dead-letter queue itself dead-letters into it: a task
-    rejected without requeue lands there with the broker's x-death header.
-    A task that killed `delivery_limit` worker processes is dead-lettered by
-    the worker that receives it next, with headers saying how they died
-    (deadletter.Graveyard). Quorum queues count deliveries too, but RabbitMQ
-    3 counts every return (a graceful stop, a recycle, a nack) as one: the
-    broker's limit is BROKER_LIMIT_FACTOR times higher, a backstop for what no
-    supervisor saw (deaths spread over hosts), with at-least-once dead-lettering.
-    """
-    args = {}
-    if settings.queue_type == "quorum":
-        # A classic queue is declared without x-queue-type, as every client does by default.
-        args["x-queue-type"] = "quorum"
-        # A new queue's leader goes to the node with the fewest leaders, not to the
-        # node the declaring process happens to be connected to (RabbitMQ >= 3.10).
-        # Queues declared without it are used as they are (legacy_arguments).
-        args[LEADER_LOCATOR] = "balanced"
-    if queue == DEAD_QUEUE:
-        if settings.queue_type == "quorum":
-            args["x-delivery-limit"] = DEAD_QUEUE_DELIVERY_LIMIT
-        return args
-    args.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_QUEUE})
-    if settings.queue_type == "quorum":
-        args.update({"x-delivery-limit": settings.delivery_limit * BROKER_LIMIT_FACTOR,
-                     "x-dead-letter-strategy": "at-least-once",
-                     "x-overflow": "reject-publish"})   # at-least-once requires it
-    return args
-
-
-#: The argument that places a quorum queue's leader (RabbitMQ >= 3.10).
-LEADER_LOCATOR = "x-queue-leader-locator"
-
-
-def legacy_arguments(queue, arguments, reason):
-    """`arguments` without the one the broker's refusal `reason` names, when that is
-    an argument taskqueue added later, and the queue exists without it (an older
-    taskqueue declared it) or the broker does not know it: such a queue is used as
-    it is rather than stopping everything. None for any other refusal.
-
-    The broker compares x-queue-leader-locator as it compares every argument of
-    its queue type: a queue declared without it refuses a declare with it.
-    taskqueue_dead without a delivery limit is used with a warning (LEGACY_DEAD_QUEUE).
-    """
-    text = getattr(reason, "reply_text", "") or ""
-    tolerated = {LEADER_LOCATOR} | ({"x-delivery-limit"} if queue == DEAD_QUEUE else set())
-    for name in tolerated & set(arguments):
-        if (f"inequivalent arg '{name}'" in text and "current is none" in text) or \
-                (name == LEADER_LOCATOR and f"invalid arg '{name}'" in text):
-            return {key: value for key, value in arguments.items() if key != name}
-    return None
-
-
-def blocking_arguments(connection, queue, arguments):
-    """The arguments to declare `queue` with on a pika BlockingConnection: `arguments`,
-    or fewer where legacy_arguments allows; tried on channels of their own, which a
-    refusal closes (the caller's stays open). A refusal of another kind is left to
-    the caller's own declare, which explains it."""
-    while True:
-        probe = connection.channel()
-        try:
-            probe.queue_declare(queue, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            older = legacy_arguments(queue, arguments, exc)
-            if older is None:
-                return arguments
-            arguments = older
-            continue
-        probe.close()
-        return arguments
-
-
 def _note_legacy(queue, arguments, older):
     """Say what a queue declared otherwise costs, once per declare that meets it."""
     if "x-delivery-limit" in arguments and "x-delivery-limit" not in older:
-        log.warning("%s", LEGACY_DEAD_QUEUE)
+        log.warning("%s", topology.LEGACY_DEAD_QUEUE)
     else:
         log.debug("queue %r exists without %s (an older taskqueue declared it, or the broker "
-                  "is older than 3.10): its leader stays where it is", queue, LEADER_LOCATOR)
-
-
-#: What an operator reads when taskqueue_dead is an older taskqueue's.
-LEGACY_DEAD_QUEUE = (
-    f"{DEAD_QUEUE} was declared by an older taskqueue, without a delivery limit: on "
-    "RabbitMQ 4 the broker then gives it a limit of 20, and a dead letter handed back 20 "
-    "times (by `taskqueue dead list`, say) is dropped. Give it one with a policy, "
-    f"`rabbitmqctl set_policy -p VHOST taskqueue-dead '^{DEAD_QUEUE}$' "
-    f"'{{\"delivery-limit\": {DEAD_QUEUE_DELIVERY_LIMIT}}}' --apply-to queues`, "
-    f"or recreate it when it is empty (rabbitmqctl delete_queue {DEAD_QUEUE})")
-
-
-def explain_refusal(queue, settings, reason):
-    """A broker's refusal to declare `queue`, as a sentence an operator can act on."""
-    text = getattr(reason, "reply_text", None) or repr(reason)
-    if getattr(reason, "reply_code", None) == 406:
-        return (f"queue {queue!r} already exists with other arguments than taskqueue declares "
-                f"({text}); taskqueue wants {queue_arguments(queue, settings)}. Set [amqp] "
-                f"queue_type / delivery_limit to match the existing queue, or drain it and delete "
-                f"it (rabbitmqctl delete_queue {queue}) so that it is declared anew")
-    return f"queue {queue!r} cannot be declared: {text}"
+                  "is older than 3.10): its leader stays where it is", queue, topology.LEADER_LOCATOR)
 
 
 def delayed_properties(props, worker_type, seconds, now=None):
@@ -288,15 +171,6 @@ def delayed_properties(props, worker_type, seconds, now=None):
     out.headers["worker_type"] = worker_type
     out.headers[delays.DELAYED_HEADER] = delays.due(seconds, now)
     return out
-
-
-def explain_delay_refusal(queue, arguments, reason):
-    """A broker's refusal to declare a queue of the delay chain, as a sentence."""
-    text = getattr(reason, "reply_text", None) or repr(reason)
-    return (f"queue {queue!r} of the delay chain already exists with other arguments ({text}); "
-            f"taskqueue wants {arguments}. Set [amqp] queue_type to match it, or, when no "
-            f"delayed task waits in it, delete it (rabbitmqctl delete_queue {queue}) so that "
-            f"it is declared anew")
 
 
 def amqp_safe(value):
@@ -330,6 +204,14 @@ def _float_field(value):
 
 def properties(**kwargs):
     return pika.BasicProperties(**kwargs)
+
+
+def onehop_properties(props, worker_type):
+    """`props` (changed in place, and returned) made a one-hop task's: persistent, with
+    the worker_type header the dispatcher reads when no worker queue took it."""
+    props.delivery_mode = PERSISTENT
+    props.headers = onehop.headers(worker_type, props.headers)
+    return props
 
 
 class Session:
@@ -499,24 +381,26 @@ class Session:
     def declare_queue(self, queue):
         """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise.
         Return how many messages it holds ready."""
-        arguments = self._accepted_arguments(queue, queue_arguments(queue, self.settings))
+        arguments = self._accepted_arguments(queue, topology.queue_arguments(queue, self.settings))
         try:
             frame = self._call(self._channel.queue_declare, queue, durable=True,
                                arguments=arguments)
             return frame.method.message_count
         except SessionClosed:
             if getattr(self.close_reason, "reply_code", None) in (403, 405, 406):
-                raise TopologyError(explain_refusal(queue, self.settings, self.close_reason)) from None
+                raise TopologyError(topology.explain_refusal(queue, self.settings,
+                                                             self.close_reason)) from None
             raise
 
     def _accepted_arguments(self, queue, arguments):
         """What `queue` is declared with: `arguments`, or, when an older taskqueue declared
-        it, theirs (legacy_arguments; tried aside, so that a refusal closes no channel of ours)."""
+        it, theirs (topology.legacy_arguments; tried aside, so that a refusal closes no channel
+        of ours)."""
         while True:
             refused = AsyncResult()
             self._declare_aside(queue, arguments, refused.set)
             reason = self._wait(refused, REPLY_TIMEOUT, f"declare {queue}")
-            older = reason and legacy_arguments(queue, arguments, reason)
+            older = reason and topology.legacy_arguments(queue, arguments, reason)
             if older is None:
                 return arguments   # taken, or refused: the declare that follows says why
             _note_legacy(queue, arguments, older)
@@ -530,13 +414,13 @@ class Session:
         other arguments does not stop everything else on this session.
         """
         def answered(reason, arguments):
-            older = reason and legacy_arguments(queue, arguments, reason)
+            older = reason and topology.legacy_arguments(queue, arguments, reason)
             if older is not None:
                 _note_legacy(queue, arguments, older)
                 self._declare_aside(queue, older, lambda again: answered(again, older))
             else:
-                on_done(reason and explain_refusal(queue, self.settings, reason))
-        wanted = queue_arguments(queue, self.settings)
+                on_done(reason and topology.explain_refusal(queue, self.settings, reason))
+        wanted = topology.queue_arguments(queue, self.settings)
         self._declare_aside(queue, wanted, lambda reason: answered(reason, wanted))
 
     def _declare_aside(self, queue, arguments, on_done):
@@ -567,7 +451,7 @@ class Session:
         chain only once per session."""
         self._call(self._channel.exchange_declare, delays.DELIVER_EXCHANGE,
                    exchange_type="fanout", durable=True)
-        self._call(self._channel.queue_bind, TASK_QUEUE, delays.DELIVER_EXCHANGE)
+        self._call(self._channel.queue_bind, topology.TASK_QUEUE, delays.DELIVER_EXCHANGE)
 
     def declare_onehop(self, task_queue=False, worker_queues=()):
         """Declare the one-hop exchanges (onehop.py) and bind `taskqueue` to the alternate
@@ -576,7 +460,7 @@ class Session:
         its own, so that a refusal closes no channel of ours: returns None, or the
         refusal as a sentence (the caller decides whether it is fatal: the dispatcher
         path works without the one-hop topology). SessionClosed if the connection goes."""
-        plan = onehop.declarations(TASK_QUEUE if task_queue else None, worker_queues)
+        plan = onehop.declarations(topology.TASK_QUEUE if task_queue else None, worker_queues)
         opened = AsyncResult()
         self._connection.channel(on_open_callback=opened.set)
         channel = self._wait(opened, REPLY_TIMEOUT, "channel open")
@@ -637,9 +521,9 @@ class Session:
         ValueError for a delay out of range or another queue; TopologyError when the
         broker refuses a queue of the chain; SessionClosed unless the broker acked it."""
         exchange, routing_key = delays.route(seconds)
-        if queue not in (TASK_QUEUE, worker_queue(worker_type)):
-            raise ValueError(f"a delayed task reaches {TASK_QUEUE} (the dispatcher forwards it "
-                             f"to {worker_queue(worker_type)}), not {queue!r}")
+        if queue not in (topology.TASK_QUEUE, topology.worker_queue(worker_type)):
+            raise ValueError(f"a delayed task reaches {topology.TASK_QUEUE} (the dispatcher "
+                             f"forwards it to {topology.worker_queue(worker_type)}), not {queue!r}")
         out = delayed_properties(props, worker_type, seconds)
         if not self._delays_declared:
             self._declare_delays()
@@ -650,9 +534,10 @@ class Session:
     def _declare_delays(self):
         """Declare the delay chain on the confirm channel; a refusal closes it (a new one
         opens on the next publish) and raises TopologyError naming the queue."""
-        task_queue = self._accepted_arguments(TASK_QUEUE, queue_arguments(TASK_QUEUE, self.settings))
+        task_queue = self._accepted_arguments(
+            topology.TASK_QUEUE, topology.queue_arguments(topology.TASK_QUEUE, self.settings))
         channel = self._ensure_confirm_channel()
-        plan = delays.declarations(self.settings, TASK_QUEUE, task_queue)
+        plan = delays.declarations(self.settings, topology.TASK_QUEUE, task_queue)
         for name, kind in plan.exchanges:
             self._call_on(channel, channel.exchange_declare, f"declare exchange {name}",
                           name, exchange_type=kind, durable=True)
@@ -664,9 +549,9 @@ class Session:
                 reason = self._confirm_close_reason
                 if getattr(reason, "reply_code", None) not in (403, 405, 406):
                     raise
-                if name == TASK_QUEUE:
-                    raise TopologyError(explain_refusal(name, self.settings, reason)) from None
-                raise TopologyError(explain_delay_refusal(name, arguments, reason)) from None
+                if name == topology.TASK_QUEUE:
+                    raise TopologyError(topology.explain_refusal(name, self.settings, reason)) from None
+                raise TopologyError(topology.explain_delay_refusal(name, arguments, reason)) from None
         for name, exchange, pattern in plan.queue_bindings:
             self._call_on(channel, channel.queue_bind, f"bind {name}", name, exchange,
                           routing_key=pattern)
@@ -738,221 +623,11 @@ class Session:
         self._channel.basic_reject(delivery_tag, requeue=requeue)
 
 
-#: RabbitMQ's direct reply-to pseudo-queue: replies without declaring a queue.
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds, declare=True):
-    """Publish a task for `worker_type` that reaches taskqueue after `seconds` (rounded
-    up), on a pika BlockingChannel in confirm mode (blocking_channel gives one); declares
-    the delay chain first unless told it is declared on this connection already
-    (idempotent, but a few dozen round trips). ValueError for a delay out of range;
-    TopologyError, TaskqueueError with a readable reason otherwise."""
-    exchange, routing_key = delays.route(seconds)
-    out = delayed_properties(props, worker_type, seconds)
-    if declare:
-        declare_delays_blocking(channel, settings)
-    what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
-    try:
-        channel.basic_publish(exchange, routing_key, body, out, mandatory=True)
-    except pika.exceptions.UnroutableError as exc:
-        raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
-                             f"{exchange!r} routed it to no queue") from exc
-    except pika.exceptions.NackError:
-        raise PublishNacked(f"the delayed task ({what})") from None
-
-
-def declare_delays_blocking(channel, settings):
-    """Declare the delay chain (delays.declarations) on a pika BlockingChannel;
-    TopologyError when the broker refuses a queue of it."""
-    task_queue = blocking_arguments(channel.connection, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
-    plan = delays.declarations(settings, TASK_QUEUE, task_queue)
-    for name, kind in plan.exchanges:
-        channel.exchange_declare(name, exchange_type=kind, durable=True)
-    for name, arguments in plan.queues:
-        try:
-            channel.queue_declare(name, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if name == TASK_QUEUE:
-                raise TopologyError(explain_refusal(name, settings, exc)) from None
-            raise TopologyError(explain_delay_refusal(name, arguments, exc)) from None
-    for name, source, pattern in plan.queue_bindings:
-        channel.queue_bind(name, source, routing_key=pattern)
-    for destination, source, pattern in plan.exchange_bindings:
-        channel.exchange_bind(destination, source, routing_key=pattern)
-
-
-def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):
-    """{queue: (messages ready, consumers)} from passive declares; None for a queue that
-    does not exist. Declaring passively creates nothing and needs no management plugin,
-    but tells no more: deliveries not yet acked are counted in neither number."""
-    counts = {}
-    with _blocking_channel(settings, timeout) as channel:
-        for queue in queues:
-            try:
-                frame = channel.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise
-                counts[queue] = None
-                channel = channel.connection.channel()   # a 404 closed that one
-                continue
-            counts[queue] = (frame.method.message_count, frame.method.consumer_count)
-    return counts
-
-
-@contextlib.contextmanager
-def blocking_channel(settings, timeout=REPLY_TIMEOUT):
-    """A pika BlockingChannel in confirm mode on the first broker that answers, for
-    ordinary (non-gevent) code; broker errors become TaskqueueError."""
-    with _blocking_channel(settings, timeout) as channel:
-        yield channel
-
-
-@contextlib.contextmanager
-def _blocking_channel(settings, timeout):
-    connection = _blocking_connection(settings, None, timeout)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        yield channel
-    except pika.exceptions.AMQPError as exc:
-        raise TaskqueueError(f"{describe(settings)}: {exc!r}") from exc
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-# -- a kept blocking connection, for taskqueue.client ----------------------------
-
-class PublishRefused(TaskqueueError):
-    """The broker did not take a message: it returned it unroutable, or nacked it."""
-
-
-class PublishNacked(PublishRefused):
-    """The broker nacked `subject` (a message) `tries` times: see nacks.py."""
-
-    def __init__(self, subject, tries=1):
-        super().__init__(nacks.refused(subject, tries))
-        self.subject = subject
-
-    def after(self, tries):
-        return PublishNacked(self.subject, tries)
-
-
-def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
-    """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError
-    naming each one tried otherwise. For ordinary (threaded) code: not thread-safe."""
-    return _blocking_connection(settings, name, timeout)
-
-
-def _blocking_connection(settings, name, timeout):
-    """The first broker that answers, in this process's route (process_route), each
-    given [amqp] connect_timeout; SessionClosed naming each one tried otherwise."""
-    failures = []
-    route = process_route()
-    for params in ordered_parameters(settings, route):
-        params.blocked_connection_timeout = timeout
-        if name is not None:
-            params.client_properties = {"connection_name": name}
-        try:
-            connection = pika.BlockingConnection(params)
-        except CONNECT_FAILED as exc:
-            failures.append(failure(params, exc, settings))
-            route.attempt_failed(address(params), short_failure(params, exc, settings),
-                                 time.monotonic())
-            continue
-        route.connected(address(params), "")
-        return connection
-    raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
-
-
-#: What a blocking connection raises once it is gone (closed by the broker, the
-#: network, a dead peer): the client reconnects on these.
-CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
-                   pika.exceptions.ChannelWrongStateError, pika.exceptions.ChannelClosed)
-
-
-def blocking_declare(channel, settings, queue):
-    """Declare `queue` as taskqueue wants it, on a blocking channel; TopologyError if it
-    exists with other arguments."""
-    arguments = blocking_arguments(channel.connection, queue, queue_arguments(queue, settings))
-    try:
-        channel.queue_declare(queue, durable=True, arguments=arguments)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise TopologyError(explain_refusal(queue, settings, exc)) from None
-
-
-def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
-    """Publish (mandatory) on a blocking channel in confirm mode and return once the
-    broker confirmed it; PublishRefused saying why it did not take it."""
-    where = f"queue {queue!r}" if not exchange else f"exchange {exchange!r} ({queue!r})"
-    try:
-        channel.basic_publish(exchange, queue, body, props, mandatory=True)
-    except pika.exceptions.UnroutableError:
-        raise PublishRefused(f"the broker returned the message: no {where} took it "
-                             f"(unroutable)") from None
-    except pika.exceptions.NackError:
-        raise PublishNacked(f"the message for {where}") from None
-
-
-# -- one hop (onehop.py), for blocking clients ----------------------------------
-
-def declare_onehop_blocking(channel, settings):
-    """Declare, on a pika BlockingChannel, what a one-hop publish needs: the exchanges,
-    `taskqueue` (as every component declares it) and its binding to the alternate
-    exchange. TopologyError naming what the broker refused (the channel is then closed)."""
-    plan = onehop.declarations(TASK_QUEUE)
-    declare_onehop_exchanges_blocking(channel)
-    blocking_declare(channel, settings, TASK_QUEUE)
-    for queue, exchange, key in plan.queue_bindings:
-        try:
-            channel.queue_bind(queue, exchange, routing_key=key)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}",
-                                                       exc)) from None
-
-
-def declare_onehop_exchanges_blocking(channel, worker_queues=()):
-    """Declare the one-hop exchanges on a BlockingChannel and bind each (queue,
-    worker_type) of `worker_queues` to the direct one; TopologyError on a refusal."""
-    plan = onehop.declarations(None, worker_queues)
-    what = None
-    try:
-        for name, kind, arguments in plan.exchanges:
-            what = f"declare exchange {name}"
-            channel.exchange_declare(name, exchange_type=kind, durable=True,
-                                     arguments=arguments or None)
-        for queue, exchange, key in plan.queue_bindings:
-            what = f"bind {queue} to {exchange}"
-            channel.queue_bind(queue, exchange, routing_key=key)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise TopologyError(onehop.explain_refusal(what, exc)) from None
-
-
-def onehop_properties(props, worker_type):
-    """`props` (changed in place, and returned) made a one-hop task's: persistent, with
-    the worker_type header the dispatcher reads when no worker queue took it."""
-    props.delivery_mode = PERSISTENT
-    props.headers = onehop.headers(worker_type, props.headers)
-    return props
-
-
-def blocking_publish_onehop(channel, worker_type, body, props):
-    """Publish a one-hop task (mandatory) on a blocking channel in confirm mode; return
-    once the broker confirmed it is in a queue (worker_<type>, or taskqueue through the
-    alternate exchange). PublishRefused saying why not."""
-    try:
-        channel.basic_publish(onehop.EXCHANGE, worker_type, body, props, mandatory=True)
-    except pika.exceptions.UnroutableError:
-        raise PublishRefused(unroutable_onehop(worker_type)) from None
-    except pika.exceptions.NackError:
-        raise PublishNacked(f"the task for {worker_type} (into {worker_queue(worker_type)} "
-                            f"or {TASK_QUEUE})") from None
-
-
-def unroutable_onehop(worker_type):
-    """Why the broker returned a one-hop task, in words."""
-    return (f"the broker returned the task for {worker_type}: neither "
-            f"{worker_queue(worker_type)} nor {TASK_QUEUE} took it (unroutable: {TASK_QUEUE} "
-            f"does not exist or is not bound to {onehop.UNROUTED_EXCHANGE})")
+def __getattr__(name):
+    # README ("Delayed delivery", From code) documents amqp.publish_delayed_blocking, from
+    # before blocking.py held the blocking half: applications keep importing it from here.
+    # Looked up on use, since blocking.py imports this module.
+    if name == "publish_delayed_blocking":
+        from .blocking import publish_delayed_blocking
+        return publish_delayed_blocking
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

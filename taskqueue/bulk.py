@@ -17,7 +17,7 @@ from typing import Optional
 import gevent
 from gevent.event import Event
 
-from . import amqp, onehop, workitems
+from . import amqp, onehop, topology, workitems
 from .client import declare_onehop, task_properties, workitem_bytes
 from .confirms import ConfirmWindow
 from .errors import InputError, TaskqueueError
@@ -157,7 +157,7 @@ def _publish(settings, worker_type, tasks, tally, progress, stop):
         declare_onehop(session)
         window = ConfirmWindow(session, tally.on_settled,
                                on_wait=lambda: progress.update(tally.count),
-                               on_unroutable=amqp.unroutable_onehop)
+                               on_unroutable=topology.unroutable_onehop)
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
@@ -206,6 +206,6 @@ def summary(outcome, worker_type, path):
                          f"resuming submits them a second time)")
         if outcome.unconfirmed:
             lines.append(f"({outcome.unconfirmed} tasks were sent without a confirm: some may "
-                         f"be in {amqp.worker_queue(worker_type)} or {amqp.TASK_QUEUE} already, "
+                         f"be in {topology.worker_queue(worker_type)} or {topology.TASK_QUEUE} already, "
                          f"and resuming submits them again)")
     return lines

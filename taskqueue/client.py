@@ -37,7 +37,7 @@ import time
 import uuid
 import weakref
 
-from . import amqp, config, nacks, onehop, plugins, redact, workitems
+from . import amqp, blocking, config, nacks, onehop, plugins, redact, topology, workitems
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
 #: Longest slice of waiting for a reply, so a lost connection is noticed in time.
 REPLY_POLL = 1.0
 
-PublishRefused = amqp.PublishRefused
+PublishRefused = blocking.PublishRefused
 #: The connection was lost, or no broker of the list could be reached.
 ConnectionLost = amqp.SessionClosed
 
@@ -152,35 +152,35 @@ class _Link:
         if self.is_open:
             try:    # notice a close the broker sent since the last call
                 self.connection.process_data_events(time_limit=0)
-            except amqp.CONNECTION_LOST:
+            except blocking.CONNECTION_LOST:
                 pass
         if self.is_open:
             return
         self.drop()
-        self.connection = amqp.blocking_connect(self.settings, self.name, BROKER_TIMEOUT)
+        self.connection = blocking.blocking_connect(self.settings, self.name, BROKER_TIMEOUT)
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
 
     def declare(self, queue):
         if queue not in self.declared:
-            amqp.blocking_declare(self.channel, self.settings, queue)
+            blocking.blocking_declare(self.channel, self.settings, queue)
             worker_type = _worker_type_of(queue)
             if worker_type:     # bound as every declarer of a worker queue binds it (one hop)
-                amqp.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
+                blocking.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
             self.declared.add(queue)
 
     def publish_onehop(self, worker_type, body, props):
         """To the one-hop exchange, its topology declared once per connection."""
         if ONE_HOP not in self.declared:
-            amqp.declare_onehop_blocking(self.channel, self.settings)
+            blocking.declare_onehop_blocking(self.channel, self.settings)
             self.declared.add(ONE_HOP)
-        amqp.blocking_publish_onehop(self.channel, worker_type, body, props)
+        blocking.blocking_publish_onehop(self.channel, worker_type, body, props)
 
     def publish_delayed(self, worker_type, body, props, seconds):
         """Through the delay chain, declared once per connection (DELAY_CHAIN in `declared`)."""
         try:
-            amqp.publish_delayed_blocking(self.channel, self.settings, worker_type, body, props,
-                                          seconds, declare=DELAY_CHAIN not in self.declared)
+            blocking.publish_delayed_blocking(self.channel, self.settings, worker_type, body, props,
+                                              seconds, declare=DELAY_CHAIN not in self.declared)
         except Exception:
             self.declared.discard(DELAY_CHAIN)   # a returned task: declare it all again next time
             raise
@@ -196,7 +196,7 @@ class _Link:
         def on_reply(channel, method, props, body):
             if props.correlation_id in replies:     # a late reply to a call that timed out is not
                 replies[props.correlation_id] = body
-        self.channel.basic_consume(amqp.DIRECT_REPLY_TO, on_reply, auto_ack=True)
+        self.channel.basic_consume(topology.DIRECT_REPLY_TO, on_reply, auto_ack=True)
         self.consuming_replies = True
 
     def drop(self):
@@ -210,7 +210,7 @@ class _Link:
 def _worker_type_of(queue):
     """The worker type whose queue `queue` is, or None for another queue."""
     from .routing import TYPE_PATTERN
-    prefix = amqp.worker_queue("")
+    prefix = topology.worker_queue("")
     if queue.startswith(prefix) and TYPE_PATTERN.match(queue[len(prefix):]):
         return queue[len(prefix):]
     return None
@@ -292,7 +292,7 @@ class Client:
         """action(link) (a publish) on this thread's open connection; once more on a
         new connection if it was lost before the broker answered; again, a bounded
         number of times, while the broker nacks it (nacks.py)."""
-        return nacks.retry(lambda: self._connected(action), amqp.PublishNacked)
+        return nacks.retry(lambda: self._connected(action), blocking.PublishNacked)
 
     def _connected(self, action):
         link = self._link()
@@ -300,7 +300,7 @@ class Client:
             try:
                 link.ensure_open()
                 return action(link)
-            except amqp.CONNECTION_LOST as exc:
+            except blocking.CONNECTION_LOST as exc:
                 link.drop()
                 if attempt == 2:
                     raise ConnectionLost(f"connection to {amqp.describe(self.settings)} "
@@ -334,7 +334,7 @@ class Client:
         declared as taskqueue declares it, and return once the broker confirmed it."""
         def publish(link):
             link.declare(queue)
-            amqp.blocking_publish_confirmed(link.channel, queue, body, props)
+            blocking.blocking_publish_confirmed(link.channel, queue, body, props)
         self._with_connection(publish)
 
     def submit_many(self, worker_type, items):
@@ -359,7 +359,7 @@ class Client:
         if none came within `timeout` seconds. Uses RabbitMQ's direct reply-to: the
         reply comes back on this thread's connection, and no queue is declared for it."""
         body, props = onehop_message(worker_type, workitem)
-        props.reply_to = amqp.DIRECT_REPLY_TO
+        props.reply_to = topology.DIRECT_REPLY_TO
         started = time.monotonic()
 
         def publish(link):
@@ -382,7 +382,7 @@ class Client:
                                    f"within {timeout:g} s")
             try:
                 link.connection.process_data_events(time_limit=min(REPLY_POLL, left))
-            except amqp.CONNECTION_LOST as exc:
+            except blocking.CONNECTION_LOST as exc:
                 link.drop()
                 raise ConnectionLost(f"connection lost while waiting for the reply to task "
                                      f"{correlation_id} (it was submitted): {exc!r}") from None
@@ -410,7 +410,7 @@ def _submit_window(settings, name, worker_type, messages):
     try:
         session.open(BROKER_TIMEOUT)
         declare_onehop(session)
-        window = ConfirmWindow(session, on_settled, on_unroutable=amqp.unroutable_onehop)
+        window = ConfirmWindow(session, on_settled, on_unroutable=topology.unroutable_onehop)
         for index, (body, props) in enumerate(messages):
             if refusals:
                 break
@@ -432,7 +432,7 @@ def _submit_window(settings, name, worker_type, messages):
 def declare_onehop(session):
     """What a one-hop publisher on a gevent Session needs: taskqueue, the exchanges and
     the alternate exchange's binding; TopologyError if the broker refuses any."""
-    session.declare_queue(amqp.TASK_QUEUE)
+    session.declare_queue(topology.TASK_QUEUE)
     problem = session.declare_onehop(task_queue=True)
     if problem:
         raise TopologyError(problem)

@@ -4,7 +4,7 @@ import functools
 import logging
 import os
 
-from . import amqp, config, formats, logs
+from . import config, formats, logs, topology
 from .errors import ConfigError
 from .specs import ChildSpec
 from .startup import load_config
@@ -41,7 +41,7 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
                                user=default_user, stop_timeout=cfg.dispatcher.stop_timeout,
                                settings=(cfg.amqp, cfg.dispatcher,
                                          formats.fingerprint(formats.discover())),
-                               queue=amqp.TASK_QUEUE, kind="dispatcher"))
+                               queue=topology.TASK_QUEUE, kind="dispatcher"))
     if workers:
         for group in cfg.groups:
             specs.append(ChildSpec(group.name, group.processes,

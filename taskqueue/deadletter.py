@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 
-from . import amqp, redact
+from . import amqp, redact, topology
 
 REASON_HEADER = "x-taskqueue-reason"
 SOURCE_HEADER = "x-taskqueue-queue"
@@ -34,7 +34,7 @@ def without_broker_headers(headers):
     return {k: v for k, v in headers.items() if k not in BROKER_HEADERS}
 
 
-def dead_properties(props, reason, queue=amqp.TASK_QUEUE, **details):
+def dead_properties(props, reason, queue=topology.TASK_QUEUE, **details):
     """The message's properties, persistent, with the reason and where it came from;
     `details` become more `x-taskqueue-<name>` headers."""
     out = amqp.copy_properties(props)

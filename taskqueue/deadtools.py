@@ -27,7 +27,7 @@ from typing import Optional
 import gevent
 from gevent.queue import Empty, Queue
 
-from . import amqp, formats
+from . import amqp, formats, topology
 from .confirms import ConfirmWindow
 from .deadletter import REASON_HEADER, SOURCE_HEADER, task_key
 from .routing import Rejection, route
@@ -38,7 +38,7 @@ from .progress import format_duration
 PAST_HEADERS = ("x-death", "x-delivery-count", "x-acquired-count")
 PAST_HEADER_PREFIXES = ("x-taskqueue-", "x-first-death-", "x-last-death-")
 #: Worker queues are named worker_<type>.
-WORKER_QUEUE_PREFIX = amqp.worker_queue("")
+WORKER_QUEUE_PREFIX = topology.worker_queue("")
 TYPE_HEADER = "x-taskqueue-worker-type"
 DEAD_AT_HEADER = "x-taskqueue-dead-at"
 
@@ -186,7 +186,7 @@ def table(letters, now, width=None):
 def listing(letters, count, now, worker_type=None, width=None):
     """What `dead list` prints: the table, then how many dead letters there are."""
     lines = table(letters, now, width) if letters else []
-    footer = f"{count_text(count)} in {amqp.DEAD_QUEUE}"
+    footer = f"{count_text(count)} in {topology.DEAD_QUEUE}"
     if len(letters) != count:
         footer += f", {len(letters)} shown" + (f" (type {worker_type})" if worker_type else "")
     return lines + [footer]
@@ -272,19 +272,19 @@ class RequeueReport:
 
     def done(self):
         """What was requeued: a count, then one id a line."""
-        return [f"requeued {count_text(len(self.requeued))} to {amqp.TASK_QUEUE}"
+        return [f"requeued {count_text(len(self.requeued))} to {topology.TASK_QUEUE}"
                 + (":" if self.requeued else "")] + [f"  {i}" for i in self.requeued]
 
     def problems(self):
         """One sentence for each thing that went wrong; none when all went well."""
-        out = [f"{i} not requeued, it stays in {amqp.DEAD_QUEUE}: {why}" for i, why in self.failed]
+        out = [f"{i} not requeued, it stays in {topology.DEAD_QUEUE}: {why}" for i, why in self.failed]
         if self.missing:
-            out.append(f"no dead letter with id {', '.join(self.missing)} in {amqp.DEAD_QUEUE}")
+            out.append(f"no dead letter with id {', '.join(self.missing)} in {topology.DEAD_QUEUE}")
         if self.error:
             out.append(self.error)
         if self.unconfirmed:
             out.append(f"{count_text(len(self.unconfirmed))} sent without a confirm stay in "
-                       f"{amqp.DEAD_QUEUE} and may also have been requeued: "
+                       f"{topology.DEAD_QUEUE} and may also have been requeued: "
                        f"{' '.join(self.unconfirmed)}")
         return out
 
@@ -319,7 +319,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
             report.failed.append((letter_id, problem))
     nack = True
     try:
-        session.declare_queue(amqp.TASK_QUEUE)
+        session.declare_queue(topology.TASK_QUEUE)
         window = ConfirmWindow(session, on_settled)
         for index, (method, props, body) in enumerate(reader):
             letter = describe(props, body)
@@ -338,7 +338,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
                 continue
             sent[index] = letter.id
             taken.add(letter.id)
-            window.publish(amqp.TASK_QUEUE, *out, token=(method.delivery_tag, index))
+            window.publish(topology.TASK_QUEUE, *out, token=(method.delivery_tag, index))
         window.flush()
     except amqp.SessionClosed as exc:
         report.error = str(exc)
@@ -362,7 +362,7 @@ def purge_dead(settings):
     """Remove every dead letter; return how many went."""
     session, _ = _open(settings, "purge")
     try:
-        return session.purge(amqp.DEAD_QUEUE)
+        return session.purge(topology.DEAD_QUEUE)
     finally:
         session.close()
 
@@ -371,7 +371,7 @@ def _open(settings, command):
     """A session for `taskqueue dead <command>`, and how many dead letters are ready."""
     session = amqp.Session(settings, f"taskqueue dead {command}").open()
     try:
-        return session, session.declare_queue(amqp.DEAD_QUEUE)
+        return session, session.declare_queue(topology.DEAD_QUEUE)
     except BaseException:
         session.close()
         raise
@@ -400,7 +400,7 @@ class _Reader:
         self.session.closed.rawlink(lambda _: self._inbox.put(None))
 
     def _consume(self):
-        self._tags.append(self.session.consume(amqp.DEAD_QUEUE, self._on_delivery))
+        self._tags.append(self.session.consume(topology.DEAD_QUEUE, self._on_delivery))
 
     def _on_delivery(self, method, props, body):     # in the hub
         self._last_delivery = max(self._last_delivery, method.delivery_tag)
@@ -458,7 +458,7 @@ class _Reader:
 
     def _wait_returned(self, expected):
         deadline = time.monotonic() + RETURN_WAIT
-        while self.session.declare_queue(amqp.DEAD_QUEUE) < expected:
+        while self.session.declare_queue(topology.DEAD_QUEUE) < expected:
             if time.monotonic() > deadline:
                 return  # taken by another consumer meanwhile, perhaps: they come back anyway
             gevent.sleep(0.05)

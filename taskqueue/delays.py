@@ -24,7 +24,7 @@ least once (the message leaves a level only once the next hop took it), so a
 broker restart or a full disk in the middle of a hop loses nothing.
 
 This module is pure: it plans (`route`) and lists what to declare
-(`declarations`); amqp.py does the I/O.
+(`declarations`); amqp.py (the gevent Session) and blocking.py do the I/O.
 """
 import math
 import time
@@ -117,7 +117,7 @@ def level_arguments(level, settings):
 
 def declarations(settings, task_queue="taskqueue", task_queue_arguments=None):
     """Everything the chain needs, for an AmqpSettings. `task_queue` is where it ends,
-    declared with `task_queue_arguments` (amqp.queue_arguments: as everyone declares it)."""
+    declared with `task_queue_arguments` (topology.queue_arguments: as everyone declares it)."""
     exchanges = [(level_exchange(level), "topic") for level in range(LEVELS)]
     exchanges.append((DELIVER_EXCHANGE, "fanout"))
     queues = [(level_queue(level), level_arguments(level, settings)) for level in range(LEVELS)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from . import amqp, delays, formats, logs
+from . import amqp, delays, formats, logs, topology
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
 from .routing import BUILTIN_TYPES, Rejection, route
@@ -105,13 +105,13 @@ class Dispatcher:
         self._published = 0
         # Worker queue -> READY, a list of messages waiting for its declare,
         # or a Refused (the broker would not declare it as we want).
-        self._queues = {amqp.DEAD_QUEUE: READY}
+        self._queues = {topology.DEAD_QUEUE: READY}
         self._consumer_tag = None
         self._nacks = NackEpisode()
         self.drained = Event()
 
     def start(self):
-        for queue in (amqp.DEAD_QUEUE, amqp.TASK_QUEUE):
+        for queue in (topology.DEAD_QUEUE, topology.TASK_QUEUE):
             self._session.declare_queue(queue)
         self._session.bind_delay_end()
         # One hop (onehop.py): what a client publishes to the direct exchange for a type
@@ -119,12 +119,12 @@ class Dispatcher:
         problem = self._session.declare_onehop(task_queue=True)
         if problem:
             log.error("%s; one-hop tasks cannot be published until it is fixed (this "
-                      "dispatcher routes what reaches %s as ever)", problem, amqp.TASK_QUEUE)
+                      "dispatcher routes what reaches %s as ever)", problem, topology.TASK_QUEUE)
         self._session.enable_confirms(
             lambda frame: self._guarded(self._on_confirm, frame),
             lambda queue, props, body: self._guarded(self._on_return, queue, props, body))
         self._session.qos(self._prefetch)
-        self._consumer_tag = self._session.consume(amqp.TASK_QUEUE, self._on_message)
+        self._consumer_tag = self._session.consume(topology.TASK_QUEUE, self._on_message)
 
     def stop(self, timeout):
         """Stop consuming and wait until every published message is confirmed."""
@@ -149,12 +149,12 @@ class Dispatcher:
             if isinstance(decision, Rejection):
                 self._dead_letter(tag, props, body, decision.reason)
             else:
-                self._send(amqp.worker_queue(decision.worker_type),
+                self._send(topology.worker_queue(decision.worker_type),
                            (tag, decision.body, forwarded_properties(props, decision)))
         except Exception:
             # Rejected without requeue: the broker dead-letters it (x-death), not lost.
             log.exception("cannot route delivery %s (message %s); rejecting it to %s",
-                          tag, getattr(props, "message_id", None) or "-", amqp.DEAD_QUEUE,
+                          tag, getattr(props, "message_id", None) or "-", topology.DEAD_QUEUE,
                           extra=logs.about(props))
             # Settled here, not by _ack_inputs: left unsettled, it would hold the
             # ack floor below every later input, and each would be acked alone.
@@ -180,7 +180,7 @@ class Dispatcher:
         waiting = waiting if isinstance(waiting, list) else []  # a later declare took them
         if refusal is None:
             self._queues[queue] = READY
-            if queue != amqp.DEAD_QUEUE:
+            if queue != topology.DEAD_QUEUE:
                 self._spawn(self._bind_onehop, queue)
             for message in waiting:
                 self._publish(queue, *message)
@@ -195,18 +195,18 @@ class Dispatcher:
         type's next one-hop tasks skip this dispatcher (a queue an older taskqueue made is
         bound from then on). In a greenlet: nothing is lost if it fails, the tasks keep
         coming through the alternate exchange."""
-        worker_type = queue[len(amqp.worker_queue("")):]
+        worker_type = queue[len(topology.worker_queue("")):]
         try:
             problem = self._session.declare_onehop(worker_queues=[(queue, worker_type)])
         except amqp.SessionClosed:
             return      # the dispatcher starts over, and binds again
         if problem:
             log.warning("%s; tasks for %s keep coming through %s", problem, worker_type,
-                        amqp.TASK_QUEUE)
+                        topology.TASK_QUEUE)
 
     def _refused(self, queue, message, reason):
         tag, body, props = message
-        if queue == amqp.DEAD_QUEUE:  # nowhere to put it: keep it in taskqueue
+        if queue == topology.DEAD_QUEUE:  # nowhere to put it: keep it in taskqueue
             self._retry_later(tag)
         else:
             self._dead_letter(tag, props, body, reason)
@@ -214,7 +214,7 @@ class Dispatcher:
     def _dead_letter(self, tag, props, body, reason):
         log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason,
                     extra=logs.about(props))
-        self._send(amqp.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
+        self._send(topology.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
 
     def _publish(self, queue, tag, body, props):
         # mandatory: a queue deleted since we declared it returns the message
@@ -234,7 +234,7 @@ class Dispatcher:
         if self._queues.get(queue) is READY:
             del self._queues[queue]   # declare it again before the next publish
         log.warning("the broker returned a message for %s (no such queue any more); "
-                    "its input goes back to %s", queue, amqp.TASK_QUEUE, extra=logs.about(props))
+                    "its input goes back to %s", queue, topology.TASK_QUEUE, extra=logs.about(props))
 
     def _on_confirm(self, frame):
         confirm = frame.method
@@ -302,14 +302,14 @@ def run_dispatcher(amqp_settings, settings, ctx):
     dispatcher = Dispatcher(session, settings.prefetch, readers=readers)
     dispatcher.start()
     ctx.ready()
-    log.info("routing %s (prefetch %d)", amqp.TASK_QUEUE, settings.prefetch)
+    log.info("routing %s (prefetch %d)", topology.TASK_QUEUE, settings.prefetch)
     gevent.wait([ctx.stopping, session.closed], count=1)
     if not session.is_open:
         log.warning("%s", session.loss())
         return EXIT_CONNECTION
     if not dispatcher.stop(settings.stop_timeout):
         log.warning("stopping with %d publishes unconfirmed; their inputs return to %s",
-                    dispatcher.unconfirmed, amqp.TASK_QUEUE)
+                    dispatcher.unconfirmed, topology.TASK_QUEUE)
     session.close()
     return EXIT_OK
 

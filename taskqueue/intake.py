@@ -18,7 +18,7 @@ finishes within `lookahead` again. A group with an explicit `prefetch` above
 A given-back task arrives elsewhere with `redelivered` set (it was
 delivered, though never started), and on quorum queues its x-delivery-count
 grows by one, which counts toward the broker's backstop limit
-(amqp.queue_arguments); holding one task at a time after each give-back
+(topology.queue_arguments); holding one task at a time after each give-back
 keeps that to the rare task that lands behind a long one after a short one.
 """
 import logging

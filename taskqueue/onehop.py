@@ -18,7 +18,7 @@ A publisher confirm with no basic.return still means "in a queue": with
 `mandatory` set, RabbitMQ returns a message that neither EXCHANGE nor its
 alternate exchange routed to a queue (no `taskqueue`, or it is not bound).
 
-This module is pure: names and what to declare; amqp.py does the I/O.
+This module is pure: names and what to declare; amqp.py and blocking.py do the I/O.
 """
 from dataclasses import dataclass
 

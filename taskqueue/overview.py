@@ -12,7 +12,7 @@ import socket
 import stat
 from collections import Counter
 
-from . import amqp, delays, queuelist, redact, status
+from . import amqp, blocking, delays, queuelist, redact, status, topology
 from .errors import TaskqueueError
 from .startup import EXIT_NO_BROKER
 
@@ -29,7 +29,7 @@ STATE_WORDS = {"backoff": "backing off"}
 #: Longest message id shown in the table (the JSON has it whole).
 TASK_WIDTH = 36
 #: Worker queues are named worker_<type>.
-WORKER_QUEUE_PREFIX = amqp.worker_queue("")
+WORKER_QUEUE_PREFIX = topology.worker_queue("")
 
 
 def gather(cfg, timeout):
@@ -38,8 +38,8 @@ def gather(cfg, timeout):
     supervisors = [ask_supervisor(path, timeout) for path in status_sockets(cfg.supervisor.status_dir)]
     expected = queue_names(cfg, supervisors)
     try:
-        counts, broker_error = amqp.queue_counts(cfg.amqp, expected + list(delays.LEVEL_QUEUES),
-                                                 timeout), None
+        counts, broker_error = blocking.queue_counts(cfg.amqp, expected + list(delays.LEVEL_QUEUES),
+                                                     timeout), None
     except TaskqueueError as exc:
         counts, broker_error = {}, str(exc)
     delay_counts = [counts.pop(queue, None) for queue in delays.LEVEL_QUEUES]
@@ -76,7 +76,7 @@ def other_worker_queues(settings, timeout, counts):
         return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
     try:
         # Counted as the others are, exactly: rabbitmqctl's counts of quorum queues lag.
-        counts.update(amqp.queue_counts(settings, others, timeout) if others else {})
+        counts.update(blocking.queue_counts(settings, others, timeout) if others else {})
     except TaskqueueError as exc:
         return set(), {"source": None, "error": f"the broker did not count them: {exc}"}
     return ({name for name in others if any(counts[name] or ())},
@@ -142,7 +142,7 @@ def queue_names(cfg, supervisors):
     of the running groups, `taskqueue_dead`."""
     workers = {group.queue for group in cfg.groups}
     workers |= {group["queue"] for group in _groups(supervisors) if group["kind"] == "worker"}
-    return [amqp.TASK_QUEUE, *sorted(workers), amqp.DEAD_QUEUE]
+    return [topology.TASK_QUEUE, *sorted(workers), topology.DEAD_QUEUE]
 
 
 def _groups(supervisors):
@@ -167,8 +167,8 @@ def queue_rows(queues, counts, supervisors, asked, expected=None):
             "exists": (count is not None) if asked else None,
             "ready": count[0] if count else None,
             "consumers": count[1] if count else None,
-            "busy_here": busy[queue] if answered and queue not in (amqp.TASK_QUEUE,
-                                                                   amqp.DEAD_QUEUE) else None,
+            "busy_here": busy[queue] if answered and queue not in (topology.TASK_QUEUE,
+                                                                   topology.DEAD_QUEUE) else None,
             "expected": expected is None or queue in expected,
         })
     return rows
@@ -191,7 +191,7 @@ def assess(view):
         for queue in view["queues"]:
             # A queue nothing here expects is a problem only when tasks wait in it in vain.
             needed = queue["expected"] or queue["ready"]
-            if queue["name"] != amqp.DEAD_QUEUE and not queue["consumers"] and needed:
+            if queue["name"] != topology.DEAD_QUEUE and not queue["consumers"] and needed:
                 problems.append(f"queue {queue['name']} has no consumer ({queue['ready']} "
                                 "message(s) waiting)" if queue["exists"] else
                                 f"queue {queue['name']} does not exist: nothing consumes it")

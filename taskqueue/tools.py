@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from . import amqp, config, plugins, workitems
+from . import amqp, blocking, config, plugins, topology, workitems
 from .client import Client, task_message
 from .errors import ConfigError, InputError
 from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK, load_config
@@ -132,9 +132,9 @@ def warn_unless_served(settings, worker_type, tasks):
     wait, which is by design (a plugin works as soon as it is installed), but it should
     not be a surprise. Advisory: the tasks are submitted whatever happens here, so a
     broker problem is a warning too, never a failure of the command."""
-    queues = [amqp.TASK_QUEUE, amqp.worker_queue(worker_type)]
+    queues = [topology.TASK_QUEUE, topology.worker_queue(worker_type)]
     try:
-        counts = amqp.queue_counts(settings, queues, SERVED_CHECK_TIMEOUT)
+        counts = blocking.queue_counts(settings, queues, SERVED_CHECK_TIMEOUT)
     except Exception as exc:    # whatever it is, the tasks are submitted
         print(f"taskqueue: warning: could not check whether a process consumes {queues[1]}: "
               f"{exc}", file=sys.stderr)
@@ -146,21 +146,21 @@ def warn_unless_served(settings, worker_type, tasks):
 
 def unserved_warning(worker_type, tasks, counts):
     """The warning for `tasks` tasks just submitted for `worker_type`, given the
-    amqp.queue_counts of taskqueue and worker_<type>; None when they are consumed.
+    blocking.queue_counts of taskqueue and worker_<type>; None when they are consumed.
 
     Submitted one hop (onehop.py), tasks go straight into worker_<type> when it
     exists (whoever declared it bound it), so no dispatcher is needed for them;
     without it they go to taskqueue, where only a dispatcher moves them on. A
     taskqueue holding tasks with no dispatcher is worth a warning either way
     (a worker queue an older taskqueue made is not bound until a new one starts)."""
-    queue = amqp.worker_queue(worker_type)
-    task_queue = counts.get(amqp.TASK_QUEUE)
+    queue = topology.worker_queue(worker_type)
+    task_queue = counts.get(topology.TASK_QUEUE)
     dispatched = bool(task_queue and task_queue[1])
     served = bool(counts.get(queue) and counts[queue][1])
     subject = "the task waits" if tasks == 1 else f"the {tasks} tasks wait"
     pool = f"until a pool with plugin {worker_type} runs"
     if not dispatched and (counts.get(queue) is None or (task_queue and task_queue[0])):
-        return (f"no process consumes {amqp.TASK_QUEUE} (no dispatcher runs): {subject} there "
+        return (f"no process consumes {topology.TASK_QUEUE} (no dispatcher runs): {subject} there "
                 f"until one does" + ("" if served else f", then in {queue} {pool}"))
     if not served:
         return f"no process consumes {queue}: {subject} there {pool}"
@@ -198,7 +198,7 @@ def cmd_check_config(args):
     for name, ep in sorted(found.items()):
         dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
         print(f"  {name}: {ep.value}{dist}")
-    rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", amqp.TASK_QUEUE, "-")]
+    rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", topology.TASK_QUEUE, "-")]
     rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue,
               _describe_retries(g.retry)) for g in cfg.groups]
     print("processes:")
@@ -320,15 +320,15 @@ def cmd_dead_purge(args):
     if not args.yes:
         count = deadtools.count_dead(cfg.amqp)
         if count == 0:
-            print(f"{amqp.DEAD_QUEUE} is empty: nothing to purge")
+            print(f"{topology.DEAD_QUEUE} is empty: nothing to purge")
             return EXIT_OK
-        print(f"Purge {deadtools.count_text(count)} from {amqp.DEAD_QUEUE}? [y/N] ",
+        print(f"Purge {deadtools.count_text(count)} from {topology.DEAD_QUEUE}? [y/N] ",
               end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("nothing purged")
             return EXIT_OK      # the operator's choice, done as asked: no failure
     purged = deadtools.purge_dead(cfg.amqp)
-    print(f"purged {deadtools.count_text(purged)} from {amqp.DEAD_QUEUE}")
+    print(f"purged {deadtools.count_text(purged)} from {topology.DEAD_QUEUE}")
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, delays, logs, plugins, retries
+from . import amqp, delays, logs, plugins, retries, topology
 from .intake import Intake
 from .deadletter import dead_properties, task_key, without_broker_headers
 from .errors import PluginError
@@ -223,13 +223,13 @@ def run_worker(group, amqp_settings, ctx):
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
-    session.declare_queue(amqp.DEAD_QUEUE)
+    session.declare_queue(topology.DEAD_QUEUE)
     session.declare_queue(group.queue)
     # One hop (onehop.py): clients that name the type publish straight into group.queue.
     problem = session.declare_onehop(worker_queues=[(group.queue, group.worker_type)])
     if problem:
         log.error("%s; tasks for %s come through %s and the dispatcher meanwhile",
-                  problem, group.worker_type, amqp.TASK_QUEUE)
+                  problem, group.worker_type, topology.TASK_QUEUE)
     intake = Intake(session, group.queue, group.prefetch, group.lookahead)
     prefetch = intake.start()
     # Wake the loop when asked to stop or when the connection goes.
@@ -301,7 +301,7 @@ def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props,
     reason = f"delivery limit {limit} reached: {deaths} processes died handling it; last: {cause}"
     log.error("task %s: %s; dead-lettering it", key, reason)
     count = (props.headers or {}).get("x-delivery-count", deaths)
-    session.publish_confirmed(amqp.DEAD_QUEUE, body, dead_properties(
+    session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
         props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
         deaths=deaths, delivery_count=count))
     session.ack(method.delivery_tag)
@@ -382,7 +382,7 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
     decision = retries.decide(group.retry, done, explicit, requested, error, random.random())
     if isinstance(decision, retries.GiveUp):
         log.error("task %s: %s; dead-lettering it", props.message_id or "-", decision.reason)
-        session.publish_confirmed(amqp.DEAD_QUEUE, body, dead_properties(
+        session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
             props, decision.reason, queue=group.queue, worker_type=group.worker_type,
             retries=done))
         session.ack(method.delivery_tag)

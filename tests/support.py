@@ -16,7 +16,7 @@ import uuid
 import pika
 import pytest
 
-from taskqueue.amqp import queue_arguments
+from taskqueue.topology import queue_arguments
 from taskqueue.config import AmqpSettings
 
 BROKER_HOST = "127.0.0.1"

@@ -290,14 +290,14 @@ def test_a_delayed_task_survives_a_stop_app_and_start_app_of_the_broker_during_i
     import pika
     import subprocess
     from support import recorder_config
-    from taskqueue import amqp, delays
+    from taskqueue import blocking, delays
     pool = start_pool(recorder_config(records), heartbeat=5)
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 30, "the recorder consuming")
     # Given a task delayed 20 s (16 + 4: it waits in two levels), waiting in the first
     before = time.time()
-    amqp.publish_delayed_blocking(broker.channel, broker.settings, "recorder",
-                                  json.dumps({"id": "delayed"}).encode(),
-                                  pika.BasicProperties(content_type="application/json"), 20)
+    blocking.publish_delayed_blocking(broker.channel, broker.settings, "recorder",
+                                      json.dumps({"id": "delayed"}).encode(),
+                                      pika.BasicProperties(content_type="application/json"), 20)
     wait_for(lambda: broker.counts("taskqueue.delay.4")[0] == 1, 5, "the task in level 4")
     # When the broker's application stops and starts again during its wait
     for action in ("stop_app", "start_app"):

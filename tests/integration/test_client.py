@@ -12,7 +12,6 @@ import time
 import pytest
 
 from support import BROKER_HOST, config_text, nacking_vhost, recorder_config, wait_for
-from taskqueue import amqp
 from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
 from taskqueue.errors import ConfigError
 
@@ -270,7 +269,6 @@ def test_greenlets_of_a_monkey_patched_program_share_one_client(broker, start_po
     wait_for(lambda: broker.counts("worker_recorder")[0] == 200, 20, "200 tasks dispatched")
 
 
-@pytest.mark.skipif(not hasattr(amqp, "publish_delayed_blocking"), reason="needs delays.py (merge)")
 @pytest.mark.timeout(60)
 def test_a_task_submitted_with_delay_3_is_done_after_3_s_and_by_4_s(broker, start_pool, records,
                                                                     client):

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from support import TASKQUEUE, config_text, recorder_config, wait_for
-from taskqueue.amqp import queue_arguments
+from taskqueue.topology import queue_arguments
 from taskqueue.config import AmqpSettings
 
 

@@ -8,7 +8,7 @@ import gevent
 import pika
 import pytest
 
-from taskqueue import amqp, delays
+from taskqueue import amqp, blocking, delays, topology
 from taskqueue.config import AmqpSettings
 from taskqueue.errors import TopologyError
 
@@ -36,12 +36,12 @@ def test_a_task_delayed_3s_reaches_its_worker_not_before_3s_from_its_publish_and
     # Given a pool, and the delay chain declared (so that the publish is all that is timed)
     pool = start_pool(recorder_config(records))
     serving(broker, pool)
-    amqp.declare_delays_blocking(broker.channel, broker.settings)
+    blocking.declare_delays_blocking(broker.channel, broker.settings)
     # When a task is published with a delay of 3 s, confirmed by the broker
     body = json.dumps({"id": "later"}).encode()
     props = pika.BasicProperties(content_type="application/json", message_id="m-later")
     before = time.time()
-    amqp.publish_delayed_blocking(broker.channel, broker.settings, "recorder", body, props, 3)
+    blocking.publish_delayed_blocking(broker.channel, broker.settings, "recorder", body, props, 3)
     confirmed = time.time()
     # Then its worker starts it 3 s after the publish at the earliest, 5 s at the latest
     # (2 s for a loaded CI machine; a wrong level, a whole delay more, still fails)
@@ -116,7 +116,7 @@ def test_a_session_publishes_delayed_tasks_declaring_the_chain_once(broker, vhos
     try:
         for n in range(3):
             before = time.time()
-            session.publish_delayed(amqp.TASK_QUEUE, "recorder", b"%d" % n,
+            session.publish_delayed(topology.TASK_QUEUE, "recorder", b"%d" % n,
                                     pika.BasicProperties(message_id=f"m{n}"), 1)
             taken = wait_for(lambda: broker.drain("taskqueue"), 5, "the delayed task in taskqueue")
             assert time.time() - before >= 1.0
@@ -124,7 +124,7 @@ def test_a_session_publishes_delayed_tasks_declaring_the_chain_once(broker, vhos
             assert body == b"%d" % n and props.message_id == f"m{n}"
             assert props.headers["worker_type"] == "recorder" and props.delivery_mode == 2
         with pytest.raises(ValueError, match="too long"):
-            session.publish_delayed(amqp.TASK_QUEUE, "recorder", b"", None, 10**7)
+            session.publish_delayed(topology.TASK_QUEUE, "recorder", b"", None, 10**7)
         with pytest.raises(ValueError, match="not 'worker_other'"):
             session.publish_delayed("worker_other", "recorder", b"", None, 1)
         assert session.is_open
@@ -140,10 +140,10 @@ def test_a_session_says_which_delay_queue_the_broker_refuses_at_once(broker, vho
         with gevent.Timeout(10):
             with pytest.raises(TopologyError, match=r"queue 'taskqueue.delay.5' of the delay chain "
                                r"already exists with other arguments"):
-                session.publish_delayed(amqp.TASK_QUEUE, "recorder", b"x", None, 1)
+                session.publish_delayed(topology.TASK_QUEUE, "recorder", b"x", None, 1)
         assert session.is_open     # only its confirm channel closed; the next one opens anew
         broker.channel.queue_delete("taskqueue.delay.5")
-        session.publish_delayed(amqp.TASK_QUEUE, "recorder", b"y", None, 0)
+        session.publish_delayed(topology.TASK_QUEUE, "recorder", b"y", None, 0)
         assert wait_for(lambda: broker.drain("taskqueue"), 5, "the task")[0][1] == b"y"
     finally:
         session.close()
@@ -152,7 +152,7 @@ def test_a_session_says_which_delay_queue_the_broker_refuses_at_once(broker, vho
 def test_a_dispatcher_binds_taskqueue_to_the_end_of_the_chain_again_when_it_was_declared_anew(
         broker, start_pool, records):
     # Given the chain declared, then taskqueue deleted (its binding goes with it)
-    amqp.declare_delays_blocking(broker.channel, broker.settings)
+    blocking.declare_delays_blocking(broker.channel, broker.settings)
     broker.channel.queue_delete("taskqueue")
     # When a dispatcher starts (it declares taskqueue anew)
     pool = start_pool(recorder_config(records))

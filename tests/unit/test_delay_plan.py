@@ -6,7 +6,7 @@ import re
 import pika
 import pytest
 
-from taskqueue import amqp, delays
+from taskqueue import amqp, delays, topology
 from taskqueue.config import AmqpSettings
 
 
@@ -42,8 +42,8 @@ def travel(plan, exchange, key):
 
 @pytest.fixture(scope="module")
 def plan():
-    return delays.declarations(AmqpSettings(), amqp.TASK_QUEUE,
-                               amqp.queue_arguments(amqp.TASK_QUEUE, AmqpSettings()))
+    return delays.declarations(AmqpSettings(), topology.TASK_QUEUE,
+                               topology.queue_arguments(topology.TASK_QUEUE, AmqpSettings()))
 
 
 def test_every_delay_from_0_to_the_longest_waits_exactly_its_whole_seconds_on_its_path():
@@ -65,12 +65,12 @@ def test_a_message_routed_through_the_declared_exchanges_and_queues_waits_its_de
     samples += [2**i + d for i in range(delays.LEVELS) for d in (-1, 0, 1) if 2**i + d <= delays.MAX_DELAY]
     samples += [delays.MAX_DELAY]
     for seconds in samples:
-        assert travel(plan, *delays.route(seconds)) == (amqp.TASK_QUEUE, seconds), seconds
+        assert travel(plan, *delays.route(seconds)) == (topology.TASK_QUEUE, seconds), seconds
 
 
 def test_a_fraction_of_a_second_is_rounded_up_never_down(plan):
-    assert travel(plan, *delays.route(0.001)) == (amqp.TASK_QUEUE, 1)
-    assert travel(plan, *delays.route(2.5)) == (amqp.TASK_QUEUE, 3)
+    assert travel(plan, *delays.route(0.001)) == (topology.TASK_QUEUE, 1)
+    assert travel(plan, *delays.route(2.5)) == (topology.TASK_QUEUE, 3)
     assert delays.route(3.0) == delays.route(3)
     assert delays.route(delays.MAX_DELAY - 0.5) == delays.route(delays.MAX_DELAY)
 
@@ -104,8 +104,8 @@ def test_levels_are_queues_of_the_configured_type_dead_lettering_at_least_once_w
 
 
 def test_the_chain_ends_in_taskqueue_declared_as_everyone_declares_it(plan):
-    assert (amqp.TASK_QUEUE, amqp.queue_arguments(amqp.TASK_QUEUE, AmqpSettings())) in plan.queues
-    assert (amqp.TASK_QUEUE, delays.DELIVER_EXCHANGE, "") in plan.queue_bindings
+    assert (topology.TASK_QUEUE, topology.queue_arguments(topology.TASK_QUEUE, AmqpSettings())) in plan.queues
+    assert (topology.TASK_QUEUE, delays.DELIVER_EXCHANGE, "") in plan.queue_bindings
     assert (delays.DELIVER_EXCHANGE, "fanout") in plan.exchanges
 
 

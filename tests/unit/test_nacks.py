@@ -2,7 +2,7 @@
 import pytest
 
 from taskqueue import nacks
-from taskqueue.amqp import PublishNacked, PublishRefused
+from taskqueue.blocking import PublishNacked, PublishRefused
 
 
 def test_three_tries_within_two_seconds_then_none():

@@ -3,7 +3,7 @@ and that the check behind it never fails a submit."""
 import io
 from contextlib import redirect_stderr
 
-from taskqueue import amqp, tools
+from taskqueue import blocking, tools
 from taskqueue.errors import TaskqueueError
 
 SERVED = (0, 2)
@@ -43,7 +43,7 @@ def test_one_hop_tasks_into_a_consumed_worker_queue_need_no_dispatcher():
 def test_a_broker_problem_during_the_check_is_a_warning_not_a_failure(monkeypatch):
     def broken(settings, queues, timeout):
         raise TaskqueueError("cannot connect to the broker: 127.0.0.1:5672: refused")
-    monkeypatch.setattr(amqp, "queue_counts", broken)
+    monkeypatch.setattr(blocking, "queue_counts", broken)
     err = io.StringIO()
     with redirect_stderr(err):
         tools.warn_unless_served(None, "t", 1)     # returns, raises nothing
