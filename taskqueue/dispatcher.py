@@ -78,13 +78,13 @@ class NackEpisode:
             self.since = now
             log.warning("the broker nacks routed messages (a queue without a leader?); "
                         "their inputs go back to %s after %gs until it takes them again",
-                        amqp.TASK_QUEUE, RETRY_SECONDS)
+                        topology.TASK_QUEUE, RETRY_SECONDS)
         self.count += count
 
     def acked(self, now):
         if self.since is not None:
             log.info("the broker takes routed messages again: %d nacked over %.1fs went back to %s",
-                     self.count, now - self.since, amqp.TASK_QUEUE)
+                     self.count, now - self.since, topology.TASK_QUEUE)
             self.count, self.since = 0, None
 
 
