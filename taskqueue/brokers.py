@@ -35,13 +35,20 @@ def order(addresses, first, failed, now, window=RECENT_FAILURE):
     """The indices of `addresses` ("host:port", in config order) in the order to try
     them: rotated to start at index `first` (modulo their number), those that failed
     less than `window` seconds before `now` (`failed`: {address: monotonic time})
-    moved to the end, the one that failed longest ago first."""
+    moved to the end, the one that failed longest ago first. When the node at `first`
+    failed, the others are tried starting at one chosen by first // count, so the
+    children that shared the failed node spread over the rest."""
     count = len(addresses)
     if not count:
         return []
     rotated = [(first + step) % count for step in range(count)]
     recent = {address: when for address, when in failed.items() if 0 <= now - when < window}
     fresh = [i for i in rotated if addresses[i] not in recent]
+    if fresh and addresses[rotated[0]] in recent:
+        # Its own node failed: the children that started there go on to the others
+        # in turn (by their round, first // count), not all to the next one.
+        shift = (first // count) % len(fresh)
+        fresh = fresh[shift:] + fresh[:shift]
     stale = sorted((i for i in rotated if addresses[i] in recent),
                    key=lambda i: recent[addresses[i]])   # stable: ties keep the rotation
     return fresh + stale

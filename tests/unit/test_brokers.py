@@ -203,3 +203,13 @@ def test_the_exit_of_a_child_that_said_it_lost_its_broker_is_no_warning(caplog, 
         assert ("10.0.0.1:5672" in sup.broker_failures) == reported
     finally:
         sup.close()
+
+
+def test_the_children_of_a_failed_node_spread_over_the_others():
+    # 3 nodes, a pool of 9 children: 3 start at each node; node b fails
+    addresses = ["a:1", "b:1", "c:1"]
+    firsts = [brokers.order(addresses, first, {"b:1": 100.0}, 101.0)[0] for first in range(9)]
+    assert sorted(firsts) == [0, 0, 0, 0, 2, 2, 2, 2, 2]   # b's three went 1 to a, 2 to c
+    # and with no failure every child keeps its own node
+    assert [brokers.order(addresses, first, {}, 101.0)[0] for first in range(9)] == \
+        [0, 1, 2] * 3
