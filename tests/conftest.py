@@ -69,6 +69,16 @@ def workdir():
 
 
 @pytest.fixture
+def record_dir(workdir):
+    """Where the marker plugin's workers write the ids of the tasks they completed
+    (the fault suite, tests/cluster)."""
+    path = os.path.join(workdir, "done")
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    return path
+
+
+@pytest.fixture
 def records(workdir):
     path = os.path.join(workdir, "records")
     os.mkdir(path)

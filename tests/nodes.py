@@ -6,10 +6,12 @@ The fault suite (tests/faults) restarts its node; the TLS tests
 a TLS listener and rabbitmq_auth_mechanism_ssl. The machine's shared broker on
 5672 is never touched. Starting a node as user rabbitmq needs root.
 """
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 #: The client certificate's CN: the broker user SASL EXTERNAL maps it to.
@@ -108,6 +110,30 @@ def tls_node(base, certs, prefix, server="server"):
                 "ssl_cert_login_from = common_name"])
     node.tls_port = tls_port
     return node
+
+
+@contextlib.contextmanager
+def certificates(prefix):
+    """A temporary directory of make_certificates()'s files, removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        make_certificates(path)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_tls_node(certs, name, server="server"):
+    """tls_node() in a temporary directory, started; stopped and removed afterwards."""
+    base = tempfile.mkdtemp(prefix=f"{name}-node-")
+    node = tls_node(base, certs, name, server=server)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def openssl(*args, cwd):

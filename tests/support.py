@@ -345,3 +345,14 @@ def system_users(users=(), groups=(), members=()):
                 subprocess.run(["delgroup", "--quiet", "--system", user], check=False)
         for group in created_groups:
             subprocess.run(["delgroup", "--quiet", "--system", group], check=False)
+
+
+def report_figures(terminalreporter, title, figures):
+    """Print a suite's {test: {figure: value}} at the end of the run (pytest_terminal_summary)."""
+    if not figures:
+        return
+    terminalreporter.section(title)
+    for test, values in figures.items():
+        terminalreporter.write_line(f"{test}:")
+        for name, value in values.items():
+            terminalreporter.write_line(f"    {name}: {value}")

@@ -9,20 +9,15 @@ printed at the end of the run.
 """
 import os
 import shutil
-import socket
 import tempfile
 
 import pytest
 
 import clusternet
 from clusterload import FIGURES
+from nodes import free_port
 from rabbitcluster import Cluster, ClusterNode
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import report_figures
 
 
 def _need_root():
@@ -74,15 +69,6 @@ def cluster(loopback_cluster):
             node.start()
     loopback_cluster.wait_running(3, 120)
     return loopback_cluster
-
-
-@pytest.fixture
-def record_dir(workdir):
-    """Where the marker plugin's workers write the ids of the tasks they completed."""
-    path = os.path.join(workdir, "done")
-    os.mkdir(path)
-    os.chmod(path, 0o1777)
-    return path
 
 
 #: The namespaces' subnets: brokers talk to each other on one, clients reach them on
@@ -147,10 +133,4 @@ def ns_pools():
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not FIGURES:
-        return
-    terminalreporter.section("cluster figures")
-    for test, figures in FIGURES.items():
-        terminalreporter.write_line(f"{test}:")
-        for name, value in figures.items():
-            terminalreporter.write_line(f"    {name}: {value}")
+    report_figures(terminalreporter, "cluster figures", FIGURES)

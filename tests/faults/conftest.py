@@ -11,6 +11,7 @@ import tempfile
 import pytest
 
 from figures import FIGURES
+from support import report_figures
 from netfaults import TcpProxy
 from nodes import RabbitNode
 
@@ -35,15 +36,6 @@ def proxy(node):
     forward.close()
 
 
-@pytest.fixture
-def record_dir(workdir):
-    """Where the marker plugin writes the ids of the tasks it completed."""
-    path = os.path.join(workdir, "done")
-    os.mkdir(path)
-    os.chmod(path, 0o1777)
-    return path
-
-
 # The shared fixtures (tests/conftest.py), pointed at this node: the pool
 # through the proxy, the test's own client straight to the node.
 @pytest.fixture(scope="session")
@@ -62,10 +54,4 @@ def broker_port(node):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not FIGURES:
-        return
-    terminalreporter.section("fault suite figures")
-    for test, figures in FIGURES.items():
-        terminalreporter.write_line(f"{test}:")
-        for name, value in figures.items():
-            terminalreporter.write_line(f"    {name}: {value}")
+    report_figures(terminalreporter, "fault suite figures", FIGURES)

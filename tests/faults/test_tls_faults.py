@@ -9,7 +9,6 @@ reconnects, with a new handshake, once it is back.
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -27,22 +26,16 @@ pytestmark = pytest.mark.timeout(900)
 def certs():
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command makes the test certificates: apt-get install openssl")
-    path = tempfile.mkdtemp(prefix="tq-tlsfaults-certs-")
-    nodes.make_certificates(path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with nodes.certificates("tq-tlsfaults-certs-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def tls_node(certs):
     if os.getuid() != 0:
         pytest.skip("starting a RabbitMQ node as the rabbitmq user needs root")
-    base = tempfile.mkdtemp(prefix="tq-tlsfaults-node-")
-    node = nodes.tls_node(base, certs, "tqtlsfaults")
-    node.start()
-    yield node
-    node.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with nodes.running_tls_node(certs, "tqtlsfaults") as node:
+        yield node
 
 
 # The shared fixtures (tests/conftest.py), pointed at this module's node, so

@@ -4,12 +4,12 @@ import os
 import pty
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from nodes import free_port
 from support import TASKQUEUE, config_text, nacking_vhost, recorder_config, wait_for
 
 
@@ -199,9 +199,7 @@ def test_submit_file_shows_a_progress_bar_on_a_terminal(broker, workdir, vhost):
 
 
 def test_submit_file_to_an_unreachable_broker_exits_4_and_says_where_to_resume(workdir, vhost):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()   # nothing listens there
     config = f"{workdir}/config.ini"
     with open(config, "w") as f:
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=port))
@@ -217,9 +215,7 @@ def test_submit_file_to_an_unreachable_broker_exits_4_and_says_where_to_resume(w
 
 @pytest.mark.parametrize("how", [[], ["--wait"], ["--delay", "5"]])
 def test_submit_to_an_unreachable_broker_exits_4_as_status_does_naming_it(workdir, vhost, how):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()   # nothing listens there
     config = f"{workdir}/config.ini"
     with open(config, "w") as f:
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=port))

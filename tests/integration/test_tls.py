@@ -11,7 +11,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 
 import pytest
 
@@ -32,27 +31,19 @@ pytestmark = pytest.mark.timeout(300)
 def certs():
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command makes the test certificates: apt-get install openssl")
-    path = tempfile.mkdtemp(prefix="tq-tls-certs-")
-    nodes.make_certificates(path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with nodes.certificates("tq-tls-certs-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def tls_node(certs):
     if os.getuid() != 0:
         pytest.skip("starting a RabbitMQ node of the test's own (as user rabbitmq) needs root")
-    base = tempfile.mkdtemp(prefix="tq-tls-node-")
-    node = nodes.tls_node(base, certs, "tqtls")
-    node.start()
-    try:
+    with nodes.running_tls_node(certs, "tqtls") as node:
         node.ctl("add_user", CLIENT_CN, "unused-" + os.urandom(8).hex())
         node.ctl("clear_password", CLIENT_CN)   # EXTERNAL only: no password logs this user in
         node.ctl("set_permissions", "-p", "/", CLIENT_CN, ".*", ".*", ".*")
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +51,8 @@ def expired_node(certs):
     """A second node, whose TLS listener presents a certificate that expired in 2020."""
     if os.getuid() != 0:
         pytest.skip("starting a RabbitMQ node of the test's own (as user rabbitmq) needs root")
-    base = tempfile.mkdtemp(prefix="tq-tls-expired-")
-    node = nodes.tls_node(base, certs, "tqtlsexpired", server="expired-server")
-    node.start()
-    yield node
-    node.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with nodes.running_tls_node(certs, "tqtlsexpired", server="expired-server") as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
