@@ -45,26 +45,22 @@ def running_children(pool):
     return {key: pid for key, pid in latest.items() if alive(pid)}
 
 
-def publish_all(vhost, port, ids, errors):
+def publish_all(vhost, port, ids, errors, one_hop=False):
+    """Submit every id to the marker type, through taskqueue (the envelope, for the
+    dispatcher) or `one_hop` (README "Messages", one hop: to taskqueue.direct by type,
+    the workitem as body, the worker_type header); confirmed and mandatory."""
     try:
         client = Broker(vhost, port)
+        submit = client.submit_one_hop if one_hop else client.submit
         for task_id in ids:
-            client.submit("marker", {"id": task_id}, message_id=task_id)
+            submit("marker", {"id": task_id}, message_id=task_id)
         client.close()
     except Exception as exc:  # reported by the test, which waits for this thread
         errors.append(exc)
 
 
 def publish_all_one_hop(vhost, port, ids, errors):
-    """As publish_all, the one-hop way (README "Messages", one hop): to taskqueue.direct
-    by type, the workitem as body, the worker_type header; confirmed and mandatory."""
-    try:
-        client = Broker(vhost, port)
-        for task_id in ids:
-            client.submit_one_hop("marker", {"id": task_id}, message_id=task_id)
-        client.close()
-    except Exception as exc:  # reported by the test, which waits for this thread
-        errors.append(exc)
+    publish_all(vhost, port, ids, errors, one_hop=True)
 
 
 def test_10000_tasks_survive_killed_workers_and_dispatchers_a_broker_restart_and_a_cut(
