@@ -92,7 +92,11 @@ def test_cut_connections_are_logged_once_each_naming_the_broker_lost_and_the_nex
         for cut in (1, 2):
             lost += sum(proxy.cut() for proxy in proxies)
             pool.wait_log(r"lost the broker", count=lost, timeout=30)
-            wait_for(lambda: broker.counts("worker_recorder")[1] == 3, 30, "3 consumers again")
+            # every child back and done setting up (a cut during a child's setup is a
+            # failed start, not a lost connection): the dispatcher consuming too
+            wait_for(lambda: broker.counts("worker_recorder")[1] == 3
+                     and broker.counts("taskqueue")[1] == 1
+                     and sum(len(p.pairs) for p in proxies) == 4, 30, "4 children back")
         wait_for(lambda: len(set(records.ids())) == 20, 60, "20 tasks done")
         assert pool.stop() == 0
         log = pool.log()
