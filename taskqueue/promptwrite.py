@@ -15,12 +15,22 @@ for the end of the hub's current turn (gevent's run_callback: before the hub
 polls again), so frames written in the same turn still go out in one send()
 (sendbatch.py joins them). Only what the socket does not take at once falls
 back to pika's writable watcher, which also meets any socket error and
-aborts the connection as pika does. TLS transports are left as pika ships
-them (their writes depend on the TLS engine's state).
+aborts the connection as pika does.
 
-This uses private attributes of pika's transport (the same in pika 1.2.0
-and 1.4); when they are missing, install() does nothing and pika works as
-shipped.
+TLS transports (PromptTLS) get the same, within the rules of pika's TLS state
+machine: an SSL operation that wanted the other direction (a read that needs
+a write, a write that needs a read: SSL_ERROR_WANT_WRITE / WANT_READ) must be
+retried by pika, alone, before anything else goes through the TLS engine. So
+the prompt send happens only while that machine is at rest (reading for
+frames, no writable watcher, nothing half done), checked again when the send
+runs; otherwise the frame is left to pika as shipped. A prompt send that
+meets WANT_READ, WANT_WRITE or an error leaves the rest exactly where pika's
+own write() would have: its writable watcher on, with pika's _produce as the
+action, which retries the same SSL write and handles what it says.
+
+This uses private attributes of pika's transports (the same in pika 1.2.0,
+1.3.2 and 1.4); when they are missing, install() does nothing and pika works
+as shipped.
 """
 import logging
 
@@ -28,23 +38,33 @@ import gevent
 
 log = logging.getLogger(__name__)
 
+_COMMON = ("_tx_buffers", "_buffer_tx_data", "_produce", "_on_socket_writable",
+           "_nbio", "_sock", "_state", "_STATE_ACTIVE")
+_TLS = _COMMON + ("_ssl_readable_action", "_ssl_writable_action", "_consume",
+                  "_on_socket_readable")
+
 
 def install(connection):
     """Make `connection`'s (a pika GeventConnection, open) transport write promptly;
     returns True if it did."""
     try:
-        from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+        from pika.adapters.utils.io_services_utils import (
+            _AsyncPlaintextTransport, _AsyncSSLTransport, _AsyncTransportBase)
     except ImportError:
         return False
     transport = getattr(connection, "_transport", None)
-    if (not isinstance(transport, _AsyncPlaintextTransport)
-            or not all(hasattr(transport, name) for name in (
-                "_tx_buffers", "_buffer_tx_data", "_produce", "_on_socket_writable",
-                "_nbio", "_sock", "_state", "_STATE_ACTIVE"))):
-        log.debug("pika's transport is not the one promptwrite knows: writes wait for "
+    if isinstance(transport, _AsyncSSLTransport):
+        kind, names = PromptTLS, _TLS
+    elif isinstance(transport, _AsyncPlaintextTransport):
+        kind, names = Prompt, _COMMON
+    else:
+        kind = None
+    if (kind is None or not all(hasattr(transport, name) for name in names)
+            or not hasattr(_AsyncTransportBase, "_produce")):
+        log.debug("pika's transport is not one promptwrite knows: writes wait for "
                   "the writable event")
         return False
-    Prompt(transport, gevent.get_hub().loop)
+    kind(transport, gevent.get_hub().loop)
     return True
 
 
@@ -60,9 +80,10 @@ class Prompt:
 
     def write(self, data):
         t = self._transport
-        if t._state != t._STATE_ACTIVE or t._tx_buffers:
-            # Inactive (pika ignores it), or frames are waiting already: either a send
-            # is scheduled or pika's writable watcher is on; both take this frame too.
+        if t._tx_buffers or not self._at_rest(t):
+            # Frames are waiting already (a send is scheduled or pika's writable watcher
+            # is on; both take this frame too), or pika must handle it (inactive: it
+            # ignores it; TLS busy: see PromptTLS).
             return self._write(data)
         t._buffer_tx_data(data)
         if not self._scheduled:
@@ -72,11 +93,52 @@ class Prompt:
     def _send(self):
         self._scheduled = False
         t = self._transport
-        if t._state != t._STATE_ACTIVE or not t._tx_buffers:
-            return
+        if not t._tx_buffers or not self._at_rest(t):
+            return   # closed, or pika took these frames over (it sends what it buffers)
         try:
-            t._produce()
+            self._emit(t)
         except OSError:
             pass  # EAGAIN, or a real error: pika's writable handler retries and decides
         if t._tx_buffers and t._state == t._STATE_ACTIVE:
-            t._nbio.set_writer(t._sock.fileno(), t._on_socket_writable)
+            self._watch(t)
+
+    def _at_rest(self, t):
+        return t._state == t._STATE_ACTIVE
+
+    def _emit(self, t):
+        t._produce()
+
+    def _watch(self, t):
+        t._nbio.set_writer(t._sock.fileno(), t._on_socket_writable)
+
+
+class PromptTLS(Prompt):
+    """Prompt for pika's _AsyncSSLTransport, which routes readable and writable events
+    to an action (`_ssl_readable_action`, `_ssl_writable_action`) that depends on what
+    the TLS engine last asked for."""
+
+    def __init__(self, transport, loop):
+        super().__init__(transport, loop)
+        from pika.adapters.utils.io_services_utils import _AsyncTransportBase
+        self._base = _AsyncTransportBase
+
+    def _at_rest(self, t):
+        # At rest: readable events read frames, no writable watcher, so no SSL operation
+        # waits to be retried. (== : bound methods are new objects at each access.)
+        return (t._state == t._STATE_ACTIVE and t._ssl_writable_action is None
+                and t._ssl_readable_action == t._consume)
+
+    def _emit(self, t):
+        # The sending loop of pika's transports (joined by sendbatch.py), not the TLS
+        # _produce, whose bookkeeping assumes its writable watcher was on. SSLError is an
+        # OSError: WANT_READ/WANT_WRITE leave the unsent frame first in the buffer.
+        self._base._produce(t)
+        if t._sock.pending():
+            # As pika's TLS _produce does: decrypted input may wait in the TLS engine.
+            t._nbio.add_callback_threadsafe(t._on_socket_readable)
+
+    def _watch(self, t):
+        # What pika's own write() does with a buffer it starts: its _produce retries on
+        # the writable event and reacts to WANT_READ, WANT_WRITE or an error its way.
+        t._ssl_writable_action = t._produce
+        super()._watch(t)

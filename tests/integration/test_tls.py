@@ -12,11 +12,16 @@ import re
 import shutil
 import subprocess
 
+import gevent
+import gevent.queue
+import pika
 import pytest
 
 import nodes
 from nodes import CLIENT_CN
 from support import TASKQUEUE, recorder_config, system_users, wait_for
+from taskqueue import amqp as tq_amqp
+from taskqueue.config import AmqpSettings
 
 #: A Unix user who cannot read the client key.
 KEYLESS_USER = "tqtls-keyless"
@@ -232,3 +237,53 @@ def test_an_expired_client_certificate_is_refused_naming_tls_cert_file(tls_node,
                      rf"expired {re.escape(named)}", result.stderr) or f"the broker closed the TLS connection as it began" in result.stderr, \
         result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_prompt_tls_session_acks_200_deliveries_within_the_turn_without_a_writable_watcher(
+        tls_node, certs):
+    """promptwrite.PromptTLS over a real TLS stream: each ack is in the kernel after one
+    turn of the hub, pika never watches for writability for them, and the stream stays
+    whole (the node got every ack, and answers a declare after them)."""
+    queue, count = "prompt_tls", 200
+    settings = AmqpSettings(host="localhost", port=tls_node.tls_port, tls=True,
+                            tls_ca_file=os.path.join(certs, "ca.pem"))
+    session = tq_amqp.Session(settings, "test prompt tls").open()
+    publisher = None
+    try:
+        assert session.write_promptly() is True
+        transport = session._connection._transport
+        assert hasattr(transport, "_ssl_writable_action"), "not pika's TLS transport"
+        watchers, real_set_writer = [], transport._nbio.set_writer
+        transport._nbio.set_writer = lambda fd, cb: (watchers.append(fd), real_set_writer(fd, cb))
+        session.declare_queue(queue)
+        publisher = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", tls_node.port, credentials=pika.PlainCredentials("guest", "guest")))
+        channel = publisher.channel()
+        for n in range(count):
+            channel.basic_publish("", queue, b"%d" % n)
+        deliveries = gevent.queue.Queue()
+        session.qos(4)    # a worker's window: deliveries and acks interleave on the stream
+        session.consume(queue, lambda method, props, body: deliveries.put((method, body)))
+        # Frames written while pika reads (a reply's callback: the declare's aside
+        # channel) are pika's to send, on its writable event; the acks are the worker's.
+        watchers.clear()
+        bodies = []
+        for _ in range(count):
+            method, body = deliveries.get(timeout=10)
+            bodies.append(body)
+            session.ack(method.delivery_tag)
+            gevent.sleep(0)    # one turn of the hub: the ack is in the kernel after it
+            assert transport.get_write_buffer_size() == 0
+        acks_watched = list(watchers)
+        assert sorted(bodies) == sorted(b"%d" % n for n in range(count))
+        assert session.declare_queue(queue) == 0    # a reply after 200 prompt TLS writes
+        assert acks_watched == [] and session.is_open
+        session.close()
+        # The node got every ack: closing the session requeued none.
+        frame = channel.queue_declare(queue, durable=True, passive=True)
+        assert (frame.method.message_count, frame.method.consumer_count) == (0, 0)
+        channel.queue_delete(queue)
+    finally:
+        session.close()
+        if publisher is not None:
+            publisher.close()
