@@ -64,6 +64,8 @@ def test_a_killed_supervisors_graveyard_is_removed_by_the_next_supervisor_to_sta
     pool.process.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child gone")
     assert os.listdir(tmp) == [graveyard]
+    # (the broker may list the killed child's consumer a moment longer: not the next one's)
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 0, 15, "the killed consumer gone")
     # Then the next supervisor to start removes it, and its own goes when it stops
     second = start_pool(recorder_config(records), env={"TMPDIR": tmp})
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "1 consumer again")
