@@ -191,7 +191,7 @@ def cmd_check_config(args):
     print(f"config: {path}: ok")
     for warning in cfg.warnings:
         print(f"warning: {warning}")
-    print(f"broker: {amqp.describe(cfg.amqp)}")
+    print(f"broker: {amqp.describe(cfg.amqp)} (connect timeout {cfg.amqp.connect_timeout:g}s)")
     print(f"tls: {_describe_tls(cfg.amqp)}")
     print(f"logging: {logging_line}")
     print("plugins found:" if found else "plugins found: none")

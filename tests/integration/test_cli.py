@@ -26,6 +26,8 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
     assert "workerext: extpackage.workerext:Worker.factory" in out.stdout
+    assert re.search(r"^broker: 127\.0\.0\.1:\d+ vhost .* \(connect timeout 5s\)$", out.stdout,
+                     re.MULTILINE), out.stdout
     lines = [line.split() for line in out.stdout.splitlines()]
     assert ["recorder", "-", "3", "-", "worker_recorder", "-"] in lines
     assert ["dispatcher", "-", "1", "-", "taskqueue", "-"] in lines
