@@ -339,6 +339,12 @@ class Session:
     def is_open(self):
         return not self.closed.is_set()
 
+    @property
+    def connection_lost(self):
+        """Closed because the connection went (a node stopped, the network, the broker
+        closing it), not because the broker refused something on the channel."""
+        return isinstance(self.close_reason, pika.exceptions.AMQPConnectionError)
+
     def write_promptly(self):
         """Send each write at the end of the hub's turn, not on the next writable
         event (promptwrite.py: a worker's ack per task); True if pika allows it."""

@@ -300,7 +300,13 @@ def run_dispatcher(amqp_settings, settings, ctx):
     readers = load_formats()
     session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}", ctx.route).open()
     dispatcher = Dispatcher(session, settings.prefetch, readers=readers)
-    dispatcher.start()
+    try:
+        dispatcher.start()
+    except amqp.SessionClosed:
+        if not session.connection_lost:
+            raise   # the broker refused a declare or the consume: its message says which
+        log.warning("%s", session.loss())   # lost while setting up: said as any loss
+        return EXIT_CONNECTION
     ctx.ready()
     log.info("routing %s (prefetch %d)", topology.TASK_QUEUE, settings.prefetch)
     gevent.wait([ctx.stopping, session.closed], count=1)

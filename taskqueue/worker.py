@@ -223,15 +223,16 @@ def run_worker(group, amqp_settings, ctx):
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
-    session.declare_queue(topology.DEAD_QUEUE)
-    session.declare_queue(group.queue)
-    # One hop (onehop.py): clients that name the type publish straight into group.queue.
-    problem = session.declare_onehop(worker_queues=[(group.queue, group.worker_type)])
-    if problem:
-        log.error("%s; tasks for %s come through %s and the dispatcher meanwhile",
-                  problem, group.worker_type, topology.TASK_QUEUE)
-    intake = Intake(session, group.queue, group.prefetch, group.lookahead)
-    prefetch = intake.start()
+    hub_calls = HubCalls()
+    try:
+        intake, prefetch = _start_consuming(group, session)
+    except amqp.SessionClosed:
+        if not session.connection_lost:
+            raise   # the broker refused a declare or the consume: its message says which
+        # The connection went while setting up (a node stopping, a quorum leader
+        # moving): a lost connection like any other, said once.
+        log.warning("%s", session.loss())
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
     # Wake the loop when asked to stop or when the connection goes.
     ctx.stopping.rawlink(lambda _: intake.wake())
     session.closed.rawlink(lambda _: intake.wake())
@@ -239,7 +240,6 @@ def run_worker(group, amqp_settings, ctx):
     log.info("consuming %s (prefetch %d%s)", group.queue, prefetch,
              f", {prefetch - 1} tasks in advance while tasks take < {intake.lookahead:g}s"
              if intake.lookahead else "")
-    hub_calls = HubCalls()
     done = 0
     while True:
         delivery = _next_delivery(intake.inbox, ctx)
@@ -322,6 +322,19 @@ def resident_mib():
     """This process's resident memory now (not its peak), in MiB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _start_consuming(group, session):
+    """Declare what the worker needs and start its intake; (intake, prefetch)."""
+    session.declare_queue(topology.DEAD_QUEUE)
+    session.declare_queue(group.queue)
+    # One hop (onehop.py): clients that name the type publish straight into group.queue.
+    problem = session.declare_onehop(worker_queues=[(group.queue, group.worker_type)])
+    if problem:
+        log.error("%s; tasks for %s come through %s and the dispatcher meanwhile",
+                  problem, group.worker_type, topology.TASK_QUEUE)
+    intake = Intake(session, group.queue, group.prefetch, group.lookahead)
+    return intake, intake.start()
 
 
 def _finish(worker, session, hub_calls, ctx, code):
