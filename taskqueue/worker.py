@@ -1,7 +1,7 @@
 """BaseWorker, the plugin API, and the worker child's consume loop.
 
 A worker child consumes `worker_<type>` one delivery at a time. Each
-`handle_task` runs in a real OS thread while the gevent hub keeps the AMQP
+`handle_task` runs in a real OS thread (taskthread.py) while the gevent hub keeps the AMQP
 connection and its heartbeats alive, so an hour of computing does not cost
 the connection. The channel handed to the plugin marshals its calls back to
 the hub thread and makes sure each delivery is settled exactly once.
@@ -20,6 +20,7 @@ from gevent.queue import Empty
 
 from . import amqp, delays, logs, plugins, retries, topology
 from .intake import Intake
+from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
 from .errors import PluginError
 from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
@@ -75,8 +76,11 @@ class BaseWorker:
 class HubCalls:
     """Run callables in the hub's thread on behalf of other threads, in order."""
 
-    def __init__(self):
+    def __init__(self, before_wait=None):
         self._calls = collections.deque()
+        # Called by call() before a task thread waits for the hub: the hub may be
+        # waiting for that very thread (TaskThread.hub_needed).
+        self._before_wait = before_wait or (lambda: None)
         self._hub_thread = threading.get_ident()
         self._wakeup = gevent.get_hub().loop.async_()
         self._wakeup.start(self._run_pending)
@@ -98,6 +102,8 @@ class HubCalls:
     def call(self, fn, timeout):
         """Run fn() in the hub and return its result; for other threads only."""
         future = concurrent.futures.Future()
+        if threading.get_ident() != self._hub_thread:
+            self._before_wait()
 
         def run():
             try:
@@ -223,7 +229,8 @@ def run_worker(group, amqp_settings, ctx):
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
-    hub_calls = HubCalls()
+    tasks = TaskThread(f"task {group.worker_type}")
+    hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
         intake, prefetch = _start_consuming(group, session)
     except amqp.SessionClosed:
@@ -259,7 +266,7 @@ def run_worker(group, amqp_settings, ctx):
             logs.set_task(None)
             ctx.done("dead", 0.0)
             continue
-        outcome, seconds = _handle(worker, group, session, hub_calls, intake, *delivery)
+        outcome, seconds = _handle(worker, group, session, hub_calls, tasks, intake, *delivery)
         ctx.done(outcome, seconds)
         logs.set_task(None)
         done += 1
@@ -349,11 +356,11 @@ def _finish(worker, session, hub_calls, ctx, code):
     return code
 
 
-def _handle(worker, group, session, hub_calls, intake, method, props, body):
+def _handle(worker, group, session, hub_calls, tasks, intake, method, props, body):
     """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props)
     started = time.monotonic()
-    result = gevent.get_hub().threadpool.spawn(_call_handler, worker, channel, method, props, body)
+    result = tasks.spawn(_call_handler, worker, channel, method, props, body)
     if intake.holds_ahead:
         try:
             error = result.get(timeout=intake.lookahead)
