@@ -70,6 +70,9 @@ class Graveyard:
     def __init__(self, path, lock_fd=None):
         self.path = path
         self._lock_fd = lock_fd
+        # The files this supervisor wrote and has not removed: it is the only writer,
+        # so forget() of any other key (nearly every settled task) needs no system call.
+        self._recorded = set()
 
     @classmethod
     def create(cls, parent=None):
@@ -103,18 +106,25 @@ class Graveyard:
     def record(self, key, cause):
         """Supervisor side: one more death while handling `key`, and how it ended."""
         deaths, _ = self.deaths(key)
-        with open(self._file(key), "w") as f:
+        path = self._file(key)
+        with open(path, "w") as f:
             f.write(f"{deaths + 1}\n{cause}")
+        self._recorded.add(path)
         names = os.listdir(self.path)
         if len(names) > GRAVEYARD_SIZE:
             oldest = sorted(names, key=lambda n: os.stat(os.path.join(self.path, n)).st_mtime)
             for name in oldest[:len(names) - GRAVEYARD_SIZE]:
                 os.unlink(os.path.join(self.path, name))
+                self._recorded.discard(os.path.join(self.path, name))
 
     def forget(self, key):
         """Supervisor side: `key` was settled, or arrived afresh; its deaths no longer count."""
+        path = self._file(key)
+        if path not in self._recorded:
+            return
+        self._recorded.discard(path)
         try:
-            os.unlink(self._file(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
 

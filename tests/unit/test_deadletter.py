@@ -38,6 +38,21 @@ def test_graveyard_forgets_the_oldest_causes_beyond_its_size(tmp_path, monkeypat
     assert graveyard.deaths("m-4") == (1, "died")
 
 
+def test_graveyard_forgets_what_it_recorded_after_evictions_and_nothing_else(tmp_path, monkeypatch):
+    # forget() skips the file system for keys this graveyard never wrote (every
+    # task that did not kill a process): what it did write must still go.
+    monkeypatch.setattr(deadletter, "GRAVEYARD_SIZE", 2)
+    graveyard = Graveyard(str(tmp_path))
+    for n in range(4):
+        graveyard.record(f"m-{n}", "died")
+    graveyard.forget("m-0")                 # evicted already: nothing to do
+    graveyard.record("m-0", "died again")   # evicts m-2
+    assert sorted(graveyard.deaths(f"m-{n}")[0] for n in range(4)) == [0, 0, 1, 1]
+    for n in range(4):
+        graveyard.forget(f"m-{n}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_task_key_is_one_printable_word_from_the_message_id_or_the_body():
     assert task_key(pika.BasicProperties(message_id="a b\nc"), b"x") == "a?b?c"
     assert task_key(pika.BasicProperties(message_id="x" * 300), b"") == "x" * 200
