@@ -2,8 +2,8 @@
 (1 dispatcher, 2 bench workers) while N no-op tasks go through it; prints the
 top functions (self and inclusive samples) of the dispatcher and of a worker.
 
-    /var/tmp/taskqueue-bench-venv/bin/python bench/profile.py [TASKS] [SECONDS] [GIL]
-GIL=1 samples only threads holding the GIL (py-spy --gil): the hub's native
+    /var/tmp/taskqueue-bench-venv/bin/python bench/profile.py [TASKS] [SECONDS] [GIL] [QUEUE_TYPE]
+QUEUE_TYPE is quorum (the default) or classic. GIL=1 samples only threads holding the GIL (py-spy --gil): the hub's native
 wait (Hub.run, idle threads) drops out, so the shares come closer to CPU time.
 Run it after bench/run (which builds the venv); needs root (ptrace).
 """
@@ -44,12 +44,12 @@ def summarize(raw_path, pid_roles):
     return self_, incl
 
 
-def main(tasks=10_000, seconds=20, gil=0):
+def main(tasks=10_000, seconds=20, gil=0, queue_type="quorum"):
     workdir = tempfile.mkdtemp(prefix="taskqueue-profile-")
     raw = os.path.join(workdir, "pyspy.raw")
     with Vhost("profile") as vhost:
         path = record_dir(workdir, "profile")
-        proc, queues = start_taskqueue(workdir, vhost, path, "quorum")
+        proc, queues = start_taskqueue(workdir, vhost, path, queue_type)
         client = Client(vhost.name)
         try:
             wait_until(lambda: all((client.counts(q) or (0, 0))[1] >= n for q, n in queues)
@@ -85,4 +85,4 @@ def main(tasks=10_000, seconds=20, gil=0):
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main(*(int(a) for a in sys.argv[1:4]), *sys.argv[4:5])
