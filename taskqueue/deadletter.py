@@ -122,11 +122,11 @@ class Graveyard:
         path = self._file(key)
         if path not in self._recorded:
             return
-        self._recorded.discard(path)
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        self._recorded.discard(path)   # not when unlink failed otherwise: the next forget tries again
 
     def deaths(self, key):
         """Child side: (how many processes died handling `key`, how the last one ended)."""
