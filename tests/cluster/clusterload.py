@@ -171,10 +171,13 @@ LOST_LINE = re.compile(r"taskqueue\[(\d+)\] .*WARNING: lost the broker (\S+) \((
 NODE_SHUTDOWN = "320 CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 #: The WARNING lines of a child in a node-stop run, all taskqueue's own: a lost
 #: connection, a connection attempt to a node that is down (brokers.Route, amqp.open),
-#: and the dispatcher told once that publishes are nacked while a queue has no leader.
+#: the dispatcher told once that publishes are nacked while a queue has no leader,
+#: and a worker whose task ended after its connection went with the node, so that its
+#: ack could not be sent (the broker redelivers the task: done twice, never lost).
 #: (The supervisor holds no broker connection: its lines are all taskqueue's.)
 OWN_WARNINGS = re.compile(r" (supervisor WARNING: |WARNING: (lost the broker |cannot connect to "
-                          r"the broker: |the broker nacks routed messages ))")
+                          r"the broker: |the broker nacks routed messages |delivery \d+ not "
+                          r"(acked|nacked|rejected): the connection is gone))")
 
 
 def lost_lines(pools):
