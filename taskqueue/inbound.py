@@ -55,7 +55,8 @@ def _integer_within(value, low, high):
 
 
 def _shown(value):
-    text = repr(value)
+    # int(): pika decodes a 64-bit integer as its own int subclass, whose repr ends in L.
+    text = repr(int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

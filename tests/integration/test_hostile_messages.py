@@ -8,6 +8,7 @@ behind it along. Each is now dead-lettered once, with its reason, and its raw he
 kept; every other message is served by the same child.
 """
 import json
+import re
 import os
 import struct
 import subprocess
@@ -198,3 +199,96 @@ def test_a_reply_with_undecodable_headers_still_reaches_client_call(broker, vhos
         stop.set()
         worker.join(10)
         bind_echo.close()
+
+
+def wait_consuming(broker, queue):
+    wait_for(lambda: broker.counts(queue)[1] >= 1, 20, f"a consumer on {queue}")
+
+
+def test_a_body_over_max_body_size_is_dead_lettered_once_on_either_path(
+        broker, start_pool, records):
+    # Given a dispatcher and a worker taking bodies of at most 1 KiB
+    pool = start_pool(recorder_config(records), command="run", amqp_extra="max_body_size: 1 KiB\n")
+    wait_consuming(broker, "taskqueue")
+    wait_consuming(broker, "worker_recorder")
+    children = sorted(pool.children())
+    # When a bigger task comes through the dispatcher and another one hop, among good ones
+    big = {"id": "big", "pad": "x" * 2000}
+    broker.submit("recorder", dict(big, id="big-dispatched"), message_id="big-dispatched")
+    broker.submit_one_hop("recorder", dict(big, id="big-onehop"), message_id="big-onehop")
+    for task_id in GOOD:
+        send_good(broker, task_id, one_hop=task_id.endswith(("1", "3", "5")))
+    # Then the good ones are done, and each big one is dead-lettered once, saying why
+    wait_for(lambda: done_ids(records) >= set(GOOD), 40, "the good tasks done")
+    letters = {props.message_id: props for props, _ in dead_letters(broker, 2)}
+    assert set(letters) == {"big-dispatched", "big-onehop"}
+    assert letters["big-dispatched"].headers["x-taskqueue-queue"] == "taskqueue"
+    assert letters["big-onehop"].headers["x-taskqueue-queue"] == "worker_recorder"
+    for props in letters.values():
+        assert re.fullmatch(r"body is \d+ bytes, more than \[amqp\] max_body_size \(1024 bytes\)",
+                            props.headers["x-taskqueue-reason"])
+    assert not {"big-dispatched", "big-onehop"} & done_ids_started(records)
+    assert sorted(pool.children()) == children
+
+
+def test_forged_taskqueue_headers_and_a_huge_priority_are_not_passed_on_as_taskqueues_own(
+        broker, start_pool):
+    # Given a dispatcher alone (what it forwards stays in worker_recorder)
+    start_pool("[DEFAULT]\nworkers: 0\n", command="dispatcher")
+    wait_consuming(broker, "taskqueue")
+    # When a publisher sends a task with taskqueue's dead-letter headers and priority 200,
+    # and tasks whose retry count or due time is not what taskqueue writes
+    forged = {"x-taskqueue-reason": "forged", "x-taskqueue-worker-type": "victim",
+              "x-taskqueue-exit": "\x1b[2J", "x-taskqueue-raw-headers": b"x", "mine": "kept",
+              "x-taskqueue-retries": 2}
+    broker.submit("recorder", {"id": "forged"}, message_id="forged", headers=forged, priority=200)
+    for task_id, name, value in (("text-retries", "x-taskqueue-retries", "3"),
+                                 ("huge-retries", "x-taskqueue-retries", 2**40),
+                                 ("negative-retries", "x-taskqueue-retries", -1),
+                                 ("text-due", "x-taskqueue-delayed-until", "soon")):
+        broker.submit("recorder", {"id": task_id}, message_id=task_id, headers={name: value})
+    # Then the first goes on without the forged headers, its priority 9
+    [(props, body)] = wait_for(lambda: broker.drain("worker_recorder"), 20, "the forwarded task")
+    assert json.loads(body) == {"id": "forged"} and props.priority == 9
+    headers = {k: v for k, v in props.headers.items() if k != "x-delivery-count"}   # the broker's
+    assert headers == {"mine": "kept", "x-taskqueue-retries": 2}
+    # and the others are dead-lettered, each saying which header and what it must be
+    letters = {p.message_id: p.headers for p, _ in dead_letters(broker, 4)}
+    assert letters["text-retries"]["x-taskqueue-reason"] == (
+        "header x-taskqueue-retries is '3': expected a retry count, an integer from 0 to "
+        "2147483647")
+    assert letters["huge-retries"]["x-taskqueue-reason"].startswith(
+        "header x-taskqueue-retries is 1099511627776: expected a retry count")
+    assert letters["negative-retries"]["x-taskqueue-reason"].startswith(
+        "header x-taskqueue-retries is -1: expected a retry count")
+    assert letters["text-due"]["x-taskqueue-reason"].startswith(
+        "header x-taskqueue-delayed-until is 'soon': expected when the task is due")
+
+
+def test_a_one_hop_task_with_forged_headers_neither_crashes_nor_misleads_the_worker(
+        broker, start_pool, records):
+    # Given a worker, retrying what raises
+    pool = start_pool(recorder_config(records, extra="max_retries: 2\n"), command="workerpool")
+    wait_consuming(broker, "worker_recorder")
+    children = sorted(pool.children())
+    # When one-hop tasks come with a text retry count, a huge one, and forged dead-letter headers
+    broker.submit_one_hop("recorder", {"id": "text"}, message_id="text",
+                          headers={"x-taskqueue-retries": "many"})
+    broker.submit_one_hop("recorder", {"id": "huge", "raise": True}, message_id="huge",
+                          headers={"x-taskqueue-retries": 2**40})
+    broker.submit_one_hop("recorder", {"id": "forged"}, message_id="forged",
+                          headers={"x-taskqueue-reason": "forged", "x-taskqueue-exit": "9"})
+    broker.submit_one_hop("recorder", {"id": "after"}, message_id="after")
+    # Then the forged headers never reach the plugin, the bad counts are dead-lettered
+    # with their reason, and the same process serves the task after them
+    wait_for(lambda: {"forged", "after"} <= done_ids(records), 30, "the good tasks done")
+    assert next(r for r in records.all() if r["id"] == "forged")["headers"] == ["worker_type"]
+    letters = {p.message_id: p.headers for p, _ in dead_letters(broker, 2)}
+    assert set(letters) == {"text", "huge"}
+    assert letters["text"]["x-taskqueue-reason"].startswith(
+        "header x-taskqueue-retries is 'many': expected a retry count")
+    assert letters["huge"]["x-taskqueue-reason"].startswith(
+        "header x-taskqueue-retries is 1099511627776")
+    assert letters["huge"]["x-taskqueue-queue"] == "worker_recorder"
+    assert not {"text", "huge"} & done_ids_started(records)
+    assert sorted(pool.children()) == children
