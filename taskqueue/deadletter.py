@@ -22,9 +22,10 @@ REASON_HEADER = "x-taskqueue-reason"
 SOURCE_HEADER = "x-taskqueue-queue"
 #: A message whose headers were not decoded (fielddecode.py) keeps their bytes here.
 RAW_HEADERS = "x-taskqueue-raw-headers"
-#: At most this many of those bytes: a dead letter's properties must fit in one frame
-#: (frame_max, 128 KiB) with taskqueue's own headers. RabbitMQ delivers no more.
-MAX_RAW_KEPT = 120 * 1024
+#: At most this many of those bytes (a table refused for its size is bigger), so that the
+#: dead letter's own table, with the reason, stays within fielddecode.MAX_TABLE_BYTES and
+#: `taskqueue dead list` reads it.
+MAX_RAW_KEPT = 60 * 1024
 #: Headers the broker set on a message for its own queue; a copy starts afresh.
 BROKER_HEADERS = ("x-delivery-count",)
 #: The graveyard keeps at most this many causes (oldest go first).
