@@ -48,7 +48,8 @@ def dead_properties(props, reason, queue=topology.TASK_QUEUE, **details):
     out = amqp.copy_properties(props)
     out.delivery_mode = amqp.PERSISTENT
     undecoded = props.headers if isinstance(props.headers, fielddecode.UndecodedTable) else None
-    out.headers = amqp.amqp_safe(inbound.without_forged(without_broker_headers(props.headers or {})))
+    out.headers = amqp.amqp_safe(inbound.without_forged(
+        without_broker_headers(props.headers or {})))
     if undecoded is not None:
         out.headers[RAW_HEADERS] = undecoded.raw[:MAX_RAW_KEPT]
         if len(undecoded.raw) > MAX_RAW_KEPT:

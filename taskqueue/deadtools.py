@@ -138,7 +138,8 @@ def _epoch(value):
 def fresh_headers(headers):
     """`headers` without what the broker and taskqueue added when the message died."""
     return {k: v for k, v in (headers or {}).items()
-            if k not in PAST_HEADERS and not (isinstance(k, str) and k.startswith(PAST_HEADER_PREFIXES))}
+            if k not in PAST_HEADERS
+            and not (isinstance(k, str) and k.startswith(PAST_HEADER_PREFIXES))}
 
 
 #: Why a dead letter whose headers were not decoded is not requeued.

@@ -76,8 +76,9 @@ class Broker:
         # what any client does, and no copy of it exists.
         for attempt in range(20):
             try:
-                self.channel.basic_publish("", queue, body, pika.BasicProperties(**props)
-                                           if raw_headers is None else RawHeaders(raw_headers, **props))
+                props_out = (pika.BasicProperties(**props) if raw_headers is None
+                             else RawHeaders(raw_headers, **props))
+                self.channel.basic_publish("", queue, body, props_out)
                 return
             except pika.exceptions.NackError:
                 time.sleep(0.1 * (attempt + 1))
