@@ -6,9 +6,11 @@ Its blocking-style methods (`open`, `declare_queue`, `consume`, ...) are
 called from a greenlet and wait cooperatively for the broker's reply; pika
 callbacks run in the hub and must never block or raise (an exception in a
 callback closes the whole connection: shared/notes/debian-gevent-pika.md §1.4).
+Headers are decoded within bounds (fielddecode.py), here and in blocking.py.
 Blocking connections for ordinary code are blocking.py's; queue names and
 arguments are topology.py's (pure). pika is imported here and in blocking.py
-only (sendbatch.py and promptwrite.py patch two of its transport classes).
+only (sendbatch.py and promptwrite.py patch two of its transport classes, fielddecode.py
+its header decoder).
 
 Importing this module in the supervisor, before any fork, is intended: the
 import costs ~40 ms, which a restarted child then does not pay.
@@ -24,11 +26,12 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from . import brokers, delays, onehop, promptwrite, sendbatch, tls, topology
+from . import brokers, delays, fielddecode, onehop, promptwrite, sendbatch, tls, topology
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 sendbatch.install()
+fielddecode.install()   # headers decoded within bounds (done on import too: said here)
 
 #: Seconds to wait for a broker reply (open, declare, consume, close).
 REPLY_TIMEOUT = 30.0

@@ -12,7 +12,7 @@ import time
 import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import amqp, delays, nacks, onehop
+from . import amqp, delays, fielddecode, nacks, onehop
 from .amqp import REPLY_TIMEOUT, BrokerUnreachable
 from .errors import TaskqueueError, TopologyError
 from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legacy_arguments,
@@ -23,6 +23,8 @@ from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legac
 #: the stack_timeout of a broker that accepts and never answers as its own
 #: AMQPConnectorStackTimeout (pika 1.2 to 1.4), no AMQPError either.
 CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorException)
+
+fielddecode.install()   # headers decoded within bounds (amqp.py did it already: said here)
 
 
 def blocking_arguments(connection, queue, arguments):

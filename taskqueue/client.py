@@ -37,7 +37,8 @@ import time
 import uuid
 import weakref
 
-from . import amqp, blocking, config, nacks, onehop, plugins, redact, topology, workitems
+from . import (amqp, blocking, config, fielddecode, nacks, onehop, plugins, redact, topology,
+               workitems)
 from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,10 @@ class _Link:
         def on_reply(channel, method, props, body):
             if props.correlation_id in replies:     # a late reply to a call that timed out is not
                 replies[props.correlation_id] = body
+                problem = fielddecode.problem_of(props)
+                if problem:     # a reply's headers are not read: its body is the answer
+                    log.warning("the reply to task %s came with headers that were not decoded "
+                                "(%s); its body is returned", props.correlation_id, problem)
         self.channel.basic_consume(topology.DIRECT_REPLY_TO, on_reply, auto_ack=True)
         self.consuming_replies = True
 

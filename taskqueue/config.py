@@ -52,6 +52,8 @@ class AmqpSettings:
     #: Seconds one broker of the list may take to accept the connection and finish the
     #: AMQP handshake before the next is tried (a host that drops packets never refuses).
     connect_timeout: float = 5.0
+    #: Bytes of a message body taskqueue takes; a bigger one is dead-lettered (inbound.py).
+    max_body_size: int = 16 * 2**20
 
     @property
     def hosts(self):
@@ -167,7 +169,7 @@ _NO_DEFAULT = "\x00"
 AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "password_file",
                 "heartbeat", "queue_type", "delivery_limit", "consumer_timeout",
                 "tls", "tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file", "auth",
-                "connect_timeout")
+                "connect_timeout", "max_body_size")
 #: Options that say how to connect, which `url` replaces; the others go with either
 #: (password_file too: it gives the password of the URL's user).
 CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat", "tls")
@@ -228,6 +230,24 @@ parse_connect_timeout = partial(parse_number, accept=lambda n: 0 < n <= MAX_CONN
                                          f"{MAX_CONNECT_TIMEOUT}")
 parse_backoff = partial(parse_number, accept=lambda n: n >= 1,
                         expected="expected a factor >= 1 (1: the same delay every time)")
+#: RabbitMQ takes no bigger message (its max_message_size cannot exceed 512 MiB).
+MAX_BODY_SIZE = 512 * 2**20
+_SIZE = re.compile(r"([0-9]+)\s*(|b|kib|k|mib|m|gib|g)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20,
+               "g": 2**30, "gib": 2**30}
+
+
+def parse_size(value):
+    """`16777216`, `16 MiB`, `512 KiB`, `1M`: a number of bytes from 1 to MAX_BODY_SIZE
+    (K, M and G are KiB, MiB and GiB)."""
+    match = _SIZE.fullmatch(value.strip())
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()] if match else 0
+    if not 1 <= size <= MAX_BODY_SIZE:
+        raise ValueError(f"expected a size in bytes from 1 to {MAX_BODY_SIZE} (512 MiB), "
+                         "optionally with a unit: KiB, MiB or GiB (16 MiB)")
+    return size
+
+
 parse_lookahead = partial(parse_number, accept=lambda n: n >= 0,
                           expected="expected a number of seconds >= 0 (0 turns lookahead off)")
 
@@ -630,7 +650,9 @@ class _Loader:
                       consumer_timeout=self.convert(chain, "consumer_timeout", 1800.0,
                                                     parse_seconds),
                       connect_timeout=self.convert(chain, "connect_timeout", 5.0,
-                                                   parse_connect_timeout))
+                                                   parse_connect_timeout),
+                      max_body_size=self.convert(chain, "max_body_size",
+                                                 AmqpSettings.max_body_size, parse_size))
         password = self.password(own)
         if "url" in own:
             others = [option for option in CONNECTION_OPTIONS if option in own]

@@ -16,10 +16,16 @@ import shutil
 import tempfile
 import time
 
-from . import amqp, redact, topology
+from . import amqp, fielddecode, inbound, redact, topology
 
 REASON_HEADER = "x-taskqueue-reason"
 SOURCE_HEADER = "x-taskqueue-queue"
+#: A message whose headers were not decoded (fielddecode.py) keeps their bytes here.
+RAW_HEADERS = "x-taskqueue-raw-headers"
+#: At most this many of those bytes (a table refused for its size is bigger), so that the
+#: dead letter's own table, with the reason, stays within fielddecode.MAX_TABLE_BYTES and
+#: `taskqueue dead list` reads it.
+MAX_RAW_KEPT = 60 * 1024
 #: Headers the broker set on a message for its own queue; a copy starts afresh.
 BROKER_HEADERS = ("x-delivery-count",)
 #: The graveyard keeps at most this many causes (oldest go first).
@@ -36,10 +42,18 @@ def without_broker_headers(headers):
 
 def dead_properties(props, reason, queue=topology.TASK_QUEUE, **details):
     """The message's properties, persistent, with the reason and where it came from;
-    `details` become more `x-taskqueue-<name>` headers."""
+    `details` become more `x-taskqueue-<name>` headers. Headers that were not decoded
+    are kept as their bytes (RAW_HEADERS); the dead-letter headers the message had
+    already (a publisher's, inbound.py) are not."""
     out = amqp.copy_properties(props)
     out.delivery_mode = amqp.PERSISTENT
-    out.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
+    undecoded = props.headers if isinstance(props.headers, fielddecode.UndecodedTable) else None
+    out.headers = amqp.amqp_safe(inbound.without_forged(
+        without_broker_headers(props.headers or {})))
+    if undecoded is not None:
+        out.headers[RAW_HEADERS] = undecoded.raw[:MAX_RAW_KEPT]
+        if len(undecoded.raw) > MAX_RAW_KEPT:
+            reason += f" (the first {MAX_RAW_KEPT} of their {len(undecoded.raw)} bytes kept)"
     out.headers[REASON_HEADER] = redact.redact(reason)   # a plugin's error may quote anything
     out.headers[SOURCE_HEADER] = queue
     out.headers["x-taskqueue-dead-at"] = int(time.time())

@@ -27,9 +27,9 @@ from typing import Optional
 import gevent
 from gevent.queue import Empty, Queue
 
-from . import amqp, formats, topology
+from . import amqp, fielddecode, formats, inbound, topology
 from .confirms import ConfirmWindow
-from .deadletter import REASON_HEADER, SOURCE_HEADER, task_key
+from .deadletter import RAW_HEADERS, REASON_HEADER, SOURCE_HEADER, task_key
 from .routing import Rejection, route
 from .errors import TaskqueueError
 from .progress import format_duration
@@ -75,7 +75,10 @@ def describe(props, body, keep_body=True):
     """
     headers = props.headers or {}
     death = _latest_death(headers)
-    if REASON_HEADER in headers:
+    problem = fielddecode.problem_of(props)
+    if problem:     # not one of ours: put here by the broker, or a publisher
+        reason, queue, dead_at = f"headers not decoded: {problem}", None, None
+    elif REASON_HEADER in headers:
         reason, queue = _text(headers[REASON_HEADER]), _text(headers.get(SOURCE_HEADER))
         dead_at = _epoch(headers.get(DEAD_AT_HEADER)) or _epoch(death.get("time"))
     elif death:
@@ -135,10 +138,16 @@ def _epoch(value):
 def fresh_headers(headers):
     """`headers` without what the broker and taskqueue added when the message died."""
     return {k: v for k, v in (headers or {}).items()
-            if k not in PAST_HEADERS and not k.startswith(PAST_HEADER_PREFIXES)}
+            if k not in PAST_HEADERS
+            and not (isinstance(k, str) and k.startswith(PAST_HEADER_PREFIXES))}
 
 
-def requeue_copy(props, body, readers=None):
+#: Why a dead letter whose headers were not decoded is not requeued.
+UNDECODED = ("its headers could not be decoded, and a copy would lose them (their bytes are "
+             f"in its header {RAW_HEADERS}); `taskqueue dead list` shows why")
+
+
+def requeue_copy(props, body, readers=None, max_body_size=inbound.DEFAULT_MAX_BODY_SIZE):
     """What to publish to `taskqueue` so that the dispatcher routes this dead letter
     to its worker again: (body, properties). Raise NotRequeueable if it would not.
 
@@ -147,8 +156,12 @@ def requeue_copy(props, body, readers=None):
     unchanged. One from `taskqueue` holds the envelope, which goes as it is.
     Properties are kept (message_id, correlation_id, reply_to...), the
     headers of its death are not. `readers`: the installed format plugins
-    (formats.load_installed()), as the dispatcher would use them.
+    (formats.load_installed()), as the dispatcher would use them. One whose headers
+    were not decoded (fielddecode.py, its own or the one it was made from) is not
+    requeued: a copy would lose them.
     """
+    if fielddecode.problem_of(props) or RAW_HEADERS in (props.headers or {}):
+        raise NotRequeueable(UNDECODED)
     letter = describe(props, body)
     headers = fresh_headers(props.headers)
     if letter.queue and letter.queue.startswith(WORKER_QUEUE_PREFIX) and letter.worker_type:
@@ -156,7 +169,9 @@ def requeue_copy(props, body, readers=None):
     out = copy.copy(props)
     out.delivery_mode = amqp.PERSISTENT
     out.headers = amqp.amqp_safe(headers) or None
-    decision = route(body, out.content_type, out.headers, readers)
+    refusal = inbound.refusal(out, body, max_body_size)
+    decision = Rejection(refusal) if refusal else route(body, out.content_type, out.headers,
+                                                        readers)
     if isinstance(decision, Rejection):
         raise NotRequeueable(f"the dispatcher would dead-letter it again: {decision.reason}")
     return body, out
@@ -332,7 +347,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
                                                  "already (a duplicate, or it died again)"))
                 continue
             try:
-                out = requeue_copy(props, body, readers)
+                out = requeue_copy(props, body, readers, settings.max_body_size)
             except NotRequeueable as exc:
                 report.failed.append((letter.id, str(exc)))
                 continue

@@ -149,15 +149,19 @@ def without_chain_deaths(headers):
     if not headers or DELAYED_HEADER not in headers:
         return headers
     out = dict(headers)
-    deaths = [death for death in out.pop(DEATH_HEADER, None) or []
-              if not _names_a_level(death.get("queue") if isinstance(death, dict) else None)]
-    if deaths:
-        out[DEATH_HEADER] = deaths
+    deaths = out.get(DEATH_HEADER)
+    if not isinstance(deaths, list):    # none, or a publisher's odd one: not the chain's
+        deaths = []
+    else:
+        deaths = [death for death in out.pop(DEATH_HEADER)
+                  if not _names_a_level(death.get("queue") if isinstance(death, dict) else None)]
+        if deaths:
+            out[DEATH_HEADER] = deaths
     for prefix in (FIRST_DEATH, LAST_DEATH):
         if _names_a_level(out.get(prefix + "queue")):
             for field in DEATH_FIELDS:
                 out.pop(prefix + field, None)
-    if LAST_DEATH + "queue" not in out and deaths:   # x-death is newest first
+    if LAST_DEATH + "queue" not in out and deaths and isinstance(deaths[0], dict):   # newest first
         for field in DEATH_FIELDS:
             if field in deaths[0]:
                 out[LAST_DEATH + field] = deaths[0][field]

@@ -5,7 +5,10 @@ it goes); format plugins are loaded by `formats`. `Dispatcher` is the loop
 around it: it consumes with a large prefetch, publishes with publisher
 confirms, and acks an input only once its output is confirmed, many messages
 in flight at once. What cannot be routed goes to `taskqueue_dead` with a
-header giving the reason; nothing is acked away unpublished.
+header giving the reason; nothing is acked away unpublished. What a publisher
+may not send (inbound.py: headers not decoded, a body too big, a bad retry
+count) is dead-lettered before routing; its forged dead-letter headers are
+dropped and its priority clamped on the copy routed.
 """
 import logging
 import time
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from . import amqp, delays, formats, logs, topology
+from . import amqp, delays, formats, inbound, logs, topology
 from .deadletter import dead_properties, without_broker_headers
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
 from .routing import BUILTIN_TYPES, Rejection, route
@@ -37,13 +40,17 @@ class Refused:
 
 def forwarded_properties(props, decision):
     """The input's properties, kept, made persistent, with the content type the route
-    gives (application/json for an envelope's workitem, text/plain for plain text)."""
+    gives (application/json for an envelope's workitem, text/plain for plain text),
+    without the dead-letter headers a publisher sent, the priority at most
+    inbound.MAX_PRIORITY."""
     out = amqp.copy_properties(props)
     out.delivery_mode = amqp.PERSISTENT
     if decision.content_type:
         out.content_type = decision.content_type
     if out.headers:
-        out.headers = amqp.amqp_safe(without_broker_headers(out.headers))
+        out.headers = amqp.amqp_safe(inbound.without_forged(without_broker_headers(out.headers)))
+    if out.priority is not None and out.priority > inbound.MAX_PRIORITY:
+        out.priority = inbound.MAX_PRIORITY
     return out
 
 
@@ -92,8 +99,9 @@ class Dispatcher:
     """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
 
     def __init__(self, session, prefetch, schedule=gevent.spawn_later, readers=None,
-                 spawn=gevent.spawn):
+                 spawn=gevent.spawn, max_body_size=inbound.DEFAULT_MAX_BODY_SIZE):
         self._session = session
+        self._max_body_size = max_body_size    # [amqp] max_body_size
         self._spawn = spawn         # spawn(fn, *args): a greenlet (tests pass their own)
         self._readers = readers or {}   # content type -> formats.Format (installed plugins)
         self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
@@ -144,6 +152,10 @@ class Dispatcher:
         tag = method.delivery_tag
         self._unsettled.add(tag)
         try:
+            refusal = inbound.refusal(props, body, self._max_body_size)
+            if refusal:
+                self._dead_letter(tag, props, body, refusal)
+                return
             props = without_chain_deaths(props)
             decision = route(body, props.content_type, props.headers, self._readers)
             if isinstance(decision, Rejection):
@@ -299,7 +311,8 @@ def run_dispatcher(amqp_settings, settings, ctx):
     """The body of a dispatcher child; returns an exit code."""
     readers = load_formats()
     session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}", ctx.route).open()
-    dispatcher = Dispatcher(session, settings.prefetch, readers=readers)
+    dispatcher = Dispatcher(session, settings.prefetch, readers=readers,
+                            max_body_size=amqp_settings.max_body_size)
     try:
         dispatcher.start()
     except amqp.SessionClosed:

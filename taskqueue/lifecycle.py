@@ -95,7 +95,8 @@ TASK_OUTCOMES = {
     "requeue": "given back to its queue by the plugin (nack or reject with requeue)",
     "reject": "refused by the plugin without requeue: dead-lettered by the broker",
     "raised": "handle_task raised: rejected, dead-lettered by the broker",
-    "dead": "not run: it had killed delivery_limit processes; dead-lettered",
+    "dead": "not run: it had killed delivery_limit processes, or was refused as it came in "
+            "(inbound.py); dead-lettered",
     "retry": "put off: published again through the delay queues (retry, or raised with retries left)",
 }
 

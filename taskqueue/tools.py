@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from . import amqp, blocking, config, plugins, topology, workitems
+from . import amqp, blocking, config, fielddecode, inbound, plugins, topology, workitems
 from .client import Client, task_message
 from .errors import ConfigError, InputError
 from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK, load_config
@@ -193,6 +193,7 @@ def cmd_check_config(args):
         print(f"warning: {warning}")
     print(f"broker: {amqp.describe(cfg.amqp)} (connect timeout {cfg.amqp.connect_timeout:g}s)")
     print(f"tls: {_describe_tls(cfg.amqp)}")
+    print(f"messages: {describe_limits(cfg.amqp)}")
     print(f"logging: {logging_line}")
     print("plugins found:" if found else "plugins found: none")
     for name, ep in sorted(found.items()):
@@ -204,6 +205,20 @@ def cmd_check_config(args):
     print("processes:")
     _print_table(("type", "subgroup", "count", "user", "queue", "retries"), rows)
     return EXIT_OK
+
+
+def describe_limits(settings):
+    """The check-config line for what a message may be (inbound.py, fielddecode.py)."""
+    return (f"bodies up to {_size_text(settings.max_body_size)} (max_body_size); headers up to "
+            f"{fielddecode.MAX_DEPTH} levels deep, {fielddecode.MAX_FIELDS} fields, "
+            f"{fielddecode.MAX_TABLE_BYTES} bytes; priority at most {inbound.MAX_PRIORITY}")
+
+
+def _size_text(size):
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
 
 
 def _describe_retries(policy):

@@ -18,7 +18,7 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, delays, logs, plugins, retries, topology
+from . import amqp, delays, inbound, logs, plugins, retries, topology
 from .intake import Intake
 from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
@@ -262,6 +262,12 @@ def run_worker(group, amqp_settings, ctx):
         # Reported before the limit check: dead-lettering settles the task too,
         # and the supervisor forgets the deaths of a settled task.
         ctx.busy(key, method.redelivered)
+        if _refused(group, amqp_settings, session, key, *delivery):
+            logs.set_task(None)
+            ctx.done("dead", 0.0)
+            continue
+        # What the plugin sees and every copy is made from: no forged dead-letter headers.
+        delivery = (method, inbound.admitted(props), body)
         if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):
             logs.set_task(None)
             ctx.done("dead", 0.0)
@@ -290,6 +296,21 @@ def _next_delivery(inbox, ctx):
         except Empty:
             ctx.flush()
     return inbox.get()
+
+
+def _refused(group, amqp_settings, session, key, method, props, body):
+    """Dead-letter a task taskqueue does not take (inbound.refusal: its headers not
+    decoded, a body too big, a bad retry count; one hop, the dispatcher never saw it),
+    before the plugin sees it; return True if it did."""
+    reason = inbound.refusal(props, body, amqp_settings.max_body_size)
+    if reason is None:
+        return False
+    log.error("task %s (delivery %s) refused: %s; dead-lettering it", key, method.delivery_tag,
+              reason)
+    session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
+        props, reason, queue=group.queue, worker_type=group.worker_type))
+    session.ack(method.delivery_tag)
+    return True
 
 
 def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):

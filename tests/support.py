@@ -8,6 +8,7 @@ import os
 import pwd
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -64,7 +65,8 @@ class Broker:
         body = json.dumps({"worker_type": worker_type, "workitem": workitem}).encode()
         self.publish_raw(body, content_type="application/json", **props)
 
-    def publish_raw(self, body, queue="taskqueue", **props):
+    def publish_raw(self, body, queue="taskqueue", raw_headers=None, **props):
+        """Publish `body` to `queue`; `raw_headers`: the headers table's bytes (RawHeaders)."""
         props.setdefault("delivery_mode", 2)
         # Declared exactly as taskqueue declares it (default settings: quorum queues).
         self.channel.queue_declare(queue, durable=True,
@@ -74,7 +76,9 @@ class Broker:
         # what any client does, and no copy of it exists.
         for attempt in range(20):
             try:
-                self.channel.basic_publish("", queue, body, pika.BasicProperties(**props))
+                props_out = (pika.BasicProperties(**props) if raw_headers is None
+                             else RawHeaders(raw_headers, **props))
+                self.channel.basic_publish("", queue, body, props_out)
                 return
             except pika.exceptions.NackError:
                 time.sleep(0.1 * (attempt + 1))
@@ -82,19 +86,23 @@ class Broker:
 
     def submit_one_hop(self, worker_type, workitem, routing_key=None, **props):
         """Publish a task the one-hop way (README "Messages"), as a raw client does: the
-        workitem as body, the worker_type header, to taskqueue.direct by its type;
-        confirmed and mandatory (UnroutableError if no queue took it)."""
+        workitem as body (bytes as they are), the worker_type header, to taskqueue.direct
+        by its type; confirmed and mandatory (UnroutableError if no queue took it).
+        `raw_headers=` (the table's bytes, RawHeaders) instead of the headers."""
         if not self.one_hop_declared:
             declare_one_hop(self.channel)
             self.one_hop_declared = True
         props.setdefault("delivery_mode", 2)
         props.setdefault("content_type", "application/json")
-        props["headers"] = {**props.get("headers", {}), "worker_type": worker_type}
-        body = json.dumps(workitem).encode()
+        raw = props.pop("raw_headers", None)
+        if raw is None:
+            props["headers"] = {**props.get("headers", {}), "worker_type": worker_type}
+        body = workitem if isinstance(workitem, bytes) else json.dumps(workitem).encode()
         for attempt in range(20):   # a quorum queue just declared may nack: see publish_raw
             try:
                 self.channel.basic_publish("taskqueue.direct", routing_key or worker_type, body,
-                                           pika.BasicProperties(**props), mandatory=True)
+                                           pika.BasicProperties(**props) if raw is None
+                                           else RawHeaders(raw, **props), mandatory=True)
                 return
             except pika.exceptions.NackError:
                 time.sleep(0.1 * (attempt + 1))
@@ -356,3 +364,44 @@ def report_figures(terminalreporter, title, figures):
         terminalreporter.write_line(f"{test}:")
         for name, value in values.items():
             terminalreporter.write_line(f"    {name}: {value}")
+
+
+# -- hostile messages: header tables written byte by byte ------------------------------
+
+def amqp_table(body):
+    """An AMQP field table: its entries' bytes with their length in front."""
+    return struct.pack(">I", len(body)) + body
+
+
+def amqp_key(name):
+    data = name.encode()
+    return bytes([len(data)]) + data
+
+
+def deep_table(depth, key="a"):
+    """A header table nested `depth` levels deep ({key: {key: ...}}), written by hand:
+    pika's own encoder recurses too. 700 levels take about 5 KB."""
+    table = amqp_table(b"")
+    for _ in range(depth):
+        table = amqp_table(amqp_key(key) + b"F" + table)
+    return table
+
+
+_PLACEHOLDER = {"tq-test-raw-headers-placeholder": None}
+
+
+class RawHeaders(pika.BasicProperties):
+    """Message properties whose headers go on the wire as the table bytes `raw`, whatever
+    they hold (RabbitMQ 3.10 takes a table nested 700 deep, or a timestamp past 9999)."""
+
+    def __init__(self, raw, **props):
+        super().__init__(headers=dict(_PLACEHOLDER), **props)
+        self.raw = raw
+
+    def encode(self):
+        pieces = []
+        pika.data.encode_table(pieces, _PLACEHOLDER)
+        placeholder = b"".join(pieces)
+        encoded = b"".join(super().encode())
+        assert encoded.count(placeholder) == 1
+        return [encoded.replace(placeholder, self.raw)]

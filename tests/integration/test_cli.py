@@ -28,6 +28,8 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     assert "workerext: extpackage.workerext:Worker.factory" in out.stdout
     assert re.search(r"^broker: 127\.0\.0\.1:\d+ vhost .* \(connect timeout 5s\)$", out.stdout,
                      re.MULTILINE), out.stdout
+    assert ("messages: bodies up to 16 MiB (max_body_size); headers up to 32 levels deep, "
+            "10000 fields, 65536 bytes; priority at most 9\n") in out.stdout
     lines = [line.split() for line in out.stdout.splitlines()]
     assert ["recorder", "-", "3", "-", "worker_recorder", "-"] in lines
     assert ["dispatcher", "-", "1", "-", "taskqueue", "-"] in lines

@@ -399,7 +399,8 @@ def test_amqp_unknown_option_is_an_error(write):
     assert message == (f"{path}: [amqp] passwd: unknown option; "
                        "expected one of url, host, port, vhost, user, password, password_file, "
                        "heartbeat, queue_type, delivery_limit, consumer_timeout, tls, tls_ca_file, "
-                       "tls_server_name, tls_cert_file, tls_key_file, auth, connect_timeout")
+                       "tls_server_name, tls_cert_file, tls_key_file, auth, connect_timeout, "
+                       "max_body_size")
 
 
 @pytest.mark.parametrize("option, value, expected", [
@@ -665,6 +666,22 @@ def test_connect_timeout_defaults_to_5_seconds_and_goes_with_url_or_host(write):
     assert load(write("[amqp]\nhost: a, b\n"), set()).amqp.connect_timeout == 5.0
     cfg = load(write("[amqp]\nurl: amqp://a/, amqp://b/\nconnect_timeout: 1.5\n"), set())
     assert cfg.amqp.connect_timeout == 1.5
+
+
+@pytest.mark.parametrize("value, size", [(None, 16 * 2**20), ("1024", 1024), ("1 KiB", 1024),
+                                         ("2k", 2048), ("16 MiB", 16 * 2**20), ("1M", 2**20),
+                                         ("512MiB", 512 * 2**20), (" 3 b ", 3)])
+def test_max_body_size_is_bytes_16_mib_unless_told(write, value, size):
+    text = "[amqp]\nhost: a\n" + (f"max_body_size: {value}\n" if value else "")
+    assert load(write(text), set()).amqp.max_body_size == size
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5 MiB", "513 MiB", "1 GiB", "16 MB", "lots", ""])
+def test_bad_max_body_size_is_an_error_naming_file_section_and_option(write, value):
+    path = write(f"[amqp]\nmax_body_size: {value}\n")
+    assert error_of(path, set()) == (
+        f"{path}: [amqp] max_body_size = {value!r}: expected a size in bytes from 1 to "
+        f"536870912 (512 MiB), optionally with a unit: KiB, MiB or GiB (16 MiB)")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "301", "5s", "nan", ""])

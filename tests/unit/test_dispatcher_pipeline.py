@@ -241,3 +241,27 @@ def test_dispatcher_drops_the_deaths_of_the_delay_chain_from_a_delayed_task_and_
     assert props.headers == {"worker_type": "t", "x-taskqueue-delayed-until": 1700000000,
                              "mine": "kept"}
     assert props.message_id == "m"
+
+
+def test_a_message_whose_headers_were_not_decoded_is_dead_lettered_and_the_next_routed():
+    from taskqueue.fielddecode import UndecodedTable
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once, max_body_size=100)
+    session.delivered.extend([1, 2, 3, 4])
+    undecoded = pika.BasicProperties(headers=UndecodedTable("too deep", b"raw"), priority=200)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=1), undecoded, envelope(1))
+    dispatcher._on_message(SimpleNamespace(delivery_tag=2), pika.BasicProperties(), b"x" * 101)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=3), pika.BasicProperties(
+        headers={"x-taskqueue-retries": "3"}), envelope(3))
+    dispatcher._on_message(SimpleNamespace(delivery_tag=4), pika.BasicProperties(
+        priority=200, headers={"x-taskqueue-exit": "forged", "x-taskqueue-retries": 1}),
+        envelope(4))
+    assert [queue for queue, _, _ in session.sent] == ["taskqueue_dead"] * 3 + ["worker_t"]
+    dead = session.published_props
+    assert dead[0].headers["x-taskqueue-reason"] == "headers not decoded: too deep"
+    assert dead[0].headers["x-taskqueue-raw-headers"] == b"raw"
+    assert dead[1].headers["x-taskqueue-reason"].startswith("body is 101 bytes, more than")
+    assert dead[2].headers["x-taskqueue-reason"].startswith("header x-taskqueue-retries is '3'")
+    assert dead[3].priority == 9 and dead[3].headers == {"x-taskqueue-retries": 1}
+    confirm(dispatcher, 4, multiple=True)
+    assert sorted(t for _, t in session.of("ack")) == [1, 2, 3, 4]

@@ -1,0 +1,103 @@
+"""What taskqueue takes of a message as it comes in (inbound.py), and what a dead letter
+of a refused one keeps (deadletter.py) and the tools make of it (deadtools.py)."""
+import pika
+import pytest
+
+from taskqueue import deadletter, deadtools, inbound
+from taskqueue.fielddecode import UndecodedTable
+
+LIMIT = 1000
+
+
+def props(**kwargs):
+    return pika.BasicProperties(**kwargs)
+
+
+def test_a_message_taskqueue_writes_is_taken():
+    headers = {"worker_type": "echo", "x-taskqueue-retries": 3,
+               "x-taskqueue-delayed-until": 1_900_000_000, "other": [1, {"a": None}]}
+    assert inbound.refusal(props(headers=headers), b"x" * LIMIT, LIMIT) is None
+    assert inbound.refusal(props(), b"", LIMIT) is None
+
+
+def test_headers_not_decoded_are_refused_with_the_decoders_reason():
+    undecoded = props(headers=UndecodedTable("nested deeper than 32 levels", b"raw"))
+    assert inbound.refusal(undecoded, b"", LIMIT) == \
+        "headers not decoded: nested deeper than 32 levels"
+
+
+def test_a_body_over_the_limit_is_refused_saying_both_sizes():
+    assert inbound.refusal(props(), b"x" * (LIMIT + 1), LIMIT) == \
+        "body is 1001 bytes, more than [amqp] max_body_size (1000 bytes)"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("x-taskqueue-retries", "3"), ("x-taskqueue-retries", -1), ("x-taskqueue-retries", 2**31),
+    ("x-taskqueue-retries", True), ("x-taskqueue-retries", 1.5), ("x-taskqueue-retries", None),
+    ("x-taskqueue-retries", [1]), ("x-taskqueue-delayed-until", "soon"),
+    ("x-taskqueue-delayed-until", -5), ("x-taskqueue-delayed-until", b"\x00")])
+def test_a_checked_header_that_is_not_what_taskqueue_writes_is_refused(name, value):
+    reason = inbound.refusal(props(headers={name: value}), b"", LIMIT)
+    assert reason.startswith(f"header {name} is {value!r}: expected ")
+    assert "an integer from 0 to " in reason
+
+
+def test_dead_letter_headers_from_a_publisher_are_dropped_and_the_priority_clamped():
+    forged = {"x-taskqueue-reason": "r", "x-taskqueue-exit": "e", "x-taskqueue-queue": "q",
+              "x-taskqueue-worker-type": "w", "x-taskqueue-raw-headers": b"",
+              "x-taskqueue-retries": 1, "x-taskqueue-delayed-until": 5, "mine": 1, b"\xff": 2}
+    out = inbound.admitted(props(headers=forged, priority=200, message_id="m"))
+    assert out.headers == {"x-taskqueue-retries": 1, "x-taskqueue-delayed-until": 5, "mine": 1,
+                           b"\xff": 2}
+    assert out.priority == inbound.MAX_PRIORITY and out.message_id == "m"
+    assert forged["x-taskqueue-reason"] == "r"    # a copy: the delivery's own untouched
+
+
+@pytest.mark.parametrize("priority", [None, 0, 5, 9])
+def test_a_clean_message_is_admitted_as_it_is(priority):
+    original = props(headers={"a": 1}, priority=priority)
+    assert inbound.admitted(original) is original
+
+
+def test_a_dead_letter_of_undecoded_headers_keeps_their_bytes_and_drops_forged_ones():
+    raw = b"\x00\x00\x00\x05raw!!"
+    out = deadletter.dead_properties(props(headers=UndecodedTable("too deep", raw),
+                                           message_id="m"), "headers not decoded: too deep")
+    assert out.headers[deadletter.RAW_HEADERS] == raw
+    assert out.headers["x-taskqueue-reason"] == "headers not decoded: too deep"
+    forged = deadletter.dead_properties(props(headers={"x-taskqueue-exit": "lie", "a": 1}), "why")
+    assert "x-taskqueue-exit" not in forged.headers and forged.headers["a"] == 1
+
+
+def test_a_dead_letter_keeps_at_most_max_raw_kept_bytes_and_says_so():
+    raw = b"r" * (deadletter.MAX_RAW_KEPT + 10)
+    out = deadletter.dead_properties(props(headers=UndecodedTable("too big", raw)), "why")
+    assert out.headers[deadletter.RAW_HEADERS] == raw[:deadletter.MAX_RAW_KEPT]
+    assert out.headers["x-taskqueue-reason"] == (
+        f"why (the first {deadletter.MAX_RAW_KEPT} of their {len(raw)} bytes kept)")
+
+
+def test_dead_tools_describe_and_keep_a_letter_whose_headers_were_not_decoded():
+    body = b'{"worker_type": "echo", "workitem": 1}'
+    undecoded = props(headers=UndecodedTable("unknown field kind 'Z'", b"raw"), message_id="m")
+    letter = deadtools.describe(undecoded, body)
+    assert letter.reason == "headers not decoded: unknown field kind 'Z'"
+    assert letter.worker_type == "echo"
+    ours = deadletter.dead_properties(undecoded, "headers not decoded: unknown field kind 'Z'")
+    for dead in (undecoded, ours):
+        with pytest.raises(deadtools.NotRequeueable, match="its headers could not be decoded"):
+            deadtools.requeue_copy(dead, body)
+
+
+def test_dead_requeue_refuses_a_body_the_dispatcher_would_refuse_again():
+    dead = deadletter.dead_properties(props(message_id="m"), "body is 20 bytes, more than ...")
+    body = b'{"worker_type": "echo", "workitem": "0123456789"}'
+    with pytest.raises(deadtools.NotRequeueable, match="body is 49 bytes, more than"):
+        deadtools.requeue_copy(dead, body, max_body_size=20)
+    assert deadtools.requeue_copy(dead, body, max_body_size=100)[0] == body
+
+
+def test_dead_requeue_takes_a_header_name_that_is_not_utf8():
+    dead = deadletter.dead_properties(props(headers={b"\xff": 1}), "why")
+    body = b'{"worker_type": "echo", "workitem": 1}'
+    assert deadtools.requeue_copy(dead, body)[1].headers == {b"\xff": 1}
