@@ -53,9 +53,10 @@ FIRST_DELIVERY = "first"
 class ChildContext:
     """What a child's target gets: a stop request, and a line to the supervisor.
 
-    Reports are lines `<pid> <event> [<detail>]` on a pipe shared by all
-    children; each write is less than PIPE_BUF bytes, so lines from
-    different children never interleave. A finished task's `done` line is
+    Reports are lines `<event> [<detail>]` on a pipe of this child's own
+    (reports.py: the supervisor knows whose pipe it reads, so no pid is
+    written); each write is less than PIPE_BUF bytes, so that a line never
+    arrives in pieces. A finished task's `done` line is
     held back and goes out with the next `busy` (or `flush()`): one write and
     one supervisor wake-up per task instead of two, in a stream of short tasks.
     """
@@ -66,7 +67,6 @@ class ChildContext:
         #: Where the supervisor records how processes died in the middle of a task.
         self.graveyard = graveyard
         self._report_fd = report_fd
-        self._pid = os.getpid()
         self._held = ""     # a `done` line not written yet
         #: brokers.Route: where this child connects first; it tells the supervisor
         #: which broker it reached (`broker`), could not reach (`unreachable`), lost (`lost`).
@@ -91,7 +91,7 @@ class ChildContext:
     def done(self, outcome, seconds):
         """The task is settled (outcome: one of lifecycle.TASK_OUTCOMES) after `seconds`
         of handling; held until the next report or flush()."""
-        self._held = f"{self._pid} done {outcome} {seconds:.6f}\n"
+        self._held = f"done {outcome} {seconds:.6f}\n"
 
     @property
     def holding(self):
@@ -103,7 +103,7 @@ class ChildContext:
             self._write(self._held)
 
     def _report(self, event, detail=""):
-        self._write(f"{self._held}{self._pid} {event} {detail}\n")
+        self._write(f"{self._held}{event} {detail}\n")
 
     def _write(self, text):
         self._held = ""
