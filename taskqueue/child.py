@@ -16,8 +16,10 @@ import gevent
 import gevent.signal
 from gevent.event import Event
 
-from . import brokers, logs
+# childexec before any privilege drop: the child may not be able to import it after.
+from . import brokers, childexec, logs, tls
 from .amqp import SessionClosed
+from .deadletter import Graveyard
 from .errors import PluginError, TopologyError
 from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY, EXIT_USER
 
@@ -111,17 +113,42 @@ class ChildContext:
 
 
 def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, graveyard, route=None):
-    """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns."""
-    code = EXIT_ERROR
-    try:
+    """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns.
+    A child that switches to another user execs a fresh interpreter first (childexec.py)."""
+    def body():
         ctx = ChildContext(name, report_fd, graveyard, route)
         _take_over_signals(forget_inherited, ctx.stopping.set)
         logs.set_identity(kind, name)
-        if user:
-            drop_privileges(user)
-        # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)).
+        switched = drop_privileges(user) if user else False
+        # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)); exec keeps it.
         _die_with_parent(parent_pid)
-        code = target(ctx)
+        if switched:   # it must not keep the supervisor's memory: other groups' settings
+            childexec.replace_process(name, kind, target, report_fd, parent_pid, graveyard, ctx.route)
+        return target(ctx)
+    _run_to_exit(name, body)
+
+
+def serve(name, kind, target, report_fd, parent_pid, graveyard_path, route, tls_contexts):
+    """The same child, in the fresh interpreter childexec.py started; never returns."""
+    def body():
+        ctx = ChildContext(name, report_fd, graveyard_path and Graveyard(graveyard_path), route)
+        logs.set_identity(kind, name)
+        for key, contents in tls_contexts:
+            tls.adopt(key, contents)
+        for sig in STOP_SIGNALS:
+            gevent.signal_handler(sig, ctx.stopping.set)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)   # blocked across exec
+        if os.getppid() != parent_pid:   # the supervisor died before exec: PDEATHSIG missed it
+            return EXIT_ERROR
+        return target(ctx)
+    _run_to_exit(name, body)
+
+
+def _run_to_exit(name, body):
+    """Run body() and leave through os._exit() with its code, or the code of what it raised."""
+    code = EXIT_ERROR
+    try:
+        code = body()
     except BaseException as exc:
         code = next((code for kind, code in EXPLAINED if isinstance(exc, kind)), EXIT_ERROR)
         if code == EXIT_ERROR:
@@ -152,12 +179,14 @@ def _take_over_signals(forget_inherited, on_stop):
 
 
 def drop_privileges(user):
-    """Become `user` for good: supplementary groups, gid, then uid; HOME and USER follow."""
+    """Become `user` for good: supplementary groups, gid, then uid; HOME and USER follow.
+    True when that changed the uid (False: this process ran as `user` already)."""
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
         raise UserSwitchError(f"cannot run as user {user!r}: no such user") from None
-    if os.getuid() != pw.pw_uid:
+    switched = os.getuid() != pw.pw_uid
+    if switched:
         try:
             # initgroups first: without it the child keeps root's groups (notes §3).
             os.initgroups(pw.pw_name, pw.pw_gid)
@@ -167,6 +196,7 @@ def drop_privileges(user):
             raise UserSwitchError(f"cannot run as user {user!r}: {exc.strerror} "
                                   f"(the supervisor runs as uid {os.getuid()}, not root)") from None
     os.environ.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    return switched
 
 
 def _die_with_parent(parent_pid):
