@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import signal
+import sys
 
 import gevent
 import gevent.signal
@@ -123,7 +124,12 @@ def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, grave
         # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)); exec keeps it.
         _die_with_parent(parent_pid)
         if switched:   # it must not keep the supervisor's memory: other groups' settings
-            childexec.replace_process(name, kind, target, report_fd, parent_pid, graveyard, ctx.route)
+            try:
+                childexec.replace_process(name, kind, target, report_fd, parent_pid, graveyard,
+                                          ctx.route)
+            except OSError as exc:   # the interpreter, or its venv, not executable by `user`
+                raise UserSwitchError(f"cannot run as user {user!r}: cannot start {sys.executable} "
+                                      f"as that user: {exc.strerror or exc}") from None
         return target(ctx)
     _run_to_exit(name, body)
 
