@@ -7,7 +7,7 @@ childexec.py). Read as root: every readable region of its memory
 """
 import json
 import os
-import re
+import pwd
 import signal
 import uuid
 
@@ -121,3 +121,23 @@ def test_a_child_running_as_another_user_keeps_only_its_own_fds(pool):
     assert len([p for p in pipes if p not in stdio and pipes.count(p) == 1]) == 1, links
     assert not [link for link in links if "memfd:" in link or "taskqueue-graves" in link], links
     assert pool.stop() == 0
+
+
+def test_a_dispatcher_and_workers_of_other_users_route_and_handle_tasks(
+        other_user, broker, start_pool, records):
+    # `run --user D` with a group of another user: the supervisor keeps root, the
+    # dispatcher (as D) and the workers (as bifh1) both start fresh interpreters.
+    daemon = "tqtest-daemon"
+    with system_users(users=(daemon,)):
+        config = (f"[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 1\nuser: {USER}\n"
+                  f"record_dir: {records.path}\n")
+        pool = start_pool(config, command="run", extra_args=["--user", daemon])
+        wait_for(lambda: broker.counts("taskqueue")[1] == 1, 15, "the dispatcher consuming")
+        wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the worker consuming")
+        assert uid_of(pool.pid) == 0
+        broker.submit("recorder", {"id": "routed"})   # through the dispatcher
+        (done,) = wait_for(records.all, 15, "the routed task done")
+        assert done["user"] == USER
+        uids = {uid_of(pid) for pid in pool.children()}
+        assert uids == {pwd.getpwnam(daemon).pw_uid, pwd.getpwnam(USER).pw_uid}
+        assert pool.stop() == 0
