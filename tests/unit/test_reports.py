@@ -3,10 +3,11 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from taskqueue.child import ChildContext
 from taskqueue.lifecycle import parse_done
-from taskqueue.reports import LINE_MAX, ReportReader, printable
+from taskqueue.reports import EVENTS, LINE_MAX, ReportReader, parse, printable
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -123,3 +124,32 @@ def test_details_are_made_printable_before_they_reach_logs_or_status(pipe, raw, 
 ])
 def test_done_detail_is_an_outcome_and_a_duration(detail, parsed):
     assert parse_done(detail) == parsed
+
+
+_lines = st.one_of(
+    st.builds(lambda event, detail: f"{event} {detail}".encode("utf-8", "surrogatepass"),
+              st.sampled_from(EVENTS), st.text(max_size=60)),
+    st.binary(max_size=40),                                      # noise, foreign output
+    st.integers(LINE_MAX - 8, 3 * LINE_MAX).map(lambda n: b"busy " + b"x" * n),   # overlong
+).filter(lambda line: b"\n" not in line)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(_lines, max_size=12), cuts=st.lists(st.integers(0, 1 << 14), max_size=8))
+def test_reader_takes_exactly_the_well_formed_short_lines_however_the_stream_is_cut(lines, cuts):
+    stream = b"".join(line + b"\n" for line in lines)
+    expected = [parse(line) for line in lines if len(line) <= LINE_MAX and parse(line)]
+    r, w = os.pipe()
+    try:
+        reader, got = ReportReader(r), []
+        points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
+        for start, end in zip(points, points[1:]):
+            for piece in range(start, end, 16384):   # never more than the pipe holds
+                os.write(w, stream[piece:min(end, piece + 16384)])
+                got += reader.read()
+        assert got == expected
+        assert all(detail.isprintable() for _, detail in got)
+        assert len(reader._partial) <= LINE_MAX
+    finally:
+        os.close(r)
+        os.close(w)
