@@ -16,8 +16,12 @@ memory-only file (memfd), only:
 - the contents of the [amqp] TLS files it needs (it may not read them), each
   handed to OpenSSL in a memfd of its own (tls.adopt).
 
-The fds that survive exec are exactly: 0-2, the log file, the report pipe
-and the memfd. The new interpreter runs the same post-fork routine's tail
+Between the privilege drop and the exec the process still holds the whole
+config, but no plugin code has run yet, and the kernel made it non-dumpable
+when its uid changed: its new user cannot read its memory through /proc. The
+fds that survive exec are exactly: 0-2, the log file, the report pipe and the
+memfd (not the graveyard's lock: the supervisor holds it, and these children
+die with it). The new interpreter runs the same post-fork routine's tail
 (child.serve): signals, the check that the supervisor lives, the target,
 an exit code of lifecycle.EXITS.
 """
