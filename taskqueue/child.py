@@ -130,6 +130,8 @@ def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, grave
             except OSError as exc:   # the interpreter, or its venv, not executable by `user`
                 raise UserSwitchError(f"cannot run as user {user!r}: cannot start {sys.executable} "
                                       f"as that user: {exc.strerror or exc}") from None
+        # Only now: a stop signal sent before the exec stays pending across it.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         return target(ctx)
     _run_to_exit(name, body)
 
@@ -171,7 +173,8 @@ def _take_over_signals(forget_inherited, on_stop):
 
     The supervisor blocked its signals before forking; a stop signal that
     arrived since then is pending and reaches the child's handler once the
-    mask is lifted at the end of this function.
+    caller lifts the mask (after an exec, if the child execs: the new
+    interpreter's handler gets it).
     """
     forget_inherited()  # the supervisor's greenlets, signal handles and fds
     for sig in SUPERVISOR_SIGNALS:
@@ -181,7 +184,6 @@ def _take_over_signals(forget_inherited, on_stop):
     gevent.signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for sig in STOP_SIGNALS:
         gevent.signal_handler(sig, on_stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
 
 
 def drop_privileges(user):

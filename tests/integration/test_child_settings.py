@@ -8,6 +8,7 @@ childexec.py). Read as root: every readable region of its memory
 import json
 import os
 import pwd
+import re
 import signal
 import uuid
 
@@ -141,3 +142,16 @@ def test_a_dispatcher_and_workers_of_other_users_route_and_handle_tasks(
         uids = {uid_of(pid) for pid in pool.children()}
         assert uids == {pwd.getpwnam(daemon).pw_uid, pwd.getpwnam(USER).pw_uid}
         assert pool.stop() == 0
+
+
+def test_a_child_asked_to_stop_while_it_execs_stops_at_once(other_user, start_pool, records):
+    # The stop signal stays blocked, pending, from the fork to the new interpreter's handler.
+    config = (f"[DEFAULT]\nworkers: 0\nstop_timeout: 20\n\n[recorder2]\nworkers: 1\n"
+              f"user: {USER}\nrecord_dir: {records.path}\n")
+    pool = start_pool(config, command="workerpool")
+    pool.wait_log(r"recorder2#0 pid=- STOPPED -> STARTING", timeout=15)
+    pool.process.send_signal(signal.SIGTERM)
+    assert pool.stop(timeout=15) == 0
+    log = pool.log()
+    assert re.search(r"recorder2#0 pid=\d+ STARTING -> STOPPING", log), log
+    assert re.search(r"recorder2#0 pid=\d+ exit 0 \(stopped\)", log), log
