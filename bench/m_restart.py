@@ -1,6 +1,10 @@
 """4. Restart latency: SIGKILL a worker child, time until its replacement is
 consuming again (the supervisor's `STARTING -> RUNNING` line, logged once the
-child's basic_consume was answered), from the line's timestamp (1 ms)."""
+child's basic_consume was answered), from the line's timestamp (1 ms).
+
+With `--restart-user USER` the bench group runs as USER (the supervisor as
+root): its children switch users, so each start execs a fresh interpreter
+(taskqueue/childexec.py); its figures are the rows `restart as USER ...`."""
 import datetime
 import os
 import re
@@ -50,8 +54,12 @@ def kill_and_time(proc, slot):
 
 
 def measure(workdir, args):
+    user = getattr(args, "restart_user", None)
     config = (f"[DEFAULT]\nworkers: 0\n\n[bench]\nworkers: {SLOTS}\n"
               f"record_dir: {record_dir(workdir, 'restart')}\n")
+    if user:
+        config += f"user: {user}\n"
+        os.chmod(workdir, 0o755)   # its records directory, reached by USER
     with Vhost("restart") as vhost:
         proc = taskqueue("workerpool", vhost.name, config, workdir)
         try:
@@ -62,8 +70,9 @@ def measure(workdir, args):
         finally:
             proc.stop()
     back, died, ready = (sorted(column) for column in zip(*times))
-    return {"restart p50": percentile(back, 50), "restart p99": percentile(back, 99),
-            "restart kill->death logged p50": percentile(died, 50),
-            "restart fork->RUNNING (ready in) p50": percentile(ready, 50),
-            "restart fork->RUNNING (ready in) p99": percentile(ready, 99),
-            "restart backoffs": backoffs}
+    row = f"restart as {user}" if user else "restart"
+    return {f"{row} p50": percentile(back, 50), f"{row} p99": percentile(back, 99),
+            f"{row} kill->death logged p50": percentile(died, 50),
+            f"{row} fork->RUNNING (ready in) p50": percentile(ready, 50),
+            f"{row} fork->RUNNING (ready in) p99": percentile(ready, 99),
+            f"{row} backoffs": backoffs}

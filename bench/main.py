@@ -38,6 +38,9 @@ def parse_args(argv):
                              "run (default: all), e.g. 'taskqueue one-hop classic,dramatiq t1'")
     parser.add_argument("--latency-tasks", type=int, default=500, help="sequential tasks (3.)")
     parser.add_argument("--kills", type=int, default=50, help="worker SIGKILLs (4.)")
+    parser.add_argument("--restart-user", default=None,
+                        help="run the restart measurement's group as this user (4.: the "
+                             "children switch users, each start execs a fresh interpreter)")
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
     parser.add_argument("--submit-tasks", type=int, default=5000,
                         help="tasks per client submit figure (6.; a fifth of them for the loop)")

@@ -11,13 +11,16 @@ import logging
 import os
 import pwd
 import signal
+import sys
 
 import gevent
 import gevent.signal
 from gevent.event import Event
 
-from . import brokers, logs
+# childexec before any privilege drop: the child may not be able to import it after.
+from . import brokers, childexec, logs, tls
 from .amqp import SessionClosed
+from .deadletter import Graveyard
 from .errors import PluginError, TopologyError
 from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY, EXIT_USER
 
@@ -53,9 +56,10 @@ FIRST_DELIVERY = "first"
 class ChildContext:
     """What a child's target gets: a stop request, and a line to the supervisor.
 
-    Reports are lines `<pid> <event> [<detail>]` on a pipe shared by all
-    children; each write is less than PIPE_BUF bytes, so lines from
-    different children never interleave. A finished task's `done` line is
+    Reports are lines `<event> [<detail>]` on a pipe of this child's own
+    (reports.py: the supervisor knows whose pipe it reads, so no pid is
+    written); each write is less than PIPE_BUF bytes, so that a line never
+    arrives in pieces. A finished task's `done` line is
     held back and goes out with the next `busy` (or `flush()`): one write and
     one supervisor wake-up per task instead of two, in a stream of short tasks.
     """
@@ -66,7 +70,6 @@ class ChildContext:
         #: Where the supervisor records how processes died in the middle of a task.
         self.graveyard = graveyard
         self._report_fd = report_fd
-        self._pid = os.getpid()
         self._held = ""     # a `done` line not written yet
         #: brokers.Route: where this child connects first; it tells the supervisor
         #: which broker it reached (`broker`), could not reach (`unreachable`), lost (`lost`).
@@ -91,7 +94,7 @@ class ChildContext:
     def done(self, outcome, seconds):
         """The task is settled (outcome: one of lifecycle.TASK_OUTCOMES) after `seconds`
         of handling; held until the next report or flush()."""
-        self._held = f"{self._pid} done {outcome} {seconds:.6f}\n"
+        self._held = f"done {outcome} {seconds:.6f}\n"
 
     @property
     def holding(self):
@@ -103,7 +106,7 @@ class ChildContext:
             self._write(self._held)
 
     def _report(self, event, detail=""):
-        self._write(f"{self._held}{self._pid} {event} {detail}\n")
+        self._write(f"{self._held}{event} {detail}\n")
 
     def _write(self, text):
         self._held = ""
@@ -111,17 +114,49 @@ class ChildContext:
 
 
 def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, graveyard, route=None):
-    """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns."""
-    code = EXIT_ERROR
-    try:
+    """Run `target(ctx)` as the child `name` of kind `kind` (ChildSpec.kind); never returns.
+    A child that switches to another user execs a fresh interpreter first (childexec.py)."""
+    def body():
         ctx = ChildContext(name, report_fd, graveyard, route)
         _take_over_signals(forget_inherited, ctx.stopping.set)
         logs.set_identity(kind, name)
-        if user:
-            drop_privileges(user)
-        # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)).
+        switched = drop_privileges(user) if user else False
+        # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)); exec keeps it.
         _die_with_parent(parent_pid)
-        code = target(ctx)
+        if switched:   # it must not keep the supervisor's memory: other groups' settings
+            try:
+                childexec.replace_process(name, kind, target, report_fd, parent_pid, graveyard,
+                                          ctx.route)
+            except OSError as exc:   # the interpreter, or its venv, not executable by `user`
+                raise UserSwitchError(f"cannot run as user {user!r}: cannot start {sys.executable} "
+                                      f"as that user: {exc.strerror or exc}") from None
+        # Only now: a stop signal sent before the exec stays pending across it.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+        return target(ctx)
+    _run_to_exit(name, body)
+
+
+def serve(name, kind, target, report_fd, parent_pid, graveyard_path, route, tls_contexts):
+    """The same child, in the fresh interpreter childexec.py started; never returns."""
+    def body():
+        ctx = ChildContext(name, report_fd, graveyard_path and Graveyard(graveyard_path), route)
+        logs.set_identity(kind, name)
+        for key, contents in tls_contexts:
+            tls.adopt(key, contents)
+        for sig in STOP_SIGNALS:
+            gevent.signal_handler(sig, ctx.stopping.set)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)   # blocked across exec
+        if os.getppid() != parent_pid:   # the supervisor died before exec: PDEATHSIG missed it
+            return EXIT_ERROR
+        return target(ctx)
+    _run_to_exit(name, body)
+
+
+def _run_to_exit(name, body):
+    """Run body() and leave through os._exit() with its code, or the code of what it raised."""
+    code = EXIT_ERROR
+    try:
+        code = body()
     except BaseException as exc:
         code = next((code for kind, code in EXPLAINED if isinstance(exc, kind)), EXIT_ERROR)
         if code == EXIT_ERROR:
@@ -138,7 +173,8 @@ def _take_over_signals(forget_inherited, on_stop):
 
     The supervisor blocked its signals before forking; a stop signal that
     arrived since then is pending and reaches the child's handler once the
-    mask is lifted at the end of this function.
+    caller lifts the mask (after an exec, if the child execs: the new
+    interpreter's handler gets it).
     """
     forget_inherited()  # the supervisor's greenlets, signal handles and fds
     for sig in SUPERVISOR_SIGNALS:
@@ -148,16 +184,17 @@ def _take_over_signals(forget_inherited, on_stop):
     gevent.signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for sig in STOP_SIGNALS:
         gevent.signal_handler(sig, on_stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
 
 
 def drop_privileges(user):
-    """Become `user` for good: supplementary groups, gid, then uid; HOME and USER follow."""
+    """Become `user` for good: supplementary groups, gid, then uid; HOME and USER follow.
+    True when that changed the uid (False: this process ran as `user` already)."""
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
         raise UserSwitchError(f"cannot run as user {user!r}: no such user") from None
-    if os.getuid() != pw.pw_uid:
+    switched = os.getuid() != pw.pw_uid
+    if switched:
         try:
             # initgroups first: without it the child keeps root's groups (notes §3).
             os.initgroups(pw.pw_name, pw.pw_gid)
@@ -167,6 +204,7 @@ def drop_privileges(user):
             raise UserSwitchError(f"cannot run as user {user!r}: {exc.strerror} "
                                   f"(the supervisor runs as uid {os.getuid()}, not root)") from None
     os.environ.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    return switched
 
 
 def _die_with_parent(parent_pid):

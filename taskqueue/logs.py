@@ -93,13 +93,43 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         handler = _FdHandler(fd, owned=True)
     elif chosen == "syslog":
-        handler = logging.handlers.SysLogHandler(
-            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        # syslog adds the time; a traceback stays in one message.
-        handler.setFormatter(logging.Formatter(
-            "taskqueue[%(process)d]: %(context)s%(levelname)s: %(message)s"))
+        handler = _syslog_handler()
     else:
         handler = _stderr_handler(stream)
+    _install(handler, level)
+    if chosen != target and target == "syslog":
+        logging.getLogger(__name__).warning("no syslog here (%s is missing): logging to stderr",
+                                            SYSLOG_SOCKET)
+
+
+def _syslog_handler():
+    handler = logging.handlers.SysLogHandler(
+        SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    # syslog adds the time; a traceback stays in one message.
+    handler.setFormatter(logging.Formatter(
+        "taskqueue[%(process)d]: %(context)s%(levelname)s: %(message)s"))
+    return handler
+
+
+def handoff():
+    """How this process logs, for a fresh interpreter to log the same way (adopt()):
+    (level, "fd", fd) for a file or stderr (the fd must be passed on), (level, "syslog")."""
+    root = logging.getLogger()
+    handler = root.handlers[0] if root.handlers else None
+    if isinstance(handler, logging.handlers.SysLogHandler):
+        return (root.level, "syslog")
+    fd = handler.fd if isinstance(handler, _FdHandler) and handler.fd is not None else 2
+    return (root.level, "fd", fd)
+
+
+def adopt(how):
+    """Log as handoff() said the supervisor does (in a child that exec'd a fresh
+    interpreter and inherited the fd)."""
+    level, target, *fd = how
+    _install(_syslog_handler() if target == "syslog" else _FdHandler(fd[0]), level)
+
+
+def _install(handler, level):
     root = logging.getLogger()
     root.setLevel(level if isinstance(level, int) else level.upper())
     debug = root.level <= logging.DEBUG
@@ -112,9 +142,6 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
     root.handlers[:] = [handler]
     # pika logs every connection detail at INFO: at debug (-v) all of it, else warnings only.
     logging.getLogger("pika").setLevel(logging.NOTSET if debug else logging.WARNING)
-    if chosen != target and target == "syslog":
-        logging.getLogger(__name__).warning("no syslog here (%s is missing): logging to stderr",
-                                            SYSLOG_SOCKET)
 
 
 #: Where pika logs a connection failing or ending, at ERROR and often with a traceback,

@@ -2,13 +2,14 @@
 
 One gevent process that holds no AMQP connection, imports no plugin code and
 starts no threads, so a fork inherits nothing dangerous. Signal handlers,
-child watchers, the children's report pipe and timers only put events on one queue; the
+child watchers, the children's report pipes and timers only put events on one queue; the
 main loop takes them one by one and dispatches to `handle_<event>`, which
 drives each child's state machine (lifecycle.py) and performs the side effect
 of the state entered (`enter_<state>`). A handler that raises is logged with
 its traceback and supervising goes on; when the supervisor cannot go on, it
 stops its children gracefully before it exits 1 (`dispatch`, `supervise`).
 """
+import functools
 import logging
 import os
 import random
@@ -25,7 +26,8 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from . import brokers, child, lastresort, metrics
-from .deadletter import Graveyard
+from .deadletter import GRAVEYARD_SIZE, Graveyard
+from .reports import ReportReader
 from .errors import TaskqueueError
 from .specs import ChildSpec, diff_specs
 from .lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition,
@@ -34,10 +36,11 @@ from .lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev, Ill
 
 log = logging.getLogger(__name__)
 
-#: What a child may report on the pipe (child.ChildContext).
-REPORTS = ("ready", "busy", "done", "broker", "unreachable", "lost")
-#: Seconds between two reads of the report pipe.
+#: Seconds between two reads of a child's report pipe.
 REPORT_BATCH = 0.01
+#: Brokers remembered as failed: a child names them, so it must not grow the table
+#: without bound (the config lists far fewer).
+BROKER_FAILURES_MAX = 64
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
@@ -103,9 +106,12 @@ class Supervisor:
         self._by_pid = {}
         self._greenlets = Group()        # killed in every child right after the fork
         self._signal_handles = []
-        self._reports_r = self._reports_w = None
-        self._partial = b""             # an incomplete report line
+        #: {pid: (reports.ReportReader, its greenlet)}: our end of each child's report pipe.
+        self._reports = {}
         self.graveyard = None           # deaths by task (deadletter.Graveyard), made by open()
+        #: {task key: queue}: the queue of each task a death was recorded for; only a
+        #: child consuming that queue can make the supervisor forget those deaths.
+        self._death_queues = {}
         self._stopping = False
         self._killed = False
         self._error_budget = lastresort.ErrorBudget()
@@ -125,16 +131,13 @@ class Supervisor:
             self.close()
 
     def open(self):
-        """Set up what supervising needs: the report pipe, the graveyard, the signal
-        handlers, the endpoints. Forks nothing yet."""
-        self._reports_r, self._reports_w = os.pipe()
-        gevent.os.make_nonblocking(self._reports_r)  # read from the hub, never blocking it
+        """Set up what supervising needs: the graveyard, the signal handlers, the
+        endpoints. Forks nothing yet (each child's report pipe is made at its fork)."""
         # Readable by children of every user; gone when the supervisor stops, or,
         # once it and its children were killed, when the next supervisor starts.
         self.graveyard = Graveyard.create()
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
-        self._greenlets.spawn(self._read_reports)
         for endpoint in self._endpoints:
             endpoint.serve(self)
 
@@ -206,9 +209,10 @@ class Supervisor:
         for handle in self._signal_handles:
             handle.cancel()
         self._signal_handles = []
-        self._greenlets.kill(block=True, timeout=1)
-        os.close(self._reports_r)
-        os.close(self._reports_w)
+        self._greenlets.kill(block=True, timeout=1)   # the report readers among them
+        for reader, _ in self._reports.values():
+            reader.close()
+        self._reports.clear()
         self.graveyard.remove()
 
     @property
@@ -235,6 +239,7 @@ class Supervisor:
             self.transition(slot, Ev.STOP)
 
     def handle_exit(self, pid, status):
+        self._close_reports(pid)
         slot = self._by_pid.pop(pid, None)
         if slot is None:
             return
@@ -249,6 +254,7 @@ class Supervisor:
             slot.last_exit += f" during task {slot.task}"
             try:
                 self.graveyard.record(slot.task, f"{slot.key} pid {pid}: {slot.last_exit}")
+                self._remember_death_queue(slot.task, slot.spec.queue)
             except OSError as exc:  # the cause is a courtesy; supervising is not
                 log.warning("cannot record the cause of death in %s: %s", self.graveyard.path, exc)
         # A child that lost its broker warned of it (one line per lost connection):
@@ -275,7 +281,8 @@ class Supervisor:
             return
         key, _, first = detail.partition(" ")
         if first == child.FIRST_DELIVERY:
-            self._forget_deaths(key)   # an earlier task of that key, settled or requeued
+            # An earlier task of that key, settled or requeued.
+            self._forget_deaths(key, slot.spec.queue)
         slot.task, slot.task_started = key, time.monotonic()
         if slot.spec.task_timeout:
             slot.task_timer = gevent.spawn_later(slot.spec.task_timeout, self.events.put_nowait,
@@ -283,7 +290,8 @@ class Supervisor:
             self._greenlets.add(slot.task_timer)
 
     def handle_reports(self, reports):
-        """What children wrote on the pipe, in order: one event per read, not per line."""
+        """What one child wrote on its pipe, in order: one event per read, not per line.
+        Each report names the pid whose pipe it came from (never what the child wrote)."""
         for event, pid, detail in reports:
             getattr(self, f"handle_{event}")(pid, detail)
 
@@ -297,7 +305,10 @@ class Supervisor:
     def handle_unreachable(self, pid, detail=""):
         """`<host:port> <why>`: the child could not connect there; tried last for a while."""
         where, _, why = detail.partition(" ")
+        self.broker_failures.pop(where, None)   # re-inserted last: the table is oldest first
         self.broker_failures[where] = (time.monotonic(), why)
+        while len(self.broker_failures) > BROKER_FAILURES_MAX:
+            del self.broker_failures[next(iter(self.broker_failures))]
 
     def handle_lost(self, pid, detail=""):
         """`<host:port> <why>`: the child lost its broker (it logged it, and exits)."""
@@ -316,7 +327,8 @@ class Supervisor:
             self.metrics.task_ended(slot.spec.name, *ended)
             slot.retries += ended[0] == "retry"
         if slot.task is not None and (ended is None or ended[0] != "requeue"):
-            self._forget_deaths(slot.task)   # settled: its next life starts at 0 deaths
+            # Settled: its next life starts at 0 deaths.
+            self._forget_deaths(slot.task, slot.spec.queue)
         slot.task = None
         slot.tasks_done += 1
         slot.failures = 0  # it settled a task: whatever failed before is behind it
@@ -434,6 +446,13 @@ class Supervisor:
 
     def _spawn(self, slot):
         parent = os.getpid()
+        try:
+            # The child's own report pipe: whatever arrives on it is about that child.
+            reports_r, reports_w = os.pipe()
+        except OSError as exc:  # EMFILE: an fd limit; this slot backs off
+            log.error("%s: cannot make its report pipe: %s", slot.key, exc)
+            self.events.put_nowait(("spawn_failed", slot))
+            return
         # Blocked across the fork: the child must never run our handlers (child.py).
         signal.pthread_sigmask(signal.SIG_BLOCK, child.SUPERVISOR_SIGNALS)
         try:
@@ -441,16 +460,21 @@ class Supervisor:
                 pid = self._fork(callback=self._on_child_exit)
             except OSError as exc:  # EAGAIN: a process limit; this slot backs off
                 log.error("%s: cannot fork: %s", slot.key, exc)
+                os.close(reports_r)
                 self.events.put_nowait(("spawn_failed", slot))
                 return
             if pid == 0:
                 child.run(slot.key, slot.spec.kind, slot.spec.user, slot.spec.target,
-                          self._forget_inherited, self._reports_w, parent, self.graveyard,
-                          self._route(slot))
+                          functools.partial(self._forget_inherited, reports_r), reports_w,
+                          parent, self.graveyard, self._route(slot))
         finally:
+            # The write end is the child's alone: no later child inherits it.
+            os.close(reports_w)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, child.SUPERVISOR_SIGNALS)
         slot.pid, slot.started_at = pid, time.monotonic()
         self._by_pid[pid] = slot
+        reader = ReportReader(reports_r)
+        self._reports[pid] = (reader, self._greenlets.spawn(self._read_reports, reader, pid))
         log.debug("%s forked pid=%d", slot.key, pid)
 
     def _route(self, slot):
@@ -460,18 +484,34 @@ class Supervisor:
         return brokers.Route(first=self._spread + position,
                              failed={where: when for where, (when, _) in self.broker_failures.items()})
 
-    def _forget_inherited(self):
-        """In a fresh child: drop what belongs to the supervisor (runs before anything else)."""
+    def _forget_inherited(self, own_reports_r):
+        """In a fresh child: drop what belongs to the supervisor (runs before anything else),
+        the read ends of every report pipe included: a child reads no one's reports."""
         for handle in self._signal_handles:
             handle.cancel()
         self._greenlets.kill(block=True, timeout=1)
         for endpoint in self._endpoints:
             endpoint.forget()
-        os.close(self._reports_r)
+        for reader, _ in self._reports.values():
+            reader.close()
+        os.close(own_reports_r)
 
-    def _forget_deaths(self, key):
+    def _remember_death_queue(self, key, queue):
+        self._death_queues.pop(key, None)
+        self._death_queues[key] = queue
+        while len(self._death_queues) > GRAVEYARD_SIZE:   # the graveyard keeps no more
+            del self._death_queues[next(iter(self._death_queues))]
+
+    def _forget_deaths(self, key, queue=None):
+        """`key` was settled or arrived afresh in a child consuming `queue`. A child
+        names the key itself: the deaths of a task of another queue are not its to forget."""
         if self.graveyard is None:   # not open(): nothing was recorded
             return
+        if queue is not None and self._death_queues.get(key, queue) != queue:
+            log.warning("a child of %s named task %s, whose deaths were in %s: ignored",
+                        queue, key, self._death_queues[key])
+            return
+        self._death_queues.pop(key, None)
         try:
             self.graveyard.forget(key)
         except OSError as exc:  # a stale count only ends a poison task sooner
@@ -479,39 +519,39 @@ class Supervisor:
 
     def _on_child_exit(self, watcher):
         # What the child reported before it died comes first (its `ready`, its `busy`).
-        self._take_reports()
+        if watcher.pid in self._reports:
+            self._take_reports(self._reports[watcher.pid][0], watcher.pid)
         self.events.put_nowait(("exit", watcher.pid, watcher.rstatus))
 
-    def _read_reports(self):
-        while True:
-            gevent.socket.wait_read(self._reports_r)
-            # Under load children report hundreds of tasks a second: then take
+    def _read_reports(self, reader, pid):
+        """Read the report pipe of the child `pid` until no one can write to it."""
+        while not reader.eof and reader.fd is not None:
+            gevent.socket.wait_read(reader.fd)
+            # Under load a child reports hundreds of tasks a second: then take
             # them in batches, a wake-up per REPORT_BATCH, not one per line. A
             # lone report (a restarted child's `ready`) is taken at once.
             # (A child's exit takes what it reported first: nothing is missed.)
-            if self._take_reports() > 1:
+            if self._take_reports(reader, pid) > 1:
                 gevent.sleep(REPORT_BATCH)
 
-    def _take_reports(self):
-        """Turn the complete lines now in the pipe into one event (never blocks);
-        return how many reports they held."""
-        reports = []
-        while True:
-            try:
-                data = os.read(self._reports_r, 65536)
-            except BlockingIOError:
-                break
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            for line in lines:
-                # Plugin code shares this pipe: take only well-formed reports.
-                pid, event, detail = (line.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
-                if event in REPORTS and pid.isdigit():
-                    reports.append((event, int(pid), detail))
-            if not data:
-                break
+    def _take_reports(self, reader, pid):
+        """Turn the complete lines now in the pipe of child `pid` into one event (never
+        blocks); return how many reports they held. Plugin code runs in the child and
+        may write there too: only well-formed lines count, and only for that child."""
+        if reader.fd is None:
+            return 0
+        reports = [(event, pid, detail) for event, detail in reader.read()]
         if reports:
             self.events.put_nowait(("reports", reports))
         return len(reports)
+
+    def _close_reports(self, pid):
+        """The child `pid` is gone: stop reading its pipe, close our end (no fd leaks
+        across restarts; a grandchild still holding the write end gets EPIPE)."""
+        reader, greenlet = self._reports.pop(pid, (None, None))
+        if reader is not None:
+            greenlet.kill(block=True, timeout=1)   # it may wait on the fd: stop that first
+            reader.close()
 
     def _arm_timer(self, slot, delay, event=None):
         self._cancel_timer(slot)

@@ -2,16 +2,23 @@
 
 A context reads the CA bundle, the client certificate and its key when it is
 built. It is built when the config is loaded (by the supervisor, before any
-fork, still privileged), and kept here: a child that drops to a user who
-cannot read the key inherits the context, and the key is never copied
-anywhere (no file, no environment). Verification of the certificate and of
+fork, still privileged), and kept here: a forked child that keeps the
+supervisor's user inherits the context. A child that runs as another user
+starts a fresh interpreter (childexec.py): it gets the files' contents
+(`pems`) from the supervisor in memory-only files (memfd), and builds its
+context from them (`adopt`); the key is never written to disk nor put in the
+environment. Verification of the certificate and of
 the host name is always on; nothing here turns it off.
 """
+import os
 import re
 import ssl
 
 #: Built contexts, by (tls_ca_file, tls_cert_file, tls_key_file): forked children inherit them.
 _CONTEXTS = {}
+#: The contents of those files, by the same key, as read when the context was built:
+#: what a child that cannot read them gets (childexec.py).
+_PEMS = {}
 
 
 class TlsFileError(ValueError):
@@ -75,7 +82,42 @@ def load(ca_file=None, cert_file=None, key_file=None):
     loader calls this at every load, so a reload reads changed files anew."""
     key = (ca_file, cert_file, key_file)
     _CONTEXTS[key] = build(*key)
+    _PEMS[key] = tuple(_read(path) for path in key)
     return _CONTEXTS[key]
+
+
+def _read(path):
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read(1 << 20)
+
+
+def pems(ca_file=None, cert_file=None, key_file=None):
+    """The contents of the files of a kept context (None for each file not given),
+    or None when no load saw them."""
+    return _PEMS.get((ca_file, cert_file, key_file))
+
+
+def adopt(key, contents):
+    """Build and keep the context for the files `key` (ca, cert, key paths) from their
+    `contents`, in a process that may not read the files themselves: each is handed
+    to OpenSSL as a memory-only file, closed once loaded."""
+    fds = []
+    try:
+        paths = []
+        for data in contents:
+            if data is None:
+                paths.append(None)
+                continue
+            fd = os.memfd_create("taskqueue-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, data)
+            paths.append(f"/proc/self/fd/{fd}")
+        _CONTEXTS[tuple(key)] = build(*paths)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def context(ca_file=None, cert_file=None, key_file=None):

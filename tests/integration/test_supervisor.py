@@ -99,3 +99,20 @@ def test_child_dying_quickly_again_and_again_is_restarted_with_growing_delays(
     assert [float(d) for d in delays[:3]] == sorted(float(d) for d in delays[:3])
     assert float(delays[0]) > 0
     assert pool.stop() == 0
+
+
+def test_restarts_leak_no_fd_in_the_supervisor(broker, start_pool, records):
+    # Each child gets a report pipe of its own at its fork (issue 20): the supervisor
+    # closes its end once the child is gone, so a long-lived pool does not run out of fds.
+    pool = start_pool(recorder_config(records, processes=2, extra="max_tasks: 1\n"),
+                      command="workerpool")
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 consumers")
+    fds = lambda: sorted(os.listdir(f"/proc/{pool.pid}/fd"), key=int)   # noqa: E731
+    before = fds()
+    for n in range(40):
+        broker.publish_raw(f'{{"id": "t{n}"}}'.encode(), queue="worker_recorder")
+    wait_for(lambda: len(records.ids()) == 40, 60, "40 tasks done, one per process")
+    pool.wait_log(r"recorder#\d pid=\S+ \S+ -> RUNNING", count=42, timeout=30)
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 2, 15, "2 consumers again")
+    assert len(fds()) == len(before), (before, fds())
+    assert pool.stop() == 0

@@ -1,11 +1,13 @@
 """The child → supervisor report line: what is written, when, and how it is read back."""
 import os
+import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from taskqueue.child import ChildContext
 from taskqueue.lifecycle import parse_done
-from taskqueue.supervisor import Supervisor
+from taskqueue.reports import EVENTS, LINE_MAX, ReportReader, parse, printable
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -29,14 +31,13 @@ def pending(fd):
 def test_done_is_held_until_the_next_busy_and_shares_its_write(pipe):
     r, w = pipe
     ctx = ChildContext("t#0", w, None)
-    pid = os.getpid()
     ctx.busy("task-1")
-    assert pending(r) == f"{pid} busy task-1\n"
+    assert pending(r) == "busy task-1\n"
     ctx.done("ack", 0.25)
     assert ctx.holding and pending(r) == ""
     ctx.busy("task-2")
     assert not ctx.holding
-    assert pending(r) == f"{pid} done ack 0.250000\n{pid} busy task-2\n"
+    assert pending(r) == "done ack 0.250000\nbusy task-2\n"
 
 
 def test_flush_writes_a_held_done_once(pipe):
@@ -45,20 +46,73 @@ def test_flush_writes_a_held_done_once(pipe):
     ctx.done("raised", 1.5)
     ctx.flush()
     ctx.flush()
-    assert pending(r) == f"{os.getpid()} done raised 1.500000\n"
+    assert pending(r) == "done raised 1.500000\n"
 
 
-def test_supervisor_turns_one_read_into_one_event_and_skips_foreign_lines(pipe):
+def test_a_child_s_lines_name_no_pid_the_supervisor_knows_whose_pipe_it_reads(pipe):
     r, w = pipe
-    sup = Supervisor([])
-    sup._reports_r = r
-    os.write(w, b"12 busy k1\nplugin print output\n12 done ack 0.1\n13 rea")
-    sup._take_reports()
+    ChildContext("t#0", w, None).ready()
+    assert pending(r) == "ready \n"
+
+
+def test_reader_turns_complete_lines_into_reports_and_skips_foreign_lines(pipe):
+    r, w = pipe
+    reader = ReportReader(r)
+    os.write(w, b"busy k1\nplugin print output\ndone ack 0.1\n12 busy k2\nrea")
+    assert reader.read() == [("busy", "k1"), ("done", "ack 0.1")]
     os.write(w, b"dy\n")
-    sup._take_reports()
-    assert sup.events.get_nowait() == ("reports", [("busy", 12, "k1"), ("done", 12, "ack 0.1")])
-    assert sup.events.get_nowait() == ("reports", [("ready", 13, "")])
-    assert sup.events.empty()
+    assert reader.read() == [("ready", "")]
+    assert reader.dropped == 2 and not reader.eof
+
+
+def test_reader_drops_an_overlong_line_and_resumes_after_its_newline(pipe):
+    r, w = pipe
+    reader = ReportReader(r)
+    os.write(w, b"busy " + b"x" * LINE_MAX)
+    assert reader.read() == []
+    os.write(w, b"y" * 1000 + b" first\nbusy k2\n")
+    assert reader.read() == [("busy", "k2")]
+    os.write(w, b"busy " + b"z" * (LINE_MAX - 5) + b"\n")     # LINE_MAX exactly: kept
+    assert reader.read() == [("busy", "z" * (LINE_MAX - 5))]
+
+
+def test_a_line_without_newline_neither_grows_the_reader_nor_slows_it(pipe):
+    # Seen on fe425d5: a child writing without newlines grew the supervisor to
+    # 20 MiB in 2.7 s, each read copying all it had kept.
+    r, w = pipe
+    reader = ReportReader(r)
+    chunk = b"x" * 65536
+    started = time.monotonic()
+    for _ in range(320):                       # 20 MiB
+        os.write(w, chunk)
+        assert reader.read() == []
+        assert len(reader._partial) <= LINE_MAX
+    assert time.monotonic() - started < 2.0
+    os.write(w, b"\nready\n")
+    assert reader.read() == [("ready", "")]
+
+
+def test_reader_sees_the_end_of_the_pipe():
+    r, w = os.pipe()
+    reader = ReportReader(r)
+    os.write(w, b"ready\n")
+    os.close(w)
+    assert reader.read() == [("ready", "")]
+    assert reader.eof
+    reader.close()
+    assert reader.fd is None
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("k1", "k1"), ("a\x1b[2Jb", "a\\x1b[2Jb"), ("x\ry", "x\\ry"), ("t\u200bz", "t\\u200bz"),
+    ("caf\u00e9", "caf\u00e9"),
+])
+def test_details_are_made_printable_before_they_reach_logs_or_status(pipe, raw, shown):
+    r, w = pipe
+    reader = ReportReader(r)
+    os.write(w, f"broker {raw}\n".encode())
+    assert reader.read() == [("broker", shown)]
+    assert printable(raw) == shown
 
 
 @pytest.mark.parametrize("detail, parsed", [
@@ -70,3 +124,32 @@ def test_supervisor_turns_one_read_into_one_event_and_skips_foreign_lines(pipe):
 ])
 def test_done_detail_is_an_outcome_and_a_duration(detail, parsed):
     assert parse_done(detail) == parsed
+
+
+_lines = st.one_of(
+    st.builds(lambda event, detail: f"{event} {detail}".encode("utf-8", "surrogatepass"),
+              st.sampled_from(EVENTS), st.text(max_size=60)),
+    st.binary(max_size=40),                                      # noise, foreign output
+    st.integers(LINE_MAX - 8, 3 * LINE_MAX).map(lambda n: b"busy " + b"x" * n),   # overlong
+).filter(lambda line: b"\n" not in line)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(_lines, max_size=12), cuts=st.lists(st.integers(0, 1 << 14), max_size=8))
+def test_reader_takes_exactly_the_well_formed_short_lines_however_the_stream_is_cut(lines, cuts):
+    stream = b"".join(line + b"\n" for line in lines)
+    expected = [parse(line) for line in lines if len(line) <= LINE_MAX and parse(line)]
+    r, w = os.pipe()
+    try:
+        reader, got = ReportReader(r), []
+        points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
+        for start, end in zip(points, points[1:]):
+            for piece in range(start, end, 16384):   # never more than the pipe holds
+                os.write(w, stream[piece:min(end, piece + 16384)])
+                got += reader.read()
+        assert got == expected
+        assert all(detail.isprintable() for _, detail in got)
+        assert len(reader._partial) <= LINE_MAX
+    finally:
+        os.close(r)
+        os.close(w)

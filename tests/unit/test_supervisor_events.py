@@ -7,6 +7,7 @@ test_supervisor.py and test_reload.py do the same with real processes).
 """
 import errno
 import logging
+import os
 import signal
 import time
 
@@ -17,7 +18,7 @@ from taskqueue.lifecycle import (EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, QUA
                                  RECONNECT_CAP, ChildState)
 from taskqueue import lastresort
 from taskqueue.specs import ChildSpec
-from taskqueue.supervisor import Supervisor
+from taskqueue.supervisor import BROKER_FAILURES_MAX, Supervisor
 
 from fakes import FakeProcesses
 
@@ -406,3 +407,67 @@ def test_a_task_s_deaths_are_forgotten_when_it_is_settled_or_arrives_afresh(make
     pump(sup)
     assert sup.graveyard.deaths("m-fresh") == (0, None)
     assert sup.slots[0].task == "m-fresh"
+
+
+# -- reports: each child speaks for itself, within bounds (issue 20, item 3) ---------
+
+def test_a_child_cannot_make_the_supervisor_forget_the_deaths_of_another_queue_s_task(
+        make, procs):
+    # Given a task whose handling killed a child of worker1
+    sup = running(make, procs, spec("worker1"), spec("echo"))
+    victim, other = (slot.pid for slot in sup.slots)
+    sup.events.put(("reports", [("busy", victim, "poison")]))
+    pump(sup)
+    procs.exit(victim, signal.SIGKILL)
+    pump(sup)
+    assert sup.graveyard.deaths("poison")[0] == 1
+    # When a child of another queue claims it as a first delivery, then as settled
+    sup.events.put(("reports", [("busy", other, "poison first"), ("done", other, "ack 0.1")]))
+    pump(sup)
+    # Then the deaths stay; a child of worker1 (where the task lives) still may forget them
+    assert sup.graveyard.deaths("poison")[0] == 1
+    new = sup.slots[0]
+    sup.events.put(("timer", new))
+    pump(sup)
+    ready(sup, new.pid)
+    sup.events.put(("reports", [("busy", new.pid, "poison"), ("done", new.pid, "ack 0.1")]))
+    pump(sup)
+    assert sup.graveyard.deaths("poison") == (0, None)
+
+
+def test_broker_failures_a_child_reports_are_bounded(make, procs):
+    # Seen on fe425d5: 5 000 made-up brokers, 5 000 entries kept for good.
+    sup = running(make, procs, spec())
+    pid = procs.running[0]
+    sup.events.put(("reports", [("unreachable", pid, f"host{n}:5672 refused")
+                                for n in range(5000)]))
+    pump(sup)
+    assert len(sup.broker_failures) == BROKER_FAILURES_MAX
+    assert "host4999:5672" in sup.broker_failures   # the newest kept, the oldest dropped
+    assert "host0:5672" not in sup.broker_failures
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_restarts_leak_no_report_pipe(make, procs):
+    sup = running(make, procs, spec(processes=2))
+    before = open_fds()
+    for _ in range(100):
+        slot = sup.slots[0]
+        procs.exit(slot.pid, signal.SIGKILL)
+        pump(sup)
+        sup.events.put(("timer", slot))
+        pump(sup)
+        ready(sup, slot.pid)
+        pump(sup)
+    assert sup.slots[0].restarts == 100
+    assert open_fds() == before
+    sup.events.put(("signal", signal.SIGTERM))
+    pump(sup)
+    for pid in procs.running:
+        procs.exit(pid)
+    pump(sup)
+    assert sup.finished
+    assert open_fds() == before - 2    # the two children's pipes, closed once they are gone

@@ -11,7 +11,9 @@ cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, u
 `fail_times` (raise on the first N
 attempts, counted by the header x-taskqueue-retries), `retry` (a delay, or null for the
 backoff: call channel.retry with it, on the first `retry_times` attempts or always),
-`reply` (a value: sent back with channel.reply, as JSON {"id", "reply", "pid"}).
+`reply` (a value: sent back with channel.reply, as JSON {"id", "reply", "pid"}),
+`forge` (a text, written `forge_repeat` times (default 1) on the process's report pipe to
+its supervisor, as hostile plugin code could: tests/integration/test_reports_trust.py).
 
 A body that is not JSON (plain text) is a task with no options, named by its
 message id (else `plain`).
@@ -22,6 +24,7 @@ message (`body` as text, `content_type`). The
 directory comes from the group's config option `record_dir`, else from
 $TQTEST_RECORD_DIR (so the specification's config runs unchanged).
 """
+import gc
 import grp
 import json
 import logging
@@ -59,6 +62,8 @@ class Recorder(BaseWorker):
         if task.get("log"):
             log.debug("debug: %s", task["log"])
             log.info("%s", task["log"])
+        if task.get("forge"):
+            _forge(task["forge"].encode() * task.get("forge_repeat", 1))
         if task.get("sleep"):
             time.sleep(task["sleep"])
         if task.get("alloc"):
@@ -104,3 +109,12 @@ class BrokenFactory(BaseWorker):
     @classmethod
     def factory(cls, group):
         raise ValueError("this plugin cannot be constructed")
+
+
+def _forge(data):
+    """Write `data` on this child's report pipe, found as any plugin code could find it."""
+    from taskqueue.child import ChildContext
+    (ctx,) = [o for o in gc.get_objects() if isinstance(o, ChildContext)]
+    view = memoryview(data)
+    while view:
+        view = view[os.write(ctx._report_fd, view[:65536]):]
