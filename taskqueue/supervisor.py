@@ -85,12 +85,14 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, specs, reload=None, endpoints=(), fork=None, kill=os.kill):
+    def __init__(self, specs, reload=None, endpoints=(), fork=None, kill=os.kill, graveyard=None):
         """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError.
         `endpoints` (endpoints.Endpoint: status, metrics) are served while it runs; their
         owner closes them. `fork(callback)` forks and watches the child, calling
         callback(watcher) when it ends (gevent.os.fork_and_watch); `kill(pid, sig)`
-        signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py)."""
+        signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py).
+        `graveyard`: the deadletter.Graveyard made before the privilege drop (daemon.py);
+        None: open() makes one where this user may (deadletter.graveyard_parent)."""
         self._reload = reload
         self._fork = fork or gevent.os.fork_and_watch
         self._os_kill = kill
@@ -105,7 +107,7 @@ class Supervisor:
         self._signal_handles = []
         self._reports_r = self._reports_w = None
         self._partial = b""             # an incomplete report line
-        self.graveyard = None           # deaths by task (deadletter.Graveyard), made by open()
+        self.graveyard = graveyard      # deaths by task (deadletter.Graveyard); else open()
         self._stopping = False
         self._killed = False
         self._error_budget = lastresort.ErrorBudget()
@@ -129,9 +131,10 @@ class Supervisor:
         handlers, the endpoints. Forks nothing yet."""
         self._reports_r, self._reports_w = os.pipe()
         gevent.os.make_nonblocking(self._reports_r)  # read from the hub, never blocking it
-        # Readable by children of every user; gone when the supervisor stops, or,
-        # once it and its children were killed, when the next supervisor starts.
-        self.graveyard = Graveyard.create()
+        # Gone when the supervisor stops, or, once it and its children were killed,
+        # when the next supervisor starts.
+        if self.graveyard is None:
+            self.graveyard = Graveyard.create()
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
         self._greenlets.spawn(self._read_reports)
