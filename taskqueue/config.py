@@ -448,13 +448,18 @@ def exposed_secret(cfg, stat=os.stat):
 
 
 def untrusted_files(cfg, trusted=filetrust.ROOT_ONLY):
-    """Why a root supervisor must not use `cfg`: the config, its password_file or its
-    tls_key_file could be changed by a user other than root (filetrust.py); one line
-    per such file; None when only root can. A file that cannot be looked at (the dropped
-    user may not search its directory) was checked when taskqueue started."""
+    """Why a root supervisor must not use `cfg`: the config, its password_file, or one of
+    its TLS files could be changed by a user other than root (filetrust.py: a CA file
+    of theirs would let them stand in for the broker); one line per such file; None
+    when only root can. A file that cannot be looked at (the dropped user may not
+    search its directory) was checked when taskqueue started."""
+    named = dict(cfg.secret_files)
+    for option in ("tls_ca_file", "tls_cert_file"):
+        if getattr(cfg.amqp, option):
+            named[f"[amqp] {option}"] = getattr(cfg.amqp, option)
     problems = []
     for what, path in (("the config", cfg.path),) + tuple(
-            (f"the {option} of {cfg.path}", path) for option, path in cfg.secret_files):
+            (f"the {option} of {cfg.path}", path) for option, path in named.items()):
         try:
             problem = filetrust.writable_by_others(os.path.abspath(path), trusted)
         except OSError:

@@ -224,3 +224,30 @@ def test_a_key_file_readable_by_every_user_is_refused_naming_it(tmp_path, certs)
                        "taskqueue)")
     os.chmod(key, 0o600)
     assert config.exposed_secret(config.load(str(path), set())) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+@pytest.mark.parametrize("option", ["tls_ca_file", "tls_cert_file", "tls_key_file"])
+def test_a_root_supervisor_refuses_a_tls_file_another_user_could_change(certs, option):
+    # A CA file of another user's lets that user stand in for the broker.
+    top = tempfile.mkdtemp(prefix="tq-trust-tls-")
+    try:
+        os.chmod(top, 0o755)
+        for name in ("ca.pem", "client.pem", "client.key"):
+            shutil.copy(certs / name, top)
+        path = os.path.join(top, "config.ini")
+        with open(path, "w") as f:
+            f.write(f"[amqp]\nhost: b\ntls: yes\ntls_ca_file: {top}/ca.pem\n"
+                    f"tls_cert_file: {top}/client.pem\ntls_key_file: {top}/client.key\n"
+                    "auth: external\n")
+        os.chmod(path, 0o640)
+        assert config.unsafe_files(config.load(path, set()), as_root=True) is None
+        name = {"tls_ca_file": "ca.pem", "tls_cert_file": "client.pem",
+                "tls_key_file": "client.key"}[option]
+        os.chown(os.path.join(top, name), 65534, -1)
+        problem = config.unsafe_files(config.load(path, set()), as_root=True)
+        assert problem.startswith(f"{top}/{name}: refusing to use the [amqp] {option} of {path} "
+                                  "as root: ")
+        assert "belongs to user nobody (uid 65534)" in problem
+    finally:
+        shutil.rmtree(top)
