@@ -136,10 +136,11 @@ def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, grave
     _run_to_exit(name, body)
 
 
-def serve(name, kind, target, report_fd, parent_pid, graveyard_path, route, tls_contexts):
-    """The same child, in the fresh interpreter childexec.py started; never returns."""
+def serve(name, kind, target, report_fd, parent_pid, graveyard, route, tls_contexts):
+    """The same child, in the fresh interpreter childexec.py started; never returns.
+    `graveyard`: what Graveyard.handoff() gave, or None."""
     def body():
-        ctx = ChildContext(name, report_fd, graveyard_path and Graveyard(graveyard_path), route)
+        ctx = ChildContext(name, report_fd, graveyard and Graveyard.adopt(graveyard), route)
         logs.set_identity(kind, name)
         for key, contents in tls_contexts:
             tls.adopt(key, contents)

@@ -9,7 +9,8 @@ dropped its privileges (and set PR_SET_PDEATHSIG, which survives exec), it
 execs `python -m taskqueue.childexec` and hands the new interpreter, in a
 memory-only file (memfd), only:
 
-- its name, kind, route, the graveyard's path and the supervisor's pid;
+- its name, kind, route, the graveyard's path and the secret naming its files
+  (deadletter.Graveyard.handoff), and the supervisor's pid;
 - its target with the settings of its own group (a worker: its WorkerGroup
   and [amqp]; the dispatcher: [dispatcher] and [amqp]);
 - the broker passwords to hide from log lines (redact), how to log;
@@ -49,7 +50,7 @@ def replace_process(name, kind, target, report_fd, parent_pid, graveyard, route)
     how_to_log = logs.handoff()
     payload = {
         "name": name, "kind": kind, "target": _portable(target), "report_fd": report_fd,
-        "parent_pid": parent_pid, "graveyard": getattr(graveyard, "path", None),
+        "parent_pid": parent_pid, "graveyard": graveyard and graveyard.handoff(),
         "route": dataclasses.replace(route, report=None) if route is not None else None,
         "logging": how_to_log, "secrets": sorted(redact._secrets),
         "tls": _tls_of(target),

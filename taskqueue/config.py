@@ -1,9 +1,11 @@
 """Read and validate config.ini into plain frozen objects.
 
 Owns the meaning of every option. Does no I/O besides reading the file, the
-TLS files it names (tls.load keeps the context built from them, for children
-that drop privileges), and looking users up in the password database; never
-imports pika or plugins.
+secret and TLS files it names (tls.load keeps the context built from them, for
+children that drop privileges; keptsecrets.py what they gave, for reloads after
+the supervisor's own drop), looking users up in the password database, and,
+when asked (exposed_secret, untrusted_files), the modes and owners of those
+files and of the directories on their way; never imports pika or plugins.
 """
 import configparser
 import ipaddress
@@ -17,7 +19,7 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from . import delays, redact, tls
+from . import delays, filetrust, keptsecrets, redact, tls
 from .retries import RetryPolicy
 
 from .errors import ConfigError
@@ -154,6 +156,9 @@ class Config:
     #: The options of the file that hold a secret or name one ("[amqp] password"...):
     #: such a file must not be readable by every user (see exposed_secret).
     secret_options: tuple = ()
+    #: (option, path) of each file the config names that holds a secret: checked like
+    #: the config itself (exposed_secret, untrusted_files).
+    secret_files: tuple = ()
 
 
 #: A plugin (entry-point) name: usable as a section name and a queue suffix.
@@ -175,6 +180,12 @@ AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "password_fi
 CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat", "tls")
 #: [amqp] options that name a file holding a secret (tls_key_file: TLS's client key).
 SECRET_FILE_OPTIONS = ("tls_key_file",)
+#: [amqp] options naming a file whose content is a secret: exposed or writable by
+#: someone else, it is refused as the config would be.
+SECRET_PATH_OPTIONS = ("password_file", "tls_key_file")
+#: Said of a secret file a reload cannot read: taskqueue runs as its own user by then.
+AFTER_DROP = (" (taskqueue gave up root after it started: a file it did not read then is read "
+              "when it restarts, or when its user may read it)")
 #: The password used when the config gives none: RabbitMQ's well-known default, no secret.
 DEFAULT_PASSWORD = "guest"
 #: Options naming a file read when the config is loaded (tls.load).
@@ -404,7 +415,8 @@ def load(path: str, installed_types, *, check_users: bool = True,
     return Config(path, amqp, dispatcher,
                   tuple(sorted(groups, key=lambda g: (g.worker_type, g.subgroup or ""))),
                   loader.warnings(types, claimed), logging, supervisor=supervisor,
-                  metrics=metrics, secret_options=secret_options(loader.sections))
+                  metrics=metrics, secret_options=secret_options(loader.sections),
+                  secret_files=secret_files(loader.sections))
 
 
 def secret_options(sections):
@@ -417,20 +429,71 @@ def secret_options(sections):
     return tuple(f"[amqp] {option}" for option in found)
 
 
-def exposed_secret(cfg, stat=os.stat):
-    """Why `cfg` must not be used: its file holds a secret and every user may read it
-    (as ssh refuses a key others can read); None when it is fine."""
-    if not cfg.secret_options:
-        return None
+def secret_files(sections):
+    """(option, path) of the [amqp] password_file and tls_key_file the config names."""
+    own = sections.get("amqp", {})
+    return tuple((f"[amqp] {option}", own[option].strip()) for option in SECRET_PATH_OPTIONS
+                 if own.get(option, "").strip())
+
+
+def _world_readable(path, stat):
+    """The mode of `path` when every user may read it, else None (also when it cannot be
+    looked at: a file gone since it was read, or one behind a directory the dropped
+    user may not search, whose content was checked at start)."""
     try:
-        mode = stat(cfg.path).st_mode
+        mode = stat(path).st_mode
     except OSError:
-        return None   # it was just read; a file gone since is no exposure of ours
-    if not mode & 0o004:
         return None
-    return (f"{cfg.path}: holds {', '.join(cfg.secret_options)} and is readable by every "
-            f"user (mode {mode & 0o777:04o}); refusing to use it: chmod 640 {cfg.path} "
-            "(group taskqueue), or keep the password in [amqp] password_file")
+    return mode & 0o777 if mode & 0o004 else None
+
+
+def exposed_secret(cfg, stat=os.stat):
+    """Why `cfg` must not be used: its file holds a secret, or names a file that is one
+    (password_file, tls_key_file), and every user may read it (as ssh refuses a key
+    others can read); one line per such file; None when it is fine."""
+    problems = []
+    mode = _world_readable(cfg.path, stat) if cfg.secret_options else None
+    if mode is not None:
+        problems.append(f"{cfg.path}: holds {', '.join(cfg.secret_options)} and is readable "
+                        f"by every user (mode {mode:04o}); refusing to use it: chmod 640 "
+                        f"{cfg.path} (group taskqueue), or keep the password in [amqp] "
+                        "password_file")
+    for option, path in cfg.secret_files:
+        mode = _world_readable(path, stat)
+        if mode is not None:
+            problems.append(f"{path}: the {option} of {cfg.path} is readable by every user "
+                            f"(mode {mode:04o}); refusing to use it: chmod 600 {path} "
+                            "(or 640, group taskqueue)")
+    return "\n".join(problems) or None
+
+
+def untrusted_files(cfg, trusted=filetrust.ROOT_ONLY):
+    """Why a root supervisor must not use `cfg`: the config, its password_file, or one of
+    its TLS files could be changed by a user other than root (filetrust.py: a CA file
+    of theirs would let them stand in for the broker); one line per such file; None
+    when only root can. A file that cannot be looked at (the dropped user may not
+    search its directory) was checked when taskqueue started."""
+    named = dict(cfg.secret_files)
+    for option in ("tls_ca_file", "tls_cert_file"):
+        if getattr(cfg.amqp, option):
+            named[f"[amqp] {option}"] = getattr(cfg.amqp, option)
+    problems = []
+    for what, path in (("the config", cfg.path),) + tuple(
+            (f"the {option} of {cfg.path}", path) for option, path in named.items()):
+        try:
+            problem = filetrust.writable_by_others(os.path.abspath(path), trusted)
+        except OSError:
+            continue
+        if problem is not None:
+            problems.append(f"{path}: refusing to use {what} as root: {problem}")
+    return "\n".join(problems) or None
+
+
+def unsafe_files(cfg, as_root):
+    """exposed_secret(cfg) and, for a process that runs or ran as root, untrusted_files(cfg):
+    what the daemons refuse and check-config reports; None when nothing."""
+    problems = [exposed_secret(cfg), untrusted_files(cfg) if as_root else None]
+    return "\n".join(problem for problem in problems if problem) or None
 
 
 def _read_sections(path):
@@ -708,7 +771,8 @@ class _Loader:
             try:
                 tls.load(options["tls_ca_file"], cert, key)
             except tls.TlsFileError as exc:
-                self.fail("amqp", exc.option, exc.path, exc.reason)
+                self.fail("amqp", exc.option, exc.path, exc.reason + (
+                    AFTER_DROP if exc.denied and keptsecrets.dropped() else ""))
         return options
 
     def refuse_url_credentials(self, own):
@@ -744,11 +808,17 @@ class _Loader:
         if not os.path.isabs(path):
             self.errors.append(f"{where}: expected the absolute path of a file")
             return None
-        try:
+
+        def reader():
             with open(path, encoding="utf-8") as stream:
-                lines = stream.read().splitlines()
+                return stream.read().splitlines()
+        try:
+            # After the privilege drop a reload keeps what the file gave at start.
+            lines = keptsecrets.read(path, reader, f"{self.path}: [amqp] password_file {path}")
         except OSError as exc:
-            self.errors.append(f"{where}: cannot read it: {exc.strerror or exc}")
+            self.errors.append(f"{where}: cannot read it: {exc.strerror or exc}"
+                               + (AFTER_DROP if keptsecrets.denied(exc) and keptsecrets.dropped()
+                                  else ""))
             return None
         except UnicodeDecodeError:
             self.errors.append(f"{where}: cannot read it: expected a UTF-8 text file")

@@ -66,12 +66,14 @@ def _supervise(args, dispatcher, workers):
     if args.user:
         _check_user(args.user)
     logs.set_identity("supervisor")
+    # Started as root: its files must stay root's, in reloads after the drop too.
+    as_root = os.geteuid() == 0
     cfg, found = load_config(args, switches_users=workers, apply_logging=True)
-    refuse_exposed_secret(cfg)
+    refuse_unsafe_files(cfg, as_root)
 
     def specs():
         new, found = load_config(args, switches_users=workers)
-        refuse_exposed_secret(new)
+        refuse_unsafe_files(new, as_root)
         for section in ("logging", "supervisor", "metrics"):   # read once, at start
             if getattr(new, section) != getattr(cfg, section):
                 log.warning("%s: [%s] changed; it applies when taskqueue restarts", new.path, section)
@@ -81,7 +83,10 @@ def _supervise(args, dispatcher, workers):
     serving = endpoints.open_all(cfg, args.command)
     if args.pidfile:
         _write_pidfile(args.pidfile)
-    if args.user and os.getuid() == 0 and all(spec.user == args.user for spec in initial):
+    dropping = bool(args.user and os.getuid() == 0
+                    and all(spec.user == args.user for spec in initial))
+    graveyard = _make_graveyard(cfg, args.user, dropping)
+    if dropping:
         # No group needs root to switch users: the supervisor gives it up too.
         # (A reload that names another user is then refused with the reason.)
         try:
@@ -89,7 +94,7 @@ def _supervise(args, dispatcher, workers):
         except UserSwitchError as exc:
             raise ConfigError(str(exc)) from None
         log.info("running as user %s", args.user)
-    supervisor = Supervisor(initial, reload=specs, endpoints=serving)
+    supervisor = Supervisor(initial, reload=specs, endpoints=serving, graveyard=graveyard)
     try:
         return supervisor.run()
     finally:
@@ -99,9 +104,26 @@ def _supervise(args, dispatcher, workers):
             _remove_pidfile(args.pidfile)
 
 
-def refuse_exposed_secret(cfg):
-    """A config holding the broker's password that every user can read is refused."""
-    problem = config.exposed_secret(cfg)
+def _make_graveyard(cfg, user, dropping):
+    """The supervisor's graveyard, made before the privilege drop: as root, in the
+    status_dir (/run/taskqueue, root's), given to `user` (--user) when the supervisor
+    becomes that user (`dropping`); a root supervisor that stays root may fork
+    children of other users, who must read it (deadletter.Graveyard, `shared`).
+    Stale graveyards of root's and of `user`'s are swept."""
+    import pwd
+    from .deadletter import Graveyard, graveyard_parent
+    pw = pwd.getpwnam(user) if user else None
+    owner = (pw.pw_uid, pw.pw_gid) if pw and dropping else None
+    return Graveyard.create(graveyard_parent(cfg.supervisor.status_dir), owner=owner,
+                            shared=os.geteuid() == 0 and not dropping,
+                            sweep_also=(pw.pw_uid,) if pw else ())
+
+
+def refuse_unsafe_files(cfg, as_root):
+    """A config holding the broker's password, or a password_file or tls_key_file, that
+    every user can read is refused; so is, by a supervisor started as root, one of them
+    that a user other than root could change (config.unsafe_files)."""
+    problem = config.unsafe_files(cfg, as_root)
     if problem:
         raise ConfigError(problem)
 

@@ -18,7 +18,7 @@ import gevent
 import gevent.socket
 from gevent.pool import Pool
 
-from . import metrics, status
+from . import filetrust, metrics, status
 from .errors import TaskqueueError
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,13 @@ class Endpoint:
 def bind_status_socket(path):
     """A listening Unix socket at `path`, mode STATUS_MODE, group STATUS_GROUP if it exists.
 
-    Creates the directory if it can. A socket file nobody answers on (left by
-    a supervisor that is gone) is replaced; one that answers belongs to another
-    running supervisor and is left alone. Raises OSError saying why it cannot.
+    Creates the directory if it can; a directory that is a link, or that another user
+    made or may write, is refused (filetrust.safe_directory). A socket file nobody
+    answers on (left by a supervisor that is gone) is replaced; one that answers
+    belongs to another running supervisor and is left alone. Raises OSError saying
+    why it cannot.
     """
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    filetrust.safe_directory(os.path.dirname(path))
     _remove_if_stale(path)
     listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # bind() creates the file with the umask applied: closed from the start, not after a chmod.

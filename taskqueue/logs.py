@@ -20,7 +20,7 @@ import logging.handlers
 import os
 import sys
 
-from . import redact
+from . import filetrust, redact
 
 #: Where syslog listens on Debian.
 SYSLOG_SOCKET = "/dev/log"
@@ -90,7 +90,8 @@ def setup(level=logging.INFO, target="auto", path=None, stream=None):
     has_syslog = os.path.exists(SYSLOG_SOCKET)
     chosen = choose_target(target, _is_terminal(stream), _is_journal(stream), has_syslog)
     if chosen == "file":
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        # Never through a link, nor into a file or directory someone else planted.
+        fd = filetrust.open_append(path, FILE_MODE)
         handler = _FdHandler(fd, owned=True)
     elif chosen == "syslog":
         handler = _syslog_handler()

@@ -88,12 +88,14 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, specs, reload=None, endpoints=(), fork=None, kill=os.kill):
+    def __init__(self, specs, reload=None, endpoints=(), fork=None, kill=os.kill, graveyard=None):
         """`reload()`, called on SIGHUP, returns the new list of specs or raises TaskqueueError.
         `endpoints` (endpoints.Endpoint: status, metrics) are served while it runs; their
         owner closes them. `fork(callback)` forks and watches the child, calling
         callback(watcher) when it ends (gevent.os.fork_and_watch); `kill(pid, sig)`
-        signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py)."""
+        signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py).
+        `graveyard`: the deadletter.Graveyard made before the privilege drop (daemon.py);
+        None: open() makes one where this user may (deadletter.graveyard_parent)."""
         self._reload = reload
         self._fork = fork or gevent.os.fork_and_watch
         self._os_kill = kill
@@ -108,7 +110,7 @@ class Supervisor:
         self._signal_handles = []
         #: {pid: (reports.ReportReader, its greenlet)}: our end of each child's report pipe.
         self._reports = {}
-        self.graveyard = None           # deaths by task (deadletter.Graveyard), made by open()
+        self.graveyard = graveyard      # deaths by task (deadletter.Graveyard); else open()
         #: {task key: queue}: the queue of each task a death was recorded for; only a
         #: child consuming that queue can make the supervisor forget those deaths.
         self._death_queues = {}
@@ -133,9 +135,10 @@ class Supervisor:
     def open(self):
         """Set up what supervising needs: the graveyard, the signal handlers, the
         endpoints. Forks nothing yet (each child's report pipe is made at its fork)."""
-        # Readable by children of every user; gone when the supervisor stops, or,
-        # once it and its children were killed, when the next supervisor starts.
-        self.graveyard = Graveyard.create()
+        # Gone when the supervisor stops, or, once it and its children were killed,
+        # when the next supervisor starts.
+        if self.graveyard is None:
+            self.graveyard = Graveyard.create()
         for sig in child.SUPERVISOR_SIGNALS:
             self._signal_handles.append(gevent.signal_handler(sig, self.events.put_nowait, ("signal", sig)))
         for endpoint in self._endpoints:

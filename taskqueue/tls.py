@@ -14,6 +14,8 @@ import os
 import re
 import ssl
 
+from . import keptsecrets
+
 #: Built contexts, by (tls_ca_file, tls_cert_file, tls_key_file): forked children inherit them.
 _CONTEXTS = {}
 #: The contents of those files, by the same key, as read when the context was built:
@@ -24,9 +26,11 @@ _PEMS = {}
 class TlsFileError(ValueError):
     """A TLS file that cannot be used: `option` names the [amqp] option holding `path`."""
 
-    def __init__(self, option, path, reason):
+    def __init__(self, option, path, reason, denied=False):
         super().__init__(reason)
         self.option, self.path, self.reason = option, path, reason
+        #: The file could not be read for lack of permission (keptsecrets.denied).
+        self.denied = denied
 
 
 def build(ca_file=None, cert_file=None, key_file=None):
@@ -55,7 +59,8 @@ def build(ca_file=None, cert_file=None, key_file=None):
             raise TlsFileError("tls_cert_file", cert_file,
                                f"certificate and key do not load: {_reason(exc)}") from None
         except OSError as exc:
-            raise TlsFileError("tls_cert_file", cert_file, _reason(exc)) from None
+            raise TlsFileError("tls_cert_file", cert_file, _reason(exc),
+                               denied=isinstance(exc, PermissionError)) from None
     return context
 
 
@@ -67,7 +72,8 @@ def _check_pem(option, path, marker):
     except FileNotFoundError:
         raise TlsFileError(option, path, "no such file") from None
     except OSError as exc:   # permission denied, a directory...
-        raise TlsFileError(option, path, f"cannot read it: {exc.strerror or exc}") from None
+        raise TlsFileError(option, path, f"cannot read it: {exc.strerror or exc}",
+                           denied=isinstance(exc, PermissionError)) from None
     if b"-----BEGIN " not in text or marker.encode() not in text:
         kind = "private key" if "KEY" in marker else "certificate"
         raise TlsFileError(option, path, f"not a PEM file holding a {kind}")
@@ -79,10 +85,17 @@ def _reason(exc):
 
 def load(ca_file=None, cert_file=None, key_file=None):
     """Build the context for these files and keep it for connection(): the config
-    loader calls this at every load, so a reload reads changed files anew."""
+    loader calls this at every load, so a reload reads changed files anew. A reload
+    after the privilege drop that may not read them any more (a key of root's, 0600)
+    keeps the context built at start (keptsecrets.py)."""
     key = (ca_file, cert_file, key_file)
-    _CONTEXTS[key] = build(*key)
-    _PEMS[key] = tuple(_read(path) for path in key)
+    files = ", ".join(f"{option} {path}" for option, path in zip(
+        ("tls_ca_file", "tls_cert_file", "tls_key_file"), key) if path)
+    where = f"[amqp] {files or 'TLS with the system CAs'}"
+    _CONTEXTS[key] = keptsecrets.read(("tls",) + key, lambda: build(*key), where)
+    # What a user-switching child gets (childexec.py): kept alike after the drop.
+    _PEMS[key] = keptsecrets.read(("tls-pems",) + key,
+                                  lambda: tuple(_read(path) for path in key), where)
     return _CONTEXTS[key]
 
 

@@ -185,8 +185,9 @@ def cmd_check_config(args):
     path = config.resolve_path(args.config)
     found = plugins.discover()
     cfg = config.load(path, found)
-    if config.exposed_secret(cfg):   # the daemons would refuse it
-        raise ConfigError(config.exposed_secret(cfg))
+    problem = config.unsafe_files(cfg, as_root=os.geteuid() == 0)
+    if problem:   # the daemons would refuse it
+        raise ConfigError(problem)
     logging_line = _describe_logging(cfg)
     print(f"config: {path}: ok")
     for warning in cfg.warnings:

@@ -50,28 +50,27 @@ def test_supervisor_killed_with_sigkill_leaves_no_child_running(broker, start_po
 
 
 def test_a_killed_supervisors_graveyard_is_removed_by_the_next_supervisor_to_start(
-        broker, start_pool, records, workdir):
-    # Given a supervisor whose temp directory is the test's own
-    tmp = os.path.join(workdir, "tmp")
-    os.mkdir(tmp)
-    pool = start_pool(recorder_config(records), env={"TMPDIR": tmp})
+        broker, start_pool, records, status_dir):
+    # Given a supervisor, its graveyard in its status directory (root's /run/taskqueue)
+    def graves():
+        return sorted(n for n in os.listdir(status_dir) if n.startswith("taskqueue-graves-"))
+    pool = start_pool(recorder_config(records))
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "1 consumer")
-    [graveyard] = os.listdir(tmp)
-    assert graveyard.startswith("taskqueue-graves-")
+    [graveyard] = graves()
     # When it is killed with SIGKILL (close() never runs), with its children
     children = pool.children()
     pool.process.kill()
     pool.process.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child gone")
-    assert os.listdir(tmp) == [graveyard]
+    assert graves() == [graveyard]
     # (the broker may list the killed child's consumer a moment longer: not the next one's)
     wait_for(lambda: broker.counts("worker_recorder")[1] == 0, 15, "the killed consumer gone")
     # Then the next supervisor to start removes it, and its own goes when it stops
-    second = start_pool(recorder_config(records), env={"TMPDIR": tmp})
+    second = start_pool(recorder_config(records))
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "1 consumer again")
-    assert graveyard not in os.listdir(tmp) and len(os.listdir(tmp)) == 1
+    assert graveyard not in graves() and len(graves()) == 1
     assert second.stop() == 0
-    assert os.listdir(tmp) == []
+    assert graves() == []
 
 
 def test_broken_plugins_stop_only_their_own_type_and_say_why(broker, start_pool, records):

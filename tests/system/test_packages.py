@@ -185,11 +185,44 @@ def test_installing_the_packages_starts_both_services_as_the_taskqueue_user(inst
     config = os.stat("/etc/taskqueue/config.ini")
     assert stat.S_IMODE(config.st_mode) == 0o640
     assert grp.getgrgid(config.st_gid).gr_name == "taskqueue"
+    # Each supervisor's graveyard is in root's /run/taskqueue, the taskqueue user's alone
+    # (not in the shared /tmp, where any user may plant a directory).
+    graves = [name for name in os.listdir("/run/taskqueue") if name.startswith("taskqueue-graves-")]
+    assert len(graves) >= 2, graves
+    for name in graves:
+        st = os.lstat(os.path.join("/run/taskqueue", name))
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pwd.getpwnam("taskqueue").pw_uid, 0o700)
+
+
+#: A password_file of root's alone, as a systemd credential or an admin would make it.
+PASSWORD_FILE = "/etc/taskqueue/broker-password"
+
+
+def use_root_only_password_file():
+    """The packaged config with its password moved to PASSWORD_FILE (root's, 0600)."""
+    with open(PASSWORD_FILE, "w") as f:
+        f.write("guest\n")
+    os.chmod(PASSWORD_FILE, 0o600)
+    with open("/etc/taskqueue/config.ini") as f:
+        lines = [line for line in f.read().splitlines()
+                 if not line.strip().lower().startswith(("password:", "password ", "password="))]
+    if "[amqp]" not in lines:
+        lines += ["", "[amqp]"]
+    lines.insert(lines.index("[amqp]") + 1, f"password_file: {PASSWORD_FILE}")
+    with open("/etc/taskqueue/config.ini", "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def test_installing_a_plugin_deb_starts_its_worker_in_the_running_pool(
         installed, debs, apt_as_on_a_real_host, broker):
+    # Given a pool that read a password_file of root's alone (0600) before it became
+    # the user taskqueue (issue 20: every reload used to be refused then)
+    use_root_only_password_file()
+    run(["/etc/init.d/taskqueue-workerpool", "restart"])
+    wait_for(lambda: supervisor_pid("taskqueue-workerpool"), 30, "the pool restarted")
     pool = supervisor_pid("taskqueue-workerpool")
+    wait_for(lambda: uid_of(pool) == pwd.getpwnam("taskqueue").pw_uid, 30, "the pool as taskqueue")
+    # When a plugin package is installed: the dpkg trigger reloads the pool (SIGHUP)
     apt_as_on_a_real_host("install", debs[PLUGIN])
     wait_for(lambda: consumers(broker, "worker_echo") == 1, 20, "the echo worker consuming")
     assert supervisor_pid("taskqueue-workerpool") == pool  # reloaded, not restarted

@@ -1,5 +1,7 @@
 """[amqp] password_file, and the refusal of a config holding a secret that every user can read."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -132,3 +134,106 @@ def test_settings_repr_and_errors_show_no_password(write):
     assert "Repr-s3cret" not in repr(config.AmqpSettings(password="Repr-s3cret"))
     error = TaskqueueError("cannot connect to amqp://tq:Repr-s3cret@broker/")
     assert str(error) == "cannot connect to amqp://tq:***@broker/"
+
+
+# -- the secret files the config names: exposure, who may change them ------------
+
+@pytest.mark.parametrize("mode, refused", [(0o644, True), (0o604, True), (0o640, False),
+                                           (0o600, False)])
+def test_a_password_file_readable_by_every_user_is_refused_naming_it(write, mode, refused):
+    secret = write("pw-exposed-1\n", name="secret", mode=mode)
+    path = write(f"[amqp]\npassword_file: {secret}\n")
+    problem = config.exposed_secret(load(path))
+    if not refused:
+        assert problem is None
+        return
+    assert problem == (f"{secret}: the [amqp] password_file of {path} is readable by every "
+                       f"user (mode {mode:04o}); refusing to use it: chmod 600 {secret} "
+                       "(or 640, group taskqueue)")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+@pytest.mark.parametrize("culprit", ["config", "password_file", "directory"])
+def test_a_root_supervisor_refuses_files_another_user_can_change(write, tmp_path, culprit):
+    os.chmod(tmp_path, 0o755)
+    secret = write("pw-owned-2\n", name="secret", mode=0o600)
+    path = write(f"[amqp]\npassword_file: {secret}\n")
+    assert config.unsafe_files(load(path), as_root=True) is None
+    if culprit == "config":
+        os.chown(path, 65534, -1)
+    elif culprit == "password_file":
+        os.chmod(secret, 0o620)
+        os.chown(secret, -1, 65534)
+    else:
+        os.chmod(tmp_path, 0o777)
+    problem = config.unsafe_files(load(path), as_root=True)
+    # (a directory holding both: each is named, the config first)
+    named = secret if culprit == "password_file" else path
+    what = f"the [amqp] password_file of {path}" if culprit == "password_file" else "the config"
+    assert problem.startswith(f"{named}: refusing to use {what} as root: ")
+    assert {"config": "belongs to user nobody (uid 65534)", "password_file": "is writable by group",
+            "directory": "could put another file in its place"}[culprit] in problem
+    # A process that never was root trusts its own files as it always did.
+    assert config.unsafe_files(load(path), as_root=False) is None
+
+
+# -- a reload after the privilege drop keeps what the secret files gave at start ----
+
+def in_child_as_nobody(work):
+    """Run work() in a forked child that became nobody; return its exit status code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = work()
+        except BaseException as exc:
+            print("child failed:", repr(exc))
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.fixture
+def public_write():
+    """write(), in a directory every user may search (pytest's tmp is root's alone)."""
+    top = tempfile.mkdtemp(prefix="tq-kept-")
+    os.chmod(top, 0o755)
+
+    def write(text, name, mode):
+        path = os.path.join(top, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+    yield write
+    shutil.rmtree(top)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_after_the_drop_a_reload_keeps_the_password_read_at_start_and_says_so_once(
+        public_write, caplog):
+    secret = public_write("pw-kept-3\n", "secret", 0o600)      # root's alone
+    other = public_write("pw-new-4\n", "other-secret", 0o600)
+    path = public_write(f"[amqp]\npassword_file: {secret}\n", "config.ini", 0o644)
+    # The same config, edited to name another file.
+    edited = public_write(f"[amqp]\npassword_file: {other}\n", "edited.ini", 0o644)
+    assert load(path).amqp.password == "pw-kept-3"               # at start, as root
+
+    def reload_as_nobody():
+        kept = [load(path).amqp.password for _ in range(2)]
+        told = [r.getMessage() for r in caplog.records
+                if "keeping what it held at start" in r.getMessage()]
+        message = ""
+        try:
+            load(edited)
+        except ConfigError as exc:
+            message = str(exc)
+        print(kept, told, message)
+        return 0 if (kept == ["pw-kept-3"] * 2 and len(told) == 1 and secret in told[0]
+                     and "cannot read it: Permission denied (taskqueue gave up root" in message
+                     and other in message) else 1
+    caplog.set_level("WARNING", logger="taskqueue")
+    assert in_child_as_nobody(reload_as_nobody) == 0

@@ -1,7 +1,9 @@
 """[amqp] TLS options: validation naming the file and option, and the kept context."""
+import os
 import shutil
 import ssl
 import subprocess
+import tempfile
 
 import pytest
 
@@ -169,3 +171,83 @@ def test_explain_says_a_broker_closing_at_the_start_may_have_refused_the_certifi
     assert tls.explain(lost, settings, "b").endswith(
         "did it refuse the client certificate? (tls_cert_file /etc/taskqueue/pool1.pem)")
     assert tls.explain(lost, config.AmqpSettings(tls=True), "b").endswith("(no tls_cert_file)")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_after_the_drop_a_reload_keeps_the_tls_context_built_at_start(certs):
+    # Given files every user may reach but a key of root's alone (mode 0600)
+    top = tempfile.mkdtemp(prefix="tq-kept-tls-")
+    try:
+        os.chmod(top, 0o755)
+        for name in ("ca.pem", "client.pem", "client.key"):
+            shutil.copy(certs / name, top)
+            os.chmod(os.path.join(top, name), 0o644)
+        os.chmod(os.path.join(top, "client.key"), 0o600)
+        path = os.path.join(top, "config.ini")
+        with open(path, "w") as f:
+            f.write(f"[amqp]\nhost: b\ntls: yes\ntls_ca_file: {top}/ca.pem\n"
+                    f"tls_cert_file: {top}/client.pem\ntls_key_file: {top}/client.key\n"
+                    "auth: external\n")
+        os.chmod(path, 0o644)
+        settings = config.load(path, set()).amqp     # at start, as root
+        started = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+        # When the process gives up root and loads the config again (a reload)
+        pid = os.fork()
+        if pid == 0:
+            code = 99
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                again = config.load(path, set()).amqp
+                kept = tls.context(again.tls_ca_file, again.tls_cert_file, again.tls_key_file)
+                code = 0 if kept is started else 1
+            finally:
+                os._exit(code)
+        # Then the load succeeds with the context built at start (on main: "cannot read it")
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_key_file_readable_by_every_user_is_refused_naming_it(tmp_path, certs):
+    key = tmp_path / "client.key"
+    shutil.copy(certs / "client.key", key)
+    os.chmod(key, 0o644)
+    path = tmp_path / "config.ini"
+    path.write_text(f"[amqp]\nhost: b\ntls: yes\ntls_ca_file: {certs}/ca.pem\n"
+                    f"tls_cert_file: {certs}/client.pem\ntls_key_file: {key}\nauth: external\n")
+    os.chmod(path, 0o640)
+    problem = config.exposed_secret(config.load(str(path), set()))
+    assert problem == (f"{key}: the [amqp] tls_key_file of {path} is readable by every user "
+                       f"(mode 0644); refusing to use it: chmod 600 {key} (or 640, group "
+                       "taskqueue)")
+    os.chmod(key, 0o600)
+    assert config.exposed_secret(config.load(str(path), set())) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+@pytest.mark.parametrize("option", ["tls_ca_file", "tls_cert_file", "tls_key_file"])
+def test_a_root_supervisor_refuses_a_tls_file_another_user_could_change(certs, option):
+    # A CA file of another user's lets that user stand in for the broker.
+    top = tempfile.mkdtemp(prefix="tq-trust-tls-")
+    try:
+        os.chmod(top, 0o755)
+        for name in ("ca.pem", "client.pem", "client.key"):
+            shutil.copy(certs / name, top)
+        path = os.path.join(top, "config.ini")
+        with open(path, "w") as f:
+            f.write(f"[amqp]\nhost: b\ntls: yes\ntls_ca_file: {top}/ca.pem\n"
+                    f"tls_cert_file: {top}/client.pem\ntls_key_file: {top}/client.key\n"
+                    "auth: external\n")
+        os.chmod(path, 0o640)
+        assert config.unsafe_files(config.load(path, set()), as_root=True) is None
+        name = {"tls_ca_file": "ca.pem", "tls_cert_file": "client.pem",
+                "tls_key_file": "client.key"}[option]
+        os.chown(os.path.join(top, name), 65534, -1)
+        problem = config.unsafe_files(config.load(path, set()), as_root=True)
+        assert problem.startswith(f"{top}/{name}: refusing to use the [amqp] {option} of {path} "
+                                  "as root: ")
+        assert "belongs to user nobody (uid 65534)" in problem
+    finally:
+        shutil.rmtree(top)
