@@ -1,5 +1,6 @@
 """The fault suite's task shape for a cluster: marker tasks, a publisher, and
-what a run measures (completed, lost, duplicated, the longest stall).
+what a run measures (completed, lost, duplicated, the longest stall). Every
+task is accounted for by the suites' ledger (tests/accounting.py).
 """
 import collections
 import os
@@ -13,6 +14,7 @@ import uuid
 import pika
 
 import clusternet
+from accounting import completions, window_bound
 from support import TASKQUEUE, Broker, Pool
 
 #: The cluster figures, printed at the end of the run (conftest.py).
@@ -36,16 +38,6 @@ def assert_quorum_with_three_members(cluster, via=None):
     for name in QUEUES:
         assert queues[name]["type"] == "quorum", queues[name]
         assert len(queues[name]["members"]) == 3, queues[name]
-
-
-def completions(record_dir):
-    """How many times each task id was completed (the marker plugin's files)."""
-    counts = collections.Counter()
-    for name in os.listdir(record_dir):
-        if name.endswith(".done"):
-            with open(os.path.join(record_dir, name)) as f:
-                counts.update(line for line in f.read().split("\n") if line)
-    return counts
 
 
 class NodeBroker(Broker):
@@ -123,20 +115,30 @@ class NsPool(Pool):
              "--log", "stderr"], cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT)
 
 
-def account(client, ids, record_dir):
-    """(completions, dead-lettered ids, lost ids) once every task is accounted for
-    or nothing changes any more."""
-    dead = set()
-    for props, _ in client.drain("taskqueue_dead"):
-        dead.add(props.message_id)
-    done = completions(record_dir)
-    return done, dead, set(ids) - set(done) - dead
+def figures(ledger, done, stall, **more):
+    return {**ledger.figures(done), "longest stall (s)": round(stall, 2), **more}
 
 
-def figures(total, done, dead, lost, stall, **more):
-    return {"published": total, "completed": len(done), "dead-lettered": len(dead),
-            "lost": len(lost), "duplicated": sum(1 for c in done.values() if c > 1),
-            "longest stall (s)": round(stall, 2), **more}
+def idle(cluster, via=None, queues=("taskqueue", "worker_marker")):
+    """True when no task is ready or unacknowledged in `queues`, as a running node sees them."""
+    backlog = cluster.backlog(via=via)
+    return all(backlog.get(queue, (0, 0)) == (0, 0) for queue in queues)
+
+
+def held_on(cluster, node=None, via=None):
+    """(worker connections, dispatcher connections) of taskqueue's on `node` (None: on
+    any node), the broker's view: what a fault that ends them, or voids what they
+    settle, can make run twice (accounting.window_bound)."""
+    names = [str(name) for on, name in cluster.connections(via=via)
+             if (node is None or on is node) and str(name).startswith("taskqueue")]
+    dispatchers = sum(1 for name in names if name.startswith("taskqueue dispatcher"))
+    return len(names) - dispatchers, dispatchers
+
+
+def most_extra(held):
+    """The duplicates the faults that ended the connections `held` ([(workers,
+    dispatchers)], one pair per fault) can cause at most."""
+    return sum(window_bound(workers, dispatchers) for workers, dispatchers in held)
 
 
 def log_figures(pools):
@@ -157,11 +159,6 @@ def keep_logs(pools, label):
     stem = "".join(c if c.isalnum() else "-" for c in label)
     for n, pool in enumerate(pools):
         shutil.copyfile(pool.log_path, os.path.join(keep, f"{stem}-pool{n}-{os.getpid()}.log"))
-
-
-def connections_on(cluster, node, via=None):
-    """How many of taskqueue's connections the broker counts on `node` (its view)."""
-    return cluster.spread(via=via)[node.name]
 
 
 #: taskqueue's line for a lost connection: the child's pid, the broker it names, why.

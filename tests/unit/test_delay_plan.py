@@ -141,6 +141,28 @@ def test_the_deaths_the_chain_added_are_dropped_and_an_earlier_real_one_kept():
     }
 
 
+def test_the_last_death_is_set_again_from_the_newest_real_death_left():
+    """x-death is newest first: after the chain's deaths go, x-last-death-* name the newest
+    real one (a rejection from worker_b), not the oldest (an expiry in worker_a)."""
+    newest, oldest = death("worker_b", reason="rejected"), death("worker_a", reason="expired")
+    newest["exchange"], oldest["exchange"] = "new-x", "old-x"
+    headers = {delays.DELAYED_HEADER: 1004,
+               "x-death": [death("taskqueue.delay.2"), newest, oldest],
+               "x-first-death-queue": "worker_a", "x-first-death-reason": "expired",
+               "x-first-death-exchange": "old-x",
+               "x-last-death-queue": "taskqueue.delay.2", "x-last-death-reason": "expired",
+               "x-last-death-exchange": "x"}
+    out = delays.without_chain_deaths(headers)
+    assert out["x-death"] == [newest, oldest]
+    assert (out["x-last-death-queue"], out["x-last-death-reason"],
+            out["x-last-death-exchange"]) == ("worker_b", "rejected", "new-x")
+    assert (out["x-first-death-queue"], out["x-first-death-reason"]) == ("worker_a", "expired")
+    # A field the newest death lacks is not taken from an older one
+    del newest["exchange"]
+    out = delays.without_chain_deaths(headers)
+    assert "x-last-death-exchange" not in out and out["x-last-death-queue"] == "worker_b"
+
+
 def test_a_task_that_only_went_through_the_chain_has_no_death_left():
     headers = {delays.DELAYED_HEADER: 1004, "x-death": [death(b"taskqueue.delay.1")],
                "x-first-death-queue": "taskqueue.delay.1", "x-first-death-reason": "expired",

@@ -236,10 +236,20 @@ def test_backoff_delay_doubles_from_backoff_base_when_failures_grow(failures, ex
 
 
 @pytest.mark.parametrize("failures", range(3, 40))
-def test_backoff_delay_doubles_the_previous_delay_when_below_the_cap(failures):
+def test_backoff_delay_doubles_the_previous_delay_until_the_cap_and_then_stays_at_it(failures):
+    # Every case asserts: below the cap the delay doubles, past it it is the cap itself
+    # (neither more, nor a smaller doubling that went on under it).
     previous = backoff_delay(failures - 1)
-    if previous * 2 <= BACKOFF_CAP:
-        assert backoff_delay(failures) == pytest.approx(previous * 2)
+    assert backoff_delay(failures) == pytest.approx(min(previous * 2, BACKOFF_CAP))
+    assert backoff_delay(failures) == pytest.approx(
+        min(BACKOFF_BASE * 2 ** (failures - 2), BACKOFF_CAP))
+
+
+def test_backoff_delay_cases_above_cover_both_the_doubling_and_the_cap():
+    """The parametrized range must hold both regimes, or half of it proves nothing."""
+    doubling = [n for n in range(3, 40) if backoff_delay(n - 1) * 2 <= BACKOFF_CAP]
+    capped = [n for n in range(3, 40) if backoff_delay(n - 1) * 2 > BACKOFF_CAP]
+    assert len(doubling) >= 5 and len(capped) >= 5, (doubling, capped)
 
 
 @pytest.mark.parametrize("failures", [11, 12, 20, 50, 100, 1000, 1025])

@@ -57,3 +57,25 @@ def test_the_reason_names_the_exception_from_the_traceback():
     assert last_line(text) == "ValueError: mail server down"
     assert last_line("") == "an exception"
     assert last_line("E: " + "x" * 500).endswith("...")
+
+
+@pytest.mark.parametrize("limit", [200, 10])
+def test_the_reason_quotes_the_exception_cut_at_its_limit(limit):
+    """A dead letter's reason quotes it: a plugin's 10 MB message must not travel whole."""
+    text = "E: " + "x" * 10_000
+    assert last_line(text, limit) == text[:limit] + "..."
+    assert last_line(text[:limit], limit) == text[:limit]   # at the limit: whole, no "..."
+    assert last_line(text) == text[:200] + "..."
+    reason = decide(POLICY, 3, explicit=False, error=last_line(text)).reason
+    assert reason == f"raised {text[:200]}... after 3 retries"
+
+
+def test_a_raising_task_without_max_retries_is_given_up_at_once_not_given_the_retry_cap():
+    """The cap of channel.retry() (EXPLICIT_RETRY_CAP) is not a budget for raising tasks:
+    without max_retries, the first exception dead-letters the task."""
+    none = RetryPolicy()
+    assert none.max_retries == 0
+    assert decide(none, 0, explicit=False, error="ValueError: x") == GiveUp(
+        "raised ValueError: x after 0 retries")
+    # and explicit retries still get the cap
+    assert decide(none, 0, explicit=True) == Retry(backoff_delay(none, 0))

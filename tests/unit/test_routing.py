@@ -512,6 +512,12 @@ def test_route_rejects_naming_the_format_when_the_plugin_raises(error):
                     type(error).__name__)
 
 
+def test_route_cuts_a_huge_worker_type_a_format_plugin_returned_short():
+    decision = route(b"{}", GOOD_TYPE, None, formats_of(lambda body: ("t/" * 50_000, b"x")))
+    assert_rejected(decision, "returned worker type 't/t/", "1-200 characters")
+    assert len(decision.reason) < 300, len(decision.reason)
+
+
 def test_route_cuts_a_format_plugins_huge_error_message_short():
     def read(body):
         raise ValueError(body.decode())
@@ -648,24 +654,47 @@ def test_pika_refuses_float_headers_when_they_are_not_converted():
         pika.BasicProperties(headers={"ratio": 0.5}).encode()
 
 
+def received(props):
+    """What a consumer of `props` gets: encoded as pika sends them, decoded as pika reads
+    them (text as str: pika 1.2 gives a long string as bytes)."""
+    encoded = props.encode()
+    out = pika.BasicProperties()
+    out.decode(b"".join(encoded) if isinstance(encoded, list) else encoded)
+
+    def text(value):
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, dict):
+            return {k: text(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [text(v) for v in value]
+        return value
+    return text(out.headers)
+
+
 @pytest.mark.parametrize("value", [0.5, 1.25, -0.5, 2.0, 0.001, 1e-7, 100.75])
-def test_forwarded_properties_encode_when_headers_hold_short_floats(value):
+def test_forwarded_properties_carry_short_floats_as_the_same_number(value):
     headers = {"v": value, "nested": {"v": value}, "list": [value]}
     for decision in (ENVELOPE_ROUTE, HEADER_ROUTE):
-        out = forwarded_properties(input_properties(headers=headers), decision)
-        out.encode()
+        got = received(forwarded_properties(input_properties(headers=headers), decision))
+        for forwarded in (got["v"], got["nested"]["v"], got["list"][0]):
+            assert isinstance(forwarded, decimal.Decimal) and float(forwarded) == value, got
 
 
 @pytest.mark.parametrize("value", [
     1700000000.123,            # a float Unix timestamp, the common case
     3.141592653589793,
     1e20,
+    -2.5e-300,
     float("nan"),
     float("inf"),
+    float("-inf"),
 ], ids=repr)
-def test_forwarded_properties_encode_when_headers_hold_any_float(value):
-    out = forwarded_properties(input_properties(headers={"v": value}), HEADER_ROUTE)
-    out.encode()
+def test_forwarded_properties_carry_any_other_float_as_its_repr(value):
+    # Beyond what an AMQP decimal holds: the float's repr() as text, never dropped (None)
+    headers = {"v": value, "nested": {"v": value}, "list": [value, 1]}
+    got = received(forwarded_properties(input_properties(headers=headers), HEADER_ROUTE))
+    assert got == {"v": repr(value), "nested": {"v": repr(value)}, "list": [repr(value), 1]}
 
 
 # -- dead_properties ------------------------------------------------------------------
@@ -720,9 +749,9 @@ def test_dead_properties_encode_when_the_input_had_short_float_headers():
     out.encode()
 
 
-def test_dead_properties_encode_when_the_input_had_a_timestamp_float_header():
+def test_dead_properties_carry_a_timestamp_float_header_as_its_repr():
     out = dead_properties(input_properties(headers={"sent_at": 1700000000.123}), "why")
-    out.encode()
+    assert received(out)["sent_at"] == "1700000000.123"
 
 
 @pytest.mark.parametrize("body, content_type, headers", [

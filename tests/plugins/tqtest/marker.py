@@ -1,6 +1,8 @@
 """A fast test plugin for load and fault runs: marks each task done, then acks.
 
-The workitem is `{"id": ...}` (optionally `"sleep"` seconds). The id goes to
+The workitem is `{"id": ...}` (optionally `"sleep"` seconds, and `"announce"`:
+true, to leave `<record_dir>/<id>.<pid>.holding` before the sleep, so that a
+test can kill the process in the middle of that task). The id goes to
 `<record_dir>/<pid>.done` (one line, appended before the ack), so a task
 seen twice there was completed twice: a duplicate, never a loss. A task the
 broker delivered one hop (routing key: the worker type, not `worker_<type>`)
@@ -22,6 +24,9 @@ class Marker(BaseWorker):
 
     def handle_task(self, channel, method, header, body):
         task = json.loads(body)
+        if task.get("announce"):
+            open(os.path.join(self.settings["record_dir"],
+                              f"{task['id']}.{os.getpid()}.holding"), "w").close()
         if task.get("sleep"):
             time.sleep(task["sleep"])
         os.write(self.fd, f"{task['id']}\n".encode())
