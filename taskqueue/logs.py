@@ -9,18 +9,25 @@ its message id. Further lines of one event (a traceback) repeat this header
 followed by `| `, so that grep finds them too. Each event is one write(2):
 processes sharing a file or stderr never interleave their lines.
 
+No line carries a control character: every argument of a line is shown by
+printable.printable, its newlines too (a forged message id cannot start a
+line), unless the code marks it as text of several lines (`Lines`: a
+traceback); the format's own newlines stay (the further lines above).
+
 The identity and the task are process-wide: a child sets its identity right
 after the fork, and a worker child handles one task at a time, so the lines
 of the plugin's own threads name the task too. The file of target `file` is
 opened (O_APPEND) by the supervisor before it forks or drops privileges:
 children of every user inherit it.
 """
+import collections.abc
 import logging
 import logging.handlers
 import os
 import sys
 
 from . import filetrust, redact
+from .printable import printable
 
 #: Where syslog listens on Debian.
 SYSLOG_SOCKET = "/dev/log"
@@ -68,7 +75,7 @@ def context(task=None):
 def _printable(text):
     """A message id as one word: a client chooses it, and must not forge lines or fields."""
     text = str(text)
-    shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in text[:TASK_ID_MAX])
+    shown = printable(text[:TASK_ID_MAX], spaces=False)
     return shown + ("..." if len(text) > TASK_ID_MAX else "")
 
 
@@ -190,16 +197,64 @@ class _ContextFilter(logging.Filter):
 
 
 class _RedactFilter(logging.Filter):
-    """No broker password in any line, whoever logged it (pika, a plugin, a traceback):
-    the message and the traceback are rendered here, redacted, and kept so."""
+    """No broker password and no control character in any line, whoever logged it (pika,
+    a plugin, a traceback): the message and the traceback are rendered here, redacted,
+    escaped, and kept so."""
 
     def filter(self, record):
-        record.msg, record.args = redact.redact(record.getMessage()), None
+        record.msg, record.args = printable(redact.redact(_message(record)), newlines=True), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact.redact(record.exc_text)
+            record.exc_text = printable(redact.redact(record.exc_text), newlines=True)
         return True
+
+
+def _message(record):
+    """The record's message, each argument shown escaped; as logging would render it
+    when an argument is used in a way only the original supports (`%d` of a Decimal)."""
+    if not record.args:
+        return record.getMessage()
+    args = record.args
+    try:
+        record.args = shown_args(args)
+        return record.getMessage()
+    except (TypeError, ValueError):
+        record.args = args
+        return record.getMessage()
+
+
+def shown_args(args):
+    """A line's arguments as they may be shown (pure): each one that is not a number
+    becomes its text, redacted and escaped, newlines too. `%r` of one shows the
+    escaped repr() of the original."""
+    if isinstance(args, collections.abc.Mapping):
+        return {key: _shown(value) for key, value in args.items()}
+    return tuple(_shown(arg) for arg in args)
+
+
+class Lines(str):
+    """An argument of a line that is text of several lines (a traceback): its newlines
+    are kept, as further lines of the event; its other control characters are escaped."""
+
+
+def _shown(value):
+    if isinstance(value, (int, float)) or value is None:
+        return value    # %d, %.3f and the like need the number; it shows nothing else
+    return _Shown(value)
+
+
+class _Shown(str):
+    """An argument's str() redacted and escaped; its repr() the original's, so."""
+
+    def __new__(cls, value):
+        text = printable(redact.redact(value), newlines=isinstance(value, Lines))
+        shown = super().__new__(cls, text)
+        shown.original = value
+        return shown
+
+    def __repr__(self):
+        return printable(redact.redact(repr(self.original)))
 
 
 class LineFormatter(logging.Formatter):

@@ -400,17 +400,18 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
                       requested=channel.retry_delay), elapsed
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
-                    elapsed, error)
+                    elapsed, logs.Lines(error))
         return _retry(group, session, method, props, body, explicit=False,
                       error=retries.last_line(error)), elapsed
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
-                  "queue:\n%s", msg_id, method.delivery_tag, elapsed, error)
+                  "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
         channel.basic_reject(requeue=False)
         return "raised", elapsed
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
-                  "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement, error)
+                  "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement,
+                  logs.Lines(error))
     elif channel.settlement is None:
         log.warning("task %s (delivery %s): handle_task returned without settling it; acking",
                     msg_id, method.delivery_tag)

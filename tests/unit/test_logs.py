@@ -58,7 +58,7 @@ def test_a_lines_own_task_goes_before_the_process_task(logfile):
 
 
 @pytest.mark.parametrize("task, shown", [
-    ("a b\nc", "a?b?c"), ("x" * 250, "x" * 200 + "..."), (42, "42"),
+    ("a b\nc\x1b", "a\\x20b\\nc\\x1b"), ("x" * 250, "x" * 200 + "..."), (42, "42"),
 ])
 def test_task_ids_are_shown_as_one_word(task, shown):
     assert logs.context(task) == f"task={shown} "
@@ -123,7 +123,7 @@ def test_processes_sharing_the_file_never_interleave_their_lines(logfile):
             try:
                 logs.set_identity("worker", f"worker1#{n}")
                 for i in range(50):
-                    logging.getLogger("x").info("event %d\n%s", i, body)
+                    logging.getLogger("x").info("event %d\n%s", i, logs.Lines(body))
             finally:
                 os._exit(0)
         pids.append(pid)
@@ -158,3 +158,57 @@ def test_journal_is_recognised_by_device_and_inode(tmp_path):
         assert logs._is_journal(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
         assert not logs._is_journal(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
         assert not logs._is_journal(stream, {})
+
+
+#: Characters a forged message id, queue name or header may carry to a log reader's terminal.
+HOSTILE = "m\x1b[2J\x1b]0;pwned\x07\rforged INFO: ok\n2026-01-01 fake line\u202e\x00"
+
+
+def raw_controls(text):
+    """The control characters of `text` other than the line breaks between lines."""
+    return sorted({c for line in text.split("\n") for c in line if not c.isprintable()})
+
+
+def test_no_argument_of_any_kind_puts_a_control_character_or_a_line_into_the_log(logfile):
+    # Given lines about a message whose id, queue and headers a publisher chose
+    logs.set_identity("dispatcher", "dispatcher#0")
+    log = logging.getLogger("taskqueue.x")
+    log.warning("task %s from queue %s: headers %r", HOSTILE, HOSTILE, {"x-taskqueue-reason": HOSTILE})
+    log.info("routed", extra={"task": HOSTILE})
+    log.error("refused: %s", ValueError(HOSTILE))
+    log.warning("mapping %(id)s", {"id": HOSTILE})
+    log.warning(f"already formatted {HOSTILE}")
+    try:
+        raise RuntimeError(HOSTILE)
+    except RuntimeError:
+        log.exception("plugin raised")
+    text = open(logfile).read()
+    # Then no control character reaches the file; every line is one of taskqueue's
+    assert raw_controls(text) == []
+    assert all(re.match(HEADER % os.getpid(), line) for line in text.splitlines()), text
+    out = lines(logfile)
+    # and an argument shows escaped, printable text as it is, on its own line
+    assert out[0].endswith("WARNING: task m\\x1b[2J\\x1b]0;pwned\\x07\\rforged INFO: ok\\n2026-01-01 "
+                           "fake line\\u202e\\x00 from queue m\\x1b[2J\\x1b]0;pwned\\x07\\rforged "
+                           "INFO: ok\\n2026-01-01 fake line\\u202e\\x00: headers "
+                           "{'x-taskqueue-reason': 'm\\x1b[2J\\x1b]0;pwned\\x07\\rforged INFO: ok\\n"
+                           "2026-01-01 fake line\\u202e\\x00'}"), out[0]
+    assert " task=m\\x1b[2J\\x1b]0;pwned\\x07\\rforged\\x20INFO:" in out[1]
+    assert out[2].endswith("ERROR: refused: " + HOSTILE.replace("\x1b", "\\x1b").replace(
+        "\x07", "\\x07").replace("\r", "\\r").replace("\n", "\\n").replace(
+        "\u202e", "\\u202e").replace("\x00", "\\x00"))
+
+
+def test_printable_unicode_in_a_line_stays_readable(logfile):
+    logging.getLogger("x").info("tâche %s reçue", "日本語 ✓")
+    assert lines(logfile)[-1].endswith("INFO: tâche 日本語 ✓ reçue")
+
+
+def test_an_argument_marked_as_lines_keeps_its_line_breaks_and_loses_its_controls(logfile):
+    # A traceback quoting a forged id: its lines stay lines of the event, nothing else goes raw
+    logging.getLogger("x").error("task raised:\n%s", logs.Lines(f"Traceback\nValueError: {HOSTILE}"))
+    out = lines(logfile)
+    assert raw_controls(open(logfile).read()) == []
+    assert out[0].endswith("ERROR: task raised:") and out[1].endswith("ERROR: | Traceback")
+    assert out[2].endswith("ERROR: | ValueError: m\\x1b[2J\\x1b]0;pwned\\x07\\rforged INFO: ok")
+    assert out[3].endswith("ERROR: | 2026-01-01 fake line\\u202e\\x00")
