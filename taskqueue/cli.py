@@ -8,6 +8,7 @@ import sys
 from . import __version__, amqp, config, logs, redact
 from .daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from .errors import ConfigError, InputError, PluginError, TaskqueueError
+from .printable import printable
 from .startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
 from .tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES, SUBMIT_EXIT_CODES,
                     cmd_check_config, cmd_dead_list, cmd_dead_purge, cmd_dead_requeue, cmd_status,
@@ -25,18 +26,24 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ConfigError, PluginError, InputError) as exc:
-        print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
+        _say(exc)
         return EXIT_USAGE
     except amqp.BrokerUnreachable as exc:
-        print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
+        _say(exc)
         return EXIT_NO_BROKER
     except TaskqueueError as exc:
-        print(f"taskqueue: {redact.redact(exc)}", file=sys.stderr)
+        _say(exc)
         return EXIT_FAILURE
     except BrokenPipeError:
         # `taskqueue dead list | head`: the reader is gone, so is the rest of the output.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
+
+
+def _say(exc):
+    """An error on stderr: no password, and nothing it quotes (a queue name, a broker's
+    or a publisher's text) acts on the terminal; its own lines stay lines."""
+    print(f"taskqueue: {printable(redact.redact(exc), newlines=True)}", file=sys.stderr)
 
 
 def _parser():

@@ -30,6 +30,7 @@ from gevent.queue import Empty, Queue
 from . import amqp, fielddecode, formats, inbound, topology
 from .confirms import ConfirmWindow
 from .deadletter import RAW_HEADERS, REASON_HEADER, SOURCE_HEADER, task_key
+from .printable import printable
 from .routing import Rejection, route
 from .errors import TaskqueueError
 from .progress import format_duration
@@ -183,10 +184,12 @@ TABLE_HEADER = ("ID", "TYPE", "AGE", "QUEUE", "REASON")
 
 
 def table(letters, now, width=None):
-    """The lines of a table of `letters`; cut to `width` characters when given (a terminal)."""
+    """The lines of a table of `letters`; cut to `width` characters when given (a terminal).
+    Every field a publisher may have chosen is shown escaped (printable.py)."""
     rows = [TABLE_HEADER] + [
-        (letter.id, letter.worker_type or "-", _age_text(letter, now), letter.queue or "-",
-         " ".join(letter.reason.split()))
+        tuple(printable(cell) for cell in (
+            letter.id, letter.worker_type or "-", _age_text(letter, now), letter.queue or "-",
+            " ".join(letter.reason.split())))
         for letter in letters]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
     lines = []
@@ -286,12 +289,15 @@ class RequeueReport:
     error: Optional[str] = None                      # the broker problem that ended the run
 
     def done(self):
-        """What was requeued: a count, then one id a line."""
+        """What was requeued: a count, then one id a line (escaped, as every line here)."""
         return [f"requeued {count_text(len(self.requeued))} to {topology.TASK_QUEUE}"
-                + (":" if self.requeued else "")] + [f"  {i}" for i in self.requeued]
+                + (":" if self.requeued else "")] + [f"  {printable(i)}" for i in self.requeued]
 
     def problems(self):
         """One sentence for each thing that went wrong; none when all went well."""
+        return [printable(line) for line in self._problems()]
+
+    def _problems(self):
         out = [f"{i} not requeued, it stays in {topology.DEAD_QUEUE}: {why}" for i, why in self.failed]
         if self.missing:
             out.append(f"no dead letter with id {', '.join(self.missing)} in {topology.DEAD_QUEUE}")

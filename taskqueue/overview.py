@@ -14,6 +14,7 @@ from collections import Counter
 
 from . import amqp, blocking, delays, queuelist, redact, status, topology
 from .errors import TaskqueueError
+from .printable import printable
 from .startup import EXIT_NO_BROKER
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
@@ -209,7 +210,8 @@ def assess(view):
 # -- the table -------------------------------------------------------------------------
 
 def render(view):
-    """The view as text for a terminal."""
+    """The view as text for a terminal. Queue names, task ids and failures come from
+    others (publishers, the broker, children): each line, each cell, is escaped."""
     lines = []
     for answer in view["supervisors"]:
         lines += _supervisor_lines(answer) + [""]
@@ -224,7 +226,7 @@ def render(view):
     lines.append("")
     lines.append("problems:" if view["problems"] else "problems: none")
     lines += [f"  {problem}" for problem in view["problems"]]
-    return "\n".join(lines) + "\n"
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def _supervisor_lines(answer):
@@ -279,6 +281,7 @@ def _last_exit(group):
 
 
 def _table(header, rows):
+    rows = [tuple(printable(cell) for cell in row) for row in rows]   # escaped, then aligned
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
             for row in [header, *rows]]

@@ -7,6 +7,7 @@ import sys
 from . import amqp, blocking, config, fielddecode, inbound, plugins, topology, workitems
 from .client import Client, task_message
 from .errors import ConfigError, InputError
+from .printable import printable
 from .startup import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK, load_config
 
 
@@ -47,11 +48,23 @@ def cmd_submit(args):
         try:
             reply = client.call(args.worker_type, workitem, args.timeout)
         except TimeoutError as exc:
-            print(f"taskqueue: {exc}", file=sys.stderr)
+            print(f"taskqueue: {printable(exc)}", file=sys.stderr)
             warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
             return EXIT_FAILURE
-    sys.stdout.buffer.write(reply + (b"" if reply.endswith(b"\n") else b"\n"))
+    print_reply(reply, sys.stdout)
     return EXIT_OK
+
+
+def print_reply(reply, out):
+    """The reply's body as it came to a pipe or a file (the program's data); escaped to a
+    terminal (a worker's reply is any bytes: an ESC there would act on the terminal)."""
+    reply += b"" if reply.endswith(b"\n") else b"\n"
+    if out.isatty():
+        out.write(printable(reply.decode("utf-8", "backslashreplace"), newlines=True))
+        out.flush()
+    else:
+        out.flush()
+        out.buffer.write(reply)
 
 
 def _submit_delayed(args):
@@ -111,9 +124,9 @@ def _submit_file(args):
     tasks = bulk.read_tasks(args.file, args.worker_type)
     outcome = bulk.submit(cfg.amqp, args.worker_type, tasks)
     if outcome.error:
-        print(f"taskqueue: {outcome.error}", file=sys.stderr)
+        print(f"taskqueue: {printable(outcome.error)}", file=sys.stderr)
     for line in bulk.summary(outcome, args.worker_type, args.file):
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     if outcome.unreachable:
@@ -137,11 +150,11 @@ def warn_unless_served(settings, worker_type, tasks):
         counts = blocking.queue_counts(settings, queues, SERVED_CHECK_TIMEOUT)
     except Exception as exc:    # whatever it is, the tasks are submitted
         print(f"taskqueue: warning: could not check whether a process consumes {queues[1]}: "
-              f"{exc}", file=sys.stderr)
+              f"{printable(exc)}", file=sys.stderr)
         return
     warning = unserved_warning(worker_type, tasks, counts)
     if warning:
-        print(f"taskqueue: warning: {warning}", file=sys.stderr)
+        print(f"taskqueue: warning: {printable(warning)}", file=sys.stderr)
 
 
 def unserved_warning(worker_type, tasks, counts):
@@ -272,7 +285,7 @@ def cmd_status(args):
     else:
         print(overview.render(view), end="")
     for error in view["errors"]:   # the picture is incomplete: say so where errors go
-        print(f"taskqueue: {error}", file=sys.stderr)
+        print(f"taskqueue: {printable(error)}", file=sys.stderr)
     return view["exit_code"]
 
 
