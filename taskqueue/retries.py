@@ -10,8 +10,19 @@ it while it waits. Two ways in, both bounded so that no task can loop hot:
   or EXPLICIT_RETRY_CAP times when the group's `max_retries` is 0;
 - handle_task raised and the group has `max_retries` left: retried after the
   group's backoff; once none are left, dead-lettered with the reason.
+
+The count comes from a header, which a publisher may forge as well: a value
+that is no count taskqueue writes (read_count) ends the task's retries, and
+it is dead-lettered with a reason naming the value. No policy the config
+accepts and no count makes the backoff overflow: past retry_max_delay it is
+retry_max_delay.
 """
+import datetime
+import decimal
+import math
 from dataclasses import dataclass
+
+from .printable import printable
 
 #: The header that counts a task's retries so far (absent: none).
 RETRIES_HEADER = "x-taskqueue-retries"
@@ -20,6 +31,12 @@ RETRIES_HEADER = "x-taskqueue-retries"
 EXPLICIT_RETRY_CAP = 20
 #: Jitter adds up to this fraction to a backoff delay (never removes: never early).
 JITTER = 0.1
+#: The largest count RETRIES_HEADER may hold: far beyond any real count (each retry
+#: waits retry_delay at least), and within AMQP's 32-bit integers.
+MAX_RETRY_COUNT = 2**31 - 1
+#: How read_count names the kind of a value that is no count.
+_KINDS = ((bool, "a boolean"), (str, "a string"), (bytes, "bytes"), (float, "a float"),
+          (decimal.Decimal, "a decimal"), (datetime.datetime, "a timestamp"))
 
 
 @dataclass(frozen=True)
@@ -41,26 +58,59 @@ class GiveUp:
     reason: str           # why it is dead-lettered instead
 
 
-def retries_so_far(headers):
-    """The count in a message's RETRIES_HEADER; 0 when absent or not a count."""
-    value = (headers or {}).get(RETRIES_HEADER, 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+def read_count(headers):
+    """(the retries so far, None) from a message's RETRIES_HEADER (absent: 0), or
+    (None, why) when its value is no count taskqueue writes: anything but an integer
+    from 0 to MAX_RETRY_COUNT (a string, a float, a negative or huge number, a table).
+    `why` is printable and short: it becomes the dead letter's reason."""
+    if not headers or RETRIES_HEADER not in headers:
+        return 0, None
+    value = headers[RETRIES_HEADER]
+    # pika decodes a 64-bit integer as a subclass of int (pika.compat.long)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RETRY_COUNT:
+        return int(value), None
+    return None, (f"its {RETRIES_HEADER} header is {_describe(value)}, not a retry count "
+                  f"(an integer from 0 to {MAX_RETRY_COUNT})")
+
+
+def _describe(value):
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if value is None:
+        return "void"
+    text = repr(int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+    text = printable(text if len(text) <= 40 else text[:37] + "...")
+    kind = next((name for cls, name in _KINDS if isinstance(value, cls)), None)
+    return f"{text} ({kind})" if kind else text
 
 
 def backoff_delay(policy, retries, jitter=0.0):
     """Seconds before retry number `retries + 1`: delay × backoff^retries, capped at
-    max_delay, plus up to JITTER of it (`jitter` in [0, 1))."""
-    base = policy.delay * policy.backoff ** min(retries, 1000) if policy.backoff > 1 else policy.delay
+    max_delay, plus up to JITTER of it (`jitter` in [0, 1)). A power beyond what a float
+    holds (backoff 3 after 700 retries) is past the cap: max_delay."""
+    if policy.backoff <= 1:
+        base = policy.delay
+    else:
+        try:
+            base = policy.delay * policy.backoff ** retries
+        except OverflowError:
+            base = math.inf
     return min(policy.max_delay, base * (1 + JITTER * jitter))
 
 
-def decide(policy, retries, explicit, requested=None, error=None, jitter=0.0):
+def decide(policy, retries, explicit, requested=None, error=None, jitter=0.0, problem=None):
     """Retry the task again, or give up (dead-letter it) and say why.
 
-    `retries`: its retries so far; `explicit`: the plugin called retry()
-    (`requested`: the delay it asked for, None for the backoff); else
+    `retries`: its retries so far, or None with `problem` when its header held no
+    count (read_count): then it is not retried. `explicit`: the plugin called
+    retry() (`requested`: the delay it asked for, None for the backoff); else
     handle_task raised `error` (its last traceback line).
     """
+    if problem is not None or retries is None:
+        what = "retry() asked" if explicit else f"raised {error}"
+        return GiveUp(f"{what}; not retried: {problem or 'no retry count'}")
     limit = policy.max_retries if policy.max_retries or not explicit else EXPLICIT_RETRY_CAP
     if retries >= limit:
         if not explicit:

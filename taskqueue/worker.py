@@ -423,13 +423,16 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
     """Publish the task again through the delay chain, or dead-letter it once its
     retries are spent; then ack this delivery (after the broker confirmed the copy:
     a crash in between redelivers it, nothing is lost). Returns the outcome."""
-    done = retries.retries_so_far(props.headers)
-    decision = retries.decide(group.retry, done, explicit, requested, error, random.random())
+    done, problem = retries.read_count(props.headers)
+    decision = retries.decide(group.retry, done, explicit, requested, error, random.random(),
+                              problem)
     if isinstance(decision, retries.GiveUp):
         log.error("task %s: %s; dead-lettering it", props.message_id or "-", decision.reason)
+        # A header that held no count stays as it came (amqp_safe), for whoever looks into it.
+        counted = {} if done is None else {"retries": done}
         session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
             props, decision.reason, queue=group.queue, worker_type=group.worker_type,
-            retries=done))
+            **counted))
         session.ack(method.delivery_tag)
         return "reject" if explicit else "raised"
     copy = amqp.copy_properties(props)
