@@ -2,10 +2,15 @@
 
 They are bound before the supervisor drops privileges (a socket under /run
 and a port below 1024 need root) and served by greenlets that never block
-the main loop: each client gets a greenlet of its own, from a bounded pool,
-and CLIENT_TIMEOUT seconds; a client that stalls costs one greenlet, never
-the supervising. Every child closes them right after the fork (`forget`).
+the main loop: each client gets a greenlet of its own and CLIENT_TIMEOUT
+seconds, after which its connection is closed whatever it did. A client that
+stalls (connects, then sends nothing or half a request, or reads nothing)
+costs one greenlet and one descriptor until then, never the supervising and
+never another client's answer: at most MAX_CLIENTS connections are open per
+endpoint, and the next one closes the oldest. A scrape takes milliseconds, so
+the oldest is a staller. Every child closes them right after the fork (`forget`).
 """
+import collections
 import errno
 import grp
 import json
@@ -16,7 +21,6 @@ import stat
 
 import gevent
 import gevent.socket
-from gevent.pool import Pool
 
 from . import filetrust, metrics, status
 from .errors import TaskqueueError
@@ -25,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds a client has to send its request and take the whole answer.
 CLIENT_TIMEOUT = 5.0
-#: Clients served at once by one endpoint; the next ones wait in the listen backlog.
+#: Connections one endpoint holds open at once; the next one closes the oldest.
 MAX_CLIENTS = 16
 #: The status socket's mode and group: the packages' system group may ask, others may not.
 STATUS_MODE = 0o660
@@ -88,7 +92,7 @@ class Endpoint:
         self.description = description      # for log lines: "status socket /run/..."
         self.path = path                    # a Unix socket's file, removed by close()
         self._inode = os.stat(path).st_ino if path else None
-        self._clients = Pool(MAX_CLIENTS)
+        self._clients = collections.OrderedDict()   # greenlet -> its connection, oldest first
         self._acceptor = None
 
     def serve(self, supervisor):
@@ -118,8 +122,14 @@ class Endpoint:
         if self._acceptor is not None:
             self._acceptor.kill(block=True, timeout=1)
             self._acceptor = None
-        self._clients.kill(block=True, timeout=1)
+        gevent.killall(list(self._clients), block=True, timeout=1)
+        self._clients.clear()
         self.listener.close()
+
+    @property
+    def open_connections(self):
+        """How many client connections are open now (for tests and debugging)."""
+        return len(self._clients)
 
     def _accept(self, supervisor):
         while True:
@@ -129,18 +139,28 @@ class Endpoint:
                 log.warning("%s: accept failed: %s", self.description, exc.strerror or exc)
                 gevent.sleep(1.0)
                 continue
-            self._clients.spawn(self._serve_one, supervisor, conn)  # waits while the pool is full
+            if len(self._clients) >= MAX_CLIENTS:
+                self._drop_oldest()
+            client = gevent.spawn(self._serve_one, supervisor, conn)
+            self._clients[client] = conn
+
+    def _drop_oldest(self):
+        client, conn = self._clients.popitem(last=False)
+        log.debug("%s: %d clients connected: closing the oldest", self.description, MAX_CLIENTS)
+        client.kill(block=False)   # its `finally` closes the connection
+        conn.close()               # now: the descriptor is free before the next accept
 
     def _serve_one(self, supervisor, conn):
         try:
             with gevent.Timeout(CLIENT_TIMEOUT, False):   # False: a slow client is just dropped
                 self.answer(supervisor, conn)
         except OSError:
-            pass    # the client went away: its loss
+            pass    # the client went away (or was dropped as the oldest): its loss
         except Exception:
             log.exception("%s: answering a client failed", self.description)
         finally:
             conn.close()
+            self._clients.pop(gevent.getcurrent(), None)
 
 
 def bind_status_socket(path):

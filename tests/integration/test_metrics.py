@@ -2,6 +2,7 @@
 import os
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -182,3 +183,58 @@ def test_children_do_not_keep_the_supervisors_listening_sockets(
     assert len(children) == 3
     for child in children:
         assert not _socket_inodes_held_by(child) & listening, child
+
+
+def _fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _closed_by_peer(client):
+    """True once the supervisor closed `client`'s connection (EOF or reset)."""
+    try:
+        return client.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("stalled_count", [16, 40])
+def test_a_scrape_is_answered_at_once_whatever_stalled_clients_do_and_they_are_closed(
+        broker, start_pool, records, stalled_count):
+    # Given a pool serving metrics, and its descriptors once it settled
+    port = free_port()
+    pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n")
+    pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
+    wait_for(lambda: value(port, "taskqueue_children", group="recorder", type="recorder",
+                           state="running") == 1, 15, "the recorder running")
+    baseline = _fds(pool.pid)
+    # When local clients connect and stall: saying nothing, or half a request
+    stalled = []
+    for n in range(stalled_count):
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if n % 2:
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")   # and never the blank line
+        client.setblocking(False)
+        stalled.append(client)
+    opened = time.monotonic()
+    try:
+        # Then a real scrape is answered at once, well within the stallers' 5 s
+        started = time.monotonic()
+        got = scrape(port)
+        answered = time.monotonic() - started
+        assert answered < 1.0, answered
+        assert got[("taskqueue_children", frozenset(
+            {"group": "recorder", "type": "recorder", "state": "running"}.items()))] == 1
+        # and each stalled connection is closed by its deadline (5 s), none later
+        wait_for(lambda: all(_closed_by_peer(c) for c in stalled), 10,
+                 "every stalled connection closed by the supervisor")
+        closed_after = time.monotonic() - opened
+        assert closed_after < 5.0 + 2.0, closed_after
+    finally:
+        for client in stalled:
+            client.close()
+    # and the supervisor holds no more descriptors than before
+    wait_for(lambda: _fds(pool.pid) <= baseline, 5,
+             lambda: f"the supervisor's descriptors back to {baseline} (has {_fds(pool.pid)})")
+    assert pool.stop() == 0
