@@ -20,6 +20,7 @@ from typing import Mapping, Optional
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from . import delays, filetrust, keptsecrets, redact, tls
+from .replies import parse_reply_queues
 from .retries import RetryPolicy
 
 from .errors import ConfigError
@@ -84,6 +85,7 @@ class WorkerGroup:
     max_tasks: Optional[int] = None        # a process is replaced after this many tasks
     max_memory: Optional[int] = None       # MiB of resident memory; replaced after its task
     retry: RetryPolicy = RetryPolicy()     # max_retries, retry_delay, retry_backoff, retry_max_delay
+    reply_queues: tuple = ()               # where channel.reply() may send besides reply queues
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
@@ -650,6 +652,8 @@ class _Loader:
                            max_tasks=self.convert(chain, "max_tasks", None, parse_positive_int),
                            max_memory=self.convert(chain, "max_memory", None, parse_positive_int),
                            retry=self.retry_policy(chain),
+                           reply_queues=self.convert(chain, "reply_queues", (),
+                                                     parse_reply_queues) or (),
                            options=MappingProxyType(options))
 
     def retry_policy(self, chain):

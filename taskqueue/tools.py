@@ -4,7 +4,8 @@ import json
 import os
 import sys
 
-from . import amqp, blocking, config, fielddecode, inbound, plugins, topology, workitems
+from . import (amqp, blocking, config, fielddecode, inbound, plugins, replies, topology,
+               workitems)
 from .client import Client, task_message
 from .errors import ConfigError, InputError
 from .printable import printable
@@ -215,9 +216,10 @@ def cmd_check_config(args):
         print(f"  {name}: {ep.value}{dist}")
     rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", topology.TASK_QUEUE, "-")]
     rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue,
-              _describe_retries(g.retry)) for g in cfg.groups]
+              _describe_retries(g.retry), replies.describe(g.reply_queues)) for g in cfg.groups]
+    rows[0] += ("-",)
     print("processes:")
-    _print_table(("type", "subgroup", "count", "user", "queue", "retries"), rows)
+    _print_table(("type", "subgroup", "count", "user", "queue", "retries", "replies to"), rows)
     return EXIT_OK
 
 

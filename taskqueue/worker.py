@@ -18,7 +18,7 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, delays, inbound, logs, plugins, retries, topology
+from . import amqp, delays, inbound, logs, plugins, replies, retries, topology
 from .intake import Intake
 from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
@@ -129,11 +129,12 @@ class TaskChannel:
     the worker's own default settlement, can never reach the broker twice.
     """
 
-    def __init__(self, session, hub_calls, delivery_tag, header=None):
+    def __init__(self, session, hub_calls, delivery_tag, header=None, reply_queues=()):
         self._session = session
         self._hub = hub_calls
         self._tag = delivery_tag
         self._header = header        # the task's properties: where a reply goes
+        self._reply_queues = reply_queues   # the group's reply_queues (replies.py)
         self.settlement = None       # "ack", "nack", "reject" or "retry" once settled
         self.requeued = False        # nack or reject with requeue=True
         self.retry_delay = None      # what retry() asked for (None: the group's backoff)
@@ -185,12 +186,19 @@ class TaskChannel:
         """Send `body` (bytes, or str sent as UTF-8) to whoever submitted the task and
         waits for an answer (its reply_to, e.g. `taskqueue submit --wait` or
         Client.call), with the task's correlation id. A task without reply_to has
-        nobody waiting: a warning, nothing sent. Publishing to header.reply_to
-        yourself, with basic_publish, does the same."""
+        nobody waiting: a warning, nothing sent. A reply_to that is not a reply queue
+        (replies.py: a submitter may name any queue, taskqueue's own too) gets a
+        warning and nothing either; the task is settled as the plugin says."""
         header = self._header
         if header is None or not header.reply_to:
             log.warning("reply to delivery %s not sent: the task has no reply_to "
                         "(nobody waits for an answer)", self._tag)
+            return
+        if not replies.allowed(header.reply_to, self._reply_queues):
+            log.warning("reply to task %s (delivery %s) not sent: its reply_to %r is not a reply "
+                        "queue (%s; see reply_queues in README \"Replies\")",
+                        header.message_id or "-", self._tag, header.reply_to,
+                        replies.describe(self._reply_queues))
             return
         if isinstance(body, str):
             body = body.encode()
@@ -379,7 +387,7 @@ def _finish(worker, session, hub_calls, ctx, code):
 
 def _handle(worker, group, session, hub_calls, tasks, intake, method, props, body):
     """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
-    channel = TaskChannel(session, hub_calls, method.delivery_tag, props)
+    channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
     result = tasks.spawn(_call_handler, worker, channel, method, props, body)
     if intake.holds_ahead:

@@ -21,7 +21,8 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     path = f"{workdir}/config.ini"
     with open(path, "w") as f:
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 3\n"
-                                   "\n[recorder2]\nworkers: 1\nmax_retries: 3\n"))
+                                   "\n[recorder2]\nworkers: 1\nmax_retries: 3\n"
+                                   "reply_queues: results\n"))
     out = run("check-config", "--config", path)
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
@@ -31,10 +32,10 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     assert ("messages: bodies up to 16 MiB (max_body_size); headers up to 32 levels deep, "
             "10000 fields, 65536 bytes; priority at most 9\n") in out.stdout
     lines = [line.split() for line in out.stdout.splitlines()]
-    assert ["recorder", "-", "3", "-", "worker_recorder", "-"] in lines
-    assert ["dispatcher", "-", "1", "-", "taskqueue", "-"] in lines
+    assert ["recorder", "-", "3", "-", "worker_recorder", "-", "reply", "queues"] in lines
+    assert ["dispatcher", "-", "1", "-", "taskqueue", "-", "-"] in lines
     assert ["recorder2", "-", "1", "-", "worker_recorder2", "3", "(1s", "x2,", "at", "most",
-            "3600s)"] in lines
+            "3600s)", "reply", "queues,", "results"] in lines
 
 
 def test_bad_config_refuses_to_start_naming_file_section_option_and_value(workdir):
@@ -320,7 +321,7 @@ def test_bin_taskqueue_runs_the_checkout_with_the_plugins_of_the_venv_it_is_give
                          text=True, timeout=60, env={**os.environ, "TASKQUEUE_VENV": sys.prefix})
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
-    assert ["recorder", "-", "2", "-", "worker_recorder", "-"] in [
+    assert ["recorder", "-", "2", "-", "worker_recorder", "-", "reply", "queues"] in [
         line.split() for line in out.stdout.splitlines()]
     # With a virtualenv that holds no taskqueue at all (Debian's gevent and pika only)
     bare = tmp_path / "bare"
