@@ -12,6 +12,10 @@ printable here, before they reach a log line or `taskqueue status`.
 import os
 import select
 
+# A child chooses its details, and must not forge log lines or move the cursor: they
+# are shown as every outside text is (printable.py, the one escaping function).
+from .printable import printable   # noqa: F401 (part of this module's interface)
+
 #: What a child may report (child.ChildContext).
 EVENTS = ("ready", "busy", "done", "broker", "unreachable", "lost")
 #: Longest line kept, newline excluded: a child writes each line in one write of at
@@ -19,14 +23,6 @@ EVENTS = ("ready", "busy", "done", "broker", "unreachable", "lost")
 LINE_MAX = select.PIPE_BUF
 #: Bytes taken from a pipe per read.
 READ_SIZE = 65536
-
-
-def printable(text):
-    """`text` with each character that is not printable escaped (`\\x1b`, `\\n`):
-    a child chooses its details, and must not forge log lines or move the cursor."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def parse(line):

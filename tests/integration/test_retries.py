@@ -75,8 +75,9 @@ def test_forged_retry_counts_end_in_taskqueue_dead_with_their_reason_and_never_s
     child = pool.children()
     # When tasks come with x-taskqueue-retries forged: a count deep into the backoff, and
     # values that are no count (through the dispatcher and one hop alike)
-    forged = {"deep": 700, "many": 2**31 - 1, "huge": 2**62, "negative": -5, "text": "3", "decimal": decimal.Decimal("1.5"),
-              "table": {"a": {"b": [1, 2]}}, "array": [1], "boolean": True, "escape": "\x1b[2J\r"}
+    forged = {"deep": 700, "many": 2**31 - 1, "huge": 2**62, "negative": -5, "text": "3",
+              "decimal": decimal.Decimal("1.5"), "table": {"a": {"b": [1, 2]}}, "array": [1],
+              "boolean": True, "escape": "\x1b[2J\r"}
     for name, value in forged.items():
         broker.submit("recorder", {"id": name, "raise": True}, message_id=f"m-{name}",
                       headers={"x-taskqueue-retries": value})
@@ -92,8 +93,10 @@ def test_forged_retry_counts_end_in_taskqueue_dead_with_their_reason_and_never_s
         return len(dead) >= len(forged)
     wait_for(all_dead, 30, lambda: f"the forged tasks dead-lettered (have {sorted(dead)})")
     reasons = {key: props.headers["x-taskqueue-reason"] for key, props in dead.items()}
-    assert sorted(reasons) == sorted([f"m-{name}" for name in forged if name != "deep"] + ["m-onehop"])
-    assert reasons["m-many"] == "raised RuntimeError: task many asked to fail after 2147483647 retries"
+    assert sorted(reasons) == sorted([f"m-{name}" for name in forged if name != "deep"]
+                                     + ["m-onehop"])
+    assert reasons["m-many"] == (
+        "raised RuntimeError: task many asked to fail after 2147483647 retries")
     # (the worker's intake refuses a value that is no count before the plugin runs,
     # inbound.py; a retry would refuse it too, retries.read_count)
     for key in ("m-huge", "m-negative", "m-text", "m-decimal", "m-table", "m-array", "m-boolean",

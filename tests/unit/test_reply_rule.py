@@ -25,7 +25,8 @@ def test_rabbitmqs_reply_queues_are_allowed(reply_to):
     assert allowed(reply_to)
 
 
-@pytest.mark.parametrize("reply_to", TASKQUEUES_OWN + ["results", "", None, "amq.gen", "x.amq.gen-1"])
+@pytest.mark.parametrize("reply_to",
+                         TASKQUEUES_OWN + ["results", "", None, "amq.gen", "x.amq.gen-1"])
 def test_any_other_queue_is_not(reply_to):
     assert not allowed(reply_to)
 

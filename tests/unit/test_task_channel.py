@@ -145,7 +145,8 @@ def test_reply_goes_to_reply_to_with_the_tasks_correlation_id(session):
 
 def test_reply_without_correlation_id_answers_with_the_message_id_and_text_as_utf8(session):
     session.delivered.append(7)
-    channel = TaskChannel(session, HubCalls(), 7, task_header(reply_to="amq.gen-abc", message_id="m-2"))
+    channel = TaskChannel(session, HubCalls(), 7,
+                          task_header(reply_to="amq.gen-abc", message_id="m-2"))
     in_thread(lambda: channel.reply("día"))
     assert session.published == ["día".encode()]
     props = session.published_props[0]
