@@ -241,6 +241,8 @@ class Lines(str):
 def _shown(value):
     if isinstance(value, (int, float)) or value is None:
         return value    # %d, %.3f and the like need the number; it shows nothing else
+    if type(value) is str and value.isprintable():
+        return value    # nearly every argument: shown as it is (the line is redacted whole)
     return _Shown(value)
 
 
