@@ -183,16 +183,7 @@ def test_a_child_of_another_user_reads_a_shared_graveyard_after_the_fork():
     os.chmod(top, 0o755)
     graveyard = Graveyard.create(top, shared=True)
     graveyard.record("m-1", "died")
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            code = 0 if graveyard.deaths("m-1") == (1, "died") else 3
-        finally:
-            os._exit(code)
-    assert os.waitpid(pid, 0)[1] == 0
+    assert _as_nobody(lambda: 0 if graveyard.deaths("m-1") == (1, "died") else 3) == 0
     graveyard.remove()
     os.rmdir(top)
 
@@ -211,15 +202,21 @@ def test_a_child_that_execs_as_another_user_reads_the_graveyard_through_its_hand
               "h = Graveyard(sys.argv[1]); "
               "sys.exit(0 if g.deaths('m-1') == (1, 'died') and h.deaths('m-1') == (0, None)"
               " else 3)")
+    assert _as_nobody(lambda: os.execv(
+        sys.executable, [sys.executable, "-c", script, path, secret.hex()])) == 0
+    graveyard.remove()
+    os.rmdir(top)
+
+
+def _as_nobody(body):
+    """The wait status of a forked child that became nobody and exited with body()."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.setgid(65534)
             os.setuid(65534)
-            os.execv(sys.executable, [sys.executable, "-c", script, path, secret.hex()])
+            code = body()
         finally:
             os._exit(code)
-    assert os.waitpid(pid, 0)[1] == 0
-    graveyard.remove()
-    os.rmdir(top)
+    return os.waitpid(pid, 0)[1]
