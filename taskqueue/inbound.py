@@ -13,8 +13,10 @@ what they then read and pass on is `admitted`'s copy.
   `x-taskqueue-delayed-until` (a delayed task, delays.py); a publisher may
   send them as taskqueue's client does, and a value that is not what taskqueue
   writes is refused. Every other one exists only on dead letters
-  (deadletter.py, deadtools.py), which no publisher makes: dropped, so that no
-  dead letter, log or plugin takes a publisher's for taskqueue's own.
+  (deadletter.py, deadtools.py), which no publisher makes: the dispatcher drops
+  them, so that no dead letter, log or plugin takes a publisher's for
+  taskqueue's own; a worker refuses a one-hop task that carries one
+  (forged_dead_letter_header), since the broker's copy would keep it.
 - `priority`: above MAX_PRIORITY, clamped to it.
 """
 from . import amqp, fielddecode
@@ -63,6 +65,20 @@ def _shown(value):
 def dead_letter_only(name):
     """True for an x-taskqueue-* header that only dead letters carry."""
     return isinstance(name, str) and name.startswith(OWN_PREFIX) and name not in CHECKED
+
+
+def forged_dead_letter_header(props):
+    """Why a task that came one hop is refused for a dead-letter header its publisher
+    set (a sentence), or None. The dispatcher drops such headers from the copy it
+    sends on; a worker cannot change the broker's copy, which the broker would
+    dead-letter as it is (a plugin's reject, no retries left), the forged reason
+    shown as taskqueue's. No copy taskqueue makes carries one: `dead requeue`
+    drops them too."""
+    for name in props.headers or ():
+        if dead_letter_only(name):
+            return (f"header {_shown(name)} was set by its publisher: only taskqueue's "
+                    "dead letters carry it")
+    return None
 
 
 def without_forged(headers):

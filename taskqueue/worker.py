@@ -308,9 +308,11 @@ def _next_delivery(inbox, ctx):
 
 def _refused(group, amqp_settings, session, key, method, props, body):
     """Dead-letter a task taskqueue does not take (inbound.refusal: its headers not
-    decoded, a body too big, a bad retry count; one hop, the dispatcher never saw it),
+    decoded, a body too big, a bad retry count; a dead-letter header its publisher set;
+    one hop, the dispatcher never saw it),
     before the plugin sees it; return True if it did."""
-    reason = inbound.refusal(props, body, amqp_settings.max_body_size)
+    reason = (inbound.refusal(props, body, amqp_settings.max_body_size)
+              or inbound.forged_dead_letter_header(props))
     if reason is None:
         return False
     log.error("task %s (delivery %s) refused: %s; dead-lettering it", key, method.delivery_tag,

@@ -53,6 +53,18 @@ def test_dead_letter_headers_from_a_publisher_are_dropped_and_the_priority_clamp
     assert forged["x-taskqueue-reason"] == "r"    # a copy: the delivery's own untouched
 
 
+def test_a_one_hop_task_with_a_dead_letter_header_is_refused_naming_it():
+    # The worker's own check (the dispatcher drops them instead): the broker's copy
+    # would keep a forged reason were the task dead-lettered later.
+    reason = inbound.forged_dead_letter_header(props(headers={
+        "mine": 1, "x-taskqueue-retries": 2, "x-taskqueue-exit": "\x1b[2J"}))
+    assert reason == ("header 'x-taskqueue-exit' was set by its publisher: only taskqueue's "
+                      "dead letters carry it")
+    clean = {"mine": 1, "x-taskqueue-retries": 2, "x-taskqueue-delayed-until": 5, b"\xff": 2}
+    assert inbound.forged_dead_letter_header(props(headers=clean)) is None
+    assert inbound.forged_dead_letter_header(props()) is None
+
+
 @pytest.mark.parametrize("priority", [None, 0, 5, 9])
 def test_a_clean_message_is_admitted_as_it_is(priority):
     original = props(headers={"a": 1}, priority=priority)
