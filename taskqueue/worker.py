@@ -19,7 +19,7 @@ import gevent
 from gevent.queue import Empty
 
 from . import amqp, delays, inbound, logs, plugins, replies, retries, topology
-from .intake import Intake
+from .intake import AHEAD_PREFETCH, Intake
 from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
 from .errors import PluginError
@@ -371,8 +371,19 @@ def _start_consuming(group, session):
     if problem:
         log.error("%s; tasks for %s come through %s and the dispatcher meanwhile",
                   problem, group.worker_type, topology.TASK_QUEUE)
-    intake = Intake(session, group.queue, group.prefetch, group.lookahead)
+    intake = Intake(session, group.queue, group.prefetch, _lookahead(group))
     return intake, intake.start()
+
+
+def _lookahead(group):
+    """The group's lookahead, or 0 (none) for a process that runs fewer tasks than the
+    intake takes in advance (max_tasks below AHEAD_PREFETCH): it would give back, at
+    every replacement, tasks it never meant to run, and on quorum queues each
+    give-back counts toward the broker's delivery limit (RabbitMQ 3.10 dead-lettered a
+    task of 40 run by `max_tasks: 1` processes that way)."""
+    if group.max_tasks is not None and group.max_tasks < AHEAD_PREFETCH:
+        return 0
+    return group.lookahead
 
 
 def _finish(worker, session, hub_calls, ctx, code):

@@ -98,3 +98,13 @@ def test_a_session_knows_a_lost_connection_from_a_refusal():
     assert not session.connection_lost
     session.close_reason = "the broker cancelled the consumer ctag1"
     assert not session.connection_lost
+
+
+@pytest.mark.parametrize("max_tasks, lookahead", [
+    (None, 0.1), (1, 0), (2, 0), (3, 0), (4, 0.1), (1000, 0.1)])
+def test_a_process_replaced_after_fewer_tasks_than_it_would_take_in_advance_takes_none(
+        max_tasks, lookahead):
+    # It would give back, at every replacement, tasks it never meant to run: each
+    # give-back counts toward a quorum queue's delivery limit.
+    group = WorkerGroup("w", None, 1, lookahead=0.1, max_tasks=max_tasks)
+    assert worker_module._lookahead(group) == lookahead
