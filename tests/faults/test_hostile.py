@@ -45,7 +45,9 @@ HOSTILE = {
                       r"headers not decoded: a timestamp pika cannot decode \(ValueError: "
                       r"year 33658 is out of range\) \(at when\)"),
     "wide table": (amqp_table(b"".join(amqp_key(f"{i:x}") + b"V" for i in range(10_001))), {},
-                   None, r"headers not decoded: more than 10000 fields \(at 2710\)"),
+                   # Which field is the one too many: RabbitMQ 3 keeps the publisher's order
+                   # (2710, the last), RabbitMQ 4 its own (fff on 4.0).
+                   None, r"headers not decoded: more than 10000 fields \(at [0-9a-f]+\)$"),
     "big table": (amqp_table(amqp_key("s") + b"S" + struct.pack(">I", 70_000) + b"s" * 70_000),
                   {}, None, r"headers not decoded: the table takes 70007 bytes, more than 65536 "
                             r"\(the first 61440 of their 70011 bytes kept\)$"),
