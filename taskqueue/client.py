@@ -345,8 +345,10 @@ class Client:
     def submit_many(self, worker_type, items):
         """Submit a task for each workitem of `items` with many confirms in flight;
         return their message ids, in order. Every item is checked first: a bad one
-        raises ValueError naming its index, and nothing is sent. PartlySubmitted,
-        with the ids the broker confirmed, if it refused one or the connection went."""
+        raises ValueError naming its index, and nothing is sent. ConnectionLost (its
+        BrokerUnreachable) if no broker could be reached: nothing was sent.
+        PartlySubmitted, with the ids the broker confirmed, if it refused one or the
+        connection went."""
         messages = []
         for index, workitem in enumerate(items):
             try:
@@ -410,10 +412,11 @@ def _submit_window(settings, name, worker_type, messages):
             ids[index] = messages[index][1].message_id
         else:
             refusals.append((index, problem))
-    session = amqp.Session(settings, f"{name} (submit_many)")
+    # Opened before the try, as submit --file does: no broker to reach is BrokerUnreachable,
+    # as for submit (nothing was sent), and a session that never opened is not closed.
+    session = amqp.Session(settings, f"{name} (submit_many)").open(BROKER_TIMEOUT)
     error = None
     try:
-        session.open(BROKER_TIMEOUT)
         declare_onehop(session)
         window = ConfirmWindow(session, on_settled, on_unroutable=topology.unroutable_onehop)
         for index, (body, props) in enumerate(messages):

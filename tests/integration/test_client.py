@@ -12,6 +12,7 @@ import time
 import pytest
 
 from support import BROKER_HOST, config_text, nacking_vhost, recorder_config, wait_for
+from taskqueue.amqp import BrokerUnreachable
 from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
 from taskqueue.errors import ConfigError
 
@@ -223,6 +224,20 @@ def test_a_client_with_no_broker_to_reach_says_which_it_tried(vhost):
     with pytest.raises(ConnectionLost, match="cannot connect to the broker: ") as raised:
         client.submit("recorder", 1)
     assert sorted(re.findall(r"127\.0\.0\.1:(\d): ", str(raised.value))) == ["1", "2"]
+
+
+@pytest.mark.timeout(60)
+def test_submit_many_with_no_broker_to_reach_raises_broker_unreachable_at_once_as_submit_does():
+    client = Client(url="amqp://guest:guest@127.0.0.1:1/x")
+    for submit in (lambda: client.submit("recorder", 1),
+                   lambda: client.submit_many("recorder", [1, 2])):
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="cannot connect to the broker: 127.0.0.1:1: ") \
+                as raised:
+            submit()
+        # nothing was sent: not PartlySubmitted, and not after a wait for a close
+        assert type(raised.value) is BrokerUnreachable
+        assert time.monotonic() - started < 2
 
 
 @pytest.mark.timeout(60)
