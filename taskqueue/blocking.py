@@ -6,6 +6,7 @@ shares its connection parameters, broker route and failure wording (amqp.py), an
 declares queues as every component does (topology.py).
 """
 import contextlib
+import logging
 import ssl
 import time
 
@@ -13,7 +14,7 @@ import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import amqp, delays, fielddecode, nacks, onehop
-from .amqp import REPLY_TIMEOUT, BrokerUnreachable
+from .amqp import REPLY_TIMEOUT, BrokerUnreachable, SessionClosed
 from .errors import TaskqueueError, TopologyError
 from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legacy_arguments,
                        queue_arguments, unroutable_onehop, worker_queue)
@@ -23,6 +24,8 @@ from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legac
 #: the stack_timeout of a broker that accepts and never answers as its own
 #: AMQPConnectorStackTimeout (pika 1.2 to 1.4), no AMQPError either.
 CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorException)
+
+log = logging.getLogger(__name__)
 
 fielddecode.install()   # headers decoded within bounds (amqp.py did it already: said here)
 
@@ -115,16 +118,18 @@ def blocking_channel(settings, timeout=REPLY_TIMEOUT):
 
 @contextlib.contextmanager
 def _blocking_channel(settings, timeout):
+    """Once connected, everything done on the channel waits at most `timeout` seconds
+    for the broker, all of it together (answered_within)."""
     connection = _blocking_connection(settings, None, timeout)
     try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        yield channel
+        with answered_within(connection, timeout, "asking the broker", settings):
+            channel = connection.channel()
+            channel.confirm_delivery()
+            yield channel
     except pika.exceptions.AMQPError as exc:
         raise TaskqueueError(f"{amqp.describe(settings)}: {exc!r}") from exc
     finally:
-        if connection.is_open:
-            connection.close()
+        close_within(connection, timeout)
 
 
 # -- a kept blocking connection, for taskqueue.client ----------------------------
@@ -152,11 +157,13 @@ def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
 
 def _blocking_connection(settings, name, timeout):
     """The first broker that answers, in this process's route (process_route), each
-    given [amqp] connect_timeout; SessionClosed naming each one tried otherwise."""
+    given [amqp] connect_timeout; BrokerUnreachable naming each one tried otherwise.
+    (`timeout` is for the waits after it: answered_within.)"""
     failures = []
     route = amqp.process_route()
     for params in amqp.ordered_parameters(settings, route):
-        params.blocked_connection_timeout = timeout
+        # No blocked_connection_timeout: answered_within bounds every wait, a
+        # Connection.Blocked one included.
         if name is not None:
             params.client_properties = {"connection_name": name}
         try:
@@ -175,6 +182,61 @@ def _blocking_connection(settings, name, timeout):
 #: network, a dead peer): the client reconnects on these.
 CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
                    pika.exceptions.ChannelWrongStateError, pika.exceptions.ChannelClosed)
+
+
+# -- bounded waits ----------------------------------------------------------------
+
+class _NoAnswer(pika.exceptions.AMQPConnectionError):
+    """Why answered_within tore a connection down."""
+
+
+@contextlib.contextmanager
+def answered_within(connection, seconds, what, settings=None):
+    """Let the body's blocking calls on `connection` (a BlockingConnection) wait at most
+    `seconds` for the broker, all of them together; past that, tear the connection down
+    and raise SessionClosed "`what`: no reply from <broker> in <seconds>s", the error
+    the gevent Session raises for the same event (amqp.Session._wait).
+
+    pika bounds none of these waits: its blocked_connection_timeout covers only the
+    Connection.Blocked state, and a broker that stops answering (a hung node, a dead
+    router) leaves a confirm, a declare, a channel open or a close waiting until
+    heartbeats end the connection, if the broker proposed any. The timer is the one
+    pika's blocked timeout uses, run by the I/O loop inside every wait; a
+    BlockingConnection.call_later callback runs only in process_data_events, never
+    while basic_publish waits for its confirm. Private to pika (_impl,
+    _adapter_call_later, _terminate_stream), the same from 1.2.0 to 1.4.x: held by
+    tests/integration/test_client.py and test_status.py, on each stack."""
+    impl = connection._impl
+    expired = []
+
+    def expire():
+        expired.append(True)
+        if not impl.is_closed:
+            impl._terminate_stream(_NoAnswer(f"no reply in {seconds:g}s"))
+    timer = impl._adapter_call_later(seconds, expire)
+    try:
+        yield
+    except Exception:
+        if expired:
+            broker = amqp.describe(settings) if settings else "the broker"
+            raise SessionClosed(f"{what}: no reply from {broker} in {seconds:g}s") from None
+        raise
+    finally:
+        if not expired:
+            impl._adapter_remove_timeout(timer)
+
+
+def close_within(connection, seconds):
+    """Close `connection` if it is open, waiting at most `seconds` for the broker's
+    close-ok; a broker that does not answer has its connection torn down. Never raises
+    for the broker: what could be done about it?"""
+    if connection is None or not connection.is_open:
+        return
+    try:
+        with answered_within(connection, seconds, "close"):
+            connection.close()
+    except (TaskqueueError, pika.exceptions.AMQPError) as exc:
+        log.debug("closing a blocking connection: %r", exc)
 
 
 def blocking_declare(channel, settings, queue):

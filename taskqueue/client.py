@@ -43,7 +43,9 @@ from .errors import TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 
-#: Seconds one wait for the broker may take (connect, declare, confirm).
+#: Seconds one call may wait for the broker once connected (channel open, declares,
+#: confirm, close), all together; past it ConnectionLost says so (blocking.answered_within).
+#: Connecting takes at most [amqp] connect_timeout per broker of the list.
 BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
 #: Longest slice of waiting for a reply, so a lost connection is noticed in time.
 REPLY_POLL = 1.0
@@ -159,8 +161,10 @@ class _Link:
             return
         self.drop()
         self.connection = blocking.blocking_connect(self.settings, self.name, BROKER_TIMEOUT)
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
+        with blocking.answered_within(self.connection, BROKER_TIMEOUT, "opening a channel",
+                                      self.settings):
+            self.channel = self.connection.channel()
+            self.channel.confirm_delivery()
 
     def declare(self, queue):
         if queue not in self.declared:
@@ -222,11 +226,7 @@ def _worker_type_of(queue):
 
 
 def _close_quietly(connection):
-    if connection is not None and connection.is_open:
-        try:
-            connection.close()
-        except Exception as exc:     # closing what is half gone: nothing to do about it
-            log.debug("closing a client connection: %r", exc)
+    blocking.close_within(connection, BROKER_TIMEOUT)
 
 
 # -- the client ----------------------------------------------------------------------
@@ -293,18 +293,21 @@ class Client:
                 self._links.add(link)
         return link
 
-    def _with_connection(self, action):
-        """action(link) (a publish) on this thread's open connection; once more on a
-        new connection if it was lost before the broker answered; again, a bounded
-        number of times, while the broker nacks it (nacks.py)."""
-        return nacks.retry(lambda: self._connected(action), blocking.PublishNacked)
+    def _with_connection(self, action, what):
+        """action(link) (a publish: `what`) on this thread's open connection; once more
+        on a new connection if it was lost before the broker answered; again, a bounded
+        number of times, while the broker nacks it (nacks.py). A broker that does not
+        answer within BROKER_TIMEOUT is not tried again: ConnectionLost says so."""
+        return nacks.retry(lambda: self._connected(action, what), blocking.PublishNacked)
 
-    def _connected(self, action):
+    def _connected(self, action, what):
         link = self._link()
         for attempt in (1, 2):
             try:
                 link.ensure_open()
-                return action(link)
+                with blocking.answered_within(link.connection, BROKER_TIMEOUT, what,
+                                              self.settings):
+                    return action(link)
             except blocking.CONNECTION_LOST as exc:
                 link.drop()
                 if attempt == 2:
@@ -321,7 +324,8 @@ class Client:
         """Submit one task; return its message id once the broker confirmed it.
         `delay`: seconds before a worker may see it (rounded up; see delays.py).
         ValueError for a bad type or workitem (nothing sent), PublishRefused if the
-        broker did not take it, ConnectionLost if no broker could be reached."""
+        broker did not take it, ConnectionLost if no broker could be reached or the
+        broker did not answer within BROKER_TIMEOUT."""
         body, props = onehop_message(worker_type, workitem)
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
@@ -329,9 +333,10 @@ class Client:
             # Through the delay chain to taskqueue, as before one hop: the dispatcher's
             # hop costs nothing beside a delay of a second or more.
             self._with_connection(lambda link: link.publish_delayed(
-                worker_type, body, props, delay))
+                worker_type, body, props, delay), f"publishing the task for {worker_type}")
         else:
-            self._with_connection(lambda link: link.publish_onehop(worker_type, body, props))
+            self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
+                                  f"publishing the task for {worker_type}")
         return props.message_id
 
     def publish(self, queue, body, props):
@@ -340,13 +345,15 @@ class Client:
         def publish(link):
             link.declare(queue)
             blocking.blocking_publish_confirmed(link.channel, queue, body, props)
-        self._with_connection(publish)
+        self._with_connection(publish, f"publishing to {queue}")
 
     def submit_many(self, worker_type, items):
         """Submit a task for each workitem of `items` with many confirms in flight;
         return their message ids, in order. Every item is checked first: a bad one
-        raises ValueError naming its index, and nothing is sent. PartlySubmitted,
-        with the ids the broker confirmed, if it refused one or the connection went."""
+        raises ValueError naming its index, and nothing is sent. ConnectionLost (its
+        BrokerUnreachable) if no broker could be reached: nothing was sent.
+        PartlySubmitted, with the ids the broker confirmed, if it refused one or the
+        connection went."""
         messages = []
         for index, workitem in enumerate(items):
             try:
@@ -372,7 +379,7 @@ class Client:
             link.replies[props.correlation_id] = None
             link.publish_onehop(worker_type, body, props)
             return link
-        link = self._with_connection(publish)
+        link = self._with_connection(publish, f"publishing the task for {worker_type}")
         try:
             return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
                                     timeout)
@@ -410,10 +417,11 @@ def _submit_window(settings, name, worker_type, messages):
             ids[index] = messages[index][1].message_id
         else:
             refusals.append((index, problem))
-    session = amqp.Session(settings, f"{name} (submit_many)")
+    # Opened before the try, as submit --file does: no broker to reach is BrokerUnreachable,
+    # as for submit (nothing was sent), and a session that never opened is not closed.
+    session = amqp.Session(settings, f"{name} (submit_many)").open(BROKER_TIMEOUT)
     error = None
     try:
-        session.open(BROKER_TIMEOUT)
         declare_onehop(session)
         window = ConfirmWindow(session, on_settled, on_unroutable=topology.unroutable_onehop)
         for index, (body, props) in enumerate(messages):

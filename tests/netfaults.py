@@ -16,6 +16,9 @@ class TcpProxy:
         self.pairs = []
         self.frozen = set()   # ids of pairs whose traffic is dropped: a silent peer
         self.cuts = 0
+        #: Set: each new connection falls silent once the broker opened it (after
+        #: Connection.OpenOk), as a broker that hangs right after the handshake.
+        self.freeze_once_open = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -32,12 +35,20 @@ class TcpProxy:
                 continue
             with self.lock:
                 self.pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b, id(client)), daemon=True).start()
+            watch = OpenOkWatch() if self.freeze_once_open else None
+            for a, b, w in ((client, upstream, None), (upstream, client, watch)):
+                threading.Thread(target=self._pump, args=(a, b, id(client), w),
+                                 daemon=True).start()
 
-    def _pump(self, source, sink, pair_id):
+    def _pump(self, source, sink, pair_id, watch=None):
         try:
             while data := source.recv(65536):
+                if watch is not None and pair_id not in self.frozen:
+                    opened_at = watch.feed(data)
+                    if opened_at is not None:   # up to the OpenOk through, then silence
+                        sink.sendall(data[:opened_at])
+                        self.frozen.add(pair_id)
+                        continue
                 if pair_id not in self.frozen:
                     sink.sendall(data)
         except OSError:
@@ -74,6 +85,29 @@ class TcpProxy:
     def close(self):
         self.listener.close()
         self.cut()
+
+
+class OpenOkWatch:
+    """Reads the broker's side of an AMQP connection frame by frame (type, channel,
+    size, payload, 0xCE) until Connection.OpenOk (class 10, method 41)."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.seen = 0       # bytes of the stream before `buffer`
+
+    def feed(self, data):
+        """The offset in `data` just after the OpenOk frame, or None (not yet)."""
+        start = self.seen + len(self.buffer)     # where `data` begins in the stream
+        self.buffer += data
+        while len(self.buffer) >= 7:
+            size = int.from_bytes(self.buffer[3:7], "big")
+            if len(self.buffer) < size + 8:
+                break
+            frame, self.buffer = self.buffer[:size + 8], self.buffer[size + 8:]
+            self.seen += len(frame)
+            if frame[0] == 1 and frame[7:11] == bytes([0, 10, 0, 41]):
+                return self.seen - start
+        return None
 
 
 class BlackHole:

@@ -11,7 +11,10 @@ import time
 
 import pytest
 
+import taskqueue.client
+from netfaults import TcpProxy
 from support import BROKER_HOST, config_text, nacking_vhost, recorder_config, wait_for
+from taskqueue.amqp import BrokerUnreachable
 from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
 from taskqueue.errors import ConfigError
 
@@ -223,6 +226,70 @@ def test_a_client_with_no_broker_to_reach_says_which_it_tried(vhost):
     with pytest.raises(ConnectionLost, match="cannot connect to the broker: ") as raised:
         client.submit("recorder", 1)
     assert sorted(re.findall(r"127\.0\.0\.1:(\d): ", str(raised.value))) == ["1", "2"]
+
+
+@pytest.mark.timeout(60)
+def test_submit_many_with_no_broker_to_reach_raises_broker_unreachable_at_once_as_submit_does():
+    client = Client(url="amqp://guest:guest@127.0.0.1:1/x")
+    for submit in (lambda: client.submit("recorder", 1),
+                   lambda: client.submit_many("recorder", [1, 2])):
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="cannot connect to the broker: 127.0.0.1:1: ") \
+                as raised:
+            submit()
+        # nothing was sent: not PartlySubmitted, and not after a wait for a close
+        assert type(raised.value) is BrokerUnreachable
+        assert time.monotonic() - started < 2
+
+
+@pytest.fixture
+def proxy(amqp_port):
+    proxy = TcpProxy(amqp_port)
+    yield proxy
+    proxy.close()
+
+
+def no_reply_within(seconds, what, call):
+    """Run call(), which must raise ConnectionLost saying `what` had no reply from the
+    broker in `seconds` s, after `seconds` s and well before heartbeats would tell."""
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match=rf"^{what}: no reply from 127\.0\.0\.1:\d+ vhost "
+                                             rf"'\S+' in {seconds}s$"):
+        call()
+    assert seconds <= time.monotonic() - started < seconds + 3
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_that_stops_answering_fails_each_wait_of_the_client_within_its_timeout(
+        broker, vhost, proxy, monkeypatch):
+    # Given a client connected through a proxy, whose waits for the broker are 2 s
+    monkeypatch.setattr(taskqueue.client, "BROKER_TIMEOUT", 2)
+    client = Client(host=BROKER_HOST, port=proxy.port, vhost=vhost)
+    client.submit("recorder", 1)
+    # When the broker falls silent (the proxy passes nothing more, either way), a
+    # confirm, a declare, and the publish of a call each fail within 2 s
+    proxy.freeze()
+    no_reply_within(2, "publishing the task for recorder", lambda: client.submit("recorder", 2))
+    client.submit("recorder", 3)    # (a new connection: the proxy passes it)
+    proxy.freeze()
+    no_reply_within(2, "publishing to worker_other", lambda: client.publish(
+        "worker_other", b"x", taskqueue.client.task_properties()))
+    client.submit("recorder", 4)
+    proxy.freeze()
+    no_reply_within(2, "publishing the task for recorder",
+                    lambda: client.call("recorder", 5, timeout=20))
+    # A broker that hangs once the connection is open: its channel never opens
+    proxy.freeze_once_open = True
+    no_reply_within(2, "opening a channel", lambda: client.submit("recorder", 6))
+    # And close() does not wait for a close-ok that never comes
+    proxy.freeze_once_open = False
+    client.submit("recorder", 7)
+    proxy.freeze()
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 5
+    # What the broker confirmed is there; what it did not answer never reached it
+    assert sorted(json.loads(body) for _, body in broker.drain("taskqueue")) == [1, 3, 4, 7]
 
 
 @pytest.mark.timeout(60)

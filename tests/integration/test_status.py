@@ -7,7 +7,11 @@ import re
 import socket
 import stat
 import subprocess
+import time
 
+import pytest
+
+from netfaults import TcpProxy
 from support import TASKQUEUE, config_text, recorder_config, wait_for
 
 STATUS_GROUP = "taskqueue"
@@ -159,6 +163,30 @@ def test_status_with_the_broker_unreachable_shows_the_supervisor_and_exits_4(
     assert re.search(r"^  recorder +- +- +1 +1 +running", out.stdout, re.M), out.stdout
     assert re.search(r"^  worker_recorder +- +0 +-$", out.stdout, re.M), out.stdout
     assert "taskqueue: broker 127.0.0.1:1 " in out.stderr and "cannot connect" in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_status_timeout_bounds_the_wait_for_a_broker_that_stops_answering_once_connected(
+        workdir, vhost, status_dir, amqp_port):
+    # Given a broker that falls silent as soon as a connection is open (behind a proxy)
+    proxy = TcpProxy(amqp_port)
+    proxy.freeze_once_open = True
+    try:
+        path = os.path.join(workdir, "silent-broker.ini")
+        with open(path, "w") as f:
+            f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n", port=proxy.port,
+                                status_dir=status_dir))
+        # When status asks it with --timeout 2
+        started = time.monotonic()
+        out = status(path, "--timeout", "2")
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.close()
+    # Then it gives up after 2 s, says why and exits 4, as for a broker it cannot reach
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert re.search(r"^taskqueue: broker 127\.0\.0\.1:\d+ .*: asking the broker: no reply "
+                     r"from 127\.0\.0\.1:\d+ vhost '\S+' in 2s$", out.stderr, re.M), out.stderr
+    assert 2 <= elapsed < 6, elapsed
 
 
 def test_status_socket_is_0660_left_to_its_owner_and_removed_when_the_supervisor_stops(
