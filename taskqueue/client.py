@@ -39,7 +39,7 @@ import weakref
 
 from . import (amqp, blocking, config, fielddecode, nacks, onehop, plugins, redact, topology,
                workitems)
-from .errors import TaskqueueError, TopologyError
+from .errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
 #: Longest slice of waiting for a reply, so a lost connection is noticed in time.
 REPLY_POLL = 1.0
 
-PublishRefused = blocking.PublishRefused
 #: The connection was lost, or no broker of the list could be reached.
 ConnectionLost = amqp.SessionClosed
 
@@ -297,7 +296,7 @@ class Client:
         """action(link) (a publish) on this thread's open connection; once more on a
         new connection if it was lost before the broker answered; again, a bounded
         number of times, while the broker nacks it (nacks.py)."""
-        return nacks.retry(lambda: self._connected(action), blocking.PublishNacked)
+        return nacks.retry(lambda: self._connected(action), PublishNacked)
 
     def _connected(self, action):
         link = self._link()

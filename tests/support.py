@@ -90,7 +90,7 @@ class Broker:
         by its type; confirmed and mandatory (UnroutableError if no queue took it).
         `raw_headers=` (the table's bytes, RawHeaders) instead of the headers."""
         if not self.one_hop_declared:
-            declare_one_hop(self.channel)
+            declare_one_hop(self.channel, self.settings)
             self.one_hop_declared = True
         props.setdefault("delivery_mode", 2)
         props.setdefault("content_type", "application/json")

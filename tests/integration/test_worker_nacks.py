@@ -35,8 +35,8 @@ def assert_never_restarted(pool, children):
     assert "lost the broker" not in log and "exit 3" not in log, log[-3000:]
 
 
-@pytest.mark.timeout(90)
-def test_a_dead_letter_the_broker_nacks_gives_the_task_back_until_taskqueue_dead_has_room(
+@pytest.mark.timeout(120)
+def test_dead_letters_the_broker_nacks_give_their_tasks_back_until_taskqueue_dead_has_room(
         start_pool, records, amqp_port, broker_port):
     # Given taskqueue_dead full: the broker nacks every publish into it
     with nacking_vhost(0, broker_port, queues="^taskqueue_dead$",
@@ -46,18 +46,31 @@ def test_a_dead_letter_the_broker_nacks_gives_the_task_back_until_taskqueue_dead
         # When a task whose retries are spent raises: the worker dead-letters it
         broker.submit("recorder", {"id": "broken", "fail_times": 99}, message_id="m-broken",
                       headers={"x-taskqueue-retries": 1})
-        # Then its dead letter is tried 3 times, the task given back, and it comes again
-        pool.wait_log(GIVEN_BACK.format(task="m-broken",
-                                        what="message for taskqueue_dead"), timeout=30, count=2)
+        # and a task the worker refuses as it comes in (one hop, a forged dead-letter header)
+        broker.submit_one_hop("recorder", {"id": "forged"}, message_id="m-forged",
+                              headers={"x-taskqueue-reason": "forged"})
+        # Then each dead letter is tried 3 times, the task given back, and it comes again
+        for task in ("m-broken", "m-forged"):
+            pool.wait_log(GIVEN_BACK.format(task=task, what="message for taskqueue_dead"),
+                          timeout=40, count=2)
         # and the worker never took that for a lost broker
         assert_never_restarted(pool, children)
         # When taskqueue_dead has room again
         stop_nacking(vhost)
-        # Then the dead letter goes in, once, with its reason, and the task is settled
-        dead = wait_for(lambda: broker.drain("taskqueue_dead"), 30, "the task dead-lettered")
-        assert [props.message_id for props, _ in dead] == ["m-broken"]
-        assert dead[0][0].headers["x-taskqueue-reason"] == (
+        # Then the dead letters go in, once each, with their reasons, and the tasks are settled
+        dead = {}
+
+        def both_dead():
+            for props, _ in broker.drain("taskqueue_dead"):
+                assert props.message_id not in dead, f"{props.message_id} dead-lettered twice"
+                dead[props.message_id] = props.headers["x-taskqueue-reason"]
+            return len(dead) == 2
+        wait_for(both_dead, 30, lambda: f"both tasks dead-lettered (have {sorted(dead)})")
+        assert dead["m-broken"] == (
             "raised RuntimeError: task broken fails attempt 1 after 1 retries")
+        assert dead["m-forged"].startswith("header 'x-taskqueue-reason' was set by its publisher")
+        # (the refused one never reached the plugin; the raising one ran at each coming)
+        assert {r["id"] for r in records.all("start")} == {"broken"} and records.ids() == []
         wait_for(lambda: broker.counts("worker_recorder")[0] == 0, 10, "worker_recorder empty")
         assert_never_restarted(pool, children)
         assert pool.stop() == 0
@@ -77,8 +90,8 @@ def test_a_retry_the_delay_queues_nack_gives_the_task_back_until_they_have_room(
         # When a task raises on its first attempt, with retries left
         broker.submit("recorder", {"id": "flaky", "fail_times": 1}, message_id="m-flaky")
         # Then its retry is tried 3 times, the task given back, and it comes again
-        pool.wait_log(GIVEN_BACK.format(task="m-flaky", what=r"retry of worker_recorder in \d+s"),
-                      timeout=30, count=2)
+        what = r"message for worker_recorder in \d+s, into taskqueue\.delay\.\d+"
+        pool.wait_log(GIVEN_BACK.format(task="m-flaky", what=what), timeout=30, count=2)
         assert_never_restarted(pool, children)
         assert records.ids() == []
         # When the delay queues have room again
