@@ -26,8 +26,8 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from . import brokers, delays, fielddecode, onehop, promptwrite, sendbatch, tls, topology
-from .errors import TaskqueueError, TopologyError
+from . import brokers, delays, fielddecode, nacks, onehop, promptwrite, sendbatch, tls, topology
+from .errors import PublishNacked, TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 sendbatch.install()
@@ -519,8 +519,10 @@ class Session:
 
     def publish_confirmed(self, queue, body, props):
         """Publish and wait for the broker's confirm, on a confirm channel of its own
-        (opened on first use); raise SessionClosed unless the broker acked it."""
-        self._publish_on_confirm_channel("", queue, body, props, queue)
+        (opened on first use). A nack is tried again as nacks.py says, then raises
+        PublishNacked (the broker is there: it did not take the message); SessionClosed
+        if the session goes, or the broker returns the message (no such queue)."""
+        self._publish_until_taken("", queue, body, props, f"the message for {queue}")
 
     def publish_delayed(self, queue, worker_type, body, props, seconds):
         """Publish a task for `worker_type` that reaches `queue` (taskqueue, or its
@@ -528,7 +530,8 @@ class Session:
         `seconds`, rounded up; wait for the broker's confirm as publish_confirmed does.
         The delay chain (delays.py) is declared on first use by this session.
         ValueError for a delay out of range or another queue; TopologyError when the
-        broker refuses a queue of the chain; SessionClosed unless the broker acked it."""
+        broker refuses a queue of the chain; PublishNacked and SessionClosed as for
+        publish_confirmed."""
         exchange, routing_key = delays.route(seconds)
         if queue not in (topology.TASK_QUEUE, topology.worker_queue(worker_type)):
             raise ValueError(f"a delayed task reaches {topology.TASK_QUEUE} (the dispatcher "
@@ -537,8 +540,9 @@ class Session:
         if not self._delays_declared:
             self._declare_delays()
             self._delays_declared = True
-        self._publish_on_confirm_channel(exchange, routing_key, body, out,
-                                         f"{queue} in {delays.whole_seconds(seconds)}s")
+        self._publish_until_taken(exchange, routing_key, body, out,
+                                  f"the message for {queue} in {delays.whole_seconds(seconds)}s, "
+                                  f"into {delays.first_queue(seconds, topology.TASK_QUEUE)}")
 
     def _declare_delays(self):
         """Declare the delay chain on the confirm channel; a refusal closes it (a new one
@@ -599,13 +603,26 @@ class Session:
             if result is not None and not result.ready():
                 result.set_exception(SessionClosed(f"channel closed: {reason!r}"))
 
-    def _publish_on_confirm_channel(self, exchange, routing_key, body, props, what):
+    def _publish_until_taken(self, exchange, routing_key, body, props, subject):
+        """_publish_on_confirm_channel, tried again while the broker nacks it, as nacks.py
+        says (this greenlet waits; the hub serves the connection meanwhile)."""
+        nacks.retry(lambda: self._publish_on_confirm_channel(exchange, routing_key, body,
+                                                             props, subject),
+                    PublishNacked, sleep=gevent.sleep)
+
+    def _publish_on_confirm_channel(self, exchange, routing_key, body, props, subject):
+        """Publish `subject` (what the errors call the message) once and wait for its
+        confirm: PublishNacked for a nack, SessionClosed for a return or a lost session."""
+        if self.closed.is_set():   # a try after a nack, say: pika would raise its own error
+            raise SessionClosed(f"publish {subject}: session closed: {self.close_reason!r}")
         self._ensure_confirm_channel()
         self._confirmed = AsyncResult()
         self._confirm_channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
-        answer = self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm from {what}")
+        answer = self._wait(self._confirmed, REPLY_TIMEOUT, f"confirm of {subject}")
+        if answer == "Basic.Nack":
+            raise PublishNacked(subject)
         if answer != "Basic.Ack":
-            raise SessionClosed(f"the broker did not take a message for {what} ({answer})")
+            raise SessionClosed(f"the broker did not take {subject} ({answer})")
 
     def enable_confirms(self, on_confirm, on_return):
         """Publisher confirms; in the hub, on_confirm(frame) gets each Basic.Ack/Nack and

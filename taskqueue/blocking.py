@@ -13,9 +13,9 @@ import time
 import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import amqp, delays, fielddecode, nacks, onehop
+from . import amqp, delays, fielddecode, onehop
 from .amqp import REPLY_TIMEOUT, BrokerUnreachable, SessionClosed
-from .errors import TaskqueueError, TopologyError
+from .errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
 from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legacy_arguments,
                        queue_arguments, unroutable_onehop, worker_queue)
 
@@ -133,21 +133,7 @@ def _blocking_channel(settings, timeout):
 
 
 # -- a kept blocking connection, for taskqueue.client ----------------------------
-
-class PublishRefused(TaskqueueError):
-    """The broker did not take a message: it returned it unroutable, or nacked it."""
-
-
-class PublishNacked(PublishRefused):
-    """The broker nacked `subject` (a message) `tries` times: see nacks.py."""
-
-    def __init__(self, subject, tries=1):
-        super().__init__(nacks.refused(subject, tries))
-        self.subject = subject
-
-    def after(self, tries):
-        return PublishNacked(self.subject, tries)
-
+# (It raises errors.PublishRefused and PublishNacked, the Client's and the Session's.)
 
 def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
     """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError

@@ -39,7 +39,7 @@ import weakref
 
 from . import (amqp, blocking, config, fielddecode, nacks, onehop, plugins, redact, topology,
                workitems)
-from .errors import TaskqueueError, TopologyError
+from .errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
 #: Longest slice of waiting for a reply, so a lost connection is noticed in time.
 REPLY_POLL = 1.0
 
-PublishRefused = blocking.PublishRefused
 #: The connection was lost, or no broker of the list could be reached.
 ConnectionLost = amqp.SessionClosed
 
@@ -298,7 +297,7 @@ class Client:
         on a new connection if it was lost before the broker answered; again, a bounded
         number of times, while the broker nacks it (nacks.py). A broker that does not
         answer within BROKER_TIMEOUT is not tried again: ConnectionLost says so."""
-        return nacks.retry(lambda: self._connected(action, what), blocking.PublishNacked)
+        return nacks.retry(lambda: self._connected(action, what), PublishNacked)
 
     def _connected(self, action, what):
         link = self._link()

@@ -289,7 +289,7 @@ def _empty_and_remove(parent, name, fd=None):
         os.rmdir(path)
     except FileNotFoundError:
         pass
-    except OSError as exc:
+    except OSError:
         if own:
             return False   # removing our own: a dropped supervisor may not (see remove)
         raise

@@ -82,6 +82,14 @@ def route(seconds):
     return level_exchange(delay.bit_length() - 1), key
 
 
+def first_queue(seconds, task_queue="taskqueue"):
+    """The queue a message delayed `seconds` (as route() sends it) enters first, the
+    one whose overflow would refuse it: the level of its highest bit, or `task_queue`
+    when there is no delay."""
+    delay = whole_seconds(seconds)
+    return level_queue(delay.bit_length() - 1) if delay else task_queue
+
+
 def due(seconds, now=None):
     """The DELAYED_HEADER value of a message published now with this delay."""
     return int(math.ceil((time.time() if now is None else now) + whole_seconds(seconds)))

@@ -1,5 +1,5 @@
 """One hierarchy for every error taskqueue reports to an operator."""
-from . import redact
+from . import nacks, redact
 
 
 class TaskqueueError(Exception):
@@ -24,3 +24,20 @@ class TopologyError(TaskqueueError):
 
 class InputError(TaskqueueError):
     """Bad input on the command line (an argument, a file of tasks); nothing was done."""
+
+
+class PublishRefused(TaskqueueError):
+    """The broker did not take a message: it returned it unroutable, or nacked it."""
+
+
+class PublishNacked(PublishRefused):
+    """The broker nacked `subject` (a message) `tries` times: see nacks.py. Raised by
+    both publishers, the blocking one (blocking.py, the Client) and the gevent Session
+    (amqp.py, a worker's dead letters and retries)."""
+
+    def __init__(self, subject, tries=1):
+        super().__init__(nacks.refused(subject, tries))
+        self.subject = subject
+
+    def after(self, tries):
+        return PublishNacked(self.subject, tries)

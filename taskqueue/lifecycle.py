@@ -92,7 +92,8 @@ BACKOFF_CAPS = {Ev.DISCONNECTED: RECONNECT_CAP, Ev.TASK_KILLED: TASK_CRASH_CAP}
 #: How a worker child reports a task ended (`<pid> done <outcome> <seconds>`).
 TASK_OUTCOMES = {
     "ack": "completed: acked",
-    "requeue": "given back to its queue by the plugin (nack or reject with requeue)",
+    "requeue": "given back to its queue: by the plugin (nack or reject with requeue), or by the "
+               "worker when the broker refused its dead letter or retry (a nack: worker.py)",
     "reject": "refused by the plugin without requeue: dead-lettered by the broker",
     "raised": "handle_task raised: rejected, dead-lettered by the broker",
     "dead": "not run: it had killed delivery_limit processes, or was refused as it came in "

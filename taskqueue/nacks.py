@@ -14,6 +14,11 @@ case (the one seen: a new quorum queue on a fresh node under load), and a
 full queue is still reported within 2 s, instead of the submitter waiting
 on a queue that will not drain. A message tried again goes to the queue
 after those published meanwhile: nacks cost the order of the nacked ones.
+
+Who follows it: the Client (blocking.py's publishers) and the gevent Session's
+confirmed publishes (amqp.py: a worker's dead letters and retries). A worker
+whose copy is refused gives the task back to its queue and goes on (worker.py):
+it comes again, and its copy is tried anew, until the queue has room.
 """
 import logging
 import time

@@ -22,7 +22,7 @@ from . import amqp, delays, inbound, logs, plugins, replies, retries, topology
 from .intake import AHEAD_PREFETCH, Intake
 from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
-from .errors import PluginError
+from .errors import PluginError, PublishNacked
 from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
 log = logging.getLogger(__name__)
@@ -270,15 +270,17 @@ def run_worker(group, amqp_settings, ctx):
         # Reported before the limit check: dead-lettering settles the task too,
         # and the supervisor forgets the deaths of a settled task.
         ctx.busy(key, method.redelivered)
-        if _refused(group, amqp_settings, session, key, *delivery):
+        outcome = _refused(group, amqp_settings, session, key, *delivery)
+        if outcome:
             logs.set_task(None)
-            ctx.done("dead", 0.0)
+            ctx.done(outcome, 0.0)
             continue
         # What the plugin sees and every copy is made from: no forged dead-letter headers.
         delivery = (method, inbound.admitted(props), body)
-        if _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery):
+        outcome = _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery)
+        if outcome:
             logs.set_task(None)
-            ctx.done("dead", 0.0)
+            ctx.done(outcome, 0.0)
             continue
         outcome, seconds = _handle(worker, group, session, hub_calls, tasks, intake, *delivery)
         ctx.done(outcome, seconds)
@@ -310,40 +312,56 @@ def _refused(group, amqp_settings, session, key, method, props, body):
     """Dead-letter a task taskqueue does not take (inbound.refusal: its headers not
     decoded, a body too big, a bad retry count; a dead-letter header its publisher set;
     one hop, the dispatcher never saw it),
-    before the plugin sees it; return True if it did."""
+    before the plugin sees it; return the outcome ("dead", or "requeue": _copy_then_ack)
+    if it did, else None."""
     reason = (inbound.refusal(props, body, amqp_settings.max_body_size)
               or inbound.forged_dead_letter_header(props))
     if reason is None:
-        return False
+        return None
     log.error("task %s (delivery %s) refused: %s; dead-lettering it", key, method.delivery_tag,
               reason)
-    session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
-        props, reason, queue=group.queue, worker_type=group.worker_type))
-    session.ack(method.delivery_tag)
-    return True
+    return _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
+        topology.DEAD_QUEUE, body, dead_properties(props, reason, queue=group.queue,
+                                                   worker_type=group.worker_type)))
 
 
 def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
     """Dead-letter a task that has killed `delivery_limit` processes already, saying how
-    the last one ended; return True if it did. Running it again would not help.
+    the last one ended; return the outcome as _refused does. Running it again would not help.
 
     Deaths are counted by the supervisor, not read from x-delivery-count, which
     RabbitMQ 3 also raises for every return (a graceful stop, a recycle, a nack).
     """
     if not method.redelivered:  # a task that killed a process always comes back redelivered
-        return False
+        return None
     deaths, cause = ctx.graveyard.deaths(key) if ctx.graveyard else (0, None)
     limit = amqp_settings.delivery_limit
     if deaths < limit:
-        return False
+        return None
     reason = f"delivery limit {limit} reached: {deaths} processes died handling it; last: {cause}"
     log.error("task %s: %s; dead-lettering it", key, reason)
     count = (props.headers or {}).get("x-delivery-count", deaths)
-    session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
-        props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
-        deaths=deaths, delivery_count=count))
+    return _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
+        topology.DEAD_QUEUE, body, dead_properties(
+            props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
+            deaths=deaths, delivery_count=count)))
+
+
+def _copy_then_ack(session, group, task, method, outcome, publish):
+    """publish() the task's copy (its dead letter, its retry: confirmed), then ack the
+    delivery; return `outcome`. A copy the broker refused (nacked as often as nacks.py
+    tries: a full queue, most likely) is no lost broker: the delivery goes back to its
+    queue instead, said in a warning, and comes again to be tried anew: nothing is lost,
+    the process goes on; return "requeue"."""
+    try:
+        publish()
+    except PublishNacked as exc:
+        log.warning("task %s (delivery %s): %s; given back to %s: it comes again", task,
+                    method.delivery_tag, exc, group.queue)
+        session.nack(method.delivery_tag, requeue=True)
+        return "requeue"
     session.ack(method.delivery_tag)
-    return True
+    return outcome
 
 
 def _recycle_reason(group, done):
@@ -443,26 +461,29 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
 def _retry(group, session, method, props, body, explicit, requested=None, error=None):
     """Publish the task again through the delay chain, or dead-letter it once its
     retries are spent; then ack this delivery (after the broker confirmed the copy:
-    a crash in between redelivers it, nothing is lost). Returns the outcome."""
+    a crash in between redelivers it, nothing is lost; a copy it refused gives the
+    delivery back: _copy_then_ack). Returns the outcome."""
+    task = props.message_id or "-"
     done, problem = retries.read_count(props.headers)
     decision = retries.decide(group.retry, done, explicit, requested, error, random.random(),
                               problem)
     if isinstance(decision, retries.GiveUp):
-        log.error("task %s: %s; dead-lettering it", props.message_id or "-", decision.reason)
+        log.error("task %s: %s; dead-lettering it", task, decision.reason)
         # A header that held no count stays as it came (amqp_safe), for whoever looks into it.
         counted = {} if done is None else {"retries": done}
-        session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
-            props, decision.reason, queue=group.queue, worker_type=group.worker_type,
-            **counted))
-        session.ack(method.delivery_tag)
-        return "reject" if explicit else "raised"
+        return _copy_then_ack(
+            session, group, task, method, "reject" if explicit else "raised",
+            lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
+                props, decision.reason, queue=group.queue, worker_type=group.worker_type,
+                **counted)))
     copy = amqp.copy_properties(props)
     copy.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1
-    session.publish_delayed(group.queue, group.worker_type, body, copy, decision.delay)
-    session.ack(method.delivery_tag)
-    log.info("task %s: retry %d in %.1fs", props.message_id or "-", done + 1, decision.delay)
-    return "retry"
+    outcome = _copy_then_ack(session, group, task, method, "retry", lambda: session.publish_delayed(
+        group.queue, group.worker_type, body, copy, decision.delay))
+    if outcome == "retry":
+        log.info("task %s: retry %d in %.1fs", task, done + 1, decision.delay)
+    return outcome
 
 
 def _call_handler(worker, channel, method, props, body):

@@ -90,7 +90,7 @@ class Broker:
         by its type; confirmed and mandatory (UnroutableError if no queue took it).
         `raw_headers=` (the table's bytes, RawHeaders) instead of the headers."""
         if not self.one_hop_declared:
-            declare_one_hop(self.channel)
+            declare_one_hop(self.channel, self.settings)
             self.one_hop_declared = True
         props.setdefault("delivery_mode", 2)
         props.setdefault("content_type", "application/json")
@@ -184,22 +184,30 @@ def bindings(vhost):
     return found
 
 
+#: The policy of nacking_vhost: stop_nacking() clears it.
+NACK_POLICY = "tq-test-nack"
+
+
 @contextlib.contextmanager
-def nacking_vhost(max_length, port=5672):
+def nacking_vhost(max_length, port=5672, queues=r"^(taskqueue|worker_.*)$",
+                  overflow="reject-publish-dlx"):
     """A vhost of the test's own, and a Broker on it, whose task queues (`taskqueue`,
     `worker_*`: classic, which hold the limit exactly) take at most `max_length`
     messages and nack every publish beyond (overflow reject-publish-dlx): each nacked
     copy is dead-lettered into taskqueue_dead (declared here, outside the policy), so
-    a test counts there how often a publish was tried."""
+    a test counts there how often a publish was tried.
+    `queues` (a regex) names other queues to limit instead, e.g. taskqueue_dead, or the
+    delay queues with overflow "reject-publish" (their dead-letter exchange is the next
+    level of the chain: a nacked copy must not travel on)."""
     name = f"taskqueue-test-nack-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctl = ["rabbitmqctl", "-q"]
     subprocess.run(ctl + ["add_vhost", name], check=True)
     try:
         subprocess.run(ctl + ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
                        check=True)
-        subprocess.run(ctl + ["set_policy", "-p", name, "--apply-to", "queues", "tq-test-nack",
-                              "^(taskqueue|worker_.*)$", json.dumps(
-                                  {"max-length": max_length, "overflow": "reject-publish-dlx"})],
+        subprocess.run(ctl + ["set_policy", "-p", name, "--apply-to", "queues", NACK_POLICY,
+                              queues, json.dumps(
+                                  {"max-length": max_length, "overflow": overflow})],
                        check=True)
         broker = Broker(name, port)
         broker.settings = AmqpSettings(queue_type="classic")
@@ -211,6 +219,11 @@ def nacking_vhost(max_length, port=5672):
             broker.close()
     finally:
         subprocess.run(ctl + ["delete_vhost", name], check=False)
+
+
+def stop_nacking(vhost):
+    """The queues of nacking_vhost `vhost` have room again: its policy is cleared."""
+    subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, NACK_POLICY], check=True)
 
 
 class Records:

@@ -16,9 +16,10 @@ def matches(pattern, key):
     return re.fullmatch(regex, key) is not None
 
 
-def travel(plan, exchange, key):
+def travel(plan, exchange, key, stop_at_first=False):
     """Follow a message through the declared chain: (the queue it ends in, the
-    sum of the TTLs of the queues it waited in, in seconds)."""
+    sum of the TTLs of the queues it waited in, in seconds); with stop_at_first, the
+    first queue it enters."""
     ttls = {name: args.get("x-message-ttl") for name, args in plan.queues}
     dead_letter = {name: args.get("x-dead-letter-exchange") for name, args in plan.queues}
     kinds = dict(plan.exchanges)
@@ -34,6 +35,8 @@ def travel(plan, exchange, key):
             exchange = onward[0]
             continue
         queue = queues[0]
+        if stop_at_first:
+            return queue
         if ttls[queue] is None:
             return queue, waited
         waited += ttls[queue] // 1000
@@ -66,6 +69,20 @@ def test_a_message_routed_through_the_declared_exchanges_and_queues_waits_its_de
     samples += [delays.MAX_DELAY]
     for seconds in samples:
         assert travel(plan, *delays.route(seconds)) == (topology.TASK_QUEUE, seconds), seconds
+
+
+def test_first_queue_names_the_queue_a_delayed_message_enters_first(plan):
+    # (the queue whose overflow nacks it: a worker's warning names it)
+    samples = list(range(0, 1100)) + [2**i + d for i in range(delays.LEVELS) for d in (-1, 0, 1)
+                                      if 2**i + d <= delays.MAX_DELAY]
+    for seconds in samples + [0.001, 2.5, delays.MAX_DELAY]:
+        entered = travel(plan, *delays.route(seconds), stop_at_first=True)
+        assert delays.first_queue(seconds, topology.TASK_QUEUE) == entered, seconds
+    assert delays.first_queue(0) == "taskqueue"
+    assert delays.first_queue(1) == "taskqueue.delay.0"
+    assert delays.first_queue(5) == "taskqueue.delay.2"
+    with pytest.raises(ValueError):
+        delays.first_queue(-1)
 
 
 def test_a_fraction_of_a_second_is_rounded_up_never_down(plan):
