@@ -18,7 +18,7 @@ import pytest
 
 from accounting import Ledger
 from clusterload import (FIGURES, NodeBroker, Progress, assert_quorum_with_three_members,
-                         NODE_SHUTDOWN, figures, held_on, idle, keep_logs, log_figures,
+                         NODE_GONE, figures, held_on, idle, keep_logs, log_figures,
                          log_problems, lost_lines, marker_config, most_extra, publish_all)
 from support import wait_for
 
@@ -161,7 +161,7 @@ def test_tasks_survive_a_node_stop(cluster, start_pool, record_dir, fault):
            "connections per node before": spread_before,
            "connections per node after": spread_after,
            "other lost connections (why)": collections.Counter(
-               why for _, _, why in lost_lines(pools) if NODE_SHUTDOWN not in why),
+               why for _, _, why in lost_lines(pools) if not any(gone in why for gone in NODE_GONE)),
            "child restarts": sum(p.log().count("STARTING -> RUNNING") for p in pools)
            - 2 * (WORKERS + 1),
            **log_figures(pools),
