@@ -161,7 +161,8 @@ def test_tasks_survive_a_node_stop(cluster, start_pool, record_dir, fault):
            "connections per node before": spread_before,
            "connections per node after": spread_after,
            "other lost connections (why)": collections.Counter(
-               why for _, _, why in lost_lines(pools) if not any(gone in why for gone in NODE_GONE)),
+               why for _, _, why in lost_lines(pools)
+               if not any(gone in why for gone in NODE_GONE)),
            "child restarts": sum(p.log().count("STARTING -> RUNNING") for p in pools)
            - 2 * (WORKERS + 1),
            **log_figures(pools),
