@@ -74,11 +74,16 @@ def forged_dead_letter_header(props):
     dead-letter as it is (a plugin's reject, no retries left), the forged reason
     shown as taskqueue's. No copy taskqueue makes carries one: `dead requeue`
     drops them too."""
-    for name in props.headers or ():
-        if dead_letter_only(name):
-            return (f"header {_shown(name)} was set by its publisher: only taskqueue's "
-                    "dead letters carry it")
-    return None
+    # Sorted: RabbitMQ 4 delivers a table's fields in an order of its own.
+    forged = sorted(name for name in props.headers or () if dead_letter_only(name))
+    if not forged:
+        return None
+    names = ", ".join(_shown(name) for name in forged[:3])
+    if len(forged) > 3:
+        names += f" and {len(forged) - 3} more"
+    if len(forged) == 1:
+        return f"header {names} set by its publisher: only taskqueue's dead letters carry it"
+    return f"headers {names} set by its publisher: only taskqueue's dead letters carry them"
 
 
 def without_forged(headers):

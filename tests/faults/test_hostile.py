@@ -66,8 +66,8 @@ HOSTILE = {
 #: broker's copy would keep them were the task dead-lettered later.
 FORGED = ({"headers": {"x-taskqueue-reason": "forged", "x-taskqueue-exit": "\x1b[2J",
                        "x-taskqueue-worker-type": "victim"}},
-          r"header 'x-taskqueue-reason' was set by its publisher: only taskqueue's dead "
-          r"letters carry it$")
+          r"headers 'x-taskqueue-exit', 'x-taskqueue-reason', 'x-taskqueue-worker-type' set "
+          r"by its publisher: only taskqueue's dead letters carry them$")
 #: Odd but harmless: completed like the good ones (their odd parts dropped or clamped).
 ODD = {
     "priority 255": {"priority": 255},

@@ -286,8 +286,8 @@ def test_a_one_hop_task_with_forged_headers_is_refused_and_neither_crashes_nor_m
     letters = {p.message_id: p.headers for p, _ in dead_letters(broker, 3)}
     assert set(letters) == {"text", "huge", "forged"}
     assert letters["forged"]["x-taskqueue-reason"] == (
-        "header 'x-taskqueue-reason' was set by its publisher: only taskqueue's dead letters "
-        "carry it")
+        "headers 'x-taskqueue-exit', 'x-taskqueue-reason' set by its publisher: only "
+        "taskqueue's dead letters carry them")
     assert "x-taskqueue-exit" not in letters["forged"]
     assert letters["text"]["x-taskqueue-reason"].startswith(
         "header x-taskqueue-retries is 'many': expected a retry count")
