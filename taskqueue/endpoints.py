@@ -175,18 +175,35 @@ def bind_status_socket(path):
     filetrust.safe_directory(os.path.dirname(path))
     _remove_if_stale(path)
     listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # bind() creates the file with the umask applied: closed from the start, not after a chmod.
+    # The socket is made under a name of its own, closed (umask at bind) and given its
+    # group, and only then linked to `path`: a client never finds it half made (a member
+    # of the group refused for a moment). link() never replaces a file, so a supervisor
+    # racing this one for the name still gets EEXIST.
+    unready = f"{path}.{os.getpid()}.new"
     umask = os.umask(0o777 & ~STATUS_MODE)
     try:
-        listener.bind(path)
+        _unlink_if_there(unready)
+        listener.bind(unready)
+        _give_to_group(unready)
+        listener.listen(MAX_CLIENTS)
+        try:
+            os.link(unready, path)
+        except FileExistsError:
+            raise OSError(errno.EADDRINUSE, "another supervisor made it first") from None
     except OSError:
         listener.close()
         raise
     finally:
         os.umask(umask)
-    listener.listen(MAX_CLIENTS)
-    _give_to_group(path)
+        _unlink_if_there(unready)
     return listener
+
+
+def _unlink_if_there(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def bind_port(address, port):
