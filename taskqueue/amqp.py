@@ -647,13 +647,3 @@ class Session:
 
     def reject(self, delivery_tag, requeue=True):
         self._channel.basic_reject(delivery_tag, requeue=requeue)
-
-
-def __getattr__(name):
-    # README ("Delayed delivery", From code) documents amqp.publish_delayed_blocking, from
-    # before blocking.py held the blocking half: applications keep importing it from here.
-    # Looked up on use, since blocking.py imports this module.
-    if name == "publish_delayed_blocking":
-        from .blocking import publish_delayed_blocking
-        return publish_delayed_blocking
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from gevent.event import Event
 # childexec before any privilege drop: the child may not be able to import it after.
 from . import brokers, childexec, logs, tls
 from .amqp import SessionClosed
-from .deadletter import Graveyard
+from .graveyard import Graveyard
 from .errors import PluginError, TopologyError
 from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY, EXIT_USER
 

@@ -6,11 +6,11 @@ news to a child that keeps the supervisor's user (it can read the config
 anyway), so those stay forked: no cost to their restarts. A child that
 switches to another user must hold only what is its own. So once it has
 dropped its privileges (and set PR_SET_PDEATHSIG, which survives exec), it
-execs `python -m taskqueue.childexec` and hands the new interpreter, in a
+execs `python -m taskqueue.childmain` and hands the new interpreter, in a
 memory-only file (memfd), only:
 
 - its name, kind, route, the graveyard's path and the secret naming its files
-  (deadletter.Graveyard.handoff), and the supervisor's pid;
+  (graveyard.Graveyard.handoff), and the supervisor's pid;
 - its target with the settings of its own group (a worker: its WorkerGroup
   and [amqp]; the dispatcher: [dispatcher] and [amqp]);
 - the broker passwords to hide from log lines (redact), how to log;
@@ -27,7 +27,6 @@ die with it). The new interpreter runs the same post-fork routine's tail
 an exit code of lifecycle.EXITS.
 """
 import dataclasses
-import functools
 import os
 import pickle
 import signal
@@ -67,7 +66,7 @@ def replace_process(name, kind, target, report_fd, parent_pid, graveyard, route)
     # Signals stay blocked until the new interpreter handles them (the mask survives exec).
     signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     _close_all_but(keep)
-    os.execv(sys.executable, [sys.executable, *PYTHON_FLAGS, "-m", "taskqueue.childexec",
+    os.execv(sys.executable, [sys.executable, *PYTHON_FLAGS, "-m", "taskqueue.childmain",
                               str(fd)])
 
 
@@ -94,7 +93,7 @@ def _plain(value):
     return value
 
 
-def _restored(value):
+def restored(value):
     if isinstance(value, WorkerGroup):
         return dataclasses.replace(value, options=MappingProxyType(dict(value.options)))
     return value
@@ -110,22 +109,3 @@ def _tls_of(target):
             if contents is not None:
                 found.append((key, contents))
     return found
-
-
-def main(argv=None):
-    """The fresh interpreter: read the payload, set up, serve; never returns."""
-    from . import child   # gevent and the rest, after the payload is read
-    fd = int((argv or sys.argv)[1])
-    with os.fdopen(fd, "rb") as f:
-        payload = pickle.loads(f.read())
-    logs.adopt(payload["logging"])
-    for secret in payload["secrets"]:
-        redact.remember(secret)
-    func, args, keywords = payload["target"]
-    target = functools.partial(func, *(_restored(arg) for arg in args), **keywords)
-    child.serve(payload["name"], payload["kind"], target, payload["report_fd"],
-                payload["parent_pid"], payload["graveyard"], payload["route"], payload["tls"])
-
-
-if __name__ == "__main__":
-    main()

@@ -108,10 +108,10 @@ def _make_graveyard(cfg, user, dropping):
     """The supervisor's graveyard, made before the privilege drop: as root, in the
     status_dir (/run/taskqueue, root's), given to `user` (--user) when the supervisor
     becomes that user (`dropping`); a root supervisor that stays root may fork
-    children of other users, who must read it (deadletter.Graveyard, `shared`).
+    children of other users, who must read it (graveyard.Graveyard, `shared`).
     Stale graveyards of root's and of `user`'s are swept."""
     import pwd
-    from .deadletter import Graveyard, graveyard_parent
+    from .graveyard import Graveyard, graveyard_parent
     pw = pwd.getpwnam(user) if user else None
     owner = (pw.pw_uid, pw.pw_gid) if pw and dropping else None
     return Graveyard.create(graveyard_parent(cfg.supervisor.status_dir), owner=owner,

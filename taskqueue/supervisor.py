@@ -26,7 +26,7 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from . import brokers, child, lastresort, metrics
-from .deadletter import GRAVEYARD_SIZE, Graveyard
+from .graveyard import GRAVEYARD_SIZE, Graveyard
 from .reports import ReportReader
 from .errors import TaskqueueError
 from .specs import ChildSpec, diff_specs
@@ -94,8 +94,8 @@ class Supervisor:
         owner closes them. `fork(callback)` forks and watches the child, calling
         callback(watcher) when it ends (gevent.os.fork_and_watch); `kill(pid, sig)`
         signals a child. Unit tests pass stand-ins for both (tests/unit/fakes.py).
-        `graveyard`: the deadletter.Graveyard made before the privilege drop (daemon.py);
-        None: open() makes one where this user may (deadletter.graveyard_parent)."""
+        `graveyard`: the graveyard.Graveyard made before the privilege drop (daemon.py);
+        None: open() makes one where this user may (graveyard.graveyard_parent)."""
         self._reload = reload
         self._fork = fork or gevent.os.fork_and_watch
         self._os_kill = kill
@@ -110,7 +110,7 @@ class Supervisor:
         self._signal_handles = []
         #: {pid: (reports.ReportReader, its greenlet)}: our end of each child's report pipe.
         self._reports = {}
-        self.graveyard = graveyard      # deaths by task (deadletter.Graveyard); else open()
+        self.graveyard = graveyard      # deaths by task (graveyard.Graveyard); else open()
         #: {task key: queue}: the queue of each task a death was recorded for; only a
         #: child consuming that queue can make the supervisor forget those deaths.
         self._death_queues = {}

@@ -35,7 +35,7 @@ def queue_arguments(queue, settings):
     rejected without requeue lands there with the broker's x-death header.
     A task that killed `delivery_limit` worker processes is dead-lettered by
     the worker that receives it next, with headers saying how they died
-    (deadletter.Graveyard). Quorum queues count deliveries too, but RabbitMQ
+    (graveyard.Graveyard). Quorum queues count deliveries too, but RabbitMQ
     3 counts every return (a graceful stop, a recycle, a nack) as one: the
     broker's limit is BROKER_LIMIT_FACTOR times higher, a backstop for what no
     supervisor saw (deaths spread over hosts), with at-least-once dead-lettering.

@@ -9,8 +9,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from taskqueue import deadletter
-from taskqueue.deadletter import Graveyard, dead_properties, task_key
+from taskqueue.deadletter import dead_properties, task_key
+from taskqueue import graveyard as graveyard_module
+from taskqueue.graveyard import Graveyard, sweep_stale
 
 
 def test_graveyard_counts_deaths_per_task_and_keeps_the_last_cause(tmp_path):
@@ -36,7 +37,7 @@ def test_graveyard_forgets_a_task_once_told_and_counts_its_next_life_from_zero(t
 
 
 def test_graveyard_forgets_the_oldest_causes_beyond_its_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(deadletter, "GRAVEYARD_SIZE", 3)
+    monkeypatch.setattr(graveyard_module, "GRAVEYARD_SIZE", 3)
     graveyard = Graveyard(str(tmp_path))
     for n in range(5):
         graveyard.record(f"m-{n}", "died")
@@ -47,7 +48,7 @@ def test_graveyard_forgets_the_oldest_causes_beyond_its_size(tmp_path, monkeypat
 def test_graveyard_forgets_what_it_recorded_after_evictions_and_nothing_else(tmp_path, monkeypatch):
     # forget() skips the file system for keys this graveyard never wrote (every
     # task that did not kill a process): what it did write must still go.
-    monkeypatch.setattr(deadletter, "GRAVEYARD_SIZE", 2)
+    monkeypatch.setattr(graveyard_module, "GRAVEYARD_SIZE", 2)
     graveyard = Graveyard(str(tmp_path))
     for n in range(4):
         graveyard.record(f"m-{n}", "died")
@@ -86,7 +87,7 @@ def test_a_graveyard_nobody_holds_is_swept_and_a_held_one_kept(tmp_path):
     # An earlier version's (no lock: it may be running, as during an upgrade) is kept
     earlier = tmp_path / "taskqueue-graveyard-abc123"
     earlier.mkdir()
-    assert deadletter.sweep_stale(str(tmp_path)) == [str(stale)]
+    assert sweep_stale(str(tmp_path)) == [str(stale)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(held.path),
                                                                  "not-a-graveyard", earlier.name])
     held.remove()
@@ -197,7 +198,7 @@ def test_a_child_that_execs_as_another_user_reads_the_graveyard_through_its_hand
     graveyard = Graveyard.create(top, shared=True)
     graveyard.record("m-1", "died")
     path, secret = graveyard.handoff()
-    script = ("import sys; from taskqueue.deadletter import Graveyard; "
+    script = ("import sys; from taskqueue.graveyard import Graveyard; "
               "g = Graveyard.adopt((sys.argv[1], bytes.fromhex(sys.argv[2]))); "
               "h = Graveyard(sys.argv[1]); "
               "sys.exit(0 if g.deaths('m-1') == (1, 'died') and h.deaths('m-1') == (0, None)"
