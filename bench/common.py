@@ -10,8 +10,8 @@ import time
 
 import pika
 
-from taskqueue.topology import queue_arguments
-from taskqueue.config import AmqpSettings
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol.topology import queue_arguments
 
 HOST, PORT = "127.0.0.1", 5672
 BIN = os.path.dirname(sys.executable)

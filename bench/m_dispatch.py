@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from taskqueue.topology import TASK_QUEUE, worker_queue
+from taskqueue.protocol.topology import TASK_QUEUE, worker_queue
 
 from common import BENCH, Client, Proc, Vhost, taskqueue, wait_until
 

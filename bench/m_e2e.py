@@ -7,7 +7,7 @@ import resource
 import subprocess
 import sys
 
-from taskqueue.topology import worker_queue
+from taskqueue.protocol.topology import worker_queue
 
 import onehop
 from common import (BENCH, BIN, BenchError, Client, Proc, Vhost, broker_pids, count_records, cpu_seconds,

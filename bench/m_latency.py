@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from taskqueue.topology import worker_queue
+from taskqueue.protocol.topology import worker_queue
 
 import onehop
 from common import BenchError, BENCH, Client, Proc, Vhost, record_dir, records, wait_until

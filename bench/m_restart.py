@@ -4,7 +4,7 @@ child's basic_consume was answered), from the line's timestamp (1 ms).
 
 With `--restart-user USER` the bench group runs as USER (the supervisor as
 root): its children switch users, so each start execs a fresh interpreter
-(taskqueue/childexec.py); its figures are the rows `restart as USER ...`."""
+(taskqueue/supervision/childexec.py); its figures are the rows `restart as USER ...`."""
 import datetime
 import os
 import re

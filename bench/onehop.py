@@ -12,7 +12,7 @@ the bench: its queue is bound before the first publish).
 import pika
 
 try:   # taskqueue with the one-hop path: its own names
-    from taskqueue.onehop import EXCHANGE, UNROUTED_EXCHANGE
+    from taskqueue.protocol.onehop import EXCHANGE, UNROUTED_EXCHANGE
 except ImportError:   # before it landed: the names its README gives
     #: The direct exchange clients publish to, routing key = worker type.
     EXCHANGE = "taskqueue.direct"

@@ -1,6 +1,6 @@
 """`python -m taskqueue`: the `taskqueue` command (bin/taskqueue runs a checkout this way)."""
 import sys
 
-from .cli import main
+from taskqueue.cli.main import main
 
 sys.exit(main())

@@ -37,9 +37,12 @@ import time
 import uuid
 import weakref
 
-from . import (amqp, blocking, config, fielddecode, nacks, onehop, plugins, redact, topology,
-               workitems)
-from .errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
+from taskqueue import redact
+from taskqueue.broker import amqp, blocking, fielddecode
+from taskqueue.errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
+from taskqueue.host import config
+from taskqueue.protocol import nacks, onehop, topology, workitems
+from taskqueue.runtime import plugins
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def onehop_message(worker_type, workitem, message_id=None):
 
 
 def _check_type(worker_type):
-    from .routing import TYPE_PATTERN, TYPE_RULE
+    from taskqueue.protocol.routing import TYPE_PATTERN, TYPE_RULE
     if not isinstance(worker_type, str) or not TYPE_PATTERN.match(worker_type):
         raise ValueError(f"worker type {worker_type!r:.100} is not {TYPE_RULE}")
 
@@ -217,7 +220,7 @@ class _Link:
 
 def _worker_type_of(queue):
     """The worker type whose queue `queue` is, or None for another queue."""
-    from .routing import TYPE_PATTERN
+    from taskqueue.protocol.routing import TYPE_PATTERN
     prefix = topology.worker_queue("")
     if queue.startswith(prefix) and TYPE_PATTERN.match(queue[len(prefix):]):
         return queue[len(prefix):]
@@ -407,7 +410,7 @@ def _close_boxed(box):
 def _submit_window(settings, name, worker_type, messages):
     """Publish `messages` [(body, props)] for `worker_type`, one hop, on a gevent Session
     of their own, up to confirms.WINDOW unconfirmed; the message ids, in order."""
-    from .confirms import ConfirmWindow
+    from taskqueue.broker.confirms import ConfirmWindow
     ids = [None] * len(messages)
     refusals = []
 

@@ -1,5 +1,5 @@
 """One hierarchy for every error taskqueue reports to an operator."""
-from . import nacks, redact
+from taskqueue import redact
 
 
 class TaskqueueError(Exception):
@@ -35,9 +35,12 @@ class PublishNacked(PublishRefused):
     both publishers, the blocking one (blocking.py, the Client) and the gevent Session
     (amqp.py, a worker's dead letters and retries)."""
 
-    def __init__(self, subject, tries=1):
-        super().__init__(nacks.refused(subject, tries))
+    def __init__(self, subject, tries=1, waited=0.0):
+        how = "nack" if tries == 1 else f"nack; {tries} tries in {waited:g} s"
+        super().__init__(f"the broker refused {subject} ({how}): is the queue full "
+                         f"(max-length with reject-publish)?")
         self.subject = subject
 
-    def after(self, tries):
-        return PublishNacked(self.subject, tries)
+    def after(self, tries, waited):
+        """The same refusal, once tried `tries` times over `waited` seconds."""
+        return PublishNacked(self.subject, tries, waited)

@@ -18,12 +18,15 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, delays, inbound, logs, plugins, replies, retries, topology
-from .intake import AHEAD_PREFETCH, Intake
-from .taskthread import TaskThread
-from .deadletter import dead_properties, task_key, without_broker_headers
-from .errors import PluginError, PublishNacked
-from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
+from taskqueue.broker import amqp, inbound
+from taskqueue.broker.deadletters import dead_properties, task_key, without_broker_headers
+from taskqueue.errors import PluginError, PublishNacked
+from taskqueue.host import logs
+from taskqueue.protocol import delays, replies, retries, topology
+from taskqueue.runtime import plugins
+from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
+from taskqueue.runtime.taskthread import TaskThread
+from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import re
 import time
 import typing
 
-#: Where dead letters go (taskqueue.topology.DEAD_QUEUE, named here so that the
+#: Where dead letters go (taskqueue.protocol.topology.DEAD_QUEUE, named here so that the
 #: cluster suite's hosts need nothing but this module).
 DEAD_QUEUE = "taskqueue_dead"
 #: The header in which taskqueue says why it dead-lettered a message.

@@ -17,8 +17,8 @@ import uuid
 import pika
 import pytest
 
-from taskqueue.topology import queue_arguments
-from taskqueue.config import AmqpSettings
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol.topology import queue_arguments
 
 BROKER_HOST = "127.0.0.1"
 
@@ -30,7 +30,7 @@ TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
     "brokenfactory", "nosuchtype")]
-#: The delay chain's queues (taskqueue/delays.py): a delayed task of an earlier test must
+#: The delay chain's queues (taskqueue/protocol/delays.py): a delayed task of an earlier test must
 #: not arrive in a later one.
 QUEUES += [f"taskqueue.delay.{level}" for level in range(20)]
 
@@ -245,7 +245,7 @@ class Records:
         return [r["id"] for r in self.all(event)]
 
 
-#: A config line with a password, as taskqueue.config.secret_options sees it.
+#: A config line with a password, as taskqueue.host.config.secret_options sees it.
 HOLDS_SECRET = re.compile(r"^\s*(password|tls_key_file)\s*[:=]|amqps?://[^/@\s:]*:[^@/\s]*@",
                           re.MULTILINE | re.IGNORECASE)
 

@@ -19,7 +19,7 @@ import pytest
 from accounting import Ledger, completions, delivery_limit_rule, window_bound
 from figures import FIGURES
 from support import Broker, alive, wait_for
-from taskqueue.routing import PLAIN_SHAPE
+from taskqueue.protocol.routing import PLAIN_SHAPE
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -330,7 +330,8 @@ def test_a_delayed_task_survives_a_stop_app_and_start_app_of_the_broker_during_i
     import pika
     import subprocess
     from support import recorder_config
-    from taskqueue import blocking, delays
+    from taskqueue.broker import blocking
+    from taskqueue.protocol import delays
     pool = start_pool(recorder_config(records), heartbeat=5)
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 30, "the recorder consuming")
     # Given a task delayed 20 s (16 + 4: it waits in two levels), waiting in the first

@@ -14,8 +14,8 @@ import pytest
 
 from figures import FIGURES
 from support import amqp_key, amqp_table, deep_table, wait_for
-from taskqueue import fielddecode  # noqa: F401  the test's own client reads them too
-from taskqueue.deadletter import MAX_RAW_KEPT
+from taskqueue.broker import fielddecode  # noqa: F401  the test's own client reads them too
+from taskqueue.broker.deadletters import MAX_RAW_KEPT
 from test_faults import completions, marker_config, running_children
 
 pytestmark = pytest.mark.timeout(600)

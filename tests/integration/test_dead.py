@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from support import TASKQUEUE, config_text, recorder_config, wait_for
-from taskqueue.topology import queue_arguments
-from taskqueue.config import AmqpSettings
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol.topology import queue_arguments
 
 
 def run(*args, **kwargs):
@@ -225,25 +225,25 @@ def test_more_dead_letters_than_one_consumer_may_hold_are_all_read_and_kept_in_o
         broker, vhost, monkeypatch):
     # In this process, with the real broker: a consumer may hold PREFETCH dead
     # letters (65 535; 10 here, to stay quick); past that, another takes over.
-    from taskqueue import deadtools
-    monkeypatch.setattr(deadtools, "PREFETCH", 10)
+    from taskqueue.cli import dead
+    monkeypatch.setattr(dead, "PREFETCH", 10)
     envelope = b'{"worker_type": "recorder", "workitem": 1}'
     for n in range(25):
         broker.publish_raw(envelope if n in (3, 17, 24) else b"dead", queue="taskqueue_dead",
                            message_id=f"d{n:02}")
     dead_count(broker, 25, "25 dead letters")
     settings = AmqpSettings(host="127.0.0.1", vhost=vhost)
-    letters, count = deadtools.list_dead(settings)
+    letters, count = dead.list_dead(settings)
     assert count == 25
     assert [letter.id for letter in letters] == [f"d{n:02}" for n in range(25)]
 
-    report = deadtools.requeue_dead(settings, ids={"d03", "d05", "d17", "d24"})
+    report = dead.requeue_dead(settings, ids={"d03", "d05", "d17", "d24"})
     assert report.requeued == ["d03", "d17", "d24"]
     assert report.problems() == ["d05 not requeued, it stays in taskqueue_dead: the dispatcher "
                                  "would dead-letter it again: plain-text body 'dead' has no space: "
                                  'expected "<worker_type> <workitem>", e.g. "worker1 some work"']
     assert [props.message_id for props, _ in broker.drain("taskqueue")] == ["d03", "d17", "d24"]
-    assert [letter.id for letter in deadtools.list_dead(settings)[0]] == \
+    assert [letter.id for letter in dead.list_dead(settings)[0]] == \
         [f"d{n:02}" for n in range(25) if n not in (3, 17, 24)]
 
 

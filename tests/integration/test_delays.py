@@ -1,4 +1,4 @@
-"""Delayed tasks (taskqueue/delays.py) on the real broker: the chain of TTL queues
+"""Delayed tasks (taskqueue/protocol/delays.py) on the real broker: the chain of TTL queues
 delivers a task to its worker no earlier than its delay and at most ~1 s later."""
 import json
 import subprocess
@@ -8,9 +8,10 @@ import gevent
 import pika
 import pytest
 
-from taskqueue import amqp, blocking, delays, topology
-from taskqueue.config import AmqpSettings
+from taskqueue.broker import amqp, blocking
 from taskqueue.errors import TopologyError
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol import delays, topology
 
 from support import BROKER_HOST, TASKQUEUE, recorder_config, wait_for
 

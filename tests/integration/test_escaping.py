@@ -7,8 +7,8 @@ import subprocess
 import pika
 
 from support import TASKQUEUE, recorder_config, wait_for
-from taskqueue.config import AmqpSettings
-from taskqueue.topology import queue_arguments
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol.topology import queue_arguments
 
 #: Clears the screen, sets the terminal's title, returns the cursor, starts a forged line.
 HOSTILE = "x\x1b[2J\x1b]0;pwned\x07\r\n2026-01-01 forged ERROR: \u202e\x9b"

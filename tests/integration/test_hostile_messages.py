@@ -21,12 +21,12 @@ import pytest
 from support import (BROKER_HOST, TASKQUEUE, RawHeaders, amqp_key, amqp_table, declare_one_hop,
                      deep_table, recorder_config, wait_for)
 try:   # this test's own client reads such messages too (main before the fix has none)
-    from taskqueue import fielddecode  # noqa: F401
+    from taskqueue.broker import fielddecode  # noqa: F401
 except ImportError:
     pass
 from taskqueue.client import Client
-from taskqueue.config import AmqpSettings
-from taskqueue.topology import queue_arguments
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol.topology import queue_arguments
 
 pytestmark = pytest.mark.timeout(120)
 

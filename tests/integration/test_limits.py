@@ -1,7 +1,7 @@
 """Time limits and recycling: task_timeout, max_tasks, max_memory."""
 import re
 
-from taskqueue.config import AmqpSettings
+from taskqueue.host.config import AmqpSettings
 
 from support import wait_for, recorder_config
 

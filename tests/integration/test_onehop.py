@@ -1,4 +1,4 @@
-"""One hop (taskqueue/onehop.py): a client that names the worker type publishes to
+"""One hop (taskqueue/protocol/onehop.py): a client that names the worker type publishes to
 taskqueue.direct and the broker routes; a type with no queue yet goes through the
 alternate exchange to taskqueue and the dispatcher. Real broker, real processes.
 
@@ -19,7 +19,7 @@ import pika
 import pytest
 
 from support import BROKER_HOST, recorder_config, bindings, wait_for
-from taskqueue import amqp
+from taskqueue.broker import amqp
 from taskqueue.client import Client, PublishRefused
 from taskqueue.errors import TopologyError
 

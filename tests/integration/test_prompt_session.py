@@ -4,8 +4,8 @@ import gevent
 import pika
 import pytest
 
-from taskqueue import amqp
-from taskqueue.config import AmqpSettings
+from taskqueue.broker import amqp
+from taskqueue.host.config import AmqpSettings
 
 from support import BROKER_HOST, wait_for
 

@@ -5,8 +5,8 @@ import subprocess
 
 from support import BROKER_HOST, TASKQUEUE, wait_for
 from taskqueue.client import Client
-from taskqueue.config import AmqpSettings
-from taskqueue.topology import queue_arguments
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol.topology import queue_arguments
 
 ECHO = "[DEFAULT]\nworkers: 0\n\n[echo]\nworkers: 1\n"
 #: What a submitter could make echo (or any plugin replying) write into with its account.

@@ -20,8 +20,8 @@ import pytest
 import nodes
 from nodes import CLIENT_CN
 from support import TASKQUEUE, recorder_config, system_users, wait_for
-from taskqueue import amqp as tq_amqp
-from taskqueue.config import AmqpSettings
+from taskqueue.broker import amqp as tq_amqp
+from taskqueue.host.config import AmqpSettings
 
 #: A Unix user who cannot read the client key.
 KEYLESS_USER = "tqtls-keyless"

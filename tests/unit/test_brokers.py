@@ -1,4 +1,4 @@
-"""Which broker a process tries first, and in which order after failures (brokers.py)."""
+"""Which broker a process tries first, and in which order after failures (failover.py)."""
 import collections
 import logging
 import os
@@ -7,11 +7,12 @@ import pika
 import pika.adapters.utils.connection_workflow
 import pytest
 
-from taskqueue import brokers, logs
-from taskqueue.child import ChildContext
-from taskqueue.lifecycle import EXIT_CONNECTION
-from taskqueue.specs import ChildSpec
-from taskqueue.supervisor import Supervisor
+from taskqueue.broker import failover
+from taskqueue.host import logs
+from taskqueue.supervision.child import ChildContext
+from taskqueue.supervision.lifecycle import EXIT_CONNECTION
+from taskqueue.supervision.specs import ChildSpec
+from taskqueue.supervision.supervisor import Supervisor
 
 from fakes import FakeProcesses
 
@@ -21,37 +22,37 @@ NODES = ["10.0.0.1:5672", "10.0.0.2:5672", "10.0.0.3:5672"]
 
 
 def test_without_failures_the_list_is_rotated_to_start_at_first():
-    assert brokers.order(NODES, 0, {}, now=100.0) == [0, 1, 2]
-    assert brokers.order(NODES, 1, {}, now=100.0) == [1, 2, 0]
-    assert brokers.order(NODES, 5, {}, now=100.0) == [2, 0, 1]   # modulo the count
-    assert brokers.order([], 3, {}, now=100.0) == []
+    assert failover.order(NODES, 0, {}, now=100.0) == [0, 1, 2]
+    assert failover.order(NODES, 1, {}, now=100.0) == [1, 2, 0]
+    assert failover.order(NODES, 5, {}, now=100.0) == [2, 0, 1]   # modulo the count
+    assert failover.order([], 3, {}, now=100.0) == []
 
 
 def test_a_pool_of_eight_children_on_three_nodes_puts_at_most_three_on_one_node():
-    for offset in (0, 1, 2, brokers.spread_offset("worker-host-a")):
-        firsts = collections.Counter(brokers.order(NODES, offset + slot, {}, 0.0)[0]
+    for offset in (0, 1, 2, failover.spread_offset("worker-host-a")):
+        firsts = collections.Counter(failover.order(NODES, offset + slot, {}, 0.0)[0]
                                      for slot in range(8))
         assert sorted(firsts.values()) == [2, 3, 3], firsts
 
 
 def test_a_broker_that_failed_lately_is_tried_last_until_the_window_passes():
     failed = {"10.0.0.1:5672": 100.0}
-    assert brokers.order(NODES, 0, failed, now=101.0) == [1, 2, 0]
-    assert brokers.order(NODES, 2, failed, now=101.0) == [2, 1, 0]
+    assert failover.order(NODES, 0, failed, now=101.0) == [1, 2, 0]
+    assert failover.order(NODES, 2, failed, now=101.0) == [2, 1, 0]
     # once RECENT_FAILURE seconds passed it takes its place again
-    assert brokers.order(NODES, 0, failed, now=100.0 + brokers.RECENT_FAILURE) == [0, 1, 2]
+    assert failover.order(NODES, 0, failed, now=100.0 + failover.RECENT_FAILURE) == [0, 1, 2]
 
 
 def test_of_several_failed_brokers_the_one_that_failed_longest_ago_comes_first():
     failed = {"10.0.0.1:5672": 105.0, "10.0.0.2:5672": 100.0}
-    assert brokers.order(NODES, 0, failed, now=110.0) == [2, 1, 0]
+    assert failover.order(NODES, 0, failed, now=110.0) == [2, 1, 0]
     everything = {node: 100.0 for node in NODES}   # a tie keeps the rotation
-    assert brokers.order(NODES, 1, everything, now=110.0) == [1, 2, 0]
+    assert failover.order(NODES, 1, everything, now=110.0) == [1, 2, 0]
 
 
 def test_a_route_remembers_failures_tells_its_reporter_and_names_the_next_broker():
     told = []
-    route = brokers.Route(first=0, report=lambda *event: told.append(event))
+    route = failover.Route(first=0, report=lambda *event: told.append(event))
     route.attempt_failed("10.0.0.1:5672", "connection refused", now=100.0)
     route.connected("10.0.0.2:5672", "RabbitMQ 3.10.8")
     assert route.order(NODES, now=101.0) == [1, 2, 0]
@@ -65,7 +66,7 @@ def test_a_child_reports_its_broker_on_one_short_line_and_the_supervisor_keeps_i
     r, w = os.pipe()
     os.set_blocking(r, False)
     try:
-        ctx = ChildContext("t#0", w, None, brokers.Route(first=1))
+        ctx = ChildContext("t#0", w, None, failover.Route(first=1))
         ctx.route.attempt_failed("10.0.0.2:5672", "no answer\nin 6s", now=1.0)
         ctx.route.connected("10.0.0.3:5672", "RabbitMQ 3.10.8, cluster rabbit@a")
         pid = os.getpid()
@@ -95,15 +96,15 @@ def test_each_slot_of_a_supervisor_starts_at_the_next_broker_and_avoids_recent_f
 
 
 def test_addresses_are_host_port_with_brackets_for_ipv6():
-    assert brokers.address("10.0.0.1", 5672) == "10.0.0.1:5672"
-    assert brokers.address("::1", 5672) == "[::1]:5672"
+    assert failover.address("10.0.0.1", 5672) == "10.0.0.1:5672"
+    assert failover.address("::1", 5672) == "[::1]:5672"
 
 
 def test_server_summary_says_product_version_and_cluster_name():
     props = {"product": b"RabbitMQ", "version": "3.10.8", "cluster_name": "rabbit@vm",
              "platform": "Erlang/OTP 25"}
-    assert brokers.server_summary(props) == "RabbitMQ 3.10.8, cluster rabbit@vm"
-    assert brokers.server_summary(None) == ""
+    assert failover.server_summary(props) == "RabbitMQ 3.10.8, cluster rabbit@vm"
+    assert failover.server_summary(None) == ""
 
 
 @pytest.mark.parametrize("close_reason, words", [
@@ -134,7 +135,7 @@ def test_server_summary_says_product_version_and_cluster_name():
      "authentication refused (user, password)"),
 ])
 def test_reason_says_why_a_connection_ended_in_a_few_words(close_reason, words):
-    assert brokers.reason(close_reason) == words
+    assert failover.reason(close_reason) == words
 
 
 def record(name, level, exc=None):
@@ -208,8 +209,8 @@ def test_the_exit_of_a_child_that_said_it_lost_its_broker_is_no_warning(caplog, 
 def test_the_children_of_a_failed_node_spread_over_the_others():
     # 3 nodes, a pool of 9 children: 3 start at each node; node b fails
     addresses = ["a:1", "b:1", "c:1"]
-    firsts = [brokers.order(addresses, first, {"b:1": 100.0}, 101.0)[0] for first in range(9)]
+    firsts = [failover.order(addresses, first, {"b:1": 100.0}, 101.0)[0] for first in range(9)]
     assert sorted(firsts) == [0, 0, 0, 0, 2, 2, 2, 2, 2]   # b's three went 1 to a, 2 to c
     # and with no failure every child keeps its own node
-    assert [brokers.order(addresses, first, {}, 101.0)[0] for first in range(9)] == \
+    assert [failover.order(addresses, first, {}, 101.0)[0] for first in range(9)] == \
         [0, 1, 2] * 3

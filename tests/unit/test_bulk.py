@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from taskqueue import bulk
-from taskqueue.bulk import Outcome, parse_lines, read_tasks, summary
+from taskqueue.cli import bulk
+from taskqueue.cli.bulk import Outcome, parse_lines, read_tasks, summary
 from taskqueue.client import onehop_message
-from taskqueue.routing import Route, route
 from taskqueue.errors import InputError
+from taskqueue.protocol.routing import Route, route
 
 
 def lines(text):

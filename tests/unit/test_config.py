@@ -5,11 +5,11 @@ from types import MappingProxyType
 
 import pytest
 
-from taskqueue import config
-from taskqueue.config import (AmqpSettings, DispatcherSettings, LoggingSettings,
-                              MetricsSettings, SupervisorSettings, WorkerGroup)
 from taskqueue.errors import ConfigError
-from taskqueue.retries import RetryPolicy
+from taskqueue.host import config
+from taskqueue.host.config import (AmqpSettings, DispatcherSettings, LoggingSettings,
+                                   MetricsSettings, SupervisorSettings, WorkerGroup)
+from taskqueue.protocol.retries import RetryPolicy
 
 #: The specification's file, verbatim (shared with the integration tests).
 SPEC = open(os.path.join(os.path.dirname(__file__), "..", "fixtures",

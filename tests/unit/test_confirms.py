@@ -11,9 +11,10 @@ import gevent
 import pika
 import pytest
 
-from taskqueue import confirms, nacks
-from taskqueue.amqp import SessionClosed
-from taskqueue.confirms import ConfirmWindow
+from taskqueue.broker import confirms
+from taskqueue.broker.amqp import SessionClosed
+from taskqueue.broker.confirms import ConfirmWindow
+from taskqueue.protocol import nacks
 
 from fakes import RecordingSession
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from taskqueue.deadletter import dead_properties, task_key
-from taskqueue import graveyard as graveyard_module
-from taskqueue.graveyard import Graveyard, sweep_stale
+from taskqueue.broker.deadletters import dead_properties, task_key
+from taskqueue.supervision import graveyard as graveyard_module
+from taskqueue.supervision.graveyard import Graveyard, sweep_stale
 
 
 def test_graveyard_counts_deaths_per_task_and_keeps_the_last_cause(tmp_path):
@@ -198,7 +198,7 @@ def test_a_child_that_execs_as_another_user_reads_the_graveyard_through_its_hand
     graveyard = Graveyard.create(top, shared=True)
     graveyard.record("m-1", "died")
     path, secret = graveyard.handoff()
-    script = ("import sys; from taskqueue.graveyard import Graveyard; "
+    script = ("import sys; from taskqueue.supervision.graveyard import Graveyard; "
               "g = Graveyard.adopt((sys.argv[1], bytes.fromhex(sys.argv[2]))); "
               "h = Graveyard(sys.argv[1]); "
               "sys.exit(0 if g.deaths('m-1') == (1, 'died') and h.deaths('m-1') == (0, None)"

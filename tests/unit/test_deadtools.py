@@ -6,9 +6,8 @@ import json
 import pika
 import pytest
 
-from taskqueue.deadtools import (
-    NotRequeueable, as_json, describe, fresh_headers, requeue_copy, table)
-from taskqueue.routing import Route, route
+from taskqueue.cli.dead import NotRequeueable, as_json, describe, fresh_headers, requeue_copy, table
+from taskqueue.protocol.routing import Route, route
 
 NOW = 1_700_000_000.0
 

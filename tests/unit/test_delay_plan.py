@@ -1,4 +1,4 @@
-"""The delay chain's plan (taskqueue/delays.py): routes, declarations, and what a
+"""The delay chain's plan (taskqueue/protocol/delays.py): routes, declarations, and what a
 message keeps of its trip. Pure: tests/integration/test_delays.py drives the broker."""
 import random
 import re
@@ -6,8 +6,9 @@ import re
 import pika
 import pytest
 
-from taskqueue import amqp, delays, topology
-from taskqueue.config import AmqpSettings
+from taskqueue.broker import amqp
+from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol import delays, topology
 
 
 def matches(pattern, key):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pika
 
-from taskqueue.dispatcher import Dispatcher
+from taskqueue.runtime.dispatcher import Dispatcher
 
 from fakes import RecordingSession
 
@@ -86,7 +86,7 @@ def test_dispatcher_logs_a_run_of_nacked_publishes_once_and_their_count_when_ack
     # seconds: one line for the event, not one per message (a cluster run wrote 1 344).
     session = RecordingSession()
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
-    caplog.set_level(logging.INFO, logger="taskqueue.dispatcher")
+    caplog.set_level(logging.INFO, logger="taskqueue.runtime.dispatcher")
     for tag in range(1, 7):
         deliver(dispatcher, tag, envelope(tag))
     for seq in range(1, 5):
@@ -207,7 +207,7 @@ def test_dispatcher_acks_later_inputs_in_one_batch_when_an_earlier_one_could_not
 
 
 def test_dispatcher_routes_by_the_format_plugins_it_was_given_and_dead_letters_a_broken_ones():
-    from taskqueue.formats import Format
+    from taskqueue.runtime.formats import Format
     readers = {"application/x-good": Format("application/x-good", "good:read",
                                             read=lambda body: ("g", body.upper())),
                "application/x-bad": Format("application/x-bad", "bad:read", problem="bad: no")}
@@ -244,7 +244,7 @@ def test_dispatcher_drops_the_deaths_of_the_delay_chain_from_a_delayed_task_and_
 
 
 def test_a_message_whose_headers_were_not_decoded_is_dead_lettered_and_the_next_routed():
-    from taskqueue.fielddecode import UndecodedTable
+    from taskqueue.broker.fielddecode import UndecodedTable
     session = RecordingSession()
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once, max_body_size=100)
     session.delivered.extend([1, 2, 3, 4])

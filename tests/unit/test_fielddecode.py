@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from support import RawHeaders, amqp_key, amqp_table, deep_table
-from taskqueue import fielddecode
-from taskqueue.fielddecode import MAX_DEPTH, MAX_FIELDS, MAX_TABLE_BYTES, UndecodedTable
+from taskqueue.broker import fielddecode
+from taskqueue.broker.fielddecode import MAX_DEPTH, MAX_FIELDS, MAX_TABLE_BYTES, UndecodedTable
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from taskqueue import filetrust
+from taskqueue.host import filetrust
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")

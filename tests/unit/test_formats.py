@@ -1,4 +1,4 @@
-"""Unit tests for taskqueue.formats: loading format plugins from their entry points.
+"""Unit tests for taskqueue.runtime.formats: loading format plugins from their entry points.
 
 Entry points are built in the test, pointing at stdlib objects, so no
 distribution needs to be installed; what an installed one does is covered by
@@ -6,7 +6,7 @@ tests/integration/test_dispatcher.py with the tqtest formats.
 """
 from importlib.metadata import EntryPoint
 
-from taskqueue.formats import GROUP, fingerprint, load, load_installed
+from taskqueue.runtime.formats import GROUP, fingerprint, load, load_installed
 
 
 def ep(name, value):
@@ -73,7 +73,7 @@ def test_fingerprint_changes_when_a_format_comes_goes_or_moves():
 
 def test_the_dispatcher_logs_each_format_as_it_starts_and_why_a_broken_one_reads_nothing(
         monkeypatch, caplog):
-    from taskqueue import dispatcher, formats
+    from taskqueue.runtime import dispatcher, formats
     found = {"application/x-good": [ep("application/x-good", "json:loads")],
              "application/x-bad": [ep("application/x-bad", "tqtest_no_such_module:read")],
              "text/plain": [ep("text/plain", "json:loads")]}

@@ -1,10 +1,11 @@
 """What taskqueue takes of a message as it comes in (inbound.py), and what a dead letter
-of a refused one keeps (deadletter.py) and the tools make of it (deadtools.py)."""
+of a refused one keeps (deadletters.py) and the tools make of it (dead.py)."""
 import pika
 import pytest
 
-from taskqueue import deadletter, deadtools, inbound
-from taskqueue.fielddecode import UndecodedTable
+from taskqueue.broker import deadletters, inbound
+from taskqueue.broker.fielddecode import UndecodedTable
+from taskqueue.cli import dead
 
 LIMIT = 1000
 
@@ -79,43 +80,43 @@ def test_a_clean_message_is_admitted_as_it_is(priority):
 
 def test_a_dead_letter_of_undecoded_headers_keeps_their_bytes_and_drops_forged_ones():
     raw = b"\x00\x00\x00\x05raw!!"
-    out = deadletter.dead_properties(props(headers=UndecodedTable("too deep", raw),
+    out = deadletters.dead_properties(props(headers=UndecodedTable("too deep", raw),
                                            message_id="m"), "headers not decoded: too deep")
-    assert out.headers[deadletter.RAW_HEADERS] == raw
+    assert out.headers[deadletters.RAW_HEADERS] == raw
     assert out.headers["x-taskqueue-reason"] == "headers not decoded: too deep"
-    forged = deadletter.dead_properties(props(headers={"x-taskqueue-exit": "lie", "a": 1}), "why")
+    forged = deadletters.dead_properties(props(headers={"x-taskqueue-exit": "lie", "a": 1}), "why")
     assert "x-taskqueue-exit" not in forged.headers and forged.headers["a"] == 1
 
 
 def test_a_dead_letter_keeps_at_most_max_raw_kept_bytes_and_says_so():
-    raw = b"r" * (deadletter.MAX_RAW_KEPT + 10)
-    out = deadletter.dead_properties(props(headers=UndecodedTable("too big", raw)), "why")
-    assert out.headers[deadletter.RAW_HEADERS] == raw[:deadletter.MAX_RAW_KEPT]
+    raw = b"r" * (deadletters.MAX_RAW_KEPT + 10)
+    out = deadletters.dead_properties(props(headers=UndecodedTable("too big", raw)), "why")
+    assert out.headers[deadletters.RAW_HEADERS] == raw[:deadletters.MAX_RAW_KEPT]
     assert out.headers["x-taskqueue-reason"] == (
-        f"why (the first {deadletter.MAX_RAW_KEPT} of their {len(raw)} bytes kept)")
+        f"why (the first {deadletters.MAX_RAW_KEPT} of their {len(raw)} bytes kept)")
 
 
 def test_dead_tools_describe_and_keep_a_letter_whose_headers_were_not_decoded():
     body = b'{"worker_type": "echo", "workitem": 1}'
     undecoded = props(headers=UndecodedTable("unknown field kind 'Z'", b"raw"), message_id="m")
-    letter = deadtools.describe(undecoded, body)
+    letter = dead.describe(undecoded, body)
     assert letter.reason == "headers not decoded: unknown field kind 'Z'"
     assert letter.worker_type == "echo"
-    ours = deadletter.dead_properties(undecoded, "headers not decoded: unknown field kind 'Z'")
-    for dead in (undecoded, ours):
-        with pytest.raises(deadtools.NotRequeueable, match="its headers could not be decoded"):
-            deadtools.requeue_copy(dead, body)
+    ours = deadletters.dead_properties(undecoded, "headers not decoded: unknown field kind 'Z'")
+    for letter in (undecoded, ours):
+        with pytest.raises(dead.NotRequeueable, match="its headers could not be decoded"):
+            dead.requeue_copy(letter, body)
 
 
 def test_dead_requeue_refuses_a_body_the_dispatcher_would_refuse_again():
-    dead = deadletter.dead_properties(props(message_id="m"), "body is 20 bytes, more than ...")
+    letter = deadletters.dead_properties(props(message_id="m"), "body is 20 bytes, more than ...")
     body = b'{"worker_type": "echo", "workitem": "0123456789"}'
-    with pytest.raises(deadtools.NotRequeueable, match="body is 49 bytes, more than"):
-        deadtools.requeue_copy(dead, body, max_body_size=20)
-    assert deadtools.requeue_copy(dead, body, max_body_size=100)[0] == body
+    with pytest.raises(dead.NotRequeueable, match="body is 49 bytes, more than"):
+        dead.requeue_copy(letter, body, max_body_size=20)
+    assert dead.requeue_copy(letter, body, max_body_size=100)[0] == body
 
 
 def test_dead_requeue_takes_a_header_name_that_is_not_utf8():
-    dead = deadletter.dead_properties(props(headers={b"\xff": 1}), "why")
+    letter = deadletters.dead_properties(props(headers={b"\xff": 1}), "why")
     body = b'{"worker_type": "echo", "workitem": 1}'
-    assert deadtools.requeue_copy(dead, body)[1].headers == {b"\xff": 1}
+    assert dead.requeue_copy(letter, body)[1].headers == {b"\xff": 1}

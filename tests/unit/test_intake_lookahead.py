@@ -2,7 +2,7 @@
 and resuming. Driven with the recording session of fakes.py; tests/integration/
 test_intake.py does the same against RabbitMQ.
 """
-from taskqueue.intake import AHEAD_PREFETCH, Intake
+from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
 
 from fakes import RecordingSession
 

@@ -1,4 +1,4 @@
-"""Unit tests for taskqueue.lifecycle: the pure state machine of one supervised child.
+"""Unit tests for taskqueue.supervision.lifecycle: the pure state machine of one supervised child.
 
 No broker, no fork, no mocks: waitpid-style statuses are built by hand
 (exit code N is status ``N << 8``, death by signal S is status ``S``).
@@ -10,32 +10,13 @@ import signal
 
 import pytest
 
-from taskqueue.lifecycle import (
-    BACKOFF_BASE,
-    BACKOFF_CAP,
-    EXIT_RECYCLE,
-    EXITS,
-    RECONNECT_CAP,
-    TASK_CRASH_CAP,
-    EXIT_CONNECTION,
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_PLUGIN_LOAD,
-    EXIT_TOPOLOGY,
-    EXIT_USER,
-    QUARANTINE_AFTER,
-    STABLE_SECONDS,
-    ChildState,
-    Ev,
-    IllegalTransition,
-    backoff_delay,
-    classify_exit,
-    describe_exit,
-    exit_code_of,
-    fork_failed,
-    next_state,
-    restart_decision,
-)
+from taskqueue.supervision.lifecycle import (BACKOFF_BASE, BACKOFF_CAP, EXIT_RECYCLE, EXITS,
+                                             RECONNECT_CAP, TASK_CRASH_CAP, EXIT_CONNECTION,
+                                             EXIT_ERROR, EXIT_OK, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY,
+                                             EXIT_USER, QUARANTINE_AFTER, STABLE_SECONDS,
+                                             ChildState, Ev, IllegalTransition, backoff_delay,
+                                             classify_exit, describe_exit, exit_code_of,
+                                             fork_failed, next_state, restart_decision)
 
 S, E = ChildState, Ev
 

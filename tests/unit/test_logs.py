@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from taskqueue import logs
+from taskqueue.host import logs
 
 HEADER = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} taskqueue\[%d\] "
 

@@ -10,10 +10,10 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskqueue import metrics
-from taskqueue.lifecycle import ChildState
-from taskqueue.specs import ChildSpec
-from taskqueue.supervisor import Supervisor
+from taskqueue.supervision import metrics
+from taskqueue.supervision.lifecycle import ChildState
+from taskqueue.supervision.specs import ChildSpec
+from taskqueue.supervision.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
 

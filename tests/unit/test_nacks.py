@@ -1,8 +1,8 @@
 """nacks: how often, and how far apart, a nacked publish is tried, and what the refusal says."""
 import pytest
 
-from taskqueue import nacks
-from taskqueue.blocking import PublishNacked, PublishRefused
+from taskqueue.broker.blocking import PublishNacked, PublishRefused
+from taskqueue.protocol import nacks
 
 
 def test_three_tries_within_two_seconds_then_none():

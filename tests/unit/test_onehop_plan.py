@@ -1,7 +1,7 @@
 """The one-hop topology's plan (onehop.py): names, order, arguments; pure."""
 from types import SimpleNamespace
 
-from taskqueue import onehop
+from taskqueue.protocol import onehop
 
 
 def test_the_alternate_exchange_is_declared_before_the_exchange_that_names_it():

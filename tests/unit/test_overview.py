@@ -1,13 +1,13 @@
-"""`taskqueue status`: judging what was gathered (exit codes) and the table (overview.py)."""
+"""`taskqueue status`: judging what was gathered (exit codes) and the table (status.py)."""
 import os
 
 import pytest
 
-from taskqueue import overview
-from taskqueue.lifecycle import ChildState
-from taskqueue.status import snapshot
-from taskqueue.specs import ChildSpec
-from taskqueue.supervisor import Supervisor
+from taskqueue.cli import status
+from taskqueue.supervision.lifecycle import ChildState
+from taskqueue.supervision.snapshot import snapshot
+from taskqueue.supervision.specs import ChildSpec
+from taskqueue.supervision.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -47,7 +47,7 @@ LISTED = {"source": "rabbitmqctl", "error": None}
 
 
 def view_of(supervisors, counts, broker_error=None, others=None, listing=LISTED):
-    """As overview.gather makes it; `others`: the counts of the worker queues only the
+    """As status.gather makes it; `others`: the counts of the worker queues only the
     broker's listing found."""
     expected = ["taskqueue", *sorted({g["queue"] for s in supervisors if not s["error"]
                                       for g in s["groups"] if g["kind"] == "worker"}),
@@ -55,9 +55,9 @@ def view_of(supervisors, counts, broker_error=None, others=None, listing=LISTED)
     queues = [expected[0], *sorted(set(expected[1:-1]) | set(others or {})), expected[-1]]
     view = {"status_dir": "/run/taskqueue", "supervisors": supervisors,
             "broker": {"address": BROKER, "error": broker_error}, "queue_listing": listing,
-            "queues": overview.queue_rows(queues, {**counts, **(others or {})}, supervisors,
+            "queues": status.queue_rows(queues, {**counts, **(others or {})}, supervisors,
                                           broker_error is None, expected)}
-    view.update(overview.assess(view))
+    view.update(status.assess(view))
     return view
 
 
@@ -66,13 +66,13 @@ HEALTHY_COUNTS = {"taskqueue": (0, 1), "worker_recorder": (5, 2), "taskqueue_dea
 
 def test_everything_running_and_consumed_is_healthy():
     view = view_of([answer_of()], HEALTHY_COUNTS)
-    assert (view["exit_code"], view["problems"], view["errors"]) == (overview.HEALTHY, [], [])
+    assert (view["exit_code"], view["problems"], view["errors"]) == (status.HEALTHY, [], [])
 
 
 def test_a_quarantined_group_and_its_queue_without_consumer_make_it_unhealthy():
     counts = dict(HEALTHY_COUNTS, worker_brokenimport=(3, 0))
     view = view_of([answer_of(quarantined=True)], counts)
-    assert view["exit_code"] == overview.UNHEALTHY
+    assert view["exit_code"] == status.UNHEALTHY
     assert view["problems"] == [
         "brokenimport is quarantined after exit 4 (plugin failed to load); retried in 57s or on "
         "reload (SIGHUP)",
@@ -82,14 +82,14 @@ def test_a_quarantined_group_and_its_queue_without_consumer_make_it_unhealthy():
 def test_a_worker_queue_that_does_not_exist_is_a_problem_the_dead_letter_queue_is_not():
     counts = {"taskqueue": (0, 1), "worker_recorder": None, "taskqueue_dead": None}
     view = view_of([answer_of()], counts)
-    assert view["exit_code"] == overview.UNHEALTHY
+    assert view["exit_code"] == status.UNHEALTHY
     assert view["problems"] == ["queue worker_recorder does not exist: nothing consumes it"]
 
 
 def test_no_supervisor_answering_is_exit_3_and_names_the_directory_and_each_socket():
     gone = {"socket": "/run/taskqueue/taskqueue-run.sock", "error": "not running: ..."}
     view = view_of([gone], {"taskqueue": (0, 1), "taskqueue_dead": (0, 0)})
-    assert view["exit_code"] == overview.NO_SUPERVISOR
+    assert view["exit_code"] == status.NO_SUPERVISOR
     assert view["problems"][0] == "/run/taskqueue/taskqueue-run.sock: not running: ..."
     assert view["errors"] == ["no supervisor answers in /run/taskqueue: is taskqueue running on "
                               "this host? (see [supervisor] status_dir)"]
@@ -97,7 +97,7 @@ def test_no_supervisor_answering_is_exit_3_and_names_the_directory_and_each_sock
 
 def test_broker_unreachable_is_exit_4_even_with_a_quarantined_group_and_queues_are_not_judged():
     view = view_of([answer_of(quarantined=True)], {}, broker_error="cannot connect to the broker")
-    assert view["exit_code"] == overview.NO_BROKER
+    assert view["exit_code"] == status.NO_BROKER
     assert view["errors"] == [f"broker {BROKER}: cannot connect to the broker"]
     assert [q["ready"] for q in view["queues"]] == [None] * 4
     assert view["problems"][0].startswith("brokenimport is quarantined")
@@ -112,7 +112,7 @@ def test_busy_here_counts_this_hosts_busy_children_per_worker_queue_only():
 
 def test_table_shows_groups_children_queues_and_problems():
     counts = dict(HEALTHY_COUNTS, worker_brokenimport=(3, 0))
-    lines = overview.render(view_of([answer_of(quarantined=True)], counts)).splitlines()
+    lines = status.render(view_of([answer_of(quarantined=True)], counts)).splitlines()
     assert lines[0] == f"taskqueue-run: pid {os.getpid()}, up 5m12s (/run/taskqueue/taskqueue-run.sock)"
     rows = [line.split() for line in lines]
     assert ["TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS", "RETRIES",
@@ -133,7 +133,7 @@ def test_table_shows_groups_children_queues_and_problems():
 
 
 def test_table_shows_each_broker_the_children_use_and_each_that_failed_lately():
-    lines = overview.render(view_of([answer_of()], HEALTHY_COUNTS)).splitlines()
+    lines = status.render(view_of([answer_of()], HEALTHY_COUNTS)).splitlines()
     rows = [line.split() for line in lines]
     assert ["brokers,", "as", "its", "children", "see", "them:"] in rows
     assert ["10.0.0.1:5672", "2", "RabbitMQ", "3.10.8,", "cluster", "rabbit@a", "-"] in rows
@@ -156,7 +156,7 @@ def test_status_document_names_each_childs_broker_and_the_brokers_seen():
 
 
 def test_table_of_a_healthy_host_says_there_is_no_problem():
-    text = overview.render(view_of([answer_of()], HEALTHY_COUNTS))
+    text = status.render(view_of([answer_of()], HEALTHY_COUNTS))
     assert text.endswith("\nproblems: none\n")
 
 
@@ -164,20 +164,20 @@ def test_table_of_a_healthy_host_says_there_is_no_problem():
     (0.04, "0.0s"), (9.96, "10.0s"), (12.7, "12s"), (303, "5m03s"), (7500, "2h05m"),
     (273600, "3d04h")])
 def test_durations_are_short(seconds, text):
-    assert overview.format_seconds(seconds) == text
+    assert status.format_seconds(seconds) == text
 
 
 def test_a_worker_queue_only_the_broker_lists_is_a_problem_when_tasks_wait_in_it_unconsumed():
     others = {"worker_nosuchtype": (2, 0), "worker_elsewhere": (7, 3)}
     view = view_of([answer_of()], HEALTHY_COUNTS, others=others)
-    assert view["exit_code"] == overview.UNHEALTHY
+    assert view["exit_code"] == status.UNHEALTHY
     assert view["problems"] == ["queue worker_nosuchtype has no consumer (2 message(s) waiting)"]
     rows = {q["name"]: q for q in view["queues"]}
     assert [q["name"] for q in view["queues"]] == [
         "taskqueue", "worker_elsewhere", "worker_nosuchtype", "worker_recorder", "taskqueue_dead"]
     assert (rows["worker_nosuchtype"]["expected"], rows["worker_recorder"]["expected"]) == (
         False, True)
-    text = overview.render(view)
+    text = status.render(view)
     assert "  worker_nosuchtype  2      0          0\n" in text
     assert "not listed" not in text
 
@@ -185,26 +185,26 @@ def test_a_worker_queue_only_the_broker_lists_is_a_problem_when_tasks_wait_in_it
 def test_a_worker_queue_only_the_broker_lists_is_no_problem_once_consumed_or_empty():
     others = {"worker_elsewhere": (7, 3), "worker_old": (0, 0)}
     view = view_of([answer_of()], HEALTHY_COUNTS, others=others)
-    assert (view["exit_code"], view["problems"]) == (overview.HEALTHY, [])
+    assert (view["exit_code"], view["problems"]) == (status.HEALTHY, [])
 
 
 def test_queues_that_could_not_be_listed_are_said_in_the_table_not_judged():
     listing = {"source": None, "error": "rabbitmqctl is not on PATH (as root on the broker's "
                                         "host, status lists them all)"}
     view = view_of([answer_of()], HEALTHY_COUNTS, listing=listing)
-    assert (view["exit_code"], view["problems"], view["errors"]) == (overview.HEALTHY, [], [])
+    assert (view["exit_code"], view["problems"], view["errors"]) == (status.HEALTHY, [], [])
     assert ("  taskqueue_dead   2      -          0\n"
             "  (other worker queues not listed: rabbitmqctl is not on PATH (as root on the "
-            "broker's host, status lists them all))\n\nproblems: none\n") in overview.render(view)
+            "broker's host, status lists them all))\n\nproblems: none\n") in status.render(view)
 
 
 def test_the_delayed_tasks_are_the_ready_ones_of_the_delay_queues_that_exist():
-    assert overview.delayed_tasks([None] * 20) == 0
-    assert overview.delayed_tasks([(3, 0), None, (0, 0), (2, 0)] + [None] * 16) == 5
+    assert status.delayed_tasks([None] * 20) == 0
+    assert status.delayed_tasks([(3, 0), None, (0, 0), (2, 0)] + [None] * 16) == 5
 
 
 def test_table_says_how_many_delayed_tasks_wait_and_says_nothing_when_the_broker_was_not_asked():
     view = dict(view_of([answer_of()], HEALTHY_COUNTS), delayed=7)
-    assert "\ndelayed tasks waiting: 7 (in taskqueue.delay.*)\n" in overview.render(view)
+    assert "\ndelayed tasks waiting: 7 (in taskqueue.delay.*)\n" in status.render(view)
     unasked = dict(view_of([answer_of()], {}, broker_error="refused"), delayed=None)
-    assert "delayed tasks" not in overview.render(unasked)
+    assert "delayed tasks" not in status.render(unasked)

@@ -5,8 +5,9 @@ import tempfile
 
 import pytest
 
-from taskqueue import config, redact
+from taskqueue import redact
 from taskqueue.errors import ConfigError, TaskqueueError
+from taskqueue.host import config
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """progress: the bar's text, and drawing it only on a terminal, at most 10 times a second."""
 import io
 
-from taskqueue.progress import Progress, format_duration, render
+from taskqueue.cli.progress import Progress, format_duration, render
 
 
 def test_render_shows_count_percent_rate_and_eta():

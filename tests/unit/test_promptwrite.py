@@ -8,7 +8,7 @@ import errno
 import gevent
 import pytest
 
-from taskqueue.promptwrite import Prompt
+from taskqueue.broker.promptwrite import Prompt
 
 
 class Transport:

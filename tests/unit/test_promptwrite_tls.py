@@ -9,7 +9,7 @@ import gevent
 import pytest
 from pika.adapters.utils.io_services_utils import _AsyncSSLTransport
 
-from taskqueue import promptwrite
+from taskqueue.broker import promptwrite
 
 
 class Sock:

@@ -13,10 +13,12 @@ import tempfile
 
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from taskqueue import bulk, config, workitems
+from taskqueue.cli import bulk
 from taskqueue.errors import ConfigError, InputError
-from taskqueue.formats import Format
-from taskqueue.routing import TYPE_PATTERN, Rejection, Route, route
+from taskqueue.host import config
+from taskqueue.protocol import workitems
+from taskqueue.protocol.routing import TYPE_PATTERN, Rejection, Route, route
+from taskqueue.runtime.formats import Format
 
 #: Enough examples to find the odd case, few enough to keep tests/unit fast.
 FAST = settings(max_examples=300, deadline=None,

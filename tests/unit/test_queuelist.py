@@ -3,8 +3,8 @@ import socket
 
 import pytest
 
-from taskqueue import queuelist
-from taskqueue.config import AmqpSettings
+from taskqueue.cli import queuelist
+from taskqueue.host.config import AmqpSettings
 
 
 def test_the_json_listing_gives_the_names_whatever_they_hold():

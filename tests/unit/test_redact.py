@@ -33,7 +33,7 @@ def test_remembered_secrets_are_masked_and_short_ones_ignored(monkeypatch):
 def test_log_lines_and_tracebacks_are_redacted(monkeypatch):
     import io
     import logging
-    from taskqueue import logs
+    from taskqueue.host import logs
     monkeypatch.setattr(redact, "_secrets", set())
     redact.remember("Log-s3cret-77")
     stream = io.StringIO()

@@ -1,5 +1,5 @@
 """diff_specs: what a reload starts, stops, restarts and leaves alone."""
-from taskqueue.specs import ChildSpec, diff_specs
+from taskqueue.supervision.specs import ChildSpec, diff_specs
 
 
 def spec(name, processes=1, user=None, settings=(), target=print):
@@ -32,8 +32,9 @@ def test_a_reload_restarts_the_dispatcher_when_a_format_plugin_came_or_changed(
         tmp_path, monkeypatch):
     from importlib.metadata import EntryPoint
 
-    from taskqueue import config, formats
-    from taskqueue.daemon import child_specs
+    from taskqueue.cli.daemon import child_specs
+    from taskqueue.host import config
+    from taskqueue.runtime import formats
     path = tmp_path / "config.ini"
     path.write_text("[DEFAULT]\nworkers: 1\n")
     cfg = config.load(str(path), {}, check_users=False)

@@ -7,9 +7,10 @@ import pika
 import pytest
 from hypothesis import given, strategies as st
 
-from taskqueue import config, replies
 from taskqueue.errors import ConfigError
-from taskqueue.replies import allowed, parse_reply_queues
+from taskqueue.host import config
+from taskqueue.protocol import replies
+from taskqueue.protocol.replies import allowed, parse_reply_queues
 from taskqueue.worker import HubCalls, TaskChannel
 
 from fakes import RecordingSession

@@ -5,9 +5,9 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from taskqueue.child import ChildContext
-from taskqueue.lifecycle import parse_done
-from taskqueue.reports import EVENTS, LINE_MAX, ReportReader, parse, printable
+from taskqueue.supervision.child import ChildContext
+from taskqueue.supervision.lifecycle import parse_done
+from taskqueue.supervision.reports import EVENTS, LINE_MAX, ReportReader, parse, printable
 
 pytestmark = pytest.mark.timeout(10)
 

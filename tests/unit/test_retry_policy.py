@@ -1,8 +1,8 @@
 """retries: when a task comes back later, and when retrying ends."""
 import pytest
 
-from taskqueue.retries import (EXPLICIT_RETRY_CAP, GiveUp, Retry, RetryPolicy, backoff_delay,
-                               decide, last_line)
+from taskqueue.protocol.retries import (EXPLICIT_RETRY_CAP, GiveUp, Retry, RetryPolicy,
+                                        backoff_delay, decide, last_line)
 
 POLICY = RetryPolicy(max_retries=3, delay=1.0, backoff=2.0, max_delay=3600.0)
 
@@ -81,8 +81,8 @@ from fractions import Fraction
 
 from hypothesis import given, strategies as st
 
-from taskqueue import delays
-from taskqueue.retries import MAX_RETRY_COUNT, read_count
+from taskqueue.protocol import delays
+from taskqueue.protocol.retries import MAX_RETRY_COUNT, read_count
 
 #: What the config accepts (config.py: retry_delay > 0, retry_backoff >= 1, retry_max_delay
 #: from retry_delay to delays.MAX_DELAY; max_retries >= 0).

@@ -1,4 +1,4 @@
-"""Unit tests for the pure routing decision (taskqueue.routing) and the outgoing properties.
+"""Unit tests for the pure routing decision (taskqueue.protocol.routing) and the outgoing properties.
 
 No broker, no mocks: route() takes bytes and returns a Route or a Rejection;
 format plugins are injected as formats.Format objects around plain functions;
@@ -12,10 +12,10 @@ import sys
 import pika
 import pytest
 
-from taskqueue.deadletter import REASON_HEADER, SOURCE_HEADER, dead_properties
-from taskqueue.dispatcher import forwarded_properties
-from taskqueue.formats import Format
-from taskqueue.routing import Rejection, Route, route
+from taskqueue.broker.deadletters import REASON_HEADER, SOURCE_HEADER, dead_properties
+from taskqueue.protocol.routing import Rejection, Route, route
+from taskqueue.runtime.dispatcher import forwarded_properties
+from taskqueue.runtime.formats import Format
 
 JSON = "application/json"
 

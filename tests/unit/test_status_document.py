@@ -3,10 +3,10 @@ import os
 
 import pytest
 
-from taskqueue.lifecycle import ChildState
-from taskqueue.status import group_state, snapshot, socket_path
-from taskqueue.specs import ChildSpec
-from taskqueue.supervisor import Supervisor
+from taskqueue.supervision.lifecycle import ChildState
+from taskqueue.supervision.snapshot import group_state, snapshot, socket_path
+from taskqueue.supervision.specs import ChildSpec
+from taskqueue.supervision.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -3,7 +3,8 @@ and that the check behind it never fails a submit."""
 import io
 from contextlib import redirect_stderr
 
-from taskqueue import blocking, tools
+from taskqueue.broker import blocking
+from taskqueue.cli import tools
 from taskqueue.errors import TaskqueueError
 
 SERVED = (0, 2)

@@ -14,11 +14,11 @@ import time
 import gevent
 import pytest
 
-from taskqueue.lifecycle import (EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD, QUARANTINE_AFTER,
-                                 RECONNECT_CAP, ChildState)
-from taskqueue import lastresort
-from taskqueue.specs import ChildSpec
-from taskqueue.supervisor import BROKER_FAILURES_MAX, Supervisor
+from taskqueue.supervision import lastresort
+from taskqueue.supervision.lifecycle import (EXIT_CONNECTION, EXIT_OK, EXIT_PLUGIN_LOAD,
+                                             QUARANTINE_AFTER, RECONNECT_CAP, ChildState)
+from taskqueue.supervision.specs import ChildSpec
+from taskqueue.supervision.supervisor import BROKER_FAILURES_MAX, Supervisor
 
 from fakes import FakeProcesses
 
@@ -350,8 +350,8 @@ def test_supervisor_stops_what_it_started_when_the_loop_itself_fails(make, procs
 # -- the exit table's users ------------------------------------------------------------
 
 def test_child_and_metrics_name_exits_from_the_exit_table_when_a_child_explains_a_failure():
-    from taskqueue import child, metrics
-    from taskqueue.lifecycle import EXIT_ERROR, EXITS
+    from taskqueue.supervision import child, metrics
+    from taskqueue.supervision.lifecycle import EXIT_ERROR, EXITS
     assert {code for _, code in child.EXPLAINED} | {EXIT_ERROR} <= set(EXITS)
     for code, exit in EXITS.items():
         assert metrics.exit_cause(exited(code)) == exit.cause
@@ -362,7 +362,7 @@ def test_child_and_metrics_name_exits_from_the_exit_table_when_a_child_explains_
 
 def test_child_specs_mark_the_dispatcher_by_kind_when_built_from_the_config():
     from types import SimpleNamespace
-    from taskqueue.daemon import child_specs
+    from taskqueue.cli.daemon import child_specs
     group = SimpleNamespace(name="worker2/bifh1", processes=1, user="bifh1", stop_timeout=30.0,
                             task_timeout=None, queue="worker_worker2", options={},
                             worker_type="worker2")

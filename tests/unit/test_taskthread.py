@@ -11,8 +11,8 @@ import time
 import gevent
 import pytest
 
-from taskqueue import taskthread
-from taskqueue.taskthread import TaskThread
+from taskqueue.runtime import taskthread
+from taskqueue.runtime.taskthread import TaskThread
 from taskqueue.worker import HubCalls
 
 

@@ -2,8 +2,8 @@
 header a publisher chose, and lets none of them act on the operator's terminal."""
 import os
 
-from taskqueue import deadtools, overview
-from taskqueue.deadtools import DeadLetter
+from taskqueue.cli import dead, status
+from taskqueue.cli.dead import DeadLetter
 
 from test_overview import HEALTHY_COUNTS, answer_of, view_of
 
@@ -20,7 +20,7 @@ def controls(text):
 def test_dead_list_table_escapes_every_field_a_publisher_chose():
     letter = DeadLetter(id=HOSTILE, message_id=HOSTILE, worker_type=HOSTILE, reason=HOSTILE,
                         queue=HOSTILE, dead_at=None, exit=HOSTILE)
-    lines = deadtools.listing([letter, letter], 2, now=0.0)
+    lines = dead.listing([letter, letter], 2, now=0.0)
     assert controls("\n".join(lines)) == []
     assert len(lines) == 4      # header, two rows, footer: no line added
     assert lines[1].split(None, 4)[:4] == [SHOWN, SHOWN, "-", SHOWN]
@@ -29,7 +29,7 @@ def test_dead_list_table_escapes_every_field_a_publisher_chose():
 
 
 def test_dead_requeue_report_escapes_what_it_quotes():
-    report = deadtools.RequeueReport(requeued=[HOSTILE], failed=[(HOSTILE, f"bad {HOSTILE}")],
+    report = dead.RequeueReport(requeued=[HOSTILE], failed=[(HOSTILE, f"bad {HOSTILE}")],
                                      missing=[HOSTILE], unconfirmed=[HOSTILE], error=HOSTILE)
     text = "\n".join(report.done() + report.problems())
     assert controls(text) == []
@@ -40,7 +40,7 @@ def test_status_table_escapes_queue_names_tasks_and_problems():
     answer = answer_of()
     answer["groups"][1]["children"][0]["task"] = HOSTILE
     others = {"worker_" + HOSTILE: (2, 0)}
-    text = overview.render(view_of([answer], HEALTHY_COUNTS, others=others))
+    text = status.render(view_of([answer], HEALTHY_COUNTS, others=others))
     assert controls(text) == []
     assert f"  worker_{SHOWN}  2      0          0" in text
     assert f"  queue worker_{SHOWN} has no consumer (2 message(s) waiting)" in text
@@ -66,7 +66,7 @@ class _Out:
 
 
 def test_submit_wait_prints_a_reply_escaped_to_a_terminal_and_as_it_came_to_a_pipe():
-    from taskqueue.tools import print_reply
+    from taskqueue.cli.tools import print_reply
     reply = f"line one {HOSTILE}\nline two ÿ ".encode() + b"\xff"
     terminal, pipe = _Out(True), _Out(False)
     print_reply(reply, terminal)

@@ -7,8 +7,8 @@ import tempfile
 
 import pytest
 
-from taskqueue import config, tls
 from taskqueue.errors import ConfigError
+from taskqueue.host import config, tls
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_amqps_url_turns_tls_on_for_the_amqps_urls_of_a_list(tmp_path, certs):
     assert "expected TLS to be on" in error_of(tmp_path, f"url: amqp://a/\ntls_ca_file: {certs}/ca.pem\n")
     settings = load(tmp_path, f"url: amqps://a/, amqp://b/\ntls_ca_file: {certs}/ca.pem\n")
     pika = pytest.importorskip("pika")
-    from taskqueue import amqp
+    from taskqueue.broker import amqp
     first, second = amqp.parameters(settings)
     assert first.ssl_options.context is tls.context(f"{certs}/ca.pem")
     assert first.ssl_options.server_hostname == "a"

@@ -7,10 +7,10 @@ import pika.exceptions
 import pytest
 
 from taskqueue import worker as worker_module
-from taskqueue.amqp import Session, SessionClosed
-from taskqueue.child import ChildContext
-from taskqueue.config import AmqpSettings, WorkerGroup
-from taskqueue.lifecycle import EXIT_CONNECTION
+from taskqueue.broker.amqp import Session, SessionClosed
+from taskqueue.host.config import AmqpSettings, WorkerGroup
+from taskqueue.supervision.child import ChildContext
+from taskqueue.supervision.lifecycle import EXIT_CONNECTION
 
 from fakes import RecordingSession
 

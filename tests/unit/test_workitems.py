@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from taskqueue import bulk, workitems
-from taskqueue.routing import Route, route
+from taskqueue.cli import bulk
+from taskqueue.protocol import workitems
+from taskqueue.protocol.routing import Route, route
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -113,7 +113,7 @@ class BrokenFactory(BaseWorker):
 
 def _forge(data):
     """Write `data` on this child's report pipe, found as any plugin code could find it."""
-    from taskqueue.child import ChildContext
+    from taskqueue.supervision.child import ChildContext
     (ctx,) = [o for o in gc.get_objects() if isinstance(o, ChildContext)]
     view = memoryview(data)
     while view:

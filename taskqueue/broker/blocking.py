@@ -1,0 +1,297 @@
+"""Blocking pika connections, for ordinary (threaded, non-gevent) code: the Client,
+the operator's tools (status, submit), tests and benchmarks.
+
+The gevent half, amqp.Session, is what the supervisor's children use; this half
+shares its connection parameters, broker route and failure wording (amqp.py), and
+declares queues as every component does (topology.py).
+"""
+import contextlib
+import logging
+import ssl
+import time
+
+import pika
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
+
+from taskqueue.broker import amqp, fielddecode
+from taskqueue.broker.amqp import REPLY_TIMEOUT, BrokerUnreachable, SessionClosed
+from taskqueue.errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
+from taskqueue.protocol import delays, onehop
+from taskqueue.protocol.topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal,
+                                         legacy_arguments, queue_arguments, unroutable_onehop,
+                                         worker_queue)
+
+#: What a blocking connect raises for a broker it cannot use: pika re-raises a
+#: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError, and
+#: the stack_timeout of a broker that accepts and never answers as its own
+#: AMQPConnectorStackTimeout (pika 1.2 to 1.4), no AMQPError either.
+CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorException)
+
+log = logging.getLogger(__name__)
+
+fielddecode.install()   # headers decoded within bounds (amqp.py did it already: said here)
+
+
+def blocking_arguments(connection, queue, arguments):
+    """The arguments to declare `queue` with on a pika BlockingConnection: `arguments`,
+    or fewer where legacy_arguments allows; tried on channels of their own, which a
+    refusal closes (the caller's stays open). A refusal of another kind is left to
+    the caller's own declare, which explains it."""
+    while True:
+        probe = connection.channel()
+        try:
+            probe.queue_declare(queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            older = legacy_arguments(queue, arguments, exc)
+            if older is None:
+                return arguments
+            arguments = older
+            continue
+        probe.close()
+        return arguments
+
+
+def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds, declare=True):
+    """Publish a task for `worker_type` that reaches taskqueue after `seconds` (rounded
+    up), on a pika BlockingChannel in confirm mode (blocking_channel gives one); declares
+    the delay chain first unless told it is declared on this connection already
+    (idempotent, but a few dozen round trips). ValueError for a delay out of range;
+    TopologyError, TaskqueueError with a readable reason otherwise."""
+    exchange, routing_key = delays.route(seconds)
+    out = amqp.delayed_properties(props, worker_type, seconds)
+    if declare:
+        declare_delays_blocking(channel, settings)
+    what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
+    try:
+        channel.basic_publish(exchange, routing_key, body, out, mandatory=True)
+    except pika.exceptions.UnroutableError as exc:
+        raise TaskqueueError(f"broker returned the delayed task ({what}): exchange "
+                             f"{exchange!r} routed it to no queue") from exc
+    except pika.exceptions.NackError:
+        raise PublishNacked(f"the delayed task ({what})") from None
+
+
+def declare_delays_blocking(channel, settings):
+    """Declare the delay chain (delays.declarations) on a pika BlockingChannel;
+    TopologyError when the broker refuses a queue of it."""
+    task_queue = blocking_arguments(channel.connection, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
+    plan = delays.declarations(settings, TASK_QUEUE, task_queue)
+    for name, kind in plan.exchanges:
+        channel.exchange_declare(name, exchange_type=kind, durable=True)
+    for name, arguments in plan.queues:
+        try:
+            channel.queue_declare(name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if name == TASK_QUEUE:
+                raise TopologyError(explain_refusal(name, settings, exc)) from None
+            raise TopologyError(explain_delay_refusal(name, arguments, exc)) from None
+    for name, source, pattern in plan.queue_bindings:
+        channel.queue_bind(name, source, routing_key=pattern)
+    for destination, source, pattern in plan.exchange_bindings:
+        channel.exchange_bind(destination, source, routing_key=pattern)
+
+
+def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):
+    """{queue: (messages ready, consumers)} from passive declares; None for a queue that
+    does not exist. Declaring passively creates nothing and needs no management plugin,
+    but tells no more: deliveries not yet acked are counted in neither number."""
+    counts = {}
+    with _blocking_channel(settings, timeout) as channel:
+        for queue in queues:
+            try:
+                frame = channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                counts[queue] = None
+                channel = channel.connection.channel()   # a 404 closed that one
+                continue
+            counts[queue] = (frame.method.message_count, frame.method.consumer_count)
+    return counts
+
+
+@contextlib.contextmanager
+def blocking_channel(settings, timeout=REPLY_TIMEOUT):
+    """A pika BlockingChannel in confirm mode on the first broker that answers, for
+    ordinary (non-gevent) code; broker errors become TaskqueueError."""
+    with _blocking_channel(settings, timeout) as channel:
+        yield channel
+
+
+@contextlib.contextmanager
+def _blocking_channel(settings, timeout):
+    """Once connected, everything done on the channel waits at most `timeout` seconds
+    for the broker, all of it together (answered_within)."""
+    connection = _blocking_connection(settings, None, timeout)
+    try:
+        with answered_within(connection, timeout, "asking the broker", settings):
+            channel = connection.channel()
+            channel.confirm_delivery()
+            yield channel
+    except pika.exceptions.AMQPError as exc:
+        raise TaskqueueError(f"{amqp.describe(settings)}: {exc!r}") from exc
+    finally:
+        close_within(connection, timeout)
+
+
+# -- a kept blocking connection, for taskqueue.client ----------------------------
+# (It raises errors.PublishRefused and PublishNacked, the Client's and the Session's.)
+
+def blocking_connect(settings, name, timeout=REPLY_TIMEOUT):
+    """A BlockingConnection to the first broker of `settings` that answers; TaskqueueError
+    naming each one tried otherwise. For ordinary (threaded) code: not thread-safe."""
+    return _blocking_connection(settings, name, timeout)
+
+
+def _blocking_connection(settings, name, timeout):
+    """The first broker that answers, in this process's route (process_route), each
+    given [amqp] connect_timeout; BrokerUnreachable naming each one tried otherwise.
+    (`timeout` is for the waits after it: answered_within.)"""
+    failures = []
+    route = amqp.process_route()
+    for params in amqp.ordered_parameters(settings, route):
+        # No blocked_connection_timeout: answered_within bounds every wait, a
+        # Connection.Blocked one included.
+        if name is not None:
+            params.client_properties = {"connection_name": name}
+        try:
+            connection = pika.BlockingConnection(params)
+        except CONNECT_FAILED as exc:
+            failures.append(amqp.failure(params, exc, settings))
+            route.attempt_failed(amqp.address(params), amqp.short_failure(params, exc, settings),
+                                 time.monotonic())
+            continue
+        route.connected(amqp.address(params), "")
+        return connection
+    raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
+
+
+#: What a blocking connection raises once it is gone (closed by the broker, the
+#: network, a dead peer): the client reconnects on these.
+CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
+                   pika.exceptions.ChannelWrongStateError, pika.exceptions.ChannelClosed)
+
+
+# -- bounded waits ----------------------------------------------------------------
+
+class _NoAnswer(pika.exceptions.AMQPConnectionError):
+    """Why answered_within tore a connection down."""
+
+
+@contextlib.contextmanager
+def answered_within(connection, seconds, what, settings=None):
+    """Let the body's blocking calls on `connection` (a BlockingConnection) wait at most
+    `seconds` for the broker, all of them together; past that, tear the connection down
+    and raise SessionClosed "`what`: no reply from <broker> in <seconds>s", the error
+    the gevent Session raises for the same event (amqp.Session._wait).
+
+    pika bounds none of these waits: its blocked_connection_timeout covers only the
+    Connection.Blocked state, and a broker that stops answering (a hung node, a dead
+    router) leaves a confirm, a declare, a channel open or a close waiting until
+    heartbeats end the connection, if the broker proposed any. The timer is the one
+    pika's blocked timeout uses, run by the I/O loop inside every wait; a
+    BlockingConnection.call_later callback runs only in process_data_events, never
+    while basic_publish waits for its confirm. Private to pika (_impl,
+    _adapter_call_later, _terminate_stream), the same from 1.2.0 to 1.4.x: held by
+    tests/integration/test_client.py and test_status.py, on each stack."""
+    impl = connection._impl
+    expired = []
+
+    def expire():
+        expired.append(True)
+        if not impl.is_closed:
+            impl._terminate_stream(_NoAnswer(f"no reply in {seconds:g}s"))
+    timer = impl._adapter_call_later(seconds, expire)
+    try:
+        yield
+    except Exception:
+        if expired:
+            broker = amqp.describe(settings) if settings else "the broker"
+            raise SessionClosed(f"{what}: no reply from {broker} in {seconds:g}s") from None
+        raise
+    finally:
+        if not expired:
+            impl._adapter_remove_timeout(timer)
+
+
+def close_within(connection, seconds):
+    """Close `connection` if it is open, waiting at most `seconds` for the broker's
+    close-ok; a broker that does not answer has its connection torn down. Never raises
+    for the broker: what could be done about it?"""
+    if connection is None or not connection.is_open:
+        return
+    try:
+        with answered_within(connection, seconds, "close"):
+            connection.close()
+    except (TaskqueueError, pika.exceptions.AMQPError) as exc:
+        log.debug("closing a blocking connection: %r", exc)
+
+
+def blocking_declare(channel, settings, queue):
+    """Declare `queue` as taskqueue wants it, on a blocking channel; TopologyError if it
+    exists with other arguments."""
+    arguments = blocking_arguments(channel.connection, queue, queue_arguments(queue, settings))
+    try:
+        channel.queue_declare(queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(explain_refusal(queue, settings, exc)) from None
+
+
+def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
+    """Publish (mandatory) on a blocking channel in confirm mode and return once the
+    broker confirmed it; PublishRefused saying why it did not take it."""
+    where = f"queue {queue!r}" if not exchange else f"exchange {exchange!r} ({queue!r})"
+    try:
+        channel.basic_publish(exchange, queue, body, props, mandatory=True)
+    except pika.exceptions.UnroutableError:
+        raise PublishRefused(f"the broker returned the message: no {where} took it "
+                             f"(unroutable)") from None
+    except pika.exceptions.NackError:
+        raise PublishNacked(f"the message for {where}") from None
+
+
+# -- one hop (onehop.py), for blocking clients ----------------------------------
+
+def declare_onehop_blocking(channel, settings):
+    """Declare, on a pika BlockingChannel, what a one-hop publish needs: the exchanges,
+    `taskqueue` (as every component declares it) and its binding to the alternate
+    exchange. TopologyError naming what the broker refused (the channel is then closed)."""
+    plan = onehop.declarations(TASK_QUEUE)
+    declare_onehop_exchanges_blocking(channel)
+    blocking_declare(channel, settings, TASK_QUEUE)
+    for queue, exchange, key in plan.queue_bindings:
+        try:
+            channel.queue_bind(queue, exchange, routing_key=key)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}",
+                                                       exc)) from None
+
+
+def declare_onehop_exchanges_blocking(channel, worker_queues=()):
+    """Declare the one-hop exchanges on a BlockingChannel and bind each (queue,
+    worker_type) of `worker_queues` to the direct one; TopologyError on a refusal."""
+    plan = onehop.declarations(None, worker_queues)
+    what = None
+    try:
+        for name, kind, arguments in plan.exchanges:
+            what = f"declare exchange {name}"
+            channel.exchange_declare(name, exchange_type=kind, durable=True,
+                                     arguments=arguments or None)
+        for queue, exchange, key in plan.queue_bindings:
+            what = f"bind {queue} to {exchange}"
+            channel.queue_bind(queue, exchange, routing_key=key)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(onehop.explain_refusal(what, exc)) from None
+
+
+def blocking_publish_onehop(channel, worker_type, body, props):
+    """Publish a one-hop task (mandatory) on a blocking channel in confirm mode; return
+    once the broker confirmed it is in a queue (worker_<type>, or taskqueue through the
+    alternate exchange). PublishRefused saying why not."""
+    try:
+        channel.basic_publish(onehop.EXCHANGE, worker_type, body, props, mandatory=True)
+    except pika.exceptions.UnroutableError:
+        raise PublishRefused(unroutable_onehop(worker_type)) from None
+    except pika.exceptions.NackError:
+        raise PublishNacked(f"the task for {worker_type} (into {worker_queue(worker_type)} "
+                            f"or {TASK_QUEUE})") from None

@@ -1,0 +1,44 @@
+"""What every command does as it starts: read the config and find the plugins,
+set up logging; and the exit codes they share."""
+import logging
+import os
+
+from taskqueue.errors import ConfigError
+from taskqueue.host import config, logs
+from taskqueue.runtime import plugins
+
+log = logging.getLogger("taskqueue")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1      #: the command ran and failed (the broker refused a task, children killed...)
+EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
+EXIT_NO_BROKER = 4    #: no broker could be reached (connection, TLS, login refused); nothing was done
+EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT), as shells report it
+
+
+def load_config(args, switches_users=False, apply_logging=False, check_users=True):
+    """The config and the installed plugins. Only a command that runs the worker
+    groups (switches_users) needs to be able to become their users; the others
+    just check that the users exist, or, for the tools (submit, dead), ignore them."""
+    path = config.resolve_path(args.config)
+    found = plugins.discover()
+    cfg = config.load(path, found, check_users=check_users,
+                      running_uid=os.getuid() if switches_users else None)
+    if apply_logging:
+        setup_logging(args, cfg)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    return cfg, found
+
+
+def setup_logging(args, cfg):
+    """Log as [logging] says, unless the command line says otherwise: -v forces
+    debug, --log the target. Opens the log file: call it before any fork or
+    privilege drop."""
+    settings = cfg.logging
+    try:
+        logs.setup(logging.DEBUG if args.verbose else settings.level,
+                   args.log or settings.target, settings.path)
+    except OSError as exc:
+        raise ConfigError(f"{cfg.path}: [logging] path = {settings.path!r}: cannot open it "
+                          f"for appending: {exc.strerror or exc}") from None

@@ -1,0 +1,350 @@
+"""Route each message from `taskqueue` to `worker_<type>`.
+
+`routing.route()` is the pure decision (which way a message came in and where
+it goes); format plugins are loaded by `formats`. `Dispatcher` is the loop
+around it: it consumes with a large prefetch, publishes with publisher
+confirms, and acks an input only once its output is confirmed, many messages
+in flight at once. What cannot be routed goes to `taskqueue_dead` with a
+header giving the reason; nothing is acked away unpublished. What a publisher
+may not send (inbound.py: headers not decoded, a body too big, a bad retry
+count) is dead-lettered before routing; its forged dead-letter headers are
+dropped and its priority clamped on the copy routed.
+"""
+import logging
+import time
+from dataclasses import dataclass
+
+import gevent
+from gevent.event import Event
+
+from taskqueue.broker import amqp, inbound
+from taskqueue.broker.deadletters import dead_properties, without_broker_headers
+from taskqueue.host import logs
+from taskqueue.protocol import delays, topology
+from taskqueue.protocol.routing import BUILTIN_TYPES, Rejection, route
+from taskqueue.runtime import formats
+from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK
+
+log = logging.getLogger(__name__)
+
+#: Seconds during which tasks for a queue the broker refused to declare go
+#: to the dead-letter queue before the declare is tried again.
+REFUSED_RETRY_SECONDS = 60
+#: Seconds before an input whose copy the broker returned or refused goes back to taskqueue.
+RETRY_SECONDS = 1.0
+READY = "ready"
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+    until: float
+
+
+def forwarded_properties(props, decision):
+    """The input's properties, kept, made persistent, with the content type the route
+    gives (application/json for an envelope's workitem, text/plain for plain text),
+    without the dead-letter headers a publisher sent, the priority at most
+    inbound.MAX_PRIORITY."""
+    out = amqp.copy_properties(props)
+    out.delivery_mode = amqp.PERSISTENT
+    if decision.content_type:
+        out.content_type = decision.content_type
+    if out.headers:
+        out.headers = amqp.amqp_safe(inbound.without_forged(without_broker_headers(out.headers)))
+    if out.priority is not None and out.priority > inbound.MAX_PRIORITY:
+        out.priority = inbound.MAX_PRIORITY
+    return out
+
+
+def without_chain_deaths(props):
+    """The properties of a task that came through the delay chain without the deaths
+    its expiries added (delays.without_chain_deaths), so that nobody later reads them
+    as failures; other messages' properties, as they are."""
+    headers = props.headers
+    if not headers or delays.DELAYED_HEADER not in headers:
+        return props
+    out = amqp.copy_properties(props)
+    out.headers = delays.without_chain_deaths(headers)
+    return out
+
+
+class NackEpisode:
+    """Logs the broker nacking routed messages once per episode, not once per message.
+
+    A quorum queue whose leader's node went away nacks every publish until a new
+    leader is elected (seconds): a dispatcher routing hundreds of tasks a second
+    would otherwise write hundreds of lines (one cluster run: 1 344 of 1 466) for
+    one event. One WARNING when nacks start; one INFO line, with the count, when
+    the broker takes routed messages again.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.since = None
+
+    def nacked(self, count, now):
+        if self.since is None:
+            self.since = now
+            log.warning("the broker nacks routed messages (a queue without a leader?); "
+                        "their inputs go back to %s after %gs until it takes them again",
+                        topology.TASK_QUEUE, RETRY_SECONDS)
+        self.count += count
+
+    def acked(self, now):
+        if self.since is not None:
+            log.info("the broker takes routed messages again: %d nacked over %.1fs went back to %s",
+                     self.count, now - self.since, topology.TASK_QUEUE)
+            self.count, self.since = 0, None
+
+
+class Dispatcher:
+    """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
+
+    def __init__(self, session, prefetch, schedule=gevent.spawn_later, readers=None,
+                 spawn=gevent.spawn, max_body_size=inbound.DEFAULT_MAX_BODY_SIZE):
+        self._session = session
+        self._max_body_size = max_body_size    # [amqp] max_body_size
+        self._spawn = spawn         # spawn(fn, *args): a greenlet (tests pass their own)
+        self._readers = readers or {}   # content type -> formats.Format (installed plugins)
+        self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
+        self._prefetch = prefetch
+        # publish sequence number -> (input delivery tag, queue, message id, body)
+        self._pending = {}
+        self._returned = set()      # sequence numbers the broker returned unroutable
+        self._unsettled = set()     # input delivery tags not yet acked, nacked or rejected
+        self._published = 0
+        # Worker queue -> READY, a list of messages waiting for its declare,
+        # or a Refused (the broker would not declare it as we want).
+        self._queues = {topology.DEAD_QUEUE: READY}
+        self._consumer_tag = None
+        self._nacks = NackEpisode()
+        self.drained = Event()
+
+    def start(self):
+        for queue in (topology.DEAD_QUEUE, topology.TASK_QUEUE):
+            self._session.declare_queue(queue)
+        self._session.bind_delay_end()
+        # One hop (onehop.py): what a client publishes to the direct exchange for a type
+        # with no bound queue comes here through its alternate exchange.
+        problem = self._session.declare_onehop(task_queue=True)
+        if problem:
+            log.error("%s; one-hop tasks cannot be published until it is fixed (this "
+                      "dispatcher routes what reaches %s as ever)", problem, topology.TASK_QUEUE)
+        self._session.enable_confirms(
+            lambda frame: self._guarded(self._on_confirm, frame),
+            lambda queue, props, body: self._guarded(self._on_return, queue, props, body))
+        self._session.qos(self._prefetch)
+        self._consumer_tag = self._session.consume(topology.TASK_QUEUE, self._on_message)
+
+    def stop(self, timeout):
+        """Stop consuming and wait until every published message is confirmed."""
+        self._session.cancel(self._consumer_tag)
+        if self._pending:
+            self.drained.clear()
+            self.drained.wait(timeout)
+        return not self._pending
+
+    @property
+    def unconfirmed(self):
+        return len(self._pending)
+
+    # The callbacks run in the hub: they must not block, and must not raise
+    # (pika would abort the connection), hence the guards.
+    def _on_message(self, method, props, body):
+        tag = method.delivery_tag
+        self._unsettled.add(tag)
+        try:
+            refusal = inbound.refusal(props, body, self._max_body_size)
+            if refusal:
+                self._dead_letter(tag, props, body, refusal)
+                return
+            props = without_chain_deaths(props)
+            decision = route(body, props.content_type, props.headers, self._readers)
+            if isinstance(decision, Rejection):
+                self._dead_letter(tag, props, body, decision.reason)
+            else:
+                self._send(topology.worker_queue(decision.worker_type),
+                           (tag, decision.body, forwarded_properties(props, decision)))
+        except Exception:
+            # Rejected without requeue: the broker dead-letters it (x-death), not lost.
+            log.exception("cannot route delivery %s (message %s); rejecting it to %s",
+                          tag, getattr(props, "message_id", None) or "-", topology.DEAD_QUEUE,
+                          extra=logs.about(props))
+            # Settled here, not by _ack_inputs: left unsettled, it would hold the
+            # ack floor below every later input, and each would be acked alone.
+            self._unsettled.discard(tag)
+            self._session.reject(tag, requeue=False)
+
+    def _send(self, queue, message):
+        """Publish `message` (tag, body, props) to `queue` once the queue is known to exist."""
+        state = self._queues.get(queue)
+        if state is READY:
+            self._publish(queue, *message)
+        elif isinstance(state, list):
+            state.append(message)
+        elif isinstance(state, Refused) and time.monotonic() < state.until:
+            self._refused(queue, message, state.reason)
+        else:  # a new worker type, a queue deleted under us, or time to try a refused one again
+            self._queues[queue] = [message]
+            self._session.declare_queue_async(
+                queue, lambda refusal: self._guarded(self._on_declared, queue, refusal))
+
+    def _on_declared(self, queue, refusal):
+        waiting = self._queues.get(queue)
+        waiting = waiting if isinstance(waiting, list) else []  # a later declare took them
+        if refusal is None:
+            self._queues[queue] = READY
+            if queue != topology.DEAD_QUEUE:
+                self._spawn(self._bind_onehop, queue)
+            for message in waiting:
+                self._publish(queue, *message)
+            return
+        log.error("%s; dead-lettering its tasks for %ds", refusal, REFUSED_RETRY_SECONDS)
+        self._queues[queue] = Refused(refusal, time.monotonic() + REFUSED_RETRY_SECONDS)
+        for message in waiting:
+            self._refused(queue, message, refusal)
+
+    def _bind_onehop(self, queue):
+        """Bind a worker queue this dispatcher declared to the one-hop exchange, so that the
+        type's next one-hop tasks skip this dispatcher (a queue an older taskqueue made is
+        bound from then on). In a greenlet: nothing is lost if it fails, the tasks keep
+        coming through the alternate exchange."""
+        worker_type = queue[len(topology.worker_queue("")):]
+        try:
+            problem = self._session.declare_onehop(worker_queues=[(queue, worker_type)])
+        except amqp.SessionClosed:
+            return      # the dispatcher starts over, and binds again
+        if problem:
+            log.warning("%s; tasks for %s keep coming through %s", problem, worker_type,
+                        topology.TASK_QUEUE)
+
+    def _refused(self, queue, message, reason):
+        tag, body, props = message
+        if queue == topology.DEAD_QUEUE:  # nowhere to put it: keep it in taskqueue
+            self._retry_later(tag)
+        else:
+            self._dead_letter(tag, props, body, reason)
+
+    def _dead_letter(self, tag, props, body, reason):
+        log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason,
+                    extra=logs.about(props))
+        self._send(topology.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
+
+    def _publish(self, queue, tag, body, props):
+        # mandatory: a queue deleted since we declared it returns the message
+        # instead of dropping it. The sequence number counts only what was sent.
+        self._session.publish(queue, body, props, mandatory=True)
+        self._published += 1
+        self._pending[self._published] = (tag, queue, props.message_id, body)
+
+    def _on_return(self, queue, props, body):
+        """The broker could not route this message: its confirm, which follows, must
+        not ack the input. It is the oldest unconfirmed publish of that very message."""
+        match = (queue, props.message_id, body)
+        seq = next((seq for seq, (_, *sent) in self._pending.items()
+                    if tuple(sent) == match and seq not in self._returned), None)
+        if seq is not None:
+            self._returned.add(seq)
+        if self._queues.get(queue) is READY:
+            del self._queues[queue]   # declare it again before the next publish
+        log.warning("the broker returned a message for %s (no such queue any more); "
+                    "its input goes back to %s", queue, topology.TASK_QUEUE, extra=logs.about(props))
+
+    def _on_confirm(self, frame):
+        confirm = frame.method
+        acked = confirm.NAME == "Basic.Ack"
+        if confirm.multiple:
+            done = [seq for seq in self._pending if seq <= confirm.delivery_tag]
+        else:
+            done = [confirm.delivery_tag]
+        confirmed, nacked = [], 0
+        for seq in done:
+            tag = self._pending.pop(seq, (None,))[0]
+            if tag is None:
+                continue
+            if acked and seq not in self._returned:
+                confirmed.append(tag)
+                continue
+            nacked += not acked
+            self._returned.discard(seq)
+            self._retry_later(tag)
+        if nacked:
+            self._nacks.nacked(nacked, time.monotonic())
+        elif confirmed:
+            self._nacks.acked(time.monotonic())
+        self._ack_inputs(confirmed)
+        if not self._pending:
+            self.drained.set()
+
+    def _ack_inputs(self, tags):
+        """Ack inputs whose copies are confirmed: one `multiple` ack for those below
+        every input still unsettled (one broker command for a batch of a quorum
+        queue, not one each), the others one by one."""
+        if not tags:
+            return
+        self._unsettled.difference_update(tags)
+        floor = min(self._unsettled, default=None)
+        below = [tag for tag in tags if floor is None or tag < floor]
+        if len(below) > 1:
+            self._session.ack(max(below), multiple=True)
+        elif below:
+            self._session.ack(below[0])
+        for tag in tags:
+            if floor is not None and tag > floor:
+                self._session.ack(tag)
+
+    def _retry_later(self, tag):
+        """Send an input back to taskqueue after a pause, not in a hot loop."""
+        def requeue():
+            if self._session.is_open:
+                self._unsettled.discard(tag)
+                self._session.nack(tag, requeue=True)
+        self._schedule(RETRY_SECONDS, requeue)
+
+    def _guarded(self, callback, *args):
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("%s failed; the dispatcher starts over", callback.__name__)
+            self._session.abort()
+
+
+def run_dispatcher(amqp_settings, settings, ctx):
+    """The body of a dispatcher child; returns an exit code."""
+    readers = load_formats()
+    session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}", ctx.route).open()
+    dispatcher = Dispatcher(session, settings.prefetch, readers=readers,
+                            max_body_size=amqp_settings.max_body_size)
+    try:
+        dispatcher.start()
+    except amqp.SessionClosed:
+        if not session.connection_lost:
+            raise   # the broker refused a declare or the consume: its message says which
+        log.warning("%s", session.loss())   # lost while setting up: said as any loss
+        return EXIT_CONNECTION
+    ctx.ready()
+    log.info("routing %s (prefetch %d)", topology.TASK_QUEUE, settings.prefetch)
+    gevent.wait([ctx.stopping, session.closed], count=1)
+    if not session.is_open:
+        log.warning("%s", session.loss())
+        return EXIT_CONNECTION
+    if not dispatcher.stop(settings.stop_timeout):
+        log.warning("stopping with %d publishes unconfirmed; their inputs return to %s",
+                    dispatcher.unconfirmed, topology.TASK_QUEUE)
+    session.close()
+    return EXIT_OK
+
+
+def load_formats():
+    """Import the installed format plugins, once, as the child starts (a new one is
+    read after a restart or a reload); log what each reads or why it cannot."""
+    readers = formats.load_installed()
+    for content_type, fmt in sorted(readers.items()):
+        if fmt.problem and content_type in BUILTIN_TYPES:
+            log.error("%s; it is not used", fmt.problem)
+        elif fmt.problem:
+            log.error("%s; messages of content type %s are dead-lettered", fmt.problem, content_type)
+        else:
+            log.info("format %s (%s) loaded", content_type, fmt.origin)
+    return readers
