@@ -176,35 +176,42 @@ def bind_status_socket(path):
     filetrust.safe_directory(os.path.dirname(path))
     _remove_if_stale(path)
     listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # The socket is made under a name of its own, closed (umask at bind) and given its
-    # group, and only then linked to `path`: a client never finds it half made (a member
-    # of the group refused for a moment). link() never replaces a file, so a supervisor
-    # racing this one for the name still gets EEXIST.
-    unready = f"{path}.{os.getpid()}.new"
+    # bind() creates the file with the umask applied: closed from the start, not after a chmod.
     umask = os.umask(0o777 & ~STATUS_MODE)
     try:
-        _unlink_if_there(unready)
-        listener.bind(unready)
-        _give_to_group(unready)
-        listener.listen(MAX_CLIENTS)
-        try:
-            os.link(unready, path)
-        except FileExistsError:
-            raise OSError(errno.EADDRINUSE, "another supervisor made it first") from None
+        _bind_in_group(listener, path)
+        listener.listen(MAX_CLIENTS)   # after the group is right: no client gets in before
     except OSError:
         listener.close()
         raise
     finally:
         os.umask(umask)
-        _unlink_if_there(unready)
     return listener
 
 
-def _unlink_if_there(path):
+def _bind_in_group(listener, path):
+    """Bind `listener` at `path`, the file in group STATUS_GROUP where it exists.
+
+    As root (the packaged daemons), the file is made in that group: the effective gid
+    is the group's for the bind alone (a gevent process: nothing else runs meanwhile),
+    so no client ever finds it in root's group. Otherwise it is given to the group
+    right after (a member of the group may, and nobody connects before listen()).
+    """
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        gid = grp.getgrnam(STATUS_GROUP).gr_gid
+    except KeyError:
+        listener.bind(path)   # not installed from the packages: the owner's group and root
+        return
+    if os.geteuid() != 0:
+        listener.bind(path)
+        _give_to_group(path, gid)
+        return
+    egid = os.getegid()
+    os.setegid(gid)
+    try:
+        listener.bind(path)
+    finally:
+        os.setegid(egid)
 
 
 def bind_port(address, port):
@@ -244,11 +251,7 @@ def _remove_if_stale(path):
     raise OSError(errno.EADDRINUSE, "another running supervisor answers on it")
 
 
-def _give_to_group(path):
-    try:
-        gid = grp.getgrnam(STATUS_GROUP).gr_gid
-    except KeyError:
-        return   # not installed from the packages: the supervisor's own user and root only
+def _give_to_group(path, gid):
     try:
         os.chown(path, -1, gid)
     except PermissionError:
