@@ -31,7 +31,8 @@ from support import alive
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
              "DEBIAN_FRONTEND": "noninteractive"}
-BUILD_DEPENDS = ["debhelper", "dh-python", "python3-all", "python3-setuptools", "lintian",
+BUILD_DEPENDS = ["debhelper", "dh-python", "python3-all", "pybuild-plugin-pyproject",
+                 "python3-setuptools", "python3-wheel", "lintian",
                  "python3-gevent", "python3-pika", "rabbitmq-server", "adduser"]
 SERVICES = ["taskqueue-dispatcher", "taskqueue-workerpool"]
 PACKAGES = ["python3-taskqueue", "taskqueue"] + SERVICES
