@@ -5,7 +5,7 @@ the supervisor's children (dispatcher, workers) and the gevent tools use.
 Its blocking-style methods (`open`, `declare_queue`, `consume`, ...) are
 called from a greenlet and wait cooperatively for the broker's reply; pika
 callbacks run in the hub and must never block or raise (an exception in a
-callback closes the whole connection: shared/notes/debian-gevent-pika.md §1.4).
+callback closes the whole connection, on pika 1.2 and 1.4 alike).
 Headers are decoded within bounds (fielddecode.py), here and in blocking.py.
 Blocking connections for ordinary code are blocking.py's; queue names and
 arguments are topology.py's (pure). pika is imported here and in blocking.py
@@ -650,8 +650,8 @@ class Session:
 
 
 def __getattr__(name):
-    # README ("Delayed delivery", From code) documents amqp.publish_delayed_blocking, from
-    # before blocking.py held the blocking half: applications keep importing it from here.
+    # Earlier READMEs documented amqp.publish_delayed_blocking, from before blocking.py
+    # held the blocking half: applications keep importing it from here.
     # Looked up on use, since blocking.py imports this module.
     if name == "publish_delayed_blocking":
         from .blocking import publish_delayed_blocking

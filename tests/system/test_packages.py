@@ -8,9 +8,10 @@ by the running pool through the dpkg trigger, and nothing left after purge.
 
 This machine's /usr/sbin/policy-rc.d forbids service starts, as container
 images do. apt runs under `unshare -m` with a permissive policy-rc.d bound
-over it, so only this test's apt sees it (shared/notes/debian-gevent-pika.md
-§4.4). The services use the packaged config, unchanged: the local broker's
-vhost `/`; the test deletes the queues it made there.
+over it, so only this test's apt sees it: the machine's deny-all policy stays in
+force for every other apt user, and starts are allowed only inside. The services
+use the packaged config, unchanged: the local broker's vhost `/`; the test
+deletes the queues it made there.
 """
 import grp
 import json
