@@ -1,6 +1,6 @@
 """How the bench publishes a task the one-hop way: the only place that knows
 the exchange's name and the routing, so aligning them with taskqueue's
-README (section on the one-hop wire format) is a change of this file only.
+docs (02-messages-and-wire-format.md, "One hop") is a change of this file only.
 
 A one-hop task is the bare workitem (JSON here), published to EXCHANGE with
 the worker type as routing key and in the `worker_type` header; the broker
@@ -13,7 +13,7 @@ import pika
 
 try:   # taskqueue with the one-hop path: its own names
     from taskqueue.protocol.onehop import EXCHANGE, UNROUTED_EXCHANGE
-except ImportError:   # before it landed: the names its README gives
+except ImportError:   # before it landed: the names its docs give
     #: The direct exchange clients publish to, routing key = worker type.
     EXCHANGE = "taskqueue.direct"
     #: EXCHANGE's alternate exchange (fanout, bound to the queue `taskqueue`).

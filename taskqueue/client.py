@@ -87,9 +87,10 @@ def task_message(worker_type, workitem, message_id=None):
 
 
 def onehop_message(worker_type, workitem, message_id=None):
-    """(body, properties) of the one-hop task for `worker_type` (README "Messages"): the
-    workitem as JSON, which is what the worker receives, and task_properties() with the
-    worker_type header. ValueError saying what is wrong with the type or workitem."""
+    """(body, properties) of the one-hop task for `worker_type`
+    (docs/02-messages-and-wire-format.md, "One hop"): the workitem as JSON, which is
+    what the worker receives, and task_properties() with the worker_type header.
+    ValueError saying what is wrong with the type or workitem."""
     _check_type(worker_type)
     body = _encoded(worker_type, workitem_bytes, workitem)
     return body, amqp.onehop_properties(task_properties(message_id), worker_type)

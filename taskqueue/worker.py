@@ -62,7 +62,7 @@ class BaseWorker:
         """Process one task. Settle it with channel.basic_ack/basic_nack/basic_reject.
 
         channel: offers basic_ack, basic_nack, basic_reject, basic_publish, and
-            retry(delay=None): come back later (README, "Retrying").
+            retry(delay=None): come back later (docs/03-writing-a-plugin.md, "Retrying").
         method: delivery_tag, redelivered, routing_key.
         header: the message properties (message_id, correlation_id, reply_to, headers...).
         body: bytes; the workitem as JSON when it came through the dispatcher.
@@ -199,7 +199,7 @@ class TaskChannel:
             return
         if not replies.allowed(header.reply_to, self._reply_queues):
             log.warning("reply to task %s (delivery %s) not sent: its reply_to %r is not a reply "
-                        "queue (%s; see reply_queues in README \"Replies\")",
+                        "queue (%s; see reply_queues in taskqueue.conf(5))",
                         header.message_id or "-", self._tag, header.reply_to,
                         replies.describe(self._reply_queues))
             return

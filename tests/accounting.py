@@ -30,7 +30,7 @@ REASON_HEADER = "x-taskqueue-reason"
 #: Deliveries one process may hold unsettled, by kind: what a fault that ends it
 #: can make run twice. A worker (prefetch 1) holds the task in hand and, with
 #: lookahead, 3 more; a dispatcher its prefetch (each input it forwarded but had
-#: not acked yet is routed again). The defaults of README's options table.
+#: not acked yet is routed again). The defaults of the option table in docs/05-configuration.md.
 WORKER_WINDOW = 4
 DISPATCHER_WINDOW = 256
 

@@ -85,7 +85,8 @@ class Broker:
         pytest.fail(f"the broker refused a publish to {queue} 20 times")
 
     def submit_one_hop(self, worker_type, workitem, routing_key=None, **props):
-        """Publish a task the one-hop way (README "Messages"), as a raw client does: the
+        """Publish a task the one-hop way (docs/02-messages-and-wire-format.md, "One hop"),
+        as a raw client does: the
         workitem as body (bytes as they are), the worker_type header, to taskqueue.direct
         by its type; confirmed and mandatory (UnroutableError if no queue took it).
         `raw_headers=` (the table's bytes, RawHeaders) instead of the headers."""
@@ -160,7 +161,8 @@ class Broker:
 
 
 def declare_one_hop(channel, settings=None):
-    """What a raw client declares before its first one-hop publish (README "Messages"):
+    """What a raw client declares before its first one-hop publish
+    (docs/02-messages-and-wire-format.md, "One hop"):
     the alternate exchange, the direct exchange naming it, taskqueue bound to the first."""
     channel.exchange_declare("taskqueue.unrouted", exchange_type="fanout", durable=True)
     channel.exchange_declare("taskqueue.direct", exchange_type="direct", durable=True,

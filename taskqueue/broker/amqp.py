@@ -5,7 +5,7 @@ the supervisor's children (dispatcher, workers) and the gevent tools use.
 Its blocking-style methods (`open`, `declare_queue`, `consume`, ...) are
 called from a greenlet and wait cooperatively for the broker's reply; pika
 callbacks run in the hub and must never block or raise (an exception in a
-callback closes the whole connection: shared/notes/debian-gevent-pika.md §1.4).
+callback closes the whole connection, on pika 1.2 and 1.4 alike).
 Headers are decoded within bounds (fielddecode.py), here and in blocking.py.
 Blocking connections for ordinary code are blocking.py's; queue names and
 arguments are topology.py's (pure). pika is imported here and in blocking.py

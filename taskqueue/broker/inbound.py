@@ -13,7 +13,7 @@ what they then read and pass on is `admitted`'s copy.
   `x-taskqueue-delayed-until` (a delayed task, delays.py); a publisher may
   send them as taskqueue's client does, and a value that is not what taskqueue
   writes is refused. Every other one exists only on dead letters
-  (deadletter.py, deadtools.py), which no publisher makes: the dispatcher drops
+  (deadletters.py, cli/dead.py), which no publisher makes: the dispatcher drops
   them, so that no dead letter, log or plugin takes a publisher's for
   taskqueue's own; a worker refuses a one-hop task that carries one
   (forged_dead_letter_header), since the broker's copy would keep it.

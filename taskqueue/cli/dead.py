@@ -222,7 +222,8 @@ def _age_text(letter, now):
 
 
 def as_json(letter, now):
-    """One dead letter as a JSON object for scripts (README: `taskqueue dead list --json`)."""
+    """One dead letter as a JSON object for scripts (`taskqueue dead list --json`,
+    docs/06-operating.md)."""
     age = letter.age(now)
     out = {"id": letter.id, "message_id": letter.message_id, "type": letter.worker_type,
            "reason": letter.reason, "queue": letter.queue, "dead_at": letter.dead_at,

@@ -23,7 +23,7 @@ still: they are served as soon as a pool with plugin TYPE runs).
 
 exit status:
   0  submitted: every task confirmed by the broker (with --wait: the reply printed;
-     with --delay: it waits in the delay queues, see README "Delayed tasks")
+     with --delay: it waits in the delay queues, see taskqueue(1))
   1  the broker refused a task or the connection broke (with --wait: no reply in
      time). With --file some tasks may be submitted: the summary on stderr says how
      many and the line to resume from

@@ -196,6 +196,11 @@ DEFAULT_PASSWORD = "guest"
 TLS_FILE_OPTIONS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 AUTH_MECHANISMS = ("plain", "external")
 QUEUE_TYPES = ("quorum", "classic")
+#: What taskqueue reads in a worker type's or subgroup's section (with [DEFAULT]'s);
+#: any other option there is the plugin's own (WorkerGroup.options).
+GROUP_OPTIONS = ("workers", "user", "prefetch", "lookahead", "stop_timeout", "task_timeout",
+                 "max_tasks", "max_memory", "max_retries", "retry_delay", "retry_backoff",
+                 "retry_max_delay", "reply_queues")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
 LOG_LEVELS = ("debug", "info", "warning", "error")

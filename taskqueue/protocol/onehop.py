@@ -1,8 +1,8 @@
 """One hop for a client that names the worker type: the broker routes, no dispatcher.
 
 A task for `worker1` is published to the direct exchange EXCHANGE with routing
-key `worker1` and the header `worker_type: worker1` (README "Messages", one
-hop). Every `worker_<type>` queue is bound to EXCHANGE with routing key
+key `worker1` and the header `worker_type: worker1` (docs/02-messages-and-wire-format.md,
+"One hop"). Every `worker_<type>` queue is bound to EXCHANGE with routing key
 `<type>` by whoever declares it (a worker as it starts, the dispatcher as it
 first forwards to it), so the broker puts the task straight into it.
 

@@ -26,7 +26,7 @@ REPLY_QUEUES = ("amq.rabbitmq.reply-to*", "amq.gen-*")
 OWN_PREFIXES = ("taskqueue", "worker_")
 #: AMQP's longest queue name (a short string).
 MAX_NAME = 255
-#: What the option reads as, for error messages and the README.
+#: What the option reads as, for error messages and the docs.
 OPTION_RULE = ("queue names or prefixes ending in '*', separated by commas; none of "
                "taskqueue's own (taskqueue..., worker_...)")
 

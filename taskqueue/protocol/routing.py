@@ -1,6 +1,6 @@
 """Where one message from `taskqueue` goes: the pure decision, no I/O.
 
-Four ways in, tried in this order (README, "Messages"):
+Four ways in, tried in this order (docs/02-messages-and-wire-format.md, "What wins"):
 1. a `worker_type` header: the body is forwarded unchanged;
 2. content type `text/plain`: the specification's own `<worker_type> <workitem>`;
 3. content type `application/json` (or `text/json`): the envelope

@@ -5,7 +5,7 @@ task only by acking the current one, and waits a round trip for it: on
 quorum queues about a millisecond, as long as a short task itself. With a
 second delivery already in hand (lookahead) that wait disappears, but a task
 held behind a long one waits for it while other workers may be idle
-(celery/celery#2788, shared/notes/peers-and-pitfalls.md §8).
+(celery/celery#2788: Celery's prefetch made tasks wait behind a long one).
 
 So the intake takes the next tasks in advance (AHEAD_PREFETCH - 1 of them)
 only while tasks are short:

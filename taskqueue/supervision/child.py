@@ -1,7 +1,9 @@
 """The one post-fork routine every child runs, and how it leaves.
 
 A forked child inherits the supervisor's greenlets, gevent signal handlers,
-child watchers and fds (shared/notes/debian-gevent-pika.md §2.3). `run()`
+child watchers and fds: seen by experiment, the parent's greenlets kept running
+in the child, its SIGTERM handler ran there instead of dying, and an inherited
+pika socket stole the parent's deliveries. `run()`
 neutralises each of them in one place, drops privileges, arranges to die
 with the supervisor, runs the child's target and always ends through
 os._exit() with one of the codes of lifecycle.EXITS.

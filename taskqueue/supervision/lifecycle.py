@@ -72,8 +72,9 @@ class ExitCode(typing.NamedTuple):
 
 
 #: Every exit code a child uses. The log, `taskqueue status`, the metrics and
-#: README's "Exit causes" table name exits from here (tests/unit/test_lifecycle.py
-#: holds the README to it); child.EXPLAINED maps exceptions to these codes.
+#: "Exit causes" table of docs/06-operating.md name exits from here
+#: (tests/unit/test_lifecycle.py holds the table to it); child.EXPLAINED maps
+#: exceptions to these codes.
 EXITS = {exit.code: exit for exit in (
     ExitCode(EXIT_OK, "stopped", "stopped"),
     ExitCode(EXIT_ERROR, "error", "internal error"),

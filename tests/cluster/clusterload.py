@@ -167,7 +167,7 @@ LOST_LINE = re.compile(r"taskqueue\[(\d+)\] .*WARNING: lost the broker (\S+) \((
 #: Why a connection on a node that `rabbitmqctl stop` stops ends.
 NODE_SHUTDOWN = "320 CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 #: How else such a connection can end: the node's socket reset before its Connection.Close
-#: was read (brokers.py says `connection reset`; seen once in a loaded run, 1 of 6 lines).
+#: was read (broker/failover.py says `connection reset`; seen once in a loaded run, 1 of 6 lines).
 NODE_GONE = (NODE_SHUTDOWN, "connection reset")
 #: The WARNING lines of a child in a node-stop run, all taskqueue's own: a lost
 #: connection, a connection attempt to a node that is down (brokers.Route, amqp.open),

@@ -2,7 +2,7 @@
 
 Each node has its own name, ports, data, logs, config and pid file, and runs as
 the rabbitmq user with HOME=/var/lib/rabbitmq so all share the machine's Erlang
-cookie (notes/platforms-clusters-tls.md §2). A node may live in a network
+cookie, which clustering requires. A node may live in a network
 namespace of the test's (clusternet.py): then its CLI runs there too, the node
 has a long name with its cluster address (rabbit names need no resolver then),
 and its own rabbitmq-env file keeps the machine's 127.0.0.1-only settings away.

@@ -125,7 +125,8 @@ def test_a_broker_node_partitioned_from_the_others_pauses_and_its_clients_move(
              lambda: f"{2 * (WORKERS + 1)} connections, saw {cluster.connections(via=b1)}")
     spread_before = cluster.spread(via=b1)
     # What can run twice: b3 closes its clients' connections, and deliveries any queue
-    # leader on b3 made may be given out again by the majority's new leader (README).
+    # leader on b3 made may be given out again by the majority's new leader
+    # (docs/08-several-hosts.md).
     held = held_on(cluster, via=b1)
     ids, publisher, errors = publish(client, "part")
     progress = Progress(record_dir, TASKS)

@@ -53,8 +53,9 @@ def running_children(pool):
 
 def publish_all(vhost, port, ids, errors, one_hop=False):
     """Submit every id to the marker type, through taskqueue (the envelope, for the
-    dispatcher) or `one_hop` (README "Messages", one hop: to taskqueue.direct by type,
-    the workitem as body, the worker_type header); confirmed and mandatory."""
+    dispatcher) or `one_hop` (docs/02-messages-and-wire-format.md, "One hop": to
+    taskqueue.direct by type, the workitem as body, the worker_type header); confirmed and
+    mandatory."""
     try:
         client = Broker(vhost, port)
         submit = client.submit_one_hop if one_hop else client.submit

@@ -1,7 +1,7 @@
 """What differs between RabbitMQ 3.x and 4.x for taskqueue, measured on the broker
 the suite runs against (3.10 here, 4.0 in the trixie stack of ./run-tests).
 
-README's "Never losing a task" says what each difference means for taskqueue.
+docs/01-architecture.md, "RabbitMQ 3.x and 4.x", says what each difference means for taskqueue.
 (Quorum queues' default delivery limit of 20 in 4.x: test_dead.py, a dead letter
 handed back 25 times.)
 """

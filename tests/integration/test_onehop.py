@@ -26,7 +26,8 @@ from taskqueue.errors import TopologyError
 pytestmark = pytest.mark.timeout(90)
 
 DISPATCHER_ONLY = "[DEFAULT]\nworkers: 0\n"
-README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+MESSAGES_DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs",
+                            "02-messages-and-wire-format.md")
 
 
 @pytest.fixture
@@ -89,9 +90,9 @@ def test_a_one_hop_task_for_a_bad_type_name_is_dead_lettered_with_its_reason(bro
     assert props.headers["x-taskqueue-queue"] == "taskqueue"
 
 
-def readme_one_hop_client(vhost, port, worker_type, task_id):
-    """The pika example of README "One hop", for this broker, type and task."""
-    with open(README) as f:
+def docs_one_hop_client(vhost, port, worker_type, task_id):
+    """The pika example of the docs' "One hop", for this broker, type and task."""
+    with open(MESSAGES_DOC) as f:
         text = f.read()
     section = text[text.index("### One hop, when the client names the type"):]
     block = re.search(r"\n((?:    .*\n|\n)+)", section[section.index("With pika:"):]).group(1)
@@ -103,14 +104,14 @@ def readme_one_hop_client(vhost, port, worker_type, task_id):
             .replace('{"path": "a.png"}', json.dumps({"id": task_id})))
 
 
-def test_a_raw_pika_client_following_the_readme_reaches_the_worker_in_one_hop(
+def test_a_raw_pika_client_following_the_docs_reaches_the_worker_in_one_hop(
         broker, start_pool, records, vhost, amqp_port):
     # Given a pool for the type and no dispatcher anywhere: nothing moves what lands in taskqueue
     start_pool(recorder_config(records), command="workerpool")
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 20, "the recorder consuming")
     assert ("taskqueue.direct", "worker_recorder", "recorder") in bindings(vhost)
-    # When the README's pika example runs, as its own program
-    code = readme_one_hop_client(vhost, amqp_port, "recorder", "readme")
+    # When the docs' pika example runs, as its own program
+    code = docs_one_hop_client(vhost, amqp_port, "recorder", "readme")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
     # Then the worker got it from the broker directly (routing key: the type), and
     # taskqueue, which the example declared and bound, never held it

@@ -8,9 +8,10 @@ by the running pool through the dpkg trigger, and nothing left after purge.
 
 This machine's /usr/sbin/policy-rc.d forbids service starts, as container
 images do. apt runs under `unshare -m` with a permissive policy-rc.d bound
-over it, so only this test's apt sees it (shared/notes/debian-gevent-pika.md
-§4.4). The services use the packaged config, unchanged: the local broker's
-vhost `/`; the test deletes the queues it made there.
+over it, so only this test's apt sees it: the machine's deny-all policy stays in
+force for every other apt user, and starts are allowed only inside. The services
+use the packaged config, unchanged: the local broker's vhost `/`; the test
+deletes the queues it made there.
 """
 import grp
 import json
@@ -321,3 +322,18 @@ def test_systemd_units_verify_clean(debs, scratch):
     problems = [line for line in (out.stdout + out.stderr).splitlines()
                 if line.strip() and "/usr/bin/taskqueue" not in line]
     assert not problems, problems
+
+
+def test_the_taskqueue_package_ships_the_docs_and_both_man_pages(debs):
+    # Given the built taskqueue package, as dpkg lists it
+    listed = run(["dpkg-deb", "--contents", debs["taskqueue"]]).stdout
+    paths = {line.split()[-1].lstrip(".") for line in listed.splitlines()}
+    # Then every page of docs/ and the README are under /usr/share/doc/taskqueue
+    # (debhelper compresses the larger ones), and both man pages are in place
+    pages = ["README.md"] + [f"docs/{name}" for name in
+                             sorted(os.listdir(os.path.join(REPO, "docs")))]
+    for page in pages:
+        shipped = f"/usr/share/doc/taskqueue/{page}"
+        assert shipped in paths or shipped + ".gz" in paths, f"{page} not in {sorted(paths)}"
+    assert {"/usr/share/man/man1/taskqueue.1.gz",
+            "/usr/share/man/man5/taskqueue.conf.5.gz"} <= paths

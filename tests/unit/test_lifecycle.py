@@ -412,12 +412,12 @@ def test_classify_exit_follows_the_exit_table_when_the_code_has_an_event(code):
         assert got is event if event else got in (E.DIED, E.DIED_QUICKLY, E.TASK_KILLED)
 
 
-def test_readme_exit_causes_table_lists_exactly_the_exit_table_when_read():
-    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
-    with open(readme, encoding="utf-8") as f:
+def test_the_docs_exit_causes_table_lists_exactly_the_exit_table_when_read():
+    page = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "06-operating.md")
+    with open(page, encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("### Exit causes"):]
-    section = section[:section.index("\n### ", 1)]
+    section = text[text.index("## Exit causes"):]
+    section = section[:section.index("\n## ", 1)]
     rows = re.findall(r"^\| `exit (\d+) \(([^)]*(?:\)[^`]*)?)\)` \| `(\w+)` \|", section, re.M)
     assert {(int(code), meaning, cause) for code, meaning, cause in rows} == \
         {(exit.code, exit.meaning, exit.cause) for exit in EXITS.values()}

@@ -1,4 +1,4 @@
-"""`taskqueue status`: judging what was gathered (exit codes) and the table (status.py)."""
+"""`taskqueue status`: judging what was gathered (exit codes) and the table (cli/status.py)."""
 import os
 
 import pytest

@@ -11,6 +11,7 @@ class EchoWorker(BaseWorker):
         log.info("echo %s: %s", header.message_id or "-", body[:1000].decode("utf-8", "replace"))
         if header.reply_to:
             # With the task's correlation id, and only if reply_to is a reply queue
-            # (README "Replies"): never into another queue a submitter names.
+            # (docs/04-from-application-code.md, "Replies"): never into another queue a
+            # submitter names.
             channel.reply(body, content_type=header.content_type)
         channel.basic_ack(method.delivery_tag)
