@@ -278,7 +278,7 @@ exit status (the highest that applies):
 
 
 def cmd_status(args):
-    """Exit codes: status.HEALTHY, UNHEALTHY, NO_SUPERVISOR, NO_BROKER (the highest that applies)."""
+    """Exit codes: status.HEALTHY, UNHEALTHY, NO_SUPERVISOR, NO_BROKER (the highest that holds)."""
     from taskqueue.cli import status
     if not args.timeout > 0:
         raise ConfigError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")

@@ -1,4 +1,4 @@
-"""Body formats from plugins: entry points in the group `taskqueue.runtime.formats`.
+"""Body formats from plugins: entry points in the group `taskqueue.formats`.
 
 An entry point's name is the content type it reads; it points at a function
 `read(body) -> (worker_type, workitem bytes)` that raises, with a reason, on a
@@ -16,7 +16,7 @@ from taskqueue.protocol.routing import BUILTIN_TYPES, media_type
 from taskqueue.runtime.plugins import origin
 
 #: The entry-point group format plugins register in; the entry point's name is the content type.
-GROUP = "taskqueue.runtime.formats"
+GROUP = "taskqueue.formats"
 
 
 @dataclass(frozen=True)

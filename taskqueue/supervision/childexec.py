@@ -67,8 +67,8 @@ def replace_process(name, kind, target, report_fd, parent_pid, graveyard, route)
     # Signals stay blocked until the new interpreter handles them (the mask survives exec).
     signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     _close_all_but(keep)
-    os.execv(sys.executable, [sys.executable, *PYTHON_FLAGS, "-m", "taskqueue.supervision.childmain",
-                              str(fd)])
+    os.execv(sys.executable, [sys.executable, *PYTHON_FLAGS, "-m",
+                              "taskqueue.supervision.childmain", str(fd)])
 
 
 def _close_all_but(keep):

@@ -114,7 +114,7 @@ class Graveyard:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        self._recorded.discard(path)   # not when unlink failed otherwise: the next forget tries again
+        self._recorded.discard(path)   # unlink failed otherwise: the next forget tries again
 
     def handoff(self):
         """What a child that execs (childexec.py) needs to read this graveyard: its

@@ -88,3 +88,10 @@ def test_the_dispatcher_logs_each_format_as_it_starts_and_why_a_broken_one_reads
                      "content type application/x-bad are dead-lettered") in lines
     assert ("ERROR", "format text/plain (json:loads): text/plain is read by taskqueue itself; "
                      "a format cannot replace it; it is not used") in lines
+
+
+def test_the_entry_point_groups_plugins_register_in_are_the_documented_ones():
+    # A contract with every plugin .deb out there (docs/03-writing-a-plugin.md): moving
+    # a module must never rename them.
+    from taskqueue.runtime import formats, plugins
+    assert (plugins.GROUP, formats.GROUP) == ("worker.plugins", "taskqueue.formats")

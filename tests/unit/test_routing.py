@@ -1,4 +1,4 @@
-"""Unit tests for the pure routing decision (taskqueue.protocol.routing) and the outgoing properties.
+"""Unit tests for the pure routing decision (protocol/routing.py) and the outgoing properties.
 
 No broker, no mocks: route() takes bytes and returns a Route or a Rejection;
 format plugins are injected as formats.Format objects around plain functions;

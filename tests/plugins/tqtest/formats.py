@@ -1,4 +1,4 @@
-"""Body formats the integration tests install (entry-point group taskqueue.runtime.formats).
+"""Body formats the integration tests install (entry-point group taskqueue.formats).
 
 `read_workflow` reads a workflow engine's step, `{"step": TYPE, "data": ...}`:
 the data, JSON-encoded, goes to worker type TYPE. `read_picky` forwards its
