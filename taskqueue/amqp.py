@@ -27,7 +27,7 @@ import pika
 from pika.adapters.gevent_connection import GeventConnection
 
 from . import brokers, delays, fielddecode, nacks, onehop, promptwrite, sendbatch, tls, topology
-from .errors import PublishNacked, TaskqueueError, TopologyError
+from .errors import BrokerUnreachable, PublishNacked, SessionClosed, TopologyError
 
 log = logging.getLogger(__name__)
 sendbatch.install()
@@ -37,15 +37,6 @@ fielddecode.install()   # headers decoded within bounds (done on import too: sai
 REPLY_TIMEOUT = 30.0
 #: Persistent messages survive a broker restart (pika 1.2 has no pika.DeliveryMode).
 PERSISTENT = 2
-
-
-class SessionClosed(TaskqueueError):
-    """The connection or channel closed; the session cannot be used any more."""
-
-
-class BrokerUnreachable(SessionClosed):
-    """No broker of the list could be connected to (refused, TLS, login): the tools
-    exit with startup.EXIT_NO_BROKER."""
 
 
 _process_route = None

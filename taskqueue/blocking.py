@@ -14,8 +14,9 @@ import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import amqp, delays, fielddecode, onehop
-from .amqp import REPLY_TIMEOUT, BrokerUnreachable, SessionClosed
-from .errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
+from .amqp import REPLY_TIMEOUT
+from .errors import (BrokerUnreachable, PublishNacked, PublishRefused, SessionClosed, TaskqueueError,
+                     TopologyError)
 from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legacy_arguments,
                        queue_arguments, unroutable_onehop, worker_queue)
 

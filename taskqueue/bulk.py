@@ -20,7 +20,7 @@ from gevent.event import Event
 from . import amqp, onehop, topology, workitems
 from .client import declare_onehop, task_properties, workitem_bytes
 from .confirms import ConfirmWindow
-from .errors import InputError, TaskqueueError
+from .errors import BrokerUnreachable, InputError, TaskqueueError
 from .progress import Progress
 
 #: Bad lines named in the error before the rest are only counted.
@@ -137,7 +137,7 @@ def submit(settings, worker_type, tasks, stream=None):
         try:
             _publish(settings, worker_type, tasks, tally, progress, stop)
         except TaskqueueError as exc:
-            error, unreachable = str(exc), isinstance(exc, amqp.BrokerUnreachable)
+            error, unreachable = str(exc), isinstance(exc, BrokerUnreachable)
     elapsed = time.monotonic() - started
     progress.finish(tally.count)
     if tally.refusals and error is None:

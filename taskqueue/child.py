@@ -19,9 +19,8 @@ from gevent.event import Event
 
 # childexec before any privilege drop: the child may not be able to import it after.
 from . import brokers, childexec, logs, tls
-from .amqp import SessionClosed
 from .deadletter import Graveyard
-from .errors import PluginError, TopologyError
+from .errors import PluginError, SessionClosed, TopologyError, UserSwitchError
 from .lifecycle import EXIT_CONNECTION, EXIT_ERROR, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY, EXIT_USER
 
 log = logging.getLogger(__name__)
@@ -35,10 +34,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
 # Loaded before any fork: after a privilege drop the child may not be able to.
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class UserSwitchError(Exception):
-    pass
 
 
 #: Failures a child explains in one line, and the exit code that tells the supervisor

@@ -5,9 +5,9 @@ import logging
 import os
 import sys
 
-from . import __version__, amqp, config, logs, redact
+from . import __version__, config, logs, redact
 from .daemon import cmd_dispatcher, cmd_run, cmd_workerpool
-from .errors import ConfigError, InputError, PluginError, TaskqueueError
+from .errors import BrokerUnreachable, ConfigError, InputError, PluginError, TaskqueueError
 from .printable import printable
 from .startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
 from .tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES, SUBMIT_EXIT_CODES,
@@ -28,7 +28,7 @@ def main(argv=None):
     except (ConfigError, PluginError, InputError) as exc:
         _say(exc)
         return EXIT_USAGE
-    except amqp.BrokerUnreachable as exc:
+    except BrokerUnreachable as exc:
         _say(exc)
         return EXIT_NO_BROKER
     except TaskqueueError as exc:

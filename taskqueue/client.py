@@ -39,7 +39,13 @@ import weakref
 
 from . import (amqp, blocking, config, fielddecode, nacks, onehop, plugins, redact, topology,
                workitems)
-from .errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
+from .errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
+                     SessionClosed, TaskqueueError, TopologyError)
+
+#: What applications import from here (the errors are errors.py's, named here too).
+__all__ = ["Client", "ConnectionLost", "BrokerUnreachable", "PartlySubmitted", "PublishRefused",
+           "PublishNacked", "TaskqueueError", "TopologyError", "task_message", "onehop_message",
+           "task_properties"]
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +57,7 @@ BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
 REPLY_POLL = 1.0
 
 #: The connection was lost, or no broker of the list could be reached.
-ConnectionLost = amqp.SessionClosed
-
-
-class PartlySubmitted(PublishRefused):
-    """submit_many stopped: the broker refused a task, or the connection went.
-    `ids` holds, in the order of the items, each task's message id if the broker
-    confirmed it, else None (not submitted, or not known to be)."""
-
-    def __init__(self, message, ids):
-        super().__init__(message)
-        self.ids = ids
+ConnectionLost = SessionClosed
 
 
 # -- what goes on the wire ---------------------------------------------------------

@@ -23,7 +23,7 @@ from . import delays, filetrust, keptsecrets, redact, tls
 from .replies import parse_reply_queues
 from .retries import RetryPolicy
 
-from .errors import ConfigError
+from .errors import ConfigError, TlsFileError
 
 #: Where the packaged config lives; `--config` or TASKQUEUE_CONFIG override it.
 DEFAULT_PATH = "/etc/taskqueue/config.ini"
@@ -774,7 +774,7 @@ class _Loader:
         if use_tls:
             try:
                 tls.load(options["tls_ca_file"], cert, key)
-            except tls.TlsFileError as exc:
+            except TlsFileError as exc:
                 self.fail("amqp", exc.option, exc.path, exc.reason + (
                     AFTER_DROP if exc.denied and keptsecrets.dropped() else ""))
         return options

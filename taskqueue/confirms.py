@@ -16,6 +16,7 @@ import gevent
 from gevent.event import Event
 
 from . import amqp, nacks
+from .errors import SessionClosed
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ConfirmWindow:
 
     def _send(self, queue, body, props, token, tries, exchange):
         if not self._session.is_open:
-            raise amqp.SessionClosed(f"connection lost: {self._session.close_reason!r}")
+            raise SessionClosed(f"connection lost: {self._session.close_reason!r}")
         if not self._pending:
             self._confirmed_at = time.monotonic()  # the stall clock runs only while some are due
         self._session.publish(queue, body, props, exchange=exchange, mandatory=True)
@@ -92,10 +93,10 @@ class ConfirmWindow:
         gevent.wait([self._answered, self._session.closed], count=1, timeout=TICK)
         self._on_wait()
         if not self._session.is_open:
-            raise amqp.SessionClosed(f"connection lost with {self.unconfirmed} messages "
+            raise SessionClosed(f"connection lost with {self.unconfirmed} messages "
                                      f"unconfirmed: {self._session.close_reason!r}")
         if time.monotonic() - self._confirmed_at > STALL_TIMEOUT:
-            raise amqp.SessionClosed(f"no confirm from the broker in {STALL_TIMEOUT:g}s "
+            raise SessionClosed(f"no confirm from the broker in {STALL_TIMEOUT:g}s "
                                      f"({len(self._pending)} messages unconfirmed)")
         self._send_due_retries()
 

@@ -61,7 +61,8 @@ def _plugin_version(ep):
 
 def _supervise(args, dispatcher, workers):
     from . import endpoints
-    from .child import UserSwitchError, drop_privileges
+    from .child import drop_privileges
+    from .errors import UserSwitchError
     from .supervisor import Supervisor
     if args.user:
         _check_user(args.user)

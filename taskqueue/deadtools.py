@@ -32,7 +32,7 @@ from .confirms import ConfirmWindow
 from .deadletter import RAW_HEADERS, REASON_HEADER, SOURCE_HEADER, task_key
 from .printable import printable
 from .routing import Rejection, route
-from .errors import TaskqueueError
+from .errors import NotRequeueable, SessionClosed
 from .progress import format_duration
 
 #: Headers that record a message's past as a dead letter; a requeued copy starts afresh without them.
@@ -42,10 +42,6 @@ PAST_HEADER_PREFIXES = ("x-taskqueue-", "x-first-death-", "x-last-death-")
 WORKER_QUEUE_PREFIX = topology.worker_queue("")
 TYPE_HEADER = "x-taskqueue-worker-type"
 DEAD_AT_HEADER = "x-taskqueue-dead-at"
-
-
-class NotRequeueable(TaskqueueError):
-    """Requeuing this dead letter would not give the dispatcher something it routes."""
 
 
 @dataclass(frozen=True)
@@ -361,7 +357,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
             taken.add(letter.id)
             window.publish(topology.TASK_QUEUE, *out, token=(method.delivery_tag, index))
         window.flush()
-    except amqp.SessionClosed as exc:
+    except SessionClosed as exc:
         report.error = str(exc)
         report.unconfirmed = [sent[i] for i in sorted(sent)]
         nack = False    # some may still be confirmed and acked: the close hands back the rest
@@ -448,7 +444,7 @@ class _Reader:
         except Empty:
             return None
         if delivery is None:
-            raise amqp.SessionClosed(f"connection lost: {self.session.close_reason!r}")
+            raise SessionClosed(f"connection lost: {self.session.close_reason!r}")
         self.taken += 1
         if self.taken % PREFETCH == 0 and self.taken < self._count:
             self._consume()     # the consumers so far hold all they may: the next takes over
@@ -473,7 +469,7 @@ class _Reader:
                             self.session.nack(tag, requeue=True)
                 if nack:
                     self._wait_returned(self.taken - len(removed))
-        except amqp.SessionClosed:
+        except SessionClosed:
             pass    # the broker hands them back itself
         self.session.close()
 

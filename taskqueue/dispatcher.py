@@ -19,6 +19,7 @@ from gevent.event import Event
 
 from . import amqp, delays, formats, inbound, logs, topology
 from .deadletter import dead_properties, without_broker_headers
+from .errors import SessionClosed
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
 from .routing import BUILTIN_TYPES, Rejection, route
 
@@ -210,7 +211,7 @@ class Dispatcher:
         worker_type = queue[len(topology.worker_queue("")):]
         try:
             problem = self._session.declare_onehop(worker_queues=[(queue, worker_type)])
-        except amqp.SessionClosed:
+        except SessionClosed:
             return      # the dispatcher starts over, and binds again
         if problem:
             log.warning("%s; tasks for %s keep coming through %s", problem, worker_type,
@@ -315,7 +316,7 @@ def run_dispatcher(amqp_settings, settings, ctx):
                             max_body_size=amqp_settings.max_body_size)
     try:
         dispatcher.start()
-    except amqp.SessionClosed:
+    except SessionClosed:
         if not session.connection_lost:
             raise   # the broker refused a declare or the consume: its message says which
         log.warning("%s", session.loss())   # lost while setting up: said as any loss

@@ -25,6 +25,8 @@ import struct
 import pika.data
 import pika.spec
 
+from .errors import UndecodableField
+
 #: Tables and arrays nested in one another, the message's own table counted.
 MAX_DEPTH = 32
 #: Values in one table, at every level (an array's elements each count).
@@ -201,10 +203,6 @@ def decode_table(encoded, offset):
     except Exception as exc:    # a bug of ours, or a pika that changed: never into its parser
         return UndecodedTable(f"cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})",
                               encoded[offset:end]), end
-
-
-class UndecodableField(ValueError):
-    """decode_value's answer to a value it does not decode (pika's raised too)."""
 
 
 def decode_value(encoded, offset):

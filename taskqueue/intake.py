@@ -25,7 +25,7 @@ import logging
 
 from gevent.queue import Queue
 
-from .amqp import SessionClosed
+from .errors import SessionClosed
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import stat
 from collections import Counter
 
 from . import amqp, blocking, delays, queuelist, redact, status, topology
-from .errors import TaskqueueError
+from .errors import TaskqueueError, Unlisted
 from .printable import printable
 from .startup import EXIT_NO_BROKER
 
@@ -70,10 +70,10 @@ def other_worker_queues(settings, timeout, counts):
         listed = queuelist.list_queues(settings, timeout)
         problem = queuelist.contradiction(listed, counts)
         if problem:
-            raise queuelist.Unlisted(problem)
+            raise Unlisted(problem)
         others = sorted(name for name in listed
                         if name.startswith(WORKER_QUEUE_PREFIX) and name not in counts)
-    except queuelist.Unlisted as exc:
+    except Unlisted as exc:
         return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
     try:
         # Counted as the others are, exactly: rabbitmqctl's counts of quorum queues lag.

@@ -29,6 +29,7 @@ import socket
 import subprocess
 
 from . import amqp
+from .errors import Unlisted
 
 #: RabbitMQ's command line tool, looked up on PATH (Debian: /usr/sbin, root's PATH).
 RABBITMQCTL = "rabbitmqctl"
@@ -36,10 +37,6 @@ RABBITMQCTL = "rabbitmqctl"
 WHERE_IT_WORKS = "as root on the broker's host, status lists them all"
 #: Longest piece of rabbitmqctl's complaint quoted in a reason.
 SHOWN = 200
-
-
-class Unlisted(Exception):
-    """The queues could not be listed; str() says why, for the operator."""
 
 
 def list_queues(settings, timeout):

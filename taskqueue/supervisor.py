@@ -28,9 +28,9 @@ from gevent.queue import Empty, Queue
 from . import brokers, child, lastresort, metrics
 from .deadletter import GRAVEYARD_SIZE, Graveyard
 from .reports import ReportReader
-from .errors import TaskqueueError
+from .errors import IllegalTransition, SupervisorFailure, TaskqueueError
 from .specs import ChildSpec, diff_specs
-from .lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev, IllegalTransition,
+from .lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev,
                         Restart, describe_exit, exit_code_of, fork_failed, next_state,
                         parse_done, restart_decision)
 
@@ -44,10 +44,6 @@ BROKER_FAILURES_MAX = 64
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
-
-
-class SupervisorFailure(Exception):
-    """The supervisor cannot go on; the internal error behind it is logged already."""
 
 
 def _short(value, limit=200):

@@ -22,7 +22,7 @@ from . import amqp, delays, inbound, logs, plugins, replies, retries, topology
 from .intake import AHEAD_PREFETCH, Intake
 from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
-from .errors import PluginError, PublishNacked
+from .errors import PluginError, PublishNacked, SessionClosed
 from .lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def run_worker(group, amqp_settings, ctx):
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
         intake, prefetch = _start_consuming(group, session)
-    except amqp.SessionClosed:
+    except SessionClosed:
         if not session.connection_lost:
             raise   # the broker refused a declare or the consume: its message says which
         # The connection went while setting up (a node stopping, a quorum leader

@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 from gevent.event import Event
 
-from taskqueue.amqp import SessionClosed
+from taskqueue.errors import SessionClosed
 
 
 class RecordingSession:

@@ -12,7 +12,7 @@ import pika
 import pytest
 
 from taskqueue import confirms, nacks
-from taskqueue.amqp import SessionClosed
+from taskqueue.errors import SessionClosed
 from taskqueue.confirms import ConfirmWindow
 
 from fakes import RecordingSession

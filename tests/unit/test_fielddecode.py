@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from support import RawHeaders, amqp_key, amqp_table, deep_table
 from taskqueue import fielddecode
+from taskqueue.errors import UndecodableField
 from taskqueue.fielddecode import MAX_DEPTH, MAX_FIELDS, MAX_TABLE_BYTES, UndecodedTable
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -234,7 +235,7 @@ def test_long_strings_read_as_pika_reads_them_up_to_the_byte_limit(text):
 
 
 def test_decode_value_refuses_with_a_value_error_never_a_recursion_error():
-    with pytest.raises(fielddecode.UndecodableField, match="nested deeper than"):
+    with pytest.raises(UndecodableField, match="nested deeper than"):
         pika.data.decode_value(b"F" + deep_table(2000), 0)
     assert pika.data.decode_value(b"S\x00\x00\x00\x02hi", 0) == ("hi", 7)
     assert pika.data.decode_value(b"D\x02\x00\x00\x01\x00", 0) == (decimal.Decimal("2.56"), 6)

@@ -4,6 +4,7 @@ import pika
 import pytest
 
 from taskqueue import deadletter, deadtools, inbound
+from taskqueue.errors import NotRequeueable
 from taskqueue.fielddecode import UndecodedTable
 
 LIMIT = 1000
@@ -103,14 +104,14 @@ def test_dead_tools_describe_and_keep_a_letter_whose_headers_were_not_decoded():
     assert letter.worker_type == "echo"
     ours = deadletter.dead_properties(undecoded, "headers not decoded: unknown field kind 'Z'")
     for dead in (undecoded, ours):
-        with pytest.raises(deadtools.NotRequeueable, match="its headers could not be decoded"):
+        with pytest.raises(NotRequeueable, match="its headers could not be decoded"):
             deadtools.requeue_copy(dead, body)
 
 
 def test_dead_requeue_refuses_a_body_the_dispatcher_would_refuse_again():
     dead = deadletter.dead_properties(props(message_id="m"), "body is 20 bytes, more than ...")
     body = b'{"worker_type": "echo", "workitem": "0123456789"}'
-    with pytest.raises(deadtools.NotRequeueable, match="body is 49 bytes, more than"):
+    with pytest.raises(NotRequeueable, match="body is 49 bytes, more than"):
         deadtools.requeue_copy(dead, body, max_body_size=20)
     assert deadtools.requeue_copy(dead, body, max_body_size=100)[0] == body
 

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from taskqueue.errors import IllegalTransition
 from taskqueue.lifecycle import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -27,7 +28,6 @@ from taskqueue.lifecycle import (
     STABLE_SECONDS,
     ChildState,
     Ev,
-    IllegalTransition,
     backoff_delay,
     classify_exit,
     describe_exit,

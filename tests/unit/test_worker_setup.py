@@ -7,7 +7,8 @@ import pika.exceptions
 import pytest
 
 from taskqueue import worker as worker_module
-from taskqueue.amqp import Session, SessionClosed
+from taskqueue.amqp import Session
+from taskqueue.errors import SessionClosed
 from taskqueue.child import ChildContext
 from taskqueue.config import AmqpSettings, WorkerGroup
 from taskqueue.lifecycle import EXIT_CONNECTION
