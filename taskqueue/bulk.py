@@ -17,7 +17,7 @@ from typing import Optional
 import gevent
 from gevent.event import Event
 
-from . import amqp, onehop, topology, workitems
+from . import amqp, onehop, pikaparams, topology, workitems
 from .client import declare_onehop, task_properties, workitem_bytes
 from .confirms import ConfirmWindow
 from .errors import BrokerUnreachable, InputError, TaskqueueError
@@ -161,7 +161,7 @@ def _publish(settings, worker_type, tasks, tally, progress, stop):
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
-            props = amqp.onehop_properties(task_properties(), worker_type)
+            props = pikaparams.onehop_properties(task_properties(), worker_type)
             window.publish(worker_type, task.body, props, index, exchange=onehop.EXCHANGE)
             tally.sent += 1
             progress.update(tally.count)

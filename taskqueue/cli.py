@@ -6,6 +6,9 @@ import os
 import sys
 
 from . import __version__, config, logs, redact
+# pika as taskqueue's processes use it (amqp.py, on import): headers decoded within
+# bounds, one log line per failed connection attempt. Every command, not the Client.
+from . import amqp  # noqa: F401
 from .daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from .errors import BrokerUnreachable, ConfigError, InputError, PluginError, TaskqueueError
 from .printable import printable

@@ -24,6 +24,7 @@ from .replies import parse_reply_queues
 from .retries import RetryPolicy
 
 from .errors import ConfigError, TlsFileError
+from .topology import QUEUE_TYPES
 
 #: Where the packaged config lives; `--config` or TASKQUEUE_CONFIG override it.
 DEFAULT_PATH = "/etc/taskqueue/config.ini"
@@ -193,7 +194,6 @@ DEFAULT_PASSWORD = "guest"
 #: Options naming a file read when the config is loaded (tls.load).
 TLS_FILE_OPTIONS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 AUTH_MECHANISMS = ("plain", "external")
-QUEUE_TYPES = ("quorum", "classic")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -731,7 +731,7 @@ class _Loader:
                 url = self.url_with_password(url, password, own)
             for secret in url_passwords(url or ""):   # hidden in free text too
                 redact.remember(secret)
-            # TLS options apply to the amqps:// URLs of the list (amqp.parameters).
+            # TLS options apply to the amqps:// URLs of the list (pikaparams.parameters).
             schemes = {u.partition("://")[0].lower() for u in split_urls(url or "")}
             base = dict(url=url, tls="amqps" in schemes)
         else:

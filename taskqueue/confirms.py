@@ -1,21 +1,22 @@
 """Many publishes in flight on one Session, each confirmed by the broker.
 
 `ConfirmWindow` is the client side of publisher confirms for the command-line
-tools (`submit --file`, `dead requeue`): it keeps up to `window` messages
+tools (`submit --file`, `dead requeue`) and the Client's submit_many: it keeps up to `window` messages
 unconfirmed, as RabbitMQ's confirms guide advises, instead of waiting one
 round trip per message, and tells its owner, message by message, whether the
 broker took it. A message the broker nacks is published again, a bounded
 number of times, before it counts as refused (nacks.py). The dispatcher has
 its own pipeline, tied to its inputs' acks.
+
+Its session is anything with enable_confirms, publish, await_confirm, is_open,
+close_reason and abort: a gevent amqp.Session, or a blocking.ConfirmingChannel
+(no gevent: the Client's). This module imports neither.
 """
 import itertools
 import logging
 import time
 
-import gevent
-from gevent.event import Event
-
-from . import amqp, nacks
+from . import nacks, pikaparams
 from .errors import SessionClosed
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 #: batches after their log is written: a deep window keeps them busy.
 WINDOW = 2000
 #: Seconds without a single confirm, while some are due, before the broker is given up on.
-STALL_TIMEOUT = amqp.REPLY_TIMEOUT
+STALL_TIMEOUT = pikaparams.REPLY_TIMEOUT
 #: Seconds between calls of the owner's on_wait while publish() or flush() waits.
 TICK = 0.1
 
@@ -32,7 +33,7 @@ TICK = 0.1
 class ConfirmWindow:
     """Publish with confirms, at most `window` unconfirmed at a time.
 
-    on_settled(token, problem) runs in the hub for each message once the broker
+    on_settled(token, problem) runs in the session's I/O loop (the hub) for each message once the broker
     has answered: problem is None if it took the message, else a sentence
     (nacked nacks.TRIES times, or returned unroutable). It must not block or raise.
     on_wait() runs in the publishing greenlet about every TICK seconds while it waits.
@@ -54,7 +55,6 @@ class ConfirmWindow:
         self._returned = {}        # sequence number -> why the broker returned it
         self._published = 0
         self._confirmed_at = time.monotonic()
-        self._answered = Event()   # set by each confirm
         session.enable_confirms(self._guarded(self._on_confirm), self._guarded(self._on_return))
 
     @property
@@ -89,8 +89,7 @@ class ConfirmWindow:
         return True
 
     def _wait(self):
-        self._answered.clear()
-        gevent.wait([self._answered, self._session.closed], count=1, timeout=TICK)
+        self._session.await_confirm(TICK)
         self._on_wait()
         if not self._session.is_open:
             raise SessionClosed(f"connection lost with {self.unconfirmed} messages "
@@ -129,7 +128,6 @@ class ConfirmWindow:
                 problem = nacks.refused("it", tries)
             self._on_settled(token, problem)
         self._confirmed_at = time.monotonic()
-        self._answered.set()
 
     def _on_return(self, queue, props, body):
         """The broker could not route this message; its confirm follows. It is the

@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from . import amqp, fielddecode, filetrust, inbound, redact, topology
+from . import fielddecode, pikaparams, filetrust, inbound, redact, topology
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def dead_properties(props, reason, queue=topology.TASK_QUEUE, **details):
     `details` become more `x-taskqueue-<name>` headers. Headers that were not decoded
     are kept as their bytes (RAW_HEADERS); the dead-letter headers the message had
     already (a publisher's, inbound.py) are not."""
-    out = amqp.copy_properties(props)
-    out.delivery_mode = amqp.PERSISTENT
+    out = pikaparams.copy_properties(props)
+    out.delivery_mode = pikaparams.PERSISTENT
     undecoded = props.headers if isinstance(props.headers, fielddecode.UndecodedTable) else None
-    out.headers = amqp.amqp_safe(inbound.without_forged(
+    out.headers = pikaparams.amqp_safe(inbound.without_forged(
         without_broker_headers(props.headers or {})))
     if undecoded is not None:
         out.headers[RAW_HEADERS] = undecoded.raw[:MAX_RAW_KEPT]

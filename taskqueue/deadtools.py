@@ -27,7 +27,7 @@ from typing import Optional
 import gevent
 from gevent.queue import Empty, Queue
 
-from . import amqp, fielddecode, formats, inbound, topology
+from . import amqp, fielddecode, formats, inbound, pikaparams, topology
 from .confirms import ConfirmWindow
 from .deadletter import RAW_HEADERS, REASON_HEADER, SOURCE_HEADER, task_key
 from .printable import printable
@@ -164,8 +164,8 @@ def requeue_copy(props, body, readers=None, max_body_size=inbound.DEFAULT_MAX_BO
     if letter.queue and letter.queue.startswith(WORKER_QUEUE_PREFIX) and letter.worker_type:
         headers["worker_type"] = letter.worker_type
     out = copy.copy(props)
-    out.delivery_mode = amqp.PERSISTENT
-    out.headers = amqp.amqp_safe(headers) or None
+    out.delivery_mode = pikaparams.PERSISTENT
+    out.headers = pikaparams.amqp_safe(headers) or None
     refusal = inbound.refusal(out, body, max_body_size)
     decision = Rejection(refusal) if refusal else route(body, out.content_type, out.headers,
                                                         readers)

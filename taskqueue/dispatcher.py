@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from . import amqp, delays, formats, inbound, logs, topology
+from . import amqp, delays, formats, inbound, logs, pikaparams, topology
 from .deadletter import dead_properties, without_broker_headers
 from .errors import SessionClosed
 from .lifecycle import EXIT_CONNECTION, EXIT_OK
@@ -44,12 +44,12 @@ def forwarded_properties(props, decision):
     gives (application/json for an envelope's workitem, text/plain for plain text),
     without the dead-letter headers a publisher sent, the priority at most
     inbound.MAX_PRIORITY."""
-    out = amqp.copy_properties(props)
-    out.delivery_mode = amqp.PERSISTENT
+    out = pikaparams.copy_properties(props)
+    out.delivery_mode = pikaparams.PERSISTENT
     if decision.content_type:
         out.content_type = decision.content_type
     if out.headers:
-        out.headers = amqp.amqp_safe(inbound.without_forged(without_broker_headers(out.headers)))
+        out.headers = pikaparams.amqp_safe(inbound.without_forged(without_broker_headers(out.headers)))
     if out.priority is not None and out.priority > inbound.MAX_PRIORITY:
         out.priority = inbound.MAX_PRIORITY
     return out
@@ -62,7 +62,7 @@ def without_chain_deaths(props):
     headers = props.headers
     if not headers or delays.DELAYED_HEADER not in headers:
         return props
-    out = amqp.copy_properties(props)
+    out = pikaparams.copy_properties(props)
     out.headers = delays.without_chain_deaths(headers)
     return out
 

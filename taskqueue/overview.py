@@ -12,7 +12,7 @@ import socket
 import stat
 from collections import Counter
 
-from . import amqp, blocking, delays, queuelist, redact, status, topology
+from . import blocking, pikaparams, delays, queuelist, redact, status, topology
 from .errors import TaskqueueError, Unlisted
 from .printable import printable
 from .startup import EXIT_NO_BROKER
@@ -51,7 +51,7 @@ def gather(cfg, timeout):
     view = {
         "status_dir": cfg.supervisor.status_dir,
         "supervisors": supervisors,
-        "broker": {"address": amqp.describe(cfg.amqp),
+        "broker": {"address": pikaparams.describe(cfg.amqp),
                    "error": None if broker_error is None else redact.redact(broker_error)},
         "queue_listing": listing,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),

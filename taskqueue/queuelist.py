@@ -28,7 +28,7 @@ import shutil
 import socket
 import subprocess
 
-from . import amqp
+from . import pikaparams
 from .errors import Unlisted
 
 #: RabbitMQ's command line tool, looked up on PATH (Debian: /usr/sbin, root's PATH).
@@ -42,7 +42,7 @@ SHOWN = 200
 def list_queues(settings, timeout):
     """The names of every queue in the vhost of `settings`, from rabbitmqctl (a set);
     Unlisted saying why when it cannot tell."""
-    params = amqp.parameters(settings)
+    params = pikaparams.parameters(settings)
     local = [p for p in params if is_local(p.host)]
     if not local:
         raise Unlisted(f"the broker ({', '.join(p.host for p in params)}) is not on this host, "

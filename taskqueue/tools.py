@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from . import (amqp, blocking, config, fielddecode, inbound, plugins, replies, topology,
+from . import (blocking, config, fielddecode, inbound, pikaparams, plugins, replies, topology,
                workitems)
 from .client import Client, task_message
 from .errors import ConfigError, InputError
@@ -206,7 +206,7 @@ def cmd_check_config(args):
     print(f"config: {path}: ok")
     for warning in cfg.warnings:
         print(f"warning: {warning}")
-    print(f"broker: {amqp.describe(cfg.amqp)} (connect timeout {cfg.amqp.connect_timeout:g}s)")
+    print(f"broker: {pikaparams.describe(cfg.amqp)} (connect timeout {cfg.amqp.connect_timeout:g}s)")
     print(f"tls: {_describe_tls(cfg.amqp)}")
     print(f"messages: {describe_limits(cfg.amqp)}")
     print(f"logging: {logging_line}")

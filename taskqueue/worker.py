@@ -18,7 +18,7 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from . import amqp, delays, inbound, logs, plugins, replies, retries, topology
+from . import amqp, delays, inbound, logs, pikaparams, plugins, replies, retries, topology
 from .intake import AHEAD_PREFETCH, Intake
 from .taskthread import TaskThread
 from .deadletter import dead_properties, task_key, without_broker_headers
@@ -203,7 +203,7 @@ class TaskChannel:
         if isinstance(body, str):
             body = body.encode()
             content_type = content_type or "text/plain; charset=utf-8"
-        props = amqp.properties(correlation_id=header.correlation_id or header.message_id,
+        props = pikaparams.properties(correlation_id=header.correlation_id or header.message_id,
                                 content_type=content_type)
         self.basic_publish("", header.reply_to, body, props)
 
@@ -476,8 +476,8 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
             lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
                 props, decision.reason, queue=group.queue, worker_type=group.worker_type,
                 **counted)))
-    copy = amqp.copy_properties(props)
-    copy.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
+    copy = pikaparams.copy_properties(props)
+    copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1
     outcome = _copy_then_ack(session, group, task, method, "retry", lambda: session.publish_delayed(
         group.queue, group.worker_type, body, copy, decision.delay))

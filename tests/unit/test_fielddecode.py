@@ -23,6 +23,7 @@ from taskqueue import fielddecode
 from taskqueue.errors import UndecodableField
 from taskqueue.fielddecode import MAX_DEPTH, MAX_FIELDS, MAX_TABLE_BYTES, UndecodedTable
 
+fielddecode.install()   # what amqp.py does in the daemons and tools: the parser below reads
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -70,7 +71,8 @@ def assert_faithful_or_refused(raw):
     return ours
 
 
-def test_the_decoders_are_installed_in_pika():
+def test_the_decoders_are_installed_in_pika_by_the_daemons_module():
+    from taskqueue import amqp  # noqa: F401  what the daemons and tools import
     assert pika.data.decode_table is fielddecode.decode_table
     assert pika.data.decode_value is fielddecode.decode_value
 
