@@ -21,8 +21,8 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import delays, onehop, pikaparams, topology
 from .pikaparams import REPLY_TIMEOUT
-from .errors import (BrokerUnreachable, PublishNacked, PublishRefused, SessionClosed, TaskqueueError,
-                     TopologyError)
+from .errors import (BrokerUnreachable, PublishNacked, PublishRefused, SessionClosed,
+                     TaskqueueError, TopologyError)
 from .topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal, legacy_arguments,
                        queue_arguments, unroutable_onehop, worker_queue)
 
@@ -183,7 +183,8 @@ def _blocking_connection(settings, name, timeout):
             connection = pika.BlockingConnection(params)
         except CONNECT_FAILED as exc:
             failures.append(pikaparams.failure(params, exc, settings))
-            route.attempt_failed(pikaparams.address(params), pikaparams.short_failure(params, exc, settings),
+            route.attempt_failed(pikaparams.address(params),
+                                 pikaparams.short_failure(params, exc, settings),
                                  time.monotonic())
             continue
         route.connected(pikaparams.address(params), "")

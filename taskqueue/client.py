@@ -67,7 +67,8 @@ def task_properties(message_id=None):
     """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
     message id (a new one unless given) that is also its correlation id."""
     message_id = message_id or uuid.uuid4().hex
-    return pikaparams.properties(content_type="application/json", delivery_mode=pikaparams.PERSISTENT,
+    return pikaparams.properties(content_type="application/json",
+                                 delivery_mode=pikaparams.PERSISTENT,
                            message_id=message_id, correlation_id=message_id)
 
 

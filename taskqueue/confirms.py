@@ -1,9 +1,9 @@
 """Many publishes in flight on one Session, each confirmed by the broker.
 
 `ConfirmWindow` is the client side of publisher confirms for the command-line
-tools (`submit --file`, `dead requeue`) and the Client's submit_many: it keeps up to `window` messages
-unconfirmed, as RabbitMQ's confirms guide advises, instead of waiting one
-round trip per message, and tells its owner, message by message, whether the
+tools (`submit --file`, `dead requeue`) and the Client's submit_many: it keeps up
+to `window` messages unconfirmed, as RabbitMQ's confirms guide advises, instead
+of waiting one round trip per message, and tells its owner, message by message, whether the
 broker took it. A message the broker nacks is published again, a bounded
 number of times, before it counts as refused (nacks.py). The dispatcher has
 its own pipeline, tied to its inputs' acks.
@@ -33,8 +33,8 @@ TICK = 0.1
 class ConfirmWindow:
     """Publish with confirms, at most `window` unconfirmed at a time.
 
-    on_settled(token, problem) runs in the session's I/O loop (the hub) for each message once the broker
-    has answered: problem is None if it took the message, else a sentence
+    on_settled(token, problem) runs in the session's I/O loop (the hub) for each
+    message once the broker has answered: problem is None if it took the message, else a sentence
     (nacked nacks.TRIES times, or returned unroutable). It must not block or raise.
     on_wait() runs in the publishing greenlet about every TICK seconds while it waits.
     """

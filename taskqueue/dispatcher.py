@@ -49,7 +49,8 @@ def forwarded_properties(props, decision):
     if decision.content_type:
         out.content_type = decision.content_type
     if out.headers:
-        out.headers = pikaparams.amqp_safe(inbound.without_forged(without_broker_headers(out.headers)))
+        out.headers = pikaparams.amqp_safe(
+            inbound.without_forged(without_broker_headers(out.headers)))
     if out.priority is not None and out.priority > inbound.MAX_PRIORITY:
         out.priority = inbound.MAX_PRIORITY
     return out

@@ -7,7 +7,8 @@ represent: a table nested ~500 levels deep (RecursionError; RabbitMQ 3.10 takes
 and the broker delivers the same message again, to every consumer, for ever.
 
 install() (done by amqp.py on import: in the daemons and the tools, never in an
-application that imports only the Client, whose pika stays as shipped) puts decode_table and decode_value below in pika.data's place: pika.spec
+application that imports only the Client, whose pika stays as shipped) puts
+decode_table and decode_value below in pika.data's place: pika.spec
 calls them through the module (`data.decode_table`), pika 1.2.0 to 1.4 alike.
 They never raise on any bytes. A table beyond the limits below, or one pika
 could not decode, becomes an UndecodedTable: an empty dict that says why

@@ -59,7 +59,8 @@ def parameters(settings):
                 setattr(params, name, settings.connect_timeout)
         if settings.tls and (not settings.url or params.ssl_options is not None):   # amqps:// only
             # The context kept since the config was loaded (still privileged): never pika's own.
-            context = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+            context = tls.context(settings.tls_ca_file, settings.tls_cert_file,
+                                  settings.tls_key_file)
             params.ssl_options = pika.SSLOptions(context, settings.tls_server_name or params.host)
         if settings.auth == "external":
             params.credentials = pika.credentials.ExternalCredentials()
@@ -86,9 +87,12 @@ def ordered_parameters(settings, route, now=None):
 
 #: pika's own ERROR lines for one failed connection attempt: seven of them, each
 #: repeating the same error; failure() says it once, naming the file at fault.
-PIKA_ATTEMPT_LINES = ("Attempt to create the streaming transport failed", "AMQPConnector - reporting failure",
-                      "AMQP connection workflow failed", "AMQPConnectionWorkflow - reporting failure",
-                      "Full-stack connection workflow failed", "Self-initiated stack bring-up failed",
+PIKA_ATTEMPT_LINES = ("Attempt to create the streaming transport failed",
+                      "AMQPConnector - reporting failure",
+                      "AMQP connection workflow failed",
+                      "AMQPConnectionWorkflow - reporting failure",
+                      "Full-stack connection workflow failed",
+                      "Self-initiated stack bring-up failed",
                       "SSL do_handshake failed")
 
 

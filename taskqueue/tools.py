@@ -206,7 +206,8 @@ def cmd_check_config(args):
     print(f"config: {path}: ok")
     for warning in cfg.warnings:
         print(f"warning: {warning}")
-    print(f"broker: {pikaparams.describe(cfg.amqp)} (connect timeout {cfg.amqp.connect_timeout:g}s)")
+    print(f"broker: {pikaparams.describe(cfg.amqp)} "
+          f"(connect timeout {cfg.amqp.connect_timeout:g}s)")
     print(f"tls: {_describe_tls(cfg.amqp)}")
     print(f"messages: {describe_limits(cfg.amqp)}")
     print(f"logging: {logging_line}")
