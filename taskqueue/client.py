@@ -38,33 +38,30 @@ import uuid
 import weakref
 
 from taskqueue import redact
-from taskqueue.broker import amqp, blocking, fielddecode
-from taskqueue.errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
+from taskqueue.broker import blocking, fielddecode, pikaparams
+from taskqueue.broker.confirms import ConfirmWindow
+from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
+                              SessionClosed, TaskqueueError, TopologyError, UndecodableHeaders)
 from taskqueue.host import config
 from taskqueue.protocol import nacks, onehop, topology, workitems
 from taskqueue.runtime import plugins
+
+#: What applications import from here (the errors are errors.py's, named here too).
+__all__ = ["Client", "ConnectionLost", "BrokerUnreachable", "PartlySubmitted", "PublishRefused",
+           "PublishNacked", "TaskqueueError", "TopologyError", "UndecodableHeaders",
+           "task_message", "onehop_message", "task_properties"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds one call may wait for the broker once connected (channel open, declares,
 #: confirm, close), all together; past it ConnectionLost says so (blocking.answered_within).
 #: Connecting takes at most [amqp] connect_timeout per broker of the list.
-BROKER_TIMEOUT = amqp.REPLY_TIMEOUT
+BROKER_TIMEOUT = pikaparams.REPLY_TIMEOUT
 #: Longest slice of waiting for a reply, so a lost connection is noticed in time.
 REPLY_POLL = 1.0
 
 #: The connection was lost, or no broker of the list could be reached.
-ConnectionLost = amqp.SessionClosed
-
-
-class PartlySubmitted(PublishRefused):
-    """submit_many stopped: the broker refused a task, or the connection went.
-    `ids` holds, in the order of the items, each task's message id if the broker
-    confirmed it, else None (not submitted, or not known to be)."""
-
-    def __init__(self, message, ids):
-        super().__init__(message)
-        self.ids = ids
+ConnectionLost = SessionClosed
 
 
 # -- what goes on the wire ---------------------------------------------------------
@@ -73,7 +70,8 @@ def task_properties(message_id=None):
     """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
     message id (a new one unless given) that is also its correlation id."""
     message_id = message_id or uuid.uuid4().hex
-    return amqp.properties(content_type="application/json", delivery_mode=amqp.PERSISTENT,
+    return pikaparams.properties(content_type="application/json",
+                                 delivery_mode=pikaparams.PERSISTENT,
                            message_id=message_id, correlation_id=message_id)
 
 
@@ -93,7 +91,7 @@ def onehop_message(worker_type, workitem, message_id=None):
     ValueError saying what is wrong with the type or workitem."""
     _check_type(worker_type)
     body = _encoded(worker_type, workitem_bytes, workitem)
-    return body, amqp.onehop_properties(task_properties(message_id), worker_type)
+    return body, pikaparams.onehop_properties(task_properties(message_id), worker_type)
 
 
 def _check_type(worker_type):
@@ -139,6 +137,7 @@ class _Link:
         self.box = {"connection": None}
         self.channel = None
         self.declared = set()       # queues declared on this connection
+        self.found = None           # settings as the vhost's queues are declared (declaring)
         self.replies = {}           # correlation id -> reply body, for call()
         self.consuming_replies = False
 
@@ -169,9 +168,18 @@ class _Link:
             self.channel = self.connection.channel()
             self.channel.confirm_delivery()
 
+    @property
+    def declaring(self):
+        """The settings this connection declares queues with: the Client's, with the
+        queue type `taskqueue` has when a pool configured otherwise declared it (the
+        queues are used as they are: blocking.settings_as_found). Once per connection."""
+        if self.found is None:
+            self.found = blocking.settings_as_found(self.connection, self.settings)
+        return self.found
+
     def declare(self, queue):
         if queue not in self.declared:
-            blocking.blocking_declare(self.channel, self.settings, queue)
+            blocking.blocking_declare(self.channel, self.declaring, queue)
             worker_type = _worker_type_of(queue)
             if worker_type:     # bound as every declarer of a worker queue binds it (one hop)
                 blocking.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
@@ -180,15 +188,16 @@ class _Link:
     def publish_onehop(self, worker_type, body, props):
         """To the one-hop exchange, its topology declared once per connection."""
         if ONE_HOP not in self.declared:
-            blocking.declare_onehop_blocking(self.channel, self.settings)
+            blocking.declare_onehop_blocking(self.channel, self.declaring)
             self.declared.add(ONE_HOP)
         blocking.blocking_publish_onehop(self.channel, worker_type, body, props)
 
     def publish_delayed(self, worker_type, body, props, seconds):
         """Through the delay chain, declared once per connection (DELAY_CHAIN in `declared`)."""
         try:
-            blocking.publish_delayed_blocking(self.channel, self.settings, worker_type, body, props,
-                                              seconds, declare=DELAY_CHAIN not in self.declared)
+            blocking.publish_delayed_blocking(self.channel, self.declaring, worker_type, body,
+                                              props, seconds,
+                                              declare=DELAY_CHAIN not in self.declared)
         except Exception:
             self.declared.discard(DELAY_CHAIN)   # a returned task: declare it all again next time
             raise
@@ -214,7 +223,7 @@ class _Link:
     def drop(self):
         """Forget the connection (closing it if it is still open)."""
         _close_quietly(self.connection)
-        self.connection = self.channel = None
+        self.connection = self.channel = self.found = None
         self.declared = set()
         self.consuming_replies = False
 
@@ -313,8 +322,9 @@ class Client:
                     return action(link)
             except blocking.CONNECTION_LOST as exc:
                 link.drop()
+                _raise_if_undecodable(exc, self.settings, what)
                 if attempt == 2:
-                    raise ConnectionLost(f"connection to {amqp.describe(self.settings)} "
+                    raise ConnectionLost(f"connection to {pikaparams.describe(self.settings)} "
                                          f"lost: {exc!r}") from None
                 log.info("connection lost (%r); connecting again", exc)
             except PublishRefused:
@@ -399,9 +409,25 @@ class Client:
                 link.connection.process_data_events(time_limit=min(REPLY_POLL, left))
             except blocking.CONNECTION_LOST as exc:
                 link.drop()
+                _raise_if_undecodable(exc, self.settings,
+                                      f"waiting for the reply to task {correlation_id}")
                 raise ConnectionLost(f"connection lost while waiting for the reply to task "
                                      f"{correlation_id} (it was submitted): {exc!r}") from None
         return link.replies[correlation_id]
+
+
+def _raise_if_undecodable(exc, settings, what):
+    """UndecodableHeaders when the connection was lost because pika could not decode what
+    the broker sent (a hostile reply's headers, say). The Client leaves pika's decoders
+    as shipped, so that the application's own use of pika is unchanged (fielddecode.py
+    is the daemons'): that call fails, its connection is closed already, the next call
+    opens another."""
+    cause = blocking.undecodable(exc)
+    if cause:
+        raise UndecodableHeaders(
+            f"{what}: pika cannot decode a message the broker sent on the connection to "
+            f"{pikaparams.describe(settings)} (its headers, most likely: nested too deep, a "
+            f"timestamp past the year 9999): {cause}; that connection is closed") from None
 
 
 def _close_boxed(box):
@@ -409,24 +435,29 @@ def _close_boxed(box):
 
 
 def _submit_window(settings, name, worker_type, messages):
-    """Publish `messages` [(body, props)] for `worker_type`, one hop, on a gevent Session
-    of their own, up to confirms.WINDOW unconfirmed; the message ids, in order."""
-    from taskqueue.broker.confirms import ConfirmWindow
+    """Publish `messages` [(body, props)] for `worker_type`, one hop, on a blocking
+    connection of their own, up to confirms.WINDOW unconfirmed; the message ids, in order."""
     ids = [None] * len(messages)
     refusals = []
 
-    def on_settled(index, problem):     # in the hub
+    def on_settled(index, problem):     # in the connection's I/O loop
         if problem is None:
             ids[index] = messages[index][1].message_id
         else:
             refusals.append((index, problem))
     # Opened before the try, as submit --file does: no broker to reach is BrokerUnreachable,
-    # as for submit (nothing was sent), and a session that never opened is not closed.
-    session = amqp.Session(settings, f"{name} (submit_many)").open(BROKER_TIMEOUT)
+    # as for submit (nothing was sent), and a connection that never opened is not closed.
+    connection = blocking.blocking_connect(settings, f"{name} (submit_many)", BROKER_TIMEOUT)
     error = None
     try:
-        declare_onehop(session)
-        window = ConfirmWindow(session, on_settled, on_unroutable=topology.unroutable_onehop)
+        with blocking.answered_within(connection, BROKER_TIMEOUT, "declaring taskqueue",
+                                      settings):
+            channel = connection.channel()
+            blocking.declare_onehop_blocking(
+                channel, blocking.settings_as_found(connection, settings))
+            channel.close()
+        window = ConfirmWindow(blocking.ConfirmingChannel(connection), on_settled,
+                               on_unroutable=topology.unroutable_onehop)
         for index, (body, props) in enumerate(messages):
             if refusals:
                 break
@@ -434,8 +465,10 @@ def _submit_window(settings, name, worker_type, messages):
         window.flush()
     except TaskqueueError as exc:
         error = str(exc)
+    except blocking.CONNECTION_LOST as exc:
+        error = f"connection to {pikaparams.describe(settings)} lost: {exc!r}"
     finally:
-        session.close(timeout=5)
+        blocking.close_within(connection, 5)
     if refusals:
         index, why = min(refusals)
         error = f"item {index}: {why}"

@@ -1,4 +1,14 @@
-"""One hierarchy for every error taskqueue reports to an operator."""
+"""Every exception taskqueue raises beyond the module that raises it: one name per
+event, whichever code path saw it (a gevent Session, a blocking connection, the
+Client, a tool). Most are TaskqueueError's, whose str() is a sentence for the
+operator; a few keep the base their callers catch them by (ValueError for a TLS
+file or a header field, Exception for a supervisor's bug).
+
+The bottom of the import order: every module may import this one, so it imports
+only the standard library and redact.py (str() hides passwords), never a module
+that imports pika, gevent or another taskqueue module (tests/unit/test_layers.py
+holds it there).
+"""
 from taskqueue import redact
 
 
@@ -44,3 +54,62 @@ class PublishNacked(PublishRefused):
     def after(self, tries, waited):
         """The same refusal, once tried `tries` times over `waited` seconds."""
         return PublishNacked(self.subject, tries, waited)
+
+
+class PartlySubmitted(PublishRefused):
+    """Client.submit_many stopped: the broker refused a task, or the connection went.
+    `ids` holds, in the order of the items, each task's message id if the broker
+    confirmed it, else None (not submitted, or not known to be)."""
+
+    def __init__(self, message, ids):
+        super().__init__(message)
+        self.ids = ids
+
+
+class SessionClosed(TaskqueueError):
+    """The connection or channel closed, or the broker stopped answering; that
+    connection cannot be used any more. (The Client's ConnectionLost.)"""
+
+
+class BrokerUnreachable(SessionClosed):
+    """No broker of the list could be connected to (refused, TLS, login): the tools
+    exit with startup.EXIT_NO_BROKER."""
+
+
+class UndecodableHeaders(SessionClosed):
+    """A message came with headers pika cannot decode (a table nested too deep, a
+    timestamp past 9999): the Client closed that connection (client.py)."""
+
+
+class NotRequeueable(TaskqueueError):
+    """Requeuing this dead letter would not give the dispatcher something it routes."""
+
+
+class Unlisted(Exception):
+    """The queues could not be listed; str() says why, for the operator."""
+
+
+class TlsFileError(ValueError):
+    """A TLS file that cannot be used: `option` names the [amqp] option holding `path`."""
+
+    def __init__(self, option, path, reason, denied=False):
+        super().__init__(reason)
+        self.option, self.path, self.reason = option, path, reason
+        #: The file could not be read for lack of permission (keptsecrets.denied).
+        self.denied = denied
+
+
+class UndecodableField(ValueError):
+    """fielddecode.decode_value's answer to a value it does not decode (pika's raised too)."""
+
+
+class UserSwitchError(Exception):
+    """A child could not become the user and groups of its worker group (child.py)."""
+
+
+class IllegalTransition(Exception):
+    """A child slot was asked to make a transition lifecycle.py's table has not: a bug."""
+
+
+class SupervisorFailure(Exception):
+    """The supervisor cannot go on; the internal error behind it is logged already."""

@@ -18,9 +18,9 @@ import traceback
 import gevent
 from gevent.queue import Empty
 
-from taskqueue.broker import amqp, inbound
+from taskqueue.broker import amqp, inbound, pikaparams
 from taskqueue.broker.deadletters import dead_properties, task_key, without_broker_headers
-from taskqueue.errors import PluginError, PublishNacked
+from taskqueue.errors import PluginError, PublishNacked, SessionClosed
 from taskqueue.host import logs
 from taskqueue.protocol import delays, replies, retries, topology
 from taskqueue.runtime import plugins
@@ -206,7 +206,7 @@ class TaskChannel:
         if isinstance(body, str):
             body = body.encode()
             content_type = content_type or "text/plain; charset=utf-8"
-        props = amqp.properties(correlation_id=header.correlation_id or header.message_id,
+        props = pikaparams.properties(correlation_id=header.correlation_id or header.message_id,
                                 content_type=content_type)
         self.basic_publish("", header.reply_to, body, props)
 
@@ -244,7 +244,7 @@ def run_worker(group, amqp_settings, ctx):
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
         intake, prefetch = _start_consuming(group, session)
-    except amqp.SessionClosed:
+    except SessionClosed:
         if not session.connection_lost:
             raise   # the broker refused a declare or the consume: its message says which
         # The connection went while setting up (a node stopping, a quorum leader
@@ -479,8 +479,8 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
             lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
                 props, decision.reason, queue=group.queue, worker_type=group.worker_type,
                 **counted)))
-    copy = amqp.copy_properties(props)
-    copy.headers = amqp.amqp_safe(without_broker_headers(props.headers or {}))
+    copy = pikaparams.copy_properties(props)
+    copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1
     outcome = _copy_then_ack(session, group, task, method, "retry", lambda: session.publish_delayed(
         group.queue, group.worker_type, body, copy, decision.delay))

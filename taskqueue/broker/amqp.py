@@ -1,4 +1,4 @@
-"""pika's connection parameters, message properties, and the gevent `Session`.
+"""The gevent `Session`, and what taskqueue's own processes change in pika.
 
 A `Session` is one connection with one channel, driven by the gevent hub: what
 the supervisor's children (dispatcher, workers) and the gevent tools use.
@@ -6,20 +6,23 @@ Its blocking-style methods (`open`, `declare_queue`, `consume`, ...) are
 called from a greenlet and wait cooperatively for the broker's reply; pika
 callbacks run in the hub and must never block or raise (an exception in a
 callback closes the whole connection, on pika 1.2 and 1.4 alike).
-Headers are decoded within bounds (fielddecode.py), here and in blocking.py.
-Blocking connections for ordinary code are blocking.py's; queue names and
-arguments are topology.py's (pure). pika is imported here and in blocking.py
-only (sendbatch.py and promptwrite.py patch two of its transport classes, fielddecode.py
-its header decoder).
+Connection parameters and message properties are pikaparams.py's, blocking
+connections for ordinary code blocking.py's, queue names and arguments topology.py's
+(pure).
+
+Importing this module changes pika for the whole process, which is what the
+daemons and the tools want and an application using only the Client must not get
+(client.py never imports it): headers decoded within bounds (fielddecode.py),
+frames joined into one send (sendbatch.py), one log line per failed connection
+attempt (pikaparams.quiet_attempt_lines); promptwrite.py patches a Session's own
+transport when asked.
 
 Importing this module in the supervisor, before any fork, is intended: the
 import costs ~40 ms, which a restarted child then does not pay.
 """
-import decimal
 import encodings.idna  # noqa: F401  getaddrinfo loads it lazily, which fails after a privilege drop
 import logging
 import time
-import urllib.parse
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -27,134 +30,16 @@ import pika
 from pika.adapters.gevent_connection import GeventConnection
 
 from taskqueue.broker import failover, fielddecode, promptwrite, sendbatch
-from taskqueue.errors import PublishNacked, TaskqueueError, TopologyError
-from taskqueue.host import tls
+from taskqueue.broker.pikaparams import (REPLY_TIMEOUT, address, describe, delayed_properties,
+                                         failure, ordered_parameters, parameters, process_route,
+                                         quiet_attempt_lines, short_failure)
+from taskqueue.errors import BrokerUnreachable, PublishNacked, SessionClosed, TopologyError
 from taskqueue.protocol import delays, nacks, onehop, topology
 
 log = logging.getLogger(__name__)
 sendbatch.install()
-fielddecode.install()   # headers decoded within bounds (done on import too: said here)
-
-#: Seconds to wait for a broker reply (open, declare, consume, close).
-REPLY_TIMEOUT = 30.0
-#: Persistent messages survive a broker restart (pika 1.2 has no pika.DeliveryMode).
-PERSISTENT = 2
-
-
-class SessionClosed(TaskqueueError):
-    """The connection or channel closed; the session cannot be used any more."""
-
-
-class BrokerUnreachable(SessionClosed):
-    """No broker of the list could be connected to (refused, TLS, login): the tools
-    exit with startup.EXIT_NO_BROKER."""
-
-
-_process_route = None
-
-
-def process_route():
-    """The route of this process's sessions and blocking connections, when the caller
-    gives none (tools, clients): a random first broker, and what failed lately."""
-    global _process_route
-    if _process_route is None:
-        _process_route = failover.random_route()
-    return _process_route
-
-
-def parameters(settings):
-    """pika connection parameters for each broker of an AmqpSettings, in config order."""
-    if settings.url:
-        candidates = [pika.URLParameters(url) for url in settings.hosts]
-        own_timeouts = [_url_timeouts(url) for url in settings.hosts]
-    else:
-        credentials = pika.PlainCredentials(settings.user, settings.password)
-        candidates = [pika.ConnectionParameters(host=host, port=settings.port,
-                                                virtual_host=settings.vhost,
-                                                credentials=credentials)
-                      for host in settings.hosts]
-        own_timeouts = [()] * len(candidates)
-    for params, own in zip(candidates, own_timeouts):
-        if settings.heartbeat is not None:
-            params.heartbeat = settings.heartbeat
-        # A host that drops packets never refuses: without these a dead node costs
-        # pika's defaults (10 s to connect, 15 s for the whole handshake) per attempt.
-        # (socket_timeout and stack_timeout: both in pika 1.2.0 and 1.3.2.)
-        for name in ("socket_timeout", "stack_timeout"):
-            if name not in own:   # a URL's own ?socket_timeout= wins
-                setattr(params, name, settings.connect_timeout)
-        if settings.tls and (not settings.url or params.ssl_options is not None):   # amqps:// only
-            # The context kept since the config was loaded (still privileged): never pika's own.
-            context = tls.context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
-            params.ssl_options = pika.SSLOptions(context, settings.tls_server_name or params.host)
-        if settings.auth == "external":
-            params.credentials = pika.credentials.ExternalCredentials()
-    return candidates
-
-
-def _url_timeouts(url):
-    """The connect timeouts a URL sets itself (?socket_timeout=...)."""
-    return {key for key in urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-            if key in ("socket_timeout", "stack_timeout")}
-
-
-def address(params):
-    """`host:port` of one broker's parameters: how logs, reports and status name it."""
-    return failover.address(params.host, params.port)
-
-
-def ordered_parameters(settings, route, now=None):
-    """parameters(settings) in the order `route` (failover.Route) tries them."""
-    candidates = parameters(settings)
-    now = time.monotonic() if now is None else now
-    return [candidates[i] for i in route.order([address(p) for p in candidates], now)]
-
-
-#: pika's own ERROR lines for one failed connection attempt: seven of them, each
-#: repeating the same error; failure() says it once, naming the file at fault.
-PIKA_ATTEMPT_LINES = ("Attempt to create the streaming transport failed", "AMQPConnector - reporting failure",
-                      "AMQP connection workflow failed", "AMQPConnectionWorkflow - reporting failure",
-                      "Full-stack connection workflow failed", "Self-initiated stack bring-up failed",
-                      "SSL do_handshake failed")
-
-
-class _OneLinePerAttempt(logging.Filter):
-    """Drops pika's lines for a failed connection attempt: taskqueue logs one in their place.
-    In any program that imports taskqueue (an application's Client too); at debug
-    they show (logs.py quiets the rest of pika's connection lines in our own processes)."""
-
-    def filter(self, record):
-        if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
-            return True
-        return not (isinstance(record.msg, str) and record.msg.startswith(PIKA_ATTEMPT_LINES))
-
-
-for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection",
-              "pika.adapters.utils.io_services_utils"):
-    logging.getLogger(_name).addFilter(_OneLinePerAttempt())
-
-
-def failure(params, exc, settings):
-    """One broker's connection failure in words: a TLS one names the file or name at fault."""
-    return f"{params.host}:{params.port}: {tls.explain(exc, settings, params.host) or repr(exc)}"
-
-
-def short_failure(params, exc, settings):
-    """The same in a few words, for status and the supervisor's memory of failures."""
-    return tls.explain(exc, settings, params.host) or failover.reason(exc)
-
-
-def copy_properties(props):
-    """A shallow copy of message properties: copy.copy's generic protocol costs
-    the dispatcher more than routing the message does."""
-    out = props.__class__.__new__(props.__class__)
-    out.__dict__.update(props.__dict__)
-    return out
-
-
-def describe(settings):
-    """Where we connect, for log lines; never includes the password."""
-    return ", ".join(f"{p.host}:{p.port} vhost {p.virtual_host!r}" for p in parameters(settings))
+fielddecode.install()   # headers decoded within bounds, in every process that imports this
+quiet_attempt_lines()   # one line per failed connection attempt, not pika's seven
 
 
 def _note_legacy(queue, arguments, older):
@@ -166,57 +51,6 @@ def _note_legacy(queue, arguments, older):
                   "is older than 3.10): its leader stays where it is", queue, topology.LEADER_LOCATOR)
 
 
-def delayed_properties(props, worker_type, seconds, now=None):
-    """A copy of `props` (or new ones) for a delayed task: persistent (it must survive a
-    broker restart while it waits), with the `worker_type` header the dispatcher routes
-    it by and delays.DELAYED_HEADER, when it is due."""
-    out = copy_properties(props) if props is not None else pika.BasicProperties()
-    out.delivery_mode = PERSISTENT
-    out.headers = dict(out.headers or {})
-    out.headers["worker_type"] = worker_type
-    out.headers[delays.DELAYED_HEADER] = delays.due(seconds, now)
-    return out
-
-
-def amqp_safe(value):
-    """Return `value` with what pika cannot encode converted.
-
-    Headers received from other clients may hold floats, which pika decodes
-    but refuses to encode again; forwarding them would close the connection.
-    A float becomes a Decimal where pika's AMQP decimal (a 32-bit scaled
-    integer) can hold it, else its repr() string (timestamps, nan, 1e20).
-    """
-    if isinstance(value, float):
-        return _float_field(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
-        return str(value)  # pika decodes huge doubles as ints it cannot encode again
-    if isinstance(value, dict):
-        return {k: amqp_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [amqp_safe(v) for v in value]
-    return value
-
-
-def _float_field(value):
-    number = decimal.Decimal(repr(value))
-    if number.is_finite():
-        number = number.normalize()
-        places = max(0, -number.as_tuple().exponent)
-        if places <= 255 and -2**31 <= int(number.scaleb(places)) < 2**31:
-            return number
-    return repr(value)
-
-
-def properties(**kwargs):
-    return pika.BasicProperties(**kwargs)
-
-
-def onehop_properties(props, worker_type):
-    """`props` (changed in place, and returned) made a one-hop task's: persistent, with
-    the worker_type header the dispatcher reads when no worker queue took it."""
-    props.delivery_mode = PERSISTENT
-    props.headers = onehop.headers(worker_type, props.headers)
-    return props
 
 
 class Session:
@@ -238,6 +72,7 @@ class Session:
         self._confirm_reply = None      # a declare on the confirm channel, awaited
         self._confirm_close_reason = None
         self._delays_declared = False
+        self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
 
     # -- opening and closing -------------------------------------------------
 
@@ -632,9 +467,20 @@ class Session:
         (RabbitMQ sends the return before that message's ack)."""
         self._channel.add_on_return_callback(
             lambda channel, method, props, body: on_return(method.routing_key, props, body))
+        self._confirm_seen = Event()
+
+        def confirmed(frame):
+            on_confirm(frame)
+            self._confirm_seen.set()
         ok = AsyncResult()
-        self._channel.confirm_delivery(on_confirm, callback=ok.set)
+        self._channel.confirm_delivery(confirmed, callback=ok.set)
         self._wait(ok, REPLY_TIMEOUT, "confirm mode")
+
+    def await_confirm(self, timeout):
+        """Wait until a confirm came (since the last call), the session closed, or
+        `timeout` seconds passed (confirms.ConfirmWindow's wait)."""
+        gevent.wait([self._confirm_seen, self.closed], count=1, timeout=timeout)
+        self._confirm_seen.clear()
 
     # -- per-message operations (hub context, non-blocking) -----------------
 
@@ -649,3 +495,4 @@ class Session:
 
     def reject(self, delivery_tag, requeue=True):
         self._channel.basic_reject(delivery_tag, requeue=requeue)
+

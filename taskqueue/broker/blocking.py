@@ -2,9 +2,15 @@
 the operator's tools (status, submit), tests and benchmarks.
 
 The gevent half, amqp.Session, is what the supervisor's children use; this half
-shares its connection parameters, broker route and failure wording (amqp.py), and
-declares queues as every component does (topology.py).
+shares its connection parameters, broker route and failure wording (pikaparams.py),
+and declares queues as every component does (topology.py).
+
+No gevent, and nothing changed in pika on import: the Client of an application
+uses this module. A message whose headers pika cannot decode ends the connection
+here (pika's own decoders: fielddecode.py is installed only by the processes that
+import amqp.py, the daemons and the tools); the Client says so (client.py).
 """
+import builtins
 import contextlib
 import logging
 import ssl
@@ -13,10 +19,11 @@ import time
 import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from taskqueue.broker import amqp, fielddecode
-from taskqueue.broker.amqp import REPLY_TIMEOUT, BrokerUnreachable, SessionClosed
-from taskqueue.errors import PublishNacked, PublishRefused, TaskqueueError, TopologyError
-from taskqueue.protocol import delays, onehop
+from taskqueue.broker import pikaparams
+from taskqueue.broker.pikaparams import REPLY_TIMEOUT
+from taskqueue.errors import (BrokerUnreachable, PublishNacked, PublishRefused, SessionClosed,
+                              TaskqueueError, TopologyError)
+from taskqueue.protocol import delays, onehop, topology
 from taskqueue.protocol.topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal,
                                          legacy_arguments, queue_arguments, unroutable_onehop,
                                          worker_queue)
@@ -29,14 +36,18 @@ CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorExceptio
 
 log = logging.getLogger(__name__)
 
-fielddecode.install()   # headers decoded within bounds (amqp.py did it already: said here)
-
 
 def blocking_arguments(connection, queue, arguments):
     """The arguments to declare `queue` with on a pika BlockingConnection: `arguments`,
     or fewer where legacy_arguments allows; tried on channels of their own, which a
     refusal closes (the caller's stays open). A refusal of another kind is left to
     the caller's own declare, which explains it."""
+    accepted = _accepted_arguments(connection, queue, arguments)
+    return arguments if accepted is None else accepted
+
+
+def _accepted_arguments(connection, queue, arguments):
+    """blocking_arguments' answer when the broker took it; None when it refused."""
     while True:
         probe = connection.channel()
         try:
@@ -44,11 +55,27 @@ def blocking_arguments(connection, queue, arguments):
         except pika.exceptions.ChannelClosedByBroker as exc:
             older = legacy_arguments(queue, arguments, exc)
             if older is None:
-                return arguments
+                return None
             arguments = older
             continue
         probe.close()
         return arguments
+
+
+def settings_as_found(connection, settings):
+    """`settings`, or the same with the queue type `taskqueue` exists as (a pool with
+    another [amqp] queue_type declared it): what a publisher that uses the queues of
+    the vhost as they are declares with (the Client), its declares then taken as
+    every component's are (blocking_arguments). When no type is taken, `settings`:
+    its own declare says what differs (explain_refusal)."""
+    for candidate in topology.queue_type_choices(settings):
+        arguments = queue_arguments(TASK_QUEUE, candidate)
+        if _accepted_arguments(connection, TASK_QUEUE, arguments) is not None:
+            if candidate is not settings:
+                log.info("%s exists as a %s queue: used as it is", TASK_QUEUE,
+                         candidate.queue_type)
+            return candidate
+    return settings
 
 
 def publish_delayed_blocking(channel, settings, worker_type, body, props, seconds, declare=True):
@@ -58,7 +85,7 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
     (idempotent, but a few dozen round trips). ValueError for a delay out of range;
     TopologyError, TaskqueueError with a readable reason otherwise."""
     exchange, routing_key = delays.route(seconds)
-    out = amqp.delayed_properties(props, worker_type, seconds)
+    out = pikaparams.delayed_properties(props, worker_type, seconds)
     if declare:
         declare_delays_blocking(channel, settings)
     what = f"{worker_type} in {delays.whole_seconds(seconds)}s"
@@ -129,7 +156,7 @@ def _blocking_channel(settings, timeout):
             channel.confirm_delivery()
             yield channel
     except pika.exceptions.AMQPError as exc:
-        raise TaskqueueError(f"{amqp.describe(settings)}: {exc!r}") from exc
+        raise TaskqueueError(f"{pikaparams.describe(settings)}: {exc!r}") from exc
     finally:
         close_within(connection, timeout)
 
@@ -148,8 +175,8 @@ def _blocking_connection(settings, name, timeout):
     given [amqp] connect_timeout; BrokerUnreachable naming each one tried otherwise.
     (`timeout` is for the waits after it: answered_within.)"""
     failures = []
-    route = amqp.process_route()
-    for params in amqp.ordered_parameters(settings, route):
+    route = pikaparams.process_route()
+    for params in pikaparams.ordered_parameters(settings, route):
         # No blocked_connection_timeout: answered_within bounds every wait, a
         # Connection.Blocked one included.
         if name is not None:
@@ -157,11 +184,12 @@ def _blocking_connection(settings, name, timeout):
         try:
             connection = pika.BlockingConnection(params)
         except CONNECT_FAILED as exc:
-            failures.append(amqp.failure(params, exc, settings))
-            route.attempt_failed(amqp.address(params), amqp.short_failure(params, exc, settings),
+            failures.append(pikaparams.failure(params, exc, settings))
+            route.attempt_failed(pikaparams.address(params),
+                                 pikaparams.short_failure(params, exc, settings),
                                  time.monotonic())
             continue
-        route.connected(amqp.address(params), "")
+        route.connected(pikaparams.address(params), "")
         return connection
     raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
 
@@ -170,6 +198,23 @@ def _blocking_connection(settings, name, timeout):
 #: network, a dead peer): the client reconnects on these.
 CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
                    pika.exceptions.ChannelWrongStateError, pika.exceptions.ChannelClosed)
+
+
+def undecodable(exc):
+    """What pika failed to read (its error, in words), when `exc` (one of CONNECTION_LOST)
+    is pika ending the connection because it could not decode what the broker sent: a
+    message's headers nested too deep (RecursionError), a timestamp past 9999
+    (ValueError)... None for a connection lost otherwise (the network: an OSError).
+    pika words it "Stream connection lost: <its error's repr>", 1.2.0 to 1.4.x."""
+    prefix = "Stream connection lost: "
+    text = str(exc)
+    if not (isinstance(exc, pika.exceptions.StreamLostError) and text.startswith(prefix)):
+        return None
+    cause = text[len(prefix):]
+    kind = getattr(builtins, cause.split("(", 1)[0], None)
+    if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, OSError):
+        return cause
+    return None
 
 
 # -- bounded waits ----------------------------------------------------------------
@@ -206,7 +251,7 @@ def answered_within(connection, seconds, what, settings=None):
         yield
     except Exception:
         if expired:
-            broker = amqp.describe(settings) if settings else "the broker"
+            broker = pikaparams.describe(settings) if settings else "the broker"
             raise SessionClosed(f"{what}: no reply from {broker} in {seconds:g}s") from None
         raise
     finally:
@@ -295,3 +340,68 @@ def blocking_publish_onehop(channel, worker_type, body, props):
     except pika.exceptions.NackError:
         raise PublishNacked(f"the task for {worker_type} (into {worker_queue(worker_type)} "
                             f"or {TASK_QUEUE})") from None
+
+
+# -- many confirms in flight, for confirms.ConfirmWindow (the Client's submit_many) --
+
+#: Longest slice of waiting on the connection while confirms are due (seconds).
+CONFIRM_POLL = 0.005
+
+
+class ConfirmingChannel:
+    """A channel of a BlockingConnection whose confirms come as callbacks, as a gevent
+    Session's do: the session confirms.ConfirmWindow needs, without gevent. pika's
+    BlockingChannel waits for each confirm inside basic_publish (a round trip per
+    message); this drives the asynchronous channel under it (`_impl`, private to pika,
+    the same from 1.2.0 to 1.4.x, as answered_within's) and waits in the connection's
+    own loop, process_data_events. For one thread, as the connection is."""
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._channel = connection.channel()._impl
+        self._channel.add_on_close_callback(self._on_closed)
+        self._confirmed = False
+        self.close_reason = None
+
+    @property
+    def is_open(self):
+        return self.close_reason is None and self._channel.is_open
+
+    def _on_closed(self, channel, reason):
+        self.close_reason = self.close_reason or reason
+
+    def enable_confirms(self, on_confirm, on_return):
+        def confirmed(frame):
+            self._confirmed = True
+            on_confirm(frame)
+        self._channel.add_on_return_callback(
+            lambda channel, method, props, body: on_return(method.routing_key, props, body))
+        ok = []
+        self._channel.confirm_delivery(confirmed, callback=ok.append)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while not ok and self.is_open and time.monotonic() < deadline:
+            self._serve(deadline)
+        if not ok:
+            raise SessionClosed(f"confirm mode: {self.close_reason or 'no reply'!r}")
+
+    def publish(self, routing_key, body, props, exchange="", mandatory=False):
+        self._channel.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
+
+    def await_confirm(self, timeout):
+        """Serve the connection until a confirm came, the channel closed, or `timeout`."""
+        self._confirmed = False
+        deadline = time.monotonic() + timeout
+        while not self._confirmed and self.is_open and time.monotonic() < deadline:
+            self._serve(deadline)
+
+    def _serve(self, deadline):
+        try:
+            self._connection.process_data_events(
+                time_limit=max(0, min(CONFIRM_POLL, deadline - time.monotonic())))
+        except CONNECTION_LOST as exc:
+            self.close_reason = self.close_reason or exc
+
+    def abort(self):
+        """Give up on this connection (a bug in a callback)."""
+        self.close_reason = self.close_reason or "aborted after an internal error"
+        close_within(self._connection, 1.0)

@@ -1,21 +1,23 @@
 """Many publishes in flight on one Session, each confirmed by the broker.
 
 `ConfirmWindow` is the client side of publisher confirms for the command-line
-tools (`submit --file`, `dead requeue`): it keeps up to `window` messages
-unconfirmed, as RabbitMQ's confirms guide advises, instead of waiting one
-round trip per message, and tells its owner, message by message, whether the
+tools (`submit --file`, `dead requeue`) and the Client's submit_many: it keeps up
+to `window` messages unconfirmed, as RabbitMQ's confirms guide advises, instead
+of waiting one round trip per message, and tells its owner, message by message, whether the
 broker took it. A message the broker nacks is published again, a bounded
 number of times, before it counts as refused (nacks.py). The dispatcher has
 its own pipeline, tied to its inputs' acks.
+
+Its session is anything with enable_confirms, publish, await_confirm, is_open,
+close_reason and abort: a gevent amqp.Session, or a blocking.ConfirmingChannel
+(no gevent: the Client's). This module imports neither.
 """
 import itertools
 import logging
 import time
 
-import gevent
-from gevent.event import Event
-
-from taskqueue.broker import amqp
+from taskqueue.broker import pikaparams
+from taskqueue.errors import SessionClosed
 from taskqueue.protocol import nacks
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 #: batches after their log is written: a deep window keeps them busy.
 WINDOW = 2000
 #: Seconds without a single confirm, while some are due, before the broker is given up on.
-STALL_TIMEOUT = amqp.REPLY_TIMEOUT
+STALL_TIMEOUT = pikaparams.REPLY_TIMEOUT
 #: Seconds between calls of the owner's on_wait while publish() or flush() waits.
 TICK = 0.1
 
@@ -32,8 +34,8 @@ TICK = 0.1
 class ConfirmWindow:
     """Publish with confirms, at most `window` unconfirmed at a time.
 
-    on_settled(token, problem) runs in the hub for each message once the broker
-    has answered: problem is None if it took the message, else a sentence
+    on_settled(token, problem) runs in the session's I/O loop (the hub) for each
+    message once the broker has answered: problem is None if it took the message, else a sentence
     (nacked nacks.TRIES times, or returned unroutable). It must not block or raise.
     on_wait() runs in the publishing greenlet about every TICK seconds while it waits.
     """
@@ -54,7 +56,6 @@ class ConfirmWindow:
         self._returned = {}        # sequence number -> why the broker returned it
         self._published = 0
         self._confirmed_at = time.monotonic()
-        self._answered = Event()   # set by each confirm
         session.enable_confirms(self._guarded(self._on_confirm), self._guarded(self._on_return))
 
     @property
@@ -71,7 +72,7 @@ class ConfirmWindow:
 
     def _send(self, queue, body, props, token, tries, exchange):
         if not self._session.is_open:
-            raise amqp.SessionClosed(f"connection lost: {self._session.close_reason!r}")
+            raise SessionClosed(f"connection lost: {self._session.close_reason!r}")
         if not self._pending:
             self._confirmed_at = time.monotonic()  # the stall clock runs only while some are due
         self._session.publish(queue, body, props, exchange=exchange, mandatory=True)
@@ -89,14 +90,13 @@ class ConfirmWindow:
         return True
 
     def _wait(self):
-        self._answered.clear()
-        gevent.wait([self._answered, self._session.closed], count=1, timeout=TICK)
+        self._session.await_confirm(TICK)
         self._on_wait()
         if not self._session.is_open:
-            raise amqp.SessionClosed(f"connection lost with {self.unconfirmed} messages "
+            raise SessionClosed(f"connection lost with {self.unconfirmed} messages "
                                      f"unconfirmed: {self._session.close_reason!r}")
         if time.monotonic() - self._confirmed_at > STALL_TIMEOUT:
-            raise amqp.SessionClosed(f"no confirm from the broker in {STALL_TIMEOUT:g}s "
+            raise SessionClosed(f"no confirm from the broker in {STALL_TIMEOUT:g}s "
                                      f"({len(self._pending)} messages unconfirmed)")
         self._send_due_retries()
 
@@ -129,7 +129,6 @@ class ConfirmWindow:
                 problem = nacks.refused("it", tries)
             self._on_settled(token, problem)
         self._confirmed_at = time.monotonic()
-        self._answered.set()
 
     def _on_return(self, queue, props, body):
         """The broker could not route this message; its confirm follows. It is the

@@ -8,7 +8,7 @@ import hashlib
 import time
 
 from taskqueue import redact
-from taskqueue.broker import amqp, fielddecode, inbound
+from taskqueue.broker import fielddecode, inbound, pikaparams
 from taskqueue.protocol import topology
 
 REASON_HEADER = "x-taskqueue-reason"
@@ -32,10 +32,10 @@ def dead_properties(props, reason, queue=topology.TASK_QUEUE, **details):
     `details` become more `x-taskqueue-<name>` headers. Headers that were not decoded
     are kept as their bytes (RAW_HEADERS); the dead-letter headers the message had
     already (a publisher's, inbound.py) are not."""
-    out = amqp.copy_properties(props)
-    out.delivery_mode = amqp.PERSISTENT
+    out = pikaparams.copy_properties(props)
+    out.delivery_mode = pikaparams.PERSISTENT
     undecoded = props.headers if isinstance(props.headers, fielddecode.UndecodedTable) else None
-    out.headers = amqp.amqp_safe(inbound.without_forged(
+    out.headers = pikaparams.amqp_safe(inbound.without_forged(
         without_broker_headers(props.headers or {})))
     if undecoded is not None:
         out.headers[RAW_HEADERS] = undecoded.raw[:MAX_RAW_KEPT]

@@ -6,8 +6,9 @@ represent: a table nested ~500 levels deep (RecursionError; RabbitMQ 3.10 takes
 700), a timestamp past the year 9999 (ValueError). The connection then drops
 and the broker delivers the same message again, to every consumer, for ever.
 
-install() (done on import, by amqp.py and blocking.py, the modules that import
-pika) puts decode_table and decode_value below in pika.data's place: pika.spec
+install() (done by amqp.py on import: in the daemons and the tools, never in an
+application that imports only the Client, whose pika stays as shipped) puts
+decode_table and decode_value below in pika.data's place: pika.spec
 calls them through the module (`data.decode_table`), pika 1.2.0 to 1.4 alike.
 They never raise on any bytes. A table beyond the limits below, or one pika
 could not decode, becomes an UndecodedTable: an empty dict that says why
@@ -24,6 +25,8 @@ import struct
 
 import pika.data
 import pika.spec
+
+from taskqueue.errors import UndecodableField
 
 #: Tables and arrays nested in one another, the message's own table counted.
 MAX_DEPTH = 32
@@ -203,10 +206,6 @@ def decode_table(encoded, offset):
                               encoded[offset:end]), end
 
 
-class UndecodableField(ValueError):
-    """decode_value's answer to a value it does not decode (pika's raised too)."""
-
-
 def decode_value(encoded, offset):
     """pika.data.decode_value within the same bounds, for a direct caller (pika's own
     decode_table, the only one in pika, is replaced too): (value, offset after it), or
@@ -244,6 +243,3 @@ def install():
         pika.data.decode_table = decode_table
         pika.data.decode_value = decode_value
         pika.spec.BasicProperties.decode = _decode_properties
-
-
-install()

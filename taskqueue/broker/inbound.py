@@ -19,7 +19,7 @@ what they then read and pass on is `admitted`'s copy.
   (forged_dead_letter_header), since the broker's copy would keep it.
 - `priority`: above MAX_PRIORITY, clamped to it.
 """
-from taskqueue.broker import amqp, fielddecode
+from taskqueue.broker import fielddecode, pikaparams
 from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol.delays import DELAYED_HEADER
 from taskqueue.protocol.retries import RETRIES_HEADER
@@ -99,7 +99,7 @@ def admitted(props):
     high = props.priority is not None and props.priority > MAX_PRIORITY
     if not (forged or high):
         return props
-    out = amqp.copy_properties(props)
+    out = pikaparams.copy_properties(props)
     if forged:
         out.headers = without_forged(headers)
     if high:

@@ -17,11 +17,11 @@ from typing import Optional
 import gevent
 from gevent.event import Event
 
-from taskqueue.broker import amqp
+from taskqueue.broker import amqp, pikaparams
 from taskqueue.broker.confirms import ConfirmWindow
 from taskqueue.cli.progress import Progress
 from taskqueue.client import declare_onehop, task_properties, workitem_bytes
-from taskqueue.errors import InputError, TaskqueueError
+from taskqueue.errors import BrokerUnreachable, InputError, TaskqueueError
 from taskqueue.protocol import onehop, topology, workitems
 
 #: Bad lines named in the error before the rest are only counted.
@@ -138,7 +138,7 @@ def submit(settings, worker_type, tasks, stream=None):
         try:
             _publish(settings, worker_type, tasks, tally, progress, stop)
         except TaskqueueError as exc:
-            error, unreachable = str(exc), isinstance(exc, amqp.BrokerUnreachable)
+            error, unreachable = str(exc), isinstance(exc, BrokerUnreachable)
     elapsed = time.monotonic() - started
     progress.finish(tally.count)
     if tally.refusals and error is None:
@@ -162,7 +162,7 @@ def _publish(settings, worker_type, tasks, tally, progress, stop):
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
-            props = amqp.onehop_properties(task_properties(), worker_type)
+            props = pikaparams.onehop_properties(task_properties(), worker_type)
             window.publish(worker_type, task.body, props, index, exchange=onehop.EXCHANGE)
             tally.sent += 1
             progress.update(tally.count)

@@ -62,8 +62,9 @@ def _plugin_version(ep):
 
 
 def _supervise(args, dispatcher, workers):
+    from taskqueue.errors import UserSwitchError
     from taskqueue.supervision import endpoints
-    from taskqueue.supervision.child import UserSwitchError, drop_privileges
+    from taskqueue.supervision.child import drop_privileges
     from taskqueue.supervision.supervisor import Supervisor
     if args.user:
         _check_user(args.user)

@@ -27,11 +27,11 @@ from typing import Optional
 import gevent
 from gevent.queue import Empty, Queue
 
-from taskqueue.broker import amqp, fielddecode, inbound
+from taskqueue.broker import amqp, fielddecode, inbound, pikaparams
 from taskqueue.broker.confirms import ConfirmWindow
 from taskqueue.broker.deadletters import RAW_HEADERS, REASON_HEADER, SOURCE_HEADER, task_key
 from taskqueue.cli.progress import format_duration
-from taskqueue.errors import TaskqueueError
+from taskqueue.errors import NotRequeueable, SessionClosed
 from taskqueue.printable import printable
 from taskqueue.protocol import topology
 from taskqueue.protocol.routing import Rejection, route
@@ -44,10 +44,6 @@ PAST_HEADER_PREFIXES = ("x-taskqueue-", "x-first-death-", "x-last-death-")
 WORKER_QUEUE_PREFIX = topology.worker_queue("")
 TYPE_HEADER = "x-taskqueue-worker-type"
 DEAD_AT_HEADER = "x-taskqueue-dead-at"
-
-
-class NotRequeueable(TaskqueueError):
-    """Requeuing this dead letter would not give the dispatcher something it routes."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +166,8 @@ def requeue_copy(props, body, readers=None, max_body_size=inbound.DEFAULT_MAX_BO
     if letter.queue and letter.queue.startswith(WORKER_QUEUE_PREFIX) and letter.worker_type:
         headers["worker_type"] = letter.worker_type
     out = copy.copy(props)
-    out.delivery_mode = amqp.PERSISTENT
-    out.headers = amqp.amqp_safe(headers) or None
+    out.delivery_mode = pikaparams.PERSISTENT
+    out.headers = pikaparams.amqp_safe(headers) or None
     refusal = inbound.refusal(out, body, max_body_size)
     decision = Rejection(refusal) if refusal else route(body, out.content_type, out.headers,
                                                         readers)
@@ -364,7 +360,7 @@ def requeue_dead(settings, ids=(), worker_type=None):
             taken.add(letter.id)
             window.publish(topology.TASK_QUEUE, *out, token=(method.delivery_tag, index))
         window.flush()
-    except amqp.SessionClosed as exc:
+    except SessionClosed as exc:
         report.error = str(exc)
         report.unconfirmed = [sent[i] for i in sorted(sent)]
         nack = False    # some may still be confirmed and acked: the close hands back the rest
@@ -451,7 +447,7 @@ class _Reader:
         except Empty:
             return None
         if delivery is None:
-            raise amqp.SessionClosed(f"connection lost: {self.session.close_reason!r}")
+            raise SessionClosed(f"connection lost: {self.session.close_reason!r}")
         self.taken += 1
         if self.taken % PREFETCH == 0 and self.taken < self._count:
             self._consume()     # the consumers so far hold all they may: the next takes over
@@ -476,7 +472,7 @@ class _Reader:
                             self.session.nack(tag, requeue=True)
                 if nack:
                     self._wait_returned(self.taken - len(removed))
-        except amqp.SessionClosed:
+        except SessionClosed:
             pass    # the broker hands them back itself
         self.session.close()
 

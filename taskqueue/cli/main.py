@@ -6,14 +6,16 @@ import os
 import sys
 
 from taskqueue import __version__, redact
-from taskqueue.broker import amqp
+from taskqueue.host import config, logs
+# pika as taskqueue's processes use it (amqp.py, on import): headers decoded within
+# bounds, one log line per failed connection attempt. Every command, not the Client.
+from taskqueue.broker import amqp  # noqa: F401
 from taskqueue.cli.daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from taskqueue.cli.startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
 from taskqueue.cli.tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES,
                                  SUBMIT_EXIT_CODES, cmd_check_config, cmd_dead_list, cmd_dead_purge,
                                  cmd_dead_requeue, cmd_status, cmd_submit)
-from taskqueue.errors import ConfigError, InputError, PluginError, TaskqueueError
-from taskqueue.host import config, logs
+from taskqueue.errors import BrokerUnreachable, ConfigError, InputError, PluginError, TaskqueueError
 from taskqueue.printable import printable
 
 
@@ -30,7 +32,7 @@ def main(argv=None):
     except (ConfigError, PluginError, InputError) as exc:
         _say(exc)
         return EXIT_USAGE
-    except amqp.BrokerUnreachable as exc:
+    except BrokerUnreachable as exc:
         _say(exc)
         return EXIT_NO_BROKER
     except TaskqueueError as exc:

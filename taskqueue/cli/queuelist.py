@@ -28,7 +28,8 @@ import shutil
 import socket
 import subprocess
 
-from taskqueue.broker import amqp
+from taskqueue.broker import pikaparams
+from taskqueue.errors import Unlisted
 
 #: RabbitMQ's command line tool, looked up on PATH (Debian: /usr/sbin, root's PATH).
 RABBITMQCTL = "rabbitmqctl"
@@ -38,14 +39,10 @@ WHERE_IT_WORKS = "as root on the broker's host, status lists them all"
 SHOWN = 200
 
 
-class Unlisted(Exception):
-    """The queues could not be listed; str() says why, for the operator."""
-
-
 def list_queues(settings, timeout):
     """The names of every queue in the vhost of `settings`, from rabbitmqctl (a set);
     Unlisted saying why when it cannot tell."""
-    params = amqp.parameters(settings)
+    params = pikaparams.parameters(settings)
     local = [p for p in params if is_local(p.host)]
     if not local:
         raise Unlisted(f"the broker ({', '.join(p.host for p in params)}) is not on this host, "

@@ -13,10 +13,10 @@ import stat
 from collections import Counter
 
 from taskqueue import redact
-from taskqueue.broker import amqp, blocking
+from taskqueue.broker import blocking, pikaparams
 from taskqueue.cli import queuelist
 from taskqueue.cli.startup import EXIT_NO_BROKER
-from taskqueue.errors import TaskqueueError
+from taskqueue.errors import TaskqueueError, Unlisted
 from taskqueue.printable import printable
 from taskqueue.protocol import delays, topology
 from taskqueue.supervision import snapshot
@@ -55,7 +55,7 @@ def gather(cfg, timeout):
     view = {
         "status_dir": cfg.supervisor.status_dir,
         "supervisors": supervisors,
-        "broker": {"address": amqp.describe(cfg.amqp),
+        "broker": {"address": pikaparams.describe(cfg.amqp),
                    "error": None if broker_error is None else redact.redact(broker_error)},
         "queue_listing": listing,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
@@ -74,10 +74,10 @@ def other_worker_queues(settings, timeout, counts):
         listed = queuelist.list_queues(settings, timeout)
         problem = queuelist.contradiction(listed, counts)
         if problem:
-            raise queuelist.Unlisted(problem)
+            raise Unlisted(problem)
         others = sorted(name for name in listed
                         if name.startswith(WORKER_QUEUE_PREFIX) and name not in counts)
-    except queuelist.Unlisted as exc:
+    except Unlisted as exc:
         return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
     try:
         # Counted as the others are, exactly: rabbitmqctl's counts of quorum queues lag.

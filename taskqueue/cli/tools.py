@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from taskqueue.broker import amqp, blocking, fielddecode, inbound
+from taskqueue.broker import blocking, fielddecode, inbound, pikaparams
 from taskqueue.cli.startup import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK,
                                    load_config)
 from taskqueue.client import Client, task_message
@@ -209,7 +209,8 @@ def cmd_check_config(args):
     print(f"config: {path}: ok")
     for warning in cfg.warnings:
         print(f"warning: {warning}")
-    print(f"broker: {amqp.describe(cfg.amqp)} (connect timeout {cfg.amqp.connect_timeout:g}s)")
+    print(f"broker: {pikaparams.describe(cfg.amqp)} "
+          f"(connect timeout {cfg.amqp.connect_timeout:g}s)")
     print(f"tls: {_describe_tls(cfg.amqp)}")
     print(f"messages: {describe_limits(cfg.amqp)}")
     print(f"logging: {logging_line}")

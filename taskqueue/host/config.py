@@ -25,7 +25,8 @@ from taskqueue.protocol import delays
 from taskqueue.protocol.replies import parse_reply_queues
 from taskqueue.protocol.retries import RetryPolicy
 
-from taskqueue.errors import ConfigError
+from taskqueue.errors import ConfigError, TlsFileError
+from taskqueue.protocol.topology import QUEUE_TYPES
 
 #: Where the packaged config lives; `--config` or TASKQUEUE_CONFIG override it.
 DEFAULT_PATH = "/etc/taskqueue/config.ini"
@@ -195,7 +196,6 @@ DEFAULT_PASSWORD = "guest"
 #: Options naming a file read when the config is loaded (tls.load).
 TLS_FILE_OPTIONS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 AUTH_MECHANISMS = ("plain", "external")
-QUEUE_TYPES = ("quorum", "classic")
 #: What taskqueue reads in a worker type's or subgroup's section (with [DEFAULT]'s);
 #: any other option there is the plugin's own (WorkerGroup.options).
 GROUP_OPTIONS = ("workers", "user", "prefetch", "lookahead", "stop_timeout", "task_timeout",
@@ -738,7 +738,7 @@ class _Loader:
                 url = self.url_with_password(url, password, own)
             for secret in url_passwords(url or ""):   # hidden in free text too
                 redact.remember(secret)
-            # TLS options apply to the amqps:// URLs of the list (amqp.parameters).
+            # TLS options apply to the amqps:// URLs of the list (pikaparams.parameters).
             schemes = {u.partition("://")[0].lower() for u in split_urls(url or "")}
             base = dict(url=url, tls="amqps" in schemes)
         else:
@@ -781,7 +781,7 @@ class _Loader:
         if use_tls:
             try:
                 tls.load(options["tls_ca_file"], cert, key)
-            except tls.TlsFileError as exc:
+            except TlsFileError as exc:
                 self.fail("amqp", exc.option, exc.path, exc.reason + (
                     AFTER_DROP if exc.denied and keptsecrets.dropped() else ""))
         return options

@@ -14,6 +14,7 @@ import os
 import re
 import ssl
 
+from taskqueue.errors import TlsFileError
 from taskqueue.host import keptsecrets
 
 #: Built contexts, by (tls_ca_file, tls_cert_file, tls_key_file): forked children inherit them.
@@ -21,16 +22,6 @@ _CONTEXTS = {}
 #: The contents of those files, by the same key, as read when the context was built:
 #: what a child that cannot read them gets (childexec.py).
 _PEMS = {}
-
-
-class TlsFileError(ValueError):
-    """A TLS file that cannot be used: `option` names the [amqp] option holding `path`."""
-
-    def __init__(self, option, path, reason, denied=False):
-        super().__init__(reason)
-        self.option, self.path, self.reason = option, path, reason
-        #: The file could not be read for lack of permission (keptsecrets.denied).
-        self.denied = denied
 
 
 def build(ca_file=None, cert_file=None, key_file=None):

@@ -4,6 +4,8 @@ they never differ; what a broker's refusal to declare them means, in words.
 Pure: no pika, no I/O. amqp.py (the gevent Session) and blocking.py (blocking
 connections) declare with these; clients and tools name the queues by them.
 """
+import dataclasses
+
 from taskqueue.protocol import onehop
 
 #: The queue clients submit envelopes to; the dispatcher consumes it.
@@ -22,6 +24,18 @@ DEAD_QUEUE_DELIVERY_LIMIT = 10**9
 LEADER_LOCATOR = "x-queue-leader-locator"
 #: RabbitMQ's direct reply-to pseudo-queue: replies without declaring a queue.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+#: The queue types taskqueue declares its queues as ([amqp] queue_type).
+QUEUE_TYPES = ("quorum", "classic")
+
+
+def queue_type_choices(settings):
+    """`settings`, then the same with each other queue type: what a publisher that uses
+    the queues of a vhost as they are (the Client) tries in turn, when a pool configured
+    with another queue_type declared them."""
+    return [settings] + [dataclasses.replace(settings, queue_type=kind)
+                         for kind in QUEUE_TYPES if kind != settings.queue_type]
 
 
 def worker_queue(worker_type):

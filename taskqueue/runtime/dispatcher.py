@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from taskqueue.broker import amqp, inbound
+from taskqueue.broker import amqp, inbound, pikaparams
 from taskqueue.broker.deadletters import dead_properties, without_broker_headers
+from taskqueue.errors import SessionClosed
 from taskqueue.host import logs
 from taskqueue.protocol import delays, topology
 from taskqueue.protocol.routing import BUILTIN_TYPES, Rejection, route
@@ -46,12 +47,13 @@ def forwarded_properties(props, decision):
     gives (application/json for an envelope's workitem, text/plain for plain text),
     without the dead-letter headers a publisher sent, the priority at most
     inbound.MAX_PRIORITY."""
-    out = amqp.copy_properties(props)
-    out.delivery_mode = amqp.PERSISTENT
+    out = pikaparams.copy_properties(props)
+    out.delivery_mode = pikaparams.PERSISTENT
     if decision.content_type:
         out.content_type = decision.content_type
     if out.headers:
-        out.headers = amqp.amqp_safe(inbound.without_forged(without_broker_headers(out.headers)))
+        out.headers = pikaparams.amqp_safe(
+            inbound.without_forged(without_broker_headers(out.headers)))
     if out.priority is not None and out.priority > inbound.MAX_PRIORITY:
         out.priority = inbound.MAX_PRIORITY
     return out
@@ -64,7 +66,7 @@ def without_chain_deaths(props):
     headers = props.headers
     if not headers or delays.DELAYED_HEADER not in headers:
         return props
-    out = amqp.copy_properties(props)
+    out = pikaparams.copy_properties(props)
     out.headers = delays.without_chain_deaths(headers)
     return out
 
@@ -213,7 +215,7 @@ class Dispatcher:
         worker_type = queue[len(topology.worker_queue("")):]
         try:
             problem = self._session.declare_onehop(worker_queues=[(queue, worker_type)])
-        except amqp.SessionClosed:
+        except SessionClosed:
             return      # the dispatcher starts over, and binds again
         if problem:
             log.warning("%s; tasks for %s keep coming through %s", problem, worker_type,
@@ -318,7 +320,7 @@ def run_dispatcher(amqp_settings, settings, ctx):
                             max_body_size=amqp_settings.max_body_size)
     try:
         dispatcher.start()
-    except amqp.SessionClosed:
+    except SessionClosed:
         if not session.connection_lost:
             raise   # the broker refused a declare or the consume: its message says which
         log.warning("%s", session.loss())   # lost while setting up: said as any loss

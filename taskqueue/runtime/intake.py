@@ -25,7 +25,7 @@ import logging
 
 from gevent.queue import Queue
 
-from taskqueue.broker.amqp import SessionClosed
+from taskqueue.errors import SessionClosed
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from gevent.event import Event
 
 # childexec before any privilege drop: the child may not be able to import it after.
 from taskqueue.broker import failover
-from taskqueue.broker.amqp import SessionClosed
-from taskqueue.errors import PluginError, TopologyError
+from taskqueue.errors import PluginError, SessionClosed, TopologyError, UserSwitchError
 from taskqueue.host import logs, tls
 from taskqueue.supervision import childexec
 from taskqueue.supervision.graveyard import Graveyard
@@ -40,10 +39,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
 # Loaded before any fork: after a privilege drop the child may not be able to.
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class UserSwitchError(Exception):
-    pass
 
 
 #: Failures a child explains in one line, and the exit code that tells the supervisor

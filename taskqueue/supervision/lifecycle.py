@@ -11,6 +11,8 @@ import os
 import signal
 import typing
 
+from taskqueue.errors import IllegalTransition
+
 #: A child that reported ready and then lived this long counts as started fine:
 #: its death is restarted at once and its failure count is reset.
 STABLE_SECONDS = 2.0
@@ -101,10 +103,6 @@ TASK_OUTCOMES = {
             "(inbound.py); dead-lettered",
     "retry": "put off: published again through the delay queues (retry, or raised with retries left)",
 }
-
-
-class IllegalTransition(Exception):
-    pass
 
 
 S, E = ChildState, Ev

@@ -26,13 +26,12 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from taskqueue.broker import failover
-from taskqueue.errors import TaskqueueError
+from taskqueue.errors import IllegalTransition, SupervisorFailure, TaskqueueError
 from taskqueue.supervision import child, lastresort, metrics
 from taskqueue.supervision.graveyard import GRAVEYARD_SIZE, Graveyard
 from taskqueue.supervision.lifecycle import (EXIT_CONNECTION, QUARANTINE_SECONDS, ChildState, Ev,
-                                             IllegalTransition, Restart, describe_exit,
-                                             exit_code_of, fork_failed, next_state, parse_done,
-                                             restart_decision)
+                                             Restart, describe_exit, exit_code_of, fork_failed,
+                                             next_state, parse_done, restart_decision)
 from taskqueue.supervision.reports import ReportReader
 from taskqueue.supervision.specs import ChildSpec, diff_specs
 
@@ -46,10 +45,6 @@ BROKER_FAILURES_MAX = 64
 #: The main loop wakes at least this often, which also keeps the hub from
 #: deciding it has nothing left to wait for (signal and child watchers are unref'ed).
 TICK = 1.0
-
-
-class SupervisorFailure(Exception):
-    """The supervisor cannot go on; the internal error behind it is logged already."""
 
 
 def _short(value, limit=200):

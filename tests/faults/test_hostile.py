@@ -14,9 +14,11 @@ import pytest
 
 from figures import FIGURES
 from support import amqp_key, amqp_table, deep_table, wait_for
-from taskqueue.broker import fielddecode  # noqa: F401  the test's own client reads them too
+from taskqueue.broker import fielddecode
 from taskqueue.broker.deadletters import MAX_RAW_KEPT
 from test_faults import completions, marker_config, running_children
+
+fielddecode.install()   # the test's own client reads them too
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,9 +14,8 @@ import pytest
 import taskqueue.client
 from netfaults import TcpProxy
 from support import BROKER_HOST, config_text, nacking_vhost, recorder_config, wait_for
-from taskqueue.broker.amqp import BrokerUnreachable
 from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
-from taskqueue.errors import ConfigError
+from taskqueue.errors import BrokerUnreachable, ConfigError
 
 ECHO = "[DEFAULT]\nworkers: 0\n\n[echo]\nworkers: 1\n"
 

@@ -20,15 +20,13 @@ import pytest
 
 from support import (BROKER_HOST, TASKQUEUE, RawHeaders, amqp_key, amqp_table, declare_one_hop,
                      deep_table, recorder_config, wait_for)
-try:   # this test's own client reads such messages too (main before the fix has none)
-    from taskqueue.broker import fielddecode  # noqa: F401
-except ImportError:
-    pass
+from taskqueue.broker import fielddecode
 from taskqueue.client import Client
 from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol.topology import queue_arguments
 
 pytestmark = pytest.mark.timeout(120)
+fielddecode.install()   # this test's own client reads such messages too
 
 GOOD = [f"good-{i}" for i in range(6)]
 #: A timestamp in the year 33658: RabbitMQ takes it, pika's datetime cannot hold it.

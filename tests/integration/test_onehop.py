@@ -19,7 +19,7 @@ import pika
 import pytest
 
 from support import BROKER_HOST, recorder_config, bindings, wait_for
-from taskqueue.broker import amqp
+from taskqueue.broker import pikaparams
 from taskqueue.client import Client, PublishRefused
 from taskqueue.errors import TopologyError
 
@@ -204,7 +204,7 @@ def test_a_confirm_without_a_return_means_the_task_is_in_a_queue(broker, vhost, 
 def test_a_worker_queue_the_client_declares_is_bound_as_every_declarer_binds_it(
         broker, client, vhost):
     # When the client publishes a message of its own to worker_recorder, declaring it
-    client.publish("worker_recorder", b'{"id": "direct"}', amqp.properties(delivery_mode=2))
+    client.publish("worker_recorder", b'{"id": "direct"}', pikaparams.properties(delivery_mode=2))
     # Then the queue is bound by its type, so one-hop tasks for it go straight there
     assert ("taskqueue.direct", "worker_recorder", "recorder") in bindings(vhost)
     client.submit("recorder", {"id": "one hop"})

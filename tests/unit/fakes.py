@@ -13,9 +13,10 @@ from types import SimpleNamespace
 
 import pika
 import pika.exceptions
+import gevent
 from gevent.event import Event
 
-from taskqueue.broker.amqp import SessionClosed
+from taskqueue.errors import SessionClosed
 
 
 class RecordingSession:
@@ -94,11 +95,17 @@ class RecordingSession:
 
     def enable_confirms(self, on_confirm, on_return):
         self.on_confirm, self.on_return = on_confirm, on_return
+        self.confirm_seen = Event()
+
+    def await_confirm(self, timeout):
+        gevent.wait([self.confirm_seen, self.closed], count=1, timeout=timeout)
+        self.confirm_seen.clear()
 
     def confirm(self, seq, multiple=False, ack=True):
         """The broker's answer to publish number `seq`."""
         method = pika.spec.Basic.Ack(seq, multiple) if ack else pika.spec.Basic.Nack(seq, multiple)
         self.on_confirm(SimpleNamespace(method=method))
+        self.confirm_seen.set()
 
     # -- consuming ---------------------------------------------------------------
 

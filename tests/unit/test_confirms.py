@@ -12,8 +12,8 @@ import pika
 import pytest
 
 from taskqueue.broker import confirms
-from taskqueue.broker.amqp import SessionClosed
 from taskqueue.broker.confirms import ConfirmWindow
+from taskqueue.errors import SessionClosed
 from taskqueue.protocol import nacks
 
 from fakes import RecordingSession

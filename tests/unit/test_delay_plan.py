@@ -6,7 +6,7 @@ import re
 import pika
 import pytest
 
-from taskqueue.broker import amqp
+from taskqueue.broker import pikaparams
 from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol import delays, topology
 
@@ -129,8 +129,8 @@ def test_the_chain_ends_in_taskqueue_declared_as_everyone_declares_it(plan):
 
 def test_a_delayed_task_is_persistent_has_its_worker_type_and_when_it_is_due():
     props = pika.BasicProperties(message_id="m1", headers={"mine": 1})
-    out = amqp.delayed_properties(props, "resize", 2.5, now=1000.2)
-    assert out.delivery_mode == amqp.PERSISTENT and out.message_id == "m1"
+    out = pikaparams.delayed_properties(props, "resize", 2.5, now=1000.2)
+    assert out.delivery_mode == pikaparams.PERSISTENT and out.message_id == "m1"
     assert out.headers == {"mine": 1, "worker_type": "resize", delays.DELAYED_HEADER: 1004}
     assert props.headers == {"mine": 1}     # the caller's properties are not changed
 

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from support import RawHeaders, amqp_key, amqp_table, deep_table
 from taskqueue.broker import fielddecode
 from taskqueue.broker.fielddecode import MAX_DEPTH, MAX_FIELDS, MAX_TABLE_BYTES, UndecodedTable
+from taskqueue.errors import UndecodableField
 
+fielddecode.install()   # what amqp.py does in the daemons and tools: the parser below reads
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -69,7 +71,8 @@ def assert_faithful_or_refused(raw):
     return ours
 
 
-def test_the_decoders_are_installed_in_pika():
+def test_the_decoders_are_installed_in_pika_by_the_daemons_module():
+    from taskqueue.broker import amqp  # noqa: F401  what the daemons and tools import
     assert pika.data.decode_table is fielddecode.decode_table
     assert pika.data.decode_value is fielddecode.decode_value
 
@@ -234,7 +237,7 @@ def test_long_strings_read_as_pika_reads_them_up_to_the_byte_limit(text):
 
 
 def test_decode_value_refuses_with_a_value_error_never_a_recursion_error():
-    with pytest.raises(fielddecode.UndecodableField, match="nested deeper than"):
+    with pytest.raises(UndecodableField, match="nested deeper than"):
         pika.data.decode_value(b"F" + deep_table(2000), 0)
     assert pika.data.decode_value(b"S\x00\x00\x00\x02hi", 0) == ("hi", 7)
     assert pika.data.decode_value(b"D\x02\x00\x00\x01\x00", 0) == (decimal.Decimal("2.56"), 6)

@@ -6,6 +6,7 @@ import pytest
 from taskqueue.broker import deadletters, inbound
 from taskqueue.broker.fielddecode import UndecodedTable
 from taskqueue.cli import dead
+from taskqueue.errors import NotRequeueable
 
 LIMIT = 1000
 
@@ -104,14 +105,14 @@ def test_dead_tools_describe_and_keep_a_letter_whose_headers_were_not_decoded():
     assert letter.worker_type == "echo"
     ours = deadletters.dead_properties(undecoded, "headers not decoded: unknown field kind 'Z'")
     for letter in (undecoded, ours):
-        with pytest.raises(dead.NotRequeueable, match="its headers could not be decoded"):
+        with pytest.raises(NotRequeueable, match="its headers could not be decoded"):
             dead.requeue_copy(letter, body)
 
 
 def test_dead_requeue_refuses_a_body_the_dispatcher_would_refuse_again():
     letter = deadletters.dead_properties(props(message_id="m"), "body is 20 bytes, more than ...")
     body = b'{"worker_type": "echo", "workitem": "0123456789"}'
-    with pytest.raises(dead.NotRequeueable, match="body is 49 bytes, more than"):
+    with pytest.raises(NotRequeueable, match="body is 49 bytes, more than"):
         dead.requeue_copy(letter, body, max_body_size=20)
     assert dead.requeue_copy(letter, body, max_body_size=100)[0] == body
 

@@ -10,13 +10,14 @@ import signal
 
 import pytest
 
+from taskqueue.errors import IllegalTransition
 from taskqueue.supervision.lifecycle import (BACKOFF_BASE, BACKOFF_CAP, EXIT_RECYCLE, EXITS,
                                              RECONNECT_CAP, TASK_CRASH_CAP, EXIT_CONNECTION,
                                              EXIT_ERROR, EXIT_OK, EXIT_PLUGIN_LOAD, EXIT_TOPOLOGY,
                                              EXIT_USER, QUARANTINE_AFTER, STABLE_SECONDS,
-                                             ChildState, Ev, IllegalTransition, backoff_delay,
-                                             classify_exit, describe_exit, exit_code_of,
-                                             fork_failed, next_state, restart_decision)
+                                             ChildState, Ev, backoff_delay, classify_exit,
+                                             describe_exit, exit_code_of, fork_failed, next_state,
+                                             restart_decision)
 
 S, E = ChildState, Ev
 

@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from taskqueue.cli import queuelist
+from taskqueue.errors import Unlisted
 from taskqueue.host.config import AmqpSettings
 
 
@@ -16,7 +17,7 @@ def test_the_json_listing_gives_the_names_whatever_they_hold():
 @pytest.mark.parametrize("text", ["", "Only root or rabbitmq should run rabbitmqctl", '{"a": 1}',
                                   '[{"nom": "x"}]', "[1]", '[{"name": 1}]'])
 def test_anything_else_is_said_not_taken(text):
-    with pytest.raises(queuelist.Unlisted, match="answered something else than a list"):
+    with pytest.raises(Unlisted, match="answered something else than a list"):
         queuelist.parse_listing(text)
 
 
@@ -37,7 +38,7 @@ def test_this_hosts_own_address_is_local():
 
 
 def test_a_broker_on_another_host_is_not_listed_and_the_reason_says_so():
-    with pytest.raises(queuelist.Unlisted, match=r"the broker \(192.0.2.1\) is not on this host"):
+    with pytest.raises(Unlisted, match=r"the broker \(192.0.2.1\) is not on this host"):
         queuelist.list_queues(AmqpSettings(host="192.0.2.1"), 5)
 
 

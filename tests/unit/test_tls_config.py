@@ -53,8 +53,8 @@ def test_amqps_url_turns_tls_on_for_the_amqps_urls_of_a_list(tmp_path, certs):
     assert "expected TLS to be on" in error_of(tmp_path, f"url: amqp://a/\ntls_ca_file: {certs}/ca.pem\n")
     settings = load(tmp_path, f"url: amqps://a/, amqp://b/\ntls_ca_file: {certs}/ca.pem\n")
     pika = pytest.importorskip("pika")
-    from taskqueue.broker import amqp
-    first, second = amqp.parameters(settings)
+    from taskqueue.broker import pikaparams
+    first, second = pikaparams.parameters(settings)
     assert first.ssl_options.context is tls.context(f"{certs}/ca.pem")
     assert first.ssl_options.server_hostname == "a"
     assert second.ssl_options is None and isinstance(second.credentials, pika.PlainCredentials)

@@ -7,7 +7,8 @@ import pika.exceptions
 import pytest
 
 from taskqueue import worker as worker_module
-from taskqueue.broker.amqp import Session, SessionClosed
+from taskqueue.broker.amqp import Session
+from taskqueue.errors import SessionClosed
 from taskqueue.host.config import AmqpSettings, WorkerGroup
 from taskqueue.supervision.child import ChildContext
 from taskqueue.supervision.lifecycle import EXIT_CONNECTION
