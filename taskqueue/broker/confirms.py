@@ -5,20 +5,22 @@ tools (`submit --file`, `dead requeue`) and the Client's submit_many: it keeps u
 to `window` messages unconfirmed, as RabbitMQ's confirms guide advises, instead
 of waiting one round trip per message, and tells its owner, message by message, whether the
 broker took it. A message the broker nacks is published again, a bounded
-number of times, before it counts as refused (nacks.py). The dispatcher has
-its own pipeline, tied to its inputs' acks.
+number of times, before it counts as refused (nacks.py). Which publish a
+confirm or a return is about is protocol/confirmledger.py's, shared with the
+dispatcher, whose pipeline acks its inputs instead (and gives a nacked one back
+to its queue: the input's redelivery is its retry).
 
 Its session is anything with enable_confirms, publish, await_confirm, is_open,
 close_reason and abort: a gevent amqp.Session, or a blocking.ConfirmingChannel
 (no gevent: the Client's). This module imports neither.
 """
-import itertools
 import logging
 import time
 
 from taskqueue.broker import pikaparams
 from taskqueue.errors import SessionClosed
 from taskqueue.protocol import nacks
+from taskqueue.protocol.confirmledger import ConfirmLedger
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +50,16 @@ class ConfirmWindow:
         self._on_settled = on_settled
         self._window = window
         self._on_wait = on_wait or (lambda: None)
-        # publish sequence number -> (token, queue, body, props, tries); ascending,
-        # since sequence numbers only grow and removals keep dict order.
-        self._pending = {}
-        # nacked, to be published again: [(when, token, queue, body, props, tries)]
+        # what awaits its confirm: (token, queue, body, props, tries, exchange) each
+        self._ledger = ConfirmLedger()
+        # nacked, to be published again: [(when, token, queue, body, props, tries, exchange)]
         self._retries = []
-        self._returned = {}        # sequence number -> why the broker returned it
-        self._published = 0
         self._confirmed_at = time.monotonic()
         session.enable_confirms(self._guarded(self._on_confirm), self._guarded(self._on_return))
 
     @property
     def unconfirmed(self):
-        return len(self._pending) + len(self._retries)
+        return len(self._ledger) + len(self._retries)
 
     def publish(self, queue, body, props, token, exchange=""):
         """Publish `body` to `queue` (mandatory) once the window has room; with `exchange`,
@@ -73,11 +72,11 @@ class ConfirmWindow:
     def _send(self, queue, body, props, token, tries, exchange):
         if not self._session.is_open:
             raise SessionClosed(f"connection lost: {self._session.close_reason!r}")
-        if not self._pending:
+        if not self._ledger:
             self._confirmed_at = time.monotonic()  # the stall clock runs only while some are due
         self._session.publish(queue, body, props, exchange=exchange, mandatory=True)
-        self._published += 1
-        self._pending[self._published] = (token, queue, body, props, tries, exchange)
+        self._ledger.sent((token, queue, body, props, tries, exchange),
+                          (queue, props.message_id, body))
 
     def flush(self, timeout=None):
         """Wait until every message published is confirmed (or refused), or `timeout`
@@ -97,7 +96,7 @@ class ConfirmWindow:
                                      f"unconfirmed: {self._session.close_reason!r}")
         if time.monotonic() - self._confirmed_at > STALL_TIMEOUT:
             raise SessionClosed(f"no confirm from the broker in {STALL_TIMEOUT:g}s "
-                                     f"({len(self._pending)} messages unconfirmed)")
+                                f"({len(self._ledger)} messages unconfirmed)")
         self._send_due_retries()
 
     def _send_due_retries(self):
@@ -113,32 +112,23 @@ class ConfirmWindow:
     # Hub callbacks: they must not block, and must not raise (pika would abort the connection).
     def _on_confirm(self, frame):
         confirm = frame.method
-        if confirm.multiple:
-            done = list(itertools.takewhile(lambda seq: seq <= confirm.delivery_tag, self._pending))
-        else:
-            done = [confirm.delivery_tag] if confirm.delivery_tag in self._pending else []
-        for seq in done:
-            token, queue, body, props, tries, exchange = self._pending.pop(seq)
-            problem = self._returned.pop(seq, None)
-            if confirm.NAME != "Basic.Ack":
+        settled = self._ledger.confirmed(confirm.delivery_tag, confirm.multiple,
+                                         confirm.NAME == "Basic.Ack")
+        for (token, queue, body, props, tries, exchange), problem in settled:
+            if problem == ("nacked", None):
                 wait = nacks.delay_before_retry(tries)
                 if wait is not None:
                     self._retries.append((time.monotonic() + wait, token, queue, body, props,
                                           tries, exchange))
                     continue
-                problem = nacks.refused("it", tries)
-            self._on_settled(token, problem)
+                self._on_settled(token, nacks.refused("it", tries))
+            else:
+                self._on_settled(token, problem and problem[1])
         self._confirmed_at = time.monotonic()
 
     def _on_return(self, queue, props, body):
-        """The broker could not route this message; its confirm follows. It is the
-        oldest unconfirmed publish of that very message not returned yet."""
-        match = (queue, props.message_id, body)
-        seq = next((seq for seq, (_, sent_queue, sent_body, sent_props, *_) in self._pending.items()
-                    if (sent_queue, sent_props.message_id, sent_body) == match
-                    and seq not in self._returned), None)
-        if seq is not None:
-            self._returned[seq] = self._unroutable(queue)
+        """The broker could not route this message; its confirm follows."""
+        self._ledger.returned((queue, props.message_id, body), self._unroutable(queue))
 
     def _guarded(self, callback):
         def guarded(*args):

@@ -22,6 +22,7 @@ from taskqueue.broker.deadletters import dead_properties, without_broker_headers
 from taskqueue.errors import SessionClosed
 from taskqueue.host import logs
 from taskqueue.protocol import delays, topology
+from taskqueue.protocol.confirmledger import ConfirmLedger
 from taskqueue.protocol.routing import BUILTIN_TYPES, Rejection, route
 from taskqueue.runtime import formats
 from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK
@@ -111,11 +112,8 @@ class Dispatcher:
         self._readers = readers or {}   # content type -> formats.Format (installed plugins)
         self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
         self._prefetch = prefetch
-        # publish sequence number -> (input delivery tag, queue, message id, body)
-        self._pending = {}
-        self._returned = set()      # sequence numbers the broker returned unroutable
+        self._ledger = ConfirmLedger()   # the input delivery tag of each publish
         self._unsettled = set()     # input delivery tags not yet acked, nacked or rejected
-        self._published = 0
         # Worker queue -> READY, a list of messages waiting for its declare,
         # or a Refused (the broker would not declare it as we want).
         self._queues = {topology.DEAD_QUEUE: READY}
@@ -142,14 +140,14 @@ class Dispatcher:
     def stop(self, timeout):
         """Stop consuming and wait until every published message is confirmed."""
         self._session.cancel(self._consumer_tag)
-        if self._pending:
+        if self._ledger:
             self.drained.clear()
             self.drained.wait(timeout)
-        return not self._pending
+        return not self._ledger
 
     @property
     def unconfirmed(self):
-        return len(self._pending)
+        return len(self._ledger)
 
     # The callbacks run in the hub: they must not block, and must not raise
     # (pika would abort the connection), hence the guards.
@@ -237,17 +235,12 @@ class Dispatcher:
         # mandatory: a queue deleted since we declared it returns the message
         # instead of dropping it. The sequence number counts only what was sent.
         self._session.publish(queue, body, props, mandatory=True)
-        self._published += 1
-        self._pending[self._published] = (tag, queue, props.message_id, body)
+        self._ledger.sent(tag, (queue, props.message_id, body))
 
     def _on_return(self, queue, props, body):
         """The broker could not route this message: its confirm, which follows, must
         not ack the input. It is the oldest unconfirmed publish of that very message."""
-        match = (queue, props.message_id, body)
-        seq = next((seq for seq, (_, *sent) in self._pending.items()
-                    if tuple(sent) == match and seq not in self._returned), None)
-        if seq is not None:
-            self._returned.add(seq)
+        self._ledger.returned((queue, props.message_id, body), "unroutable")
         if self._queues.get(queue) is READY:
             del self._queues[queue]   # declare it again before the next publish
         log.warning("the broker returned a message for %s (no such queue any more); "
@@ -255,28 +248,20 @@ class Dispatcher:
 
     def _on_confirm(self, frame):
         confirm = frame.method
-        acked = confirm.NAME == "Basic.Ack"
-        if confirm.multiple:
-            done = [seq for seq in self._pending if seq <= confirm.delivery_tag]
-        else:
-            done = [confirm.delivery_tag]
         confirmed, nacked = [], 0
-        for seq in done:
-            tag = self._pending.pop(seq, (None,))[0]
-            if tag is None:
-                continue
-            if acked and seq not in self._returned:
+        for tag, problem in self._ledger.confirmed(confirm.delivery_tag, confirm.multiple,
+                                                   confirm.NAME == "Basic.Ack"):
+            if problem is None:
                 confirmed.append(tag)
                 continue
-            nacked += not acked
-            self._returned.discard(seq)
+            nacked += problem[0] == "nacked"
             self._retry_later(tag)
         if nacked:
             self._nacks.nacked(nacked, time.monotonic())
         elif confirmed:
             self._nacks.acked(time.monotonic())
         self._ack_inputs(confirmed)
-        if not self._pending:
+        if not self._ledger:
             self.drained.set()
 
     def _ack_inputs(self, tags):
