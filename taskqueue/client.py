@@ -39,7 +39,7 @@ import weakref
 
 from taskqueue import redact
 from taskqueue.broker import blocking, fielddecode, pikaparams
-from taskqueue.broker.confirms import ConfirmWindow
+from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
                               SessionClosed, TaskqueueError, TopologyError, UndecodableHeaders)
 from taskqueue.host import config
@@ -445,30 +445,19 @@ def _submit_window(settings, name, worker_type, messages):
             ids[index] = messages[index][1].message_id
         else:
             refusals.append((index, problem))
-    # Opened before the try, as submit --file does: no broker to reach is BrokerUnreachable,
-    # as for submit (nothing was sent), and a connection that never opened is not closed.
-    connection = blocking.blocking_connect(settings, f"{name} (submit_many)", BROKER_TIMEOUT)
     error = None
     try:
-        with blocking.answered_within(connection, BROKER_TIMEOUT, "declaring taskqueue",
-                                      settings):
-            channel = connection.channel()
-            blocking.declare_onehop_blocking(
-                channel, blocking.settings_as_found(connection, settings))
-            channel.close()
-        window = ConfirmWindow(blocking.ConfirmingChannel(connection), on_settled,
-                               on_unroutable=topology.unroutable_onehop)
-        for index, (body, props) in enumerate(messages):
-            if refusals:
-                break
-            window.publish(worker_type, body, props, index, exchange=onehop.EXCHANGE)
-        window.flush()
+        with onehop_window(settings, f"{name} (submit_many)", on_settled,
+                           timeout=BROKER_TIMEOUT) as window:
+            for index, (body, props) in enumerate(messages):
+                if refusals:
+                    break
+                window.publish(worker_type, body, props, index)
+            window.flush()
+    except BrokerUnreachable:
+        raise   # no broker could be reached: nothing was sent, as for submit
     except TaskqueueError as exc:
         error = str(exc)
-    except blocking.CONNECTION_LOST as exc:
-        error = f"connection to {pikaparams.describe(settings)} lost: {exc!r}"
-    finally:
-        blocking.close_within(connection, 5)
     if refusals:
         index, why = min(refusals)
         error = f"item {index}: {why}"
@@ -476,12 +465,3 @@ def _submit_window(settings, name, worker_type, messages):
         confirmed = sum(1 for i in ids if i is not None)
         raise PartlySubmitted(f"{error} ({confirmed} of {len(messages)} tasks confirmed)", ids)
     return ids
-
-
-def declare_onehop(session):
-    """What a one-hop publisher on a gevent Session needs: taskqueue, the exchanges and
-    the alternate exchange's binding; TopologyError if the broker refuses any."""
-    session.declare_queue(topology.TASK_QUEUE)
-    problem = session.declare_onehop(task_queue=True)
-    if problem:
-        raise TopologyError(problem)

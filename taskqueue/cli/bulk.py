@@ -10,17 +10,15 @@ import contextlib
 import shlex
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-import gevent
-from gevent.event import Event
-
-from taskqueue.broker import amqp, pikaparams
-from taskqueue.broker.confirms import ConfirmWindow
+from taskqueue.broker import pikaparams
+from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.cli.progress import Progress
-from taskqueue.client import declare_onehop, task_properties, workitem_bytes
+from taskqueue.client import task_properties, workitem_bytes
 from taskqueue.errors import BrokerUnreachable, InputError, TaskqueueError
 from taskqueue.protocol import onehop, topology, workitems
 
@@ -119,7 +117,7 @@ class _Tally:
         self.refusals = []                  # (index, why)
         self.sent = 0
 
-    def on_settled(self, index, problem):   # in the hub
+    def on_settled(self, index, problem):   # in the connection's I/O loop
         if problem is None:
             self.confirmed[index] = 1
             self.count += 1
@@ -153,42 +151,35 @@ def submit(settings, worker_type, tasks, stream=None):
 
 
 def _publish(settings, worker_type, tasks, tally, progress, stop):
-    session = amqp.Session(settings, "taskqueue submit --file").open()
-    try:
-        declare_onehop(session)
-        window = ConfirmWindow(session, tally.on_settled,
-                               on_wait=lambda: progress.update(tally.count),
-                               on_unroutable=topology.unroutable_onehop)
+    with onehop_window(settings, "taskqueue submit --file", tally.on_settled,
+                       on_wait=lambda: progress.update(tally.count)) as window:
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
             props = pikaparams.onehop_properties(task_properties(), worker_type)
-            window.publish(worker_type, task.body, props, index, exchange=onehop.EXCHANGE)
+            window.publish(worker_type, task.body, props, index)
             tally.sent += 1
             progress.update(tally.count)
         window.flush(INTERRUPT_FLUSH if stop.is_set() else None)
-    finally:
-        session.close(timeout=5)
 
 
 @contextlib.contextmanager
 def _interruptible():
     """An Event the first Ctrl-C sets, so that the run stops between two publishes and
     still reports; a second Ctrl-C ends the process at once."""
-    stop = Event()
+    stop = threading.Event()
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield stop      # a background job of a shell: SIGINT is not for us
         return
 
-    def on_sigint():
+    def on_sigint(signum, frame):   # between two bytecodes of the main thread: no I/O here
         stop.set()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    handler = gevent.signal_handler(signal.SIGINT, on_sigint)
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield stop
     finally:
-        handler.cancel()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
 
 
 def summary(outcome, worker_type, path):
