@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -420,3 +421,37 @@ class RawHeaders(pika.BasicProperties):
         encoded = b"".join(super().encode())
         assert encoded.count(placeholder) == 1
         return [encoded.replace(placeholder, self.raw)]
+
+
+@contextlib.contextmanager
+def stand_in_echo_worker(port, vhost, reply_headers):
+    """A thread answering every task of type echo (one hop) with b"the answer", its
+    headers the table bytes `reply_headers(n)` for the n-th reply (from 0); yields the
+    correlation ids answered, in order. Stands in for a worker whose replies pika
+    cannot decode (it writes them by hand, RawHeaders)."""
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        BROKER_HOST, port, virtual_host=vhost))
+    channel = connection.channel()
+    declare_one_hop(channel)
+    channel.queue_declare("worker_echo", durable=True,
+                          arguments=queue_arguments("worker_echo", AmqpSettings()))
+    channel.queue_bind("worker_echo", "taskqueue.direct", routing_key="echo")
+    stop, answered = threading.Event(), []
+
+    def answer():
+        while not stop.is_set():
+            method, props, _ = channel.basic_get("worker_echo", auto_ack=True)
+            if method is None:
+                connection.sleep(0.02)
+                continue
+            channel.basic_publish("", props.reply_to, b"the answer", RawHeaders(
+                reply_headers(len(answered)), correlation_id=props.correlation_id))
+            answered.append(props.correlation_id)
+    worker = threading.Thread(target=answer, daemon=True)
+    worker.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        worker.join(10)
+        connection.close()

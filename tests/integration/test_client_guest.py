@@ -6,12 +6,10 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 
-import pika
 import pytest
 
-from support import BROKER_HOST, RawHeaders, deep_table, declare_one_hop, wait_for
+from support import BROKER_HOST, declare_one_hop, deep_table, stand_in_echo_worker, wait_for
 from taskqueue.client import Client
 from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol import delays
@@ -121,28 +119,8 @@ def test_a_reply_whose_headers_pika_cannot_decode_fails_that_call_and_not_the_ne
         broker, vhost, amqp_port):
     # Given a stand-in worker whose first reply has headers nested 700 deep (pika, as
     # shipped, raises RecursionError reading them), its second a plain one
-    connection = pika.BlockingConnection(pika.ConnectionParameters(
-        BROKER_HOST, broker.port, virtual_host=vhost))
-    channel = connection.channel()
-    declare_one_hop(channel)
-    channel.queue_declare("worker_echo", durable=True,
-                          arguments=queue_arguments("worker_echo", AmqpSettings()))
-    channel.queue_bind("worker_echo", "taskqueue.direct", routing_key="echo")
-    stop, answered = threading.Event(), []
-
-    def answer():
-        while not stop.is_set():
-            method, props, body = channel.basic_get("worker_echo", auto_ack=True)
-            if method is None:
-                connection.sleep(0.02)
-                continue
-            raw = deep_table(700) if not answered else deep_table(1)
-            channel.basic_publish("", props.reply_to, b"the answer", RawHeaders(
-                raw, correlation_id=props.correlation_id))
-            answered.append(props.correlation_id)
-    worker = threading.Thread(target=answer, daemon=True)
-    worker.start()
-    try:
+    with stand_in_echo_worker(broker.port, vhost,
+                              lambda n: deep_table(700 if n == 0 else 1)) as answered:
         # When an application (pika as shipped) calls it twice
         done = subprocess.run([sys.executable, "-c", CALLER, BROKER_HOST, str(amqp_port), vhost],
                               capture_output=True, text=True, timeout=60)
@@ -154,7 +132,3 @@ def test_a_reply_whose_headers_pika_cannot_decode_fails_that_call_and_not_the_ne
         assert "RecursionError" in first and "that connection is closed" in first
         assert second == "b'the answer'"
         assert len(answered) == 2
-    finally:
-        stop.set()
-        worker.join(10)
-        connection.close()

@@ -9,17 +9,13 @@ kept; every other message is served by the same child.
 """
 import json
 import re
-import os
 import struct
 import subprocess
-import threading
-import time
 
-import pika
 import pytest
 
-from support import (BROKER_HOST, TASKQUEUE, RawHeaders, amqp_key, amqp_table, declare_one_hop,
-                     deep_table, recorder_config, wait_for)
+from support import (BROKER_HOST, TASKQUEUE, amqp_key, amqp_table, declare_one_hop, deep_table,
+                     recorder_config, stand_in_echo_worker, wait_for)
 from taskqueue.broker import fielddecode
 from taskqueue.client import Client
 from taskqueue.host.config import AmqpSettings
@@ -168,35 +164,12 @@ def test_dead_list_and_requeue_read_a_dead_letter_whose_headers_cannot_be_decode
 
 def test_a_reply_with_undecodable_headers_still_reaches_client_call(broker, vhost):
     # Given a stand-in worker that answers every echo task with a reply nested 700 deep
-    bind_echo = pika.BlockingConnection(pika.ConnectionParameters(
-        BROKER_HOST, broker.port, virtual_host=vhost))
-    channel = bind_echo.channel()
-    declare_one_hop(channel)
-    channel.queue_declare("worker_echo", durable=True,
-                          arguments=queue_arguments("worker_echo", AmqpSettings()))
-    channel.queue_bind("worker_echo", "taskqueue.direct", routing_key="echo")
-    stop = threading.Event()
-
-    def answer():
-        while not stop.is_set():
-            method, props, body = channel.basic_get("worker_echo", auto_ack=True)
-            if method is None:
-                bind_echo.sleep(0.02)
-                continue
-            channel.basic_publish("", props.reply_to, b"the answer", RawHeaders(
-                deep_table(700), correlation_id=props.correlation_id))
-    worker = threading.Thread(target=answer, daemon=True)
-    worker.start()
-    try:
+    with stand_in_echo_worker(broker.port, vhost, lambda n: deep_table(700)):
         # When a client calls it
         with Client(host=BROKER_HOST, port=broker.port, vhost=vhost) as client:
             reply = client.call("echo", {"x": 1}, timeout=20)
         # Then the reply's body comes back; its headers broke nothing
         assert reply == b"the answer"
-    finally:
-        stop.set()
-        worker.join(10)
-        bind_echo.close()
 
 
 def wait_consuming(broker, queue):
