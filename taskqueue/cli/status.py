@@ -33,8 +33,6 @@ MAX_ANSWER = 16 * 2**20
 STATE_WORDS = {"backoff": "backing off"}
 #: Longest message id shown in the table (the JSON has it whole).
 TASK_WIDTH = 36
-#: Worker queues are named worker_<type>.
-WORKER_QUEUE_PREFIX = topology.worker_queue("")
 
 
 def gather(cfg, timeout):
@@ -76,7 +74,7 @@ def other_worker_queues(settings, timeout, counts):
         if problem:
             raise queuelist.Unlisted(problem)
         others = sorted(name for name in listed
-                        if name.startswith(WORKER_QUEUE_PREFIX) and name not in counts)
+                        if topology.worker_type_of(name) and name not in counts)
     except queuelist.Unlisted as exc:
         return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
     try:

@@ -5,6 +5,7 @@ Pure: no pika, no I/O. amqp.py (the gevent Session) and blocking.py (blocking
 connections) declare with these; clients and tools name the queues by them.
 """
 from taskqueue.protocol import onehop
+from taskqueue.protocol.routing import TYPE_PATTERN
 
 #: The queue clients submit envelopes to; the dispatcher consumes it.
 TASK_QUEUE = "taskqueue"
@@ -24,8 +25,22 @@ LEADER_LOCATOR = "x-queue-leader-locator"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
+#: Worker queues are named worker_<type>.
+WORKER_QUEUE_PREFIX = "worker_"
+
+
 def worker_queue(worker_type):
-    return f"worker_{worker_type}"
+    return f"{WORKER_QUEUE_PREFIX}{worker_type}"
+
+
+def worker_type_of(queue):
+    """The worker type whose queue `queue` is (worker_<type>, the type a valid one), or
+    None for another queue: the one reading of a queue name, wherever it is read."""
+    if isinstance(queue, str) and queue.startswith(WORKER_QUEUE_PREFIX):
+        worker_type = queue[len(WORKER_QUEUE_PREFIX):]
+        if TYPE_PATTERN.match(worker_type):
+            return worker_type
+    return None
 
 
 def queue_arguments(queue, settings):
