@@ -1,8 +1,9 @@
 """Queue names and the arguments every component declares them with: one place, so
 they never differ; what a broker's refusal to declare them means, in words.
 
-Pure: no pika, no I/O. amqp.py (the gevent Session) and blocking.py (blocking
-connections) declare with these; clients and tools name the queues by them.
+Pure: no pika, no I/O. plans.py declares queues with these (broker/declarations.py
+runs the plans, for the gevent Session and blocking connections alike); clients and
+tools name the queues by them.
 """
 from taskqueue.protocol import onehop
 from taskqueue.protocol.routing import TYPE_PATTERN

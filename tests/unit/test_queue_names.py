@@ -10,6 +10,7 @@ def test_a_worker_queue_names_its_type(worker_type):
 
 
 @pytest.mark.parametrize("queue", ["taskqueue", "taskqueue_dead", "taskqueue.delay.3", "worker_",
-                                   "worker_a b", "worker_" + "x" * 201, "workers", None, b"worker_a"])
+                                   "worker_a b", "worker_" + "x" * 201, "workers", None,
+                                   b"worker_a"])
 def test_another_queue_names_no_type(queue):
     assert topology.worker_type_of(queue) is None
