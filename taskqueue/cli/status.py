@@ -76,8 +76,9 @@ def other_worker_queues(settings, timeout, counts):
         problem = queuelist.contradiction(listed, counts)
         if problem:
             raise queuelist.Unlisted(problem)
+        # Every queue named worker_..., a forged name too (not worker_type_of): status shows it.
         others = sorted(name for name in listed
-                        if topology.worker_type_of(name) and name not in counts)
+                        if name.startswith(topology.WORKER_QUEUE_PREFIX) and name not in counts)
     except queuelist.Unlisted as exc:
         return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
     try:
