@@ -180,7 +180,7 @@ class _Link:
     def declare(self, queue):
         if queue not in self.declared:
             blocking.blocking_declare(self.channel, self.declaring, queue)
-            worker_type = _worker_type_of(queue)
+            worker_type = topology.worker_type_of(queue)
             if worker_type:     # bound as every declarer of a worker queue binds it (one hop)
                 blocking.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
             self.declared.add(queue)
@@ -226,15 +226,6 @@ class _Link:
         self.connection = self.channel = self.found = None
         self.declared = set()
         self.consuming_replies = False
-
-
-def _worker_type_of(queue):
-    """The worker type whose queue `queue` is, or None for another queue."""
-    from taskqueue.protocol.routing import TYPE_PATTERN
-    prefix = topology.worker_queue("")
-    if queue.startswith(prefix) and TYPE_PATTERN.match(queue[len(prefix):]):
-        return queue[len(prefix):]
-    return None
 
 
 def _close_quietly(connection):

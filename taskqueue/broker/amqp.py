@@ -29,26 +29,17 @@ from gevent.event import AsyncResult, Event
 import pika
 from pika.adapters.gevent_connection import GeventConnection
 
-from taskqueue.broker import failover, fielddecode, promptwrite, sendbatch
+from taskqueue.broker import declarations, failover, fielddecode, promptwrite, sendbatch
 from taskqueue.broker.pikaparams import (REPLY_TIMEOUT, address, describe, delayed_properties,
                                          failure, ordered_parameters, parameters, process_route,
                                          quiet_attempt_lines, short_failure)
 from taskqueue.errors import BrokerUnreachable, PublishNacked, SessionClosed, TopologyError
-from taskqueue.protocol import delays, nacks, onehop, topology
+from taskqueue.protocol import delays, nacks, plans, topology
 
 log = logging.getLogger(__name__)
 sendbatch.install()
 fielddecode.install()   # headers decoded within bounds, in every process that imports this
 quiet_attempt_lines()   # one line per failed connection attempt, not pika's seven
-
-
-def _note_legacy(queue, arguments, older):
-    """Say what a queue declared otherwise costs, once per declare that meets it."""
-    if "x-delivery-limit" in arguments and "x-delivery-limit" not in older:
-        log.warning("%s", topology.LEGACY_DEAD_QUEUE)
-    else:
-        log.debug("queue %r exists without %s (an older taskqueue declared it, or the broker "
-                  "is older than 3.10): its leader stays where it is", queue, topology.LEADER_LOCATOR)
 
 
 
@@ -69,8 +60,6 @@ class Session:
         self._channel = None
         self._confirm_channel = None    # for publish_confirmed and publish_delayed
         self._confirmed = None
-        self._confirm_reply = None      # a declare on the confirm channel, awaited
-        self._confirm_close_reason = None
         self._delays_declared = False
         self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
 
@@ -227,110 +216,47 @@ class Session:
     def declare_queue(self, queue):
         """Declare a durable queue as taskqueue wants it; TopologyError if it exists otherwise.
         Return how many messages it holds ready."""
-        arguments = self._accepted_arguments(queue, topology.queue_arguments(queue, self.settings))
-        try:
-            frame = self._call(self._channel.queue_declare, queue, durable=True,
-                               arguments=arguments)
-            return frame.method.message_count
-        except SessionClosed:
-            if getattr(self.close_reason, "reply_code", None) in (403, 405, 406):
-                raise TopologyError(topology.explain_refusal(queue, self.settings,
-                                                             self.close_reason)) from None
-            raise
-
-    def _accepted_arguments(self, queue, arguments):
-        """What `queue` is declared with: `arguments`, or, when an older taskqueue declared
-        it, theirs (topology.legacy_arguments; tried aside, so that a refusal closes no channel
-        of ours)."""
-        while True:
-            refused = AsyncResult()
-            self._declare_aside(queue, arguments, refused.set)
-            reason = self._wait(refused, REPLY_TIMEOUT, f"declare {queue}")
-            older = reason and topology.legacy_arguments(queue, arguments, reason)
-            if older is None:
-                return arguments   # taken, or refused: the declare that follows says why
-            _note_legacy(queue, arguments, older)
-            arguments = older
+        frame = declarations.run([plans.wanted_queue(queue, self.settings)], _AsideChannels(self))
+        return frame.method.message_count
 
     def declare_queue_async(self, queue, on_done):
-        """Declare `queue` on a short-lived channel of its own; on_done(None), or
-        on_done(reason) if the broker refused, runs in the hub.
+        """Declare `queue` as declare_queue does, in a greenlet of its own; then on_done(None),
+        or on_done(the refusal, as a sentence). Neither if the session goes meanwhile.
 
-        A refusal closes only that channel, so one queue declared elsewhere with
-        other arguments does not stop everything else on this session.
+        The declare runs on channels of its own, so one queue declared elsewhere with
+        other arguments does not stop everything else on this session; any refusal
+        of the broker is one (the caller dead-letters that queue's messages a while).
         """
-        def answered(reason, arguments):
-            older = reason and topology.legacy_arguments(queue, arguments, reason)
-            if older is not None:
-                _note_legacy(queue, arguments, older)
-                self._declare_aside(queue, older, lambda again: answered(again, older))
+        def declare():
+            try:
+                declarations.run([plans.wanted_queue(queue, self.settings)],
+                                 _AsideChannels(self, any_refusal=True))
+            except TopologyError as exc:
+                on_done(str(exc))
+            except SessionClosed as exc:
+                log.debug("declaring %s: %s", queue, exc)   # whoever owns the session starts over
             else:
-                on_done(reason and topology.explain_refusal(queue, self.settings, reason))
-        wanted = topology.queue_arguments(queue, self.settings)
-        self._declare_aside(queue, wanted, lambda reason: answered(reason, wanted))
-
-    def _declare_aside(self, queue, arguments, on_done):
-        """Declare `queue` on a short-lived channel; on_done(None), or on_done(the
-        broker's close reason) if it refused, runs in the hub."""
-        def on_open(channel):
-            channel.add_on_close_callback(on_close)
-            channel.queue_declare(queue, durable=True, arguments=arguments,
-                                  callback=lambda frame: on_ok(channel))
-
-        def on_ok(channel):
-            done.append(True)
-            on_done(None)
-            channel.close()
-
-        def on_close(channel, reason):
-            # Only a broker's answer is a refusal: a closing connection is not.
-            if not done and getattr(reason, "reply_code", 0) not in (0, 200) and \
-                    type(reason).__name__ == "ChannelClosedByBroker":
-                on_done(reason)
-        done = []
-        self._connection.channel(on_open_callback=on_open)
+                on_done(None)
+        gevent.spawn(declare)
 
     def bind_delay_end(self):
         """Bind taskqueue to the end of the delay chain (delays.DELIVER_EXCHANGE). A
         dispatcher does it as it starts: a `taskqueue` declared anew (deleted, the
         broker's data lost) has lost that binding, and a publisher declares the
         chain only once per session."""
-        self._call(self._channel.exchange_declare, delays.DELIVER_EXCHANGE,
-                   exchange_type="fanout", durable=True)
-        self._call(self._channel.queue_bind, topology.TASK_QUEUE, delays.DELIVER_EXCHANGE)
+        declarations.run(plans.delay_end(), _AsideChannels(self))
 
     def declare_onehop(self, task_queue=False, worker_queues=()):
         """Declare the one-hop exchanges (onehop.py) and bind `taskqueue` to the alternate
         exchange (task_queue=True: the queue must exist) and each (queue, worker_type) of
-        `worker_queues` to the direct exchange. Idempotent. On a short-lived channel of
-        its own, so that a refusal closes no channel of ours: returns None, or the
-        refusal as a sentence (the caller decides whether it is fatal: the dispatcher
-        path works without the one-hop topology). SessionClosed if the connection goes."""
-        plan = onehop.declarations(topology.TASK_QUEUE if task_queue else None, worker_queues)
-        opened = AsyncResult()
-        self._connection.channel(on_open_callback=opened.set)
-        channel = self._wait(opened, REPLY_TIMEOUT, "channel open")
-        refused = AsyncResult()
-        channel.add_on_close_callback(lambda ch, reason: refused.set(reason))
-        steps = [(f"declare exchange {name}", channel.exchange_declare, (name,),
-                  {"exchange_type": kind, "durable": True, "arguments": arguments or None})
-                 for name, kind, arguments in plan.exchanges]
-        steps += [(f"bind {queue} to {exchange} (routing key {key!r})", channel.queue_bind,
-                   (queue, exchange), {"routing_key": key})
-                  for queue, exchange, key in plan.queue_bindings]
-        for what, method, args, kwargs in steps:
-            reply = AsyncResult()
-            method(*args, callback=reply.set, **kwargs)
-            gevent.wait([reply, refused, self.closed], count=1, timeout=REPLY_TIMEOUT)
-            if reply.ready():
-                continue
-            if refused.ready() and not self.closed.is_set():
-                return onehop.explain_refusal(what, refused.get())
-            raise SessionClosed(f"{what}: " + (f"failed: {self.close_reason!r}"
-                                               if self.closed.is_set()
-                                               else f"no reply in {REPLY_TIMEOUT:g}s"))
-        if channel.is_open:
-            channel.close()
+        `worker_queues` to the direct exchange. Idempotent. On channels of its own, so
+        that a refusal closes no channel of ours: returns None, or the refusal as a
+        sentence (the caller decides whether it is fatal: the dispatcher path works
+        without the one-hop topology). SessionClosed if the connection goes."""
+        try:
+            declarations.run(plans.one_hop(task_queue, worker_queues), _AsideChannels(self))
+        except TopologyError as exc:
+            return str(exc)
         return None
 
     def qos(self, prefetch):
@@ -382,39 +308,9 @@ class Session:
                                   f"into {delays.first_queue(seconds, topology.TASK_QUEUE)}")
 
     def _declare_delays(self):
-        """Declare the delay chain on the confirm channel; a refusal closes it (a new one
-        opens on the next publish) and raises TopologyError naming the queue."""
-        task_queue = self._accepted_arguments(
-            topology.TASK_QUEUE, topology.queue_arguments(topology.TASK_QUEUE, self.settings))
-        channel = self._ensure_confirm_channel()
-        plan = delays.declarations(self.settings, topology.TASK_QUEUE, task_queue)
-        for name, kind in plan.exchanges:
-            self._call_on(channel, channel.exchange_declare, f"declare exchange {name}",
-                          name, exchange_type=kind, durable=True)
-        for name, arguments in plan.queues:
-            try:
-                self._call_on(channel, channel.queue_declare, f"declare {name}", name,
-                              durable=True, arguments=arguments)
-            except SessionClosed:
-                reason = self._confirm_close_reason
-                if getattr(reason, "reply_code", None) not in (403, 405, 406):
-                    raise
-                if name == topology.TASK_QUEUE:
-                    raise TopologyError(topology.explain_refusal(name, self.settings, reason)) from None
-                raise TopologyError(topology.explain_delay_refusal(name, arguments, reason)) from None
-        for name, exchange, pattern in plan.queue_bindings:
-            self._call_on(channel, channel.queue_bind, f"bind {name}", name, exchange,
-                          routing_key=pattern)
-        for destination, source, pattern in plan.exchange_bindings:
-            self._call_on(channel, channel.exchange_bind, f"bind {destination}",
-                          destination, source, routing_key=pattern)
-
-    def _call_on(self, channel, method, what, *args, **kwargs):
-        """Call `method` of `channel` (not the session's own) and wait for its reply."""
-        reply = AsyncResult()
-        self._confirm_reply = reply
-        method(*args, callback=reply.set, **kwargs)
-        return self._wait(reply, REPLY_TIMEOUT, what)
+        """Declare the delay chain (plans.delay_chain); TopologyError naming the queue
+        when the broker refuses one."""
+        declarations.run(plans.delay_chain(self.settings), _AsideChannels(self))
 
     def _ensure_confirm_channel(self):
         if self._confirm_channel is None or not self._confirm_channel.is_open:
@@ -430,15 +326,13 @@ class Session:
                 callback=ready.set)
             self._wait(ready, REPLY_TIMEOUT, "confirm mode")
             self._confirm_channel = channel
-            self._delays_declared = False   # a refused declare closed the last one
+            self._delays_declared = False   # what closed the last one may be a chain gone
         return self._confirm_channel
 
     def _on_confirm_channel_closed(self, channel, reason):
         # Whatever waits on this channel learns why at once, not after REPLY_TIMEOUT.
-        self._confirm_close_reason = reason
-        for result in (self._confirm_reply, self._confirmed):
-            if result is not None and not result.ready():
-                result.set_exception(SessionClosed(f"channel closed: {reason!r}"))
+        if self._confirmed is not None and not self._confirmed.ready():
+            self._confirmed.set_exception(SessionClosed(f"channel closed: {reason!r}"))
 
     def _publish_until_taken(self, exchange, routing_key, body, props, subject):
         """_publish_on_confirm_channel, tried again while the broker nacks it, as nacks.py
@@ -496,3 +390,54 @@ class Session:
     def reject(self, delivery_tag, requeue=True):
         self._channel.basic_reject(delivery_tag, requeue=requeue)
 
+
+class _AsideChannels:
+    """declarations.run's channels on a Session: short-lived ones of its own, so that a
+    refusal closes none of the session's. A refused queue is explained (TopologyError)
+    when the broker says 403, 405 or 406, or any_refusal; otherwise, as for a refused
+    exchange or binding the plan does not explain, SessionClosed: the child starts over
+    as for a lost broker (a quorum queue's process restarting answers 404, say)."""
+
+    def __init__(self, session, any_refusal=False):
+        self.session = session
+        self.any_refusal = any_refusal
+
+    def open(self):
+        if self.session.closed.is_set():
+            raise SessionClosed(f"channel open: session closed: {self.session.close_reason!r}")
+        opened = AsyncResult()
+        self.session._connection.channel(on_open_callback=opened.set)
+        channel = self.session._wait(opened, REPLY_TIMEOUT, "channel open")
+        refused = AsyncResult()
+        channel.add_on_close_callback(lambda ch, reason: refused.ready() or refused.set(reason))
+        return channel, refused
+
+    def call(self, aside, declaration):
+        channel, refused = aside
+        method, args, kwargs = declarations.pika_call(channel, declaration)
+        reply = AsyncResult()
+        method(*args, callback=reply.set, **kwargs)
+        session, what = self.session, declaration.what
+        gevent.wait([reply, refused, session.closed], count=1, timeout=REPLY_TIMEOUT)
+        if reply.ready():
+            return reply.get()
+        if session.closed.is_set():
+            raise SessionClosed(f"{what} failed: {session.close_reason!r}")
+        if refused.ready():
+            if isinstance(refused.get(), pika.exceptions.ChannelClosedByBroker):
+                raise declarations.Refused(refused.get())
+            raise SessionClosed(f"{what} failed: {refused.get()!r}")
+        raise SessionClosed(f"{what}: no reply from {describe(session.settings)} "
+                            f"in {REPLY_TIMEOUT:g}s")
+
+    def close(self, aside):
+        channel, _ = aside
+        if channel.is_open:
+            channel.close()
+
+    def explains(self, declaration, reason):
+        return (self.any_refusal or declaration.kind != plans.QUEUE
+                or getattr(reason, "reply_code", None) in (403, 405, 406))
+
+    def failure(self, declaration, reason):
+        return SessionClosed(f"{declaration.what} failed: {reason!r}")

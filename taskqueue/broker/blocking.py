@@ -3,7 +3,7 @@ the operator's tools (status, submit), tests and benchmarks.
 
 The gevent half, amqp.Session, is what the supervisor's children use; this half
 shares its connection parameters, broker route and failure wording (pikaparams.py),
-and declares queues as every component does (topology.py).
+and declares what plans.py plans with declarations.run, as the Session does.
 
 No gevent, and nothing changed in pika on import: the Client of an application
 uses this module. A message whose headers pika cannot decode ends the connection
@@ -19,14 +19,12 @@ import time
 import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from taskqueue.broker import pikaparams
+from taskqueue.broker import declarations, pikaparams
 from taskqueue.broker.pikaparams import REPLY_TIMEOUT
 from taskqueue.errors import (BrokerUnreachable, PublishNacked, PublishRefused, SessionClosed,
                               TaskqueueError, TopologyError)
-from taskqueue.protocol import delays, onehop, topology
-from taskqueue.protocol.topology import (TASK_QUEUE, explain_delay_refusal, explain_refusal,
-                                         legacy_arguments, queue_arguments, unroutable_onehop,
-                                         worker_queue)
+from taskqueue.protocol import delays, onehop, plans, topology
+from taskqueue.protocol.topology import TASK_QUEUE, unroutable_onehop, worker_queue
 
 #: What a blocking connect raises for a broker it cannot use: pika re-raises a
 #: failed TLS handshake's ssl.SSLError itself, not wrapped in an AMQPError, and
@@ -37,44 +35,55 @@ CONNECT_FAILED = (pika.exceptions.AMQPError, ssl.SSLError, AMQPConnectorExceptio
 log = logging.getLogger(__name__)
 
 
-def blocking_arguments(connection, queue, arguments):
-    """The arguments to declare `queue` with on a pika BlockingConnection: `arguments`,
-    or fewer where legacy_arguments allows; tried on channels of their own, which a
-    refusal closes (the caller's stays open). A refusal of another kind is left to
-    the caller's own declare, which explains it."""
-    accepted = _accepted_arguments(connection, queue, arguments)
-    return arguments if accepted is None else accepted
+class _Channels:
+    """declarations.run's channels on a BlockingConnection: channels of their own, so
+    that a refusal closes none of the caller's. Any channel the broker closes is a
+    refusal; one the plan does not explain raises pika's own error, as it would."""
 
+    def __init__(self, connection):
+        self.connection = connection
 
-def _accepted_arguments(connection, queue, arguments):
-    """blocking_arguments' answer when the broker took it; None when it refused."""
-    while True:
-        probe = connection.channel()
+    def open(self):
+        return self.connection.channel()
+
+    def call(self, channel, declaration):
+        method, args, kwargs = declarations.pika_call(channel, declaration)
         try:
-            probe.queue_declare(queue, durable=True, arguments=arguments)
+            return method(*args, **kwargs)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            older = legacy_arguments(queue, arguments, exc)
-            if older is None:
-                return None
-            arguments = older
-            continue
-        probe.close()
-        return arguments
+            raise declarations.Refused(exc) from None
+
+    def close(self, channel):
+        if channel.is_open:
+            channel.close()
+
+    def explains(self, declaration, reason):
+        return True
+
+    def failure(self, declaration, reason):
+        return reason
+
+
+def declare_plan(channel, plan):
+    """Declare `plan` (plans.py) on the connection of a pika BlockingChannel, on channels
+    of its own; TopologyError for a refusal the plan explains, pika's error otherwise."""
+    declarations.run(plan, _Channels(channel.connection))
 
 
 def settings_as_found(connection, settings):
     """`settings`, or the same with the queue type `taskqueue` exists as (a pool with
     another [amqp] queue_type declared it): what a publisher that uses the queues of
     the vhost as they are declares with (the Client), its declares then taken as
-    every component's are (blocking_arguments). When no type is taken, `settings`:
+    every component's are (declarations.run). When no type is taken, `settings`:
     its own declare says what differs (explain_refusal)."""
     for candidate in topology.queue_type_choices(settings):
-        arguments = queue_arguments(TASK_QUEUE, candidate)
-        if _accepted_arguments(connection, TASK_QUEUE, arguments) is not None:
-            if candidate is not settings:
-                log.info("%s exists as a %s queue: used as it is", TASK_QUEUE,
-                         candidate.queue_type)
-            return candidate
+        try:
+            declarations.run([plans.wanted_queue(TASK_QUEUE, candidate)], _Channels(connection))
+        except TopologyError:
+            continue
+        if candidate is not settings:
+            log.info("%s exists as a %s queue: used as it is", TASK_QUEUE, candidate.queue_type)
+        return candidate
     return settings
 
 
@@ -99,23 +108,9 @@ def publish_delayed_blocking(channel, settings, worker_type, body, props, second
 
 
 def declare_delays_blocking(channel, settings):
-    """Declare the delay chain (delays.declarations) on a pika BlockingChannel;
+    """Declare the delay chain (plans.delay_chain) on a pika BlockingChannel's connection;
     TopologyError when the broker refuses a queue of it."""
-    task_queue = blocking_arguments(channel.connection, TASK_QUEUE, queue_arguments(TASK_QUEUE, settings))
-    plan = delays.declarations(settings, TASK_QUEUE, task_queue)
-    for name, kind in plan.exchanges:
-        channel.exchange_declare(name, exchange_type=kind, durable=True)
-    for name, arguments in plan.queues:
-        try:
-            channel.queue_declare(name, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if name == TASK_QUEUE:
-                raise TopologyError(explain_refusal(name, settings, exc)) from None
-            raise TopologyError(explain_delay_refusal(name, arguments, exc)) from None
-    for name, source, pattern in plan.queue_bindings:
-        channel.queue_bind(name, source, routing_key=pattern)
-    for destination, source, pattern in plan.exchange_bindings:
-        channel.exchange_bind(destination, source, routing_key=pattern)
+    declare_plan(channel, plans.delay_chain(settings))
 
 
 def queue_counts(settings, queues, timeout=REPLY_TIMEOUT):
@@ -273,13 +268,9 @@ def close_within(connection, seconds):
 
 
 def blocking_declare(channel, settings, queue):
-    """Declare `queue` as taskqueue wants it, on a blocking channel; TopologyError if it
-    exists with other arguments."""
-    arguments = blocking_arguments(channel.connection, queue, queue_arguments(queue, settings))
-    try:
-        channel.queue_declare(queue, durable=True, arguments=arguments)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise TopologyError(explain_refusal(queue, settings, exc)) from None
+    """Declare `queue` as taskqueue wants it, on a blocking channel's connection;
+    TopologyError if it exists with other arguments."""
+    declare_plan(channel, [plans.wanted_queue(queue, settings)])
 
 
 def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
@@ -298,35 +289,16 @@ def blocking_publish_confirmed(channel, queue, body, props, exchange=""):
 # -- one hop (onehop.py), for blocking clients ----------------------------------
 
 def declare_onehop_blocking(channel, settings):
-    """Declare, on a pika BlockingChannel, what a one-hop publish needs: the exchanges,
-    `taskqueue` (as every component declares it) and its binding to the alternate
-    exchange. TopologyError naming what the broker refused (the channel is then closed)."""
-    plan = onehop.declarations(TASK_QUEUE)
-    declare_onehop_exchanges_blocking(channel)
-    blocking_declare(channel, settings, TASK_QUEUE)
-    for queue, exchange, key in plan.queue_bindings:
-        try:
-            channel.queue_bind(queue, exchange, routing_key=key)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise TopologyError(onehop.explain_refusal(f"bind {queue} to {exchange}",
-                                                       exc)) from None
+    """Declare, on a pika BlockingChannel's connection, what a one-hop publish needs: the
+    exchanges, `taskqueue` (as every component declares it) and its binding to the
+    alternate exchange. TopologyError naming what the broker refused."""
+    declare_plan(channel, plans.one_hop(task_queue=True, settings=settings))
 
 
 def declare_onehop_exchanges_blocking(channel, worker_queues=()):
-    """Declare the one-hop exchanges on a BlockingChannel and bind each (queue,
-    worker_type) of `worker_queues` to the direct one; TopologyError on a refusal."""
-    plan = onehop.declarations(None, worker_queues)
-    what = None
-    try:
-        for name, kind, arguments in plan.exchanges:
-            what = f"declare exchange {name}"
-            channel.exchange_declare(name, exchange_type=kind, durable=True,
-                                     arguments=arguments or None)
-        for queue, exchange, key in plan.queue_bindings:
-            what = f"bind {queue} to {exchange}"
-            channel.queue_bind(queue, exchange, routing_key=key)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise TopologyError(onehop.explain_refusal(what, exc)) from None
+    """Declare the one-hop exchanges on a BlockingChannel's connection and bind each
+    (queue, worker_type) of `worker_queues` to the direct one; TopologyError on a refusal."""
+    declare_plan(channel, plans.one_hop(worker_queues=worker_queues))
 
 
 def blocking_publish_onehop(channel, worker_type, body, props):

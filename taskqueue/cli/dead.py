@@ -40,8 +40,6 @@ from taskqueue.runtime import formats
 #: Headers that record a message's past as a dead letter; a requeued copy starts afresh without them.
 PAST_HEADERS = ("x-death", "x-delivery-count", "x-acquired-count")
 PAST_HEADER_PREFIXES = ("x-taskqueue-", "x-first-death-", "x-last-death-")
-#: Worker queues are named worker_<type>.
-WORKER_QUEUE_PREFIX = topology.worker_queue("")
 TYPE_HEADER = "x-taskqueue-worker-type"
 DEAD_AT_HEADER = "x-taskqueue-dead-at"
 
@@ -106,8 +104,9 @@ def _worker_type(headers, queue, body):
     envelope in its body, else a worker_type header (a binary workitem)."""
     if headers.get(TYPE_HEADER):
         return _text(headers[TYPE_HEADER])
-    if queue and queue.startswith(WORKER_QUEUE_PREFIX) and len(queue) > len(WORKER_QUEUE_PREFIX):
-        return queue[len(WORKER_QUEUE_PREFIX):]
+    worker_type = topology.worker_type_of(queue)
+    if worker_type:
+        return worker_type
     try:
         envelope = json.loads(body)
     except (ValueError, RecursionError):
@@ -163,7 +162,7 @@ def requeue_copy(props, body, readers=None, max_body_size=inbound.DEFAULT_MAX_BO
         raise NotRequeueable(UNDECODED)
     letter = describe(props, body)
     headers = fresh_headers(props.headers)
-    if letter.queue and letter.queue.startswith(WORKER_QUEUE_PREFIX) and letter.worker_type:
+    if topology.worker_type_of(letter.queue) and letter.worker_type:
         headers["worker_type"] = letter.worker_type
     out = copy.copy(props)
     out.delivery_mode = pikaparams.PERSISTENT

@@ -17,7 +17,7 @@ def render(done, total, elapsed, width=80):
     if done >= total:
         eta = "done"
     elif rate > 0:
-        eta = f"ETA {format_duration((total - done) / rate)}"
+        eta = f"ETA {format_duration((total - done) / rate + 0.5)}"   # the nearest second
     else:
         eta = "ETA ?"
     percent = 100 * done // total if total else 100
@@ -28,16 +28,20 @@ def render(done, total, elapsed, width=80):
     return (bar + figures)[:width - 1]
 
 
-def format_duration(seconds):
-    """3s, 4m05s, 2h07m: short and exact enough for an ETA or an age."""
-    seconds = int(seconds + 0.5)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+def format_duration(seconds, tenths_below=0):
+    """`0.4s` (below `tenths_below` seconds), `12s`, `5m03s`, `2h05m`, `3d04h`: short and
+    exact enough for an ETA, an age or an uptime. The last unit shown is cut, not rounded
+    up: 59.9 s is `59s`, never `1m00s`. The one format of a duration for people."""
+    if seconds < tenths_below:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 class Progress:

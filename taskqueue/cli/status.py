@@ -15,6 +15,7 @@ from collections import Counter
 from taskqueue import redact
 from taskqueue.broker import blocking, pikaparams
 from taskqueue.cli import queuelist
+from taskqueue.cli.progress import format_duration
 from taskqueue.cli.startup import EXIT_NO_BROKER
 from taskqueue.errors import TaskqueueError, Unlisted
 from taskqueue.printable import printable
@@ -33,8 +34,8 @@ MAX_ANSWER = 16 * 2**20
 STATE_WORDS = {"backoff": "backing off"}
 #: Longest message id shown in the table (the JSON has it whole).
 TASK_WIDTH = 36
-#: Worker queues are named worker_<type>.
-WORKER_QUEUE_PREFIX = topology.worker_queue("")
+#: Durations shorter than this are shown in tenths of a second (a backoff, a slow reply).
+TENTHS_BELOW = 10
 
 
 def gather(cfg, timeout):
@@ -75,8 +76,9 @@ def other_worker_queues(settings, timeout, counts):
         problem = queuelist.contradiction(listed, counts)
         if problem:
             raise Unlisted(problem)
+        # Every queue named worker_..., a forged name too (not worker_type_of): status shows it.
         others = sorted(name for name in listed
-                        if name.startswith(WORKER_QUEUE_PREFIX) and name not in counts)
+                        if name.startswith(topology.WORKER_QUEUE_PREFIX) and name not in counts)
     except Unlisted as exc:
         return set(), {"source": None, "error": f"{exc} ({queuelist.WHERE_IT_WORKS})"}
     try:
@@ -188,7 +190,7 @@ def assess(view):
     for group in _groups(view["supervisors"]):
         if group["state"] == "quarantined":
             retries = [child["retry_in"] for child in group["children"] if child["retry_in"] is not None]
-            when = f"in {format_seconds(min(retries))} " if retries else ""
+            when = f"in {format_duration(min(retries), TENTHS_BELOW)} " if retries else ""
             problems.append(f"{group['name']} is quarantined after {group['last_exit'] or '-'}; "
                             f"retried {when}or on reload (SIGHUP)")
             code = UNHEALTHY
@@ -237,7 +239,8 @@ def _supervisor_lines(answer):
     if answer["error"]:
         return [f"{answer['socket']}: {answer['error']}"]
     about = answer["supervisor"]
-    lines = [f"{about['name']}: pid {about['pid']}, up {format_seconds(about['uptime'])}"
+    up = format_duration(about["uptime"], TENTHS_BELOW)
+    lines = [f"{about['name']}: pid {about['pid']}, up {up}"
              f"{', stopping' if about['stopping'] else ''} ({answer['socket']})"]
     lines += _table(("TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS",
                      "RETRIES", "LAST EXIT"),
@@ -260,7 +263,7 @@ def _supervisor_lines(answer):
 def _broker_row(row):
     failure = "-"
     if row["failure"] is not None:
-        failure = f"{format_seconds(row['failed_ago'])} ago: {row['failure']}"
+        failure = f"{format_duration(row['failed_ago'], TENTHS_BELOW)} ago: {row['failure']}"
     return (row["address"], str(row["children"]), row["server"] or "-", failure)
 
 
@@ -270,9 +273,9 @@ def _child_row(group, child):
         state = "busy" if child["task"] is not None else "idle"
     if child["task"] is not None:
         task = _shorten(child["task"], TASK_WIDTH)
-        elapsed = format_seconds(child["task_seconds"])
+        elapsed = format_duration(child["task_seconds"], TENTHS_BELOW)
     elif child["retry_in"] is not None:
-        task = f"retry in {format_seconds(child['retry_in'])}"
+        task = f"retry in {format_duration(child['retry_in'], TENTHS_BELOW)}"
     done = str(child["tasks_done"]) if group["kind"] == "worker" else "-"
     return (child["name"], _cell(child["pid"]), state, task, elapsed, done,
             _cell(child.get("broker")))
@@ -281,7 +284,7 @@ def _child_row(group, child):
 def _last_exit(group):
     if not group["last_exit"]:
         return "-"
-    return f"{group['last_exit']}, {format_seconds(group['last_exit_ago'])} ago"
+    return f"{group['last_exit']}, {format_duration(group['last_exit_ago'], TENTHS_BELOW)} ago"
 
 
 def _table(header, rows):
@@ -297,17 +300,3 @@ def _cell(value):
 
 def _shorten(text, width):
     return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def format_seconds(seconds):
-    """`0.4s`, `12s`, `5m03s`, `2h05m`, `3d04h`: short and exact enough for a glance."""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"

@@ -24,7 +24,7 @@ least once (the message leaves a level only once the next hop took it), so a
 broker restart or a full disk in the middle of a hop loses nothing.
 
 This module is pure: it plans (`route`) and lists what to declare
-(`declarations`); amqp.py (the gevent Session) and blocking.py do the I/O.
+(`declarations`); plans.py makes a plan of it, broker/declarations.py runs it.
 """
 import math
 import time

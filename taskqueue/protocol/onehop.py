@@ -18,7 +18,8 @@ A publisher confirm with no basic.return still means "in a queue": with
 `mandatory` set, RabbitMQ returns a message that neither EXCHANGE nor its
 alternate exchange routed to a queue (no `taskqueue`, or it is not bound).
 
-This module is pure: names and what to declare; amqp.py and blocking.py do the I/O.
+This module is pure: names and what to declare (plans.one_hop); broker/declarations.py
+declares it.
 """
 from dataclasses import dataclass
 

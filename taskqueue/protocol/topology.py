@@ -1,12 +1,14 @@
 """Queue names and the arguments every component declares them with: one place, so
 they never differ; what a broker's refusal to declare them means, in words.
 
-Pure: no pika, no I/O. amqp.py (the gevent Session) and blocking.py (blocking
-connections) declare with these; clients and tools name the queues by them.
+Pure: no pika, no I/O. plans.py declares queues with these (broker/declarations.py
+runs the plans, for the gevent Session and blocking connections alike); clients and
+tools name the queues by them.
 """
 import dataclasses
 
 from taskqueue.protocol import onehop
+from taskqueue.protocol.routing import TYPE_PATTERN
 
 #: The queue clients submit envelopes to; the dispatcher consumes it.
 TASK_QUEUE = "taskqueue"
@@ -38,8 +40,22 @@ def queue_type_choices(settings):
                          for kind in QUEUE_TYPES if kind != settings.queue_type]
 
 
+#: Worker queues are named worker_<type>.
+WORKER_QUEUE_PREFIX = "worker_"
+
+
 def worker_queue(worker_type):
-    return f"worker_{worker_type}"
+    return f"{WORKER_QUEUE_PREFIX}{worker_type}"
+
+
+def worker_type_of(queue):
+    """The worker type whose queue `queue` is (worker_<type>, the type a valid one), or
+    None for another queue: the one reading of a queue name, wherever it is read."""
+    if isinstance(queue, str) and queue.startswith(WORKER_QUEUE_PREFIX):
+        worker_type = queue[len(WORKER_QUEUE_PREFIX):]
+        if TYPE_PATTERN.match(worker_type):
+            return worker_type
+    return None
 
 
 def queue_arguments(queue, settings):

@@ -210,7 +210,7 @@ class Dispatcher:
         type's next one-hop tasks skip this dispatcher (a queue an older taskqueue made is
         bound from then on). In a greenlet: nothing is lost if it fails, the tasks keep
         coming through the alternate exchange."""
-        worker_type = queue[len(topology.worker_queue("")):]
+        worker_type = topology.worker_type_of(queue)
         try:
             problem = self._session.declare_onehop(worker_queues=[(queue, worker_type)])
         except SessionClosed:

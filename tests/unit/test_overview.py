@@ -4,6 +4,7 @@ import os
 import pytest
 
 from taskqueue.cli import status
+from taskqueue.cli.progress import format_duration
 from taskqueue.supervision.lifecycle import ChildState
 from taskqueue.supervision.snapshot import snapshot
 from taskqueue.supervision.specs import ChildSpec
@@ -163,8 +164,8 @@ def test_table_of_a_healthy_host_says_there_is_no_problem():
 @pytest.mark.parametrize("seconds, text", [
     (0.04, "0.0s"), (9.96, "10.0s"), (12.7, "12s"), (303, "5m03s"), (7500, "2h05m"),
     (273600, "3d04h")])
-def test_durations_are_short(seconds, text):
-    assert status.format_seconds(seconds) == text
+def test_durations_are_short_with_tenths_below_ten_seconds(seconds, text):
+    assert format_duration(seconds, status.TENTHS_BELOW) == text
 
 
 def test_a_worker_queue_only_the_broker_lists_is_a_problem_when_tasks_wait_in_it_unconsumed():

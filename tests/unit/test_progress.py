@@ -22,6 +22,10 @@ def test_format_duration_is_short():
         == ["0s", "59s", "1m01s", "59m59s", "2h07m", "3d01h"]
 
 
+def test_a_duration_is_cut_to_its_last_unit_not_rounded_up():
+    assert [format_duration(s) for s in (59.9, 3599.9)] == ["59s", "59m59s"]
+
+
 class FakeTerminal(io.StringIO):
     def __init__(self, tty):
         super().__init__()
