@@ -219,11 +219,12 @@ def test_a_scrape_is_answered_at_once_whatever_stalled_clients_do_and_they_are_c
         stalled.append(client)
     opened = time.monotonic()
     try:
-        # Then a real scrape is answered at once, well within the stallers' 5 s
+        # Then a real scrape is answered at once, well within the stallers' 5 s (it waited
+        # for them before: 4.9-5.0 s; a loaded CI machine took 1.03 s to answer at once)
         started = time.monotonic()
         got = scrape(port)
         answered = time.monotonic() - started
-        assert answered < 1.0, answered
+        assert answered < 2.5, answered
         assert got[("taskqueue_children", frozenset(
             {"group": "recorder", "type": "recorder", "state": "running"}.items()))] == 1
         # and each stalled connection is closed by its deadline (5 s), none later
