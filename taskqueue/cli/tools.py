@@ -7,7 +7,7 @@ import sys
 from taskqueue.broker import blocking, fielddecode, inbound, pikaparams
 from taskqueue.cli.startup import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK,
                                    load_config)
-from taskqueue.client import Client, task_message
+from taskqueue.client import Client, onehop_message
 from taskqueue.errors import ConfigError, InputError
 from taskqueue.host import config
 from taskqueue.printable import printable
@@ -96,7 +96,7 @@ def _workitem(worker_type, argument):
         where, text = "WORKITEM (stdin)", sys.stdin.read()
     try:
         workitem = workitems.parse(text)
-        task_message(worker_type, workitem)     # what cannot go out in the envelope (too deep)
+        onehop_message(worker_type, workitem)   # what cannot go out as the task sent (too deep)
         return workitem
     except ValueError as exc:
         shown = text if len(text) <= 100 else text[:100] + "..."
