@@ -41,14 +41,16 @@ from taskqueue import redact
 from taskqueue.broker import blocking, fielddecode, pikaparams
 from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
-                              SessionClosed, TaskqueueError, TopologyError, UndecodableHeaders)
+                              SessionClosed, TaskFailed, TaskqueueError, TopologyError,
+                              UndecodableHeaders)
 from taskqueue.host import config
-from taskqueue.protocol import nacks, onehop, topology, workitems
+from taskqueue.protocol import nacks, onehop, replies as reply_rule, topology, workitems
 from taskqueue.runtime import plugins
 
 #: What applications import from here (the errors are errors.py's, named here too).
 __all__ = ["Client", "ConnectionLost", "BrokerUnreachable", "PartlySubmitted", "PublishRefused",
-           "PublishNacked", "TaskqueueError", "TopologyError", "UndecodableHeaders",
+           "PublishNacked", "TaskFailed", "TaskqueueError", "TopologyError",
+           "UndecodableHeaders",
            "task_message", "onehop_message", "task_properties"]
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ class _Link:
         self.channel = None
         self.declared = set()       # queues declared on this connection
         self.found = None           # settings as the vhost's queues are declared (declaring)
-        self.replies = {}           # correlation id -> reply body, for call()
+        self.replies = {}           # correlation id -> Reply, for call()
         self.consuming_replies = False
 
     @property
@@ -212,11 +214,14 @@ class _Link:
 
         def on_reply(channel, method, props, body):
             if props.correlation_id in replies:     # a late reply to a call that timed out is not
-                replies[props.correlation_id] = body
                 problem = fielddecode.problem_of(props)
                 if problem:     # a reply's headers are not read: its body is the answer
                     log.warning("the reply to task %s came with headers that were not decoded "
                                 "(%s); its body is returned", props.correlation_id, problem)
+                    replies[props.correlation_id] = Reply(body)
+                else:
+                    replies[props.correlation_id] = Reply(
+                        body, reply_rule.failure_reason(props.headers))
         self.channel.basic_consume(topology.DIRECT_REPLY_TO, on_reply, auto_ack=True)
         self.consuming_replies = True
 
@@ -226,6 +231,13 @@ class _Link:
         self.connection = self.channel = self.found = None
         self.declared = set()
         self.consuming_replies = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What came back to call(): the body, and the reason when it is a failure reply."""
+    body: bytes
+    failure: str = None
 
 
 def _close_quietly(connection):
@@ -372,8 +384,11 @@ class Client:
 
     def call(self, worker_type, workitem, timeout):
         """Submit a task and return the body (bytes) of the worker's reply; TimeoutError
-        if none came within `timeout` seconds. Uses RabbitMQ's direct reply-to: the
-        reply comes back on this thread's connection, and no queue is declared for it."""
+        if none came within `timeout` seconds; TaskFailed (.task_id, .reason) when the
+        task ended without a reply (it raised and was dead-lettered, was rejected, ran
+        out of retries: the worker's failure reply, replies.py). Uses RabbitMQ's direct
+        reply-to: the reply comes back on this thread's connection, and no queue is
+        declared for it."""
         body, props = onehop_message(worker_type, workitem)
         props.reply_to = topology.DIRECT_REPLY_TO
         started = time.monotonic()
@@ -404,7 +419,10 @@ class Client:
                                       f"waiting for the reply to task {correlation_id}")
                 raise ConnectionLost(f"connection lost while waiting for the reply to task "
                                      f"{correlation_id} (it was submitted): {exc!r}") from None
-        return link.replies[correlation_id]
+        reply = link.replies[correlation_id]
+        if reply.failure is not None:
+            raise TaskFailed(correlation_id, reply.failure, worker_type)
+        return reply.body
 
 
 def _raise_if_undecodable(exc, settings, what):

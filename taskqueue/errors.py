@@ -81,6 +81,17 @@ class UndecodableHeaders(SessionClosed):
     timestamp past 9999): the Client closed that connection (client.py)."""
 
 
+class TaskFailed(TaskqueueError):
+    """Client.call's task ended without the plugin's reply: the worker sent a failure
+    reply instead (replies.py: it raised and was dead-lettered, was rejected, ran out
+    of retries, was refused). `task_id`: its correlation id; `reason`: the worker's why."""
+
+    def __init__(self, task_id, reason, worker_type=None):
+        whose = f"{worker_type} task" if worker_type else "task"
+        super().__init__(f"{whose} {task_id} failed: {reason}")
+        self.task_id, self.reason = task_id, reason
+
+
 class NotRequeueable(TaskqueueError):
     """Requeuing this dead letter would not give the dispatcher something it routes."""
 

@@ -67,7 +67,8 @@ class BaseWorker:
         header: the message properties (message_id, correlation_id, reply_to, headers...).
         body: bytes; the workitem as JSON when it came through the dispatcher.
         If this raises, the task is retried while the group's max_retries allow,
-        else rejected without requeue (dead-lettered).
+        else rejected without requeue (dead-lettered); whoever waits for its reply
+        gets a failure reply then (replies.py), as for a task the plugin rejects.
         If it returns without settling, the task is acked and a warning logged.
         """
         raise NotImplementedError
@@ -141,6 +142,7 @@ class TaskChannel:
         self.settlement = None       # "ack", "nack", "reject" or "retry" once settled
         self.requeued = False        # nack or reject with requeue=True
         self.retry_delay = None      # what retry() asked for (None: the group's backoff)
+        self.replied = False         # reply() sent the plugin's answer: no failure reply
 
     def basic_ack(self, delivery_tag=0, multiple=False):
         self._settle("ack", delivery_tag, multiple, lambda: self._session.ack(self._tag))
@@ -209,6 +211,7 @@ class TaskChannel:
         props = pikaparams.properties(correlation_id=header.correlation_id or header.message_id,
                                 content_type=content_type)
         self.basic_publish("", header.reply_to, body, props)
+        self.replied = True
 
     def _settle(self, action, delivery_tag, multiple, send):
         if delivery_tag not in (0, self._tag):
@@ -323,9 +326,10 @@ def _refused(group, amqp_settings, session, key, method, props, body):
         return None
     log.error("task %s (delivery %s) refused: %s; dead-lettering it", key, method.delivery_tag,
               reason)
-    return _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
+    outcome = _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
         topology.DEAD_QUEUE, body, dead_properties(props, reason, queue=group.queue,
                                                    worker_type=group.worker_type)))
+    return _answer_failure(session, group, key, props, outcome, f"refused: {reason}")
 
 
 def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
@@ -344,10 +348,11 @@ def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props,
     reason = f"delivery limit {limit} reached: {deaths} processes died handling it; last: {cause}"
     log.error("task %s: %s; dead-lettering it", key, reason)
     count = (props.headers or {}).get("x-delivery-count", deaths)
-    return _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
+    outcome = _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
         topology.DEAD_QUEUE, body, dead_properties(
             props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
             deaths=deaths, delivery_count=count)))
+    return _answer_failure(session, group, key, props, outcome, reason)
 
 
 def _copy_then_ack(session, group, task, method, outcome, publish):
@@ -364,6 +369,30 @@ def _copy_then_ack(session, group, task, method, outcome, publish):
         session.nack(method.delivery_tag, requeue=True)
         return "requeue"
     session.ack(method.delivery_tag)
+    return outcome
+
+
+def _answer_failure(session, group, task, props, outcome, reason):
+    """Send the failure reply (replies.failure) of a task that ended without an answer, to
+    its reply_to when it has one that a reply may go to (replies.allowed, as
+    TaskChannel.reply), so that whoever waits (Client.call, submit --wait) fails now,
+    not at its timeout. Not for a task given back ("requeue": it comes again).
+    The task is settled already: a connection gone by now only costs the reply.
+    Returns `outcome`."""
+    if outcome == "requeue" or not props.reply_to:
+        return outcome
+    if not replies.allowed(props.reply_to, group.reply_queues):
+        log.debug("task %s: no failure reply: its reply_to %r is not a reply queue", task,
+                  props.reply_to)
+        return outcome
+    if not session.is_open:
+        log.warning("task %s: failure reply not sent: the connection is gone", task)
+        return outcome
+    body, headers = replies.failure(reason)
+    session.publish(props.reply_to, body, pikaparams.properties(
+        correlation_id=props.correlation_id or props.message_id,
+        content_type=replies.FAILED_CONTENT_TYPE, headers=headers))
+    log.debug("task %s: failure reply sent to %s: %s", task, props.reply_to, reason)
     return outcome
 
 
@@ -439,16 +468,19 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
     msg_id = props.message_id or "-"
     if channel.settlement == "retry":
         return _retry(group, session, method, props, body, explicit=True,
-                      requested=channel.retry_delay), elapsed
+                      requested=channel.retry_delay, answered=channel.replied), elapsed
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
                     elapsed, logs.Lines(error))
         return _retry(group, session, method, props, body, explicit=False,
-                      error=retries.last_line(error)), elapsed
+                      error=retries.last_line(error), answered=channel.replied), elapsed
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
-        channel.basic_reject(requeue=False)
+        channel.basic_reject(requeue=False)     # sent at once: this is the hub's thread
+        if not channel.replied:
+            _answer_failure(session, group, msg_id, props, "raised",
+                            f"raised {retries.last_line(error)}")
         return "raised", elapsed
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
@@ -458,14 +490,19 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
         log.warning("task %s (delivery %s): handle_task returned without settling it; acking",
                     msg_id, method.delivery_tag)
         channel.basic_ack()
+    if channel.outcome == "reject" and not channel.replied:   # dead-lettered by the broker
+        _answer_failure(session, group, msg_id, props, "reject",
+                        f"rejected by the plugin (basic_{channel.settlement} without requeue)")
     return channel.outcome, elapsed
 
 
-def _retry(group, session, method, props, body, explicit, requested=None, error=None):
+def _retry(group, session, method, props, body, explicit, requested=None, error=None,
+           answered=False):
     """Publish the task again through the delay chain, or dead-letter it once its
     retries are spent; then ack this delivery (after the broker confirmed the copy:
     a crash in between redelivers it, nothing is lost; a copy it refused gives the
-    delivery back: _copy_then_ack). Returns the outcome."""
+    delivery back: _copy_then_ack). Returns the outcome. A task dead-lettered gets a
+    failure reply unless the plugin `answered` it; a retried one none (not yet)."""
     task = props.message_id or "-"
     done, problem = retries.read_count(props.headers)
     decision = retries.decide(group.retry, done, explicit, requested, error, random.random(),
@@ -474,11 +511,13 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
         log.error("task %s: %s; dead-lettering it", task, decision.reason)
         # A header that held no count stays as it came (amqp_safe), for whoever looks into it.
         counted = {} if done is None else {"retries": done}
-        return _copy_then_ack(
+        outcome = _copy_then_ack(
             session, group, task, method, "reject" if explicit else "raised",
             lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
                 props, decision.reason, queue=group.queue, worker_type=group.worker_type,
                 **counted)))
+        return outcome if answered else _answer_failure(session, group, task, props, outcome,
+                                                        decision.reason)
     copy = pikaparams.copy_properties(props)
     copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1

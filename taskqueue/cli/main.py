@@ -84,7 +84,8 @@ def _parser():
     p.add_argument("workitem", metavar="WORKITEM", nargs="?",
                    help="the workitem as JSON (default: null; '-' reads it from stdin)")
     p.add_argument("--wait", action="store_true",
-                   help="wait for the worker's reply (sent to reply_to) and print its body")
+                   help="wait for the worker's reply (sent to reply_to) and print its body; "
+                        "a task that fails without one: its reason on stderr, exit status 5")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="with --wait: give up after SECONDS (default 30); exit status 1")
     p.add_argument("--delay", type=_seconds, metavar="SECONDS",

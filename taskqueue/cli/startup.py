@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1      #: the command ran and failed (the broker refused a task, children killed...)
 EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
 EXIT_NO_BROKER = 4    #: no broker could be reached (connection, TLS, login refused); nothing was done
+EXIT_TASK_FAILED = 5  #: submit --wait: the task ended without a reply (the worker's failure reply)
 EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT), as shells report it
 
 

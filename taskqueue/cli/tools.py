@@ -6,9 +6,9 @@ import sys
 
 from taskqueue.broker import blocking, fielddecode, inbound, pikaparams
 from taskqueue.cli.startup import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK,
-                                   load_config)
+                                   EXIT_TASK_FAILED, load_config)
 from taskqueue.client import Client, onehop_message
-from taskqueue.errors import ConfigError, InputError
+from taskqueue.errors import ConfigError, InputError, TaskFailed
 from taskqueue.host import config
 from taskqueue.printable import printable
 from taskqueue.protocol import replies, topology, workitems
@@ -30,6 +30,8 @@ exit status:
   2  bad input (TYPE, WORKITEM, --delay, a line of the file, the config): nothing submitted
   4  no broker could be reached (refused, TLS, login; as `taskqueue status`): nothing
      submitted; the message names each broker tried and why
+  5  with --wait: the task failed without a reply (it raised and was dead-lettered,
+     was rejected, ran out of retries, was refused by the worker); stderr says why
   130  --file stopped by Ctrl-C: as 1 (a second Ctrl-C ends it at once)
 """
 
@@ -55,6 +57,9 @@ def cmd_submit(args):
             print(f"taskqueue: {printable(exc)}", file=sys.stderr)
             warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
             return EXIT_FAILURE
+        except TaskFailed as exc:
+            print(f"taskqueue: {printable(exc)}", file=sys.stderr)
+            return EXIT_TASK_FAILED
     print_reply(reply, sys.stdout)
     return EXIT_OK
 

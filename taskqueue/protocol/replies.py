@@ -17,6 +17,13 @@ and never to one of taskqueue's own queues (any name beginning with `taskqueue`
 or `worker_`), whatever the option says: the config refuses an entry that
 could name one. A plugin's own basic_publish is not checked: what a plugin
 publishes by itself is its business.
+
+A task that has a reply_to and ends without the plugin's reply (it raised and is
+dead-lettered, the plugin rejected it, its retries are spent, the worker refused
+it) gets a **failure reply** from the worker, to the same reply queues only: the
+header FAILED_HEADER says why (`failure`), the body says it again as text, so that
+the caller fails at once instead of at its timeout (Client.call raises TaskFailed).
+docs/02-messages-and-wire-format.md, "Failure replies", is its wire form.
 """
 
 #: What a reply may always go to: RabbitMQ's reply queues.
@@ -26,6 +33,12 @@ REPLY_QUEUES = ("amq.rabbitmq.reply-to*", "amq.gen-*")
 OWN_PREFIXES = ("taskqueue", "worker_")
 #: AMQP's longest queue name (a short string).
 MAX_NAME = 255
+#: The header marking a failure reply; its value is the reason (a string).
+FAILED_HEADER = "x-taskqueue-failed"
+#: A failure reply's content type: its body is the reason, as UTF-8.
+FAILED_CONTENT_TYPE = "text/plain; charset=utf-8"
+#: Longest reason sent, in characters (an exception's message can be any length).
+MAX_REASON = 1000
 #: What the option reads as, for error messages and the docs.
 OPTION_RULE = ("queue names or prefixes ending in '*', separated by commas; none of "
                "taskqueue's own (taskqueue..., worker_...)")
@@ -75,3 +88,22 @@ def parse_reply_queues(value):
 def describe(extra=()):
     """For check-config: `reply queues` or `reply queues, results, replies_*`."""
     return ", ".join(("reply queues",) + tuple(extra))
+
+
+def failure(reason):
+    """A failure reply's (body, headers) saying `reason`, cut at MAX_REASON characters."""
+    reason = str(reason)
+    if len(reason) > MAX_REASON:
+        reason = reason[:MAX_REASON - 3] + "..."
+    return reason.encode("utf-8", "backslashreplace"), {FAILED_HEADER: reason}
+
+
+def failure_reason(headers):
+    """The reason of a failure reply, read from its headers; None for any other reply.
+    A reason that came as bytes (a longstr pika did not decode) is read as UTF-8."""
+    if not isinstance(headers, dict) or FAILED_HEADER not in headers:
+        return None
+    reason = headers[FAILED_HEADER]
+    if isinstance(reason, (bytes, bytearray)):
+        reason = bytes(reason).decode("utf-8", "backslashreplace")
+    return reason if isinstance(reason, str) and reason else "no reason given"

@@ -12,6 +12,7 @@ cause of a dead-lettered task and requeue it), `gate` (a path: the task waits, u
 attempts, counted by the header x-taskqueue-retries), `retry` (a delay, or null for the
 backoff: call channel.retry with it, on the first `retry_times` attempts or always),
 `reply` (a value: sent back with channel.reply, as JSON {"id", "reply", "pid"}),
+`reject` (the task is rejected without requeue: dead-lettered by the broker),
 `forge` (a text, written `forge_repeat` times (default 1) on the process's report pipe to
 its supervisor, as hostile plugin code could: tests/integration/test_reports_trust.py).
 
@@ -77,6 +78,10 @@ class Recorder(BaseWorker):
             os._exit(task["exit"])
         if task.get("raise") and failing:
             raise RuntimeError(f"task {task['id']} asked to fail")
+        if task.get("reject"):
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            self._record(task["id"], "done", method, header, body)
+            return
         if "reply" in task:
             channel.reply(json.dumps({"id": task["id"], "reply": task["reply"],
                                       "pid": os.getpid()}), content_type="application/json")
