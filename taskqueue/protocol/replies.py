@@ -25,6 +25,7 @@ header FAILED_HEADER says why (`failure`), the body says it again as text, so th
 the caller fails at once instead of at its timeout (Client.call raises TaskFailed).
 docs/02-messages-and-wire-format.md, "Failure replies", is its wire form.
 """
+from taskqueue import redact
 
 #: What a reply may always go to: RabbitMQ's reply queues.
 REPLY_QUEUES = ("amq.rabbitmq.reply-to*", "amq.gen-*")
@@ -91,8 +92,10 @@ def describe(extra=()):
 
 
 def failure(reason):
-    """A failure reply's (body, headers) saying `reason`, cut at MAX_REASON characters."""
-    reason = str(reason)
+    """A failure reply's (body, headers) saying `reason`, cut at MAX_REASON characters,
+    broker credentials hidden (an exception's message may quote a URL), as in the dead
+    letter's reason."""
+    reason = redact.redact(str(reason))
     if len(reason) > MAX_REASON:
         reason = reason[:MAX_REASON - 3] + "..."
     return reason.encode("utf-8", "backslashreplace"), {FAILED_HEADER: reason}

@@ -7,7 +7,7 @@ import pika
 import pytest
 from hypothesis import given, strategies as st
 
-from taskqueue import client
+from taskqueue import client, redact
 from taskqueue.errors import TaskFailed, TaskqueueError
 from taskqueue.protocol import replies
 from taskqueue.worker import HubCalls, TaskChannel, _answer_failure
@@ -21,8 +21,18 @@ DIRECT = "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAx"
 @given(st.text(min_size=1, max_size=replies.MAX_REASON))
 def test_a_reason_is_read_back_from_the_headers_and_is_the_body_too(reason):
     body, headers = replies.failure(reason)
-    assert replies.failure_reason(headers) == reason
-    assert body == reason.encode("utf-8", "backslashreplace")
+    expected = redact.redact(reason)
+    if len(expected) > replies.MAX_REASON:
+        expected = expected[:replies.MAX_REASON - 3] + "..."
+    assert replies.failure_reason(headers) == expected
+    assert body == expected.encode("utf-8", "backslashreplace")
+
+
+def test_a_reason_quoting_a_broker_url_goes_out_without_its_password():
+    body, headers = replies.failure("raised ConnectionError: amqp://app:s3cret@db:5672/ down")
+    assert headers[replies.FAILED_HEADER] == (
+        "raised ConnectionError: amqp://app:***@db:5672/ down")
+    assert b"s3cret" not in body
 
 
 def test_a_long_reason_is_cut_and_says_so():
