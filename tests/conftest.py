@@ -15,8 +15,9 @@ import uuid
 
 import pytest
 
-from support import Broker, Pool, Records, config_text
+from support import BROKER_HOST, Broker, Pool, Records, config_text
 from taskqueue import redact
+from taskqueue.client import Client
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +109,11 @@ def start_pool(workdir, vhost, amqp_port, status_dir):
     yield start
     for pool in pools:
         pool.kill()
+
+
+@pytest.fixture
+def client(request, vhost, amqp_port):
+    """A Client on the test vhost, named after the test, closed after it."""
+    with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost,
+                name=f"tq-test-{request.node.name[:80]}-{os.getpid()}") as client:
+        yield client

@@ -455,3 +455,11 @@ def stand_in_echo_worker(port, vhost, reply_headers):
         stop.set()
         worker.join(10)
         connection.close()
+
+
+def serving(broker, start_pool, body, queue):
+    """A pool started with config `body`, once `queue` and taskqueue have consumers."""
+    pool = start_pool(body)
+    wait_for(lambda: broker.counts(queue)[1] >= 1, 20, f"a consumer of {queue}")
+    wait_for(lambda: broker.counts("taskqueue")[1] >= 1, 20, "the dispatcher")
+    return pool

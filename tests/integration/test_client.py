@@ -13,25 +13,13 @@ import pytest
 
 import taskqueue.client
 from netfaults import TcpProxy
-from support import BROKER_HOST, config_text, nacking_vhost, recorder_config, wait_for
+from support import (BROKER_HOST, config_text, nacking_vhost, recorder_config, serving,
+                     wait_for)
 from taskqueue.client import Client, ConnectionLost, PartlySubmitted, PublishRefused
 from taskqueue.errors import BrokerUnreachable, ConfigError
 
 ECHO = "[DEFAULT]\nworkers: 0\n\n[echo]\nworkers: 1\n"
 
-
-@pytest.fixture
-def client(vhost, amqp_port):
-    with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost,
-                name=f"tq-test-client-{os.getpid()}-{time.monotonic_ns()}") as client:
-        yield client
-
-
-def serving(broker, start_pool, body, queue):
-    pool = start_pool(body)
-    wait_for(lambda: broker.counts(queue)[1] >= 1, 20, f"a consumer of {queue}")
-    wait_for(lambda: broker.counts("taskqueue")[1] >= 1, 20, "the dispatcher")
-    return pool
 
 
 @pytest.mark.timeout(180)

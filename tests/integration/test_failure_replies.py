@@ -2,24 +2,16 @@
 the plugin's reply answers its caller at once, with why; a retried one only after its
 last attempt. Client.call raises TaskFailed, `submit --wait` exits 5."""
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
-from support import BROKER_HOST, TASKQUEUE, recorder_config, wait_for
-from taskqueue.client import Client, TaskFailed
-from test_client import serving
+from support import TASKQUEUE, recorder_config, serving, wait_for
+from taskqueue.client import TaskFailed
 
 FAILED = "x-taskqueue-failed"
 
-
-@pytest.fixture
-def client(vhost, amqp_port):
-    with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost,
-                name=f"tq-test-failure-{os.getpid()}-{time.monotonic_ns()}") as client:
-        yield client
 
 
 def starts(records, task_id):

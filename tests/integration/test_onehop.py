@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 
 import pika
@@ -20,7 +19,7 @@ import pytest
 
 from support import BROKER_HOST, recorder_config, bindings, wait_for
 from taskqueue.broker import pikaparams
-from taskqueue.client import Client, PublishRefused
+from taskqueue.client import PublishRefused
 from taskqueue.errors import TopologyError
 
 pytestmark = pytest.mark.timeout(90)
@@ -29,12 +28,6 @@ DISPATCHER_ONLY = "[DEFAULT]\nworkers: 0\n"
 MESSAGES_DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs",
                             "02-messages-and-wire-format.md")
 
-
-@pytest.fixture
-def client(vhost, amqp_port):
-    with Client(host=BROKER_HOST, port=amqp_port, vhost=vhost,
-                name=f"tq-test-onehop-{os.getpid()}-{time.monotonic_ns()}") as client:
-        yield client
 
 
 def done(records, task_id, timeout=30):
