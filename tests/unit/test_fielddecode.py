@@ -11,6 +11,7 @@ functions are ours now).
 import datetime
 import decimal
 import importlib.util
+import random
 import struct
 
 import pika
@@ -143,11 +144,14 @@ def deep_mixed(depth, rng):
     return amqp_table(inner)
 
 
+# A seed, not st.randoms(): a Random drawn from hypothesis spends one of its choices on
+# every call, and 3 000 levels' worth overran its buffer (FailedHealthCheck
+# data_too_large, seen once on the trixie stack).
 @settings(FAST, max_examples=100)
-@given(st.integers(MAX_DEPTH, 3000), st.randoms(use_true_random=False))
+@given(st.integers(MAX_DEPTH, 3000), st.none() | st.integers(0, 2**32 - 1))
 @example(700, None)
-def test_a_table_nested_beyond_the_limit_is_refused_saying_so(depth, rng):
-    raw = deep_table(depth) if rng is None else deep_mixed(depth, rng)
+def test_a_table_nested_beyond_the_limit_is_refused_saying_so(depth, seed):
+    raw = deep_table(depth) if seed is None else deep_mixed(depth, random.Random(seed))
     ours = through_pika(raw)
     assert isinstance(ours, UndecodedTable) and ours.raw == raw
     assert ours.problem.startswith(f"nested deeper than {MAX_DEPTH} levels")
