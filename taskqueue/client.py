@@ -34,17 +34,18 @@ import dataclasses
 import logging
 import threading
 import time
-import uuid
 import weakref
 
 from taskqueue import redact
 from taskqueue.broker import blocking, fielddecode, pikaparams
+from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
                               SessionClosed, TaskFailed, TaskqueueError, TopologyError,
                               UndecodableHeaders)
 from taskqueue.host import config
-from taskqueue.protocol import nacks, onehop, replies as reply_rule, topology, workitems
+from taskqueue.protocol import (nacks, onehop, replies as reply_rule, taskids, topology,
+                                workitems)
 from taskqueue.runtime import plugins
 
 #: What applications import from here (the errors are errors.py's, named here too).
@@ -71,7 +72,7 @@ ConnectionLost = SessionClosed
 def task_properties(message_id=None):
     """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
     message id (a new one unless given) that is also its correlation id."""
-    message_id = message_id or uuid.uuid4().hex
+    message_id = message_id or taskids.new_id()
     return pikaparams.properties(content_type="application/json",
                                  delivery_mode=pikaparams.PERSISTENT,
                            message_id=message_id, correlation_id=message_id)
@@ -141,6 +142,7 @@ class _Link:
         self.declared = set()       # queues declared on this connection
         self.found = None           # settings as the vhost's queues are declared (declaring)
         self.replies = {}           # correlation id -> Reply, for call()
+        self.events = None          # clientevents.SubmittedEvents of this connection
         self.consuming_replies = False
 
     @property
@@ -169,6 +171,7 @@ class _Link:
                                       self.settings):
             self.channel = self.connection.channel()
             self.channel.confirm_delivery()
+        self.events = SubmittedEvents(self.connection, self.settings, self.name)
 
     @property
     def declaring(self):
@@ -228,7 +231,7 @@ class _Link:
     def drop(self):
         """Forget the connection (closing it if it is still open)."""
         _close_quietly(self.connection)
-        self.connection = self.channel = self.found = None
+        self.connection = self.channel = self.found = self.events = None
         self.declared = set()
         self.consuming_replies = False
 
@@ -353,7 +356,15 @@ class Client:
         else:
             self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
                                   f"publishing the task for {worker_type}")
+        self._submitted(props.message_id, worker_type, delay)
         return props.message_id
+
+    def _submitted(self, task, worker_type, delay=None):
+        """Its `submitted` event (events.py), on this thread's connection, unconfirmed."""
+        events = self._link().events
+        if events is not None:
+            events.add(task, worker_type, delay)
+            events.flush()
 
     def publish(self, queue, body, props):
         """Publish a message made elsewhere (dead requeue, a raw client) to `queue`,
@@ -399,6 +410,7 @@ class Client:
             link.publish_onehop(worker_type, body, props)
             return link
         link = self._with_connection(publish, f"publishing the task for {worker_type}")
+        self._submitted(props.message_id, worker_type)
         try:
             return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
                                     timeout)

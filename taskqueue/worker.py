@@ -19,6 +19,7 @@ import gevent
 from gevent.queue import Empty
 
 from taskqueue.broker import amqp, inbound, pikaparams
+from taskqueue.broker.eventlog import EventLog
 from taskqueue.broker.deadletters import dead_properties, task_key, without_broker_headers
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed
 from taskqueue.host import logs
@@ -243,6 +244,7 @@ def run_worker(group, amqp_settings, ctx):
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
+    events = EventLog(session, ctx.name, amqp_settings).start()
     tasks = TaskThread(f"task {group.worker_type}")
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
@@ -253,7 +255,7 @@ def run_worker(group, amqp_settings, ctx):
         # The connection went while setting up (a node stopping, a quorum leader
         # moving): a lost connection like any other, said once.
         log.warning("%s", session.loss())
-        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events)
     # Wake the loop when asked to stop or when the connection goes.
     ctx.stopping.rawlink(lambda _: intake.wake())
     session.closed.rawlink(lambda _: intake.wake())
@@ -276,31 +278,43 @@ def run_worker(group, amqp_settings, ctx):
         # Reported before the limit check: dead-lettering settles the task too,
         # and the supervisor forgets the deaths of a settled task.
         ctx.busy(key, method.redelivered)
-        outcome = _refused(group, amqp_settings, session, key, *delivery)
+        outcome = _refused(group, amqp_settings, session, events, key, *delivery)
         if outcome:
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
         # What the plugin sees and every copy is made from: no forged dead-letter headers.
         delivery = (method, inbound.admitted(props), body)
-        outcome = _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery)
+        outcome = _over_delivery_limit(group, amqp_settings, session, events, ctx, key,
+                                       *delivery)
         if outcome:
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
-        outcome, seconds = _handle(worker, group, session, hub_calls, tasks, intake, *delivery)
+        events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
+                   redelivered=method.redelivered or None)
+        outcome, seconds = _handle(worker, group, session, events, hub_calls, tasks, intake,
+                                   *delivery)
+        if outcome == "ack":
+            events.add("done", key, group.worker_type, duration=seconds)
         ctx.done(outcome, seconds)
         logs.set_task(None)
         done += 1
         reason = _recycle_reason(group, done)
         if reason:
             log.info("%s: this process is replaced after its current task", reason)
-            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE)
+            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE, events)
         intake.task_done(seconds)
     if not session.is_open:
         log.warning("%s", session.loss())
-        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
-    return _finish(worker, session, hub_calls, ctx, EXIT_OK)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events)
+    return _finish(worker, session, hub_calls, ctx, EXIT_OK, events)
+
+
+def _attempt(props):
+    """Which run of the task this is: 1, then 1 + its retries so far."""
+    done, _ = retries.read_count(props.headers)
+    return (done or 0) + 1
 
 
 def _next_delivery(inbox, ctx):
@@ -314,7 +328,7 @@ def _next_delivery(inbox, ctx):
     return inbox.get()
 
 
-def _refused(group, amqp_settings, session, key, method, props, body):
+def _refused(group, amqp_settings, session, events, key, method, props, body):
     """Dead-letter a task taskqueue does not take (inbound.refusal: its headers not
     decoded, a body too big, a bad retry count; a dead-letter header its publisher set;
     one hop, the dispatcher never saw it),
@@ -329,10 +343,10 @@ def _refused(group, amqp_settings, session, key, method, props, body):
     outcome = _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
         topology.DEAD_QUEUE, body, dead_properties(props, reason, queue=group.queue,
                                                    worker_type=group.worker_type)))
-    return _answer_failure(session, group, key, props, outcome, f"refused: {reason}")
+    return _ended(session, events, group, key, props, outcome, f"refused: {reason}")
 
 
-def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
+def _over_delivery_limit(group, amqp_settings, session, events, ctx, key, method, props, body):
     """Dead-letter a task that has killed `delivery_limit` processes already, saying how
     the last one ended; return the outcome as _refused does. Running it again would not help.
 
@@ -352,7 +366,7 @@ def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props,
         topology.DEAD_QUEUE, body, dead_properties(
             props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
             deaths=deaths, delivery_count=count)))
-    return _answer_failure(session, group, key, props, outcome, reason)
+    return _ended(session, events, group, key, props, outcome, reason)
 
 
 def _copy_then_ack(session, group, task, method, outcome, publish):
@@ -370,6 +384,18 @@ def _copy_then_ack(session, group, task, method, outcome, publish):
         return "requeue"
     session.ack(method.delivery_tag)
     return outcome
+
+
+def _ended(session, events, group, task, props, outcome, reason, answered=False):
+    """A task ended without success (`outcome`: dead, raised, reject; requeue: given
+    back): its event (failed when the plugin raised or rejected it, dead when
+    taskqueue dead-lettered it, requeued), then its failure reply unless the plugin
+    `answered` it. Returns `outcome`."""
+    kind = {"requeue": "requeued", "dead": "dead"}.get(outcome, "failed")
+    events.add(kind, task, group.worker_type, reason=reason, attempt=_attempt(props))
+    if answered:
+        return outcome
+    return _answer_failure(session, group, task, props, outcome, reason)
 
 
 def _answer_failure(session, group, task, props, outcome, reason):
@@ -436,9 +462,10 @@ def _lookahead(group):
     return group.lookahead
 
 
-def _finish(worker, session, hub_calls, ctx, code):
+def _finish(worker, session, hub_calls, ctx, code, events):
     hub_calls.run_pending()  # settlements the last task's thread queued
     ctx.flush()
+    events.close()
     try:
         worker.teardown()
     except Exception:
@@ -448,7 +475,7 @@ def _finish(worker, session, hub_calls, ctx, code):
     return code
 
 
-def _handle(worker, group, session, hub_calls, tasks, intake, method, props, body):
+def _handle(worker, group, session, events, hub_calls, tasks, intake, method, props, body):
     """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
@@ -467,21 +494,19 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
     hub_calls.run_pending()
     msg_id = props.message_id or "-"
     if channel.settlement == "retry":
-        return _retry(group, session, method, props, body, explicit=True,
+        return _retry(group, session, events, method, props, body, explicit=True,
                       requested=channel.retry_delay, answered=channel.replied), elapsed
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
                     elapsed, logs.Lines(error))
-        return _retry(group, session, method, props, body, explicit=False,
+        return _retry(group, session, events, method, props, body, explicit=False,
                       error=retries.last_line(error), answered=channel.replied), elapsed
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
         channel.basic_reject(requeue=False)     # sent at once: this is the hub's thread
-        if not channel.replied:
-            _answer_failure(session, group, msg_id, props, "raised",
-                            f"raised {retries.last_line(error)}")
-        return "raised", elapsed
+        return _ended(session, events, group, msg_id, props, "raised",
+                      f"raised {retries.last_line(error)}", answered=channel.replied), elapsed
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
                   "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement,
@@ -490,13 +515,17 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
         log.warning("task %s (delivery %s): handle_task returned without settling it; acking",
                     msg_id, method.delivery_tag)
         channel.basic_ack()
-    if channel.outcome == "reject" and not channel.replied:   # dead-lettered by the broker
-        _answer_failure(session, group, msg_id, props, "reject",
-                        f"rejected by the plugin (basic_{channel.settlement} without requeue)")
+    if channel.outcome == "reject":   # dead-lettered by the broker
+        _ended(session, events, group, msg_id, props, "reject",
+               f"rejected by the plugin (basic_{channel.settlement} without requeue)",
+               answered=channel.replied)
+    elif channel.outcome == "requeue":
+        events.add("requeued", msg_id, group.worker_type, reason="given back by the plugin",
+                   attempt=_attempt(props))
     return channel.outcome, elapsed
 
 
-def _retry(group, session, method, props, body, explicit, requested=None, error=None,
+def _retry(group, session, events, method, props, body, explicit, requested=None, error=None,
            answered=False):
     """Publish the task again through the delay chain, or dead-letter it once its
     retries are spent; then ack this delivery (after the broker confirmed the copy:
@@ -516,8 +545,8 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
             lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
                 props, decision.reason, queue=group.queue, worker_type=group.worker_type,
                 **counted)))
-        return outcome if answered else _answer_failure(session, group, task, props, outcome,
-                                                        decision.reason)
+        return _ended(session, events, group, task, props, outcome, decision.reason,
+                      answered=answered)
     copy = pikaparams.copy_properties(props)
     copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1
@@ -525,6 +554,11 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
         group.queue, group.worker_type, body, copy, decision.delay))
     if outcome == "retry":
         log.info("task %s: retry %d in %.1fs", task, done + 1, decision.delay)
+        events.add("retried", task, group.worker_type, attempt=done + 1, delay=decision.delay,
+                   reason=error or ("retry() by the plugin" if explicit else None))
+    else:
+        events.add("requeued", task, group.worker_type, attempt=done + 1,
+                   reason="the broker refused the retry's copy")
     return outcome
 
 

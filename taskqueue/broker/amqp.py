@@ -174,6 +174,21 @@ class Session:
         closing it), not because the broker refused something on the channel."""
         return isinstance(self.close_reason, pika.exceptions.AMQPConnectionError)
 
+    def open_channel(self):
+        """Another channel on this session's connection (a greenlet waits for it):
+        for what must not share the session's channel (its confirms, its closing on a
+        refusal), task events say. SessionClosed if the session goes meanwhile."""
+        if self.closed.is_set():
+            raise SessionClosed(f"channel open: session closed: {self.close_reason!r}")
+        opened = AsyncResult()
+        self._connection.channel(on_open_callback=opened.set)
+        return self._wait(opened, REPLY_TIMEOUT, "channel open")
+
+    def declare_plan(self, plan, any_refusal=False):
+        """Run a plan (plans.py) on channels of its own (declarations.run): TopologyError
+        for a refusal it explains (any refusal: any_refusal), SessionClosed otherwise."""
+        return declarations.run(plan, _AsideChannels(self, any_refusal=any_refusal))
+
     def write_promptly(self):
         """Send each write at the end of the hub's turn, not on the next writable
         event (promptwrite.py: a worker's ack per task); True if pika allows it."""
@@ -403,11 +418,7 @@ class _AsideChannels:
         self.any_refusal = any_refusal
 
     def open(self):
-        if self.session.closed.is_set():
-            raise SessionClosed(f"channel open: session closed: {self.session.close_reason!r}")
-        opened = AsyncResult()
-        self.session._connection.channel(on_open_callback=opened.set)
-        channel = self.session._wait(opened, REPLY_TIMEOUT, "channel open")
+        channel = self.session.open_channel()
         refused = AsyncResult()
         channel.add_on_close_callback(lambda ch, reason: refused.ready() or refused.set(reason))
         return channel, refused
