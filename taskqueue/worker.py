@@ -386,12 +386,14 @@ def _copy_then_ack(session, group, task, method, outcome, publish):
     return outcome
 
 
-def _ended(session, events, group, task, props, outcome, reason, answered=False):
+def _ended(session, events, group, task, props, outcome, reason, answered=False,
+           dead=False):
     """A task ended without success (`outcome`: dead, raised, reject; requeue: given
     back): its event (failed when the plugin raised or rejected it, dead when
-    taskqueue dead-lettered it, requeued), then its failure reply unless the plugin
-    `answered` it. Returns `outcome`."""
-    kind = {"requeue": "requeued", "dead": "dead"}.get(outcome, "failed")
+    taskqueue dead-lettered it: `dead`, or outcome dead; requeued), then its failure
+    reply unless the plugin `answered` it. Returns `outcome`."""
+    kind = "requeued" if outcome == "requeue" else \
+        "dead" if dead or outcome == "dead" else "failed"
     events.add(kind, task, group.worker_type, reason=reason, attempt=_attempt(props))
     if answered:
         return outcome
@@ -546,7 +548,7 @@ def _retry(group, session, events, method, props, body, explicit, requested=None
                 props, decision.reason, queue=group.queue, worker_type=group.worker_type,
                 **counted)))
         return _ended(session, events, group, task, props, outcome, decision.reason,
-                      answered=answered)
+                      answered=answered, dead=True)
     copy = pikaparams.copy_properties(props)
     copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1

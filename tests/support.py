@@ -463,3 +463,41 @@ def serving(broker, start_pool, body, queue):
     wait_for(lambda: broker.counts(queue)[1] >= 1, 20, f"a consumer of {queue}")
     wait_for(lambda: broker.counts("taskqueue")[1] >= 1, 20, "the dispatcher")
     return pool
+
+
+def stream_events(vhost, task=None, port=5672, idle=0.5, stream="taskqueue_events"):
+    """Every task event in the vhost's events stream (protocol/events.py), decoded, of
+    `task` only when given; [] when there is no stream. Reads from its first offset
+    until no message came for `idle` seconds."""
+    from taskqueue.protocol import events
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        BROKER_HOST, port, virtual_host=vhost,
+        credentials=pika.PlainCredentials("guest", "guest")))
+    try:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(stream, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return []
+        channel.basic_qos(prefetch_count=1000)
+        found, delivered, acking = [], [0], [True]
+
+        def on_message(ch, method, props, body):
+            delivered[0] += 1
+            found.extend(e for e in events.decode(body)[0] if task is None or e["task"] == task)
+            if acking[0]:
+                ch.basic_ack(method.delivery_tag)
+        channel.basic_consume(stream, on_message, arguments={"x-stream-offset": "first"})
+        seen = -1
+        while seen != delivered[0]:
+            seen = delivered[0]
+            connection.process_data_events(time_limit=idle)
+        # No more acks: the broker's credit runs out, nothing stays pending. pika's close
+        # rejects pending deliveries, which a stream refuses with a connection error (540).
+        acking[0] = False
+        while seen != delivered[0] or seen == -1:
+            seen = delivered[0]
+            connection.process_data_events(time_limit=0.05)
+        return sorted(found, key=lambda e: e["at"])
+    finally:
+        connection.close()
