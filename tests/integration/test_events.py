@@ -2,6 +2,7 @@
 (protocol/events.py): what each stage writes, through retries, with events off."""
 import socket
 import time
+import uuid
 
 import pytest
 
@@ -43,10 +44,12 @@ def test_a_done_task_is_submitted_started_and_done_with_who_and_how_long(
 def test_the_dispatcher_writes_routed_and_a_dead_letter_says_why(
         broker, vhost, start_pool, records):
     serving(broker, start_pool, recorder_config(records), "worker_recorder")
-    broker.submit("recorder", {"id": "via"}, message_id="m-via")
-    assert kinds(history(vhost, "m-via", "done")) == ["routed", "started", "done"]
-    broker.publish_raw(b"not json", content_type="application/json", message_id="m-bad")
-    [dead] = history(vhost, "m-bad", "dead")
+    # The stream outlives a test (one vhost per run): ids of this test only.
+    via, bad = f"m-via-{uuid.uuid4().hex}", f"m-bad-{uuid.uuid4().hex}"
+    broker.submit("recorder", {"id": "via"}, message_id=via)
+    assert kinds(history(vhost, via, "done")) == ["routed", "started", "done"]
+    broker.publish_raw(b"not json", content_type="application/json", message_id=bad)
+    [dead] = history(vhost, bad, "dead")
     assert "JSON" in dead["reason"] and dead["child"].startswith("dispatcher")
 
 
