@@ -128,6 +128,7 @@ def test_a_refused_message_answers_with_the_refusal():
 @pytest.mark.parametrize("reply_to", [
     None, "", "taskqueue", "taskqueue_dead", "worker_t", "results",   # a group's option is not
     "amq.gen", "amq.rabbitmq.reply", "amq.direct",                    # the dispatcher's to read
+    b"amq.gen-\xff",                  # a short string that was not UTF-8: pika leaves it bytes
 ])
 def test_no_answer_to_a_queue_that_is_no_reply_queue(reply_to):
     session = RecordingSession()
