@@ -19,8 +19,9 @@ import gevent
 from gevent.queue import Empty
 
 from taskqueue.broker import amqp, inbound, pikaparams
+from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
+                                          without_broker_headers)
 from taskqueue.broker.eventlog import EventLog
-from taskqueue.broker.deadletters import dead_properties, task_key, without_broker_headers
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed
 from taskqueue.host import logs
 from taskqueue.protocol import delays, replies, retries, topology
@@ -409,17 +410,15 @@ def _answer_failure(session, group, task, props, outcome, reason):
     Returns `outcome`."""
     if outcome == "requeue" or not props.reply_to:
         return outcome
-    if not replies.allowed(props.reply_to, group.reply_queues):
+    reply = failure_reply(props, reason, group.reply_queues)
+    if reply is None:
         log.debug("task %s: no failure reply: its reply_to %r is not a reply queue", task,
                   props.reply_to)
         return outcome
     if not session.is_open:
         log.warning("task %s: failure reply not sent: the connection is gone", task)
         return outcome
-    body, headers = replies.failure(reason)
-    session.publish(props.reply_to, body, pikaparams.properties(
-        correlation_id=props.correlation_id or props.message_id,
-        content_type=replies.FAILED_CONTENT_TYPE, headers=headers))
+    session.publish(*reply)
     log.debug("task %s: failure reply sent to %s: %s", task, props.reply_to, reason)
     return outcome
 

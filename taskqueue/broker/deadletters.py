@@ -1,15 +1,17 @@
 """What a dead letter carries: the copy taskqueue makes of a message it dead-letters.
 
 The copy keeps the body and properties and gains headers that say why and where
-it came from. `task_key` names a task between processes (the supervisor's
-graveyard, supervision/graveyard.py, counts deaths by it).
+it came from. `failure_reply` is what the task's caller, if it has one, gets then
+(protocol/replies.py), from the worker and the dispatcher alike. `task_key` names a
+task between processes (the supervisor's graveyard, supervision/graveyard.py, counts
+deaths by it).
 """
 import hashlib
 import time
 
 from taskqueue import redact
 from taskqueue.broker import fielddecode, inbound, pikaparams
-from taskqueue.protocol import topology
+from taskqueue.protocol import replies, topology
 
 REASON_HEADER = "x-taskqueue-reason"
 SOURCE_HEADER = "x-taskqueue-queue"
@@ -48,6 +50,20 @@ def dead_properties(props, reason, queue=topology.TASK_QUEUE, **details):
         out.headers[f"x-taskqueue-{name.replace('_', '-')}"] = (
             redact.redact(value) if isinstance(value, str) else value)
     return out
+
+
+def failure_reply(props, reason, reply_queues=()):
+    """The failure reply (replies.failure) owed to whoever waits for the task with the
+    properties `props`, which ended without an answer for `reason`: (reply_to, body,
+    properties) to publish on the default exchange, or None when its reply_to is none a
+    reply may go to (replies.allowed, with `reply_queues`, the group's option)."""
+    reply_to = getattr(props, "reply_to", None)
+    if not replies.allowed(reply_to, reply_queues):
+        return None
+    body, headers = replies.failure(reason)
+    return reply_to, body, pikaparams.properties(
+        correlation_id=props.correlation_id or props.message_id,
+        content_type=replies.FAILED_CONTENT_TYPE, headers=headers)
 
 
 def task_key(props, body):

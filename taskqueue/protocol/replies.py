@@ -20,7 +20,8 @@ publishes by itself is its business.
 
 A task that has a reply_to and ends without the plugin's reply (it raised and is
 dead-lettered, the plugin rejected it, its retries are spent, the worker refused
-it) gets a **failure reply** from the worker, to the same reply queues only: the
+it, the dispatcher could not route it) gets a **failure reply** from the worker or
+the dispatcher (broker/deadletters.failure_reply), to the same reply queues only: the
 header FAILED_HEADER says why (`failure`), the body says it again as text, so that
 the caller fails at once instead of at its timeout (Client.call raises TaskFailed).
 docs/02-messages-and-wire-format.md, "Failure replies", is its wire form.

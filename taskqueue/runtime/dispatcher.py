@@ -9,6 +9,13 @@ header giving the reason; nothing is acked away unpublished. What a publisher
 may not send (inbound.py: headers not decoded, a body too big, a bad retry
 count) is dead-lettered before routing; its forged dead-letter headers are
 dropped and its priority clamped on the copy routed.
+
+A task it dead-letters that has a reply_to answers its caller with a failure reply
+(deadletters.failure_reply, as the worker's), once its dead letter is confirmed, and
+only to RabbitMQ's reply queues (direct reply-to, `amq.gen-*`): the dispatcher serves
+every type, and no group's reply_queues is its to read. The reply goes on the confirm
+channel, so it takes a sequence number of its own: the ledger holds it (entry ANSWER),
+and its confirm settles no input.
 """
 import logging
 import time
@@ -18,7 +25,8 @@ import gevent
 from gevent.event import Event
 
 from taskqueue.broker import amqp, inbound, pikaparams
-from taskqueue.broker.deadletters import dead_properties, task_key, without_broker_headers
+from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
+                                          without_broker_headers)
 from taskqueue.broker.eventlog import EventLog, NoEvents
 from taskqueue.errors import SessionClosed
 from taskqueue.host import logs
@@ -36,6 +44,10 @@ REFUSED_RETRY_SECONDS = 60
 #: Seconds before an input whose copy the broker returned or refused goes back to taskqueue.
 RETRY_SECONDS = 1.0
 READY = "ready"
+#: The ledger's entry for a failure reply: a publish that is no input's copy.
+ANSWER = "answer"
+#: What a failure reply from the dispatcher says before the dead letter's reason.
+NOT_ROUTED = "not routed: "
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,11 @@ class Dispatcher:
         self._readers = readers or {}   # content type -> formats.Format (installed plugins)
         self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
         self._prefetch = prefetch
-        self._ledger = ConfirmLedger()   # the input delivery tag of each publish
+        self._ledger = ConfirmLedger()   # the input delivery tag of each publish, or ANSWER
         self._unsettled = set()     # input delivery tags not yet acked, nacked or rejected
+        # Input delivery tag -> the failure reply (reply_to, body, props) it owes once its
+        # dead letter is confirmed; dropped if the input goes back to taskqueue instead.
+        self._answers = {}
         # Worker queue -> READY, a list of messages waiting for its declare,
         # or a Refused (the broker would not declare it as we want).
         self._queues = {topology.DEAD_QUEUE: READY}
@@ -169,7 +184,7 @@ class Dispatcher:
                 self._send(topology.worker_queue(decision.worker_type),
                            (tag, decision.body, forwarded_properties(props, decision)))
                 self._events.add("routed", task_key(props, body), decision.worker_type)
-        except Exception:
+        except Exception as exc:
             # Rejected without requeue: the broker dead-letters it (x-death), not lost.
             log.exception("cannot route delivery %s (message %s); rejecting it to %s",
                           tag, getattr(props, "message_id", None) or "-", topology.DEAD_QUEUE,
@@ -178,6 +193,8 @@ class Dispatcher:
             # ack floor below every later input, and each would be acked alone.
             self._unsettled.discard(tag)
             self._session.reject(tag, requeue=False)
+            self._answers.pop(tag, None)    # if it failed after _dead_letter: answered here
+            self._answer_rejected(props, exc)
             self._events.add("dead", getattr(props, "message_id", None) or "-", None,
                              reason="the dispatcher failed routing it (see its log)")
 
@@ -234,8 +251,34 @@ class Dispatcher:
     def _dead_letter(self, tag, props, body, reason):
         log.warning("dead-lettering message %s (delivery %s): %s", props.message_id or "-", tag, reason,
                     extra=logs.about(props))
+        answer = failure_reply(props, NOT_ROUTED + reason)
+        if answer is not None:
+            self._answers[tag] = answer
         self._send(topology.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
         self._events.add("dead", task_key(props, body), _named_type(props), reason=reason)
+
+    def _answer(self, reply_to, body, props):
+        """Publish a failure reply; not mandatory (a caller gone is no one to tell), but
+        confirmed like any publish on this channel: the ledger counts it. One that cannot
+        be sent costs its caller a timeout, not the dispatcher its session."""
+        try:
+            self._session.publish(reply_to, body, props)
+        except Exception:   # pika encodes every frame before it sends one: nothing went
+            log.exception("failure reply to %r not sent", reply_to)
+            return
+        self._ledger.sent(ANSWER, None)
+
+    def _answer_rejected(self, props, exc):
+        """The failure reply of an input rejected to the dead-letter queue (the broker
+        dead-letters it as the reject arrives), if its properties allow one. Guarded: it
+        follows a failure that the properties themselves may have caused."""
+        try:
+            answer = failure_reply(props, f"{NOT_ROUTED}the dispatcher failed on it: "
+                                          f"{type(exc).__name__}: {exc}")
+            if answer is not None:
+                self._answer(*answer)
+        except Exception:
+            log.exception("no failure reply for the rejected delivery")
 
     def _publish(self, queue, tag, body, props):
         # mandatory: a queue deleted since we declared it returns the message
@@ -257,6 +300,11 @@ class Dispatcher:
         confirmed, nacked = [], 0
         for tag, problem in self._ledger.confirmed(confirm.delivery_tag, confirm.multiple,
                                                    confirm.NAME == "Basic.Ack"):
+            if tag == ANSWER:   # a failure reply: settles no input; a nacked one is lost
+                if problem is not None:
+                    log.warning("the broker nacked a failure reply; its caller waits out "
+                                "its timeout")
+                continue
             if problem is None:
                 confirmed.append(tag)
                 continue
@@ -267,6 +315,10 @@ class Dispatcher:
         elif confirmed:
             self._nacks.acked(time.monotonic())
         self._ack_inputs(confirmed)
+        for tag in confirmed:   # their dead letters are safe: tell whoever waits
+            answer = self._answers.pop(tag, None)
+            if answer is not None:
+                self._answer(*answer)
         if not self._ledger:
             self.drained.set()
 
@@ -288,7 +340,9 @@ class Dispatcher:
                 self._session.ack(tag)
 
     def _retry_later(self, tag):
-        """Send an input back to taskqueue after a pause, not in a hot loop."""
+        """Send an input back to taskqueue after a pause, not in a hot loop. It comes
+        again: a failure reply it owed waits for its next dead letter, if any."""
+        self._answers.pop(tag, None)
         def requeue():
             if self._session.is_open:
                 self._unsettled.discard(tag)

@@ -17,6 +17,7 @@ import gevent
 from gevent.event import Event
 
 from taskqueue.errors import SessionClosed
+from taskqueue.protocol import replies
 
 
 class RecordingSession:
@@ -86,8 +87,9 @@ class RecordingSession:
             on_done(f"queue {queue!r} refused" if queue in self.refuse else None)
 
     def publish(self, queue, body, props, exchange="", mandatory=False):
-        assert mandatory or not self.require_mandatory, \
-            "an unroutable publish must come back, not vanish"
+        assert mandatory or not self.require_mandatory or replies.FAILED_HEADER in (
+            props.headers or {}), "an unroutable publish must come back, not vanish (a " \
+                                  "failure reply to a caller gone may)"
         self._check_channel()
         self.calls.append(("publish", queue, body))
         self.published.append(body)
