@@ -1,0 +1,102 @@
+"""A task's W3C trace context (traceparent, tracestate) on the real broker: carried
+through the dispatcher, retries, delays and one hop, and named in the worker's log
+lines (`trace=<id>`) after a retry; a hostile one is carried as it came and named nowhere.
+
+The recorder plugin writes the headers each attempt arrived with (`trace`, as repr)."""
+from support import recorder_config, serving, wait_for
+from taskqueue.client import task_message, trace_headers
+from taskqueue.protocol import topology
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+#: How the recorder saw them arrive.
+CARRIED = {"traceparent": repr(TRACEPARENT), "tracestate": repr(TRACESTATE)}
+RETRYING = "max_retries: 1\nretry_delay: 1\n"
+
+
+def attempts(records, task_id):
+    """The task's start records, in the order of its attempts."""
+    return sorted((r for r in records.all("start") if r["id"] == task_id),
+                  key=lambda r: r["retries"])
+
+
+def test_through_the_dispatcher_the_trace_survives_a_retry_and_names_the_workers_lines(
+        broker, start_pool, records, client):
+    pool = serving(broker, start_pool, recorder_config(records, extra=RETRYING),
+                   "worker_recorder")
+    # The envelope to `taskqueue`, as the specification's clients send it, with the trace.
+    client.publish(topology.TASK_QUEUE, *task_message(
+        "recorder", {"id": "routed", "fail_times": 1, "log": "routed done after a retry"},
+        message_id="m-routed", trace=trace_headers(TRACEPARENT, TRACESTATE)))
+    wait_for(lambda: records.ids() == ["routed"], 30, "the task done on its second attempt")
+    first, second = attempts(records, "routed")
+    # dispatcher -> worker; worker -> delay chain -> dispatcher -> worker
+    assert [first["routing_key"], second["routing_key"]] == ["worker_recorder"] * 2
+    assert first["trace"] == second["trace"] == CARRIED
+    pool.wait_log(rf"task=m-routed trace={TRACE} WARNING: task m-routed \(delivery \d+\) raised")
+    pool.wait_log(rf"task=m-routed trace={TRACE} INFO: task m-routed: retry 1 in ")
+    pool.wait_log(rf"task=m-routed trace={TRACE} INFO: routed done after a retry")
+    assert pool.stop() == 0
+
+
+def test_one_hop_the_trace_survives_a_retry_a_delay_a_call_and_submit_many(
+        broker, start_pool, records, client):
+    pool = serving(broker, start_pool, recorder_config(records, extra=RETRYING),
+                   "worker_recorder")
+    trace = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    retried = client.submit("recorder", {"id": "onehop", "retry": 1, "retry_times": 1,
+                                         "log": "one hop done after a retry"}, **trace)
+    delayed = client.submit("recorder", {"id": "delayed", "log": "delayed done"}, delay=1,
+                            **trace)
+    assert client.call("recorder", {"id": "called", "reply": 1}, 30, **trace)
+    client.submit_many("recorder", [{"id": "many1"}, {"id": "many2"}], **trace)
+    wait_for(lambda: sorted(records.ids()) == ["called", "delayed", "many1", "many2", "onehop"],
+             30, "every task done")
+    first, second = attempts(records, "onehop")
+    # one hop -> worker; worker -> delay chain -> dispatcher -> worker
+    assert [first["routing_key"], second["routing_key"]] == ["recorder", "worker_recorder"]
+    for record in records.all("start"):
+        assert record["trace"] == CARRIED, record
+    pool.wait_log(rf"task={retried} trace={TRACE} INFO: task {retried}: retry 1 in ")
+    pool.wait_log(rf"task={retried} trace={TRACE} INFO: one hop done after a retry")
+    pool.wait_log(rf"task={delayed} trace={TRACE} INFO: delayed done")
+    assert pool.stop() == 0
+
+
+#: Values no reader takes for a traceparent; each sent on both paths.
+HOSTILE = {
+    "upper": TRACEPARENT.upper(),
+    "zero": f"00-{'0' * 32}-00f067aa0ba902b7-01",
+    "ff": "ff" + TRACEPARENT[2:],
+    "short": TRACEPARENT[:-1],
+    "forging": TRACEPARENT + "\n2026-01-01 00:00:00,000 taskqueue[1] forged ERROR: line",
+    "escape": "\x1b[2J\x00" + TRACEPARENT,
+    "long": "x" * 10_000,
+    "bytes": TRACEPARENT.encode(),
+    "table": {"traceparent": TRACEPARENT},
+    "number": 7,
+}
+
+
+def test_a_hostile_traceparent_is_carried_as_it_came_and_named_in_no_line(
+        broker, start_pool, records):
+    pool = serving(broker, start_pool, recorder_config(records), "worker_recorder")
+    for name, value in HOSTILE.items():
+        headers = {"traceparent": value, "tracestate": "\x1b]0;title\x07"}
+        broker.submit("recorder", {"id": f"routed-{name}", "log": f"hostile routed-{name}"},
+                      message_id=f"m-routed-{name}", headers=headers)
+        broker.submit_one_hop("recorder", {"id": f"onehop-{name}", "log": f"hostile onehop-{name}"},
+                              message_id=f"m-onehop-{name}", headers=headers)
+    expected = sorted(f"{way}-{name}" for way in ("routed", "onehop") for name in HOSTILE)
+    wait_for(lambda: sorted(records.ids()) == expected, 30, "every hostile task done")
+    assert broker.counts("taskqueue_dead")[0] == 0       # telemetry refuses no task
+    for record in records.all("start"):
+        name = record["id"].split("-", 1)[1]
+        assert record["trace"] == {"traceparent": repr(HOSTILE[name]),
+                                   "tracestate": repr("\x1b]0;title\x07")}, record
+    lines = pool.wait_log(r"^.* task=m-\w+-\w+ .*INFO: hostile .*$", count=len(expected))
+    assert all("trace=" not in line for line in lines), lines
+    log = pool.log()
+    assert "forged" not in log and "\x1b" not in log and "trace=" not in log
+    assert pool.stop() == 0
