@@ -2,7 +2,14 @@
 through the dispatcher, retries, delays and one hop, and named in the worker's log
 lines (`trace=<id>`) after a retry; a hostile one is carried as it came and named nowhere.
 
-The recorder plugin writes the headers each attempt arrived with (`trace`, as repr)."""
+The recorder plugin writes the headers each attempt arrived with (`trace`, as repr).
+Where the test venv has opentelemetry-sdk (the pypi stack), the traced plugin sets it
+up in a real worker and exports its spans to files."""
+import json
+import os
+
+import pytest
+
 from support import recorder_config, serving, wait_for
 from taskqueue.client import task_message, trace_headers
 from taskqueue.protocol import topology
@@ -99,4 +106,52 @@ def test_a_hostile_traceparent_is_carried_as_it_came_and_named_in_no_line(
     assert all("trace=" not in line for line in lines), lines
     log = pool.log()
     assert "forged" not in log and "\x1b" not in log and "trace=" not in log
+    assert pool.stop() == 0
+
+
+# -- the span, in a real worker whose plugin set up the OpenTelemetry SDK -----------
+
+def spans(records):
+    """Every span the traced plugin's processes exported, as dicts."""
+    out = []
+    for name in os.listdir(records.path):
+        if name.startswith("spans."):
+            with open(os.path.join(records.path, name)) as f:
+                out.extend(json.loads(line) for line in f)
+    return out
+
+
+def task_spans(records, task_id):
+    return sorted((s for s in spans(records) if s["attributes"].get("taskqueue.task.id") == task_id),
+                  key=lambda s: s["attributes"]["taskqueue.task.attempt"])
+
+
+def test_a_worker_with_opentelemetry_continues_the_trace_in_a_span_per_attempt(
+        broker, start_pool, records, client):
+    pytest.importorskip("opentelemetry.sdk")
+    pool = serving(broker, start_pool, f"[DEFAULT]\nworkers: 0\n\n[traced]\nworkers: 1\n"
+                   f"record_dir: {records.path}\n{RETRYING}", "worker_traced")
+    traced = client.submit("traced", {"id": "traced", "fail_times": 1},
+                           traceparent=TRACEPARENT, tracestate=TRACESTATE)
+    alone = client.submit("traced", {"id": "alone"})
+    first, second = wait_for(lambda: len(task_spans(records, traced)) == 2
+                             and task_spans(records, traced), 30, "both attempts' spans")
+    assert [first["name"], second["name"]] == ["taskqueue.task traced"] * 2
+    for span, attempt, outcome, status in ((first, 1, "retry", "ERROR"),
+                                           (second, 2, "ack", "UNSET")):
+        assert span["trace_id"] == TRACE and span["parent_id"] == TRACEPARENT.split("-")[2]
+        assert span["kind"] == "CONSUMER" and span["status"] == status
+        assert span["attributes"] == {
+            "taskqueue.task.id": traced, "taskqueue.task.type": "traced",
+            "taskqueue.task.attempt": attempt, "taskqueue.task.outcome": outcome,
+            "messaging.system": "rabbitmq"}
+    # The first attempt raised: recorded on its span, marked failed (the task goes on).
+    assert first["events"] == ["exception"] and second["events"] == []
+    own = {s["name"]: s for s in spans(records) if s["name"].startswith("plugin traced")}
+    assert own["plugin traced attempt 0"]["parent_id"] == first["span_id"]
+    assert own["plugin traced attempt 1"]["parent_id"] == second["span_id"]
+    # A task without a trace context: a trace of its own, from the worker's span.
+    (root,) = wait_for(lambda: task_spans(records, alone), 30, "the untraced task's span")
+    assert root["parent_id"] is None and root["trace_id"] != TRACE
+    pool.wait_log(rf"task={traced} trace={TRACE} INFO: task {traced}: retry 1 in ")
     assert pool.stop() == 0
