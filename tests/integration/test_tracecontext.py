@@ -7,10 +7,11 @@ Where the test venv has opentelemetry-sdk (the pypi stack), the traced plugin se
 up in a real worker and exports its spans to files."""
 import json
 import os
+import subprocess
 
 import pytest
 
-from support import recorder_config, serving, wait_for
+from support import TASKQUEUE, config_text, recorder_config, serving, wait_for
 from taskqueue.client import task_message, trace_headers
 from taskqueue.protocol import topology
 
@@ -155,3 +156,46 @@ def test_a_worker_with_opentelemetry_continues_the_trace_in_a_span_per_attempt(
     assert root["parent_id"] is None and root["trace_id"] != TRACE
     pool.wait_log(rf"task={traced} trace={TRACE} INFO: task {traced}: retry 1 in ")
     assert pool.stop() == 0
+
+
+# -- taskqueue submit ----------------------------------------------------------------
+
+def run(*args, env=None):
+    return subprocess.run([TASKQUEUE, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_submit_sends_the_trace_of_its_option_or_of_its_environment(broker, workdir, vhost):
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n"))
+    with open(f"{workdir}/tasks.jsonl", "w") as f:
+        f.write("1\n2\n")
+    other = f"00-{'1' * 32}-{'2' * 16}-00"
+    assert run("submit", "--config", path, "recorder", "1", "--traceparent", TRACEPARENT,
+               "--tracestate", TRACESTATE, env={"TRACEPARENT": other}).returncode == 0
+    assert run("submit", "--config", path, "recorder", "2", "--delay", "0",
+               env={"TRACEPARENT": other}).returncode == 0
+    out = run("submit", "--config", path, "recorder", "--file", f"{workdir}/tasks.jsonl",
+              "--traceparent", TRACEPARENT)
+    assert out.returncode == 0, out.stderr
+    ignored = run("submit", "--config", path, "recorder", "3", env={"TRACEPARENT": "00-\x1b"})
+    assert ignored.returncode == 0 and ignored.stderr.startswith(
+        "taskqueue: warning: TRACEPARENT/TRACESTATE of the environment ignored: traceparent "
+        "'00-\\x1b' is not a W3C traceparent")
+    # No worker_recorder: every task lands in taskqueue (one hop through the alternate
+    # exchange; the delayed one through the chain).
+    collected = []
+
+    def all_five():
+        collected.extend(broker.drain("taskqueue"))
+        return collected if len(collected) >= 5 else None
+    messages = wait_for(all_five, 15, "the 5 submitted tasks")
+    traces = sorted((((p.headers.get("traceparent"), p.headers.get("tracestate")), body)
+                     for p, body in messages), key=repr)
+    assert traces == sorted([((TRACEPARENT, TRACESTATE), b"1"), ((other, None), b"2"),
+                             ((TRACEPARENT, None), b"1"), ((TRACEPARENT, None), b"2"),
+                             ((None, None), b"3")], key=repr)
+    bad = run("submit", "--config", path, "recorder", "1", "--traceparent", "00-bad")
+    assert bad.returncode == 2 and "--traceparent/--tracestate: traceparent '00-bad' is not " \
+                                   "a W3C traceparent" in bad.stderr
