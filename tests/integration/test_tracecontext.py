@@ -123,8 +123,8 @@ def spans(records):
 
 
 def task_spans(records, task_id):
-    return sorted((s for s in spans(records) if s["attributes"].get("taskqueue.task.id") == task_id),
-                  key=lambda s: s["attributes"]["taskqueue.task.attempt"])
+    mine = [s for s in spans(records) if s["attributes"].get("taskqueue.task.id") == task_id]
+    return sorted(mine, key=lambda s: s["attributes"]["taskqueue.task.attempt"])
 
 
 def test_a_worker_with_opentelemetry_continues_the_trace_in_a_span_per_attempt(
