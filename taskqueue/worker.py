@@ -22,8 +22,8 @@ from taskqueue.broker import amqp, inbound, pikaparams
 from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
                                           without_broker_headers)
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed
-from taskqueue.host import logs
-from taskqueue.protocol import delays, replies, retries, topology
+from taskqueue.host import logs, tracing
+from taskqueue.protocol import delays, replies, retries, topology, tracecontext
 from taskqueue.runtime import plugins
 from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
 from taskqueue.runtime.taskthread import TaskThread
@@ -273,7 +273,8 @@ def run_worker(group, amqp_settings, ctx):
         hub_calls.run_pending()
         session.flush()
         key = task_key(props, body)
-        logs.set_task(key)  # every line names it, the plugin's threads' too, until set_task(None)
+        # Every line names it (and its trace), the plugin's threads' too, until set_task(None).
+        logs.set_task(key, tracecontext.trace_id(props.headers))
         # Reported before the limit check: dead-lettering settles the task too,
         # and the supervisor forgets the deaths of a settled task.
         ctx.busy(key, method.redelivered)
@@ -289,7 +290,8 @@ def run_worker(group, amqp_settings, ctx):
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
-        outcome, seconds = _handle(worker, group, session, hub_calls, tasks, intake, *delivery)
+        outcome, seconds = _handle(worker, group, session, hub_calls, tasks, intake, key,
+                                   *delivery)
         ctx.done(outcome, seconds)
         logs.set_task(None)
         done += 1
@@ -447,11 +449,14 @@ def _finish(worker, session, hub_calls, ctx, code):
     return code
 
 
-def _handle(worker, group, session, hub_calls, tasks, intake, method, props, body):
-    """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
+def _handle(worker, group, session, hub_calls, tasks, intake, key, method, props, body):
+    """Run one task in a thread, in its span (tracing.py), and make sure it is settled;
+    return (outcome, seconds)."""
+    done, _ = retries.read_count(props.headers)
+    span = tracing.task_span(group.worker_type, key, (done or 0) + 1, props.headers)
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
-    result = tasks.spawn(_call_handler, worker, channel, method, props, body)
+    result = tasks.spawn(_call_handler, worker, channel, method, props, body, span)
     if intake.holds_ahead:
         try:
             error = result.get(timeout=intake.lookahead)
@@ -464,15 +469,23 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:
     # the less time between a task's end and its ack, the less a lost connection redoes.
     hub_calls.run_pending()
+    outcome = _settle(group, session, channel, method, props, body, error, elapsed)
+    span.end(outcome)
+    return outcome, elapsed
+
+
+def _settle(group, session, channel, method, props, body, error, elapsed):
+    """Settle the task as the plugin left it (`error`: the traceback of what it raised,
+    or None); return the outcome."""
     msg_id = props.message_id or "-"
     if channel.settlement == "retry":
         return _retry(group, session, method, props, body, explicit=True,
-                      requested=channel.retry_delay, answered=channel.replied), elapsed
+                      requested=channel.retry_delay, answered=channel.replied)
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
                     elapsed, logs.Lines(error))
         return _retry(group, session, method, props, body, explicit=False,
-                      error=retries.last_line(error), answered=channel.replied), elapsed
+                      error=retries.last_line(error), answered=channel.replied)
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
@@ -480,7 +493,7 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
         if not channel.replied:
             _answer_failure(session, group, msg_id, props, "raised",
                             f"raised {retries.last_line(error)}")
-        return "raised", elapsed
+        return "raised"
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
                   "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement,
@@ -492,7 +505,7 @@ def _handle(worker, group, session, hub_calls, tasks, intake, method, props, bod
     if channel.outcome == "reject" and not channel.replied:   # dead-lettered by the broker
         _answer_failure(session, group, msg_id, props, "reject",
                         f"rejected by the plugin (basic_{channel.settlement} without requeue)")
-    return channel.outcome, elapsed
+    return channel.outcome
 
 
 def _retry(group, session, method, props, body, explicit, requested=None, error=None,
@@ -527,10 +540,11 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
     return outcome
 
 
-def _call_handler(worker, channel, method, props, body):
+def _call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):
     """Runs in a task thread: returns None, or the formatted traceback of what it raised."""
     try:
-        worker.handle_task(channel, method, props, body)
+        with span.current():
+            worker.handle_task(channel, method, props, body)
         return None
     except BaseException:
         return traceback.format_exc()
