@@ -43,16 +43,16 @@ from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
                               SessionClosed, TaskFailed, TaskqueueError, TopologyError,
                               UndecodableHeaders)
-from taskqueue.host import config
+from taskqueue.host import config, tracing
 from taskqueue.protocol import (nacks, onehop, replies as reply_rule, taskids, topology,
-                                workitems)
+                                tracecontext, workitems)
 from taskqueue.runtime import plugins
 
 #: What applications import from here (the errors are errors.py's, named here too).
 __all__ = ["Client", "ConnectionLost", "BrokerUnreachable", "PartlySubmitted", "PublishRefused",
            "PublishNacked", "TaskFailed", "TaskqueueError", "TopologyError",
            "UndecodableHeaders",
-           "task_message", "onehop_message", "task_properties"]
+           "task_message", "onehop_message", "task_properties", "trace_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +69,43 @@ ConnectionLost = SessionClosed
 
 # -- what goes on the wire ---------------------------------------------------------
 
-def task_properties(message_id=None):
+def task_properties(message_id=None, trace=None):
     """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
-    message id (a new one unless given) that is also its correlation id."""
+    message id (a new one unless given: taskids.new_id, time-ordered) that is also its
+    correlation id; `trace`: its trace context headers (trace_headers), if any."""
     message_id = message_id or taskids.new_id()
     return pikaparams.properties(content_type="application/json",
                                  delivery_mode=pikaparams.PERSISTENT,
-                           message_id=message_id, correlation_id=message_id)
+                                 message_id=message_id, correlation_id=message_id,
+                                 headers=dict(trace) if trace else None)
 
 
-def task_message(worker_type, workitem, message_id=None):
+def trace_headers(traceparent=None, tracestate=None):
+    """The trace context a task carries (tracecontext.py): the one given, checked
+    (ValueError saying what is wrong); else, when OpenTelemetry is installed and a span
+    is current in this thread, that span's; else none ({})."""
+    if traceparent is None and tracestate is None:
+        return tracing.current_headers()
+    return tracecontext.checked(traceparent, tracestate)
+
+
+def task_message(worker_type, workitem, message_id=None, trace=None):
     """(body, properties) of the task for `worker_type` submitted to `taskqueue`: the
     JSON envelope and task_properties(). ValueError saying what is wrong with the type
     or workitem."""
     _check_type(worker_type)
     body = _encoded(worker_type, workitems.envelope, worker_type, workitem)
-    return body, task_properties(message_id)
+    return body, task_properties(message_id, trace)
 
 
-def onehop_message(worker_type, workitem, message_id=None):
+def onehop_message(worker_type, workitem, message_id=None, trace=None):
     """(body, properties) of the one-hop task for `worker_type`
     (docs/02-messages-and-wire-format.md, "One hop"): the workitem as JSON, which is
     what the worker receives, and task_properties() with the worker_type header.
     ValueError saying what is wrong with the type or workitem."""
     _check_type(worker_type)
     body = _encoded(worker_type, workitem_bytes, workitem)
-    return body, pikaparams.onehop_properties(task_properties(message_id), worker_type)
+    return body, pikaparams.onehop_properties(task_properties(message_id, trace), worker_type)
 
 
 def _check_type(worker_type):
@@ -339,13 +350,16 @@ class Client:
 
     # -- submitting ----------------------------------------------------------------
 
-    def submit(self, worker_type, workitem, delay=None):
+    def submit(self, worker_type, workitem, delay=None, *, traceparent=None, tracestate=None):
         """Submit one task; return its message id once the broker confirmed it.
         `delay`: seconds before a worker may see it (rounded up; see delays.py).
-        ValueError for a bad type or workitem (nothing sent), PublishRefused if the
-        broker did not take it, ConnectionLost if no broker could be reached or the
-        broker did not answer within BROKER_TIMEOUT."""
-        body, props = onehop_message(worker_type, workitem)
+        `traceparent`, `tracestate`: the W3C trace context the task carries (default:
+        the current OpenTelemetry span's, when there is one; trace_headers).
+        ValueError for a bad type, workitem or trace context (nothing sent),
+        PublishRefused if the broker did not take it, ConnectionLost if no broker could
+        be reached or the broker did not answer within BROKER_TIMEOUT."""
+        body, props = onehop_message(worker_type, workitem,
+                                     trace=trace_headers(traceparent, tracestate))
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
                 raise ValueError(f"delay {delay!r}: expected a number of seconds")
@@ -356,14 +370,15 @@ class Client:
         else:
             self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
                                   f"publishing the task for {worker_type}")
-        self._submitted(props.message_id, worker_type, delay)
+        self._submitted(props, worker_type, delay)
         return props.message_id
 
-    def _submitted(self, task, worker_type, delay=None):
+    def _submitted(self, props, worker_type, delay=None):
         """Its `submitted` event (events.py), on this thread's connection, unconfirmed."""
         events = self._link().events
         if events is not None:
-            events.add(task, worker_type, delay)
+            events.add(props.message_id, worker_type, delay,
+                       tracecontext.trace_id(props.headers))
             events.flush()
 
     def publish(self, queue, body, props):
@@ -374,17 +389,19 @@ class Client:
             blocking.blocking_publish_confirmed(link.channel, queue, body, props)
         self._with_connection(publish, f"publishing to {queue}")
 
-    def submit_many(self, worker_type, items):
+    def submit_many(self, worker_type, items, *, traceparent=None, tracestate=None):
         """Submit a task for each workitem of `items` with many confirms in flight;
         return their message ids, in order. Every item is checked first: a bad one
-        raises ValueError naming its index, and nothing is sent. ConnectionLost (its
+        raises ValueError naming its index, and nothing is sent. Every task carries the
+        same trace context (traceparent, tracestate: as for submit). ConnectionLost (its
         BrokerUnreachable) if no broker could be reached: nothing was sent.
         PartlySubmitted, with the ids the broker confirmed, if it refused one or the
         connection went."""
+        trace = trace_headers(traceparent, tracestate)
         messages = []
         for index, workitem in enumerate(items):
             try:
-                messages.append(onehop_message(worker_type, workitem))
+                messages.append(onehop_message(worker_type, workitem, trace=trace))
             except ValueError as exc:
                 raise ValueError(f"item {index}: {exc}; nothing was submitted") from None
         if not messages:
@@ -393,14 +410,15 @@ class Client:
 
     # -- calling -------------------------------------------------------------------
 
-    def call(self, worker_type, workitem, timeout):
+    def call(self, worker_type, workitem, timeout, *, traceparent=None, tracestate=None):
         """Submit a task and return the body (bytes) of the worker's reply; TimeoutError
         if none came within `timeout` seconds; TaskFailed (.task_id, .reason) when the
         task ended without a reply (it raised and was dead-lettered, was rejected, ran
         out of retries: the worker's failure reply, replies.py). Uses RabbitMQ's direct
         reply-to: the reply comes back on this thread's connection, and no queue is
-        declared for it."""
-        body, props = onehop_message(worker_type, workitem)
+        declared for it. `traceparent`, `tracestate`: as for submit."""
+        body, props = onehop_message(worker_type, workitem,
+                                     trace=trace_headers(traceparent, tracestate))
         props.reply_to = topology.DIRECT_REPLY_TO
         started = time.monotonic()
 
@@ -410,7 +428,7 @@ class Client:
             link.publish_onehop(worker_type, body, props)
             return link
         link = self._with_connection(publish, f"publishing the task for {worker_type}")
-        self._submitted(props.message_id, worker_type)
+        self._submitted(props, worker_type)
         try:
             return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
                                     timeout)

@@ -23,8 +23,8 @@ from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_k
                                           without_broker_headers)
 from taskqueue.broker.eventlog import EventLog
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed
-from taskqueue.host import logs
-from taskqueue.protocol import delays, replies, retries, topology
+from taskqueue.host import logs, tracing
+from taskqueue.protocol import delays, replies, retries, topology, tracecontext
 from taskqueue.runtime import plugins
 from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
 from taskqueue.runtime.taskthread import TaskThread
@@ -275,7 +275,9 @@ def run_worker(group, amqp_settings, ctx):
         hub_calls.run_pending()
         session.flush()
         key = task_key(props, body)
-        logs.set_task(key)  # every line names it, the plugin's threads' too, until set_task(None)
+        # Every line names it (and its trace), the plugin's threads' too, until set_task(None).
+        trace = tracecontext.trace_id(props.headers)
+        logs.set_task(key, trace)
         # Reported before the limit check: dead-lettering settles the task too,
         # and the supervisor forgets the deaths of a settled task.
         ctx.busy(key, method.redelivered)
@@ -293,9 +295,9 @@ def run_worker(group, amqp_settings, ctx):
             ctx.done(outcome, 0.0)
             continue
         events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
-                   redelivered=method.redelivered or None)
+                   redelivered=method.redelivered or None, trace=trace)
         outcome, seconds = _handle(worker, group, session, events, hub_calls, tasks, intake,
-                                   *delivery)
+                                   key, *delivery)
         if outcome == "ack":
             events.add("done", key, group.worker_type, duration=seconds)
         ctx.done(outcome, seconds)
@@ -476,11 +478,14 @@ def _finish(worker, session, hub_calls, ctx, code, events):
     return code
 
 
-def _handle(worker, group, session, events, hub_calls, tasks, intake, method, props, body):
-    """Run one task in a thread and make sure it is settled; return (outcome, seconds)."""
+def _handle(worker, group, session, events, hub_calls, tasks, intake, key, method, props,
+            body):
+    """Run one task in a thread, in its span (tracing.py), and make sure it is settled;
+    return (outcome, seconds)."""
+    span = tracing.task_span(group.worker_type, key, _attempt(props), props.headers)
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
-    result = tasks.spawn(_call_handler, worker, channel, method, props, body)
+    result = tasks.spawn(_call_handler, worker, channel, method, props, body, span)
     if intake.holds_ahead:
         try:
             error = result.get(timeout=intake.lookahead)
@@ -493,21 +498,29 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, method, pr
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:
     # the less time between a task's end and its ack, the less a lost connection redoes.
     hub_calls.run_pending()
+    outcome = _settle(group, session, events, channel, method, props, body, error, elapsed)
+    span.end(outcome)
+    return outcome, elapsed
+
+
+def _settle(group, session, events, channel, method, props, body, error, elapsed):
+    """Settle the task as the plugin left it (`error`: the traceback of what it raised,
+    or None); return the outcome."""
     msg_id = props.message_id or "-"
     if channel.settlement == "retry":
         return _retry(group, session, events, method, props, body, explicit=True,
-                      requested=channel.retry_delay, answered=channel.replied), elapsed
+                      requested=channel.retry_delay, answered=channel.replied)
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
                     elapsed, logs.Lines(error))
         return _retry(group, session, events, method, props, body, explicit=False,
-                      error=retries.last_line(error), answered=channel.replied), elapsed
+                      error=retries.last_line(error), answered=channel.replied)
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
         channel.basic_reject(requeue=False)     # sent at once: this is the hub's thread
         return _ended(session, events, group, msg_id, props, "raised",
-                      f"raised {retries.last_line(error)}", answered=channel.replied), elapsed
+                      f"raised {retries.last_line(error)}", answered=channel.replied)
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
                   "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement,
@@ -523,7 +536,7 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, method, pr
     elif channel.outcome == "requeue":
         events.add("requeued", msg_id, group.worker_type, reason="given back by the plugin",
                    attempt=_attempt(props))
-    return channel.outcome, elapsed
+    return channel.outcome
 
 
 def _retry(group, session, events, method, props, body, explicit, requested=None, error=None,
@@ -563,10 +576,11 @@ def _retry(group, session, events, method, props, body, explicit, requested=None
     return outcome
 
 
-def _call_handler(worker, channel, method, props, body):
+def _call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):
     """Runs in a task thread: returns None, or the formatted traceback of what it raised."""
     try:
-        worker.handle_task(channel, method, props, body)
+        with span.current():
+            worker.handle_task(channel, method, props, body)
         return None
     except BaseException:
         return traceback.format_exc()

@@ -30,7 +30,7 @@ TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 #: Every queue a test may create; deleted before each test.
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
-    "brokenfactory", "nosuchtype")]
+    "brokenfactory", "nosuchtype", "traced")]
 #: The delay chain's queues (taskqueue/protocol/delays.py): a delayed task of an earlier test must
 #: not arrive in a later one.
 QUEUES += [f"taskqueue.delay.{level}" for level in range(20)]

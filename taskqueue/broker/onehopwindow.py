@@ -13,7 +13,7 @@ from taskqueue.broker import blocking, pikaparams
 from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.confirms import ConfirmWindow
 from taskqueue.errors import SessionClosed
-from taskqueue.protocol import onehop, topology
+from taskqueue.protocol import onehop, topology, tracecontext
 
 #: Seconds the connection may take to close once the work is done.
 CLOSE_TIMEOUT = 5
@@ -35,7 +35,8 @@ class OneHopWindow:
         """Publish one task for `worker_type` once the window has room; `token` comes back
         in on_settled(token, problem)."""
         if self._events.enabled:
-            self._pending[token] = (props.message_id, worker_type)
+            self._pending[token] = (props.message_id, worker_type, None,
+                                    tracecontext.trace_id(props.headers))
             if self._events.full:
                 self._events.flush()
         self._window.publish(worker_type, body, props, token, exchange=onehop.EXCHANGE)

@@ -125,16 +125,17 @@ class _Tally:
             self.refusals.append((index, problem))
 
 
-def submit(settings, worker_type, tasks, stream=None):
+def submit(settings, worker_type, tasks, stream=None, trace=None):
     """Publish `tasks` to `taskqueue` with confirms, a progress bar on a terminal;
-    return an Outcome. Stops at the first task the broker refuses, or at Ctrl-C."""
+    return an Outcome. Stops at the first task the broker refuses, or at Ctrl-C.
+    `trace`: the trace context headers every task carries (client.trace_headers)."""
     tally = _Tally(len(tasks))
     progress = Progress(len(tasks), stream)
     started = time.monotonic()
     error, unreachable = None, False
     with _interruptible() as stop:
         try:
-            _publish(settings, worker_type, tasks, tally, progress, stop)
+            _publish(settings, worker_type, tasks, tally, progress, stop, trace)
         except TaskqueueError as exc:
             error, unreachable = str(exc), isinstance(exc, BrokerUnreachable)
     elapsed = time.monotonic() - started
@@ -150,13 +151,13 @@ def submit(settings, worker_type, tasks, stream=None):
                    tally.sent - tally.count - len(tally.refusals), unreachable)
 
 
-def _publish(settings, worker_type, tasks, tally, progress, stop):
+def _publish(settings, worker_type, tasks, tally, progress, stop, trace=None):
     with onehop_window(settings, "taskqueue submit --file", tally.on_settled,
                        on_wait=lambda: progress.update(tally.count)) as window:
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
-            props = pikaparams.onehop_properties(task_properties(), worker_type)
+            props = pikaparams.onehop_properties(task_properties(trace=trace), worker_type)
             window.publish(worker_type, task.body, props, index)
             tally.sent += 1
             progress.update(tally.count)

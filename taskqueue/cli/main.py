@@ -96,6 +96,13 @@ def _parser():
                    help="submit one task per line of PATH ('-': stdin), each line a workitem "
                         "as JSON; blank lines are skipped. The whole file is checked first: "
                         "one bad line and nothing is submitted")
+    p.add_argument("--traceparent", metavar="TRACEPARENT",
+                   help="the W3C trace context the task carries (header traceparent, "
+                        "00-<32 hex>-<16 hex>-<2 hex>; default: the environment's "
+                        "TRACEPARENT, if valid); the worker logs its trace id")
+    p.add_argument("--tracestate", metavar="TRACESTATE",
+                   help="with --traceparent: the W3C tracestate the task carries (default: "
+                        "the environment's TRACESTATE)")
     _dead_parser(sub, command)
     command("check-config", cmd_check_config,
             "Validate the config; show the plugins found and the processes it would start.")

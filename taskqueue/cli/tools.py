@@ -7,11 +7,11 @@ import sys
 from taskqueue.broker import blocking, fielddecode, inbound, pikaparams
 from taskqueue.cli.startup import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK,
                                    EXIT_TASK_FAILED, load_config)
-from taskqueue.client import Client, onehop_message
+from taskqueue.client import Client, onehop_message, trace_headers
 from taskqueue.errors import ConfigError, InputError, TaskFailed
 from taskqueue.host import config
 from taskqueue.printable import printable
-from taskqueue.protocol import replies, topology, workitems
+from taskqueue.protocol import replies, topology, tracecontext, workitems
 from taskqueue.runtime import plugins
 
 
@@ -46,13 +46,14 @@ def cmd_submit(args):
         return _submit_delayed(args)
     cfg, _ = load_config(args, check_users=False)
     workitem = _workitem(args.worker_type, args.workitem)
+    trace = trace_context(args)
     with Client.for_settings(cfg.amqp, "taskqueue submit") as client:
         if not args.wait:
-            print(client.submit(args.worker_type, workitem), flush=True)
+            print(client.submit(args.worker_type, workitem, **trace), flush=True)
             warn_unless_served(cfg.amqp, args.worker_type, 1)
             return EXIT_OK
         try:
-            reply = client.call(args.worker_type, workitem, args.timeout)
+            reply = client.call(args.worker_type, workitem, args.timeout, **trace)
         except TimeoutError as exc:
             print(f"taskqueue: {printable(exc)}", file=sys.stderr)
             warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
@@ -87,10 +88,34 @@ def _submit_delayed(args):
         raise InputError(f"--delay: {exc}") from None
     cfg, _ = load_config(args, check_users=False)
     workitem = _workitem(args.worker_type, args.workitem)
+    trace = trace_context(args)
     with Client.for_settings(cfg.amqp, "taskqueue submit") as client:
-        print(client.submit(args.worker_type, workitem, delay=seconds), flush=True)
+        print(client.submit(args.worker_type, workitem, delay=seconds, **trace), flush=True)
     warn_unless_served(cfg.amqp, args.worker_type, 1)
     return EXIT_OK
+
+
+def trace_context(args, environ=os.environ):
+    """The trace context the tasks carry, as Client keywords: --traceparent and
+    --tracestate (InputError when not valid); else the environment's TRACEPARENT and
+    TRACESTATE (OpenTelemetry's way to hand a trace to a process), ignored with a
+    warning when not valid: the command is not to fail for its caller's telemetry."""
+    if args.traceparent is not None or args.tracestate is not None:
+        try:
+            tracecontext.checked(args.traceparent, args.tracestate)
+        except ValueError as exc:
+            raise InputError(f"--traceparent/--tracestate: {exc}") from None
+        return {"traceparent": args.traceparent, "tracestate": args.tracestate}
+    parent, state = environ.get("TRACEPARENT"), environ.get("TRACESTATE")
+    if parent is None:
+        return {}
+    try:
+        tracecontext.checked(parent, state)
+    except ValueError as exc:
+        print(f"taskqueue: warning: TRACEPARENT/TRACESTATE of the environment ignored: "
+              f"{printable(exc)}", file=sys.stderr)
+        return {}
+    return {"traceparent": parent, "tracestate": state}
 
 
 def _workitem(worker_type, argument):
@@ -131,7 +156,8 @@ def _submit_file(args):
         raise InputError("--file and --delay together: not supported; submit delayed tasks one by one")
     cfg, _ = load_config(args, check_users=False)
     tasks = bulk.read_tasks(args.file, args.worker_type)
-    outcome = bulk.submit(cfg.amqp, args.worker_type, tasks)
+    outcome = bulk.submit(cfg.amqp, args.worker_type, tasks, trace=trace_headers(
+        **trace_context(args)))
     if outcome.error:
         print(f"taskqueue: {printable(outcome.error)}", file=sys.stderr)
     for line in bulk.summary(outcome, args.worker_type, args.file):

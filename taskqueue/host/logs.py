@@ -5,7 +5,8 @@
 After the pid come the component (supervisor, dispatcher, worker), the
 child (`<type>[/<subgroup>]#<slot>`, `dispatcher#<slot>`) and, while a
 worker handles a task or the dispatcher logs about one message, `task=` and
-its message id. Further lines of one event (a traceback) repeat this header
+its message id, then `trace=` and its trace id when it carries a valid W3C
+traceparent (protocol/tracecontext.py). Further lines of one event (a traceback) repeat this header
 followed by `| `, so that grep finds them too. Each event is one write(2):
 processes sharing a file or stderr never interleave their lines.
 
@@ -29,6 +30,7 @@ import sys
 from taskqueue import redact
 from taskqueue.host import filetrust
 from taskqueue.printable import printable
+from taskqueue.protocol import tracecontext
 
 #: Where syslog listens on Debian.
 SYSLOG_SOCKET = "/dev/log"
@@ -44,6 +46,7 @@ LINE_FORMAT = "%(asctime)s taskqueue[%(process)d] %(context)s%(levelname)s: %(me
 _component = None   # "supervisor", "dispatcher", "worker"; None in the command-line tools
 _child = None       # a child's name: "dispatcher#0", "worker2/bifh1#2"
 _task = None        # the task this process handles now
+_trace = None       # its trace id (32 hex digits), when it carries one
 
 
 def set_identity(component, child=None):
@@ -53,23 +56,30 @@ def set_identity(component, child=None):
     _component, _child = component, child
 
 
-def set_task(task_id):
-    """Name `task_id` in every line from now on, from any thread; None: no task."""
-    global _task
-    _task = task_id
+def set_task(task_id, trace_id=None):
+    """Name `task_id` and its `trace_id` (tracecontext.trace_id: checked hex digits) in
+    every line from now on, from any thread; None: no task."""
+    global _task, _trace
+    _task, _trace = task_id, trace_id
 
 
 def about(props):
-    """`extra` for a line about one message: names its message id as the line's task."""
-    return {"task": getattr(props, "message_id", None)}
+    """`extra` for a line about one message: names its message id as the line's task,
+    and its trace."""
+    return {"task": getattr(props, "message_id", None),
+            "trace": tracecontext.trace_id(getattr(props, "headers", None))}
 
 
-def context(task=None):
-    """The words between the pid and the level, each followed by a space."""
-    task = task or _task
+def context(task=None, trace=None):
+    """The words between the pid and the level, each followed by a space. A line's
+    own task comes with its own trace (or none), not the process's."""
+    if not task:
+        task, trace = _task, _trace
     words = [word for word in (_component, _child) if word]
     if task:
         words.append(f"task={_printable(task)}")
+    if trace:
+        words.append(f"trace={trace}")
     return "".join(f"{word} " for word in words)
 
 
@@ -193,7 +203,7 @@ class _QuietPika(logging.Filter):
 
 class _ContextFilter(logging.Filter):
     def filter(self, record):
-        record.context = context(getattr(record, "task", None))
+        record.context = context(getattr(record, "task", None), getattr(record, "trace", None))
         return True
 
 

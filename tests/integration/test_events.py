@@ -126,3 +126,14 @@ def test_a_stream_declared_with_another_retention_is_used_as_it_is(
     assert kinds(history(vhost, task, "done")) == ["submitted", "started", "done"]
     assert "exists with other arguments" in pool.log()
     channel.queue_delete("taskqueue_events")
+
+
+@pytest.mark.timeout(60)
+def test_the_submitted_and_started_events_name_the_tasks_trace(
+        broker, vhost, start_pool, records, client):
+    serving(broker, start_pool, recorder_config(records), "worker_recorder")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    task = client.submit("recorder", {"id": "traced"},
+                         traceparent=f"00-{trace}-00f067aa0ba902b7-01")
+    found = history(vhost, task, "done")
+    assert [e.get("trace") for e in found] == [trace, trace, None]

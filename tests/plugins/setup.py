@@ -17,6 +17,7 @@ setup(
         "marker = tqtest.marker:Marker.factory",
         "crasher = tqtest.faulty:Crasher.factory",
         "hanger = tqtest.faulty:Hanger.factory",
+        "traced = tqtest.traced:Traced.factory",   # needs opentelemetry-sdk
     ], "taskqueue.formats": [
         # The entry point's name is the content type the format reads.
         "application/x-tqtest-workflow+json = tqtest.formats:read_workflow",

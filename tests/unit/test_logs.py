@@ -64,6 +64,46 @@ def test_task_ids_are_shown_as_one_word(task, shown):
     assert logs.context(task) == f"task={shown} "
 
 
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+def test_a_task_with_a_trace_names_it_after_the_task(logfile):
+    logs.set_identity("worker", "recorder#0")
+    logs.set_task("m-1", TRACE)
+    logging.getLogger("plugin").info("from the plugin")
+    logs.set_task(None)
+    logging.getLogger("x").info("between tasks")
+    assert lines(logfile)[-2].endswith(f" worker recorder#0 task=m-1 trace={TRACE} INFO: "
+                                       f"from the plugin")
+    assert lines(logfile)[-1].endswith(" worker recorder#0 INFO: between tasks")
+
+
+def message(message_id, headers):
+    return type("Props", (), {"message_id": message_id, "headers": headers})
+
+
+def test_a_line_about_a_message_names_its_own_trace_not_the_process_one(logfile):
+    logs.set_identity("dispatcher", "dispatcher#0")
+    logs.set_task("current", "f" * 32)
+    log = logging.getLogger("x")
+    log.warning("traced", extra=logs.about(message("m-2", {"traceparent": TRACEPARENT})))
+    log.warning("untraced", extra=logs.about(message("m-3", None)))
+    assert lines(logfile)[-2].endswith(f" task=m-2 trace={TRACE} WARNING: traced")
+    assert lines(logfile)[-1].endswith(" dispatcher#0 task=m-3 WARNING: untraced")
+
+
+@pytest.mark.parametrize("hostile", [
+    TRACEPARENT.upper(), TRACEPARENT + "\n2026-01-01 forged line", f"00-{'0' * 32}-{'1' * 16}-01",
+    "ff" + TRACEPARENT[2:], TRACEPARENT.encode(), {"a": TRACEPARENT}, "\x1b[2J" * 3000, 7,
+])
+def test_a_hostile_traceparent_names_no_trace_and_shows_nowhere(logfile, hostile):
+    logging.getLogger("x").warning("about it", extra=logs.about(message("m-4",
+                                                                        {"traceparent": hostile})))
+    line = lines(logfile)[-1]
+    assert line.endswith(" task=m-4 WARNING: about it") and "trace=" not in line
+
+
 def test_further_lines_of_an_event_repeat_the_header(logfile):
     logs.set_identity("worker", "worker1#0")
     logs.set_task("t1")

@@ -101,6 +101,9 @@ class Recorder(BaseWorker):
             "body": body.decode("utf-8", "backslashreplace"), "content_type": header.content_type,
             "headers": sorted(header.headers or {}),
             "retries": (header.headers or {}).get("x-taskqueue-retries", 0),
+            # The trace context as it arrived, any kind of value (repr: bytes, tables).
+            "trace": {name: repr(value) for name, value in (header.headers or {}).items()
+                      if name in ("traceparent", "tracestate")},
         }
         # A retried task comes back to the same process: one file per attempt.
         attempt = f"-{facts['retries']}" if facts["retries"] else ""
