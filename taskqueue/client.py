@@ -360,6 +360,7 @@ class Client:
         be reached or the broker did not answer within BROKER_TIMEOUT."""
         body, props = onehop_message(worker_type, workitem,
                                      trace=trace_headers(traceparent, tracestate))
+        sent = time.time()
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
                 raise ValueError(f"delay {delay!r}: expected a number of seconds")
@@ -370,15 +371,16 @@ class Client:
         else:
             self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
                                   f"publishing the task for {worker_type}")
-        self._submitted(props, worker_type, delay)
+        self._submitted(props, worker_type, sent, delay)
         return props.message_id
 
-    def _submitted(self, props, worker_type, delay=None):
-        """Its `submitted` event (events.py), on this thread's connection, unconfirmed."""
+    def _submitted(self, props, worker_type, sent, delay=None):
+        """Its `submitted` event (events.py) at `sent` (when it was published), on this
+        thread's connection, unconfirmed."""
         events = self._link().events
         if events is not None:
             events.add(props.message_id, worker_type, delay,
-                       tracecontext.trace_id(props.headers))
+                       tracecontext.trace_id(props.headers), sent)
             events.flush()
 
     def publish(self, queue, body, props):
@@ -420,7 +422,7 @@ class Client:
         body, props = onehop_message(worker_type, workitem,
                                      trace=trace_headers(traceparent, tracestate))
         props.reply_to = topology.DIRECT_REPLY_TO
-        started = time.monotonic()
+        started, sent = time.monotonic(), time.time()
 
         def publish(link):
             link.consume_replies()
@@ -428,7 +430,7 @@ class Client:
             link.publish_onehop(worker_type, body, props)
             return link
         link = self._with_connection(publish, f"publishing the task for {worker_type}")
-        self._submitted(props, worker_type)
+        self._submitted(props, worker_type, sent)
         try:
             return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
                                     timeout)

@@ -30,11 +30,12 @@ class SubmittedEvents:
         self._channel = None
         self._batch = []
 
-    def add(self, task, worker_type, delay=None, trace=None):
-        """A task the broker confirmed; sent by the next flush(). Never sends: it may be
+    def add(self, task, worker_type, delay=None, trace=None, at=None):
+        """A task the broker confirmed, published `at` (its time: a worker may start it
+        before the confirm comes back); sent by the next flush(). Never sends: it may be
         called from a callback of the connection (a confirm), where no declare may wait."""
         if self.enabled:
-            self._batch.append(events.event("submitted", task, worker_type, self.origin,
+            self._batch.append(events.event("submitted", task, worker_type, self.origin, at,
                                             delay=delay, trace=trace))
 
     @property

@@ -8,6 +8,7 @@ on; the caller's loop decides when to stop (a refusal, Ctrl-C) and what to repor
 No gevent: the Client runs in applications.
 """
 import contextlib
+import time
 
 from taskqueue.broker import blocking, pikaparams
 from taskqueue.broker.clientevents import SubmittedEvents
@@ -36,7 +37,7 @@ class OneHopWindow:
         in on_settled(token, problem)."""
         if self._events.enabled:
             self._pending[token] = (props.message_id, worker_type, None,
-                                    tracecontext.trace_id(props.headers))
+                                    tracecontext.trace_id(props.headers), time.time())
             if self._events.full:
                 self._events.flush()
         self._window.publish(worker_type, body, props, token, exchange=onehop.EXCHANGE)

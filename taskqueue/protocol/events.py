@@ -69,11 +69,12 @@ def source(child):
     return {"host": socket.gethostname(), "child": child, "pid": os.getpid()}
 
 
-def event(kind, task, worker_type, origin, **fields):
-    """One event: `kind` (KINDS) of `task` (its id) of `worker_type`, now, written by
-    `origin` (source()); `fields` among attempt, redelivered, duration, delay,
-    reason, trace, queue (None values are left out)."""
-    out = {"event": kind, "task": task, "type": worker_type, "at": round(time.time(), 3)}
+def event(kind, task, worker_type, origin, at=None, **fields):
+    """One event: `kind` (KINDS) of `task` (its id) of `worker_type`, at `at` (seconds
+    since the epoch; None: now), written by `origin` (source()); `fields` among attempt,
+    redelivered, duration, delay, reason, trace, queue (None values are left out)."""
+    out = {"event": kind, "task": task, "type": worker_type,
+           "at": round(time.time() if at is None else at, 3)}
     out.update(origin)
     for key, value in fields.items():
         if value is None:
