@@ -61,7 +61,8 @@ def unacked_counts(url, settings, queues, timeout):
                 raise TaskqueueError(f"{where}: HTTP {response.status} "
                                      f"{printable(_short(response.reason))}{hint}")
     except (OSError, http.client.HTTPException) as exc:
-        raise TaskqueueError(redact.redact(f"{url}: {printable(_short(exc)) or type(exc).__name__}")) from None
+        why = printable(_short(exc)) or type(exc).__name__
+        raise TaskqueueError(redact.redact(f"{url}: {why}")) from None
     finally:
         connection.close()
     return counts

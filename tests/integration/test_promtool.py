@@ -150,7 +150,7 @@ def test_every_expression_of_the_rules_and_dashboard_returns_series(
     for n in range(3):
         broker.submit_one_hop("recorder", {"id": f"done-{n}"}, message_id=f"done-{n}")
         broker.submit("recorder", {"id": f"waits-{n}"})
-    wait_for(lambda: len(records.ids()) == 3, 30, lambda: f"3 tasks done: {records.ids()} {pool.log()}")
+    wait_for(lambda: len(records.ids()) == 3, 30, lambda: f"3 tasks done, not {records.ids()}")
     query = prometheus([f"127.0.0.1:{port}", f"127.0.0.1:{unreachable_port}"])
     wait_for(lambda: len(query("taskqueue_queue_messages_ready")) >= 3, 60,
              "Prometheus scraping the queue gauges")
