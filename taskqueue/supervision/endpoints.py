@@ -107,6 +107,19 @@ class Endpoint:
         """In a fresh child: stop serving, leaving the socket file to the supervisor."""
         self._stop()
 
+    def detach(self):
+        """In a fresh child, before its hub first runs: close our copies of the listener and
+        the clients' connections (the supervisor's stay open), and have the greenlets that
+        served them end when they next run, doing nothing (forget() then waits for them)."""
+        if self._acceptor is not None:
+            self._acceptor.kill(block=False)
+        for client, conn in self._clients.items():
+            client.kill(block=False)
+            conn.close()
+        if self._on_stop is not None:
+            self._on_stop(block=False)
+        self.listener.close()
+
     def close(self):
         """Stop serving, and remove the socket file if it is still the one we bound.
 

@@ -99,11 +99,11 @@ class QueueGauges:
             self._probe = gevent.spawn(self._refresh, queues, self._pending)
         return self._pending.get()
 
-    def stop(self):
+    def stop(self, block=True):
         """Stop a probe under way: the supervisor's at its end (the probe is killed), a
         fresh child's right after the fork (the probe is the supervisor's: left alone)."""
         if self._probe is not None:
-            self._probe.kill(block=True, timeout=1)
+            self._probe.kill(block=block, timeout=1 if block else None)
         self._probe = self._pending = None
 
     def _refresh(self, queues, pending):
@@ -154,6 +154,9 @@ def ask_in_probe(amqp, management_url, queues, timeout=PROBE_TIMEOUT,
     try:
         with gevent.Timeout(timeout, False):
             while len(data) <= MAX_ANSWER:
+                gevent.socket.wait_read(ours.fileno())
+                if os.getpid() != parent:   # a fresh child's copy: the answer is not ours
+                    raise gevent.GreenletExit
                 chunk = ours.recv(65536)
                 if not chunk:
                     break

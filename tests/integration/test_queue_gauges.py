@@ -95,3 +95,18 @@ def test_broker_down_gives_broker_up_0_within_the_scrape(start_pool, records, vh
     assert samples["taskqueue_broker_up"] == 0
     assert "taskqueue_queue_messages_ready" not in samples
     pool.wait_log("queue gauges: the broker did not answer")
+
+
+def test_scrapes_while_children_are_forked_are_all_answered_by_the_supervisor(
+        start_pool, records):
+    # Given pools that fork their children while scraped without a pause (a fresh child
+    # once ran copies of the supervisor's greenlets: its acceptor took a scrape and
+    # closed it unanswered, its probe greenlet could read the probe's answer)
+    for attempt in range(4):
+        port = free_port()
+        pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n")
+        pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
+        # Then every scrape is answered, with the broker up
+        for _ in range(60):
+            assert scrape(port)[("taskqueue_broker_up", frozenset())] == 1
+        pool.kill()
