@@ -140,6 +140,9 @@ class MetricsSettings:
     address: str = "127.0.0.1"
     port: Optional[int] = None
     dispatcher_port: Optional[int] = None
+    #: RabbitMQ's management API (`http://host:15672/`), asked with [amqp]'s user and
+    #: password for the unacked counts AMQP does not tell; None: no such gauge.
+    management_url: Optional[str] = None
 
     def port_for(self, command):
         """The port the supervisor of `command` serves metrics on, or None."""
@@ -213,7 +216,7 @@ LOGGING_OPTIONS = ("level", "target", "path")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "syslog", "stderr", "file")
 SUPERVISOR_OPTIONS = ("status_dir",)
-METRICS_OPTIONS = ("address", "port", "dispatcher_port")
+METRICS_OPTIONS = ("address", "port", "dispatcher_port", "management_url")
 COUNT = "a process count (integer >= 0)"
 SUBGROUPS = "a comma-separated list of subgroup names"
 
@@ -332,6 +335,25 @@ def parse_address(value):
     except ValueError:
         raise ValueError("expected an IP address to listen on, such as 127.0.0.1, ::1 "
                          "or 0.0.0.0") from None
+
+
+def parse_management_url(value):
+    """`http://host:15672/`: where RabbitMQ's management API answers, without credentials
+    (those are [amqp]'s: a password here would be one more secret in the file)."""
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port   # noqa: B018  raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected the http:// or https:// URL of RabbitMQ's management API, "
+                         "such as http://127.0.0.1:15672/")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("expected no user or password in the URL ([amqp]'s are used)")
+    if parts.query or parts.fragment:
+        raise ValueError("expected no query or fragment in the URL")
+    return url.rstrip("/")
 
 
 def parse_subgroups(value):
@@ -454,7 +476,7 @@ def load(path: str, installed_types, *, check_users: bool = True,
     loader.check_ambiguous(types, lists)
     groups = [group for name in types for group in loader.groups(name)]
     amqp, dispatcher, logging = loader.amqp(), loader.dispatcher(), loader.logging()
-    supervisor, metrics = loader.supervisor(), loader.metrics()
+    supervisor, metrics = loader.supervisor(), loader.metrics(amqp)
     loader.check_task_timeouts(groups, amqp)
     if loader.errors:
         raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
@@ -932,16 +954,22 @@ class _Loader:
         return SupervisorSettings(status_dir=self.convert(["supervisor"], "status_dir",
                                                           DEFAULT_STATUS_DIR, parse_directory))
 
-    def metrics(self):
+    def metrics(self, amqp):
         own, chain = self.own_options("metrics", METRICS_OPTIONS), ["metrics"]
         settings = MetricsSettings(address=self.convert(chain, "address", "127.0.0.1", parse_address),
                                    port=self.convert(chain, "port", None, parse_port),
                                    dispatcher_port=self.convert(chain, "dispatcher_port", None,
-                                                                parse_port))
+                                                                parse_port),
+                                   management_url=self.convert(chain, "management_url", None,
+                                                               parse_management_url))
         if settings.port is not None and settings.port == settings.dispatcher_port:
             self.fail("metrics", "dispatcher_port", own["dispatcher_port"],
                       "expected a port other than [metrics] port (the dispatcher's and the "
                       "worker pool's supervisors each listen on their own)")
+        if settings.management_url and getattr(amqp, "auth", None) == "external":
+            self.fail("metrics", "management_url", own["management_url"],
+                      "expected no management_url with [amqp] auth = external (the API is "
+                      "asked with [amqp]'s user and password, and that has none)")
         return settings
 
     def warnings(self, types, claimed):

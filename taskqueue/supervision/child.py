@@ -122,7 +122,7 @@ def run(name, kind, user, target, forget_inherited, report_fd, parent_pid, grave
         logs.set_identity(kind, name)
         switched = drop_privileges(user) if user else False
         # After the privilege drop: changing uid/gid clears PDEATHSIG (prctl(2)); exec keeps it.
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
         if switched:   # it must not keep the supervisor's memory: other groups' settings
             try:
                 childexec.replace_process(name, kind, target, report_fd, parent_pid, graveyard,
@@ -208,7 +208,8 @@ def drop_privileges(user):
     return switched
 
 
-def _die_with_parent(parent_pid):
+def die_with_parent(parent_pid):
+    """SIGKILL when `parent_pid` (our parent) ends; exit now if it ended already."""
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
     if os.getppid() != parent_pid:  # the supervisor died before prctl took effect

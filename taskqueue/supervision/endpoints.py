@@ -12,6 +12,7 @@ the oldest is a staller. Every child closes them right after the fork (`forget`)
 """
 import collections
 import errno
+import functools
 import grp
 import json
 import logging
@@ -24,7 +25,7 @@ import gevent.socket
 
 from taskqueue.errors import TaskqueueError
 from taskqueue.host import filetrust
-from taskqueue.supervision import metrics, snapshot
+from taskqueue.supervision import metrics, queuegauges, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,20 @@ def open_metrics(cfg, command):
                              f"{settings.address} port {port}: {exc.strerror or exc}{hint}") from None
     host = f"[{settings.address}]" if ":" in settings.address else settings.address
     log.info("metrics on http://%s:%d/metrics", host, port)
-    return Endpoint(listener, metrics.answer, f"metrics port {host}:{port}")
+    gauges = queuegauges.QueueGauges(cfg.amqp, settings.management_url)
+    return Endpoint(listener, functools.partial(metrics.answer, queue_gauges=gauges),
+                    f"metrics port {host}:{port}", on_stop=gauges.stop)
 
 
 class Endpoint:
     """One listening socket, and `answer(supervisor, conn)` for each client."""
 
-    def __init__(self, listener, answer, description, path=None):
+    def __init__(self, listener, answer, description, path=None, on_stop=None):
         self.listener = listener
         self.answer = answer
         self.description = description      # for log lines: "status socket /run/..."
         self.path = path                    # a Unix socket's file, removed by close()
+        self._on_stop = on_stop             # called when it stops serving (close, forget)
         self._inode = os.stat(path).st_ino if path else None
         self._clients = collections.OrderedDict()   # greenlet -> its connection, oldest first
         self._acceptor = None
@@ -102,6 +106,19 @@ class Endpoint:
     def forget(self):
         """In a fresh child: stop serving, leaving the socket file to the supervisor."""
         self._stop()
+
+    def detach(self):
+        """In a fresh child, before its hub first runs: close our copies of the listener and
+        the clients' connections (the supervisor's stay open), and have the greenlets that
+        served them end when they next run, doing nothing (forget() then waits for them)."""
+        if self._acceptor is not None:
+            self._acceptor.kill(block=False)
+        for client, conn in self._clients.items():
+            client.kill(block=False)
+            conn.close()
+        if self._on_stop is not None:
+            self._on_stop(block=False)
+        self.listener.close()
 
     def close(self):
         """Stop serving, and remove the socket file if it is still the one we bound.
@@ -125,6 +142,8 @@ class Endpoint:
             self._acceptor = None
         gevent.killall(list(self._clients), block=True, timeout=1)
         self._clients.clear()
+        if self._on_stop is not None:
+            self._on_stop()
         self.listener.close()
 
     @property

@@ -2,7 +2,8 @@
 HTTP exchange that hands them to a scraper (endpoints.py listens).
 
 Counters grow on the supervisor's own events (a child's `done` report, an
-exit, a restart); gauges are read from the slots when scraped. The text
+exit, a restart); gauges are read from the slots when scraped, the queue gauges from the broker
+(queuegauges.py asks, at most every few seconds). The text
 exposition format 0.0.4 is written here: one process, a few metrics, no
 client library. Every metric has the labels `group` (`worker2/bifh1`) and
 `type` (`worker2`; `dispatcher` for the dispatcher's group).
@@ -83,8 +84,9 @@ class Registry:
         self.restarts[group] += 1
 
 
-def render(supervisor, now=None):
-    """The text exposition of everything, from the registry and the slots."""
+def render(supervisor, now=None, queues=None):
+    """The text exposition of everything, from the registry and the slots, and from
+    `queues` (a queuegauges.Reading) the queue gauges."""
     now = time.monotonic() if now is None else now
     specs = {spec.name: spec for spec in supervisor.specs}
     slots = {}
@@ -97,6 +99,8 @@ def render(supervisor, now=None):
     metric("taskqueue_supervisor_start_time_seconds", "gauge",
            "When the supervisor started, in seconds since the epoch.",
            [({}, round(time.time() - (now - supervisor.started_at), 3))])
+    if queues is not None:
+        _write_queue_gauges(metric, queues)
     return "".join(out)
 
 
@@ -135,6 +139,31 @@ def _write_gauges(metric, specs, slots):
             for g in groups])
 
 
+def _write_queue_gauges(metric, reading):
+    metric("taskqueue_broker_up", "gauge",
+           "1 if the broker answered this scrape's questions about the queues, else 0.",
+           [({}, int(reading.broker_up))])
+    if not reading.broker_up:
+        return   # no figures rather than old ones: the queue gauges go absent
+    metric("taskqueue_queue_messages_ready", "gauge",
+           "Messages ready for delivery in the queue (not delivered, not delayed).",
+           [({"queue": queue}, ready) for queue, (ready, _) in sorted(reading.counts.items())])
+    metric("taskqueue_queue_consumers", "gauge", "Consumers of the queue.",
+           [({"queue": queue}, consumers)
+            for queue, (_, consumers) in sorted(reading.counts.items())])
+    metric("taskqueue_delayed_messages", "gauge",
+           "Tasks waiting out a delay or a retry's wait in the delay queues.",
+           [({}, reading.delayed)])
+    if not reading.management_asked:
+        return
+    metric("taskqueue_management_up", "gauge",
+           "1 if RabbitMQ's management API answered this scrape's questions, else 0.",
+           [({}, int(reading.management_error is None))])
+    metric("taskqueue_queue_messages_unacked", "gauge",
+           "Messages delivered to a consumer and not yet acked (management API).",
+           [({"queue": queue}, n) for queue, n in sorted((reading.unacked or {}).items())])
+
+
 def _histogram_samples(group, histogram):
     cumulative = 0
     for bound, count in zip(DURATION_BUCKETS, histogram.buckets):
@@ -171,8 +200,9 @@ def _number(value):
 
 # -- the HTTP endpoint --------------------------------------------------------------------
 
-def answer(supervisor, conn):
-    """One HTTP/1.0-style exchange: GET (or HEAD) /metrics, then close."""
+def answer(supervisor, conn, queue_gauges=None):
+    """One HTTP/1.0-style exchange: GET (or HEAD) /metrics, then close. `queue_gauges`
+    (queuegauges.QueueGauges) is read for each GET."""
     head = b""
     while b"\r\n\r\n" not in head and b"\n\n" not in head:
         data = conn.recv(4096)
@@ -189,7 +219,8 @@ def answer(supervisor, conn):
         return _refuse(conn, "405 Method Not Allowed", "GET /metrics\n", {"Allow": "GET, HEAD"})
     if path != "/metrics":   # nothing else is served, not even a page at /
         return _refuse(conn, "404 Not Found", "the metrics are at /metrics\n")
-    _respond(conn, "200 OK", render(supervisor), {"Content-Type": CONTENT_TYPE},
+    queues = queue_gauges.read(supervisor.specs) if queue_gauges and method == "GET" else None
+    _respond(conn, "200 OK", render(supervisor, queues=queues), {"Content-Type": CONTENT_TYPE},
              head_only=method == "HEAD")
 
 

@@ -489,6 +489,10 @@ class Supervisor:
         the read ends of every report pipe included: a child reads no one's reports."""
         for handle in self._signal_handles:
             handle.cancel()
+        # First, before the hub runs here (killing greenlets with block=True runs it): a
+        # copy of an endpoint's acceptor would take the supervisor's next client.
+        for endpoint in self._endpoints:
+            endpoint.detach()
         self._greenlets.kill(block=True, timeout=1)
         for endpoint in self._endpoints:
             endpoint.forget()

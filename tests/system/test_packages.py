@@ -324,7 +324,7 @@ def test_systemd_units_verify_clean(debs, scratch):
     assert not problems, problems
 
 
-def test_the_taskqueue_package_ships_the_docs_and_both_man_pages(debs):
+def test_the_taskqueue_package_ships_the_docs_man_pages_rules_and_dashboard(debs):
     # Given the built taskqueue package, as dpkg lists it
     listed = run(["dpkg-deb", "--contents", debs["taskqueue"]]).stdout
     paths = {line.split()[-1].lstrip(".") for line in listed.splitlines()}
@@ -337,3 +337,6 @@ def test_the_taskqueue_package_ships_the_docs_and_both_man_pages(debs):
         assert shipped in paths or shipped + ".gz" in paths, f"{page} not in {sorted(paths)}"
     assert {"/usr/share/man/man1/taskqueue.1.gz",
             "/usr/share/man/man5/taskqueue.conf.5.gz"} <= paths
+    # And the alert rules and the Grafana dashboard, uncompressed, where the docs say
+    assert {"/usr/share/taskqueue/taskqueue-alerts.yml",
+            "/usr/share/taskqueue/taskqueue-dashboard.json"} <= paths

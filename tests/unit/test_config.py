@@ -539,10 +539,30 @@ def test_supervisor_and_metrics_options(write):
      "expected an IP address to listen on, such as 127.0.0.1, ::1 or 0.0.0.0"),
     ("metrics", "address", "127.0.0.256",
      "expected an IP address to listen on, such as 127.0.0.1, ::1 or 0.0.0.0"),
+    *[("metrics", "management_url", url, "expected the http:// or https:// URL of RabbitMQ's "
+       "management API, such as http://127.0.0.1:15672/")
+      for url in ("127.0.0.1:15672", "ftp://h/", "http://", "http://h:99999/", "file:///etc")],
+    ("metrics", "management_url", "http://mon@h:15672/",
+     "expected no user or password in the URL ([amqp]'s are used)"),
+    ("metrics", "management_url", "http://h:15672/?x=1",
+     "expected no query or fragment in the URL"),
 ])
 def test_bad_supervisor_or_metrics_value_is_an_error(write, section, option, value, expected):
     path = write(f"[{section}]\n{option}: {value}\n")
     assert error_of(path, set()) == f"{path}: [{section}] {option} = {value!r}: {expected}"
+
+
+def test_a_password_in_management_url_is_refused_and_not_shown(write):
+    path = write("[metrics]\nmanagement_url: http://mon:hunter2@h:15672/\n")
+    error = error_of(path, set())
+    assert "expected no user or password in the URL ([amqp]'s are used)" in error
+    assert "hunter2" not in error
+
+
+def test_management_url_is_kept_without_its_trailing_slash(write):
+    cfg = load(write("[metrics]\nport: 9187\nmanagement_url: https://mq.example:15671/\n"), set())
+    assert cfg.metrics.management_url == "https://mq.example:15671"
+    assert load(write("[metrics]\nport: 9187\n"), set()).metrics.management_url is None
 
 
 def test_metrics_ports_of_the_two_services_must_differ(write):
@@ -554,7 +574,7 @@ def test_metrics_ports_of_the_two_services_must_differ(write):
 
 @pytest.mark.parametrize("section, option, known", [
     ("supervisor", "status_socket", "status_dir"),
-    ("metrics", "path", "address, port, dispatcher_port"),
+    ("metrics", "path", "address, port, dispatcher_port, management_url"),
 ])
 def test_supervisor_or_metrics_unknown_option_is_an_error(write, section, option, known):
     path = write(f"[{section}]\n{option}: x\n")

@@ -251,3 +251,12 @@ def test_a_root_supervisor_refuses_a_tls_file_another_user_could_change(certs, o
         assert "belongs to user nobody (uid 65534)" in problem
     finally:
         shutil.rmtree(top)
+
+
+def test_external_auth_refuses_a_management_url(tmp_path, certs):
+    # The API is asked with [amqp]'s user and password: auth = external has none.
+    message = error_of(tmp_path, f"host: b\ntls: yes\ntls_cert_file: {certs}/client.pem\n"
+                                 f"tls_key_file: {certs}/client.key\nauth: external\n"
+                                 "[metrics]\nmanagement_url: http://b:15672\n")
+    assert "[metrics] management_url = 'http://b:15672': expected no management_url with " \
+           "[amqp] auth = external" in message
