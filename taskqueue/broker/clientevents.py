@@ -35,7 +35,7 @@ class SubmittedEvents:
         before the confirm comes back); sent by the next flush(). Never sends: it may be
         called from a callback of the connection (a confirm), where no declare may wait."""
         if self.enabled:
-            self._batch.append(events.event("submitted", task, worker_type, self.origin, at,
+            self._batch.append(events.event("submitted", task, worker_type, at,
                                             delay=delay, trace=trace))
 
     @property
@@ -49,7 +49,7 @@ class SubmittedEvents:
         try:
             channel = self._open()
             if channel is not None:
-                channel.basic_publish("", events.STREAM, events.encode(batch), pika.BasicProperties(
+                channel.basic_publish("", events.STREAM, events.encode(self.origin, batch), pika.BasicProperties(
                     content_type=events.CONTENT_TYPE, delivery_mode=2,
                     timestamp=int(time.time())))
         except blocking.CONNECTION_LOST as exc:

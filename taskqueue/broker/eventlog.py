@@ -75,7 +75,7 @@ class EventLog:
         """Record event `kind` of `task` (events.event's fields)."""
         if not self.enabled:
             return
-        self._batch.append(events.event(kind, task, worker_type, self.origin, **fields))
+        self._batch.append(events.event(kind, task, worker_type, **fields))
         if len(self._batch) >= events.BATCH:
             self.flush()
         elif self._timer is None:
@@ -98,7 +98,7 @@ class EventLog:
                 self.lost += len(self._batch)     # gone, or never coming: telemetry, dropped
                 self._batch = []
             return
-        body, self._batch = events.encode(self._batch), []
+        body, self._batch = events.encode(self.origin, self._batch), []
         channel.basic_publish("", events.STREAM, body, pika.BasicProperties(
             content_type=events.CONTENT_TYPE, delivery_mode=2, timestamp=int(time.time())))
 

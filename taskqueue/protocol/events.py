@@ -40,7 +40,7 @@ STREAM = "taskqueue_events"
 KINDS = ("submitted", "routed", "started", "retried", "requeued", "done", "failed", "dead")
 #: The kinds that end a task's life (one of them is the last word on it).
 FINAL = ("done", "failed", "dead")
-CONTENT_TYPE = "application/x-ndjson"
+CONTENT_TYPE = "application/json"
 #: Most events in one message, and the longest an event waits for its batch (seconds).
 BATCH = 256
 FLUSH = 0.25
@@ -58,9 +58,9 @@ MAX_TEXT = 200
 MAX_MESSAGE = 2**20
 
 #: The keys of an event and what each holds; decode keeps these only.
-_TEXT = ("event", "task", "type", "host", "child", "reason", "trace", "queue")
+_TEXT = ("event", "task", "type", "reason", "trace")
 _NUMBERS = ("at", "duration", "delay")
-_INTEGERS = ("pid", "attempt")
+_INTEGERS = ("attempt",)
 _FLAGS = ("redelivered",)
 
 
@@ -69,78 +69,81 @@ def source(child):
     return {"host": socket.gethostname(), "child": child, "pid": os.getpid()}
 
 
-def event(kind, task, worker_type, origin, at=None, **fields):
+def event(kind, task, worker_type, at=None, **fields):
     """One event: `kind` (KINDS) of `task` (its id) of `worker_type`, at `at` (seconds
-    since the epoch; None: now), written by `origin` (source()); `fields` among attempt,
-    redelivered, duration, delay, reason, trace, queue (None values are left out)."""
+    since the epoch; None: now); `fields` among attempt, redelivered, duration, delay,
+    reason, trace (None values are left out). Who wrote it goes with its batch (encode)."""
     out = {"event": kind, "task": task, "type": worker_type,
            "at": round(time.time() if at is None else at, 3)}
-    out.update(origin)
     for key, value in fields.items():
-        if value is None:
-            continue
-        if key == "reason":
-            value = str(value)[:MAX_REASON]
-        elif key in ("duration", "delay"):
-            value = round(value, 6)
-        out[key] = value
+        if value is not None:
+            out[key] = value
+    if "reason" in out:
+        out["reason"] = str(out["reason"])[:MAX_REASON]
     return out
 
 
-def encode(batch):
-    """A batch of events as a message body: JSON lines."""
-    return "\n".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False)
-                     for e in batch).encode()
+def encode(origin, batch):
+    """A batch of events written by `origin` (source()) as a message body: one JSON
+    object, {"host", "child", "pid", "events": [...]}: one encoder call for the batch
+    (a line per event cost twice as much in a worker's busiest loop)."""
+    return json.dumps({**origin, "events": batch}, separators=(",", ":"),
+                      ensure_ascii=False).encode()
 
 
 def decode(body):
-    """(events, problems) of a message body read from the stream: each valid line as a
+    """(events, problems) of a message body read from the stream: each valid event as a
     dict of known keys with values of their types (longer strings cut, non-finite
-    numbers dropped); each line that is not an event counted in `problems`."""
+    numbers dropped), its writer's host, child and pid merged in; each event (or
+    message) that is not one counted in `problems`."""
     if not isinstance(body, (bytes, bytearray)) or len(body) > MAX_MESSAGE:
         return [], 1
     try:
-        text = bytes(body).decode()
-    except UnicodeDecodeError:
+        raw = json.loads(bytes(body).decode())
+    except (ValueError, RecursionError):    # UnicodeDecodeError is a ValueError
         return [], 1
+    if not isinstance(raw, dict) or not isinstance(raw.get("events"), list):
+        return [], 1
+    origin = _typed(raw, ("host", "child"), (), ("pid",))
     found, problems = [], 0
-    for line in text.split("\n"):
-        if not line.strip():
-            continue
-        item = _decode_line(line)
-        if item is None:
+    for item in raw["events"]:
+        one = _decode_event(item, origin)
+        if one is None:
             problems += 1
         else:
-            found.append(item)
+            found.append(one)
     return found, problems
 
 
-def _decode_line(line):
-    try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
+def _decode_event(raw, origin):
     if not isinstance(raw, dict):
         return None
-    out = {}
-    for key in _TEXT:
-        value = raw.get(key)
-        if isinstance(value, str):
-            out[key] = value[:MAX_REASON if key == "reason" else MAX_TEXT]
-    for key in _NUMBERS:
-        value = raw.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value):
-            out[key] = float(value)
-    for key in _INTEGERS:
-        value = raw.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-            out[key] = value
+    out = dict(origin)
+    out.update(_typed(raw, _TEXT, _NUMBERS, _INTEGERS))
     for key in _FLAGS:
         if isinstance(raw.get(key), bool):
             out[key] = raw[key]
     if not all(k in out for k in ("event", "task", "at")):
         return None
+    return out
+
+
+def _typed(raw, texts, numbers, integers):
+    """The keys of `raw` among those named whose values have their type, bounded."""
+    out = {}
+    for key in texts:
+        value = raw.get(key)
+        if isinstance(value, str):
+            out[key] = value[:MAX_REASON if key == "reason" else MAX_TEXT]
+    for key in numbers:
+        value = raw.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            out[key] = float(value)
+    for key in integers:
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+            out[key] = value
     return out
 
 
