@@ -62,6 +62,8 @@ class Session:
         self._confirmed = None
         self._delays_declared = False
         self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
+        #: The broker said it blocks publishers (a resource alarm): see eventlog.py.
+        self.blocked = False
 
     # -- opening and closing -------------------------------------------------
 
@@ -93,6 +95,11 @@ class Session:
                 self._give_up_connecting()
         else:
             raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
+        self.blocked = False
+        self._connection.add_on_connection_blocked_callback(
+            lambda *_: setattr(self, "blocked", True))
+        self._connection.add_on_connection_unblocked_callback(
+            lambda *_: setattr(self, "blocked", False))
         self.address = address(self._connection.params)
         self.server = failover.server_summary(getattr(self._connection, "server_properties", None))
         self.route.connected(self.address, self.server)

@@ -7,6 +7,12 @@ process starts: a restarted worker consumes at once, as before events. Events
 made meanwhile wait in the batch (at most WAITING). A broker that refuses the
 stream (no stream support, no permission) turns events off for this process,
 said once; one that declared it with other arguments is used as it is.
+
+While the broker blocks publishers (a memory or disk alarm: connection.blocked),
+events are dropped, not published: RabbitMQ stops reading from a connection that
+publishes during an alarm, and with it the worker's acks on that connection.
+A task's own publishes (a retry, a dead letter) wait as they must; its events
+never make it wait.
 """
 import logging
 import time
@@ -33,7 +39,8 @@ class EventLog:
         self.settings = settings
         self.enabled = settings.events
         self.origin = events.source(child)
-        self.lost = 0               # events dropped: no channel, or the connection went
+        self.lost = 0               # events dropped: no channel, the connection went, an alarm
+        self._paused = 0            # events dropped during this alarm, said when it ends
         self._batch = []
         self._channel = None
         self._opening = None
@@ -92,6 +99,17 @@ class EventLog:
             timer.kill(block=False)
         if not self._batch:
             return
+        if self.session.blocked:
+            if not self._paused:
+                log.warning("the broker blocks publishers (a resource alarm): task events "
+                            "paused, dropped until it ends; tasks go on")
+            self._paused += len(self._batch)
+            self.lost += len(self._batch)
+            self._batch = []
+            return
+        if self._paused:
+            log.info("task events resumed: %d dropped during the alarm", self._paused)
+            self._paused = 0
         channel = self._channel
         if channel is None or not channel.is_open:
             if channel is not None or len(self._batch) > WAITING:
