@@ -49,6 +49,8 @@ class ReplyLine:
         self._sent = 0              # the last sequence number of this session
         self._session = None
         self._wake = Event()        # something to send, or closing
+        self._idle = Event()        # nothing waits for pika: what flush() waits for
+        self._idle.set()
         self._settled = Event()     # a confirm or a close: a suspect's fate is known
         self._greenlet = None
         self._losses = LossEpisode()
@@ -60,6 +62,7 @@ class ReplyLine:
             log.warning("reply to %s not sent: the process is stopping", _name(reply_to))
             return
         self._queued.append((reply_to, body, props))
+        self._idle.clear()
         self._wake.set()
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
@@ -74,8 +77,8 @@ class ReplyLine:
         the kernel's, or `timeout` seconds passed: from there a reply reaches the broker
         even if this process dies next."""
         deadline = time.monotonic() + timeout
-        while self.waiting and not self._closing and time.monotonic() < deadline:
-            gevent.sleep(0.001)
+        if self.waiting and not self._closing:
+            self._idle.wait(timeout)
         if self._session is not None and self._session.is_open:
             self._session.flush(max(0.0, deadline - time.monotonic()))
 
@@ -83,6 +86,7 @@ class ReplyLine:
         """Send what waits (within `timeout`), then close the line's connection cleanly."""
         self.flush(timeout)
         self._closing = True
+        self._idle.set()
         self._wake.set()
         if self._session is not None:
             self._session.close(timeout)
@@ -94,11 +98,21 @@ class ReplyLine:
     # -- the line's greenlet ------------------------------------------------
 
     def _run(self):
+        try:
+            self._serve()
+        except Exception:   # a bug here must cost the replies, never the process
+            log.exception("the reply line failed; %d replies not sent", self.waiting)
+            self._queued.clear()
+            self._suspects.clear()
+            self._idle.set()    # the next reply starts the line afresh
+
+    def _serve(self):
         while not self._closing:
             if self._session is not None and not self._session.is_open:
                 self._account_close(self._session)
                 continue
             if not self.waiting:
+                self._idle.set()
                 self._wake.clear()
                 self._wake.wait()
                 continue
@@ -110,7 +124,6 @@ class ReplyLine:
                 continue
             while self._queued and session.is_open:
                 self._publish(session, self._queued.popleft(), suspect=False)
-            gevent.sleep(0)     # let the hub send, and other greenlets queue more
 
     def _connected(self):
         """The line's open session, opened if need be; None when no broker took it (what

@@ -4,6 +4,7 @@ the connection is the one lost, said once per episode; several in flight go agai
 a time. Driven with a stand-in session under a real gevent hub; the real broker's side
 is tests/integration/test_crafted_reply_to.py."""
 import logging
+import time
 from types import SimpleNamespace
 
 import gevent
@@ -190,3 +191,23 @@ def test_close_sends_what_waits_first_and_refuses_later_replies(broker, caplog):
     assert broker.sessions[0].published == ["amq.gen-1"] and broker.sessions[0].closed.is_set()
     send(line, "amq.gen-2")
     assert "reply to amq.gen-2 not sent: the process is stopping" in caplog.text
+
+
+def test_a_bug_in_the_line_costs_the_replies_that_wait_and_the_next_reply_starts_afresh(
+        broker, caplog):
+    calls = []
+
+    def open_session():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return broker.open()
+    line = ReplyLine(open_session)
+    send(line, "amq.gen-1")
+    started = time.monotonic()
+    line.flush(5.0)
+    assert time.monotonic() - started < 1.0     # the line said it is idle: no timeout waited
+    assert "the reply line failed; 1 replies not sent" in caplog.text and line.waiting == 0
+    send(line, "amq.gen-2")
+    settle(lambda: broker.sessions and broker.sessions[0].published == ["amq.gen-2"], "sent")
+    line.close(1.0)
