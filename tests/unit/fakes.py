@@ -17,7 +17,6 @@ import gevent
 from gevent.event import Event
 
 from taskqueue.errors import SessionClosed
-from taskqueue.protocol import replies
 
 
 class RecordingSession:
