@@ -212,7 +212,10 @@ class TaskChannel:
             content_type = content_type or "text/plain; charset=utf-8"
         props = pikaparams.properties(correlation_id=header.correlation_id or header.message_id,
                                 content_type=content_type)
-        self.basic_publish("", header.reply_to, body, props)
+        # On the reply connection (Session.reply): a reply_to the broker chokes on costs
+        # that reply, not the connection this task is to be acked on. Returns at once.
+        self._hub.call(lambda: self._session.reply(header.reply_to, body, props),
+                       PUBLISH_TIMEOUT)
         self.replied = True
 
     def _settle(self, action, delivery_tag, multiple, send):
@@ -407,9 +410,9 @@ def _answer_failure(session, group, task, props, outcome, reason):
     """Send the failure reply (replies.failure) of a task that ended without an answer, to
     its reply_to when it has one that a reply may go to (replies.allowed, as
     TaskChannel.reply), so that whoever waits (Client.call, submit --wait) fails now,
-    not at its timeout. Not for a task given back ("requeue": it comes again).
-    The task is settled already: a connection gone by now only costs the reply.
-    Returns `outcome`."""
+    not at its timeout. Not for a task given back ("requeue": it comes again), nor once
+    the session is gone (its settlement did not go: it comes again too). Sent on the
+    reply connection (Session.reply), as a plugin's reply. Returns `outcome`."""
     if outcome == "requeue" or not props.reply_to:
         return outcome
     reply = failure_reply(props, reason, group.reply_queues)
@@ -420,7 +423,7 @@ def _answer_failure(session, group, task, props, outcome, reason):
     if not session.is_open:
         log.warning("task %s: failure reply not sent: the connection is gone", task)
         return outcome
-    session.publish(*reply)
+    session.reply(*reply)
     log.debug("task %s: failure reply sent to %s: %s", task, props.reply_to, reason)
     return outcome
 

@@ -1,6 +1,7 @@
 """What the integration and fault tests share: a broker client, a supervisor
 process with its log, the records test plugins write, and waiting on events.
 """
+import base64
 import contextlib
 import grp
 import json
@@ -159,6 +160,41 @@ class Broker:
     def close(self):
         if self.connection.is_open:
             self.connection.close()
+
+
+def _b64(data):
+    return base64.b64encode(data).decode()
+
+
+def _pid_of_node(node):
+    """An Erlang pid in the external term format (NEW_PID_EXT), as RabbitMQ encodes the
+    token of a direct reply-to name, of the node `node`."""
+    return (b"\x83Xv" + struct.pack(">H", len(node)) + node
+            + struct.pack(">III", 15876, 6, 1796536582))
+
+
+#: Direct reply-to names that are no channel of this broker's: garbage, and a well-formed
+#: pid of a node that does not exist (no check of the name's shape tells these apart).
+#: RabbitMQ 3.x closes the publisher's connection for both, 4.0 for garbage only
+#: (test_broker_versions.py).
+CRAFTED = {
+    "garbage": "amq.rabbitmq.reply-to." + _b64(b"hello world") + "." + _b64(b"0123456789abcdef"),
+    "nonode": ("amq.rabbitmq.reply-to." + _b64(_pid_of_node(b"nobody@nowhere")) + "."
+               + _b64(b"0123456789abcdef")),
+}
+
+
+def closes_connection(kind, version):
+    """Whether RabbitMQ `version` (major, minor) closes the connection of whoever publishes
+    to CRAFTED[kind]: 3.x for both, 4.0 for garbage only (test_broker_versions.py)."""
+    return kind == "garbage" or version < (4, 0)
+
+
+def broker_version(broker):
+    """The (major, minor) of the broker a Broker client is connected to (server properties)."""
+    raw = broker.connection._impl.server_properties.get("version", b"0.0")
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return tuple(int(part) for part in text.split(".")[:2])
 
 
 def declare_one_hop(channel, settings=None):

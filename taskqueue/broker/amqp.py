@@ -30,6 +30,7 @@ import pika
 from pika.adapters.gevent_connection import GeventConnection
 
 from taskqueue.broker import declarations, failover, fielddecode, promptwrite, sendbatch
+from taskqueue.broker.replyline import ReplyLine
 from taskqueue.broker.pikaparams import (REPLY_TIMEOUT, address, describe, delayed_properties,
                                          failure, ordered_parameters, parameters, process_route,
                                          quiet_attempt_lines, short_failure)
@@ -62,6 +63,7 @@ class Session:
         self._confirmed = None
         self._delays_declared = False
         self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
+        self._replies = None            # replyline.ReplyLine, made on the first reply
         #: The broker said it blocks publishers (a resource alarm): see eventlog.py.
         self.blocked = False
 
@@ -134,7 +136,10 @@ class Session:
         return f"lost the broker {self.address} ({why}); reconnecting to {following}"
 
     def close(self, timeout=REPLY_TIMEOUT):
-        """Close cleanly (the broker requeues unacked deliveries); wait for it."""
+        """Close cleanly (the broker requeues unacked deliveries); wait for it. The
+        replies go first, on their own connection (what waits: within `timeout`)."""
+        if self._replies is not None:
+            self._replies.close(timeout)
         if self._connection is None or self.closed.is_set():
             return
         if self._connection.is_open:
@@ -205,16 +210,19 @@ class Session:
         """Wait until the frames pika buffered (an ack, say) are in the kernel's socket
         buffer: from there they reach the broker even if this process dies next.
         Frames are otherwise written on the hub's next writable event; a worker that
-        starts its next task at once, and is killed by it, would lose the last ack."""
+        starts its next task at once, and is killed by it, would lose the last ack.
+        The replies (reply()) too: a task's reply is sent before its successor starts."""
+        deadline, pause = time.monotonic() + timeout, 0
         transport = getattr(self._connection, "_transport", None)
         buffered = getattr(transport, "get_write_buffer_size", None)
         if buffered is None:    # another pika: one hub iteration writes what it can
             gevent.sleep(0)
-            return
-        deadline, pause = time.monotonic() + timeout, 0
-        while self.is_open and buffered() and time.monotonic() < deadline:
+        while buffered is not None and self.is_open and buffered() and \
+                time.monotonic() < deadline:
             gevent.sleep(pause)
             pause = 0.001   # still buffered: the socket is full, do not spin
+        if self._replies is not None:
+            self._replies.flush(max(0.0, deadline - time.monotonic()))
 
     # -- waiting for replies (called from a greenlet, never from a callback) --
 
@@ -402,6 +410,23 @@ class Session:
 
     def publish(self, routing_key, body, props, exchange="", mandatory=False):
         self._channel.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
+
+    def reply(self, reply_to, body, props):
+        """Publish a reply to a task's `reply_to` (on the default exchange, not mandatory)
+        on this process's reply connection (replyline.py), never on this session's own:
+        a name the broker chokes on costs that reply, not this connection. Returns at
+        once; flush() waits until it is sent."""
+        if self._replies is None:
+            self._replies = ReplyLine(self._open_reply_session)
+        self._replies.send(reply_to, body, props)
+
+    def _open_reply_session(self):
+        """The reply connection: to the brokers this session would try (what failed lately
+        last), named after it, telling the supervisor nothing (its route has no report)."""
+        route = failover.Route(first=self.route.first, failed=self.route.failed)
+        session = Session(self.settings, f"{self.name} replies", route).open()
+        session.write_promptly()
+        return session
 
     def ack(self, delivery_tag, multiple=False):
         self._channel.basic_ack(delivery_tag, multiple=multiple)

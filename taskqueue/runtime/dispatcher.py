@@ -13,9 +13,10 @@ dropped and its priority clamped on the copy routed.
 A task it dead-letters that has a reply_to answers its caller with a failure reply
 (deadletters.failure_reply, as the worker's), once its dead letter is confirmed, and
 only to RabbitMQ's reply queues (direct reply-to, `amq.gen-*`): the dispatcher serves
-every type, and no group's reply_queues is its to read. The reply goes on the confirm
-channel, so it takes a sequence number of its own: the ledger holds it (entry ANSWER),
-and its confirm settles no input.
+every type, and no group's reply_queues is its to read. The reply goes on the session's
+reply connection (Session.reply), not on the confirm channel: a reply_to the broker
+chokes on (a crafted direct reply-to name closes the whole connection) costs that reply,
+not the inputs in flight, and the ledger holds only the copies of inputs.
 """
 import logging
 import time
@@ -44,8 +45,6 @@ REFUSED_RETRY_SECONDS = 60
 #: Seconds before an input whose copy the broker returned or refused goes back to taskqueue.
 RETRY_SECONDS = 1.0
 READY = "ready"
-#: The ledger's entry for a failure reply: a publish that is no input's copy.
-ANSWER = "answer"
 #: What a failure reply from the dispatcher says before the dead letter's reason.
 NOT_ROUTED = "not routed: "
 
@@ -126,7 +125,7 @@ class Dispatcher:
         self._readers = readers or {}   # content type -> formats.Format (installed plugins)
         self._schedule = schedule   # schedule(delay, fn): a timer (tests pass their own)
         self._prefetch = prefetch
-        self._ledger = ConfirmLedger()   # the input delivery tag of each publish, or ANSWER
+        self._ledger = ConfirmLedger()   # the input delivery tag of each publish
         self._unsettled = set()     # input delivery tags not yet acked, nacked or rejected
         # Input delivery tag -> the failure reply (reply_to, body, props) it owes once its
         # dead letter is confirmed; dropped if the input goes back to taskqueue instead.
@@ -258,15 +257,10 @@ class Dispatcher:
         self._events.add("dead", task_key(props, body), _named_type(props), reason=reason)
 
     def _answer(self, reply_to, body, props):
-        """Publish a failure reply; not mandatory (a caller gone is no one to tell), but
-        confirmed like any publish on this channel: the ledger counts it. One that cannot
-        be sent costs its caller a timeout, not the dispatcher its session."""
-        try:
-            self._session.publish(reply_to, body, props)
-        except Exception:   # pika encodes every frame before it sends one: nothing went
-            log.exception("failure reply to %r not sent", reply_to)
-            return
-        self._ledger.sent(ANSWER, None)
+        """Send a failure reply on the reply connection (Session.reply: queued, never
+        blocks). One that cannot be sent costs its caller a timeout, not the dispatcher
+        its session: the reply connection says why."""
+        self._session.reply(reply_to, body, props)
 
     def _answer_rejected(self, props, exc):
         """The failure reply of an input rejected to the dead-letter queue (the broker
@@ -300,11 +294,6 @@ class Dispatcher:
         confirmed, nacked = [], 0
         for tag, problem in self._ledger.confirmed(confirm.delivery_tag, confirm.multiple,
                                                    confirm.NAME == "Basic.Ack"):
-            if tag == ANSWER:   # a failure reply: settles no input; a nacked one is lost
-                if problem is not None:
-                    log.warning("the broker nacked a failure reply; its caller waits out "
-                                "its timeout")
-                continue
             if problem is None:
                 confirmed.append(tag)
                 continue

@@ -6,14 +6,16 @@ docs/01-architecture.md, "RabbitMQ 3.x and 4.x", says what each difference means
 handed back 25 times.)
 """
 
+import pika
+import pika.exceptions
+import pytest
+
+from support import BROKER_HOST, CRAFTED, broker_version, closes_connection
+
 QUEUE = "worker_versions"   # declared as taskqueue declares a worker queue
 
 
-def version(broker):
-    """The broker's (major, minor) from the connection's server properties."""
-    raw = broker.connection._impl.server_properties.get("version", b"0.0")
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    return tuple(int(part) for part in text.split(".")[:2])
+version = broker_version
 
 
 def get(broker):
@@ -55,3 +57,23 @@ def test_a_high_priority_task_goes_first_on_rabbitmq_4_only(broker):
         assert order == ["urgent", "first", "second"]
     else:
         assert order == ["first", "second", "urgent"]
+
+
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_a_crafted_direct_reply_to_name_closes_the_publishers_connection(broker, kind):
+    # 3.x closes the whole connection for both (541 INTERNAL_ERROR); 4.0 for garbage,
+    # and takes a well-formed pid of a node that does not exist (and drops the message).
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        BROKER_HOST, broker.port, virtual_host=broker.vhost))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    try:
+        channel.basic_publish("", CRAFTED[kind], b"x")
+        closed = None
+    except pika.exceptions.ConnectionClosedByBroker as exc:
+        closed = (exc.reply_code, exc.reply_text)
+    finally:
+        if connection.is_open:
+            connection.close()
+    expected = (541, "INTERNAL_ERROR") if closes_connection(kind, version(broker)) else None
+    assert closed == expected

@@ -222,8 +222,8 @@ def test_what_the_dispatcher_dead_letters_answers_within_1_s_and_routing_goes_on
                                                 "space")
     assert replies["c-count"][0].startswith("not routed: header x-taskqueue-retries is 'many'")
     wait_for(lambda: broker.counts("taskqueue_dead")[0] == 3, 10, "three dead letters")
-    # The replies took sequence numbers on the dispatcher's confirm channel: every later
-    # input is still acked once its own copy is confirmed, none early, none left
+    # The replies went on the dispatcher's reply connection: every later input is still
+    # acked once its own copy is confirmed, none early, none left
     for n in range(20):
         broker.submit("recorder", {"id": f"after{n}"})
     wait_for(lambda: len(records.ids()) == 20, 30, "the 20 tasks after the replies")

@@ -17,7 +17,6 @@ import gevent
 from gevent.event import Event
 
 from taskqueue.errors import SessionClosed
-from taskqueue.protocol import replies
 
 
 class RecordingSession:
@@ -41,6 +40,7 @@ class RecordingSession:
         self.unanswered = []
         self.published = []     # bodies, in order
         self.sent = []          # (queue, body, props), in order
+        self.replies = []       # (reply_to, body, props) given to reply(), in order
         self.closed = Event()
         self.close_reason = None
         self.aborted = False
@@ -87,13 +87,18 @@ class RecordingSession:
             on_done(f"queue {queue!r} refused" if queue in self.refuse else None)
 
     def publish(self, queue, body, props, exchange="", mandatory=False):
-        assert mandatory or not self.require_mandatory or replies.FAILED_HEADER in (
-            props.headers or {}), "an unroutable publish must come back, not vanish (a " \
-                                  "failure reply to a caller gone may)"
+        assert mandatory or not self.require_mandatory, \
+            "an unroutable publish must come back, not vanish"
         self._check_channel()
         self.calls.append(("publish", queue, body))
         self.published.append(body)
         self.sent.append((queue, body, props))
+
+    def reply(self, reply_to, body, props):
+        """A reply goes on the session's reply connection: never on its channel, so
+        it takes no sequence number and works whatever the channel's state."""
+        self.calls.append(("reply", reply_to, body))
+        self.replies.append((reply_to, body, props))
 
     def enable_confirms(self, on_confirm, on_return):
         self.on_confirm, self.on_return = on_confirm, on_return

@@ -1,10 +1,10 @@
 """The dispatcher's failure replies (docs/02 "Failure replies"): a task it dead-letters
 answers its caller once the dead letter is confirmed, never when the input goes back to
-taskqueue; the reply takes a sequence number on the confirm channel, and the ledger
-keeps every later confirm on the publish it is about. Driven callback by callback with
-the recording session of fakes.py, as test_dispatcher_pipeline."""
+taskqueue; the reply goes on the session's reply connection (Session.reply), not on the
+confirm channel: it takes no sequence number, no ledger entry, and a reply_to the broker
+chokes on costs no input in flight. Driven callback by callback with the recording
+session of fakes.py, as test_dispatcher_pipeline."""
 import json
-import logging
 from types import SimpleNamespace
 
 import pika
@@ -37,29 +37,32 @@ def envelope(n, worker_type="t"):
 
 
 def answers(session):
+    """The failure replies, as the reply connection got them."""
+    assert not any(FAILED in (props.headers or {}) for _, _, props in session.sent), \
+        "a failure reply on the confirm channel"
     return [(queue, props.correlation_id, props.headers[FAILED], body)
-            for queue, body, props in session.sent if FAILED in (props.headers or {})]
+            for queue, body, props in session.replies]
 
 
-def test_a_dead_lettered_task_answers_once_its_dead_letter_is_confirmed_and_the_ledger_holds():
+def test_a_dead_lettered_task_answers_once_its_dead_letter_is_confirmed_on_the_reply_line():
     session = RecordingSession()
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, b"nospace", reply_to=DIRECT, correlation_id="c-1")  # seq 1: dead
     deliver(dispatcher, 2, envelope(2))                                         # seq 2
     assert answers(session) == []        # the dead letter may yet be refused
     confirm(dispatcher, 1)
-    [(queue, correlation, reason, body)] = answers(session)                     # seq 3
+    [(queue, correlation, reason, body)] = answers(session)
     assert (queue, correlation) == (DIRECT, "c-1")
     assert reason.startswith("not routed: plain-text body 'nospace' has no space")
     assert body == reason.encode()
+    # after the ack of its input, in the same turn
+    assert [c[0] for c in session.calls[-2:]] == ["ack", "reply"]
     assert session.of("ack") == [("ack", 1)]
-    deliver(dispatcher, 3, envelope(3))                                         # seq 4
-    # The reply's confirm settles no input: without its own sequence number, it would
-    # ack input 3 before its copy is confirmed (a task lost to a crash then).
+    # The reply took no sequence number: the next publish is 3, and the ledger holds
+    # only the copy of input 2
+    assert dispatcher.unconfirmed == 1
+    deliver(dispatcher, 3, envelope(3))                                         # seq 3
     confirm(dispatcher, 3)
-    assert session.of("ack") == [("ack", 1)]
-    assert dispatcher.unconfirmed == 2 and not dispatcher.drained.is_set()
-    confirm(dispatcher, 4)
     assert session.of("ack") == [("ack", 1), ("ack", 3)]
     confirm(dispatcher, 2)
     assert sorted(t for _, t in session.of("ack")) == [1, 2, 3]
@@ -67,20 +70,18 @@ def test_a_dead_lettered_task_answers_once_its_dead_letter_is_confirmed_and_the_
     assert dispatcher.drained.is_set()
 
 
-def test_a_multiple_confirm_over_a_reply_acks_the_inputs_around_it():
+def test_a_multiple_confirm_acks_the_inputs_and_answers_each_dead_letter_it_covers():
     session = RecordingSession()
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, b"{not json", reply_to="amq.gen-abc")                # seq 1
-    confirm(dispatcher, 1)                                                      # reply: seq 2
-    deliver(dispatcher, 2, envelope(2))                                         # seq 3
-    deliver(dispatcher, 3, b"{bad", reply_to="amq.gen-abc", message_id="m-3")   # seq 4
-    confirm(dispatcher, 4, multiple=True)                                       # reply: seq 5
+    confirm(dispatcher, 1)
+    deliver(dispatcher, 2, envelope(2))                                         # seq 2
+    deliver(dispatcher, 3, b"{bad", reply_to="amq.gen-abc", message_id="m-3")   # seq 3
+    confirm(dispatcher, 3, multiple=True)
     assert sorted(t for _, t in session.of("ack")) == [1, 2, 3]
     assert [(q, c) for q, c, _, _ in answers(session)] == [("amq.gen-abc", None),
                                                            ("amq.gen-abc", "m-3")]
-    assert dispatcher.unconfirmed == 1
-    confirm(dispatcher, 5)
-    assert dispatcher.unconfirmed == 0 and len(session.of("ack")) == 3
+    assert dispatcher.unconfirmed == 0 and dispatcher.drained.is_set()
 
 
 def test_a_nacked_dead_letter_gives_the_input_back_without_an_answer_and_answers_next_time():
@@ -135,7 +136,7 @@ def test_no_answer_to_a_queue_that_is_no_reply_queue(reply_to):
     dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
     deliver(dispatcher, 1, b"nospace", reply_to=reply_to)
     confirm(dispatcher, 1)
-    assert [q for q, _, _ in session.sent] == ["taskqueue_dead"]
+    assert [q for q, _, _ in session.sent] == ["taskqueue_dead"] and session.replies == []
     assert dispatcher.unconfirmed == 0
 
 
@@ -146,39 +147,6 @@ def test_a_long_reason_is_cut_and_a_password_in_it_hidden():
     confirm(dispatcher, 1)
     [(_, _, reason, body)] = answers(session)
     assert len(reason) <= 1000 and "s3cret" not in reason and b"s3cret" not in body
-
-
-def test_a_reply_nacked_by_the_broker_is_lost_and_settles_no_input(caplog):
-    session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
-    deliver(dispatcher, 1, b"nospace", reply_to=DIRECT)
-    deliver(dispatcher, 2, envelope(2))
-    confirm(dispatcher, 1)          # reply: seq 3
-    with caplog.at_level(logging.WARNING, logger="taskqueue.runtime.dispatcher"):
-        confirm(dispatcher, 3, ack=False)
-    assert "nacked a failure reply" in caplog.text
-    assert session.of("nack") == [] and session.of("ack") == [("ack", 1)]
-    confirm(dispatcher, 2)
-    assert session.of("ack") == [("ack", 1), ("ack", 2)]
-
-
-def test_a_reply_that_cannot_be_sent_takes_no_sequence_number(caplog):
-    session = RecordingSession()
-    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
-    deliver(dispatcher, 1, b"nospace", reply_to=DIRECT)
-    deliver(dispatcher, 2, envelope(2))
-    publish = session.publish
-
-    def refuse_replies(queue, body, props, exchange="", mandatory=False):
-        if queue == DIRECT:
-            raise ValueError("cannot encode")
-        publish(queue, body, props, exchange, mandatory)
-    session.publish = refuse_replies
-    confirm(dispatcher, 1)
-    assert "failure reply to" in caplog.text and not session.aborted
-    deliver(dispatcher, 3, envelope(3))     # seq 3, not 4
-    confirm(dispatcher, 3)
-    assert session.of("ack") == [("ack", 1), ("ack", 3)]
 
 
 def test_an_input_the_dispatcher_fails_on_is_rejected_and_answered_at_once():
@@ -192,8 +160,6 @@ def test_an_input_the_dispatcher_fails_on_is_rejected_and_answered_at_once():
     [(queue, correlation, reason, _)] = answers(session)
     assert (queue, correlation) == (DIRECT, "c-1")
     assert reason.startswith("not routed: the dispatcher failed on it: AttributeError")
-    deliver(dispatcher, 2, envelope(2))     # seq 2: the reply took 1
+    deliver(dispatcher, 2, envelope(2))     # seq 1: the reply took none
     confirm(dispatcher, 1)
-    assert session.of("ack") == []
-    confirm(dispatcher, 2)
     assert session.of("ack") == [("ack", 2)]

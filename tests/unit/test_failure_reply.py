@@ -67,7 +67,8 @@ def test_a_failure_reply_goes_to_the_reply_to_with_the_correlation_id_and_the_he
     session = RecordingSession(require_mandatory=False)
     assert _answer_failure(session, GROUP, "m-1", task(reply_to=DIRECT, correlation_id="c-1"),
                            "raised", "raised ValueError: boom") == "raised"
-    [(queue, body, props)] = session.sent
+    assert session.sent == []       # on the reply line (Session.reply), not the channel
+    [(queue, body, props)] = session.replies
     assert (queue, body) == (DIRECT, b"raised ValueError: boom")
     assert props.correlation_id == "c-1"
     assert props.content_type == "text/plain; charset=utf-8"
@@ -77,7 +78,7 @@ def test_a_failure_reply_goes_to_the_reply_to_with_the_correlation_id_and_the_he
 def test_without_a_correlation_id_the_message_id_is_used_as_channel_reply_does():
     session = RecordingSession(require_mandatory=False)
     _answer_failure(session, GROUP, "m-1", task(reply_to="results"), "dead", "refused: x")
-    assert [(q, p.correlation_id) for q, _, p in session.sent] == [("results", "m-1")]
+    assert [(q, p.correlation_id) for q, _, p in session.replies] == [("results", "m-1")]
 
 
 @pytest.mark.parametrize("outcome, props, open_", [
@@ -91,7 +92,7 @@ def test_no_failure_reply_when_none_may_or_can_go(outcome, props, open_):
     session = RecordingSession(require_mandatory=False)
     session.is_open = open_
     assert _answer_failure(session, GROUP, "m-1", props, outcome, "why") == outcome
-    assert session.sent == []
+    assert session.sent == [] and session.replies == []
 
 
 def test_the_channel_remembers_that_the_plugin_replied():
@@ -99,4 +100,4 @@ def test_the_channel_remembers_that_the_plugin_replied():
     channel = TaskChannel(session, HubCalls(), 7, task(reply_to=DIRECT), ())
     assert channel.replied is False
     channel.reply("done")
-    assert channel.replied is True and len(session.sent) == 1
+    assert channel.replied is True and len(session.replies) == 1

@@ -109,5 +109,5 @@ def test_a_reply_to_a_queue_the_group_allows_is_sent():
     channel = TaskChannel(session, HubCalls(), 7, pika.BasicProperties(
         reply_to="results", correlation_id="c-1"), reply_queues=("results",))
     in_thread(lambda: channel.reply(b"answer"))
-    assert session.calls == [("publish", "results", b"answer")]
+    assert session.calls == [("reply", "results", b"answer")]
     assert replies.describe(("results",)) == "reply queues, results"

@@ -132,13 +132,14 @@ def task_header(**kwargs):
     return pika.BasicProperties(**kwargs)
 
 
-def test_reply_goes_to_reply_to_with_the_tasks_correlation_id(session):
+def test_reply_goes_to_reply_to_with_the_tasks_correlation_id_on_the_reply_line(session):
     session.delivered.append(7)
     channel = TaskChannel(session, HubCalls(), 7, task_header(
         reply_to="amq.rabbitmq.reply-to.abc", correlation_id="c-1", message_id="m-1"))
     in_thread(lambda: channel.reply(b'{"ok":true}', content_type="application/json"))
-    assert session.calls == [("publish", "amq.rabbitmq.reply-to.abc", b'{"ok":true}')]
-    props = session.published_props[0]
+    # Session.reply, never the task's channel: a crafted reply_to costs only the reply
+    assert session.calls == [("reply", "amq.rabbitmq.reply-to.abc", b'{"ok":true}')]
+    [(_, _, props)] = session.replies
     assert (props.correlation_id, props.content_type) == ("c-1", "application/json")
     assert channel.settlement is None       # a reply settles nothing: the plugin still acks
 
@@ -148,8 +149,8 @@ def test_reply_without_correlation_id_answers_with_the_message_id_and_text_as_ut
     channel = TaskChannel(session, HubCalls(), 7,
                           task_header(reply_to="amq.gen-abc", message_id="m-2"))
     in_thread(lambda: channel.reply("día"))
-    assert session.published == ["día".encode()]
-    props = session.published_props[0]
+    [(_, body, props)] = session.replies
+    assert body == "día".encode()
     assert (props.correlation_id, props.content_type) == ("m-2", "text/plain; charset=utf-8")
 
 
