@@ -248,7 +248,7 @@ def run_worker(group, amqp_settings, ctx):
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
-    events = EventLog(session, ctx.name, amqp_settings).start()
+    events = EventLog(session, ctx.name, amqp_settings)    # its connection: once serving
     tasks = TaskThread(f"task {group.worker_type}")
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
@@ -264,6 +264,7 @@ def run_worker(group, amqp_settings, ctx):
     ctx.stopping.rawlink(lambda _: intake.wake())
     session.closed.rawlink(lambda _: intake.wake())
     ctx.ready()
+    events.start()
     log.info("consuming %s (prefetch %d%s)", group.queue, prefetch,
              f", {prefetch - 1} tasks in advance while tasks take < {intake.lookahead:g}s"
              if intake.lookahead else "")

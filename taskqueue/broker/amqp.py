@@ -421,12 +421,18 @@ class Session:
         self._replies.send(reply_to, body, props)
 
     def _open_reply_session(self):
-        """The reply connection: to the brokers this session would try (what failed lately
-        last), named after it, telling the supervisor nothing (its route has no report)."""
-        route = failover.Route(first=self.route.first, failed=self.route.failed)
-        session = Session(self.settings, f"{self.name} replies", route).open()
+        """The reply connection (side_session)."""
+        session = self.side_session("replies")
         session.write_promptly()
         return session
+
+    def side_session(self, purpose):
+        """Another open Session, for what must not share this one's connection (replies,
+        task events): to the brokers this session would try (what failed lately last),
+        named `<this one's name> <purpose>`, telling the supervisor nothing (its route
+        has no report). BrokerUnreachable as open()."""
+        route = failover.Route(first=self.route.first, failed=self.route.failed)
+        return Session(self.settings, f"{self.name} {purpose}", route).open()
 
     def ack(self, delivery_tag, multiple=False):
         self._channel.basic_ack(delivery_tag, multiple=multiple)

@@ -357,7 +357,7 @@ def run_dispatcher(amqp_settings, settings, ctx):
     """The body of a dispatcher child; returns an exit code."""
     readers = load_formats()
     session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}", ctx.route).open()
-    events = EventLog(session, ctx.name, amqp_settings).start()
+    events = EventLog(session, ctx.name, amqp_settings)    # its connection: once routing
     dispatcher = Dispatcher(session, settings.prefetch, readers=readers,
                             max_body_size=amqp_settings.max_body_size, events=events)
     try:
@@ -368,6 +368,7 @@ def run_dispatcher(amqp_settings, settings, ctx):
         log.warning("%s", session.loss())   # lost while setting up: said as any loss
         return EXIT_CONNECTION
     ctx.ready()
+    events.start()
     log.info("routing %s (prefetch %d)", topology.TASK_QUEUE, settings.prefetch)
     gevent.wait([ctx.stopping, session.closed], count=1)
     if not session.is_open:
