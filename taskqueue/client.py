@@ -346,6 +346,7 @@ class Client:
         broker did not take it, ConnectionLost if no broker could be reached or the
         broker did not answer within BROKER_TIMEOUT."""
         body, props = onehop_message(worker_type, workitem)
+        published = time.time()
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
                 raise ValueError(f"delay {delay!r}: expected a number of seconds")
@@ -356,14 +357,15 @@ class Client:
         else:
             self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
                                   f"publishing the task for {worker_type}")
-        self._submitted(props.message_id, worker_type, delay)
+        self._submitted(props.message_id, worker_type, published, delay)
         return props.message_id
 
-    def _submitted(self, task, worker_type, delay=None):
-        """Its `submitted` event (events.py), on this thread's connection, unconfirmed."""
+    def _submitted(self, task, worker_type, published, delay=None):
+        """Its `submitted` event (events.py), stamped when it was `published`, on this
+        thread's connection, unconfirmed."""
         events = self._link().events
         if events is not None:
-            events.add(task, worker_type, delay)
+            events.add(task, worker_type, delay, at=published)
             events.flush()
 
     def publish(self, queue, body, props):
@@ -402,7 +404,7 @@ class Client:
         declared for it."""
         body, props = onehop_message(worker_type, workitem)
         props.reply_to = topology.DIRECT_REPLY_TO
-        started = time.monotonic()
+        started, published = time.monotonic(), time.time()
 
         def publish(link):
             link.consume_replies()
@@ -410,7 +412,7 @@ class Client:
             link.publish_onehop(worker_type, body, props)
             return link
         link = self._with_connection(publish, f"publishing the task for {worker_type}")
-        self._submitted(props.message_id, worker_type)
+        self._submitted(props.message_id, worker_type, published)
         try:
             return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
                                     timeout)

@@ -30,12 +30,16 @@ class SubmittedEvents:
         self._channel = None
         self._batch = []
 
-    def add(self, task, worker_type, delay=None):
+    def add(self, task, worker_type, delay=None, at=None):
         """A task the broker confirmed; sent by the next flush(). Never sends: it may be
-        called from a callback of the connection (a confirm), where no declare may wait."""
+        called from a callback of the connection (a confirm), where no declare may wait.
+        `at`: when it was published (time.time()), else now: a worker may start the task
+        before its confirm comes back, and a history shows `submitted` first."""
         if self.enabled:
-            self._batch.append(events.event("submitted", task, worker_type, self.origin,
-                                            delay=delay))
+            event = events.event("submitted", task, worker_type, self.origin, delay=delay)
+            if at is not None:
+                event["at"] = round(at, 3)
+            self._batch.append(event)
 
     @property
     def full(self):
