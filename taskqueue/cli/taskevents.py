@@ -5,6 +5,7 @@ Read-only: the stream is never declared here (a missing one is said so, not
 made), only consumed from a point in time on; each cmd_<name>(args) returns an
 exit code (startup.EXIT_*).
 """
+import logging
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from taskqueue.errors import InputError, NoEventStream
 from taskqueue.printable import printable
 from taskqueue.protocol import events
 
+log = logging.getLogger("taskqueue")
 #: Longest a `taskqueue task` reads (seconds): far beyond what a lookup takes (well
 #: under a second), for a stream written faster than it can be read.
 TASK_DEADLINE = 10.0
@@ -60,6 +62,7 @@ def cmd_task(args):
     now = time.time()
     start, why = eventview.task_start(task_id, args.since, now)
     since_text = f"{eventview.clock(start)}, {why}"
+    began = time.monotonic()
     try:
         with EventReader(cfg.amqp, start, name="taskqueue task") as reader:
             found = [event for event in reader.events(
@@ -67,6 +70,9 @@ def cmd_task(args):
                 if event["task"] == task_id]
     except NoEventStream as exc:
         return _no_events(exc)
+    log.debug("read %d messages of %s from %s in %.3fs (ended: %s)", reader.messages,
+              reader.stream, eventview.clock(start), time.monotonic() - began,
+              reader.stopped_by)
     found = eventview.in_order(found)
     for event in found:
         print(eventview.as_json(event) if args.json else eventview.line(event))
