@@ -97,7 +97,9 @@ class EventReader:
         only messages whose body holds these bytes are decoded (a task id as
         events.encode writes it: mentioning()); the others cost a substring search."""
         began = time.time()
-        offset = datetime.datetime.fromtimestamp(int(self.start), datetime.timezone.utc)
+        # Whole seconds, not before 1970 (an AMQP timestamp is unsigned): a task id may
+        # claim any time.
+        offset = datetime.datetime.fromtimestamp(max(0, int(self.start)), datetime.timezone.utc)
         unacked = None
         try:
             for method, props, body in self._channel.consume(

@@ -163,6 +163,10 @@ def test_a_task_without_events_and_a_vhost_without_stream_exit_6_and_say_which(w
         assert re.fullmatch(rf"taskqueue: no events for task {task_id} since \S+ \S+, the "
                             r"last 1h00m \(its id tells no time; --since reads further "
                             r"back\)\n", out.stderr), out.stderr
+        epoch = "00000000000070008000000000000000"      # a UUIDv7 of 1970: read from 0
+        out = taskqueue(config, "task", epoch)
+        assert (out.returncode, out.stdout) == (EXIT_NO_EVENTS, "")
+        assert out.stderr.startswith(f"taskqueue: no events for task {epoch} since "), out.stderr
 
 
 @pytest.mark.timeout(60)
