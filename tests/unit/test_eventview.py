@@ -93,7 +93,8 @@ def test_the_json_line_is_the_decoded_event_in_ascii():
 
 def test_the_summary_names_the_last_final_event():
     found = [event("submitted"), event("started"), event("done", host="h2", duration=0.25)]
-    assert eventview.summary("t1", found, "S") == "task t1 (resize): done on h2 in 0.250s (3 events since S)"
+    assert eventview.summary("t1", found, "S") == (
+        "task t1 (resize): done on h2 in 0.250s (3 events since S)")
     found = [event("started"), event("failed", reason="raised RuntimeError: boom")]
     assert eventview.summary("t1", found, "S") == (
         "task t1 (resize): failed on h1: raised RuntimeError: boom (2 events since S)")
