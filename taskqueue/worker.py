@@ -510,7 +510,7 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, key, metho
 def _settle(group, session, events, channel, method, props, body, error, elapsed):
     """Settle the task as the plugin left it (`error`: the traceback of what it raised,
     or None); return the outcome."""
-    msg_id = props.message_id or "-"
+    msg_id = task_key(props, body)    # as the events and every line of the task name it
     if channel.settlement == "retry":
         return _retry(group, session, events, method, props, body, explicit=True,
                       requested=channel.retry_delay, answered=channel.replied)
@@ -550,7 +550,7 @@ def _retry(group, session, events, method, props, body, explicit, requested=None
     a crash in between redelivers it, nothing is lost; a copy it refused gives the
     delivery back: _copy_then_ack). Returns the outcome. A task dead-lettered gets a
     failure reply unless the plugin `answered` it; a retried one none (not yet)."""
-    task = props.message_id or "-"
+    task = task_key(props, body)
     done, problem = retries.read_count(props.headers)
     decision = retries.decide(group.retry, done, explicit, requested, error, random.random(),
                               problem)

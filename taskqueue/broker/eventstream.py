@@ -20,7 +20,7 @@ A stream has no end a consumer is told of: reading stops at the first of
 
 Whoever may publish to the vhost may write anything into the stream:
 events.decode bounds and types what is taken, and what is no event is
-counted (`malformed_lines`, in `malformed_messages`), never shown raw.
+counted (`malformed_events`, in `malformed_messages`), never shown raw.
 """
 import datetime
 import json
@@ -57,7 +57,7 @@ class EventReader:
         self.stream = stream
         self.name = name
         self.timeout = timeout
-        self.malformed_lines = 0        # lines (or whole messages) that were no event
+        self.malformed_events = 0       # events (or whole messages) that were none
         self.malformed_messages = 0     # messages holding at least one of them
         self.messages = 0               # messages delivered
         self.stopped_by = None          # "reached", "idle", "deadline", "asked" once done
@@ -136,7 +136,7 @@ class EventReader:
     def _taken(self, body):
         found, problems = events.decode(body)
         if problems:
-            self.malformed_lines += problems
+            self.malformed_events += problems
             self.malformed_messages += 1
         return [event for event in found if event["at"] >= self.start]
 

@@ -121,7 +121,7 @@ def as_json(event):
 
 def malformed_text(reader):
     """The one line on stderr about what was skipped; None when nothing was."""
-    if not reader.malformed_lines:
+    if not reader.malformed_events:
         return None
-    return (f"{reader.malformed_lines} malformed event line(s) skipped, in "
+    return (f"{reader.malformed_events} malformed event(s) skipped, in "
             f"{reader.malformed_messages} message(s) of {reader.stream}")

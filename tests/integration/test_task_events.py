@@ -182,29 +182,30 @@ def hostile_batches(task_id, now):
     """What a publisher to the vhost may write into the stream: (body, timestamp) pairs
     around the good events of `task_id`."""
     stamp = int(now)
-    good = dict(task=task_id, type="recorder", child="recorder#0", pid=42)
+    good = dict(task=task_id, type="recorder")
+    origin = dict(host="h", child="recorder#0", pid=42)
     return [
         (b"not json at all", None),
         (b"\xff\xfe\x00 not UTF-8", None),
         (b"[" * 100_000, None),
         (b"x" * (events.MAX_MESSAGE + 1), None),
-        (events.encode([dict(good, event="submitted", at=now, host="client")]), stamp),
-        (b"\n".join([
-            json.dumps(dict(good, event="started", at=now + 0.1, host="h\x1b[2J\x1b]0;owned\x07",
-                            attempt=1)).encode(),
-            b"[1, 2]",
-            b'{"event": "done"}',
-            json.dumps(dict(good, event="done", at="yesterday")).encode(),
-            b'{"event": "done", "task": "%s", "at": NaN}' % task_id.encode(),
-            json.dumps(dict(good, event="retried", at=now + 0.2, host="h",
-                            reason="\x1b[31m" + "r" * 100_000, pid=-1, attempt=True,
-                            delay="soon")).encode(),
-        ]), stamp),
+        (events.encode(dict(origin, host="client"), [dict(good, event="submitted", at=now)]),
+         stamp),
+        (json.dumps({"host": "h\x1b[2J\x1b]0;owned\x07", "child": "recorder#0", "pid": -1,
+                     "events": [
+                         dict(good, event="started", at=now + 0.1, attempt=1),
+                         [1, 2],
+                         {"event": "done"},
+                         dict(good, event="done", at="yesterday"),
+                         dict(good, event="done", at=float("nan")),
+                         dict(good, event="retried", at=now + 0.2,
+                              reason="\x1b[31m" + "r" * 100_000, attempt=True, delay="soon"),
+                     ]}).encode(), stamp),
         # stamped far in the future: a forgery that must not end the reading early
-        (events.encode([dict(good, event="requeued", at=now + 0.3, host="h",
-                             child="c\u202e\r\nforged line")]), 2**40),
-        (events.encode([dict(good, event="dead", at=now + 0.4, host="h",
-                             reason="refused:\nline two\x1b[0m")]), stamp),
+        (events.encode(dict(origin, child="c\u202e\r\nforged line"),
+                       [dict(good, event="requeued", at=now + 0.3)]), 2**40),
+        (events.encode(origin, [dict(good, event="dead", at=now + 0.4,
+                                     reason="refused:\nline two\x1b[0m")]), stamp),
     ]
 
 
@@ -224,7 +225,7 @@ def test_hostile_stream_content_is_skipped_or_escaped_and_counted_once(workdir):
                                       pika.BasicProperties(timestamp=stamp))
         finally:
             connection.close()
-        skipped = "taskqueue: 8 malformed event line(s) skipped, in 5 message(s) of " \
+        skipped = "taskqueue: 8 malformed event(s) skipped, in 5 message(s) of " \
                   "taskqueue_events\n"
 
         out = taskqueue(config, "task", task_id)
@@ -319,10 +320,9 @@ def test_a_recent_task_is_found_within_a_second_among_a_million_older_events(wor
             declare_stream(channel)
             for _ in range(1000):
                 now = time.time()
-                body = events.encode([
+                body = events.encode({"host": "filler", "child": "filler#0", "pid": 1}, [
                     {"event": "done", "task": uuid.uuid4().hex, "type": "filler", "at": now,
-                     "host": "filler", "child": "filler#0", "pid": 1, "duration": 0.001}
-                    for _ in range(1000)])
+                     "duration": 0.001} for _ in range(1000)])
                 channel.basic_publish("", events.STREAM, body,
                                       pika.BasicProperties(timestamp=int(now)))
             written = time.time()

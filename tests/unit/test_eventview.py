@@ -115,13 +115,15 @@ def test_events_of_several_types_name_none():
 
 def test_the_reader_counts_what_is_no_event_and_drops_events_before_its_start():
     reader = EventReader(None, start=NOW)
-    good = events.encode([event(at=NOW), event(at=NOW - 1)])
-    assert reader._taken(good + b"\nnot json\n[1]\n" + b'{"event": "x"}') == [event(at=NOW)]
+    origin = {"host": "h1", "child": "resize#0", "pid": 4711}    # event()'s writer
+    written = [{k: v for k, v in event(at=at).items() if k not in origin} for at in (NOW, NOW - 1)]
+    assert reader._taken(events.encode(origin, written)) == [event(at=NOW)]
+    assert reader._taken(b'{"events": ["not an event", [1], {"event": "x"}]}') == []
     assert reader._taken(b"\xff\xfe") == []
     assert reader._taken(b"x" * (events.MAX_MESSAGE + 1)) == []
-    assert (reader.malformed_lines, reader.malformed_messages) == (5, 3)
+    assert (reader.malformed_events, reader.malformed_messages) == (5, 3)
     assert eventview.malformed_text(reader) == (
-        "5 malformed event line(s) skipped, in 3 message(s) of taskqueue_events")
+        "5 malformed event(s) skipped, in 3 message(s) of taskqueue_events")
     assert eventview.malformed_text(EventReader(None, start=NOW)) is None
 
 
@@ -139,7 +141,7 @@ def test_a_batch_stamped_past_the_start_ends_the_read_but_not_a_forged_future_on
 def test_only_batches_naming_a_task_as_events_encode_writes_it_are_decoded():
     task_id = taskids.new_id()
     assert mentioning(task_id) == f'"{task_id}"'.encode()
-    assert mentioning(task_id) in events.encode([event(task=task_id)])
+    assert mentioning(task_id) in events.encode({"host": "h"}, [event(task=task_id)])
     for awkward in ('a"b', "a\\b", "é", "a/b", "a\nb"):
         assert mentioning(awkward) is None
 
