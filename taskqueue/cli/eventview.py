@@ -69,7 +69,7 @@ def line(event, with_task=False):
     for key in ("duration", "delay"):
         if key in event:
             extras.append(f"{key}={_seconds(event[key])}")
-    for key in ("queue", "trace"):
+    for key in ("trace",):
         if key in event:
             extras.append(f"{key}={_word(event[key])}")
     if "reason" in event:

@@ -47,10 +47,10 @@ def test_an_id_that_tells_no_time_or_a_future_one_is_read_from_an_hour_back(task
 def test_an_event_line_has_time_kind_host_writer_and_what_it_carries_reason_last():
     at = time.mktime((2026, 12, 6, 7, 5, 34, 0, 0, -1)) + 0.123
     text = eventview.line(event("retried", at=at, attempt=2, redelivered=True, delay=4.0,
-                                duration=0.0123, queue="worker_resize", trace="abc",
+                                duration=0.0123, trace="abc",
                                 reason="raised ValueError: bad"))
     assert text == ("2026-12-06 07:05:34.123  retried    h1  resize#0[4711]  attempt=2  "
-                    "redelivered  duration=0.012s  delay=4.000s  queue=worker_resize  "
+                    "redelivered  duration=0.012s  delay=4.000s  "
                     "trace=abc  reason=raised ValueError: bad")
 
 
@@ -61,7 +61,7 @@ def test_events_lines_name_the_type_and_task_and_what_is_missing_shows_as_a_dash
 
 def test_every_field_a_publisher_chose_is_escaped_and_stays_one_line():
     hostile = event("\x1b[2Jdone", task="t\x1b]0;owned\x07", host="h\r\nforged", child="c\u202e",
-                    queue="q\x00", trace="t\x9b", reason="line1\nline2\x1b[31m")
+                    trace="t\x9b", reason="line1\nline2\x1b[31m")
     for text in (eventview.line(hostile), eventview.line(hostile, with_task=True),
                  eventview.summary(hostile["task"], [hostile], "then")):
         assert text.isprintable(), text
