@@ -502,28 +502,29 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, key, metho
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:
     # the less time between a task's end and its ack, the less a lost connection redoes.
     hub_calls.run_pending()
-    outcome = _settle(group, session, events, channel, method, props, body, error, elapsed)
+    outcome = _settle(group, session, events, key, channel, method, props, body, error,
+                      elapsed)
     span.end(outcome)
     return outcome, elapsed
 
 
-def _settle(group, session, events, channel, method, props, body, error, elapsed):
+def _settle(group, session, events, key, channel, method, props, body, error, elapsed):
     """Settle the task as the plugin left it (`error`: the traceback of what it raised,
     or None); return the outcome."""
-    msg_id = task_key(props, body)    # as the events and every line of the task name it
+    msg_id = props.message_id or "-"    # as the publisher wrote it (escaped in the log)
     if channel.settlement == "retry":
-        return _retry(group, session, events, method, props, body, explicit=True,
+        return _retry(group, session, events, key, method, props, body, explicit=True,
                       requested=channel.retry_delay, answered=channel.replied)
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
                     elapsed, logs.Lines(error))
-        return _retry(group, session, events, method, props, body, explicit=False,
+        return _retry(group, session, events, key, method, props, body, explicit=False,
                       error=retries.last_line(error), answered=channel.replied)
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
         channel.basic_reject(requeue=False)     # sent at once: this is the hub's thread
-        return _ended(session, events, group, msg_id, props, "raised",
+        return _ended(session, events, group, key, props, "raised",
                       f"raised {retries.last_line(error)}", answered=channel.replied)
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
@@ -534,23 +535,23 @@ def _settle(group, session, events, channel, method, props, body, error, elapsed
                     msg_id, method.delivery_tag)
         channel.basic_ack()
     if channel.outcome == "reject":   # dead-lettered by the broker
-        _ended(session, events, group, msg_id, props, "reject",
+        _ended(session, events, group, key, props, "reject",
                f"rejected by the plugin (basic_{channel.settlement} without requeue)",
                answered=channel.replied)
     elif channel.outcome == "requeue":
-        events.add("requeued", msg_id, group.worker_type, reason="given back by the plugin",
+        events.add("requeued", key, group.worker_type, reason="given back by the plugin",
                    attempt=_attempt(props))
     return channel.outcome
 
 
-def _retry(group, session, events, method, props, body, explicit, requested=None, error=None,
-           answered=False):
+def _retry(group, session, events, key, method, props, body, explicit, requested=None,
+           error=None, answered=False):
     """Publish the task again through the delay chain, or dead-letter it once its
     retries are spent; then ack this delivery (after the broker confirmed the copy:
     a crash in between redelivers it, nothing is lost; a copy it refused gives the
     delivery back: _copy_then_ack). Returns the outcome. A task dead-lettered gets a
     failure reply unless the plugin `answered` it; a retried one none (not yet)."""
-    task = task_key(props, body)
+    task = key      # task_key: as every event and line of the task names it
     done, problem = retries.read_count(props.headers)
     decision = retries.decide(group.retry, done, explicit, requested, error, random.random(),
                               problem)

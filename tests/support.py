@@ -511,39 +511,16 @@ def serving(broker, start_pool, body, queue):
     return pool
 
 
-def stream_events(vhost, task=None, port=5672, idle=0.5, stream="taskqueue_events"):
+def stream_events(vhost, task=None, port=5672, stream="taskqueue_events"):
     """Every task event in the vhost's events stream (protocol/events.py), decoded, of
-    `task` only when given; [] when there is no stream. Reads from its first offset
-    until no message came for `idle` seconds."""
-    from taskqueue.protocol import events
-    connection = pika.BlockingConnection(pika.ConnectionParameters(
-        BROKER_HOST, port, virtual_host=vhost,
-        credentials=pika.PlainCredentials("guest", "guest")))
+    `task` only when given, by time; [] when there is no stream. Read as `taskqueue
+    task` reads it (eventstream.EventReader), from the stream's start to its end."""
+    from taskqueue.broker.eventstream import EventReader
+    from taskqueue.errors import NoEventStream
+    settings = AmqpSettings(host=BROKER_HOST, port=port, vhost=vhost)
     try:
-        channel = connection.channel()
-        try:
-            channel.queue_declare(stream, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            return []
-        channel.basic_qos(prefetch_count=1000)
-        found, delivered, acking = [], [0], [True]
-
-        def on_message(ch, method, props, body):
-            delivered[0] += 1
-            found.extend(e for e in events.decode(body)[0] if task is None or e["task"] == task)
-            if acking[0]:
-                ch.basic_ack(method.delivery_tag)
-        channel.basic_consume(stream, on_message, arguments={"x-stream-offset": "first"})
-        seen = -1
-        while seen != delivered[0]:
-            seen = delivered[0]
-            connection.process_data_events(time_limit=idle)
-        # No more acks: the broker's credit runs out, nothing stays pending. pika's close
-        # rejects pending deliveries, which a stream refuses with a connection error (540).
-        acking[0] = False
-        while seen != delivered[0] or seen == -1:
-            seen = delivered[0]
-            connection.process_data_events(time_limit=0.05)
-        return sorted(found, key=lambda e: e["at"])
-    finally:
-        connection.close()
+        with EventReader(settings, start=0, stream=stream, name="test events") as reader:
+            found = [e for e in reader.events() if task is None or e["task"] == task]
+    except NoEventStream:
+        return []
+    return sorted(found, key=lambda e: e["at"])

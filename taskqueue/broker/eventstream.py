@@ -126,9 +126,7 @@ class EventReader:
                 if deadline is not None and time.monotonic() > deadline:
                     self.stopped_by = "deadline"
                     break
-            if unacked is not None:
-                self._channel.basic_ack(unacked, multiple=True)
-            self._channel.cancel()
+            self._detach()
         except pika.exceptions.AMQPError as exc:
             raise TaskqueueError(f"reading {self.stream} on "
                                  f"{pikaparams.describe(self.settings)}: {exc!r}") from None
@@ -139,6 +137,18 @@ class EventReader:
             self.malformed_events += problems
             self.malformed_messages += 1
         return [event for event in found if event["at"] >= self.start]
+
+
+    def _detach(self):
+        """Leave the stream without giving anything back: pika's cancel (and its channel
+        close) rejects the deliveries it holds, and a stream answers a reject by
+        closing the whole connection (540 NOT_IMPLEMENTED). Closing the channel
+        underneath pika's blocking wrapper ends the consumer; a stream keeps no
+        unacked state to give back. pika's _impl, as blocking.answered_within uses it."""
+        impl = self._channel._impl
+        if impl.is_open:
+            impl.close()
+            self._connection.process_data_events(time_limit=0)
 
 
 def reached(stamp, began):

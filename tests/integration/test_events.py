@@ -18,7 +18,7 @@ def kinds(found):
 def history(vhost, task, last, timeout=15):
     """The task's events once `last` is among them (events go out every 0.25 s)."""
     return wait_for(lambda: (lambda found: found if last in kinds(found) else None)(
-        stream_events(vhost, task, idle=0.2)), timeout, f"the {last} event of {task}")
+        stream_events(vhost, task)), timeout, f"the {last} event of {task}")
 
 
 @pytest.mark.timeout(60)
@@ -86,7 +86,7 @@ def test_a_raising_task_without_retries_fails_and_a_rejected_one_too(
 def test_bulk_submits_write_one_submitted_event_per_confirmed_task(broker, vhost, client):
     ids = client.submit_many("recorder", [{"id": str(n)} for n in range(600)])
     found = wait_for(lambda: (lambda f: f if len(f) >= 600 else None)(
-        [e for e in stream_events(vhost, idle=0.2) if e["task"] in set(ids)]), 15,
+        [e for e in stream_events(vhost) if e["task"] in set(ids)]), 15,
         "600 submitted events")
     assert sorted(e["task"] for e in found) == sorted(ids)
     assert set(kinds(found)) == {"submitted"}
