@@ -3,8 +3,9 @@ TLS listener, and the certificates the TLS ones use.
 
 The fault suite (tests/faults) restarts its node; the TLS tests
 (tests/integration/test_tls.py, tests/faults/test_tls_faults.py) start one with
-a TLS listener and rabbitmq_auth_mechanism_ssl. The machine's shared broker on
-5672 is never touched. Starting a node as user rabbitmq needs root.
+a TLS listener and rabbitmq_auth_mechanism_ssl; the management API's tests
+(tests/integration/test_management_api.py) one with rabbitmq_management. The
+machine's shared broker on 5672 is never touched (nor its plugins). Starting a node as user rabbitmq needs root.
 """
 import contextlib
 import os
@@ -110,6 +111,35 @@ def tls_node(base, certs, prefix, server="server"):
                 "ssl_cert_login_from = common_name"])
     node.tls_port = tls_port
     return node
+
+
+def management_node(base, prefix, stats_interval_ms=1000):
+    """A RabbitNode with the management plugin, its HTTP API on 127.0.0.1:
+    `management_port` (the ready port: the API starts last). Its queue statistics
+    are collected every `stats_interval_ms` (RabbitMQ's default: 5000). Not started."""
+    management_port = free_port()
+    node = RabbitNode(base, prefix, ready_port=management_port, plugins=["rabbitmq_management"],
+                      config=["management.tcp.ip = 127.0.0.1",
+                              f"management.tcp.port = {management_port}",
+                              f"collect_statistics_interval = {stats_interval_ms}"])
+    node.management_port = management_port
+    return node
+
+
+@contextlib.contextmanager
+def running_node(make, name):
+    """`make(base)`'s node in a temporary directory, started; stopped and removed afterwards."""
+    base = tempfile.mkdtemp(prefix=f"{name}-node-")
+    os.chmod(base, 0o755)
+    try:
+        node = make(base)
+        try:
+            node.start()
+            yield node
+        finally:
+            node.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager

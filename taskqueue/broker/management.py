@@ -4,8 +4,8 @@ queue's unacked messages ([metrics] management_url; the queue gauges' probe asks
 One GET per queue (/api/queues/<vhost>/<name>), on one kept-alive connection: a
 pool serves a few queues, and a vhost may hold thousands that a listing would
 bring along. Asked with [amqp]'s user and password (the user needs RabbitMQ's
-`monitoring` or `management` tag), sent in a header, never in a URL or a message.
-The answers are read within bounds (parse_queue): the API is the broker's, but
+`management` tag, enough for the vhosts it may use, or `monitoring`), sent in a
+header, never in a URL or a message. The answers are read within bounds (parse_queue): the API is the broker's, but
 what stands at that URL is whatever the config names.
 """
 import base64
@@ -23,6 +23,14 @@ from taskqueue.printable import printable
 MAX_BODY = 256 * 1024
 #: The field of the API's queue object that counts deliveries not yet acked.
 UNACKED = "messages_unacknowledged"
+#: What to check when the API refuses, by HTTP status. RabbitMQ answers a path that is
+#: not its API's with 400 and an empty body.
+REFUSAL_HINTS = {
+    400: " (check [metrics] management_url: the API's base URL, such as http://host:15672/)",
+    401: " (check [amqp] user and password, the user's tag (`management` or `monitoring`) "
+         "and its permissions on [amqp] vhost)",
+}
+REFUSAL_HINTS[403] = REFUSAL_HINTS[401]
 
 
 def unacked_counts(url, settings, queues, timeout):
@@ -56,16 +64,28 @@ def unacked_counts(url, settings, queues, timeout):
             elif response.status == 200:
                 counts[queue] = parse_queue(body, queue, where)
             else:
-                hint = (" (check [amqp] user and password; the user needs the `monitoring` tag)"
-                        if response.status in (401, 403) else "")
-                raise TaskqueueError(f"{where}: HTTP {response.status} "
-                                     f"{printable(_short(response.reason))}{hint}")
+                raise TaskqueueError(refusal(where, response.status, response.reason, body))
     except (OSError, http.client.HTTPException) as exc:
         why = printable(_short(exc)) or type(exc).__name__
         raise TaskqueueError(redact.redact(f"{url}: {why}")) from None
     finally:
         connection.close()
     return counts
+
+
+def refusal(where, status, reason, body):
+    """What an answer of HTTP `status` other than 200 and 404 says: the status line,
+    RabbitMQ's own reason from the JSON `body` when it has one ("Login failed", "Not
+    management user", "User not authorised to access virtual host": the API answers
+    all three with 401) and what to check."""
+    text = f"{where}: HTTP {status} {printable(_short(reason))}"
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("reason"), str):
+        text += f": {printable(_short(document['reason']))}"
+    return text + REFUSAL_HINTS.get(status, "")
 
 
 def parse_queue(body, queue, where="the management API"):

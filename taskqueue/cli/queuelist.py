@@ -12,7 +12,7 @@ list it, and this module uses the one that needs nothing new:
   broker taskqueue uses is on this host (a loopback or local address).
 - RabbitMQ's management HTTP API would work from any host, but its plugin
   is often not enabled (it is not on a Debian install by default) and it
-  needs a user with a monitoring tag: not something status may require.
+  needs a user with its management tag: not something status may require.
 - What taskqueue records itself (the queues the dispatchers declared) would
   miss queues filled by clients that publish to `worker_<type>` directly,
   and those of dispatchers on other hosts.

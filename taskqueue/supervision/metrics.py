@@ -143,17 +143,18 @@ def _write_queue_gauges(metric, reading):
     metric("taskqueue_broker_up", "gauge",
            "1 if the broker answered this scrape's questions about the queues, else 0.",
            [({}, int(reading.broker_up))])
-    if not reading.broker_up:
-        return   # no figures rather than old ones: the queue gauges go absent
-    metric("taskqueue_queue_messages_ready", "gauge",
-           "Messages ready for delivery in the queue (not delivered, not delayed).",
-           [({"queue": queue}, ready) for queue, (ready, _) in sorted(reading.counts.items())])
-    metric("taskqueue_queue_consumers", "gauge", "Consumers of the queue.",
-           [({"queue": queue}, consumers)
-            for queue, (_, consumers) in sorted(reading.counts.items())])
-    metric("taskqueue_delayed_messages", "gauge",
-           "Tasks waiting out a delay or a retry's wait in the delay queues.",
-           [({}, reading.delayed)])
+    # No figures rather than old ones: a source that did not answer has its gauges absent.
+    # The broker and the management API are asked apart: either may answer alone.
+    if reading.broker_up:
+        metric("taskqueue_queue_messages_ready", "gauge",
+               "Messages ready for delivery in the queue (not delivered, not delayed).",
+               [({"queue": queue}, ready) for queue, (ready, _) in sorted(reading.counts.items())])
+        metric("taskqueue_queue_consumers", "gauge", "Consumers of the queue.",
+               [({"queue": queue}, consumers)
+                for queue, (_, consumers) in sorted(reading.counts.items())])
+        metric("taskqueue_delayed_messages", "gauge",
+               "Tasks waiting out a delay or a retry's wait in the delay queues.",
+               [({}, reading.delayed)])
     if not reading.management_asked:
         return
     metric("taskqueue_management_up", "gauge",

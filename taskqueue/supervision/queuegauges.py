@@ -221,12 +221,17 @@ def parse_answer(data, queues, management=False, timeout=PROBE_TIMEOUT):
         answers.append(answer if isinstance(answer, dict) else {})
     broker, unacked = (answers + [{}, {}])[:2]
     if "counts" not in broker:
-        return Reading(queues, broker_error=_error(broker.get("broker_error"), timeout))
-    found = _counts(broker["counts"], (*queues, *delays.LEVEL_QUEUES), pairs=True)
-    reading = Reading(queues, counts={queue: found[queue] for queue in queues if queue in found},
-                      delayed=sum(found[queue][0] for queue in delays.LEVEL_QUEUES
-                                  if queue in found),
-                      management_asked=management)
+        # The management API is asked all the same: its answer (a refused login, say)
+        # is worth its own gauge and log line.
+        reading = Reading(queues, broker_error=_error(broker.get("broker_error"), timeout),
+                          management_asked=management)
+    else:
+        found = _counts(broker["counts"], (*queues, *delays.LEVEL_QUEUES), pairs=True)
+        reading = Reading(queues,
+                          counts={queue: found[queue] for queue in queues if queue in found},
+                          delayed=sum(found[queue][0] for queue in delays.LEVEL_QUEUES
+                                      if queue in found),
+                          management_asked=management)
     if not management:
         return reading
     if "unacked" not in unacked:

@@ -3,6 +3,7 @@
 (management.py)."""
 import http.server
 import json
+import re
 import threading
 
 import gevent
@@ -69,6 +70,17 @@ def test_management_answers_after_the_broker_or_says_why_not():
     assert failed.management_error == "HTTP 401" and failed.unacked is None
     late = parse_answer(lines(broker), QUEUES, True, timeout=3)   # killed before it answered
     assert late.broker_up and late.management_error == "no answer within 3s"
+
+
+def test_the_management_api_answers_with_the_broker_down():
+    # (a wrong [amqp] password: AMQP refuses the login, and so does the API)
+    refused = {"broker_error": "ACCESS_REFUSED"}
+    both = parse_answer(lines(refused, {"management_error": "HTTP 401"}), QUEUES, True)
+    assert not both.broker_up and both.management_asked
+    assert both.management_error == "HTTP 401" and both.unacked is None
+    api_alone = parse_answer(lines(refused, {"unacked": {"taskqueue": 2}}), QUEUES, True)
+    assert not api_alone.broker_up and api_alone.unacked == {"taskqueue": 2}
+    assert not parse_answer(lines(refused), QUEUES).management_asked
 
 
 def test_a_password_in_an_error_is_hidden():
@@ -142,6 +154,17 @@ def test_without_management_url_or_broker_the_gauges_are_absent():
     assert down[("taskqueue_broker_up", frozenset())] == 0
     assert not any(name.startswith("taskqueue_queue_") or name == "taskqueue_delayed_messages"
                    for name, _ in down)
+    # The management API is another source: its gauges stand or go absent on their own
+    refused = exposition(Reading(QUEUES, broker_error="refused", management_asked=True,
+                                 management_error="HTTP 401"))
+    assert refused[("taskqueue_broker_up", frozenset())] == 0
+    assert refused[("taskqueue_management_up", frozenset())] == 0
+    assert not any(name.startswith("taskqueue_queue_") for name, _ in refused)
+    api_alone = exposition(Reading(QUEUES, broker_error="refused", management_asked=True,
+                                   unacked={"taskqueue": 2}))
+    assert api_alone[("taskqueue_management_up", frozenset())] == 1
+    assert api_alone[("taskqueue_queue_messages_unacked", frozenset({("queue", "taskqueue")}))] == 2
+    assert not any(name == "taskqueue_queue_messages_ready" for name, _ in api_alone)
 
 
 # -- the management API -----------------------------------------------------------------
@@ -207,14 +230,26 @@ def test_unacked_counts_asks_each_queue_of_the_vhost_with_amqps_credentials(api)
 
 
 @pytest.mark.parametrize("status, body, message", [
-    (401, b"{}", "HTTP 401 Unauthorized (check [amqp] user and password; the user needs"),
+    # RabbitMQ's own answers (3.10): its reason is shown, with what to check
+    (401, b'{"error":"not_authorized","reason":"Login failed"}',
+     "HTTP 401 Unauthorized: Login failed (check [amqp] user and password, the user's tag "
+     "(`management` or `monitoring`) and its permissions on [amqp] vhost)"),
+    (401, b'{"error":"not_authorised","reason":"Not management user"}',
+     "HTTP 401 Unauthorized: Not management user (check"),
+    (400, b"", "HTTP 400 Bad Request (check [metrics] management_url: the API's base URL"),
+    # an answer that is not RabbitMQ's: no reason, or one shown escaped and cut short
+    (401, b"{}", "HTTP 401 Unauthorized (check [amqp] user and password"),
+    (401, b'{"reason": ["not", "text"]}', "HTTP 401 Unauthorized (check"),
+    (403, b'{"reason": "a\\u001b[2Jb' + b"x" * 300 + b'"}',
+     "HTTP 403 Forbidden: a\\x1b[2Jb" + "x" * 194 + "... (check"),
+    (403, b"[" * 100000, "HTTP 403 Forbidden (check"),
     (500, b"", "HTTP 500"),
     (200, b"x" * (management.MAX_BODY + 1), "an answer longer than"),
     (200, b"<html>", "not JSON"),
 ])
 def test_unacked_counts_says_why_the_api_did_not_answer(api, status, body, message):
     API.answers = {"/api/queues/%2F/q": (status, body)}
-    with pytest.raises(TaskqueueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(TaskqueueError, match=re.escape(message)):
         management.unacked_counts(api, AmqpSettings(password="s3cret"), ["q"], 2)
 
 
