@@ -140,12 +140,13 @@ class Proc:
         self._log.close()
 
 
-def taskqueue(command, vhost, body, workdir, queue_type="quorum", env=None):
-    """Start `taskqueue COMMAND` with a config on `vhost`; `body` holds the other sections."""
+def taskqueue(command, vhost, body, workdir, queue_type="quorum", env=None, amqp=""):
+    """Start `taskqueue COMMAND` with a config on `vhost`; `body` holds the other sections,
+    `amqp` more lines of [amqp] (`events: no`)."""
     path = os.path.join(workdir, f"{command}-{vhost}.ini")
     with open(path, "w") as f:
         f.write(f"{body.rstrip()}\n\n[amqp]\nhost: {HOST}\nport: {PORT}\nvhost: {vhost}\n"
-                f"queue_type: {queue_type}\n")
+                f"queue_type: {queue_type}\n{amqp}")
     return Proc([os.path.join(BIN, "taskqueue"), command, "--config", path, "--log", "stderr"],
                 path.replace(".ini", ".log"), env=env)
 

@@ -22,16 +22,16 @@ def peer_env(vhost, records_path, queue_type="classic"):
             "BENCH_QUEUE_TYPE": queue_type, "PYTHONPATH": PEERS}
 
 
-def start_taskqueue(workdir, vhost, records_path, queue_type, options="", workers=2):
+def start_taskqueue(workdir, vhost, records_path, queue_type, options="", workers=2, amqp=""):
     config = (f"[DEFAULT]\nworkers: 0\n\n[bench]\nworkers: {workers}\n"
               f"record_dir: {records_path}\n{options}")
-    proc = taskqueue("run", vhost.name, config, workdir, queue_type=queue_type)
+    proc = taskqueue("run", vhost.name, config, workdir, queue_type=queue_type, amqp=amqp)
     return proc, [("taskqueue", 1), ("worker_bench", workers)]
 
 
-def start_onehop(workdir, vhost, records_path, queue_type, workers=2):
+def start_onehop(workdir, vhost, records_path, queue_type, workers=2, amqp=""):
     """taskqueue as for the dispatcher path; its clients publish to onehop.EXCHANGE."""
-    return start_taskqueue(workdir, vhost, records_path, queue_type, workers=workers)
+    return start_taskqueue(workdir, vhost, records_path, queue_type, workers=workers, amqp=amqp)
 
 
 def start_celery(workdir, vhost, records_path, queue_type="classic", workers=2):
@@ -134,14 +134,17 @@ def systems(workdir):
     def tq(queue_type, options=""):
         return lambda v, p: start_taskqueue(workdir, v, p, queue_type, options)
 
-    def onehop_(queue_type):
-        return lambda v, p: start_onehop(workdir, v, p, queue_type)
+    def onehop_(queue_type, amqp=""):
+        return lambda v, p: start_onehop(workdir, v, p, queue_type, amqp=amqp)
 
     return [
         ("taskqueue", "taskqueue", "quorum", tq("quorum")),
         ("taskqueue classic", "taskqueue", "classic", tq("classic")),
         ("taskqueue one-hop", "taskqueue-onehop", "quorum", onehop_("quorum")),
         ("taskqueue one-hop classic", "taskqueue-onehop", "classic", onehop_("classic")),
+        # Task events off: what the events stream costs (issue 22's budget: >= 0.85x).
+        ("taskqueue one-hop no events", "taskqueue-onehop", "quorum",
+         onehop_("quorum", "events: no\n")),
         # One task at a time and nothing in advance: the round trip per task shows.
         ("taskqueue lookahead 0", "taskqueue", "quorum", tq("quorum", "lookahead: 0\n")),
         ("celery", "celery", "classic", lambda v, p: start_celery(workdir, v, p, "classic")),

@@ -81,11 +81,12 @@ def start_bare(workdir, vhost, path):
 
 def systems(workdir):
     """(row name, sender kind, queue type, start(vhost, records path)); one worker process each."""
-    def tq(queue_type):
-        return lambda v, p: start_taskqueue(workdir, v, p, queue_type, workers=1)
+    def tq(queue_type, amqp=""):
+        return lambda v, p: start_taskqueue(workdir, v, p, queue_type, workers=1, amqp=amqp)
     return [
         ("taskqueue", "taskqueue", "quorum", tq("quorum")),
         ("taskqueue one-hop", "taskqueue-onehop", "quorum", tq("quorum")),
+        ("taskqueue one-hop no events", "taskqueue-onehop", "quorum", tq("quorum", "events: no\n")),
         ("taskqueue classic", "taskqueue", "classic", tq("classic")),
         ("taskqueue one-hop classic", "taskqueue-onehop", "classic", tq("classic")),
         ("bare pika", "bare", "quorum", lambda v, p: start_bare(workdir, v, p)),

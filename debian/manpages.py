@@ -269,11 +269,23 @@ first (up to the group's
 30 seconds by default); a second signal kills at once. SIGHUP makes them
 re\-read the configuration and the installed plugins.
 .PP
+.B task
+and
+.B events
+read the task events stream
+.B taskqueue_events
+(a RabbitMQ stream queue that every process writes to unless
+.B [amqp] events
+is off): each stage of a task's life, from every host. They only read it, and
+never create it.
+.PP
 Message ids, queue names, headers and replies are whatever their publisher
 wrote: what
 .BR status ,
 .BR "dead list" ,
-.B "dead requeue"
+.BR "dead requeue" ,
+.BR task ,
+.B events
 and
 .B submit
 print, every error message and every log line show each non\-printable
@@ -292,7 +304,7 @@ Success; for the daemons, a clean stop.
 .TP
 .B 1
 Failure: the broker refused a task or the connection broke midway
-.RB ( submit ", " dead ),
+.RB ( submit ", " dead ", " task ", " events ),
 no reply in time
 .RB ( "submit \-\-wait" ),
 something needs the operator
@@ -309,6 +321,17 @@ no supervisor answered on this host.
 .B 4
 No broker could be reached (connection refused, TLS verification, login
 refused); nothing was done. The message names each broker tried and why.
+.TP
+.B 5
+.BR "submit \-\-wait" :
+the task ended without a reply (it raised, was rejected, dead\-lettered or
+ran out of retries); stderr says why.
+.TP
+.B 6
+.BR task ", " events :
+no event of the task was found since the time reading started, or the vhost
+has no events stream at all (events off, or nothing wrote one yet); stderr
+says which.
 .TP
 .B 130
 .B "submit \-\-file"
@@ -359,6 +382,8 @@ taskqueue submit \-\-file tasks.jsonl resize
 taskqueue status
 taskqueue dead list \-\-type resize
 taskqueue dead requeue \-\-type resize
+taskqueue task 019af0c2e3d47a1c9b2e4f6a8c0d2e4f
+taskqueue events \-\-follow \-\-type resize
 .fi
 .SH SEE ALSO
 .BR taskqueue.conf (5),

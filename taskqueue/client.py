@@ -34,18 +34,18 @@ import dataclasses
 import logging
 import threading
 import time
-import uuid
 import weakref
 
 from taskqueue import redact
 from taskqueue.broker import blocking, fielddecode, pikaparams
+from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
                               SessionClosed, TaskFailed, TaskqueueError, TopologyError,
                               UndecodableHeaders)
 from taskqueue.host import config, tracing
-from taskqueue.protocol import (nacks, onehop, replies as reply_rule, topology, tracecontext,
-                                workitems)
+from taskqueue.protocol import (nacks, onehop, replies as reply_rule, taskids, topology,
+                                tracecontext, workitems)
 from taskqueue.runtime import plugins
 
 #: What applications import from here (the errors are errors.py's, named here too).
@@ -71,9 +71,9 @@ ConnectionLost = SessionClosed
 
 def task_properties(message_id=None, trace=None):
     """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
-    message id (a new one unless given) that is also its correlation id; `trace`: its
-    trace context headers (trace_headers), if any."""
-    message_id = message_id or uuid.uuid4().hex
+    message id (a new one unless given: taskids.new_id, time-ordered) that is also its
+    correlation id; `trace`: its trace context headers (trace_headers), if any."""
+    message_id = message_id or taskids.new_id()
     return pikaparams.properties(content_type="application/json",
                                  delivery_mode=pikaparams.PERSISTENT,
                                  message_id=message_id, correlation_id=message_id,
@@ -153,6 +153,7 @@ class _Link:
         self.declared = set()       # queues declared on this connection
         self.found = None           # settings as the vhost's queues are declared (declaring)
         self.replies = {}           # correlation id -> Reply, for call()
+        self.events = None          # clientevents.SubmittedEvents of this connection
         self.consuming_replies = False
 
     @property
@@ -181,6 +182,7 @@ class _Link:
                                       self.settings):
             self.channel = self.connection.channel()
             self.channel.confirm_delivery()
+        self.events = SubmittedEvents(self.connection, self.settings, self.name)
 
     @property
     def declaring(self):
@@ -240,7 +242,7 @@ class _Link:
     def drop(self):
         """Forget the connection (closing it if it is still open)."""
         _close_quietly(self.connection)
-        self.connection = self.channel = self.found = None
+        self.connection = self.channel = self.found = self.events = None
         self.declared = set()
         self.consuming_replies = False
 
@@ -358,6 +360,7 @@ class Client:
         be reached or the broker did not answer within BROKER_TIMEOUT."""
         body, props = onehop_message(worker_type, workitem,
                                      trace=trace_headers(traceparent, tracestate))
+        sent = time.time()
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
                 raise ValueError(f"delay {delay!r}: expected a number of seconds")
@@ -368,7 +371,17 @@ class Client:
         else:
             self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
                                   f"publishing the task for {worker_type}")
+        self._submitted(props, worker_type, sent, delay)
         return props.message_id
+
+    def _submitted(self, props, worker_type, sent, delay=None):
+        """Its `submitted` event (events.py) at `sent` (when it was published), on this
+        thread's connection, unconfirmed."""
+        events = self._link().events
+        if events is not None:
+            events.add(props.message_id, worker_type, delay,
+                       tracecontext.trace_id(props.headers), sent)
+            events.flush()
 
     def publish(self, queue, body, props):
         """Publish a message made elsewhere (dead requeue, a raw client) to `queue`,
@@ -409,7 +422,7 @@ class Client:
         body, props = onehop_message(worker_type, workitem,
                                      trace=trace_headers(traceparent, tracestate))
         props.reply_to = topology.DIRECT_REPLY_TO
-        started = time.monotonic()
+        started, sent = time.monotonic(), time.time()
 
         def publish(link):
             link.consume_replies()
@@ -417,6 +430,7 @@ class Client:
             link.publish_onehop(worker_type, body, props)
             return link
         link = self._with_connection(publish, f"publishing the task for {worker_type}")
+        self._submitted(props, worker_type, sent)
         try:
             return self._wait_reply(link, props.correlation_id, started + timeout, worker_type,
                                     timeout)

@@ -66,6 +66,11 @@ class PartlySubmitted(PublishRefused):
         self.ids = ids
 
 
+class NoEventStream(TaskqueueError):
+    """The vhost has no task events stream (events off everywhere, or never written):
+    `taskqueue task` and `taskqueue events` say so and exit with EXIT_NO_EVENTS."""
+
+
 class SessionClosed(TaskqueueError):
     """The connection or channel closed, or the broker stopped answering; that
     connection cannot be used any more. (The Client's ConnectionLost.)"""

@@ -21,6 +21,7 @@ from gevent.queue import Empty
 from taskqueue.broker import amqp, inbound, pikaparams
 from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
                                           without_broker_headers)
+from taskqueue.broker.eventlog import EventLog
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed
 from taskqueue.host import logs, tracing
 from taskqueue.protocol import delays, replies, retries, topology, tracecontext
@@ -247,6 +248,7 @@ def run_worker(group, amqp_settings, ctx):
     _call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
+    events = EventLog(session, ctx.name, amqp_settings)    # its connection: once serving
     tasks = TaskThread(f"task {group.worker_type}")
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
@@ -257,11 +259,12 @@ def run_worker(group, amqp_settings, ctx):
         # The connection went while setting up (a node stopping, a quorum leader
         # moving): a lost connection like any other, said once.
         log.warning("%s", session.loss())
-        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events)
     # Wake the loop when asked to stop or when the connection goes.
     ctx.stopping.rawlink(lambda _: intake.wake())
     session.closed.rawlink(lambda _: intake.wake())
     ctx.ready()
+    events.start()
     log.info("consuming %s (prefetch %d%s)", group.queue, prefetch,
              f", {prefetch - 1} tasks in advance while tasks take < {intake.lookahead:g}s"
              if intake.lookahead else "")
@@ -277,36 +280,48 @@ def run_worker(group, amqp_settings, ctx):
         session.flush()
         key = task_key(props, body)
         # Every line names it (and its trace), the plugin's threads' too, until set_task(None).
-        logs.set_task(key, tracecontext.trace_id(props.headers))
+        trace = tracecontext.trace_id(props.headers)
+        logs.set_task(key, trace)
         # Reported before the limit check: dead-lettering settles the task too,
         # and the supervisor forgets the deaths of a settled task.
         ctx.busy(key, method.redelivered)
-        outcome = _refused(group, amqp_settings, session, key, *delivery)
+        outcome = _refused(group, amqp_settings, session, events, key, *delivery)
         if outcome:
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
         # What the plugin sees and every copy is made from: no forged dead-letter headers.
         delivery = (method, inbound.admitted(props), body)
-        outcome = _over_delivery_limit(group, amqp_settings, session, ctx, key, *delivery)
+        outcome = _over_delivery_limit(group, amqp_settings, session, events, ctx, key,
+                                       *delivery)
         if outcome:
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
-        outcome, seconds = _handle(worker, group, session, hub_calls, tasks, intake, key,
-                                   *delivery)
+        events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
+                   redelivered=method.redelivered or None, trace=trace)
+        outcome, seconds = _handle(worker, group, session, events, hub_calls, tasks, intake,
+                                   key, *delivery)
+        if outcome == "ack":
+            events.add("done", key, group.worker_type, duration=seconds)
         ctx.done(outcome, seconds)
         logs.set_task(None)
         done += 1
         reason = _recycle_reason(group, done)
         if reason:
             log.info("%s: this process is replaced after its current task", reason)
-            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE)
+            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE, events)
         intake.task_done(seconds)
     if not session.is_open:
         log.warning("%s", session.loss())
-        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION)
-    return _finish(worker, session, hub_calls, ctx, EXIT_OK)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events)
+    return _finish(worker, session, hub_calls, ctx, EXIT_OK, events)
+
+
+def _attempt(props):
+    """Which run of the task this is: 1, then 1 + its retries so far."""
+    done, _ = retries.read_count(props.headers)
+    return (done or 0) + 1
 
 
 def _next_delivery(inbox, ctx):
@@ -320,7 +335,7 @@ def _next_delivery(inbox, ctx):
     return inbox.get()
 
 
-def _refused(group, amqp_settings, session, key, method, props, body):
+def _refused(group, amqp_settings, session, events, key, method, props, body):
     """Dead-letter a task taskqueue does not take (inbound.refusal: its headers not
     decoded, a body too big, a bad retry count; a dead-letter header its publisher set;
     one hop, the dispatcher never saw it),
@@ -335,10 +350,10 @@ def _refused(group, amqp_settings, session, key, method, props, body):
     outcome = _copy_then_ack(session, group, key, method, "dead", lambda: session.publish_confirmed(
         topology.DEAD_QUEUE, body, dead_properties(props, reason, queue=group.queue,
                                                    worker_type=group.worker_type)))
-    return _answer_failure(session, group, key, props, outcome, f"refused: {reason}")
+    return _ended(session, events, group, key, props, outcome, f"refused: {reason}")
 
 
-def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props, body):
+def _over_delivery_limit(group, amqp_settings, session, events, ctx, key, method, props, body):
     """Dead-letter a task that has killed `delivery_limit` processes already, saying how
     the last one ended; return the outcome as _refused does. Running it again would not help.
 
@@ -358,7 +373,7 @@ def _over_delivery_limit(group, amqp_settings, session, ctx, key, method, props,
         topology.DEAD_QUEUE, body, dead_properties(
             props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
             deaths=deaths, delivery_count=count)))
-    return _answer_failure(session, group, key, props, outcome, reason)
+    return _ended(session, events, group, key, props, outcome, reason)
 
 
 def _copy_then_ack(session, group, task, method, outcome, publish):
@@ -376,6 +391,20 @@ def _copy_then_ack(session, group, task, method, outcome, publish):
         return "requeue"
     session.ack(method.delivery_tag)
     return outcome
+
+
+def _ended(session, events, group, task, props, outcome, reason, answered=False,
+           dead=False):
+    """A task ended without success (`outcome`: dead, raised, reject; requeue: given
+    back): its event (failed when the plugin raised or rejected it, dead when
+    taskqueue dead-lettered it: `dead`, or outcome dead; requeued), then its failure
+    reply unless the plugin `answered` it. Returns `outcome`."""
+    kind = "requeued" if outcome == "requeue" else \
+        "dead" if dead or outcome == "dead" else "failed"
+    events.add(kind, task, group.worker_type, reason=reason, attempt=_attempt(props))
+    if answered:
+        return outcome
+    return _answer_failure(session, group, task, props, outcome, reason)
 
 
 def _answer_failure(session, group, task, props, outcome, reason):
@@ -440,9 +469,10 @@ def _lookahead(group):
     return group.lookahead
 
 
-def _finish(worker, session, hub_calls, ctx, code):
+def _finish(worker, session, hub_calls, ctx, code, events):
     hub_calls.run_pending()  # settlements the last task's thread queued
     ctx.flush()
+    events.close()
     try:
         worker.teardown()
     except Exception:
@@ -452,11 +482,11 @@ def _finish(worker, session, hub_calls, ctx, code):
     return code
 
 
-def _handle(worker, group, session, hub_calls, tasks, intake, key, method, props, body):
+def _handle(worker, group, session, events, hub_calls, tasks, intake, key, method, props,
+            body):
     """Run one task in a thread, in its span (tracing.py), and make sure it is settled;
     return (outcome, seconds)."""
-    done, _ = retries.read_count(props.headers)
-    span = tracing.task_span(group.worker_type, key, (done or 0) + 1, props.headers)
+    span = tracing.task_span(group.worker_type, key, _attempt(props), props.headers)
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
     result = tasks.spawn(_call_handler, worker, channel, method, props, body, span)
@@ -472,31 +502,30 @@ def _handle(worker, group, session, hub_calls, tasks, intake, key, method, props
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:
     # the less time between a task's end and its ack, the less a lost connection redoes.
     hub_calls.run_pending()
-    outcome = _settle(group, session, channel, method, props, body, error, elapsed)
+    outcome = _settle(group, session, events, key, channel, method, props, body, error,
+                      elapsed)
     span.end(outcome)
     return outcome, elapsed
 
 
-def _settle(group, session, channel, method, props, body, error, elapsed):
+def _settle(group, session, events, key, channel, method, props, body, error, elapsed):
     """Settle the task as the plugin left it (`error`: the traceback of what it raised,
     or None); return the outcome."""
-    msg_id = props.message_id or "-"
+    msg_id = props.message_id or "-"    # as the publisher wrote it (escaped in the log)
     if channel.settlement == "retry":
-        return _retry(group, session, method, props, body, explicit=True,
+        return _retry(group, session, events, key, method, props, body, explicit=True,
                       requested=channel.retry_delay, answered=channel.replied)
     if error is not None and channel.settlement is None and group.retry.max_retries:
         log.warning("task %s (delivery %s) raised after %.3fs:\n%s", msg_id, method.delivery_tag,
                     elapsed, logs.Lines(error))
-        return _retry(group, session, method, props, body, explicit=False,
+        return _retry(group, session, events, key, method, props, body, explicit=False,
                       error=retries.last_line(error), answered=channel.replied)
     if error is not None and channel.settlement is None:
         log.error("task %s (delivery %s) raised after %.3fs; rejecting it to the dead-letter "
                   "queue:\n%s", msg_id, method.delivery_tag, elapsed, logs.Lines(error))
         channel.basic_reject(requeue=False)     # sent at once: this is the hub's thread
-        if not channel.replied:
-            _answer_failure(session, group, msg_id, props, "raised",
-                            f"raised {retries.last_line(error)}")
-        return "raised"
+        return _ended(session, events, group, key, props, "raised",
+                      f"raised {retries.last_line(error)}", answered=channel.replied)
     if error is not None:
         log.error("task %s (delivery %s) raised after %.3fs, once settled by basic_%s (left "
                   "so):\n%s", msg_id, method.delivery_tag, elapsed, channel.settlement,
@@ -505,20 +534,24 @@ def _settle(group, session, channel, method, props, body, error, elapsed):
         log.warning("task %s (delivery %s): handle_task returned without settling it; acking",
                     msg_id, method.delivery_tag)
         channel.basic_ack()
-    if channel.outcome == "reject" and not channel.replied:   # dead-lettered by the broker
-        _answer_failure(session, group, msg_id, props, "reject",
-                        f"rejected by the plugin (basic_{channel.settlement} without requeue)")
+    if channel.outcome == "reject":   # dead-lettered by the broker
+        _ended(session, events, group, key, props, "reject",
+               f"rejected by the plugin (basic_{channel.settlement} without requeue)",
+               answered=channel.replied)
+    elif channel.outcome == "requeue":
+        events.add("requeued", key, group.worker_type, reason="given back by the plugin",
+                   attempt=_attempt(props))
     return channel.outcome
 
 
-def _retry(group, session, method, props, body, explicit, requested=None, error=None,
-           answered=False):
+def _retry(group, session, events, key, method, props, body, explicit, requested=None,
+           error=None, answered=False):
     """Publish the task again through the delay chain, or dead-letter it once its
     retries are spent; then ack this delivery (after the broker confirmed the copy:
     a crash in between redelivers it, nothing is lost; a copy it refused gives the
     delivery back: _copy_then_ack). Returns the outcome. A task dead-lettered gets a
     failure reply unless the plugin `answered` it; a retried one none (not yet)."""
-    task = props.message_id or "-"
+    task = key      # task_key: as every event and line of the task names it
     done, problem = retries.read_count(props.headers)
     decision = retries.decide(group.retry, done, explicit, requested, error, random.random(),
                               problem)
@@ -531,8 +564,8 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
             lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
                 props, decision.reason, queue=group.queue, worker_type=group.worker_type,
                 **counted)))
-        return outcome if answered else _answer_failure(session, group, task, props, outcome,
-                                                        decision.reason)
+        return _ended(session, events, group, task, props, outcome, decision.reason,
+                      answered=answered, dead=True)
     copy = pikaparams.copy_properties(props)
     copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1
@@ -540,6 +573,11 @@ def _retry(group, session, method, props, body, explicit, requested=None, error=
         group.queue, group.worker_type, body, copy, decision.delay))
     if outcome == "retry":
         log.info("task %s: retry %d in %.1fs", task, done + 1, decision.delay)
+        events.add("retried", task, group.worker_type, attempt=done + 1, delay=decision.delay,
+                   reason=error or ("retry() by the plugin" if explicit else None))
+    else:
+        events.add("requeued", task, group.worker_type, attempt=done + 1,
+                   reason="the broker refused the retry's copy")
     return outcome
 
 

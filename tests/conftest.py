@@ -98,12 +98,13 @@ def start_pool(workdir, vhost, amqp_port, status_dir):
     pools = []
 
     def start(body, command="run", heartbeat=None, env=None, raw=False, extra_args=(),
-              amqp_extra="", log="stderr", own_status_dir=True):
-        """own_status_dir=False: the body has its own [supervisor] section."""
+              amqp_extra="", log="stderr", own_status_dir=True, prefix=()):
+        """own_status_dir=False: the body has its own [supervisor] section; prefix: see
+        Pool."""
         config = body if raw else config_text(vhost, body, heartbeat, amqp_extra, amqp_port)
         if own_status_dir:   # raw configs too: no test touches the host's /run/taskqueue
             config += f"\n[supervisor]\nstatus_dir: {status_dir}\n"
-        pool = Pool(workdir, config, command, env, extra_args, log)
+        pool = Pool(workdir, config, command, env, extra_args, log, prefix)
         pools.append(pool)
         return pool
     yield start

@@ -302,7 +302,9 @@ def config_text(vhost, body, heartbeat=None, amqp_extra="", port=5672, status_di
 class Pool:
     """A `taskqueue` supervisor process (run, dispatcher or workerpool) and its log."""
 
-    def __init__(self, workdir, config, command="run", env=None, extra_args=(), log="stderr"):
+    def __init__(self, workdir, config, command="run", env=None, extra_args=(), log="stderr",
+                 prefix=()):
+        """`prefix`: a command that execs the rest (`unshare ... sh -c 'exec "$@"' sh`)."""
         self.config_path = os.path.join(workdir, f"config-{uuid.uuid4().hex[:6]}.ini")
         with open(self.config_path, "w") as f:
             f.write(config)
@@ -314,7 +316,7 @@ class Pool:
         # log=None leaves the target to the config's [logging].
         log_args = ["--log", log] if log else []
         self.process = subprocess.Popen(
-            [TASKQUEUE, command, "--config", self.config_path, *log_args, *extra_args],
+            [*prefix, TASKQUEUE, command, "--config", self.config_path, *log_args, *extra_args],
             cwd=workdir,
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
@@ -360,6 +362,14 @@ def alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):   # gone before the open, or the read
         return False
+
+
+def under_hostname(name):
+    """A Pool prefix that runs the supervisor in a UTS namespace of its own, named `name`:
+    its processes are "another host" (needs root and util-linux's unshare)."""
+    if os.getuid() != 0:
+        pytest.skip("a UTS namespace needs root")
+    return ("unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$@"', "sh")
 
 
 def recorder_config(records, processes=1, extra=""):
@@ -499,3 +509,18 @@ def serving(broker, start_pool, body, queue):
     wait_for(lambda: broker.counts(queue)[1] >= 1, 20, f"a consumer of {queue}")
     wait_for(lambda: broker.counts("taskqueue")[1] >= 1, 20, "the dispatcher")
     return pool
+
+
+def stream_events(vhost, task=None, port=5672, stream="taskqueue_events"):
+    """Every task event in the vhost's events stream (protocol/events.py), decoded, of
+    `task` only when given, by time; [] when there is no stream. Read as `taskqueue
+    task` reads it (eventstream.EventReader), from the stream's start to its end."""
+    from taskqueue.broker.eventstream import EventReader
+    from taskqueue.errors import NoEventStream
+    settings = AmqpSettings(host=BROKER_HOST, port=port, vhost=vhost)
+    try:
+        with EventReader(settings, start=0, stream=stream, name="test events") as reader:
+            found = [e for e in reader.events() if task is None or e["task"] == task]
+    except NoEventStream:
+        return []
+    return sorted(found, key=lambda e: e["at"])

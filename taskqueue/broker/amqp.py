@@ -64,6 +64,8 @@ class Session:
         self._delays_declared = False
         self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
         self._replies = None            # replyline.ReplyLine, made on the first reply
+        #: The broker said it blocks publishers (a resource alarm): see eventlog.py.
+        self.blocked = False
 
     # -- opening and closing -------------------------------------------------
 
@@ -95,6 +97,11 @@ class Session:
                 self._give_up_connecting()
         else:
             raise BrokerUnreachable("cannot connect to the broker: " + "; ".join(failures))
+        self.blocked = False
+        self._connection.add_on_connection_blocked_callback(
+            lambda *_: setattr(self, "blocked", True))
+        self._connection.add_on_connection_unblocked_callback(
+            lambda *_: setattr(self, "blocked", False))
         self.address = address(self._connection.params)
         self.server = failover.server_summary(getattr(self._connection, "server_properties", None))
         self.route.connected(self.address, self.server)
@@ -178,6 +185,21 @@ class Session:
         """Closed because the connection went (a node stopped, the network, the broker
         closing it), not because the broker refused something on the channel."""
         return isinstance(self.close_reason, pika.exceptions.AMQPConnectionError)
+
+    def open_channel(self):
+        """Another channel on this session's connection (a greenlet waits for it):
+        for what must not share the session's channel (its confirms, its closing on a
+        refusal), task events say. SessionClosed if the session goes meanwhile."""
+        if self.closed.is_set():
+            raise SessionClosed(f"channel open: session closed: {self.close_reason!r}")
+        opened = AsyncResult()
+        self._connection.channel(on_open_callback=opened.set)
+        return self._wait(opened, REPLY_TIMEOUT, "channel open")
+
+    def declare_plan(self, plan, any_refusal=False):
+        """Run a plan (plans.py) on channels of its own (declarations.run): TopologyError
+        for a refusal it explains (any refusal: any_refusal), SessionClosed otherwise."""
+        return declarations.run(plan, _AsideChannels(self, any_refusal=any_refusal))
 
     def write_promptly(self):
         """Send each write at the end of the hub's turn, not on the next writable
@@ -399,12 +421,18 @@ class Session:
         self._replies.send(reply_to, body, props)
 
     def _open_reply_session(self):
-        """The reply connection: to the brokers this session would try (what failed lately
-        last), named after it, telling the supervisor nothing (its route has no report)."""
-        route = failover.Route(first=self.route.first, failed=self.route.failed)
-        session = Session(self.settings, f"{self.name} replies", route).open()
+        """The reply connection (side_session)."""
+        session = self.side_session("replies")
         session.write_promptly()
         return session
+
+    def side_session(self, purpose):
+        """Another open Session, for what must not share this one's connection (replies,
+        task events): to the brokers this session would try (what failed lately last),
+        named `<this one's name> <purpose>`, telling the supervisor nothing (its route
+        has no report). BrokerUnreachable as open()."""
+        route = failover.Route(first=self.route.first, failed=self.route.failed)
+        return Session(self.settings, f"{self.name} {purpose}", route).open()
 
     def ack(self, delivery_tag, multiple=False):
         self._channel.basic_ack(delivery_tag, multiple=multiple)
@@ -428,11 +456,7 @@ class _AsideChannels:
         self.any_refusal = any_refusal
 
     def open(self):
-        if self.session.closed.is_set():
-            raise SessionClosed(f"channel open: session closed: {self.session.close_reason!r}")
-        opened = AsyncResult()
-        self.session._connection.channel(on_open_callback=opened.set)
-        channel = self.session._wait(opened, REPLY_TIMEOUT, "channel open")
+        channel = self.session.open_channel()
         refused = AsyncResult()
         channel.add_on_close_callback(lambda ch, reason: refused.ready() or refused.set(reason))
         return channel, refused

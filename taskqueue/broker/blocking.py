@@ -64,6 +64,12 @@ class _Channels:
         return reason
 
 
+def declaring_channels(connection):
+    """declarations.run's channels on a BlockingConnection (a refusal closes none of
+    the caller's)."""
+    return _Channels(connection)
+
+
 def declare_plan(channel, plan):
     """Declare `plan` (plans.py) on the connection of a pika BlockingChannel, on channels
     of its own; TopologyError for a refusal the plan explains, pika's error otherwise."""

@@ -8,11 +8,13 @@ on; the caller's loop decides when to stop (a refusal, Ctrl-C) and what to repor
 No gevent: the Client runs in applications.
 """
 import contextlib
+import time
 
 from taskqueue.broker import blocking, pikaparams
+from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.confirms import ConfirmWindow
 from taskqueue.errors import SessionClosed
-from taskqueue.protocol import onehop, topology
+from taskqueue.protocol import onehop, topology, tracecontext
 
 #: Seconds the connection may take to close once the work is done.
 CLOSE_TIMEOUT = 5
@@ -21,8 +23,10 @@ CLOSE_TIMEOUT = 5
 class OneHopWindow:
     """A ConfirmWindow whose publishes go to the one-hop exchange."""
 
-    def __init__(self, window):
+    def __init__(self, window, events):
         self._window = window
+        self._events = events       # clientevents.SubmittedEvents: one for each task confirmed
+        self._pending = {}          # token -> (message id, worker type) until settled
 
     @property
     def unconfirmed(self):
@@ -31,10 +35,24 @@ class OneHopWindow:
     def publish(self, worker_type, body, props, token):
         """Publish one task for `worker_type` once the window has room; `token` comes back
         in on_settled(token, problem)."""
+        if self._events.enabled:
+            self._pending[token] = (props.message_id, worker_type, None,
+                                    tracecontext.trace_id(props.headers), time.time())
+            if self._events.full:
+                self._events.flush()
         self._window.publish(worker_type, body, props, token, exchange=onehop.EXCHANGE)
 
     def flush(self, timeout=None):
-        return self._window.flush(timeout)
+        try:
+            return self._window.flush(timeout)
+        finally:
+            self._events.flush()
+
+    def settled(self, token, problem):
+        """Before the caller's on_settled: a confirmed task's `submitted` event."""
+        task = self._pending.pop(token, None)
+        if task is not None and problem is None:
+            self._events.add(*task)
 
 
 @contextlib.contextmanager
@@ -54,9 +72,16 @@ def onehop_window(settings, name, on_settled, on_wait=None,
             blocking.declare_onehop_blocking(
                 channel, blocking.settings_as_found(connection, settings))
             channel.close()
-        yield OneHopWindow(ConfirmWindow(blocking.ConfirmingChannel(connection), on_settled,
-                                         on_wait=on_wait,
-                                         on_unroutable=topology.unroutable_onehop))
+        events = SubmittedEvents(connection, settings, name)
+        window = None
+
+        def settled(token, problem):
+            window.settled(token, problem)
+            on_settled(token, problem)
+        window = OneHopWindow(ConfirmWindow(blocking.ConfirmingChannel(connection), settled,
+                                            on_wait=on_wait,
+                                            on_unroutable=topology.unroutable_onehop), events)
+        yield window
     except blocking.CONNECTION_LOST as exc:
         raise SessionClosed(f"connection to {pikaparams.describe(settings)} lost: "
                             f"{exc!r}") from None

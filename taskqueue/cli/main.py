@@ -12,6 +12,7 @@ from taskqueue.host import config, logs
 from taskqueue.broker import amqp  # noqa: F401
 from taskqueue.cli.daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from taskqueue.cli.startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
+from taskqueue.cli.taskevents import EVENTS_EXIT_CODES, TASK_EXIT_CODES, cmd_events, cmd_task
 from taskqueue.cli.tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES,
                                  SUBMIT_EXIT_CODES, cmd_check_config, cmd_dead_list, cmd_dead_purge,
                                  cmd_dead_requeue, cmd_status, cmd_submit)
@@ -113,7 +114,33 @@ def _parser():
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="wait at most SECONDS for each supervisor, for the broker and for "
                         "rabbitmqctl (default 5)")
+    _events_parsers(command)
     return parser
+
+
+def _events_parsers(command):
+    p = command("task", cmd_task, "Show one task's history from the events stream, across "
+                "hosts: each event in the order of its time, then how the task ended.",
+                epilog=TASK_EXIT_CODES)
+    p.add_argument("task_id", metavar="ID", help="the task's id (its message id, as `taskqueue "
+                   "submit` prints it)")
+    p.add_argument("--json", action="store_true",
+                   help="print each event as one JSON object a line, for scripts (no summary)")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="read the events of the last DURATION (90, 15m, 12h, 7d) instead "
+                        "of from the time in the task's id")
+    p = command("events", cmd_events, "Print the task events of the last minutes, from every "
+                "host; with --follow, go on as they come.", epilog=EVENTS_EXIT_CODES)
+    p.add_argument("--follow", action="store_true",
+                   help="keep printing events as they come, until Ctrl-C or SIGTERM")
+    p.add_argument("--type", type=_worker_type, metavar="TYPE",
+                   help="only events of tasks of worker type TYPE")
+    p.add_argument("--task", metavar="ID", help="only events of the task with this id")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="start with the events of the last DURATION (90, 15m, 12h, 7d; "
+                        "default 10m)")
+    p.add_argument("--json", action="store_true",
+                   help="print each event as one JSON object a line, for scripts")
 
 
 def _dead_parser(sub, command):
@@ -145,6 +172,21 @@ def _seconds(text):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def _duration(text):
+    """A duration back in time, as the config writes one (host/config.parse_duration)."""
+    try:
+        return config.parse_duration(text, low=0, high=config.MAX_RETENTION)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:100]!r}: {exc}") from None
+
+
+def _worker_type(text):
+    from taskqueue.protocol.routing import TYPE_PATTERN, TYPE_RULE
+    if not TYPE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"{text[:100]!r} is not {TYPE_RULE}")
+    return text
 
 
 def _positive_int(text):

@@ -14,6 +14,7 @@ EXIT_FAILURE = 1      #: the command ran and failed (the broker refused a task, 
 EXIT_USAGE = 2        #: bad arguments or configuration; nothing was done
 EXIT_NO_BROKER = 4    #: no broker could be reached (connection, TLS, login refused); nothing was done
 EXIT_TASK_FAILED = 5  #: submit --wait: the task ended without a reply (the worker's failure reply)
+EXIT_NO_EVENTS = 6    #: task, events: no event of the task, or no events stream at all
 EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT), as shells report it
 
 

@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from taskqueue import redact
 from taskqueue.host import filetrust, keptsecrets, tls
 from taskqueue.protocol import delays
+from taskqueue.protocol.events import DEFAULT_MAX_BYTES, DEFAULT_RETENTION
 from taskqueue.protocol.replies import parse_reply_queues
 from taskqueue.protocol.retries import RetryPolicy
 
@@ -60,6 +61,11 @@ class AmqpSettings:
     connect_timeout: float = 5.0
     #: Bytes of a message body taskqueue takes; a bigger one is dead-lettered (inbound.py).
     max_body_size: int = 16 * 2**20
+    #: Task events (protocol/events.py): written to the events stream unless `events: no`;
+    #: its retention (seconds) and size, set by whichever process declares it first.
+    events: bool = True
+    events_retention: float = float(DEFAULT_RETENTION)
+    events_max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def hosts(self):
@@ -182,7 +188,8 @@ _NO_DEFAULT = "\x00"
 AMQP_OPTIONS = ("url", "host", "port", "vhost", "user", "password", "password_file",
                 "heartbeat", "queue_type", "delivery_limit", "consumer_timeout",
                 "tls", "tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file", "auth",
-                "connect_timeout", "max_body_size")
+                "connect_timeout", "max_body_size", "events", "events_retention",
+                "events_max_bytes")
 #: Options that say how to connect, which `url` replaces; the others go with either
 #: (password_file too: it gives the password of the URL's user).
 CONNECTION_OPTIONS = ("host", "port", "vhost", "user", "password", "heartbeat", "tls")
@@ -268,6 +275,37 @@ def parse_size(value):
     if not 1 <= size <= MAX_BODY_SIZE:
         raise ValueError(f"expected a size in bytes from 1 to {MAX_BODY_SIZE} (512 MiB), "
                          "optionally with a unit: KiB, MiB or GiB (16 MiB)")
+    return size
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The longest events_retention: a year; RabbitMQ takes more, nobody means it.
+MAX_RETENTION = 366 * 86400
+
+
+def parse_duration(value, low=0.0, high=math.inf):
+    """`90`, `90s`, `15m`, `12h`, `7d`: seconds (a float) from low to high."""
+    match = _DURATION.fullmatch(value.strip())
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()] if match else -1
+    if not low <= seconds <= high or not match:
+        raise ValueError(f"expected a duration from {low:g} to {high:g} seconds: a number "
+                         "with an optional unit s, m, h or d (7d, 12h, 90)")
+    return seconds
+
+
+parse_retention = partial(parse_duration, low=60, high=MAX_RETENTION)
+#: The smallest stream worth keeping: a few segments.
+MIN_STREAM_SIZE = 2**20
+
+
+def parse_stream_size(value):
+    """events_max_bytes: a size as parse_size reads it, from 1 MiB to 1 TiB."""
+    match = _SIZE.fullmatch(value.strip())
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()] if match else 0
+    if not MIN_STREAM_SIZE <= size <= 2**40:
+        raise ValueError("expected a size from 1 MiB to 1 TiB, optionally with a unit: "
+                         "KiB, MiB or GiB (1 GiB)")
     return size
 
 
@@ -748,7 +786,14 @@ class _Loader:
                       connect_timeout=self.convert(chain, "connect_timeout", 5.0,
                                                    parse_connect_timeout),
                       max_body_size=self.convert(chain, "max_body_size",
-                                                 AmqpSettings.max_body_size, parse_size))
+                                                 AmqpSettings.max_body_size, parse_size),
+                      events=self.convert(chain, "events", True, parse_yes_no),
+                      events_retention=self.convert(chain, "events_retention",
+                                                    AmqpSettings.events_retention,
+                                                    parse_retention),
+                      events_max_bytes=self.convert(chain, "events_max_bytes",
+                                                    AmqpSettings.events_max_bytes,
+                                                    parse_stream_size))
         password = self.password(own)
         if "url" in own:
             others = [option for option in CONNECTION_OPTIONS if option in own]

@@ -10,7 +10,7 @@ arguments where topology.legacy_arguments allows; the runner does that.
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from taskqueue.protocol import delays, onehop, topology
+from taskqueue.protocol import delays, events, onehop, topology
 
 #: The kinds of declaration, named after their AMQP methods.
 EXCHANGE, QUEUE, QUEUE_BINDING, EXCHANGE_BINDING = (
@@ -102,3 +102,12 @@ def one_hop(task_queue=False, worker_queues=(), settings=None):
         plan.append(queue_binding(name, source, key,
                                   lambda reason, what=what: onehop.explain_refusal(what, reason)))
     return plan
+
+
+def event_stream(settings):
+    """The task events stream (events.py), with the retention and size of `settings`
+    (events_retention, events_max_bytes). Its refusal is explained: the caller tells
+    a stream declared otherwise, used as it is (events.kept_as_found), from the rest."""
+    return [queue(events.STREAM, events.stream_arguments(settings.events_retention,
+                                                         settings.events_max_bytes),
+                  events.explain_refusal)]

@@ -26,7 +26,9 @@ import gevent
 from gevent.event import Event
 
 from taskqueue.broker import amqp, inbound, pikaparams
-from taskqueue.broker.deadletters import dead_properties, failure_reply, without_broker_headers
+from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
+                                          without_broker_headers)
+from taskqueue.broker.eventlog import EventLog, NoEvents
 from taskqueue.errors import SessionClosed
 from taskqueue.host import logs
 from taskqueue.protocol import delays, topology
@@ -115,8 +117,9 @@ class Dispatcher:
     """consume `taskqueue` → publish (confirmed) → ack the input after the confirm."""
 
     def __init__(self, session, prefetch, schedule=gevent.spawn_later, readers=None,
-                 spawn=gevent.spawn, max_body_size=inbound.DEFAULT_MAX_BODY_SIZE):
+                 spawn=gevent.spawn, max_body_size=inbound.DEFAULT_MAX_BODY_SIZE, events=None):
         self._session = session
+        self._events = events or NoEvents()     # eventlog.EventLog: routed, dead
         self._max_body_size = max_body_size    # [amqp] max_body_size
         self._spawn = spawn         # spawn(fn, *args): a greenlet (tests pass their own)
         self._readers = readers or {}   # content type -> formats.Format (installed plugins)
@@ -179,6 +182,7 @@ class Dispatcher:
             else:
                 self._send(topology.worker_queue(decision.worker_type),
                            (tag, decision.body, forwarded_properties(props, decision)))
+                self._events.add("routed", task_key(props, body), decision.worker_type)
         except Exception as exc:
             # Rejected without requeue: the broker dead-letters it (x-death), not lost.
             log.exception("cannot route delivery %s (message %s); rejecting it to %s",
@@ -190,6 +194,8 @@ class Dispatcher:
             self._session.reject(tag, requeue=False)
             self._answers.pop(tag, None)    # if it failed after _dead_letter: answered here
             self._answer_rejected(props, exc)
+            self._events.add("dead", getattr(props, "message_id", None) or "-", None,
+                             reason="the dispatcher failed routing it (see its log)")
 
     def _send(self, queue, message):
         """Publish `message` (tag, body, props) to `queue` once the queue is known to exist."""
@@ -248,6 +254,7 @@ class Dispatcher:
         if answer is not None:
             self._answers[tag] = answer
         self._send(topology.DEAD_QUEUE, (tag, body, dead_properties(props, reason)))
+        self._events.add("dead", task_key(props, body), _named_type(props), reason=reason)
 
     def _answer(self, reply_to, body, props):
         """Send a failure reply on the reply connection (Session.reply: queued, never
@@ -339,12 +346,20 @@ class Dispatcher:
             self._session.abort()
 
 
+def _named_type(props):
+    """The worker type a message's header names, when it is a string (a hostile one
+    names anything: events.decode bounds what a reader takes)."""
+    value = (props.headers or {}).get("worker_type")
+    return value if isinstance(value, str) else None
+
+
 def run_dispatcher(amqp_settings, settings, ctx):
     """The body of a dispatcher child; returns an exit code."""
     readers = load_formats()
     session = amqp.Session(amqp_settings, f"taskqueue {ctx.name}", ctx.route).open()
+    events = EventLog(session, ctx.name, amqp_settings)    # its connection: once routing
     dispatcher = Dispatcher(session, settings.prefetch, readers=readers,
-                            max_body_size=amqp_settings.max_body_size)
+                            max_body_size=amqp_settings.max_body_size, events=events)
     try:
         dispatcher.start()
     except SessionClosed:
@@ -353,6 +368,7 @@ def run_dispatcher(amqp_settings, settings, ctx):
         log.warning("%s", session.loss())   # lost while setting up: said as any loss
         return EXIT_CONNECTION
     ctx.ready()
+    events.start()
     log.info("routing %s (prefetch %d)", topology.TASK_QUEUE, settings.prefetch)
     gevent.wait([ctx.stopping, session.closed], count=1)
     if not session.is_open:
@@ -361,6 +377,7 @@ def run_dispatcher(amqp_settings, settings, ctx):
     if not dispatcher.stop(settings.stop_timeout):
         log.warning("stopping with %d publishes unconfirmed; their inputs return to %s",
                     dispatcher.unconfirmed, topology.TASK_QUEUE)
+    events.close()
     session.close()
     return EXIT_OK
 

@@ -80,8 +80,9 @@ def test_cut_connections_are_logged_once_each_naming_the_broker_lost_and_the_nex
     proxies = [TcpProxy(5672), TcpProxy(5672)]
     try:
         urls = ", ".join(url(proxy.port, vhost) for proxy in proxies)
-        pool = start_pool(recorder_config(records, processes=3) + f"\n[amqp]\nurl: {urls}\n",
-                          raw=True)
+        # (events: no: each child's events connection would follow it to its proxy)
+        pool = start_pool(recorder_config(records, processes=3) +
+                          f"\n[amqp]\nurl: {urls}\nevents: no\n", raw=True)
         wait_for(lambda: broker.counts("worker_recorder")[1] == 3, 30, "3 consumers")
         # the four children spread: two on each
         wait_for(lambda: sorted(len(p.pairs) for p in proxies) == [2, 2], 10, "2 connections each")

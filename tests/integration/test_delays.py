@@ -120,7 +120,9 @@ def test_a_session_publishes_delayed_tasks_declaring_the_chain_once(broker, vhos
             session.publish_delayed(topology.TASK_QUEUE, "recorder", b"%d" % n,
                                     pika.BasicProperties(message_id=f"m{n}"), 1)
             taken = wait_for(lambda: broker.drain("taskqueue"), 5, "the delayed task in taskqueue")
-            assert time.time() - before >= 1.0
+            # Not before its second (the broker's TTL timer may fire a fraction of a
+            # millisecond before this clock says a second went: 0.9997 s was seen).
+            assert time.time() - before >= 0.99
             [(props, body)] = taken
             assert body == b"%d" % n and props.message_id == f"m{n}"
             assert props.headers["worker_type"] == "recorder" and props.delivery_mode == 2

@@ -400,7 +400,7 @@ def test_amqp_unknown_option_is_an_error(write):
                        "expected one of url, host, port, vhost, user, password, password_file, "
                        "heartbeat, queue_type, delivery_limit, consumer_timeout, tls, tls_ca_file, "
                        "tls_server_name, tls_cert_file, tls_key_file, auth, connect_timeout, "
-                       "max_body_size")
+                       "max_body_size, events, events_retention, events_max_bytes")
 
 
 @pytest.mark.parametrize("option, value, expected", [

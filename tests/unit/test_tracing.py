@@ -11,6 +11,7 @@ import pika
 import pytest
 
 from taskqueue import client as client_module, worker as worker_module
+from taskqueue.broker.eventlog import NoEvents
 from taskqueue.host import tracing
 from taskqueue.host.config import WorkerGroup
 from taskqueue.runtime.taskthread import TaskThread
@@ -203,8 +204,8 @@ def handle(plugin, headers, monkeypatch):
     tasks = TaskThread("test")
     try:
         intake = types.SimpleNamespace(holds_ahead=False)
-        return worker_module._handle(plugin, WorkerGroup("t", None, 1), session, HubCalls(),
-                                     tasks, intake, "m-1", method, props, b"{}")
+        return worker_module._handle(plugin, WorkerGroup("t", None, 1), session, NoEvents(),
+                                     HubCalls(), tasks, intake, "m-1", method, props, b"{}")
     finally:
         tasks.close()
 

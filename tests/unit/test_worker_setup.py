@@ -58,7 +58,7 @@ def start(monkeypatch):
         read, write = os.pipe()
         try:
             ctx = ChildContext("t#0", write, None)
-            return worker_module.run_worker(WorkerGroup("t", None, 1), AmqpSettings(), ctx)
+            return worker_module.run_worker(WorkerGroup("t", None, 1), AmqpSettings(events=False), ctx)
         finally:
             os.close(read)
             os.close(write)

@@ -1,0 +1,33 @@
+"""Task ids that say when they were made (pure).
+
+A task id is 32 hex digits, as uuid4().hex was; taskqueue's clients now make
+them as UUID version 7 (RFC 9562): the first 48 bits are the time in
+milliseconds, the rest random (74 bits: no two clients collide). The time lets
+`taskqueue task ID` start reading the events stream where the task's life
+began instead of at its start. An id made otherwise (uuid4, or any message id
+an application sets) has no time: issued_at() says None, and the reader falls
+back on how far back it is told to look.
+"""
+import os
+import re
+import time
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def new_id(now=None):
+    """A UUIDv7 as 32 lowercase hex digits."""
+    millis = int((time.time() if now is None else now) * 1000) & (2**48 - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a = rand >> 68                  # 12 bits
+    rand_b = rand & (2**62 - 1)          # 62 bits
+    value = (millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return f"{value:032x}"
+
+
+def issued_at(task_id):
+    """The time (seconds since the epoch) a UUIDv7 id was made, or None for another id."""
+    text = task_id.replace("-", "").lower() if isinstance(task_id, str) else ""
+    if not _HEX32.fullmatch(text) or text[12] != "7" or text[16] not in "89ab":
+        return None
+    return int(text[:12], 16) / 1000
