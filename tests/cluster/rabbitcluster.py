@@ -20,6 +20,9 @@ import clusternet
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 
 
+#: The ends of the names of a taskqueue process's side connections (Session.side_session).
+SIDE = (" events", " replies")
+
 class ClusterNode:
     """One RabbitMQ node: `host:port` is where clients reach it."""
 
@@ -178,8 +181,10 @@ class Cluster:
         return {row["name"]: row for row in rows or []}
 
     def connections(self, via=None):
-        """Every client connection: [(node, connection name)], the node told by the
-        address and port the connection came in on (the broker's own view)."""
+        """Every client connection but a process's side ones (SIDE: its task events and
+        replies, which follow it to its node and settle no task): [(node, connection
+        name)], the node told by the address and port the connection came in on (the
+        broker's own view)."""
         via = via or next(n for n in self.nodes if n.running)
         rows = via.ctl_json("list_connections", "name", "client_properties")
         by_endpoint = {(n.host, n.port): n for n in self.nodes}
@@ -190,8 +195,9 @@ class Cluster:
                 props = {p[0]: p[-1] for p in props if isinstance(p, list) and p}
             # "peer:port -> address:port": where it came in (the `host` item may be a name)
             host, _, port = row["name"].split(" -> ")[-1].rpartition(":")
-            out.append((by_endpoint.get((host, int(port))),
-                        props.get("connection_name", row["name"])))
+            name = props.get("connection_name", row["name"])
+            if not str(name).endswith(SIDE):
+                out.append((by_endpoint.get((host, int(port))), name))
         return out
 
     def spread(self, prefix="taskqueue", via=None):
