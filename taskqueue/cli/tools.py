@@ -11,7 +11,7 @@ from taskqueue.client import Client, onehop_message, trace_headers
 from taskqueue.errors import ConfigError, InputError, TaskFailed
 from taskqueue.host import config
 from taskqueue.printable import printable
-from taskqueue.protocol import replies, topology, tracecontext, workitems
+from taskqueue.protocol import events, replies, topology, tracecontext, workitems
 from taskqueue.runtime import plugins
 
 
@@ -244,6 +244,11 @@ def cmd_check_config(args):
           f"(connect timeout {cfg.amqp.connect_timeout:g}s)")
     print(f"tls: {_describe_tls(cfg.amqp)}")
     print(f"messages: {describe_limits(cfg.amqp)}")
+    amqp = cfg.amqp
+    print("task events: " + (f"on, to {events.STREAM} (retention "
+                             f"{config.format_span(amqp.events_retention)}, at most "
+                             f"{amqp.events_max_bytes // 2**20} MiB)"
+                             if amqp.events else "off ([amqp] events)"))
     print(f"logging: {logging_line}")
     print("plugins found:" if found else "plugins found: none")
     for name, ep in sorted(found.items()):

@@ -289,9 +289,18 @@ def parse_duration(value, low=0.0, high=math.inf):
     match = _DURATION.fullmatch(value.strip())
     seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()] if match else -1
     if not low <= seconds <= high or not match:
-        raise ValueError(f"expected a duration from {low:g} to {high:g} seconds: a number "
-                         "with an optional unit s, m, h or d (7d, 12h, 90)")
+        raise ValueError(f"expected a duration from {format_span(low)} to {format_span(high)}: "
+                         "a number with an optional unit s, m, h or d (7d, 12h, 90)")
     return seconds
+
+
+def format_span(seconds):
+    """Seconds as the largest whole unit parse_duration reads: 604800 -> `7d`, 90 -> `90s`."""
+    for unit in ("d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 parse_retention = partial(parse_duration, low=60, high=MAX_RETENTION)

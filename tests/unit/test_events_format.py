@@ -106,7 +106,7 @@ def test_a_retention_reads_with_its_unit(text, seconds):
 
 @pytest.mark.parametrize("text", ["59", "0", "-1d", "7 days", "1y", "", "nan", "400d"])
 def test_a_retention_out_of_range_or_unreadable_says_what_is_expected(text):
-    with pytest.raises(ValueError, match="expected a duration from 60 to"):
+    with pytest.raises(ValueError, match=r"expected a duration from 1m to 366d: "):
         config.parse_retention(text)
 
 
@@ -120,3 +120,9 @@ def test_events_options_are_read_from_amqp(tmp_path):
     with pytest.raises(config.ConfigError, match=r"\[amqp\] events_max_bytes = '10': expected "
                                                  r"a size from 1 MiB"):
         config.load(str(path), set(), check_users=False)
+
+
+@pytest.mark.parametrize("seconds, text", [(604800, "7d"), (7200, "2h"), (60, "1m"), (90, "90s"),
+                                           (1.5, "1.5s")])
+def test_a_span_is_said_in_its_largest_whole_unit(seconds, text):
+    assert config.format_span(seconds) == text
