@@ -37,14 +37,21 @@ def gauges(port):
             samples.get(("taskqueue_broker_up", frozenset())))
 
 
-def test_queue_gauges_match_rabbitmqctl(broker, client, start_pool, records, vhost):
-    # Given a worker pool (no dispatcher: what goes to `taskqueue` stays there) with metrics
+def serving_with_metrics(start_pool, records):
+    """A workerpool serving the recorder, its metrics on a port of its own, once the
+    gauges say it consumes: (port, pool)."""
     port = free_port()
     pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n",
                       command="workerpool")
     pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
     wait_for(lambda: gauges(port)[0].get("worker_recorder", (0, 0))[1] == 1, 30,
              "the recorder consuming its queue")
+    return port, pool
+
+
+def test_queue_gauges_match_rabbitmqctl(broker, client, start_pool, records, vhost):
+    # Given a worker pool (no dispatcher: what goes to `taskqueue` stays there) with metrics
+    port, pool = serving_with_metrics(start_pool, records)
     # When tasks wait in taskqueue, dead letters in taskqueue_dead, and 2 tasks are delayed
     for n in range(3):
         broker.submit("recorder", {"n": n})
@@ -66,12 +73,7 @@ def test_queue_gauges_match_rabbitmqctl(broker, client, start_pool, records, vho
 
 def test_a_missing_queue_leaves_the_others_out(broker, start_pool, records):
     # Given a pool serving the recorder
-    port = free_port()
-    pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n",
-                      command="workerpool")
-    pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
-    wait_for(lambda: gauges(port)[0].get("worker_recorder", (0, 0))[1] == 1, 30,
-             "the recorder consuming its queue")
+    port, pool = serving_with_metrics(start_pool, records)
     # When taskqueue and taskqueue_dead are gone (a passive declare of them answers 404)
     broker.channel.queue_delete("taskqueue_dead")
     broker.channel.queue_delete("taskqueue")
