@@ -44,8 +44,8 @@ from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked,
                               SessionClosed, TaskFailed, TaskqueueError, TopologyError,
                               UndecodableHeaders)
 from taskqueue.host import config, tracing
-from taskqueue.protocol import (nacks, onehop, replies as reply_rule, taskids, topology,
-                                tracecontext, workitems)
+from taskqueue.protocol import (expiry, nacks, onehop, priorities, replies as reply_rule,
+                                taskids, topology, tracecontext, workitems)
 from taskqueue.runtime import plugins
 
 #: What applications import from here (the errors are errors.py's, named here too).
@@ -98,14 +98,32 @@ def task_message(worker_type, workitem, message_id=None, trace=None):
     return body, task_properties(message_id, trace)
 
 
-def onehop_message(worker_type, workitem, message_id=None, trace=None):
+def onehop_message(worker_type, workitem, message_id=None, trace=None, priority=None,
+                   expires=None):
     """(body, properties) of the one-hop task for `worker_type`
     (docs/02-messages-and-wire-format.md, "One hop"): the workitem as JSON, which is
-    what the worker receives, and task_properties() with the worker_type header.
-    ValueError saying what is wrong with the type or workitem."""
+    what the worker receives, and task_properties() with the worker_type header;
+    `priority` (0-9, priorities.py) and `expires` (seconds from now, expiry.py) when
+    given. ValueError saying what is wrong with the type, workitem, priority or expires."""
     _check_type(worker_type)
+    priorities.checked(priority)
+    if expires is not None:
+        expiry.checked_seconds(expires)
     body = _encoded(worker_type, workitem_bytes, workitem)
-    return body, pikaparams.onehop_properties(task_properties(message_id, trace), worker_type)
+    props = pikaparams.onehop_properties(task_properties(message_id, trace), worker_type)
+    return body, steered(props, priority, expires)
+
+
+def steered(props, priority=None, expires=None):
+    """`props` (changed in place, and returned) of a task with a `priority` (0-9, checked:
+    priorities.checked) and a deadline `expires` seconds from now (checked:
+    expiry.checked_seconds), when given."""
+    if priority is not None:
+        props.priority = priority
+    if expires is not None:
+        props.headers = dict(props.headers or {})
+        props.headers[expiry.EXPIRES_HEADER] = expiry.deadline(expires)
+    return props
 
 
 def _check_type(worker_type):
@@ -350,20 +368,28 @@ class Client:
 
     # -- submitting ----------------------------------------------------------------
 
-    def submit(self, worker_type, workitem, delay=None, *, traceparent=None, tracestate=None):
+    def submit(self, worker_type, workitem, delay=None, *, priority=None, expires=None,
+               traceparent=None, tracestate=None):
         """Submit one task; return its message id once the broker confirmed it.
         `delay`: seconds before a worker may see it (rounded up; see delays.py).
+        `priority`: 0 (the default) to 9; 5 and above go ahead of a backlog of lower
+        ones (priorities.py). `expires`: seconds from now; a task not started by then is
+        never started, and is recorded as expired (expiry.py); with a delay, longer than it.
         `traceparent`, `tracestate`: the W3C trace context the task carries (default:
         the current OpenTelemetry span's, when there is one; trace_headers).
-        ValueError for a bad type, workitem or trace context (nothing sent),
-        PublishRefused if the broker did not take it, ConnectionLost if no broker could
-        be reached or the broker did not answer within BROKER_TIMEOUT."""
-        body, props = onehop_message(worker_type, workitem,
-                                     trace=trace_headers(traceparent, tracestate))
-        sent = time.time()
+        ValueError for a bad type, workitem, delay, priority, expires or trace context
+        (nothing sent), PublishRefused if the broker did not take it, ConnectionLost if
+        no broker could be reached or the broker did not answer within BROKER_TIMEOUT."""
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
                 raise ValueError(f"delay {delay!r}: expected a number of seconds")
+            if expires is not None:
+                expiry.checked_seconds(expires, delay)
+        body, props = onehop_message(worker_type, workitem,
+                                     trace=trace_headers(traceparent, tracestate),
+                                     priority=priority, expires=expires)
+        sent = time.time()
+        if delay is not None:
             # Through the delay chain to taskqueue, as before one hop: the dispatcher's
             # hop costs nothing beside a delay of a second or more.
             self._with_connection(lambda link: link.publish_delayed(
@@ -391,19 +417,25 @@ class Client:
             blocking.blocking_publish_confirmed(link.channel, queue, body, props)
         self._with_connection(publish, f"publishing to {queue}")
 
-    def submit_many(self, worker_type, items, *, traceparent=None, tracestate=None):
+    def submit_many(self, worker_type, items, *, priority=None, expires=None,
+                    traceparent=None, tracestate=None):
         """Submit a task for each workitem of `items` with many confirms in flight;
         return their message ids, in order. Every item is checked first: a bad one
         raises ValueError naming its index, and nothing is sent. Every task carries the
-        same trace context (traceparent, tracestate: as for submit). ConnectionLost (its
+        same priority, expiry (each counted from when its message is made, just before
+        the publishing starts) and trace context (as for submit). ConnectionLost (its
         BrokerUnreachable) if no broker could be reached: nothing was sent.
         PartlySubmitted, with the ids the broker confirmed, if it refused one or the
         connection went."""
+        priorities.checked(priority)
+        if expires is not None:
+            expiry.checked_seconds(expires)
         trace = trace_headers(traceparent, tracestate)
         messages = []
         for index, workitem in enumerate(items):
             try:
-                messages.append(onehop_message(worker_type, workitem, trace=trace))
+                messages.append(onehop_message(worker_type, workitem, trace=trace,
+                                               priority=priority, expires=expires))
             except ValueError as exc:
                 raise ValueError(f"item {index}: {exc}; nothing was submitted") from None
         if not messages:
@@ -412,15 +444,18 @@ class Client:
 
     # -- calling -------------------------------------------------------------------
 
-    def call(self, worker_type, workitem, timeout, *, traceparent=None, tracestate=None):
+    def call(self, worker_type, workitem, timeout, *, priority=None, expires=None,
+             traceparent=None, tracestate=None):
         """Submit a task and return the body (bytes) of the worker's reply; TimeoutError
         if none came within `timeout` seconds; TaskFailed (.task_id, .reason) when the
         task ended without a reply (it raised and was dead-lettered, was rejected, ran
-        out of retries: the worker's failure reply, replies.py). Uses RabbitMQ's direct
-        reply-to: the reply comes back on this thread's connection, and no queue is
-        declared for it. `traceparent`, `tracestate`: as for submit."""
+        out of retries, expired, was cancelled: the worker's failure reply, replies.py).
+        Uses RabbitMQ's direct reply-to: the reply comes back on this thread's
+        connection, and no queue is declared for it. `priority`, `expires`,
+        `traceparent`, `tracestate`: as for submit."""
         body, props = onehop_message(worker_type, workitem,
-                                     trace=trace_headers(traceparent, tracestate))
+                                     trace=trace_headers(traceparent, tracestate),
+                                     priority=priority, expires=expires)
         props.reply_to = topology.DIRECT_REPLY_TO
         started, sent = time.monotonic(), time.time()
 

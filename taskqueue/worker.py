@@ -24,7 +24,7 @@ from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_k
 from taskqueue.broker.eventlog import EventLog
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed
 from taskqueue.host import logs, tracing
-from taskqueue.protocol import delays, replies, retries, topology, tracecontext
+from taskqueue.protocol import delays, expiry, replies, retries, topology, tracecontext
 from taskqueue.runtime import plugins
 from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
 from taskqueue.runtime.taskthread import TaskThread
@@ -293,7 +293,8 @@ def run_worker(group, amqp_settings, ctx):
         # What the plugin sees and every copy is made from: no forged dead-letter headers.
         delivery = (method, inbound.admitted(props), body)
         outcome = _over_delivery_limit(group, amqp_settings, session, events, ctx, key,
-                                       *delivery)
+                                       *delivery) or \
+            _not_to_start(group, session, events, key, *delivery)
         if outcome:
             logs.set_task(None)
             ctx.done(outcome, 0.0)
@@ -374,6 +375,27 @@ def _over_delivery_limit(group, amqp_settings, session, events, ctx, key, method
             props, reason, queue=group.queue, worker_type=group.worker_type, exit=cause,
             deaths=deaths, delivery_count=count)))
     return _ended(session, events, group, key, props, outcome, reason)
+
+
+def _not_to_start(group, session, events, key, method, props, body):
+    """Settle a task that must not start (its deadline passed: expiry.py) without
+    running it; return its outcome ("expired"), or None for a task to run."""
+    late = expiry.expired_by(props.headers)
+    if late is not None:
+        return _settle_unrun(group, session, events, key, method, props, "expired",
+                             expiry.reason(late))
+    return None
+
+
+def _settle_unrun(group, session, events, key, method, props, outcome, reason):
+    """Ack a task taskqueue settles without running it, not for a failure of its own
+    (`outcome`: expired, cancelled): said in a line, recorded in an event of that kind,
+    and answered with a failure reply to whoever waits for it (Client.call fails now,
+    not at its timeout). Returns `outcome`."""
+    log.info("task %s (delivery %s) not run: %s", key, method.delivery_tag, reason)
+    session.ack(method.delivery_tag)
+    events.add(outcome, key, group.worker_type, reason=reason, attempt=_attempt(props))
+    return _answer_failure(session, group, key, props, outcome, reason)
 
 
 def _copy_then_ack(session, group, task, method, outcome, publish):

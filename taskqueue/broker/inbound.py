@@ -10,7 +10,8 @@ what they then read and pass on is `admitted`'s copy.
 - A body over [amqp] max_body_size: refused.
 - `x-taskqueue-*` headers. Two are set by taskqueue on a task that comes back
   through it, and read back: `x-taskqueue-retries` (a retry, retries.py) and
-  `x-taskqueue-delayed-until` (a delayed task, delays.py); a publisher may
+  `x-taskqueue-delayed-until` (a delayed task, delays.py); one is set by
+  the client: `x-taskqueue-expires` (expiry.py); a publisher may
   send them as taskqueue's client does, and a value that is not what taskqueue
   writes is refused. Every other one exists only on dead letters
   (deadletters.py, cli/dead.py), which no publisher makes: the dispatcher drops
@@ -21,18 +22,21 @@ what they then read and pass on is `admitted`'s copy.
 """
 from taskqueue.broker import fielddecode, pikaparams
 from taskqueue.host.config import AmqpSettings
+from taskqueue.protocol import priorities
 from taskqueue.protocol.delays import DELAYED_HEADER
+from taskqueue.protocol.expiry import EXPIRES_HEADER, HIGHEST
 from taskqueue.protocol.retries import RETRIES_HEADER
 
-#: The highest priority a forwarded task keeps (issue 23 defines priorities 0-9).
-MAX_PRIORITY = 9
+#: The highest priority a forwarded task keeps (priorities.py).
+MAX_PRIORITY = priorities.HIGHEST
 #: The default of [amqp] max_body_size: 16 MiB, RabbitMQ 4's own max_message_size.
 DEFAULT_MAX_BODY_SIZE = AmqpSettings.max_body_size
 #: The prefix of taskqueue's own headers.
 OWN_PREFIX = "x-taskqueue-"
 #: taskqueue's headers that a task coming in may carry, and what each must be.
 CHECKED = {RETRIES_HEADER: (0, 2**31 - 1, "a retry count"),
-           DELAYED_HEADER: (0, 2**63 - 1, "when the task is due, in epoch seconds")}
+           DELAYED_HEADER: (0, 2**63 - 1, "when the task is due, in epoch seconds"),
+           EXPIRES_HEADER: (0, HIGHEST, "when the task expires, in epoch milliseconds")}
 
 
 def refusal(props, body, max_body_size):

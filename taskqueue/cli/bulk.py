@@ -18,7 +18,7 @@ from typing import Optional
 from taskqueue.broker import pikaparams
 from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.cli.progress import Progress
-from taskqueue.client import task_properties, workitem_bytes
+from taskqueue.client import steered, task_properties, workitem_bytes
 from taskqueue.errors import BrokerUnreachable, InputError, TaskqueueError
 from taskqueue.protocol import onehop, topology, workitems
 
@@ -125,17 +125,20 @@ class _Tally:
             self.refusals.append((index, problem))
 
 
-def submit(settings, worker_type, tasks, stream=None, trace=None):
+def submit(settings, worker_type, tasks, stream=None, trace=None, priority=None,
+           expires=None):
     """Publish `tasks` to `taskqueue` with confirms, a progress bar on a terminal;
     return an Outcome. Stops at the first task the broker refuses, or at Ctrl-C.
-    `trace`: the trace context headers every task carries (client.trace_headers)."""
+    `trace`: the trace context headers every task carries (client.trace_headers);
+    `priority`, `expires`: every task's, checked (client.steered)."""
     tally = _Tally(len(tasks))
     progress = Progress(len(tasks), stream)
     started = time.monotonic()
     error, unreachable = None, False
     with _interruptible() as stop:
         try:
-            _publish(settings, worker_type, tasks, tally, progress, stop, trace)
+            _publish(settings, worker_type, tasks, tally, progress, stop, trace,
+                     lambda props: steered(props, priority, expires))
         except TaskqueueError as exc:
             error, unreachable = str(exc), isinstance(exc, BrokerUnreachable)
     elapsed = time.monotonic() - started
@@ -151,13 +154,15 @@ def submit(settings, worker_type, tasks, stream=None, trace=None):
                    tally.sent - tally.count - len(tally.refusals), unreachable)
 
 
-def _publish(settings, worker_type, tasks, tally, progress, stop, trace=None):
+def _publish(settings, worker_type, tasks, tally, progress, stop, trace, steer):
     with onehop_window(settings, "taskqueue submit --file", tally.on_settled,
                        on_wait=lambda: progress.update(tally.count)) as window:
         for index, task in enumerate(tasks):
             if tally.refusals or stop.is_set():
                 break
-            props = pikaparams.onehop_properties(task_properties(trace=trace), worker_type)
+            # Its deadline counts from now, when it is published.
+            props = steer(pikaparams.onehop_properties(task_properties(trace=trace),
+                                                       worker_type))
             window.publish(worker_type, task.body, props, index)
             tally.sent += 1
             progress.update(tally.count)

@@ -93,6 +93,12 @@ def _parser():
                    help="no worker gets the task before SECONDS (rounded up to whole "
                         "seconds, at most 1048575: 12 days) from now; it waits in the "
                         "broker's delay queues (taskqueue.delay.*)")
+    p.add_argument("--priority", type=_priority, metavar="N",
+                   help="the task's priority, 0 (the default) to 9: tasks of 5 and above "
+                        "start ahead of lower ones waiting in the same queue")
+    p.add_argument("--expires", type=_seconds, metavar="SECONDS",
+                   help="a task not started within SECONDS from now is never started; it "
+                        "is recorded as expired (with --delay: longer than the delay)")
     p.add_argument("--file", metavar="PATH",
                    help="submit one task per line of PATH ('-': stdin), each line a workitem "
                         "as JSON; blank lines are skipped. The whole file is checked first: "
@@ -172,6 +178,17 @@ def _seconds(text):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def _priority(text):
+    """A priority, 0 to 9 (protocol/priorities.py)."""
+    from taskqueue.protocol import priorities
+    try:
+        return priorities.checked(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:60]!r} is not a priority: expected an integer from 0 to "
+            f"{priorities.HIGHEST}") from None
 
 
 def _duration(text):

@@ -27,11 +27,13 @@ exit status:
   1  the broker refused a task or the connection broke (with --wait: no reply in
      time). With --file some tasks may be submitted: the summary on stderr says how
      many and the line to resume from
-  2  bad input (TYPE, WORKITEM, --delay, a line of the file, the config): nothing submitted
+  2  bad input (TYPE, WORKITEM, --delay, --priority, --expires, a line of the file, the
+     config): nothing submitted
   4  no broker could be reached (refused, TLS, login; as `taskqueue status`): nothing
      submitted; the message names each broker tried and why
   5  with --wait: the task failed without a reply (it raised and was dead-lettered,
-     was rejected, ran out of retries, was refused by the worker); stderr says why
+     was rejected, ran out of retries, was refused by the worker, expired, was
+     cancelled); stderr says why
   130  --file stopped by Ctrl-C: as 1 (a second Ctrl-C ends it at once)
 """
 
@@ -44,16 +46,17 @@ def cmd_submit(args):
         return _submit_file(args)
     if args.delay is not None:
         return _submit_delayed(args)
+    steering = _steering(args)
     cfg, _ = load_config(args, check_users=False)
     workitem = _workitem(args.worker_type, args.workitem)
     trace = trace_context(args)
     with Client.for_settings(cfg.amqp, "taskqueue submit") as client:
         if not args.wait:
-            print(client.submit(args.worker_type, workitem, **trace), flush=True)
+            print(client.submit(args.worker_type, workitem, **steering, **trace), flush=True)
             warn_unless_served(cfg.amqp, args.worker_type, 1)
             return EXIT_OK
         try:
-            reply = client.call(args.worker_type, workitem, args.timeout, **trace)
+            reply = client.call(args.worker_type, workitem, args.timeout, **steering, **trace)
         except TimeoutError as exc:
             print(f"taskqueue: {printable(exc)}", file=sys.stderr)
             warn_unless_served(cfg.amqp, args.worker_type, 1)     # perhaps the reason
@@ -86,13 +89,27 @@ def _submit_delayed(args):
         seconds = delays.whole_seconds(args.delay)
     except ValueError as exc:
         raise InputError(f"--delay: {exc}") from None
+    steering = _steering(args, delay=seconds)
     cfg, _ = load_config(args, check_users=False)
     workitem = _workitem(args.worker_type, args.workitem)
     trace = trace_context(args)
     with Client.for_settings(cfg.amqp, "taskqueue submit") as client:
-        print(client.submit(args.worker_type, workitem, delay=seconds, **trace), flush=True)
+        print(client.submit(args.worker_type, workitem, delay=seconds, **steering, **trace),
+              flush=True)
     warn_unless_served(cfg.amqp, args.worker_type, 1)
     return EXIT_OK
+
+
+def _steering(args, delay=None):
+    """--priority and --expires as Client keywords; InputError for an --expires that is
+    not a number of seconds above 0, or not after --delay."""
+    from taskqueue.protocol import expiry
+    if args.expires is not None:
+        try:
+            expiry.checked_seconds(args.expires, delay)
+        except ValueError as exc:
+            raise InputError(f"--expires: {exc}") from None
+    return {"priority": args.priority, "expires": args.expires}
 
 
 def trace_context(args, environ=os.environ):
@@ -154,10 +171,11 @@ def _submit_file(args):
         raise InputError("--file takes the workitems from the file: give no WORKITEM and no --wait")
     if args.delay is not None:
         raise InputError("--file and --delay together: not supported; submit delayed tasks one by one")
+    steering = _steering(args)
     cfg, _ = load_config(args, check_users=False)
     tasks = bulk.read_tasks(args.file, args.worker_type)
     outcome = bulk.submit(cfg.amqp, args.worker_type, tasks, trace=trace_headers(
-        **trace_context(args)))
+        **trace_context(args)), **steering)
     if outcome.error:
         print(f"taskqueue: {printable(outcome.error)}", file=sys.stderr)
     for line in bulk.summary(outcome, args.worker_type, args.file):

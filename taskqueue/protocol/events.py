@@ -37,9 +37,10 @@ import time
 #: does begin with `taskqueue`: no reply may go there (replies.is_own).
 STREAM = "taskqueue_events"
 #: Every kind of event, in the order of a task's life.
-KINDS = ("submitted", "routed", "started", "retried", "requeued", "done", "failed", "dead")
+KINDS = ("submitted", "routed", "started", "retried", "requeued", "done", "failed", "dead",
+         "expired", "cancelled")
 #: The kinds that end a task's life (one of them is the last word on it).
-FINAL = ("done", "failed", "dead")
+FINAL = ("done", "failed", "dead", "expired", "cancelled")
 CONTENT_TYPE = "application/json"
 #: Most events in one message, and the longest an event waits for its batch (seconds).
 BATCH = 256

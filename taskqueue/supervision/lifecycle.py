@@ -102,7 +102,11 @@ TASK_OUTCOMES = {
     "dead": "not run: it had killed delivery_limit processes, or was refused as it came in "
             "(inbound.py); dead-lettered",
     "retry": "put off: published again through the delay queues (retry, or raised with retries left)",
+    "expired": "not run: its deadline (expires) passed before it could start; acked",
+    "cancelled": "cancelled (taskqueue cancel): not run, or stopped while running; acked",
 }
+#: The outcomes of a task that was not run, or not to its end: no duration worth counting.
+NOT_RUN = ("dead", "expired", "cancelled")
 
 
 S, E = ChildState, Ev

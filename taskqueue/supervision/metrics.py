@@ -16,7 +16,8 @@ import socket
 import time
 from collections import Counter
 
-from taskqueue.supervision.lifecycle import EXITS, TASK_OUTCOMES, ChildState, exit_code_of
+from taskqueue.supervision.lifecycle import (EXITS, NOT_RUN, TASK_OUTCOMES, ChildState,
+                                             exit_code_of)
 
 #: Upper bounds of the task duration histogram's buckets, in seconds (+Inf follows).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -73,8 +74,9 @@ class Registry:
     def task_ended(self, group, outcome, seconds=None):
         """A task's handling ended after `seconds` (None: unknown, the process died)."""
         self.tasks[group, outcome] += 1
-        # A `dead` task was dead-lettered without running: its 0 s would only skew the histogram.
-        if seconds is not None and outcome != "dead":
+        # A task not run (dead-lettered, expired, cancelled): its 0 s would only skew the
+        # histogram; a cancelled one that ran was stopped partway.
+        if seconds is not None and outcome not in NOT_RUN:
             self.durations.setdefault(group, Histogram()).observe(seconds)
 
     def child_exited(self, group, cause):
@@ -110,7 +112,7 @@ def _write_counters(metric, registry, specs):
     tasks = Counter({(group, outcome): 0 for group in workers for outcome in OUTCOMES})
     tasks.update(registry.tasks)
     metric("taskqueue_tasks_total", "counter",
-           "Tasks whose handling ended, by outcome: ack, requeue, reject, raised, dead, retry, killed.",
+           f"Tasks whose handling ended, by outcome: {', '.join(OUTCOMES)}.",
            [({"group": g, "outcome": o}, n) for (g, o), n in sorted(tasks.items())])
     metric("taskqueue_task_duration_seconds", "histogram",
            "Seconds handle_task took, for tasks it handled to an outcome.",
