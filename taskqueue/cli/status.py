@@ -243,10 +243,11 @@ def _supervisor_lines(answer):
     lines = [f"{about['name']}: pid {about['pid']}, up {up}"
              f"{', stopping' if about['stopping'] else ''} ({answer['socket']})"]
     lines += _table(("TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS",
-                     "RETRIES", "LAST EXIT"),
+                     "RETRIES", "EXPIRED", "LAST EXIT"),
                     [(g["type"], _cell(g["subgroup"]), _cell(g["user"]), str(g["processes"]),
                       str(g["running"]), STATE_WORDS.get(g["state"], g["state"]),
-                      str(g["restarts"]), str(g.get("retries", 0)), _last_exit(g))
+                      str(g["restarts"]), str(g.get("retries", 0)), str(g.get("expired", 0)),
+                      _last_exit(g))
                      for g in answer["groups"]])
     lines.append("")
     lines += _table(("CHILD", "PID", "STATE", "TASK", "ELAPSED", "DONE", "BROKER"),

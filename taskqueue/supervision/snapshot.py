@@ -81,6 +81,7 @@ def group_status(spec, slots, now):
         "restarts": sum(slot.restarts for slot in slots),
         "tasks_done": sum(slot.tasks_done for slot in slots),
         "retries": sum(slot.retries for slot in slots),
+        "expired": sum(slot.expired for slot in slots),
         "last_exit": last.last_exit if last else None,
         "last_exit_ago": round(now - last.exited_at, 3) if last else None,
         "children": [child_status(slot, now) for slot in sorted(slots, key=lambda s: s.index)],

@@ -71,6 +71,7 @@ class Slot:
     task_started: float = 0.0
     tasks_done: int = 0
     retries: int = 0                # tasks it put off for later (outcome `retry`)
+    expired: int = 0                # tasks it found past their deadline (outcome `expired`)
     task_timer: Optional[gevent.Greenlet] = field(default=None, repr=False)
     killed_for: Optional[str] = None  # why the supervisor killed it, for the exit line
     restart: Optional[Restart] = None  # what followed its last exit (lifecycle.restart_decision)
@@ -326,6 +327,7 @@ class Supervisor:
         if ended is not None:
             self.metrics.task_ended(slot.spec.name, *ended)
             slot.retries += ended[0] == "retry"
+            slot.expired += ended[0] == "expired"
         if slot.task is not None and (ended is None or ended[0] != "requeue"):
             # Settled: its next life starts at 0 deaths.
             self._forget_deaths(slot.task, slot.spec.queue)

@@ -216,7 +216,8 @@ def test_forged_taskqueue_headers_and_a_huge_priority_are_not_passed_on_as_taskq
     for task_id, name, value in (("text-retries", "x-taskqueue-retries", "3"),
                                  ("huge-retries", "x-taskqueue-retries", 2**40),
                                  ("negative-retries", "x-taskqueue-retries", -1),
-                                 ("text-due", "x-taskqueue-delayed-until", "soon")):
+                                 ("text-due", "x-taskqueue-delayed-until", "soon"),
+                                 ("text-expires", "x-taskqueue-expires", "1700000000000")):
         broker.submit("recorder", {"id": task_id}, message_id=task_id, headers={name: value})
     # Then the first goes on without the forged headers, its priority 9
     [(props, body)] = wait_for(lambda: broker.drain("worker_recorder"), 20, "the forwarded task")
@@ -224,7 +225,7 @@ def test_forged_taskqueue_headers_and_a_huge_priority_are_not_passed_on_as_taskq
     headers = {k: v for k, v in props.headers.items() if k != "x-delivery-count"}   # the broker's
     assert headers == {"mine": "kept", "x-taskqueue-retries": 2}
     # and the others are dead-lettered, each saying which header and what it must be
-    letters = {p.message_id: p.headers for p, _ in dead_letters(broker, 4)}
+    letters = {p.message_id: p.headers for p, _ in dead_letters(broker, 5)}
     assert letters["text-retries"]["x-taskqueue-reason"] == (
         "header x-taskqueue-retries is '3': expected a retry count, an integer from 0 to "
         "2147483647")
@@ -234,6 +235,9 @@ def test_forged_taskqueue_headers_and_a_huge_priority_are_not_passed_on_as_taskq
         "header x-taskqueue-retries is -1: expected a retry count")
     assert letters["text-due"]["x-taskqueue-reason"].startswith(
         "header x-taskqueue-delayed-until is 'soon': expected when the task is due")
+    assert letters["text-expires"]["x-taskqueue-reason"] == (
+        "header x-taskqueue-expires is '1700000000000': expected when the task expires, in "
+        "epoch milliseconds, an integer from 0 to 9223372036854775807")
 
 
 def test_a_one_hop_task_with_forged_headers_is_refused_and_neither_crashes_nor_misleads(

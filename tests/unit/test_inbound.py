@@ -37,7 +37,9 @@ def test_a_body_over_the_limit_is_refused_saying_both_sizes():
     ("x-taskqueue-retries", "3"), ("x-taskqueue-retries", -1), ("x-taskqueue-retries", 2**31),
     ("x-taskqueue-retries", True), ("x-taskqueue-retries", 1.5), ("x-taskqueue-retries", None),
     ("x-taskqueue-retries", [1]), ("x-taskqueue-delayed-until", "soon"),
-    ("x-taskqueue-delayed-until", -5), ("x-taskqueue-delayed-until", b"\x00")])
+    ("x-taskqueue-delayed-until", -5), ("x-taskqueue-delayed-until", b"\x00"),
+    ("x-taskqueue-expires", "tomorrow"), ("x-taskqueue-expires", -1),
+    ("x-taskqueue-expires", 1.7e12), ("x-taskqueue-expires", 2**64)])
 def test_a_checked_header_that_is_not_what_taskqueue_writes_is_refused(name, value):
     reason = inbound.refusal(props(headers={name: value}), b"", LIMIT)
     assert reason.startswith(f"header {name} is {value!r}: expected ")

@@ -117,10 +117,10 @@ def test_table_shows_groups_children_queues_and_problems():
     assert lines[0] == f"taskqueue-run: pid {os.getpid()}, up 5m12s (/run/taskqueue/taskqueue-run.sock)"
     rows = [line.split() for line in lines]
     assert ["TYPE", "SUBGROUP", "USER", "WANTED", "RUNNING", "STATE", "RESTARTS", "RETRIES",
-            "LAST", "EXIT"] in rows
-    assert ["brokenimport", "-", "-", "1", "0", "quarantined", "0", "0", "exit", "4", "(plugin",
-            "failed", "to", "load),", "2.5s", "ago"] in rows
-    assert ["recorder", "-", "-", "2", "2", "running", "0", "0", "-"] in rows
+            "EXPIRED", "LAST", "EXIT"] in rows
+    assert ["brokenimport", "-", "-", "1", "0", "quarantined", "0", "0", "0", "exit", "4",
+            "(plugin", "failed", "to", "load),", "2.5s", "ago"] in rows
+    assert ["recorder", "-", "-", "2", "2", "running", "0", "0", "0", "-"] in rows
     assert ["recorder#0", "101", "busy", "f00df00df00df00df00df00df00df00df...", "12s", "4",
             "10.0.0.2:5672"] in rows
     assert ["recorder#1", "102", "idle", "-", "-", "0", "10.0.0.1:5672"] in rows

@@ -64,7 +64,7 @@ def test_snapshot_describes_groups_and_children_from_the_slots():
     assert worker_group == {
         "name": "worker2/bifh1", "kind": "worker", "type": "worker2", "subgroup": "bifh1",
         "user": "bifh1", "queue": "worker_worker2", "processes": 2, "running": 2, "busy": 1,
-        "state": "running", "restarts": 2, "tasks_done": 10, "retries": 4,
+        "state": "running", "restarts": 2, "tasks_done": 10, "retries": 4, "expired": 0,
         "last_exit": "killed by SIGKILL", "last_exit_ago": 25.0,
         "children": [
             {"name": "worker2/bifh1#0", "pid": 12, "state": "running", "task": "m-1",
