@@ -90,11 +90,11 @@ def test_status_shows_a_quarantined_type_a_busy_child_and_the_queues_and_exits_1
     # Then the same facts are in its lines
     assert out.returncode == 1, out.stderr
     text = out.stdout
-    assert re.search(r"^  brokenimport +- +- +1 +0 +quarantined +0 +0 +exit 4 \(plugin failed to "
+    assert re.search(r"^  brokenimport +- +- +1 +0 +quarantined +0 +0 +0 +exit 4 \(plugin failed to "
                      r"load\), [\d.]+s ago$", text, re.M), text
     # (Restarts may be 1: a child that met its just-declared quorum queue still
     # starting (541) exits 3 and is replaced; the count and last exit say so.)
-    assert re.search(rf"^  recorder +- +- +2 +2 +running +{recorder['restarts']} +0 +"
+    assert re.search(rf"^  recorder +- +- +2 +2 +running +{recorder['restarts']} +0 +0 +"
                      rf"{re.escape(recorder['last_exit'] or '-')}", text, re.M), text
     # (BROKER: the node each child is connected to; none for one that does not run)
     assert re.search(rf"^  recorder#\d +{child['pid']} +busy +long-task-1 +[\d.]+s +0 "
