@@ -2,7 +2,7 @@
 runtime/rategate.py): two pools share one limit; a restarted pool keeps it; junk and
 forged tokens in the token queue neither stop it nor raise the rate past what
 ratelimits.is_extra allows."""
-import json
+import re
 import subprocess
 import time
 
@@ -79,6 +79,11 @@ def test_two_pools_share_one_limit_of_5_per_second_50_tasks_take_9_to_12_s(
         # When 50 tasks are submitted at once
         begin = time.time()
         submit(broker, 50, "t")
+        # (taskqueue status shows the limit and the rate meanwhile)
+        wait_for(lambda: len(start_times(records, "t")) >= 10, 10, "10 tasks started")
+        shown = subprocess.run([TASKQUEUE, "status", "--config", pools[0].config_path],
+                               capture_output=True, text=True, timeout=30).stdout
+        assert re.search(r"^  recorder +5/s +all hosts +[0-5]/s +[0-5]$", shown, re.M), shown
         wait_for(done(records, "t", 50), 40, "50 tasks done")
         took = max(r["time"] for r in records.all("done")) - begin
         times = start_times(records, "t")
