@@ -27,6 +27,7 @@ class RateGate:
     """The buckets of one worker group, on the worker's session."""
 
     def __init__(self, session, buckets, consumer_timeout=None, processes=1):
+        self._session = session
         self._tokens = [TokenBucket(session, bucket) for bucket in buckets]
         self._consumer_timeout = consumer_timeout
         self._processes = processes
@@ -74,6 +75,9 @@ class RateGate:
             held.append((tokens, tag))
         for owner, owned in held:
             owner.spend(owned)
+        # In the kernel's buffer before the task may crash the process: a spend the broker
+        # never saw would give the token back unspent, and the start would not count.
+        self._session.flush()
         self._note_wait(time.monotonic() - started)
         return True
 

@@ -9,6 +9,7 @@ import time
 import pika
 import pytest
 
+from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol import ratelimits
 from taskqueue.protocol.ratelimits import Bucket, RateLimit
 
@@ -29,10 +30,11 @@ def fresh_bucket(broker):
     delete()
 
 
-def pool_config(vhost, records, status_dir, processes=4, limit=LIMIT):
+def pool_config(vhost, records, status_dir, processes=4, limit=LIMIT, queue_type="quorum"):
     body = (f"[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: {processes}\n"
             f"record_dir: {records.path}\nrate_limit: {limit}\n")
-    return config_text(vhost, body, status_dir=status_dir)
+    return config_text(vhost, body, status_dir=status_dir,
+                       amqp_extra=f"queue_type: {queue_type}\n")
 
 
 def start_workers(workdir, vhost, records, name, **kwargs):
@@ -68,11 +70,14 @@ def done(records, prefix, count):
     return lambda: len([r for r in records.all("done") if r["id"].startswith(prefix)]) >= count
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 @pytest.mark.timeout(120)
 def test_two_pools_share_one_limit_of_5_per_second_50_tasks_take_9_to_12_s(
-        broker, workdir, vhost, records, fresh_bucket):
+        broker, workdir, vhost, records, fresh_bucket, queue_type):
     # Given two pools of 4 workers each (two supervisors, as two hosts), rate_limit: 5/s
-    pools = [start_workers(workdir, vhost, records, name) for name in ("a", "b")]
+    broker.settings = AmqpSettings(queue_type=queue_type)
+    pools = [start_workers(workdir, vhost, records, name, queue_type=queue_type)
+             for name in ("a", "b")]
     try:
         consumers(broker, 8)
         full_bucket(broker)
@@ -89,6 +94,8 @@ def test_two_pools_share_one_limit_of_5_per_second_50_tasks_take_9_to_12_s(
         times = start_times(records, "t")
         # Then they take 9 to 12 s (10 periods of 5 starts, the first at once), no second
         # holds more than 7 starts, and both pools ran some
+        print(f"\nrate 5/s, 2 pools x 4 workers ({queue_type}): 50 tasks in {took:.2f} s, at most "
+              f"{busiest_second(times)} starts in a second")
         assert 9.0 <= took <= 12.0, took
         assert busiest_second(times) <= 7, times
         assert len({r["pid"] for r in records.all("start")}) > 4
