@@ -92,12 +92,13 @@ def test_two_pools_share_one_limit_of_5_per_second_50_tasks_take_9_to_12_s(
         wait_for(done(records, "t", 50), 40, "50 tasks done")
         took = max(r["time"] for r in records.all("done")) - begin
         times = start_times(records, "t")
-        # Then they take 9 to 12 s (10 periods of 5 starts, the first at once), no second
+        # Then they take 9 to 12 s (10 periods of 5 starts, the first at once; a period
+        # and its margin apart: ratelimits.wait_ms), no second
         # holds more than 7 starts, and both pools ran some
         print(f"\nrate 5/s, 2 pools x 4 workers ({queue_type}): 50 tasks in {took:.2f} s, at most "
               f"{busiest_second(times)} starts in a second")
         assert 9.0 <= took <= 12.0, took
-        assert busiest_second(times) <= 7, times
+        assert busiest_second(times) <= 7, [round(t - times[0], 3) for t in times]
         assert len({r["pid"] for r in records.all("start")}) > 4
         # and no token was made or lost: 5 in all once the last period has passed
         wait_for(lambda: broker.counts(BUCKET.token_queue)[0] == 5, 5, "the 5 tokens back")

@@ -74,7 +74,7 @@ def test_the_two_queues_send_tokens_round_and_wait_queue_holds_them_one_period(q
     assert tokens["x-dead-letter-routing-key"] == bucket.wait_queue
     assert waits["x-dead-letter-routing-key"] == bucket.token_queue
     assert tokens["x-dead-letter-exchange"] == waits["x-dead-letter-exchange"] == ""
-    assert waits["x-message-ttl"] == 60000 and "x-message-ttl" not in tokens
+    assert waits["x-message-ttl"] == 61000 and "x-message-ttl" not in tokens
     assert tokens["x-max-length"] == waits["x-max-length"] == 5
     if queue_type == "quorum":
         for args in (tokens, waits):
@@ -95,6 +95,12 @@ def test_a_repair_adds_only_what_every_count_misses(counts, added):
 @pytest.mark.parametrize("spent, extra", [(0, False), (4, False), (5, True), (9, True)])
 def test_a_token_in_hand_is_extra_once_the_wait_queue_holds_the_limit(spent, extra):
     assert ratelimits.is_extra(spent, RateLimit(5, "s")) is extra
+
+
+@pytest.mark.parametrize("limit, ms", [("5/s", 1100), ("1/s", 1100), ("100/m", 61000),
+                                       ("2/h", 3601000)])
+def test_a_spent_token_waits_a_period_and_a_tenth_of_it_at_most_a_second_more(limit, ms):
+    assert ratelimits.wait_ms(parse_rate_limit(limit)) == ms
 
 
 def test_only_the_token_body_is_a_token():
