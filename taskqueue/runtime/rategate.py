@@ -67,7 +67,10 @@ class RateGate:
         started = time.monotonic()
         held = []
         for tokens in self._tokens:
-            tag = tokens.take(stopping)
+            try:
+                tag = tokens.take(stopping)
+            except SessionClosed:
+                tag = None   # the connection went: the worker's loop sees it and starts over
             if tag is None:
                 for owner, owned in held:
                     owner.give_back(owned)
