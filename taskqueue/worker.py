@@ -27,6 +27,7 @@ from taskqueue.host import logs, tracing
 from taskqueue.protocol import delays, expiry, replies, retries, topology, tracecontext
 from taskqueue.runtime import plugins
 from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
+from taskqueue.runtime.rategate import RateGate
 from taskqueue.runtime.taskthread import TaskThread
 from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
 
@@ -253,6 +254,7 @@ def run_worker(group, amqp_settings, ctx):
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
     try:
         intake, prefetch = _start_consuming(group, session)
+        gate = RateGate.start_for(group, amqp_settings, session)   # None: no rate limit
     except SessionClosed:
         if not session.connection_lost:
             raise   # the broker refused a declare or the consume: its message says which
@@ -299,6 +301,9 @@ def run_worker(group, amqp_settings, ctx):
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
+        if gate is not None and not gate.wait_turn(ctx.stopping):
+            ctx.done("requeue", 0.0)   # never started: back to its queue as the worker closes
+            break
         events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
                    redelivered=method.redelivered or None, trace=trace)
         outcome, seconds = _handle(worker, group, session, events, hub_calls, tasks, intake,
@@ -485,8 +490,12 @@ def _lookahead(group):
     intake takes in advance (max_tasks below AHEAD_PREFETCH): it would give back, at
     every replacement, tasks it never meant to run, and on quorum queues each
     give-back counts toward the broker's delivery limit (RabbitMQ 3.10 dead-lettered a
-    task of 40 run by `max_tasks: 1` processes that way)."""
+    task of 40 run by `max_tasks: 1` processes that way). None either for a rate-limited
+    type: a task held in advance would wait for its turn behind the one in hand (rategate.py)
+    as a delivery unacked, which the broker's consumer timeout bounds."""
     if group.max_tasks is not None and group.max_tasks < AHEAD_PREFETCH:
+        return 0
+    if group.rate_limit is not None or group.rate_limit_per_host is not None:
         return 0
     return group.lookahead
 

@@ -20,6 +20,7 @@ from taskqueue.cli.startup import EXIT_NO_BROKER
 from taskqueue.errors import TaskqueueError, Unlisted
 from taskqueue.printable import printable
 from taskqueue.protocol import delays, topology
+from taskqueue.protocol.ratelimits import Bucket
 from taskqueue.supervision import snapshot
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
@@ -43,12 +44,15 @@ def gather(cfg, timeout):
     `errors` (what could not be asked) and `exit_code`."""
     supervisors = [ask_supervisor(path, timeout) for path in status_sockets(cfg.supervisor.status_dir)]
     expected = queue_names(cfg, supervisors)
+    buckets = rate_buckets(cfg, socket.gethostname())
+    bucket_queues = [q for b in buckets for q in (b.token_queue, b.wait_queue)]
     try:
-        counts, broker_error = blocking.queue_counts(cfg.amqp, expected + list(delays.LEVEL_QUEUES),
-                                                     timeout), None
+        counts, broker_error = blocking.queue_counts(
+            cfg.amqp, expected + list(delays.LEVEL_QUEUES) + bucket_queues, timeout), None
     except TaskqueueError as exc:
         counts, broker_error = {}, str(exc)
     delay_counts = [counts.pop(queue, None) for queue in delays.LEVEL_QUEUES]
+    rate_counts = {queue: counts.pop(queue, None) for queue in bucket_queues}
     others, listing = set(), {"source": None, "error": "the broker could not be asked"}
     if broker_error is None:
         others, listing = other_worker_queues(cfg.amqp, timeout, counts)
@@ -61,6 +65,7 @@ def gather(cfg, timeout):
         "queue_listing": listing,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
         "delayed": delayed_tasks(delay_counts) if broker_error is None else None,
+        "rate_limits": rate_rows(buckets, rate_counts, broker_error is None),
     }
     view.update(assess(view))
     return view
@@ -94,6 +99,32 @@ def delayed_tasks(counts):
     """How many tasks wait in the delay queues, from their queue_counts (None: the
     queue does not exist, no delayed task was ever submitted on this vhost)."""
     return sum(count[0] for count in counts if count)
+
+
+def rate_buckets(cfg, host):
+    """The rate-limit buckets of the config's groups (ratelimits.py), each once: every
+    host's, and this host's."""
+    found = []
+    for group in cfg.groups:
+        for bucket in ([Bucket(group.worker_type, group.rate_limit)] if group.rate_limit else []) \
+                + ([Bucket(group.worker_type, group.rate_limit_per_host, host)]
+                   if group.rate_limit_per_host else []):
+            if bucket not in found:
+                found.append(bucket)
+    return found
+
+
+def rate_rows(buckets, counts, asked):
+    """One row per bucket: its limit, and from its queues' counts the tokens ready and
+    the starts of the last period (the wait queue holds each spent token one period)."""
+    rows = []
+    for bucket in buckets:
+        tokens, spent = counts.get(bucket.token_queue), counts.get(bucket.wait_queue)
+        rows.append({"type": bucket.worker_type, "limit": str(bucket.limit),
+                     "host": bucket.host, "tokens_ready": tokens[0] if tokens else None,
+                     "started_last_period": spent[0] if spent else None,
+                     "exists": (tokens is not None and spent is not None) if asked else None})
+    return rows
 
 
 def status_sockets(status_dir):
@@ -227,6 +258,10 @@ def render(view):
                      for q in view["queues"]])
     if view["broker"]["error"] is None and view["queue_listing"]["error"]:
         lines.append(f"  (other worker queues not listed: {view['queue_listing']['error']})")
+    if view.get("rate_limits"):
+        lines.append("rate limits (the current rate: starts in the last period):")
+        lines += _table(("TYPE", "LIMIT", "WHERE", "CURRENT", "TOKENS READY"),
+                        [_rate_row(row) for row in view["rate_limits"]])
     if view.get("delayed") is not None:
         lines.append(f"delayed tasks waiting: {view['delayed']} (in {delays.QUEUE_PREFIX}*)")
     lines.append("")
@@ -259,6 +294,15 @@ def _supervisor_lines(answer):
         lines += _table(("BROKER", "CHILDREN", "SERVER", "LAST FAILURE"),
                         [_broker_row(row) for row in answer["brokers"]])
     return lines
+
+
+def _rate_row(row):
+    unit = row["limit"].rpartition("/")[2]
+    now = "-" if row["started_last_period"] is None else f"{row['started_last_period']}/{unit}"
+    if row["exists"] is False:
+        now = "no bucket yet (no worker of the type started)"
+    return (row["type"], row["limit"], "all hosts" if row["host"] is None else row["host"],
+            now, _cell(row["tokens_ready"]))
 
 
 def _broker_row(row):

@@ -23,6 +23,7 @@ from taskqueue import redact
 from taskqueue.host import filetrust, keptsecrets, tls
 from taskqueue.protocol import delays
 from taskqueue.protocol.events import DEFAULT_MAX_BYTES, DEFAULT_RETENTION
+from taskqueue.protocol.ratelimits import RateLimit, parse_rate_limit
 from taskqueue.protocol.replies import parse_reply_queues
 from taskqueue.protocol.retries import RetryPolicy
 
@@ -95,6 +96,10 @@ class WorkerGroup:
     max_memory: Optional[int] = None       # MiB of resident memory; replaced after its task
     retry: RetryPolicy = RetryPolicy()     # max_retries, retry_delay, retry_backoff, retry_max_delay
     reply_queues: tuple = ()               # where channel.reply() may send besides reply queues
+    #: At most so many starts of the type per period, on every host together / on this
+    #: host (protocol/ratelimits.py); None: no limit.
+    rate_limit: Optional[RateLimit] = None
+    rate_limit_per_host: Optional[RateLimit] = None
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
@@ -210,7 +215,7 @@ AUTH_MECHANISMS = ("plain", "external")
 #: any other option there is the plugin's own (WorkerGroup.options).
 GROUP_OPTIONS = ("workers", "user", "prefetch", "lookahead", "stop_timeout", "task_timeout",
                  "max_tasks", "max_memory", "max_retries", "retry_delay", "retry_backoff",
-                 "retry_max_delay", "reply_queues")
+                 "retry_max_delay", "reply_queues", "rate_limit", "rate_limit_per_host")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -487,6 +492,7 @@ def load(path: str, installed_types, *, check_users: bool = True,
     amqp, dispatcher, logging = loader.amqp(), loader.dispatcher(), loader.logging()
     supervisor, metrics = loader.supervisor(), loader.metrics(amqp)
     loader.check_task_timeouts(groups, amqp)
+    loader.check_rate_limits(groups)
     if loader.errors:
         raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
     claimed = {f"{owner}_{subgroup}" for owner, names in lists.items() for subgroup in names}
@@ -633,6 +639,10 @@ def _line(lines, number):
     return lines[number - 1].strip() if 0 < number <= len(lines) else ""
 
 
+def _section_of(group):
+    return group.worker_type if group.subgroup is None else f"{group.worker_type}_{group.subgroup}"
+
+
 def _shown(option, value):
     """The value as quoted in messages, without the broker password."""
     if option == "password":
@@ -730,6 +740,9 @@ class _Loader:
                            retry=self.retry_policy(chain),
                            reply_queues=self.convert(chain, "reply_queues", (),
                                                      parse_reply_queues) or (),
+                           rate_limit=self.convert(chain, "rate_limit", None, parse_rate_limit),
+                           rate_limit_per_host=self.convert(chain, "rate_limit_per_host", None,
+                                                            parse_rate_limit),
                            options=MappingProxyType(options))
 
     def retry_policy(self, chain):
@@ -764,6 +777,21 @@ class _Loader:
                 self.fail(section, "task_timeout", group.options.get("task_timeout", ""),
                           f"expected less than the broker's consumer timeout ({limit:g} s, "
                           "[amqp] consumer_timeout)")
+
+    def check_rate_limits(self, groups):
+        """A type has one limit of each kind: subgroups that disagree would each get a
+        bucket of their own (ratelimits.py names a bucket after its limit)."""
+        for option in ("rate_limit", "rate_limit_per_host"):
+            first = {}
+            for group in groups:
+                limit = getattr(group, option)
+                seen = first.setdefault(group.worker_type, (limit, group))
+                if seen[0] != limit:
+                    section = f"{group.worker_type}_{group.subgroup}"
+                    self.fail(section, option, group.options.get(option, ""),
+                              f"expected the same {option} as [{_section_of(seen[1])}] "
+                              f"({seen[0] or 'none'}): a type has one limit, shared by its "
+                              "subgroups (set it in the type's section)")
 
     def parse_user(self, value):
         name = parse_user(value)

@@ -209,3 +209,21 @@ def test_table_says_how_many_delayed_tasks_wait_and_says_nothing_when_the_broker
     assert "\ndelayed tasks waiting: 7 (in taskqueue.delay.*)\n" in status.render(view)
     unasked = dict(view_of([answer_of()], {}, broker_error="refused"), delayed=None)
     assert "delayed tasks" not in status.render(unasked)
+
+
+def test_rate_limits_show_each_bucket_its_current_rate_and_tokens_ready():
+    from taskqueue.protocol.ratelimits import Bucket, RateLimit
+    every, here = Bucket("resize", RateLimit(5, "s")), Bucket("resize", RateLimit(2, "m"), "web1")
+    fresh = Bucket("thumb", RateLimit(1, "h"))
+    counts = {every.token_queue: (1, 0), every.wait_queue: (4, 0),
+              here.token_queue: (2, 0), here.wait_queue: (0, 0),
+              fresh.token_queue: None, fresh.wait_queue: None}
+    view = view_of([answer_of()], HEALTHY_COUNTS)
+    view["rate_limits"] = status.rate_rows([every, here, fresh], counts, True)
+    lines = status.render(view).splitlines()
+    start = lines.index("rate limits (the current rate: starts in the last period):")
+    assert [line.split() for line in lines[start + 1:start + 4]] == [
+        ["TYPE", "LIMIT", "WHERE", "CURRENT", "TOKENS", "READY"],
+        ["resize", "5/s", "all", "hosts", "4/s", "1"],
+        ["resize", "2/m", "web1", "0/m", "2"]]
+    assert lines[start + 4].split()[:6] == ["thumb", "1/h", "all", "hosts", "no", "bucket"]
