@@ -301,9 +301,17 @@ def run_worker(group, amqp_settings, ctx):
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
-        if gate is not None and not gate.wait_turn(ctx.stopping):
-            ctx.done("requeue", 0.0)   # never started: back to its queue as the worker closes
-            break
+        if gate is not None:
+            if not gate.wait_turn(ctx.stopping):
+                ctx.done("requeue", 0.0)   # never started: back to its queue as the worker closes
+                break
+            # Its turn may have come after its deadline (its token is spent: the limit is
+            # a ceiling, and this keeps it one).
+            outcome = _not_to_start(group, session, events, key, *delivery)
+            if outcome:
+                logs.set_task(None)
+                ctx.done(outcome, 0.0)
+                continue
         events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
                    redelivered=method.redelivered or None, trace=trace)
         outcome, seconds = _handle(worker, group, session, events, hub_calls, tasks, intake,

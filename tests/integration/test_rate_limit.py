@@ -184,3 +184,25 @@ def test_a_bad_rate_limit_refuses_to_start_naming_file_section_and_option(workdi
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2, run.stderr
     assert f"{path}: [recorder] rate_limit = {value!r}: expected {ratelimits.RULE}" in run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_task_whose_deadline_passes_while_it_waits_for_its_turn_does_not_start(
+        broker, workdir, vhost, records, client):
+    # Given one worker at 1 task a second
+    limit = RateLimit(1, "s")
+    pool = start_workers(workdir, vhost, records, "expiry", processes=1, limit=limit)
+    try:
+        consumers(broker, 1)
+        full_bucket(broker, Bucket("recorder", limit))
+        # When a task takes the second's token, and the next may wait only half a second
+        client.submit("recorder", {"id": "first"})
+        late = client.submit("recorder", {"id": "late"}, expires=0.5)
+        client.submit("recorder", {"id": "patient"}, expires=60)
+        # Then the one after it runs, the late one never starts: it expired waiting
+        wait_for(lambda: "patient" in records.ids(), 20, "the patient task")
+        assert set(records.ids("start")) == {"first", "patient"}
+        pool.wait_log(rf"task {late} \(delivery \d+\) not run: expired \d+\.\d+s before it "
+                      rf"could start")
+    finally:
+        pool.stop()
