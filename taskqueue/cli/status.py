@@ -13,13 +13,13 @@ import stat
 from collections import Counter
 
 from taskqueue import redact
-from taskqueue.broker import blocking, pikaparams
+from taskqueue.broker import blocking, cancellog, pikaparams
 from taskqueue.cli import queuelist
 from taskqueue.cli.progress import format_duration
 from taskqueue.cli.startup import EXIT_NO_BROKER
 from taskqueue.errors import TaskqueueError, Unlisted
 from taskqueue.printable import printable
-from taskqueue.protocol import delays, topology
+from taskqueue.protocol import cancels, delays, topology
 from taskqueue.supervision import snapshot
 
 # Exit codes of `taskqueue status`; when several apply, the highest. (2, a bad config
@@ -61,6 +61,7 @@ def gather(cfg, timeout):
         "queue_listing": listing,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
         "delayed": delayed_tasks(delay_counts) if broker_error is None else None,
+        "cancels": cancels_pending(cfg.amqp, timeout) if broker_error is None else None,
     }
     view.update(assess(view))
     return view
@@ -94,6 +95,18 @@ def delayed_tasks(counts):
     """How many tasks wait in the delay queues, from their queue_counts (None: the
     queue does not exist, no delayed task was ever submitted on this vhost)."""
     return sum(count[0] for count in counts if count)
+
+
+def cancels_pending(settings, timeout):
+    """{"pending": the cancels no worker has settled yet, "records": the records read,
+    "junk": messages that were none, "error": why the stream could not be read}."""
+    try:
+        records, junk = cancellog.read_records(settings, timeout, name="taskqueue status")
+    except TaskqueueError as exc:
+        return {"pending": None, "records": None, "junk": None,
+                "error": redact.redact(str(exc))}
+    return {"pending": len(cancels.pending(records)), "records": len(records), "junk": junk,
+            "error": None}
 
 
 def status_sockets(status_dir):
@@ -229,10 +242,21 @@ def render(view):
         lines.append(f"  (other worker queues not listed: {view['queue_listing']['error']})")
     if view.get("delayed") is not None:
         lines.append(f"delayed tasks waiting: {view['delayed']} (in {delays.QUEUE_PREFIX}*)")
+    lines += _cancel_lines(view.get("cancels"))
     lines.append("")
     lines.append("problems:" if view["problems"] else "problems: none")
     lines += [f"  {problem}" for problem in view["problems"]]
     return "".join(printable(line) + "\n" for line in lines)
+
+
+def _cancel_lines(found):
+    if found is None:
+        return []
+    if found["error"]:
+        return [f"cancels pending: unknown ({found['error']})"]
+    junk = f", {found['junk']} message(s) that were no record" if found["junk"] else ""
+    return [f"cancels pending: {found['pending']} (not yet settled by a worker; "
+            f"{found['records']} record(s) in {cancels.STREAM}{junk})"]
 
 
 def _supervisor_lines(answer):
