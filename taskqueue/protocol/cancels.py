@@ -36,8 +36,8 @@ SEGMENT_BYTES = 2 * 2**20
 #: Longest id (deadletters.task_key cuts message ids there), and longest record.
 MAX_ID = 200
 MAX_RECORD = 4096
-#: Ids a worker keeps in memory (about 15 MB at most): more than the stream holds
-#: (MAX_BYTES); beyond, the oldest are forgotten first (CancelledIds).
+#: Ids a worker keeps in memory: more than the stream holds (MAX_BYTES: 80 000 took
+#: about 25 MB more resident, measured); beyond, the oldest are forgotten first.
 MAX_IDS = 100_000
 #: The kinds of record.
 CANCEL, SETTLED = "cancel", "settled"
