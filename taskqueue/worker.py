@@ -573,12 +573,10 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, cancels, k
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
     result = tasks.spawn(_call_handler, worker, channel, method, props, body, span)
-    if intake.holds_ahead:
-        cancels.wait(result, timeout=intake.lookahead)
-        if not result.ready() and not cancels.hit.is_set():
-            intake.task_is_long()
+    # Past the lookahead, what is held in advance goes back to the queue (intake.py).
+    long_at = started + intake.lookahead if intake.holds_ahead else None
     while not result.ready():
-        cancels.wait(result)
+        cancels.wait(result, None if long_at is None else max(0.0, long_at - time.monotonic()))
         if cancels.hit.is_set() and not result.ready():
             hub_calls.run_pending()     # a settlement its thread queued goes first
             if channel.claim("cancelled"):
@@ -587,6 +585,9 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, cancels, k
                 span.end("cancelled")
                 return "cancelled", elapsed
             cancels.hit.clear()     # settled by the plugin already: it ends as it is
+        elif long_at is not None and not result.ready() and time.monotonic() >= long_at:
+            intake.task_is_long()
+            long_at = None
     error = result.get()
     elapsed = time.monotonic() - started
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:

@@ -49,7 +49,7 @@ def test_queued_and_delayed_tasks_cancelled_never_start_and_are_recorded(
     client.submit("recorder", {"id": "holder", "gate": gate})
     queued = client.submit("recorder", {"id": "queued"})
     delayed = client.submit("recorder", {"id": "delayed"}, delay=2)
-    kept = client.submit("recorder", {"id": "kept"})
+    client.submit("recorder", {"id": "kept"})
     # When both are cancelled with the command line, then the worker is let go
     out = taskqueue(pool, "cancel", queued, delayed)
     assert out.returncode == 0, out.stderr
