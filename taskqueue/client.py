@@ -37,14 +37,14 @@ import time
 import weakref
 
 from taskqueue import redact
-from taskqueue.broker import blocking, fielddecode, pikaparams
+from taskqueue.broker import blocking, cancellog, fielddecode, pikaparams
 from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.onehopwindow import onehop_window
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
                               SessionClosed, TaskFailed, TaskqueueError, TopologyError,
                               UndecodableHeaders)
 from taskqueue.host import config, tracing
-from taskqueue.protocol import (expiry, nacks, onehop, priorities, replies as reply_rule,
+from taskqueue.protocol import (cancels, expiry, nacks, onehop, priorities, replies as reply_rule,
                                 taskids, topology, tracecontext, workitems)
 from taskqueue.runtime import plugins
 
@@ -416,6 +416,30 @@ class Client:
             link.declare(queue)
             blocking.blocking_publish_confirmed(link.channel, queue, body, props)
         self._with_connection(publish, f"publishing to {queue}")
+
+    def cancel(self, *task_ids):
+        """Cancel the tasks of `task_ids` (what submit returned): one not started yet never
+        starts; a running one is settled and its process replaced (its thread gets
+        worker.TaskCancelled); on every host, for 13 days (cancels.RETENTION, beyond the
+        longest delay). Each is recorded as `cancelled`, not delivered again. Returns once
+        the broker confirmed a record of each in the stream taskqueue_cancels. Says nothing
+        of whether a task exists or has finished (`taskqueue cancel` does): a cancel of a
+        task that finished stays pending in `taskqueue status` until it ages out.
+        ValueError for an id that cannot name a task (nothing sent); PublishRefused,
+        ConnectionLost as submit; TopologyError if the broker refuses the stream."""
+        if not task_ids:
+            raise ValueError("cancel: expected at least one task id")
+        for task_id in task_ids:
+            cancels.checked_id(task_id)
+
+        def publish(link):
+            if cancels.STREAM not in link.declared:
+                cancellog.declare_stream(link.connection)
+                link.declared.add(cancels.STREAM)
+            for task_id in task_ids:
+                cancellog.publish_cancel(link.channel, task_id, self.name)
+        self._with_connection(publish, f"publishing {len(task_ids)} cancel(s) to "
+                                       f"{cancels.STREAM}")
 
     def submit_many(self, worker_type, items, *, priority=None, expires=None,
                     traceparent=None, tracestate=None):

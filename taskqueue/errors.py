@@ -97,6 +97,14 @@ class TaskFailed(TaskqueueError):
         self.task_id, self.reason = task_id, reason
 
 
+class TaskCancelled(BaseException):
+    """Raised in a plugin's task thread when its running task is cancelled (`taskqueue
+    cancel`): its `finally` blocks and context managers run before the process is
+    replaced. A BaseException, as KeyboardInterrupt is, so that `except Exception`
+    does not swallow it. It arrives at the thread's next Python instruction: not
+    inside a call into C (a sleep, a socket read), only once that returns."""
+
+
 class NotRequeueable(TaskqueueError):
     """Requeuing this dead letter would not give the dispatcher something it routes."""
 

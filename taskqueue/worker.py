@@ -22,14 +22,18 @@ from taskqueue.broker import amqp, inbound, pikaparams
 from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
                                           without_broker_headers)
 from taskqueue.broker.eventlog import EventLog
-from taskqueue.errors import PluginError, PublishNacked, SessionClosed
+from taskqueue.errors import PluginError, PublishNacked, SessionClosed, TaskCancelled
 from taskqueue.host import logs, tracing
 from taskqueue.protocol import delays, expiry, replies, retries, topology, tracecontext
-from taskqueue.runtime import plugins
+from taskqueue.runtime import cancels as cancelling, plugins
 from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
 from taskqueue.runtime.rategate import RateGate
 from taskqueue.runtime.taskthread import TaskThread
-from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK, EXIT_RECYCLE
+from taskqueue.supervision.lifecycle import (EXIT_CANCELLED, EXIT_CONNECTION, EXIT_OK,
+                                             EXIT_RECYCLE)
+
+#: The plugin API: what plugins import from here (TaskCancelled: errors.py's).
+__all__ = ["BaseWorker", "TaskCancelled"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,9 @@ class TaskChannel:
         self.requeued = False        # nack or reject with requeue=True
         self.retry_delay = None      # what retry() asked for (None: the group's backoff)
         self.replied = False         # reply() sent the plugin's answer: no failure reply
+        # The hub settles a cancelled task while the plugin's thread may settle it too:
+        # the first to claim the settlement wins (claim()).
+        self._claiming = threading.Lock()
 
     def basic_ack(self, delivery_tag=0, multiple=False):
         self._settle("ack", delivery_tag, multiple, lambda: self._session.ack(self._tag))
@@ -169,11 +176,10 @@ class TaskChannel:
                                   or not 0 <= delay <= delays.MAX_DELAY):
             raise ValueError(f"retry: delay {delay!r} is not a number of seconds from 0 to "
                              f"{delays.MAX_DELAY}")
-        if self.settlement is not None:
+        if not self.claim("retry"):   # the worker publishes the retry, then acks (_retry)
             log.warning("retry on delivery %s ignored: already settled by basic_%s",
                         self._tag, self.settlement)
             return
-        self.settlement = "retry"   # the worker publishes the retry, then acks (_retry)
         self.retry_delay = delay
 
     @property
@@ -223,15 +229,22 @@ class TaskChannel:
         if delivery_tag not in (0, self._tag):
             raise ValueError(f"basic_{action}: delivery tag {delivery_tag} is not the task being "
                              f"handled (tag {self._tag})")
-        if self.settlement is not None:
+        if not self.claim(action):
             log.warning("basic_%s on delivery %s ignored: already settled by basic_%s",
                         action, self._tag, self.settlement)
             return False
         if multiple:
             log.warning("basic_%s(multiple=True) settles only the task being handled", action)
-        self.settlement = action
         self._hub.submit(lambda: self._send(action, send))
         return True
+
+    def claim(self, action):
+        """Record `action` as the settlement unless there is one; True when it was recorded."""
+        with self._claiming:
+            if self.settlement is not None:
+                return False
+            self.settlement = action
+            return True
 
     def _send(self, action, send):
         # A delivery tag belongs to its channel: once that is gone, the broker
@@ -252,6 +265,8 @@ def run_worker(group, amqp_settings, ctx):
     events = EventLog(session, ctx.name, amqp_settings)    # its connection: once serving
     tasks = TaskThread(f"task {group.worker_type}")
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
+    # Read from the start of the cancels stream meanwhile: the first task waits for it.
+    cancels = cancelling.Cancels(session, ctx.name).start()
     try:
         intake, prefetch = _start_consuming(group, session)
         gate = RateGate.start_for(group, amqp_settings, session)   # None: no rate limit
@@ -261,7 +276,7 @@ def run_worker(group, amqp_settings, ctx):
         # The connection went while setting up (a node stopping, a quorum leader
         # moving): a lost connection like any other, said once.
         log.warning("%s", session.loss())
-        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events, cancels)
     # Wake the loop when asked to stop or when the connection goes.
     ctx.stopping.rawlink(lambda _: intake.wake())
     session.closed.rawlink(lambda _: intake.wake())
@@ -273,7 +288,8 @@ def run_worker(group, amqp_settings, ctx):
     done = 0
     while True:
         delivery = _next_delivery(intake.inbox, ctx)
-        if delivery is None or ctx.stopping.is_set() or not session.is_open:
+        if delivery is None or ctx.stopping.is_set() or not session.is_open \
+                or not cancels.read(ctx.stopping, session.closed):
             break
         method, props, body = delivery
         # The last task's settlement must be on its way before this one may
@@ -296,8 +312,9 @@ def run_worker(group, amqp_settings, ctx):
         delivery = (method, inbound.admitted(props), body)
         outcome = _over_delivery_limit(group, amqp_settings, session, events, ctx, key,
                                        *delivery) or \
-            _not_to_start(group, session, events, key, *delivery)
+            _not_to_start(group, session, events, cancels, key, *delivery)
         if outcome:
+            cancels.release()
             logs.set_task(None)
             ctx.done(outcome, 0.0)
             continue
@@ -305,17 +322,22 @@ def run_worker(group, amqp_settings, ctx):
             if not gate.wait_turn(ctx.stopping):
                 ctx.done("requeue", 0.0)   # never started: back to its queue as the worker closes
                 break
-            # Its turn may have come after its deadline (its token is spent: the limit is
-            # a ceiling, and this keeps it one).
-            outcome = _not_to_start(group, session, events, key, *delivery)
+            # It may have been cancelled, or its deadline passed, while it waited for its
+            # turn (its token is spent: the limit is a ceiling, and this keeps it one).
+            outcome = _not_to_start(group, session, events, cancels, key, *delivery)
             if outcome:
+                cancels.release()
                 logs.set_task(None)
                 ctx.done(outcome, 0.0)
                 continue
         events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
                    redelivered=method.redelivered or None, trace=trace)
         outcome, seconds = _handle(worker, group, session, events, hub_calls, tasks, intake,
-                                   key, *delivery)
+                                   cancels, key, *delivery)
+        cancels.release()
+        if outcome == "cancelled":
+            return _replaced_after_cancel(worker, group, session, hub_calls, tasks, ctx, events,
+                                          cancels, key, seconds)
         if outcome == "ack":
             events.add("done", key, group.worker_type, duration=seconds)
         ctx.done(outcome, seconds)
@@ -324,12 +346,29 @@ def run_worker(group, amqp_settings, ctx):
         reason = _recycle_reason(group, done)
         if reason:
             log.info("%s: this process is replaced after its current task", reason)
-            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE, events)
+            return _finish(worker, session, hub_calls, ctx, EXIT_RECYCLE, events, cancels)
         intake.task_done(seconds)
     if not session.is_open:
         log.warning("%s", session.loss())
-        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events)
-    return _finish(worker, session, hub_calls, ctx, EXIT_OK, events)
+        return _finish(worker, session, hub_calls, ctx, EXIT_CONNECTION, events, cancels)
+    return _finish(worker, session, hub_calls, ctx, EXIT_OK, events, cancels)
+
+
+def _replaced_after_cancel(worker, group, session, hub_calls, tasks, ctx, events, cancels, key,
+                           seconds):
+    """The running task `key` was cancelled and settled (_cancel_running): report it, stop
+    its thread (TaskCancelled, then the group's stop_timeout) and leave, to be replaced."""
+    # The ack and the report go now, not after the thread's grace (a task_timeout
+    # meanwhile would count a death of a settled task).
+    ctx.done("cancelled", seconds)
+    ctx.flush()
+    session.flush()
+    logs.set_task(None)
+    returned = cancelling.stop_task(tasks, tasks.current, group.stop_timeout)
+    log.info("task %s cancelled while it ran: this process is replaced (its thread %s)", key,
+             "returned" if returned else f"still ran {group.stop_timeout:g}s after TaskCancelled")
+    return _finish(worker, session, hub_calls, ctx, EXIT_CANCELLED, events, cancels,
+                   teardown=returned)
 
 
 def _attempt(props):
@@ -390,9 +429,15 @@ def _over_delivery_limit(group, amqp_settings, session, events, ctx, key, method
     return _ended(session, events, group, key, props, outcome, reason)
 
 
-def _not_to_start(group, session, events, key, method, props, body):
-    """Settle a task that must not start (its deadline passed: expiry.py) without
-    running it; return its outcome ("expired"), or None for a task to run."""
+def _not_to_start(group, session, events, cancels, key, method, props, body):
+    """Settle a task that must not start (cancelled: runtime/cancels.py; its deadline
+    passed: expiry.py) without running it; return its outcome ("cancelled", "expired"),
+    or None for a task to run (it is in hand then: cancels.hold)."""
+    if cancels.hold(key):
+        outcome = _settle_unrun(group, session, events, key, method, props, "cancelled",
+                                "cancelled before it started")
+        cancels.settled(key)
+        return outcome
     late = expiry.expired_by(props.headers)
     if late is not None:
         return _settle_unrun(group, session, events, key, method, props, "expired",
@@ -409,6 +454,18 @@ def _settle_unrun(group, session, events, key, method, props, outcome, reason):
     session.ack(method.delivery_tag)
     events.add(outcome, key, group.worker_type, reason=reason, attempt=_attempt(props))
     return _answer_failure(session, group, key, props, outcome, reason)
+
+
+def _cancel_running(group, session, events, cancels, key, method, props, elapsed):
+    """Settle the running task `key`, cancelled: acked (not delivered again), a
+    `cancelled` event, a failure reply, a settled record; its thread is stopped next."""
+    reason = f"cancelled after {elapsed:.3f}s of running"
+    log.warning("task %s (delivery %s) %s: acked; stopping its thread", key,
+                method.delivery_tag, reason)
+    session.ack(method.delivery_tag)
+    events.add("cancelled", key, group.worker_type, reason=reason, attempt=_attempt(props))
+    _answer_failure(session, group, key, props, "cancelled", reason)
+    cancels.settled(key)
 
 
 def _copy_then_ack(session, group, task, method, outcome, publish):
@@ -508,12 +565,16 @@ def _lookahead(group):
     return group.lookahead
 
 
-def _finish(worker, session, hub_calls, ctx, code, events):
+def _finish(worker, session, hub_calls, ctx, code, events, cancels, teardown=True):
+    """Leave: settle what is queued, report, close; `teardown`: call the plugin's (not
+    while its thread still runs a cancelled task: it may hold what teardown needs)."""
     hub_calls.run_pending()  # settlements the last task's thread queued
     ctx.flush()
     events.close()
+    cancels.close()
     try:
-        worker.teardown()
+        if teardown:
+            worker.teardown()
     except Exception:
         log.exception("teardown failed")
     # Closing requeues whatever was prefetched but not handled.
@@ -521,22 +582,31 @@ def _finish(worker, session, hub_calls, ctx, code, events):
     return code
 
 
-def _handle(worker, group, session, events, hub_calls, tasks, intake, key, method, props,
-            body):
+def _handle(worker, group, session, events, hub_calls, tasks, intake, cancels, key, method,
+            props, body):
     """Run one task in a thread, in its span (tracing.py), and make sure it is settled;
-    return (outcome, seconds)."""
+    return (outcome, seconds). A task cancelled while it runs is settled as "cancelled"
+    here, its thread still running (the caller stops it)."""
     span = tracing.task_span(group.worker_type, key, _attempt(props), props.headers)
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
     result = tasks.spawn(_call_handler, worker, channel, method, props, body, span)
-    if intake.holds_ahead:
-        try:
-            error = result.get(timeout=intake.lookahead)
-        except gevent.Timeout:
+    # Past the lookahead, what is held in advance goes back to the queue (intake.py).
+    long_at = started + intake.lookahead if intake.holds_ahead else None
+    while not result.ready():
+        cancels.wait(result, None if long_at is None else max(0.0, long_at - time.monotonic()))
+        if cancels.hit.is_set() and not result.ready():
+            hub_calls.run_pending()     # a settlement its thread queued goes first
+            if channel.claim("cancelled"):
+                elapsed = time.monotonic() - started
+                _cancel_running(group, session, events, cancels, key, method, props, elapsed)
+                span.end("cancelled")
+                return "cancelled", elapsed
+            cancels.hit.clear()     # settled by the plugin already: it ends as it is
+        elif long_at is not None and not result.ready() and time.monotonic() >= long_at:
             intake.task_is_long()
-            error = result.get()
-    else:
-        error = result.get()
+            long_at = None
+    error = result.get()
     elapsed = time.monotonic() - started
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:
     # the less time between a task's end and its ack, the less a lost connection redoes.

@@ -35,6 +35,8 @@ QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
 #: The delay chain's queues (taskqueue/protocol/delays.py): a delayed task of an earlier test must
 #: not arrive in a later one.
 QUEUES += [f"taskqueue.delay.{level}" for level in range(20)]
+#: The cancels stream (protocol/cancels.py): an earlier test's cancels must not count in a later one.
+QUEUES += ["taskqueue_cancels"]
 
 
 def wait_for(predicate, timeout, what, interval=0.02):

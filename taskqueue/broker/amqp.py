@@ -292,12 +292,13 @@ class Session:
     def qos(self, prefetch):
         self._call(self._channel.basic_qos, prefetch_count=prefetch)
 
-    def consume(self, queue, on_message):
-        """Start consuming; on_message(method, properties, body) runs in the hub."""
+    def consume(self, queue, on_message, arguments=None):
+        """Start consuming; on_message(method, properties, body) runs in the hub.
+        `arguments`: the consumer's (a stream's x-stream-offset)."""
         ok = AsyncResult()
         tag = self._channel.basic_consume(
             queue, lambda ch, method, props, body: on_message(method, props, body),
-            callback=ok.set)
+            arguments=arguments, callback=ok.set)
         self._wait(ok, REPLY_TIMEOUT, f"consume {queue}")
         return tag
 

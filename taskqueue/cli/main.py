@@ -12,6 +12,7 @@ from taskqueue.host import config, logs
 from taskqueue.broker import amqp  # noqa: F401
 from taskqueue.cli.daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from taskqueue.cli.startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
+from taskqueue.cli.cancel import CANCEL_EXIT_CODES, cmd_cancel
 from taskqueue.cli.taskevents import EVENTS_EXIT_CODES, TASK_EXIT_CODES, cmd_events, cmd_task
 from taskqueue.cli.tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES,
                                  SUBMIT_EXIT_CODES, cmd_check_config, cmd_dead_list, cmd_dead_purge,
@@ -121,6 +122,14 @@ def _parser():
                    help="wait at most SECONDS for each supervisor, for the broker and for "
                         "rabbitmqctl (default 5)")
     _events_parsers(command)
+    p = command("cancel", cmd_cancel, "Cancel tasks by id, on every host: a queued or delayed "
+                "task never starts, a running one is stopped; each is recorded as cancelled.",
+                epilog=CANCEL_EXIT_CODES)
+    p.add_argument("task_ids", nargs="+", metavar="ID", help="a task's id (its message id, as "
+                   "`taskqueue submit` prints it)")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="look for the tasks' events this far back (90, 15m, 12h, 7d) instead "
+                        "of from the time in each id")
     return parser
 
 

@@ -13,13 +13,13 @@ import stat
 from collections import Counter
 
 from taskqueue import redact
-from taskqueue.broker import blocking, pikaparams
+from taskqueue.broker import blocking, cancellog, pikaparams
 from taskqueue.cli import queuelist
 from taskqueue.cli.progress import format_duration
 from taskqueue.cli.startup import EXIT_NO_BROKER
 from taskqueue.errors import TaskqueueError, Unlisted
 from taskqueue.printable import printable
-from taskqueue.protocol import delays, topology
+from taskqueue.protocol import cancels, delays, topology
 from taskqueue.protocol.ratelimits import Bucket
 from taskqueue.supervision import snapshot
 
@@ -66,6 +66,7 @@ def gather(cfg, timeout):
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
         "delayed": delayed_tasks(delay_counts) if broker_error is None else None,
         "rate_limits": rate_rows(buckets, rate_counts, broker_error is None),
+        "cancels": cancels_pending(cfg.amqp, timeout) if broker_error is None else None,
     }
     view.update(assess(view))
     return view
@@ -125,6 +126,18 @@ def rate_rows(buckets, counts, asked):
                      "started_last_period": spent[0] if spent else None,
                      "exists": (tokens is not None and spent is not None) if asked else None})
     return rows
+
+
+def cancels_pending(settings, timeout):
+    """{"pending": the cancels no worker has settled yet, "records": the records read,
+    "junk": messages that were none, "error": why the stream could not be read}."""
+    try:
+        records, junk = cancellog.read_records(settings, timeout, name="taskqueue status")
+    except TaskqueueError as exc:
+        return {"pending": None, "records": None, "junk": None,
+                "error": redact.redact(str(exc))}
+    return {"pending": len(cancels.pending(records)), "records": len(records), "junk": junk,
+            "error": None}
 
 
 def status_sockets(status_dir):
@@ -264,10 +277,21 @@ def render(view):
                         [_rate_row(row) for row in view["rate_limits"]])
     if view.get("delayed") is not None:
         lines.append(f"delayed tasks waiting: {view['delayed']} (in {delays.QUEUE_PREFIX}*)")
+    lines += _cancel_lines(view.get("cancels"))
     lines.append("")
     lines.append("problems:" if view["problems"] else "problems: none")
     lines += [f"  {problem}" for problem in view["problems"]]
     return "".join(printable(line) + "\n" for line in lines)
+
+
+def _cancel_lines(found):
+    if found is None:
+        return []
+    if found["error"]:
+        return [f"cancels pending: unknown ({found['error']})"]
+    junk = f", {found['junk']} message(s) that were no record" if found["junk"] else ""
+    return [f"cancels pending: {found['pending']} (not yet settled by a worker; "
+            f"{found['records']} record(s) in {cancels.STREAM}{junk})"]
 
 
 def _supervisor_lines(answer):

@@ -10,7 +10,7 @@ arguments where topology.legacy_arguments allows; the runner does that.
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from taskqueue.protocol import delays, events, onehop, topology
+from taskqueue.protocol import cancels, delays, events, onehop, topology
 
 #: The kinds of declaration, named after their AMQP methods.
 EXCHANGE, QUEUE, QUEUE_BINDING, EXCHANGE_BINDING = (
@@ -111,3 +111,10 @@ def event_stream(settings):
     return [queue(events.STREAM, events.stream_arguments(settings.events_retention,
                                                          settings.events_max_bytes),
                   events.explain_refusal)]
+
+
+def cancel_stream():
+    """The cancels stream (cancels.py), with its fixed retention and size. Its refusal is
+    explained: the caller tells a stream declared otherwise (events.kept_as_found), used
+    as it is, from the rest."""
+    return [queue(cancels.STREAM, cancels.stream_arguments(), cancels.explain_refusal)]

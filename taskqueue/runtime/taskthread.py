@@ -17,6 +17,7 @@ libev async watcher per call). Two changes make that cheaper:
   Plugins see every task in the same thread, so their thread-local state (a
   database connection, say) lasts from one task to the next.
 """
+import ctypes
 import threading
 
 import gevent
@@ -76,6 +77,22 @@ class TaskThread:
             if self._outcome is None and not self._late:
                 self._late = True
                 self._returned.release()
+
+    @property
+    def current(self):
+        """The AsyncResult of the last call (None before the first)."""
+        return self._result
+
+    def interrupt(self, exc_type):
+        """Raise `exc_type` in the thread at its next Python instruction (a cancelled
+        task: errors.TaskCancelled); True when the thread runs a call. A call into C
+        (a sleep, a read) gets it only once it returns."""
+        ident = self._thread.ident
+        if self._result is None or self._result.ready() or ident is None:
+            return False
+        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                          ctypes.py_object(exc_type))
+        return done == 1
 
     def close(self):
         """Let the thread end once its current call returns (a daemon: a call that never

@@ -61,6 +61,7 @@ EXIT_PLUGIN_LOAD = 4    #: the plugin failed to import, construct or set up
 EXIT_USER = 5           #: could not switch to the configured Unix user
 EXIT_TOPOLOGY = 6       #: a queue exists with other arguments than taskqueue declares
 EXIT_RECYCLE = 7        #: reached max_tasks or max_memory; replace it at once
+EXIT_CANCELLED = 8      #: its running task was cancelled (taskqueue cancel); replace it at once
 
 
 class ExitCode(typing.NamedTuple):
@@ -88,6 +89,8 @@ EXITS = {exit.code: exit for exit in (
     ExitCode(EXIT_TOPOLOGY, "topology", "queue declared with other arguments", Ev.LOAD_FAILED),
     # Planned: a replacement starts at once, whatever the uptime.
     ExitCode(EXIT_RECYCLE, "recycled", "recycled: max_tasks or max_memory reached", Ev.DIED),
+    # Its task was settled before it exited: no death of a task, no backoff.
+    ExitCode(EXIT_CANCELLED, "cancelled", "replaced: its running task was cancelled", Ev.DIED),
 )}
 #: The backoff cap of each event that backs off (BACKOFF_CAP for the others).
 BACKOFF_CAPS = {Ev.DISCONNECTED: RECONNECT_CAP, Ev.TASK_KILLED: TASK_CRASH_CAP}

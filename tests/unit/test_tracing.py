@@ -14,6 +14,7 @@ from taskqueue import client as client_module, worker as worker_module
 from taskqueue.broker.eventlog import NoEvents
 from taskqueue.host import tracing
 from taskqueue.host.config import WorkerGroup
+from taskqueue.runtime.cancels import NoCancels
 from taskqueue.runtime.taskthread import TaskThread
 from taskqueue.worker import HubCalls
 
@@ -205,7 +206,8 @@ def handle(plugin, headers, monkeypatch):
     try:
         intake = types.SimpleNamespace(holds_ahead=False)
         return worker_module._handle(plugin, WorkerGroup("t", None, 1), session, NoEvents(),
-                                     HubCalls(), tasks, intake, "m-1", method, props, b"{}")
+                                     HubCalls(), tasks, intake, NoCancels(), "m-1", method, props,
+                                     b"{}")
     finally:
         tasks.close()
 

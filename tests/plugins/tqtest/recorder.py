@@ -13,6 +13,8 @@ attempts, counted by the header x-taskqueue-retries), `retry` (a delay, or null 
 backoff: call channel.retry with it, on the first `retry_times` attempts or always),
 `reply` (a value: sent back with channel.reply, as JSON {"id", "reply", "pid"}),
 `reject` (the task is rejected without requeue: dead-lettered by the broker),
+`steps` (N: N steps of 0.1 s of waiting, in Python: a cancel's TaskCancelled reaches it
+within a step, and the task writes `<id>.<pid>.interrupted` before it goes on up),
 `forge` (a text, written `forge_repeat` times (default 1) on the process's report pipe to
 its supervisor, as hostile plugin code could: tests/integration/test_reports_trust.py).
 
@@ -32,7 +34,7 @@ import logging
 import os
 import time
 
-from taskqueue.worker import BaseWorker
+from taskqueue.worker import BaseWorker, TaskCancelled
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,12 @@ class Recorder(BaseWorker):
             _forge(task["forge"].encode() * task.get("forge_repeat", 1))
         if task.get("sleep"):
             time.sleep(task["sleep"])
+        try:
+            for _ in range(task.get("steps", 0)):
+                time.sleep(0.1)
+        except TaskCancelled:
+            self._record(task["id"], "interrupted", method, header, body)
+            raise
         if task.get("alloc"):
             self.ballast.append(bytearray(task["alloc"] * 2**20))  # MiB kept until the process ends
         if task.get("cpu"):
