@@ -337,7 +337,7 @@ def parse_retry_max_delay(value):
 
 def parse_directory(value):
     """An absolute path, normalised (`/run/taskqueue/` -> `/run/taskqueue`)."""
-    if not os.path.isabs(value.strip()):
+    if not os.path.isabs(value.strip()) or "\0" in value:
         raise ValueError("expected the absolute path of a directory")
     return os.path.normpath(value.strip())
 
@@ -434,7 +434,7 @@ parse_log_target = partial(parse_choice, choices=LOG_TARGETS)
 
 
 def parse_log_path(value):
-    if not os.path.isabs(value.strip()) or value.strip().endswith("/"):
+    if not os.path.isabs(value.strip()) or value.strip().endswith("/") or "\0" in value:
         raise ValueError("expected the absolute path of a file")
     return value.strip()
 
@@ -526,7 +526,7 @@ def _world_readable(path, stat):
     user may not search, whose content was checked at start)."""
     try:
         mode = stat(path).st_mode
-    except OSError:
+    except (OSError, ValueError):   # ValueError: a NUL in the path, refused by the loader
         return None
     return mode & 0o777 if mode & 0o004 else None
 
@@ -863,6 +863,10 @@ class _Loader:
         for option in TLS_FILE_OPTIONS + ("tls_server_name",):
             options[option] = own[option].strip() if own.get(option, "").strip() else None
         given = [option for option in TLS_FILE_OPTIONS + ("tls_server_name",) if option in own]
+        for option in TLS_FILE_OPTIONS:
+            if options[option] is not None and "\0" in options[option]:   # open() would raise
+                self.fail("amqp", option, own[option], "expected a path without NUL characters")
+                return options
         if given and not use_tls:
             self.fail("amqp", given[0], own[given[0]],
                       "expected TLS to be on (tls = yes, or an amqps:// url)")
@@ -920,7 +924,7 @@ class _Loader:
 
     def read_password(self, path):
         where = f"{self.path}: [amqp] password_file = {path!r}"
-        if not os.path.isabs(path):
+        if not os.path.isabs(path) or "\0" in path:   # (open() raises ValueError for a NUL)
             self.errors.append(f"{where}: expected the absolute path of a file")
             return None
 

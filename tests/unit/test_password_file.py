@@ -238,3 +238,22 @@ def test_after_the_drop_a_reload_keeps_the_password_read_at_start_and_says_so_on
                      and other in message) else 1
     caplog.set_level("WARNING", logger="taskqueue")
     assert in_child_as_nobody(reload_as_nobody) == 0
+
+
+@pytest.mark.parametrize("option, value", [
+    ("password_file", "/\x00"), ("password_file", "/etc/\x00x")])
+def test_a_path_with_a_nul_is_refused_naming_the_option_not_a_traceback(tmp_path, option, value):
+    # (hypothesis found it: open() raises ValueError, not OSError, for a NUL)
+    path = tmp_path / "c.ini"
+    path.write_text(f"[amqp]\n{option}: {value}\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=rf"\[amqp\] {option} = .*: expected the absolute path"):
+        config.load(str(path), {}, check_users=False)
+
+
+def test_a_tls_file_with_a_nul_is_refused_naming_the_option(tmp_path):
+    path = tmp_path / "c.ini"
+    path.write_text("[amqp]\ntls: yes\ntls_ca_file: /etc/ssl/\x00ca.pem\n")
+    with pytest.raises(ConfigError, match=r"\[amqp\] tls_ca_file = .*: expected a path "
+                                          r"without NUL characters"):
+        config.load(str(path), {}, check_users=False)
