@@ -207,9 +207,12 @@ def assess(view):
                             f"retried {when}or on reload (SIGHUP)")
             code = UNHEALTHY
     if view["broker"]["error"] is None:
+        excused = _consumed_one_at_a_time(view["queues"])
         for queue in view["queues"]:
             # A queue nothing here expects is a problem only when tasks wait in it in vain.
             needed = queue["expected"] or queue["ready"]
+            if queue["exists"] and priorities.worker_type_of(queue["name"]) in excused:
+                continue
             if queue["name"] != topology.DEAD_QUEUE and not queue["consumers"] and needed:
                 problems.append(f"queue {queue['name']} has no consumer ({queue['ready']} "
                                 f"message(s) waiting){_high_hint(queue['name'])}"
@@ -224,6 +227,16 @@ def assess(view):
         errors.append(f"broker {view['broker']['address']}: {view['broker']['error']}")
         code = NO_BROKER
     return {"problems": problems + errors, "errors": errors, "exit_code": code}
+
+
+def _consumed_one_at_a_time(queues):
+    """The types whose queues have no consumer because their workers here are busy: a
+    worker that takes one task at a time consumes neither of its queues while it runs
+    one (runtime/intake.py). Not a type of which one queue has consumers and the other
+    none: that one is unconsumed (the high queue of an older pool's type)."""
+    busy = {priorities.worker_type_of(q["name"]) for q in queues if q["busy_here"]}
+    consumed = {priorities.worker_type_of(q["name"]) for q in queues if q["consumers"]}
+    return busy - consumed - {None}
 
 
 def _high_hint(queue):

@@ -231,3 +231,10 @@ def test_a_high_queue_is_a_problem_only_when_tasks_wait_in_it_unconsumed():
 def test_status_asks_for_the_high_queue_of_each_worker_queue():
     assert status.high_queues(["taskqueue", "worker_a", "worker_b.c", "taskqueue_dead"]) == [
         "worker_a+high", "worker_b.c+high"]
+
+
+def test_the_queues_of_a_type_busy_here_are_no_problem_without_consumer():
+    # Its workers take one task at a time and consume nothing while they run one
+    counts = dict(HEALTHY_COUNTS, **{"worker_recorder": (5, 0)})
+    view = view_of([answer_of()], counts, others={"worker_recorder+high": (2, 0)})
+    assert (view["exit_code"], view["problems"]) == (status.HEALTHY, [])
