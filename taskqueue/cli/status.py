@@ -244,8 +244,8 @@ def _high_hint(queue):
     if not priorities.is_high_queue(queue):
         return ""
     return (f"; workers of an older taskqueue consume {queue[:-len(priorities.HIGH_SUFFIX)]} "
-            "only: start workers of this version, or move its tasks (taskqueue(1), "
-            "Priorities)")
+            "only: start a worker of this version until it is empty (docs: Priorities, in "
+            "06-operating.md)")
 
 
 # -- the table -------------------------------------------------------------------------
