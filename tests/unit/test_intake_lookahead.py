@@ -36,7 +36,10 @@ def prio(n):
 def test_intake_consumes_both_queues_taking_tasks_in_advance_when_prefetch_is_one():
     session, intake = intake_of()
     assert intake.start() == AHEAD_PREFETCH == 4
-    assert session.calls == [("qos", 4), ("consume", HIGH, "ctag1"), ("consume", LOW, "ctag2")]
+    # The high queue one at a time: a high task held by a busy worker is one a free one
+    # cannot start
+    assert session.calls == [("qos", 1), ("consume", HIGH, "ctag1"),
+                             ("qos", 4), ("consume", LOW, "ctag2")]
     assert intake.holds_ahead
 
 
@@ -104,10 +107,10 @@ def test_after_a_long_task_intake_takes_one_at_a_time_high_queue_first_then_ahea
     assert intake.inbox.qsize() == 0 and not session.consumers
     # A short one: the next tasks in advance again, from both queues
     intake.task_done(0.01)
-    assert session.calls[-3:] == [("qos", 4), ("consume", HIGH, "ctag3"),
-                                  ("consume", LOW, "ctag4")]
+    assert session.calls[-4:] == [("qos", 1), ("consume", HIGH, "ctag3"),
+                                  ("qos", 4), ("consume", LOW, "ctag4")]
     assert intake.holds_ahead
-    assert consumes(session) == [4, 4]
+    assert consumes(session) == [1, 4, 1, 4]
 
 
 def test_one_at_a_time_with_both_queues_empty_waits_on_both_and_keeps_only_the_first():
@@ -149,6 +152,24 @@ def test_a_task_taken_while_waiting_ends_the_wait_before_the_next_is_taken():
     intake.task_done(1.0)   # waits for the consumers to be cancelled, then gets
     assert session.of("cancel") == [("cancel", "ctag1"), ("cancel", "ctag2")]
     assert take(intake) == 2 and session.of("nack") == []
+
+
+def test_after_a_high_task_the_high_queue_is_asked_before_a_held_low_one_is_taken():
+    # Given a worker taking tasks in advance, holding a high task and two low ones
+    session, intake = intake_of()
+    intake.start()
+    session.deliver(1, consumer="ctag2", props=prio(0))
+    session.deliver(2, consumer="ctag2", props=prio(0))
+    session.deliver(3, consumer="ctag1", props=prio(9))
+    assert take(intake) == 3
+    # When the next high one waits in the broker, not yet delivered
+    session.ready = {HIGH: [(4, prio(6))]}
+    # Then it is taken before the low ones; the high queue asked again, empty: a low one
+    assert take(intake) == 4 and session.calls[-1] == ("get", HIGH)
+    assert take(intake) == 1 and session.calls[-1] == ("get", HIGH)
+    # and not asked after a low one
+    assert take(intake) == 2 and session.calls[-1] == ("get", HIGH)
+    assert len(session.of("get")) == 2
 
 
 def test_intake_keeps_a_wake_up_when_it_gives_tasks_back():
