@@ -214,9 +214,9 @@ class _Link:
     def declare(self, queue):
         if queue not in self.declared:
             blocking.blocking_declare(self.channel, self.declaring, queue)
-            worker_type = topology.worker_type_of(queue)
-            if worker_type:     # bound as every declarer of a worker queue binds it (one hop)
-                blocking.declare_onehop_exchanges_blocking(self.channel, [(queue, worker_type)])
+            key = priorities.binding_key(queue)
+            if key:     # bound as every declarer of a worker queue binds it (one hop)
+                blocking.declare_onehop_exchanges_blocking(self.channel, [(queue, key)])
             self.declared.add(queue)
 
     def publish_onehop(self, worker_type, body, props):

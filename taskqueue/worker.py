@@ -24,7 +24,8 @@ from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_k
 from taskqueue.broker.eventlog import EventLog
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed, TaskCancelled
 from taskqueue.host import logs, tracing
-from taskqueue.protocol import delays, expiry, replies, retries, topology, tracecontext
+from taskqueue.protocol import (delays, expiry, priorities, replies, retries, topology,
+                                tracecontext)
 from taskqueue.runtime import cancels as cancelling, plugins
 from taskqueue.runtime.intake import AHEAD_PREFETCH, Intake
 from taskqueue.runtime.rategate import RateGate
@@ -538,15 +539,19 @@ def resident_mib():
 
 
 def _start_consuming(group, session):
-    """Declare what the worker needs and start its intake; (intake, prefetch)."""
+    """Declare what the worker needs and start its intake; (intake, prefetch).
+    It consumes its type's high queue beside group.queue (priorities.py)."""
+    queues = priorities.worker_queues(group.worker_type)
     session.declare_queue(topology.DEAD_QUEUE)
-    session.declare_queue(group.queue)
-    # One hop (onehop.py): clients that name the type publish straight into group.queue.
-    problem = session.declare_onehop(worker_queues=[(group.queue, group.worker_type)])
+    for queue in queues:
+        session.declare_queue(queue)
+    # One hop (onehop.py): clients that name the type publish straight into its queues.
+    problem = session.declare_onehop(
+        worker_queues=[(queue, priorities.binding_key(queue)) for queue in queues])
     if problem:
         log.error("%s; tasks for %s come through %s and the dispatcher meanwhile",
                   problem, group.worker_type, topology.TASK_QUEUE)
-    intake = Intake(session, group.queue, group.prefetch, _lookahead(group))
+    intake = Intake(session, queues, group.prefetch, _lookahead(group))
     return intake, intake.start()
 
 

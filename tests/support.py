@@ -32,6 +32,8 @@ TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
     "brokenfactory", "nosuchtype", "traced")]
+#: Their high queues (taskqueue/protocol/priorities.py), which the workers declare beside them.
+QUEUES += [f"{queue}+high" for queue in QUEUES if queue.startswith("worker_")]
 #: The delay chain's queues (taskqueue/protocol/delays.py): a delayed task of an earlier test must
 #: not arrive in a later one.
 QUEUES += [f"taskqueue.delay.{level}" for level in range(20)]

@@ -64,6 +64,7 @@ class Session:
         self._delays_declared = False
         self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
         self._replies = None            # replyline.ReplyLine, made on the first reply
+        self._getting = None            # AsyncResult of the basic.get under way
         #: The broker said it blocks publishers (a resource alarm): see eventlog.py.
         self.blocked = False
 
@@ -111,6 +112,9 @@ class Session:
         self._channel = self._wait(channel, timeout, "channel open")
         self._channel.add_on_close_callback(self._on_channel_closed)
         self._channel.add_on_cancel_callback(self._on_consumer_cancelled)
+        # pika tells a basic.get's callback of a message only; an empty queue, here.
+        self._channel.add_callback(self._on_get_empty, [pika.spec.Basic.GetEmpty],
+                                   one_shot=False)
         return self
 
     def _attempt_failed(self, params, exc):
@@ -301,6 +305,36 @@ class Session:
             arguments=arguments, callback=ok.set)
         self._wait(ok, REPLY_TIMEOUT, f"consume {queue}")
         return tag
+
+    def get(self, queue):
+        """One ready message of `queue`, (method, properties, body), to settle as a
+        delivery; None when it holds none (basic.get: no consumer, no prefetch)."""
+        if self.closed.is_set():
+            raise SessionClosed(f"get from {queue}: session closed: {self.close_reason!r}")
+        got = self._getting = AsyncResult()
+        self._channel.basic_get(queue, lambda ch, method, props, body: got.set(
+            (method, props, body)), auto_ack=False)
+        return self._wait(got, REPLY_TIMEOUT, f"get from {queue}")
+
+    def _on_get_empty(self, frame):
+        if self._getting is not None and not self._getting.ready():
+            self._getting.set(None)
+
+    def queue_exists_async(self, queue, on_done):
+        """Ask whether `queue` exists (a passive declare, on a channel of its own, which
+        the broker closes when it does not), in a greenlet of its own; then
+        on_done(True or False). Neither if the session goes meanwhile."""
+        def ask():
+            try:
+                declarations.run([plans.existing_queue(queue)],
+                                 _AsideChannels(self, any_refusal=True))
+            except TopologyError:
+                on_done(False)
+            except SessionClosed as exc:
+                log.debug("asking for %s: %s", queue, exc)  # whoever owns the session starts over
+            else:
+                on_done(True)
+        gevent.spawn(ask)
 
     def cancel(self, consumer_tag):
         """Stop deliveries; those already received stay ours to settle."""

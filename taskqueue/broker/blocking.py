@@ -23,7 +23,7 @@ from taskqueue.broker import declarations, pikaparams
 from taskqueue.broker.pikaparams import REPLY_TIMEOUT
 from taskqueue.errors import (BrokerUnreachable, PublishNacked, PublishRefused, SessionClosed,
                               TaskqueueError, TopologyError)
-from taskqueue.protocol import delays, onehop, plans, topology
+from taskqueue.protocol import delays, onehop, plans, priorities, topology
 from taskqueue.protocol.topology import TASK_QUEUE, unroutable_onehop, worker_queue
 
 #: What a blocking connect raises for a broker it cannot use: pika re-raises a
@@ -310,9 +310,11 @@ def declare_onehop_exchanges_blocking(channel, worker_queues=()):
 def blocking_publish_onehop(channel, worker_type, body, props):
     """Publish a one-hop task (mandatory) on a blocking channel in confirm mode; return
     once the broker confirmed it is in a queue (worker_<type>, or taskqueue through the
-    alternate exchange). PublishRefused saying why not."""
+    alternate exchange). PublishRefused saying why not. The routing key is the type's,
+    or its high queue's for a task of high priority (priorities.routing_key)."""
     try:
-        channel.basic_publish(onehop.EXCHANGE, worker_type, body, props, mandatory=True)
+        channel.basic_publish(onehop.EXCHANGE, priorities.routing_key(worker_type, props.priority),
+                              body, props, mandatory=True)
     except pika.exceptions.UnroutableError:
         raise PublishRefused(unroutable_onehop(worker_type)) from None
     except pika.exceptions.NackError:

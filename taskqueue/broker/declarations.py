@@ -57,7 +57,7 @@ def run(plan, channels):
 def _older(declaration, reason):
     """`declaration` with the arguments an older taskqueue declared its queue with, or
     None: not a queue, or a refusal legacy_arguments does not tolerate."""
-    if declaration.kind != plans.QUEUE:
+    if declaration.kind != plans.QUEUE or declaration.passive:
         return None
     older = topology.legacy_arguments(declaration.name, declaration.arguments, reason)
     if older is None:
@@ -90,6 +90,8 @@ def pika_call(channel, declaration):
         return (channel.exchange_declare, (d.name,), {"exchange_type": d.exchange_type,
                                                       "durable": True,
                                                       "arguments": d.arguments or None})
+    if d.kind == plans.QUEUE and d.passive:
+        return channel.queue_declare, (d.name,), {"passive": True}
     if d.kind == plans.QUEUE:
         return channel.queue_declare, (d.name,), {"durable": True, "arguments": d.arguments}
     if d.kind == plans.QUEUE_BINDING:

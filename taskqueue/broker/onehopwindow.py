@@ -14,7 +14,7 @@ from taskqueue.broker import blocking, pikaparams
 from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.confirms import ConfirmWindow
 from taskqueue.errors import SessionClosed
-from taskqueue.protocol import onehop, topology, tracecontext
+from taskqueue.protocol import onehop, priorities, topology, tracecontext
 
 #: Seconds the connection may take to close once the work is done.
 CLOSE_TIMEOUT = 5
@@ -40,7 +40,8 @@ class OneHopWindow:
                                     tracecontext.trace_id(props.headers), time.time())
             if self._events.full:
                 self._events.flush()
-        self._window.publish(worker_type, body, props, token, exchange=onehop.EXCHANGE)
+        self._window.publish(priorities.routing_key(worker_type, props.priority), body, props,
+                             token, exchange=onehop.EXCHANGE)
 
     def flush(self, timeout=None):
         try:

@@ -33,7 +33,7 @@ from taskqueue.broker.deadletters import RAW_HEADERS, REASON_HEADER, SOURCE_HEAD
 from taskqueue.cli.progress import format_duration
 from taskqueue.errors import NotRequeueable, SessionClosed
 from taskqueue.printable import printable
-from taskqueue.protocol import topology
+from taskqueue.protocol import priorities, topology
 from taskqueue.protocol.routing import Rejection, route
 from taskqueue.runtime import formats
 
@@ -104,7 +104,7 @@ def _worker_type(headers, queue, body):
     envelope in its body, else a worker_type header (a binary workitem)."""
     if headers.get(TYPE_HEADER):
         return _text(headers[TYPE_HEADER])
-    worker_type = topology.worker_type_of(queue)
+    worker_type = priorities.worker_type_of(queue)
     if worker_type:
         return worker_type
     try:
@@ -162,7 +162,7 @@ def requeue_copy(props, body, readers=None, max_body_size=inbound.DEFAULT_MAX_BO
         raise NotRequeueable(UNDECODED)
     letter = describe(props, body)
     headers = fresh_headers(props.headers)
-    if topology.worker_type_of(letter.queue) and letter.worker_type:
+    if priorities.worker_type_of(letter.queue) and letter.worker_type:
         headers["worker_type"] = letter.worker_type
     out = copy.copy(props)
     out.delivery_mode = pikaparams.PERSISTENT

@@ -96,7 +96,8 @@ def _parser():
                         "broker's delay queues (taskqueue.delay.*)")
     p.add_argument("--priority", type=_priority, metavar="N",
                    help="the task's priority, 0 (the default) to 9: tasks of 5 and above "
-                        "start ahead of lower ones waiting in the same queue")
+                        "start before the lower ones of their type that wait (they go to "
+                        "its queue worker_<type>+high)")
     p.add_argument("--expires", type=_seconds, metavar="SECONDS",
                    help="a task not started within SECONDS from now is never started; it "
                         "is recorded as expired (with --delay: longer than the delay)")

@@ -19,7 +19,7 @@ from taskqueue.cli.progress import format_duration
 from taskqueue.cli.startup import EXIT_NO_BROKER
 from taskqueue.errors import TaskqueueError, Unlisted
 from taskqueue.printable import printable
-from taskqueue.protocol import cancels, delays, topology
+from taskqueue.protocol import cancels, delays, priorities, topology
 from taskqueue.protocol.ratelimits import Bucket
 from taskqueue.supervision import snapshot
 
@@ -44,19 +44,24 @@ def gather(cfg, timeout):
     `errors` (what could not be asked) and `exit_code`."""
     supervisors = [ask_supervisor(path, timeout) for path in status_sockets(cfg.supervisor.status_dir)]
     expected = queue_names(cfg, supervisors)
+    highs = high_queues(expected)
     buckets = rate_buckets(cfg, socket.gethostname())
     bucket_queues = [q for b in buckets for q in (b.token_queue, b.wait_queue)]
     try:
         counts, broker_error = blocking.queue_counts(
-            cfg.amqp, expected + list(delays.LEVEL_QUEUES) + bucket_queues, timeout), None
+            cfg.amqp, expected + highs + list(delays.LEVEL_QUEUES) + bucket_queues,
+            timeout), None
     except TaskqueueError as exc:
         counts, broker_error = {}, str(exc)
     delay_counts = [counts.pop(queue, None) for queue in delays.LEVEL_QUEUES]
     rate_counts = {queue: counts.pop(queue, None) for queue in bucket_queues}
+    # A high queue is shown once it exists (the workers of this version declare it); it
+    # is a problem only when tasks wait in it with no consumer (an older pool's).
+    found = {queue for queue in highs if counts.get(queue) is not None}
     others, listing = set(), {"source": None, "error": "the broker could not be asked"}
     if broker_error is None:
         others, listing = other_worker_queues(cfg.amqp, timeout, counts)
-    queues = [expected[0], *sorted(set(expected[1:-1]) | others), expected[-1]]
+    queues = [expected[0], *sorted(set(expected[1:-1]) | others | found), expected[-1]]
     view = {
         "status_dir": cfg.supervisor.status_dir,
         "supervisors": supervisors,
@@ -94,6 +99,12 @@ def other_worker_queues(settings, timeout, counts):
         return set(), {"source": None, "error": f"the broker did not count them: {exc}"}
     return ({name for name in others if any(counts[name] or ())},
             {"source": queuelist.RABBITMQCTL, "error": None})
+
+
+def high_queues(queues):
+    """The high queues (priorities.py) of the worker queues among `queues`."""
+    return [priorities.high_queue(worker_type) for worker_type in
+            (topology.worker_type_of(queue) for queue in queues) if worker_type]
 
 
 def delayed_tasks(counts):
@@ -218,8 +229,10 @@ def queue_rows(queues, counts, supervisors, asked, expected=None):
             "exists": (count is not None) if asked else None,
             "ready": count[0] if count else None,
             "consumers": count[1] if count else None,
-            "busy_here": busy[queue] if answered and queue not in (topology.TASK_QUEUE,
-                                                                   topology.DEAD_QUEUE) else None,
+            # A child says which type it serves, not which of its queues its task came from.
+            "busy_here": busy[queue] if answered and queue not in (
+                topology.TASK_QUEUE, topology.DEAD_QUEUE) and not priorities.is_high_queue(queue)
+            else None,
             "expected": expected is None or queue in expected,
         })
     return rows
@@ -239,12 +252,16 @@ def assess(view):
                             f"retried {when}or on reload (SIGHUP)")
             code = UNHEALTHY
     if view["broker"]["error"] is None:
+        excused = _consumed_one_at_a_time(view["queues"])
         for queue in view["queues"]:
             # A queue nothing here expects is a problem only when tasks wait in it in vain.
             needed = queue["expected"] or queue["ready"]
+            if queue["exists"] and priorities.worker_type_of(queue["name"]) in excused:
+                continue
             if queue["name"] != topology.DEAD_QUEUE and not queue["consumers"] and needed:
                 problems.append(f"queue {queue['name']} has no consumer ({queue['ready']} "
-                                "message(s) waiting)" if queue["exists"] else
+                                f"message(s) waiting){_high_hint(queue['name'])}"
+                                if queue["exists"] else
                                 f"queue {queue['name']} does not exist: nothing consumes it")
                 code = UNHEALTHY
     if not answered:
@@ -255,6 +272,25 @@ def assess(view):
         errors.append(f"broker {view['broker']['address']}: {view['broker']['error']}")
         code = NO_BROKER
     return {"problems": problems + errors, "errors": errors, "exit_code": code}
+
+
+def _consumed_one_at_a_time(queues):
+    """The types whose queues have no consumer because their workers here are busy: a
+    worker that takes one task at a time consumes neither of its queues while it runs
+    one (runtime/intake.py). Not a type of which one queue has consumers and the other
+    none: that one is unconsumed (the high queue of an older pool's type)."""
+    busy = {priorities.worker_type_of(q["name"]) for q in queues if q["busy_here"]}
+    consumed = {priorities.worker_type_of(q["name"]) for q in queues if q["consumers"]}
+    return busy - consumed - {None}
+
+
+def _high_hint(queue):
+    """What an operator reads about a high queue without consumer (priorities.py)."""
+    if not priorities.is_high_queue(queue):
+        return ""
+    return (f"; workers of an older taskqueue consume {queue[:-len(priorities.HIGH_SUFFIX)]} "
+            "only: start a worker of this version until it is empty (docs: Priorities, in "
+            "06-operating.md)")
 
 
 # -- the table -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class Declaration:
     source: str = ""
     routing_key: str = ""
     explain: Optional[Callable] = None
+    passive: bool = False   # a queue: only look whether it exists
 
 
 def exchange(name, exchange_type, arguments=None, explain=None):
@@ -58,6 +59,13 @@ def wanted_queue(name, settings):
     explained by topology.explain_refusal."""
     return queue(name, topology.queue_arguments(name, settings),
                  lambda reason: topology.explain_refusal(name, settings, reason))
+
+
+def existing_queue(name):
+    """A passive declare of `name`: it answers only when the queue exists (the broker
+    refuses it, 404, when it does not). Its arguments are not compared."""
+    return Declaration(QUEUE, name, f"look for {name}", passive=True,
+                       explain=lambda reason: f"queue {name!r} does not exist")
 
 
 def delay_chain(settings):

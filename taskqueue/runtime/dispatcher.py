@@ -1,4 +1,4 @@
-"""Route each message from `taskqueue` to `worker_<type>`.
+"""Route each message from `taskqueue` to `worker_<type>` (or its high queue: priorities.py).
 
 `routing.route()` is the pure decision (which way a message came in and where
 it goes); format plugins are loaded by `formats`. `Dispatcher` is the loop
@@ -31,7 +31,7 @@ from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_k
 from taskqueue.broker.eventlog import EventLog, NoEvents
 from taskqueue.errors import SessionClosed
 from taskqueue.host import logs
-from taskqueue.protocol import delays, topology
+from taskqueue.protocol import delays, priorities, topology
 from taskqueue.protocol.confirmledger import ConfirmLedger
 from taskqueue.protocol.routing import BUILTIN_TYPES, Rejection, route
 from taskqueue.runtime import formats
@@ -44,9 +44,18 @@ log = logging.getLogger(__name__)
 REFUSED_RETRY_SECONDS = 60
 #: Seconds before an input whose copy the broker returned or refused goes back to taskqueue.
 RETRY_SECONDS = 1.0
+#: Seconds a type's high queue found missing is not looked for again (its tasks of high
+#: priority go to worker_<type> meanwhile): a look costs a passive declare.
+ABSENT_SECONDS = 10
 READY = "ready"
 #: What a failure reply from the dispatcher says before the dead letter's reason.
 NOT_ROUTED = "not routed: "
+
+
+@dataclass(frozen=True)
+class Absent:
+    """A high queue found missing: its type's tasks go to worker_<type> until `until`."""
+    until: float
 
 
 @dataclass(frozen=True)
@@ -180,8 +189,8 @@ class Dispatcher:
             if isinstance(decision, Rejection):
                 self._dead_letter(tag, props, body, decision.reason)
             else:
-                self._send(topology.worker_queue(decision.worker_type),
-                           (tag, decision.body, forwarded_properties(props, decision)))
+                self._route(decision.worker_type,
+                            (tag, decision.body, forwarded_properties(props, decision)))
                 self._events.add("routed", task_key(props, body), decision.worker_type)
         except Exception as exc:
             # Rejected without requeue: the broker dead-letters it (x-death), not lost.
@@ -196,6 +205,42 @@ class Dispatcher:
             self._answer_rejected(props, exc)
             self._events.add("dead", getattr(props, "message_id", None) or "-", None,
                              reason="the dispatcher failed routing it (see its log)")
+
+    def _route(self, worker_type, message):
+        """Send a routed task (tag, body, props) to its type's queue: one of high priority
+        to the type's high queue when that exists (priorities.py: a worker of this version
+        declared it), else to worker_<type>; never creating the high queue, which a pool
+        of an older version would not consume."""
+        low = topology.worker_queue(worker_type)
+        if not priorities.is_high(message[2].priority):
+            self._send(low, message)
+            return
+        queue = priorities.high_queue(worker_type)
+        state = self._queues.get(queue)
+        if state is READY:
+            self._publish(queue, *message)
+        elif isinstance(state, list):
+            state.append(message)
+        elif isinstance(state, Absent) and time.monotonic() < state.until:
+            self._send(low, message)
+        else:   # not looked for yet, deleted under us, or time to look again
+            self._queues[queue] = [message]
+            self._session.queue_exists_async(
+                queue, lambda exists: self._guarded(self._on_looked, queue, low, exists))
+
+    def _on_looked(self, queue, low, exists):
+        waiting = self._queues.get(queue)
+        waiting = waiting if isinstance(waiting, list) else []
+        if exists:
+            self._queues[queue] = READY
+            for message in waiting:
+                self._publish(queue, *message)
+            return
+        log.info("%s does not exist (no worker of this version has run): tasks of high "
+                 "priority go to %s for %ds", queue, low, ABSENT_SECONDS)
+        self._queues[queue] = Absent(time.monotonic() + ABSENT_SECONDS)
+        for message in waiting:
+            self._send(low, message)
 
     def _send(self, queue, message):
         """Publish `message` (tag, body, props) to `queue` once the queue is known to exist."""

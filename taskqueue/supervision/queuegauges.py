@@ -33,7 +33,7 @@ from gevent.event import AsyncResult, Event
 from taskqueue import redact
 from taskqueue.broker import blocking, management
 from taskqueue.errors import TaskqueueError
-from taskqueue.protocol import delays, topology
+from taskqueue.protocol import delays, priorities, topology
 from taskqueue.supervision import child
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,17 @@ class Reading:
 
 def wanted_queues(specs):
     """The queues a supervisor of `specs` reports: `taskqueue`, the worker queues its
-    groups consume (at most MAX_WORKER_QUEUES), `taskqueue_dead`."""
+    groups consume (of at most MAX_WORKER_QUEUES types), each followed by its type's high
+    queue (priorities.py), `taskqueue_dead`."""
     workers = sorted({spec.queue for spec in specs if spec.kind == "worker" and spec.queue})
-    return (topology.TASK_QUEUE, *workers[:MAX_WORKER_QUEUES], topology.DEAD_QUEUE)
+    both = [queue for worker_queue in workers[:MAX_WORKER_QUEUES]
+            for queue in (worker_queue, *_high_queue_of(worker_queue))]
+    return (topology.TASK_QUEUE, *both, topology.DEAD_QUEUE)
+
+
+def _high_queue_of(queue):
+    worker_type = topology.worker_type_of(queue)
+    return (priorities.high_queue(worker_type),) if worker_type else ()
 
 
 class QueueGauges:

@@ -30,7 +30,7 @@ def marker_config(record_dir, urls, heartbeat=5, processes=4):
 
 
 #: Every queue taskqueue declares in these runs.
-QUEUES = ("taskqueue", "taskqueue_dead", "worker_marker")
+QUEUES = ("taskqueue", "taskqueue_dead", "worker_marker", "worker_marker+high")
 
 
 def assert_quorum_with_three_members(cluster, via=None):

@@ -12,7 +12,7 @@ from test_metrics import scrape
 from taskqueue.protocol import delays
 
 #: What a pool of the recorder alone reports on (taskqueue.delay.* summed apart).
-REPORTED = ("taskqueue", "worker_recorder", "taskqueue_dead")
+REPORTED = ("taskqueue", "worker_recorder", "worker_recorder+high", "taskqueue_dead")
 
 
 def list_queues(vhost):
@@ -78,8 +78,9 @@ def test_a_missing_queue_leaves_the_others_out(broker, start_pool, records):
     broker.channel.queue_delete("taskqueue_dead")
     broker.channel.queue_delete("taskqueue")
     # Then a later reading has the worker queue alone, the broker up, no delayed task
-    wait_for(lambda: gauges(port) == ({"worker_recorder": (0, 1)}, 0, 1), 30,
-             lambda: f"the worker queue's gauges alone, not {gauges(port)}")
+    wait_for(lambda: gauges(port) == ({"worker_recorder": (0, 1),
+                                       "worker_recorder+high": (0, 1)}, 0, 1), 30,
+             lambda: f"the worker queues' gauges alone, not {gauges(port)}")
 
 
 def test_broker_down_gives_broker_up_0_within_the_scrape(start_pool, records, vhost):

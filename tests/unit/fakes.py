@@ -30,8 +30,10 @@ class RecordingSession:
     publishing or settling raises pika's ChannelWrongStateError.
     """
 
-    def __init__(self, refuse=(), answer_declares=True, require_mandatory=True):
+    def __init__(self, refuse=(), answer_declares=True, require_mandatory=True, existing=()):
         self.calls = []
+        self.existing = set(existing)   # the queues queue_exists_async finds (others: none)
+        self.ready = {}     # queue -> [delivery tag or (tag, props)] that get() takes, in order
         self.delivered = []
         self.settled = set()
         self.ack_frames = []    # (tag, multiple) as sent
@@ -85,6 +87,21 @@ class RecordingSession:
             self.unanswered.append((queue, on_done))
         else:
             on_done(f"queue {queue!r} refused" if queue in self.refuse else None)
+
+    def queue_exists_async(self, queue, on_done):
+        self.calls.append(("exists", queue))
+        on_done(queue in self.existing)
+
+    def get(self, queue):
+        self._check_open("get")
+        self.calls.append(("get", queue))
+        waiting = self.ready.get(queue)
+        if not waiting:
+            return None
+        tag, props = waiting.pop(0) if isinstance(waiting[0], tuple) else (waiting.pop(0), None)
+        self.delivered.append(tag)
+        return (SimpleNamespace(delivery_tag=tag, redelivered=False),
+                props or pika.BasicProperties(), b"")
 
     def publish(self, queue, body, props, exchange="", mandatory=False):
         assert mandatory or not self.require_mandatory, \

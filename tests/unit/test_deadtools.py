@@ -94,6 +94,19 @@ def test_a_workitem_dead_in_a_worker_queue_goes_back_with_a_worker_type_header()
     assert route(body, out.content_type, out.headers) == Route("recorder", body)
 
 
+def test_a_workitem_dead_in_a_high_queue_goes_back_with_its_type_and_its_priority():
+    dead = rejected_by_worker()
+    dead.priority = 9
+    for name in ("x-first-death-queue",):
+        dead.headers[name] = "worker_recorder+high"
+    dead.headers["x-death"][0]["queue"] = "worker_recorder+high"
+    letter = describe(dead, b'{"id": 1}')
+    assert (letter.queue, letter.worker_type) == ("worker_recorder+high", "recorder")
+    body, out = requeue_copy(dead, b'{"id": 1}')
+    assert out.headers == {"trace": "keep me", "worker_type": "recorder"} and out.priority == 9
+    assert route(body, out.content_type, out.headers) == Route("recorder", body)
+
+
 def test_a_requeued_dead_letter_starts_its_retries_afresh():
     dead = rejected_by_worker()
     dead.headers.update({"x-taskqueue-retries": 3, "x-taskqueue-reason": "raised E after 3 retries",

@@ -265,3 +265,54 @@ def test_a_message_whose_headers_were_not_decoded_is_dead_lettered_and_the_next_
     assert dead[3].priority == 9 and dead[3].headers == {"x-taskqueue-retries": 1}
     confirm(dispatcher, 4, multiple=True)
     assert sorted(t for _, t in session.of("ack")) == [1, 2, 3, 4]
+
+
+def deliver_with_priority(dispatcher, tag, priority, worker_type="t"):
+    dispatcher._session.delivered.append(tag)
+    dispatcher._on_message(SimpleNamespace(delivery_tag=tag), pika.BasicProperties(
+        priority=priority), json.dumps({"worker_type": worker_type, "workitem": tag}).encode())
+
+
+def test_dispatcher_routes_a_task_of_high_priority_to_the_high_queue_when_it_exists():
+    session = RecordingSession(existing={"worker_t+high"})
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    for tag, priority in [(1, 9), (2, 4), (3, 5), (4, None), (5, 200)]:
+        deliver_with_priority(dispatcher, tag, priority)
+    assert [(queue, props.priority) for queue, _, props in session.sent] == [
+        ("worker_t+high", 9), ("worker_t", 4), ("worker_t+high", 5), ("worker_t", None),
+        ("worker_t+high", 9)]
+    # Looked for once, never declared (a pool of an older version would not consume it)
+    assert session.of("exists") == [("exists", "worker_t+high")]
+    assert session.of("declare") == [("declare", "worker_t")]
+
+
+def test_dispatcher_routes_a_task_of_high_priority_to_worker_type_while_no_high_queue_exists(
+        monkeypatch):
+    from taskqueue.runtime import dispatcher as module
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    session = RecordingSession()
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    deliver_with_priority(dispatcher, 1, 9)
+    deliver_with_priority(dispatcher, 2, 7)
+    assert [(queue, props.priority) for queue, _, props in session.sent] == [
+        ("worker_t", 9), ("worker_t", 7)]   # the priority kept, for a broker that orders by it
+    assert session.of("exists") == [("exists", "worker_t+high")]
+    # Looked for again once ABSENT_SECONDS passed: a worker of this version has declared it
+    now[0] += module.ABSENT_SECONDS
+    session.existing.add("worker_t+high")
+    deliver_with_priority(dispatcher, 3, 9)
+    assert session.sent[-1][0] == "worker_t+high" and len(session.of("exists")) == 2
+
+
+def test_dispatcher_looks_for_a_high_queue_again_after_a_publish_to_it_came_back():
+    session = RecordingSession(existing={"worker_t+high"})
+    dispatcher = Dispatcher(session, prefetch=100, schedule=at_once)
+    deliver_with_priority(dispatcher, 1, 9)
+    queue, body, props = session.sent[0]
+    dispatcher._on_return(queue, props, body)     # deleted under us
+    confirm(dispatcher, 1)
+    assert session.of("nack") == [("nack", 1, True)]    # its input goes back to taskqueue
+    session.existing.clear()
+    deliver_with_priority(dispatcher, 2, 9)
+    assert session.sent[-1][0] == "worker_t" and len(session.of("exists")) == 2

@@ -227,3 +227,32 @@ def test_rate_limits_show_each_bucket_its_current_rate_and_tokens_ready():
         ["resize", "5/s", "all", "hosts", "4/s", "1"],
         ["resize", "2/m", "web1", "0/m", "2"]]
     assert lines[start + 4].split()[:6] == ["thumb", "1/h", "all", "hosts", "no", "bucket"]
+
+
+def test_a_high_queue_is_a_problem_only_when_tasks_wait_in_it_unconsumed():
+    # Consumed, or empty (its pool stopped, or an older one's): no problem
+    for count in [(3, 2), (0, 0)]:
+        view = view_of([answer_of()], HEALTHY_COUNTS, others={"worker_recorder+high": count})
+        assert (view["exit_code"], view["problems"]) == (status.HEALTHY, [])
+    # Tasks waiting with no consumer: an older pool, which consumes worker_recorder only
+    view = view_of([answer_of()], HEALTHY_COUNTS, others={"worker_recorder+high": (4, 0)})
+    assert view["exit_code"] == status.UNHEALTHY
+    problem, = view["problems"]
+    assert problem.startswith("queue worker_recorder+high has no consumer (4 message(s) "
+                              "waiting); workers of an older taskqueue consume worker_recorder "
+                              "only")
+    rows = {q["name"]: q for q in view["queues"]}
+    assert rows["worker_recorder+high"]["busy_here"] is None    # a child names its type only
+    assert rows["worker_recorder"]["busy_here"] == 1
+
+
+def test_status_asks_for_the_high_queue_of_each_worker_queue():
+    assert status.high_queues(["taskqueue", "worker_a", "worker_b.c", "taskqueue_dead"]) == [
+        "worker_a+high", "worker_b.c+high"]
+
+
+def test_the_queues_of_a_type_busy_here_are_no_problem_without_consumer():
+    # Its workers take one task at a time and consume nothing while they run one
+    counts = dict(HEALTHY_COUNTS, **{"worker_recorder": (5, 0)})
+    view = view_of([answer_of()], counts, others={"worker_recorder+high": (2, 0)})
+    assert (view["exit_code"], view["problems"]) == (status.HEALTHY, [])

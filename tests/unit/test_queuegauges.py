@@ -95,7 +95,8 @@ def test_wanted_queues_are_bounded_and_sorted():
     specs.append(ChildSpec("dispatcher", 1, None, queue="taskqueue", kind="dispatcher"))
     wanted = queuegauges.wanted_queues(specs)
     assert wanted[0] == "taskqueue" and wanted[-1] == "taskqueue_dead"
-    assert wanted[1:-1] == tuple(f"worker_w{n:03}" for n in range(64))
+    assert wanted[1:-1] == tuple(queue for n in range(64)
+                                 for queue in (f"worker_w{n:03}", f"worker_w{n:03}+high"))
 
 
 # -- the cache --------------------------------------------------------------------------
