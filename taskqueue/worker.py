@@ -306,8 +306,7 @@ def run_worker(group, amqp_settings, ctx):
         ctx.busy(key, method.redelivered)
         outcome = _refused(group, amqp_settings, session, events, key, *delivery)
         if outcome:
-            logs.set_task(None)
-            ctx.done(outcome, 0.0)
+            _not_run(ctx, intake, outcome)
             continue
         # What the plugin sees and every copy is made from: no forged dead-letter headers.
         delivery = (method, inbound.admitted(props), body)
@@ -316,8 +315,7 @@ def run_worker(group, amqp_settings, ctx):
             _not_to_start(group, session, events, cancels, key, *delivery)
         if outcome:
             cancels.release()
-            logs.set_task(None)
-            ctx.done(outcome, 0.0)
+            _not_run(ctx, intake, outcome)
             continue
         if gate is not None:
             if not gate.wait_turn(ctx.stopping):
@@ -328,8 +326,7 @@ def run_worker(group, amqp_settings, ctx):
             outcome = _not_to_start(group, session, events, cancels, key, *delivery)
             if outcome:
                 cancels.release()
-                logs.set_task(None)
-                ctx.done(outcome, 0.0)
+                _not_run(ctx, intake, outcome)
                 continue
         events.add("started", key, group.worker_type, attempt=_attempt(delivery[1]),
                    redelivered=method.redelivered or None, trace=trace)
@@ -370,6 +367,14 @@ def _replaced_after_cancel(worker, group, session, hub_calls, tasks, ctx, events
              "returned" if returned else f"still ran {group.stop_timeout:g}s after TaskCancelled")
     return _finish(worker, session, hub_calls, ctx, EXIT_CANCELLED, events, cancels,
                    teardown=returned)
+
+
+def _not_run(ctx, intake, outcome):
+    """A task settled without running (refused, dead-lettered, expired, cancelled): said
+    to the supervisor; the intake takes the next (one at a time, it asks for it)."""
+    logs.set_task(None)
+    ctx.done(outcome, 0.0)
+    intake.task_done(0.0)
 
 
 def _attempt(props):

@@ -50,3 +50,27 @@ def test_an_explicit_prefetch_holds_that_many_and_gives_nothing_back(broker, sta
     assert by_id["short"]["time"] > by_id["long"]["time"]
     assert not by_id["short"]["redelivered"]
     assert first.stop() == 0 and second.stop() == 0
+
+
+@pytest.mark.parametrize("extra", ["lookahead: 0\n", "max_tasks: 2\n"])
+@pytest.mark.timeout(60)
+def test_one_at_a_time_a_task_not_run_is_followed_by_the_next(broker, start_pool, records,
+                                                              client, extra):
+    # Given a worker that takes one task at a time (it asks the broker for each)
+    start_pool(recorder_config(records, extra=extra))
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 15, "the consumer")
+    wait_for(lambda: broker.counts("taskqueue")[1] == 1, 15, "the dispatcher")
+    # When a task it refuses (a forged header), one past its deadline, and one cancelled
+    # (delayed, so that the cancel is in long before it) come before good ones
+    from taskqueue.protocol import expiry
+    broker.submit_one_hop("recorder", {"id": "forged"}, headers={"x-taskqueue-retries": "x"})
+    broker.submit_one_hop("recorder", {"id": "late"},
+                          headers={expiry.EXPIRES_HEADER: expiry.deadline(-1)})
+    cancelled = client.submit("recorder", {"id": "cancelled", "sleep": 0.01}, delay=1)
+    client.cancel(cancelled)
+    ids = [f"after-{n}" for n in range(3)]
+    for task_id in ids:
+        client.submit("recorder", {"id": task_id}, delay=2)
+    # Then each is settled and the worker goes on to the next
+    wait_for(lambda: set(ids) <= set(records.ids()), 30, "the tasks after them")
+    assert not {"forged", "late", "cancelled"} & set(records.ids("start"))
