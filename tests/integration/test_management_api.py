@@ -21,7 +21,7 @@ from support import recorder_config, wait_for
 from test_metrics import scrape
 
 #: The queues a pool of the recorder alone reports on.
-REPORTED = ("taskqueue", "worker_recorder", "taskqueue_dead")
+REPORTED = ("taskqueue", "worker_recorder", "worker_recorder+high", "taskqueue_dead")
 #: The recorder's processes, and the deliveries each holds at once.
 PROCESSES, PREFETCH = 2, 3
 #: Tasks submitted: PROCESSES * PREFETCH of them held unacked, the rest ready.
