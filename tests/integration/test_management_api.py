@@ -29,7 +29,9 @@ TASKS = 10
 #: A user of the node's whose password only the node knows (for the tests that log in).
 USER, PASSWORD = "tqmgmt", "right-" + os.urandom(6).hex()
 
-pytestmark = pytest.mark.timeout(180)
+#: A node of its own and the broker's API: what it measures is the broker's and the
+#: standard library's, once per broker is enough (pytest.ini).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.once_per_broker]
 
 
 @pytest.fixture(scope="module")

@@ -305,6 +305,7 @@ def test_events_follow_prints_new_events_of_its_type_until_a_signal_then_exits_0
         process.wait()
 
 
+@pytest.mark.once_per_broker
 @pytest.mark.timeout(300)
 def test_a_recent_task_is_found_within_a_second_among_a_million_older_events(workdir):
     """The budget of issue 22. "Older" is the broker's clock: RabbitMQ attaches a
