@@ -25,6 +25,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(count):
+    """`count` free ports, all different: each held bound until all are chosen (two
+    free_port() calls in a row may give the same port, the first one closed already)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def wait_until_listening(port, timeout):
     deadline = time.monotonic() + timeout
     while True:
@@ -48,7 +61,7 @@ class RabbitNode:
     def __init__(self, base, prefix, config=(), plugins=(), files=(), ready_port=None):
         self.base = base
         self.name = f"{prefix}{os.getpid()}@localhost"
-        self.port, self.dist_port = free_port(), free_port()
+        self.port, self.dist_port = free_ports(2)
         self.ready_port = ready_port or self.port
         for sub in ("mnesia", "log"):
             os.makedirs(os.path.join(base, sub))

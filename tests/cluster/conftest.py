@@ -15,7 +15,7 @@ import pytest
 
 import clusternet
 from clusterload import FIGURES
-from nodes import free_port
+from nodes import free_ports
 from rabbitcluster import Cluster, ClusterNode
 from support import report_figures
 
@@ -31,10 +31,12 @@ def loopback_cluster():
     base = tempfile.mkdtemp(prefix="taskqueue-cluster-")
     os.chmod(base, 0o755)
     nodes = []
+    # Six different ports: the nodes bind theirs only once all are chosen.
+    ports = iter(free_ports(6))
     try:
         for n in (1, 2, 3):
             nodes.append(ClusterNode(os.path.join(base, f"n{n}"), f"tqc{n}-{os.getpid()}@localhost",
-                                     "127.0.0.1", free_port(), dist_port=free_port()))
+                                     "127.0.0.1", next(ports), dist_port=next(ports)))
         cluster = Cluster(nodes)
         cluster.start()
         yield cluster

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodes import free_port
+from nodes import free_port, free_ports
 from support import recorder_config, wait_for
 
 
@@ -73,7 +73,7 @@ def test_counters_follow_tasks_failures_durations_restarts_and_quarantine(
 
 
 def test_dispatcher_and_worker_pool_each_serve_their_own_port(broker, start_pool, records):
-    pool_port, dispatcher_port = free_port(), free_port()
+    pool_port, dispatcher_port = free_ports(2)
     body = recorder_config(records) + (f"\n[metrics]\nport: {pool_port}\n"
                                        f"dispatcher_port: {dispatcher_port}\n")
     start_pool(body, command="workerpool")

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from nodes import free_port, wait_until_listening
+from nodes import free_port, free_ports, wait_until_listening
 from support import config_text, recorder_config, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -138,11 +138,12 @@ def test_every_expression_of_the_rules_and_dashboard_returns_series(
         broker, start_pool, records, vhost, prometheus, management_api):
     # Given a worker pool (no dispatcher: tasks for it wait in `taskqueue`, unconsumed)
     # with the management API's unacked counts, and a pool whose broker does not answer
-    port, unreachable_port = free_port(), free_port()
+    # (three different ports: two pools' metrics, and a broker port nothing listens on)
+    port, unreachable_port, no_broker_port = free_ports(3)
     pool = start_pool(recorder_config(records) + f"\n[metrics]\nport: {port}\n"
                       f"management_url: {management_api}\n", command="workerpool")
     start_pool(config_text(vhost, recorder_config(records) +
-                           f"\n[metrics]\nport: {unreachable_port}\n", port=free_port()),
+                           f"\n[metrics]\nport: {unreachable_port}\n", port=no_broker_port),
                command="workerpool", raw=True)
     pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 30, "the recorder consuming")

@@ -5,7 +5,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodes import free_port
+from nodes import free_port, free_ports
 from support import config_text, recorder_config, wait_for
 from test_metrics import scrape
 
@@ -85,7 +85,7 @@ def test_a_missing_queue_leaves_the_others_out(broker, start_pool, records):
 
 def test_broker_down_gives_broker_up_0_within_the_scrape(start_pool, records, vhost):
     # Given a pool whose broker is a port nobody listens on
-    port, dead = free_port(), free_port()
+    port, dead = free_ports(2)
     pool = start_pool(config_text(vhost, recorder_config(records) + f"\n[metrics]\nport: {port}\n",
                                   port=dead), command="workerpool", raw=True)
     pool.wait_log(rf"metrics on http://127.0.0.1:{port}/metrics")
