@@ -274,10 +274,12 @@ def cmd_check_config(args):
         print(f"  {name}: {ep.value}{dist}")
     rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", topology.TASK_QUEUE, "-")]
     rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue,
-              _describe_retries(g.retry), replies.describe(g.reply_queues)) for g in cfg.groups]
-    rows[0] += ("-",)
+              _describe_retries(g.retry), replies.describe(g.reply_queues),
+              _describe_rate_limits(g)) for g in cfg.groups]
+    rows[0] += ("-", "-")
     print("processes:")
-    _print_table(("type", "subgroup", "count", "user", "queue", "retries", "replies to"), rows)
+    _print_table(("type", "subgroup", "count", "user", "queue", "retries", "replies to",
+                  "rate limit"), rows)
     return EXIT_OK
 
 
@@ -293,6 +295,13 @@ def _size_text(size):
         if size % factor == 0:
             return f"{size // factor} {unit}"
     return f"{size} bytes"
+
+
+def _describe_rate_limits(group):
+    """`5/s`, `2/m per host`, both, or `-` (protocol/ratelimits.py)."""
+    limits = ([str(group.rate_limit)] if group.rate_limit else []) + \
+        ([f"{group.rate_limit_per_host} per host"] if group.rate_limit_per_host else [])
+    return ", ".join(limits) or "-"
 
 
 def _describe_retries(policy):

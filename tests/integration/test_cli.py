@@ -22,7 +22,8 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     with open(path, "w") as f:
         f.write(config_text(vhost, "[DEFAULT]\nworkers: 0\n\n[recorder]\nworkers: 3\n"
                                    "\n[recorder2]\nworkers: 1\nmax_retries: 3\n"
-                                   "reply_queues: results\n"))
+                                   "reply_queues: results\nrate_limit: 5/s\n"
+                                   "rate_limit_per_host: 2/m\n"))
     out = run("check-config", "--config", path)
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
@@ -32,10 +33,10 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     assert ("messages: bodies up to 16 MiB (max_body_size); headers up to 32 levels deep, "
             "10000 fields, 65536 bytes; priority at most 9\n") in out.stdout
     lines = [line.split() for line in out.stdout.splitlines()]
-    assert ["recorder", "-", "3", "-", "worker_recorder", "-", "reply", "queues"] in lines
-    assert ["dispatcher", "-", "1", "-", "taskqueue", "-", "-"] in lines
+    assert ["recorder", "-", "3", "-", "worker_recorder", "-", "reply", "queues", "-"] in lines
+    assert ["dispatcher", "-", "1", "-", "taskqueue", "-", "-", "-"] in lines
     assert ["recorder2", "-", "1", "-", "worker_recorder2", "3", "(1s", "x2,", "at", "most",
-            "3600s)", "reply", "queues,", "results"] in lines
+            "3600s)", "reply", "queues,", "results", "5/s,", "2/m", "per", "host"] in lines
 
 
 def test_bad_config_refuses_to_start_naming_file_section_option_and_value(workdir):

@@ -25,6 +25,7 @@ def test_a_task_past_its_deadline_is_never_started_and_is_recorded_expired(
     pool = start_pool(recorder_config(records))
     wait_for(lambda: broker.counts("worker_recorder")[1] == 1, 20, "a consumer")
     assert pool.stop() == 0
+    submitted = time.time()
     # When tasks are submitted that expire in 1 s, one hop and through the dispatcher
     # (enveloped to `taskqueue`, and delayed 1 s), and others that expire in 60 s
     short = {"onehop-1": client.submit("recorder", {"id": "onehop-1"}, expires=1),
@@ -39,9 +40,9 @@ def test_a_task_past_its_deadline_is_never_started_and_is_recorded_expired(
     caller = threading.Thread(target=_call, args=(broker.vhost, failed), daemon=True)
     caller.start()
     wait_for(lambda: broker.counts("worker_recorder")[0] >= 3, 10, "the one-hop tasks queued")
-    # and the worker starts 3 s later (the scenario of the issue: it is not waiting for
-    # an event, it lets the deadlines pass)
-    time.sleep(3)
+    # and the worker starts 3 s after the first submit: every 1 s deadline has passed
+    wait_for(lambda: time.time() >= submitted + 3, 10, "3 s since the first submit",
+             interval=0.1)
     pool = start_pool(recorder_config(records))
     # Then the 60 s ones run, the 1 s ones never start
     wait_for(lambda: set(long) <= set(records.ids()), 20, "the tasks with 60 s to run")
