@@ -457,6 +457,12 @@ def _settle_unrun(group, session, events, key, method, props, outcome, reason):
     and answered with a failure reply to whoever waits for it (Client.call fails now,
     not at its timeout). Returns `outcome`."""
     log.info("task %s (delivery %s) not run: %s", key, method.delivery_tag, reason)
+    return _settled_by_taskqueue(group, session, events, key, method, props, outcome, reason)
+
+
+def _settled_by_taskqueue(group, session, events, key, method, props, outcome, reason):
+    """Ack a task taskqueue ends itself (expired, cancelled), its event of kind
+    `outcome`, its failure reply; returns `outcome`."""
     session.ack(method.delivery_tag)
     events.add(outcome, key, group.worker_type, reason=reason, attempt=_attempt(props))
     return _answer_failure(session, group, key, props, outcome, reason)
@@ -468,9 +474,7 @@ def _cancel_running(group, session, events, cancels, key, method, props, elapsed
     reason = f"cancelled after {elapsed:.3f}s of running"
     log.warning("task %s (delivery %s) %s: acked; stopping its thread", key,
                 method.delivery_tag, reason)
-    session.ack(method.delivery_tag)
-    events.add("cancelled", key, group.worker_type, reason=reason, attempt=_attempt(props))
-    _answer_failure(session, group, key, props, "cancelled", reason)
+    _settled_by_taskqueue(group, session, events, key, method, props, "cancelled", reason)
     cancels.settled(key)
 
 
