@@ -322,7 +322,7 @@ def test_bin_taskqueue_runs_the_checkout_with_the_plugins_of_the_venv_it_is_give
                          text=True, timeout=60, env={**os.environ, "TASKQUEUE_VENV": sys.prefix})
     assert out.returncode == 0, out.stderr
     assert "recorder: tqtest.recorder:Recorder.factory" in out.stdout
-    assert ["recorder", "-", "2", "-", "worker_recorder", "-", "reply", "queues"] in [
+    assert ["recorder", "-", "2", "-", "worker_recorder", "-", "reply", "queues", "-"] in [
         line.split() for line in out.stdout.splitlines()]
     # With a virtualenv that holds no taskqueue at all (Debian's gevent and pika only)
     bare = tmp_path / "bare"
