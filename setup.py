@@ -27,6 +27,6 @@ setup(
     python_requires=">=3.11",
     # Named explicitly: debian/ beside a flat layout breaks auto-discovery.
     packages=find_packages(include=["taskqueue", "taskqueue.*"]),
-    install_requires=["gevent", "pika>=1.2"],
+    install_requires=["gevent", "pika>=1.2", "croniter"],
     entry_points={"console_scripts": ["taskqueue = taskqueue.cli.main:main"]},
 )

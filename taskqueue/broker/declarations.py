@@ -92,6 +92,9 @@ def pika_call(channel, declaration):
                                                       "arguments": d.arguments or None})
     if d.kind == plans.QUEUE and d.passive:
         return channel.queue_declare, (d.name,), {"passive": True}
+    if d.kind == plans.QUEUE and d.exclusive:   # classic: an exclusive queue can be no other
+        return channel.queue_declare, (d.name,), {"exclusive": True,
+                                                 "arguments": {"x-queue-type": "classic"}}
     if d.kind == plans.QUEUE:
         return channel.queue_declare, (d.name,), {"durable": True, "arguments": d.arguments}
     if d.kind == plans.QUEUE_BINDING:

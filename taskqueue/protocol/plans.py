@@ -10,7 +10,7 @@ arguments where topology.legacy_arguments allows; the runner does that.
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from taskqueue.protocol import cancels, delays, events, onehop, topology
+from taskqueue.protocol import cancels, delays, events, firings, onehop, topology
 
 #: The kinds of declaration, named after their AMQP methods.
 EXCHANGE, QUEUE, QUEUE_BINDING, EXCHANGE_BINDING = (
@@ -32,6 +32,7 @@ class Declaration:
     routing_key: str = ""
     explain: Optional[Callable] = None
     passive: bool = False   # a queue: only look whether it exists
+    exclusive: bool = False  # a queue: this connection's alone, gone with it (not durable)
 
 
 def exchange(name, exchange_type, arguments=None, explain=None):
@@ -126,3 +127,17 @@ def cancel_stream():
     explained: the caller tells a stream declared otherwise (events.kept_as_found), used
     as it is, from the rest."""
     return [queue(cancels.STREAM, cancels.stream_arguments(), cancels.explain_refusal)]
+
+
+def schedule_stream():
+    """The schedules stream (firings.py). Its refusal is explained; one declared otherwise
+    is used as it is (events.kept_as_found)."""
+    return [queue(firings.STREAM, firings.stream_arguments(), firings.explain_refusal)]
+
+
+def lead_queue(name):
+    """The lead queue of schedule `name` (firings.lead_queue): exclusive to the connection
+    that declares it; the broker refuses it (405) while another connection holds it."""
+    queue_name = firings.lead_queue(name)
+    return [Declaration(QUEUE, queue_name, f"declare {queue_name}", exclusive=True,
+                        explain=lambda reason: f"schedule {name!r} is led by another pool")]

@@ -34,7 +34,7 @@ CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
              "DEBIAN_FRONTEND": "noninteractive"}
 BUILD_DEPENDS = ["debhelper", "dh-python", "python3-all", "pybuild-plugin-pyproject",
                  "python3-setuptools", "python3-wheel", "lintian",
-                 "python3-gevent", "python3-pika", "rabbitmq-server", "adduser"]
+                 "python3-gevent", "python3-pika", "python3-croniter", "rabbitmq-server", "adduser"]
 SERVICES = ["taskqueue-dispatcher", "taskqueue-workerpool"]
 PACKAGES = ["python3-taskqueue", "taskqueue"] + SERVICES
 PLUGIN = "python3-taskqueue-echo"
