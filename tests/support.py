@@ -39,6 +39,8 @@ QUEUES += [f"{queue}+high" for queue in QUEUES if queue.startswith("worker_")]
 QUEUES += [f"taskqueue.delay.{level}" for level in range(20)]
 #: The cancels stream (protocol/cancels.py): an earlier test's cancels must not count in a later one.
 QUEUES += ["taskqueue_cancels"]
+#: The schedules stream (protocol/firings.py): an earlier test's firings are no later one's history.
+QUEUES += ["taskqueue_schedules"]
 
 
 def wait_for(predicate, timeout, what, interval=0.02):

@@ -35,7 +35,7 @@ from taskqueue.broker.pikaparams import (REPLY_TIMEOUT, address, describe, delay
                                          failure, ordered_parameters, parameters, process_route,
                                          quiet_attempt_lines, short_failure)
 from taskqueue.errors import BrokerUnreachable, PublishNacked, SessionClosed, TopologyError
-from taskqueue.protocol import delays, nacks, plans, topology
+from taskqueue.protocol import delays, nacks, onehop, plans, priorities, topology
 
 log = logging.getLogger(__name__)
 sendbatch.install()
@@ -62,6 +62,7 @@ class Session:
         self._confirm_channel = None    # for publish_confirmed and publish_delayed
         self._confirmed = None
         self._delays_declared = False
+        self._onehop_declared = False    # publish_onehop
         self._confirm_seen = Event()    # set by each confirm once enable_confirms ran
         self._replies = None            # replyline.ReplyLine, made on the first reply
         self._getting = None            # AsyncResult of the basic.get under way
@@ -351,6 +352,19 @@ class Session:
         PublishNacked (the broker is there: it did not take the message); SessionClosed
         if the session goes, or the broker returns the message (no such queue)."""
         self._publish_until_taken("", queue, body, props, f"the message for {queue}")
+
+    def publish_onehop(self, worker_type, body, props):
+        """Publish a one-hop task (onehop.py) as Client.submit does and wait for the
+        broker's confirm as publish_confirmed does: into worker_<type> (its high queue
+        for a high priority), or `taskqueue` through the alternate exchange. What that
+        needs is declared on first use by this session (plans.one_hop)."""
+        if not self._onehop_declared:
+            declarations.run(plans.one_hop(task_queue=True, settings=self.settings),
+                             _AsideChannels(self))
+            self._onehop_declared = True
+        self._publish_until_taken(onehop.EXCHANGE,
+                                  priorities.routing_key(worker_type, props.priority), body,
+                                  props, f"the task for {worker_type}")
 
     def publish_delayed(self, queue, worker_type, body, props, seconds):
         """Publish a task for `worker_type` that reaches `queue` (taskqueue, or its

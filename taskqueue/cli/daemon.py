@@ -53,6 +53,13 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
                                    task_timeout=group.task_timeout, queue=group.queue,
                                    settings=(cfg.amqp, group, tuple(sorted(group.options.items())),
                                              _plugin_version((found or {}).get(group.worker_type)))))
+    if workers and cfg.schedules:
+        # One per pool; the pools agree through the broker which of them fires what.
+        from taskqueue.runtime.scheduler import run_scheduler
+        specs.append(ChildSpec("scheduler", 1,
+                               functools.partial(run_scheduler, cfg.amqp, cfg.schedules),
+                               user=default_user, settings=(cfg.amqp, cfg.schedules),
+                               kind="scheduler"))
     return specs
 
 

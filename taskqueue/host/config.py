@@ -178,6 +178,8 @@ class Config:
     #: (option, path) of each file the config names that holds a secret: checked like
     #: the config itself (exposed_secret, untrusted_files).
     secret_files: tuple = ()
+    #: The schedules (protocol/schedules.Schedule) of the periodic tasks this pool may fire.
+    schedules: tuple = ()
 
 
 #: A plugin (entry-point) name: usable as a section name and a queue suffix.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 #: What a child can be.
-KINDS = ("dispatcher", "worker")
+KINDS = ("dispatcher", "worker", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ChildSpec:
     task_timeout: Optional[float] = None
     settings: tuple = ()
     queue: Optional[str] = None     # what its children consume, for status and metrics
-    #: What its children are: "worker" or "dispatcher" (KINDS). The one place that
+    #: What its children are: "worker", "dispatcher" or "scheduler" (KINDS). The one place that
     #: says so: status, metrics and the children's log lines read it.
     kind: str = "worker"
 
