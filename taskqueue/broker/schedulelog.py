@@ -48,11 +48,11 @@ class HistoryReader(EventReader):
         return ()
 
 
-def read_history(settings, name="taskqueue schedules", timeout=None):
+def read_history(settings, name="taskqueue schedules", timeout=None, not_after=None):
     """What the whole stream says (firings.History); an empty one when there is no stream
-    yet (no schedule ever had a leader on this vhost). Blocking: a gevent process runs it
+    yet (no schedule ever had a leader on this vhost); `not_after`: see History. Blocking: a gevent process runs it
     in a thread (the hub's threadpool)."""
-    history = firings.History()
+    history = firings.History(not_after)
     try:
         with HistoryReader(settings, history, name=name, timeout=timeout) as reader:
             for _ in reader.events(deadline=time.monotonic() + READ_DEADLINE):

@@ -13,6 +13,7 @@ from taskqueue.broker import amqp  # noqa: F401
 from taskqueue.cli.daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from taskqueue.cli.startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
 from taskqueue.cli.cancel import CANCEL_EXIT_CODES, cmd_cancel
+from taskqueue.cli.schedules import SCHEDULES_EXIT_CODES, cmd_schedules
 from taskqueue.cli.taskevents import EVENTS_EXIT_CODES, TASK_EXIT_CODES, cmd_events, cmd_task
 from taskqueue.cli.tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES,
                                  SUBMIT_EXIT_CODES, cmd_check_config, cmd_dead_list, cmd_dead_purge,
@@ -131,6 +132,10 @@ def _parser():
     p.add_argument("--since", type=_duration, metavar="DURATION",
                    help="look for the tasks' events this far back (90, 15m, 12h, 7d) instead "
                         "of from the time in each id")
+    p = command("schedules", cmd_schedules, "Show the periodic tasks: each schedule, where it "
+                "comes from, its next and last firing, and which pool leads it.",
+                epilog=SCHEDULES_EXIT_CODES)
+    p.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
     return parser
 
 

@@ -38,6 +38,8 @@ SEGMENT_BYTES = 1 * 2**20
 LEAD_RETRY = 2.0
 #: Seconds between a leader's `held` records of each schedule it leads.
 HELD_EVERY = 300.0
+#: Seconds ahead of its clock a new leader believes a slot fired (History.not_after).
+FUTURE_MARGIN = 86400.0
 #: Longest record and longest schedule name.
 MAX_RECORD = 2048
 MAX_NAME = 100
@@ -129,7 +131,13 @@ class History:
     """What the records read so far say of each schedule: the last slot fired (the
     latest, whatever order the records came in) and the last lead taken."""
 
-    def __init__(self):
+    def __init__(self, not_after=None):
+        #: A slot later than this (seconds) is taken as no firing (`future` counts them):
+        #: whoever may publish to the vhost could otherwise write a slot of the year 9999
+        #: and stop a schedule for good. A clock stepped back further than the margin the
+        #: caller gives may then fire a slot again.
+        self.not_after = not_after
+        self.future = 0
         self.fired = {}     # name -> slot time
         self.fired_at = {}  # name -> when it was recorded
         self.lead = {}      # name -> (holder, at)
@@ -141,6 +149,9 @@ class History:
             self.junk += 1
             return
         name, why, slot_at, at, who = found
+        if slot_at is not None and self.not_after is not None and slot_at > self.not_after:
+            self.future += 1
+            return
         if slot_at is not None and slot_at >= self.fired.get(name, -math.inf):
             self.fired[name] = slot_at
             self.fired_at[name] = at

@@ -140,4 +140,12 @@ def lead_queue(name):
     that declares it; the broker refuses it (405) while another connection holds it."""
     queue_name = firings.lead_queue(name)
     return [Declaration(QUEUE, queue_name, f"declare {queue_name}", exclusive=True,
-                        explain=lambda reason: f"schedule {name!r} is led by another pool")]
+                        explain=lambda reason: f"schedule {name!r}: the broker refused its lead "
+                                               f"queue {queue_name}: "
+                                               f"{getattr(reason, 'reply_text', reason)}")]
+
+
+def held_elsewhere(refusal):
+    """Whether a refused lead queue (its TopologyError) is held by another connection (405
+    RESOURCE_LOCKED), as it is whenever another pool leads, not a refusal to say."""
+    return "RESOURCE_LOCKED" in str(refusal)

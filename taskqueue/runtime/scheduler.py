@@ -50,6 +50,7 @@ class Scheduler:
         self.last = {}          # led schedule -> last slot fired (or the time the lead began)
         self.held_at = {}       # led schedule -> when its `held` record was written
         self.retry_at = {}      # schedule not led -> when to try again (time.monotonic)
+        self.refused = set()    # schedules whose lead queue the broker refuses us (said once)
         self.fired = 0
 
     @property
@@ -73,14 +74,23 @@ class Scheduler:
     def _try_lead(self, name):
         try:
             self.session.declare_plan(plans.lead_queue(name), any_refusal=True)
-        except TopologyError:
+        except TopologyError as exc:
             self.retry_at[name] = time.monotonic() + firings.LEAD_RETRY
+            if not plans.held_elsewhere(exc) and name not in self.refused:
+                self.refused.add(name)      # said once: it is tried again all the same
+                log.error("%s; this pool cannot lead it", exc)
             return
+        self.refused.discard(name)
         # Ours now. What fired before: read after the lead was taken, so that every record
         # its last holder confirmed is in (that holder's connection is gone).
-        history = gevent.get_hub().threadpool.apply(
-            schedulelog.read_history, (self.settings, f"taskqueue {self.name} history"))
         began = self.clock()
+        history = gevent.get_hub().threadpool.apply(
+            schedulelog.read_history, (self.settings, f"taskqueue {self.name} history", None,
+                                       began + firings.FUTURE_MARGIN))
+        if history.future:
+            log.warning("schedule %s: %d records of %s name a slot more than %gs ahead of "
+                        "this clock: not believed", name, history.future, firings.STREAM,
+                        firings.FUTURE_MARGIN)
         fired = history.fired.get(name)
         before = history.lead.get(name)
         self.last[name] = fired if fired is not None else began
@@ -105,11 +115,18 @@ class Scheduler:
             log.warning("schedule %s: slot %s not fired (%s); trying again", schedule.name,
                         firings.slot_id(slot), exc)
             return
-        schedulelog.publish_record(self.session, firings.record(schedule.name, firings.FIRED,
-                                                                slot))
+        # Fired: never again from this process, whatever becomes of its record.
         self.last[schedule.name] = slot
-        self.held_at[schedule.name] = time.monotonic()
         self.fired += 1
+        try:
+            schedulelog.publish_record(self.session, firings.record(schedule.name,
+                                                                    firings.FIRED, slot))
+            self.held_at[schedule.name] = time.monotonic()
+        except PublishNacked as exc:
+            # Only a new leader would fire it again: the `held` record tries to say it soon.
+            log.warning("schedule %s: slot %s fired, its record not taken (%s)", schedule.name,
+                        firings.slot_id(slot), exc)
+            self.held_at[schedule.name] = time.monotonic() - firings.HELD_EVERY + 5
         late = now - slot
         log.info("schedule %s: fired slot %s as task %s%s", schedule.name,
                  firings.slot_id(slot), message_id,

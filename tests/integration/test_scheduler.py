@@ -175,3 +175,26 @@ def test_junk_in_the_schedules_stream_is_skipped(broker, vhost, broker_port):
         session.close()
     history = schedulelog.read_history(settings)
     assert history.fired == {"ok": 1_900_000_000} and history.junk == 5
+
+
+def test_a_forged_firing_far_ahead_of_the_clock_does_not_stop_a_schedule(broker, vhost,
+                                                                          broker_port):
+    settings = settings_of(vhost, broker_port)
+    session = amqp.Session(settings, "test forger").open()
+    try:
+        schedulelog.declare_stream(session)
+        forged = datetime.datetime(9999, 12, 31, tzinfo=datetime.timezone.utc).timestamp()
+        schedulelog.publish_record(session, firings.record("tick", firings.FIRED, forged))
+    finally:
+        session.close()
+    clock = Clock(1_900_000_000)
+    session, scheduler = started(settings, [Schedule("tick", "every 1s", "recorder")], clock,
+                                 "victim")
+    try:
+        with gevent.Timeout(30):
+            scheduler.turn()
+            clock.at += 1
+            scheduler.turn()
+        assert fired_ids(broker, "recorder") == [f"sched:tick:{firings.slot_id(1_900_000_001)}"]
+    finally:
+        session.close()

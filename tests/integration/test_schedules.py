@@ -1,0 +1,93 @@
+"""Periodic tasks across pools (runtime/scheduler.py): two supervisors on one vhost fire
+each slot of a schedule once, and the other takes over when the leader's pool is killed.
+The scheduler's logic in this process (DST, missed slots): test_scheduler.py."""
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from support import TASKQUEUE, alive, wait_for
+from taskqueue.protocol import firings
+
+EVERY = 2
+SCHEDULE = f'[DEFAULT]\nworkers: 0\n\n[schedules]\ntick: every {EVERY}s recorder {{"n": 1}}\n'
+LEADING = r"schedule tick: leading it"
+
+
+class Firings:
+    """The scheduled tasks as they reach `taskqueue` (one hop, no worker queue: through the
+    alternate exchange; no dispatcher runs), with the time each was seen."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.seen = []      # (message id, monotonic time)
+
+    def collect(self, seconds):
+        """Take what arrives during `seconds` (the broker's consumer, event by event)."""
+        deadline = time.monotonic() + seconds
+        for method, props, _ in self.broker.channel.consume(
+                "taskqueue", auto_ack=True, inactivity_timeout=0.2):
+            if method is not None:
+                self.seen.append((props.message_id, time.monotonic()))
+            if time.monotonic() >= deadline:
+                break
+        self.broker.channel.cancel()
+
+    def ids(self):
+        return [task for task, _ in self.seen]
+
+    def slots(self):
+        return sorted(firings.slot_of_message_id(task) for task in self.ids())
+
+
+def pool_config(workdir, n):
+    status = os.path.join(workdir, f"status{n}")
+    os.makedirs(status, mode=0o755, exist_ok=True)
+    return SCHEDULE + f"\n[supervisor]\nstatus_dir: {status}\n"
+
+
+def leader_of(pools):
+    leading = [pool for pool in pools if re.search(LEADING, pool.log())]
+    return leading[0] if len(leading) == 1 else None
+
+
+@pytest.mark.timeout(120)
+def test_two_pools_fire_each_slot_once_and_the_other_takes_over_when_the_leader_is_killed(
+        broker, start_pool, workdir, vhost):
+    pools = [start_pool(pool_config(workdir, n), command="workerpool", own_status_dir=False)
+             for n in (1, 2)]
+    leader = wait_for(lambda: leader_of(pools), 30, "one pool leading tick")
+    other = pools[1 - pools.index(leader)]
+    broker.drain("taskqueue")
+    seen = Firings(broker)
+    seen.collect(20)
+    ids = seen.ids()
+    assert 9 <= len(ids) <= 11, ids
+    assert len(set(ids)) == len(ids), ids
+    slots = seen.slots()
+    assert all(b - a == EVERY for a, b in zip(slots, slots[1:])), ids
+    assert all(task.startswith("sched:tick:") for task in ids)
+    # The leader's whole pool killed: its connection goes with its scheduler child.
+    scheduler_pids = leader.children()
+    leader.kill()
+    killed = time.monotonic()
+    wait_for(lambda: not any(alive(pid) for pid in scheduler_pids), 10, "the killed children gone")
+    seen.collect(12)
+    after = [at - killed for _, at in seen.seen if at > killed]
+    assert after and after[0] <= 10, (after, other.log()[-2000:])
+    other.wait_log(LEADING, timeout=1)
+    ids = seen.ids()
+    assert len(set(ids)) == len(ids), ids
+    # `taskqueue schedules` says who leads now: the other pool's scheduler.
+    out = subprocess.run([TASKQUEUE, "schedules", "--config", other.config_path, "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)["schedules"]
+    assert row["lead"]["held"] and row["source"] == "config"
+    holder_pid = int(row["lead"]["holder"].rpartition(" ")[2])
+    assert holder_pid in other.children()
+    assert row["last"] >= firings.slot_id(seen.slots()[-1])     # ISO times sort as text
+    assert other.stop() == 0
