@@ -244,6 +244,11 @@ def parse_setting(key, value):
     if key in ("timezone", "missed") and not isinstance(text, str):
         raise ValueError(f"{key}: expected a string, not {_kind(value)}")
     if key == "timezone":
+        if text.lower() in ("localtime", "posixrules", "factory"):
+            # /usr/share/zoneinfo/localtime is the host's zone under a name that is the
+            # same everywhere: two hosts would fire one schedule at different instants.
+            raise ValueError(f"timezone {text!r}: expected the IANA name of a zone (such as "
+                             "Europe/Berlin), the same on every host")
         zone(text)
         return text
     if key == "missed":
