@@ -276,7 +276,7 @@ def test_user_inherited_from_type_section_is_reported_there(write):
 
 # -- plugin names --------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["amqp", "dispatcher", "logging", "metrics", "supervisor",
+@pytest.mark.parametrize("name", ["amqp", "dispatcher", "logging", "metrics", "schedules", "supervisor",
                                   "DEFAULT", "default", "Default"])
 def test_plugin_named_like_a_reserved_section_is_an_error(write, name):
     path = write(SPEC)
