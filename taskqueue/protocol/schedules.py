@@ -104,7 +104,11 @@ def next_slot(schedule, after):
     if period is not None:
         return (math.floor(after / period) + 1) * period
     zone = zone_of(schedule)
-    wall = _wall(after, zone)
+    # Walk from the wall time `after` had at the smaller of today's and yesterday's
+    # offsets: just after clocks went forward, a missing wall time (02:30 on the
+    # spring change) is a slot still to come (at the old offset), yet behind the wall
+    # clock (03:10), and a walk from the wall clock would skip it.
+    wall = min(_wall(after, zone), _wall_at_offset(after, zone, after - 86400))
     while True:
         wall = _cron(schedule.when, wall).get_next(datetime.datetime)
         at = _instant(wall, zone)
@@ -118,7 +122,11 @@ def latest_slot(schedule, at):
     if period is not None:
         return math.floor(at / period) * period
     zone = zone_of(schedule)
-    wall = _wall(at, zone) + datetime.timedelta(seconds=1)   # get_prev is strict
+    # From the later of the wall clock and the wall time under yesterday's offset: as
+    # clocks go back, a wall time of the repeated hour (01:45 EDT) is a slot already
+    # past, yet ahead of the wall clock (01:00 EST), and a walk from it would miss it.
+    wall = max(_wall(at, zone), _wall_at_offset(at, zone, at - 86400)) \
+        + datetime.timedelta(seconds=1)   # get_prev is strict
     while True:
         wall = _cron(schedule.when, wall).get_prev(datetime.datetime)
         slot = _instant(wall, zone)
@@ -155,6 +163,12 @@ def zone(name):
 def _wall(at, zone):
     """The wall-clock time (naive) in `zone` at the instant `at`, to the second."""
     return datetime.datetime.fromtimestamp(int(at), zone).replace(tzinfo=None, fold=0)
+
+
+def _wall_at_offset(at, zone, then):
+    """The wall time (naive) of the instant `at` under the UTC offset `zone` had at `then`."""
+    offset = datetime.datetime.fromtimestamp(int(then), zone).utcoffset()
+    return datetime.datetime.fromtimestamp(int(at), UTC).replace(tzinfo=None) + offset
 
 
 def _instant(wall, zone):
