@@ -1061,6 +1061,9 @@ class _Loader:
             except ValueError as exc:
                 hint = f" (a setting is NAME.{', NAME.'.join(schedule_lines.SETTINGS)})" \
                     if "." in name else ""
+                if value.split()[:1] and value.split()[0][-1] in ":=":
+                    hint += (" (the name ends at the first ':' or '='; a schedule name is "
+                             "letters, digits, '_', '.' and '-')")
                 self.fail_schedule(name, value, f"{exc}{hint}")
         for name, given in settings.items():
             if name not in lines and packaged is not None and name not in packaged:
