@@ -231,6 +231,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "syslog", "stderr", "file")
 SUPERVISOR_OPTIONS = ("status_dir",)
 METRICS_OPTIONS = ("address", "port", "dispatcher_port", "management_url")
+#: [schedules]: a schedule (NAME: WHEN TYPE [WORKITEM], or off) and its settings.
+SCHEDULE_OPTIONS = ("NAME",) + tuple(f"NAME.{key}" for key in schedule_lines.SETTINGS)
 COUNT = "a process count (integer >= 0)"
 SUBGROUPS = "a comma-separated list of subgroup names"
 
