@@ -30,6 +30,7 @@ from typing import Optional
 import zoneinfo
 
 from taskqueue.protocol import expiry, firings, priorities, workitems
+from taskqueue.protocol.durations import parse_duration
 from taskqueue.protocol.routing import TYPE_PATTERN, TYPE_RULE
 
 #: What to do with slots missed while no scheduler ran (or the clock jumped): fire the
@@ -94,7 +95,6 @@ def every_seconds(when):
     words = when.split()
     if len(words) != 2 or words[0].lower() != "every":
         return None
-    from taskqueue.host.config import parse_duration
     return parse_duration(words[1], low=MIN_EVERY)
 
 
@@ -330,7 +330,6 @@ def _split_type(rest):
 
 
 def _checked_every(when):
-    from taskqueue.host.config import parse_duration
     words = when.split()
     if len(words) != 2:
         raise ValueError(f"{when[:40]!r}: expected `every DURATION` (every 30s, every 5m)")
@@ -376,7 +375,6 @@ def _checked(schedule, settings):
 
 
 def _parse_expires(value):
-    from taskqueue.host.config import parse_duration
     if isinstance(value, str):
         try:
             value = parse_duration(value, low=1.0, high=expiry.MAX_SECONDS)
