@@ -32,7 +32,8 @@ TABLE_HEADER = "| section | option | default | meaning |"
 GROUP_SECTION = "any type or subgroup"
 SECTION_OPTIONS = {GROUP_SECTION: "GROUP_OPTIONS", "[amqp]": "AMQP_OPTIONS",
                    "[dispatcher]": "DISPATCHER_OPTIONS", "[logging]": "LOGGING_OPTIONS",
-                   "[supervisor]": "SUPERVISOR_OPTIONS", "[metrics]": "METRICS_OPTIONS"}
+                   "[supervisor]": "SUPERVISOR_OPTIONS", "[metrics]": "METRICS_OPTIONS",
+                   "[schedules]": "SCHEDULE_OPTIONS"}
 
 
 # -- roff -------------------------------------------------------------------
@@ -139,7 +140,7 @@ def option_table(path=CONFIG_DOC):
             break
         cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
         section = cells[0].strip("`") or section
-        options = tuple(re.findall(r"`(\w+)`", cells[1]))
+        options = tuple(re.findall(r"`(\w+(?:\.\w+)?)`", cells[1]))   # NAME.timezone too
         rows.append((section, options, cells[1], cells[2], cells[3]))
     return rows
 

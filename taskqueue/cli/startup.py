@@ -1,10 +1,12 @@
 """What every command does as it starts: read the config and find the plugins,
 set up logging; and the exit codes they share."""
+import dataclasses
 import logging
 import os
 
 from taskqueue.errors import ConfigError
 from taskqueue.host import config, logs
+from taskqueue.protocol import schedules
 from taskqueue.runtime import plugins
 
 log = logging.getLogger("taskqueue")
@@ -24,13 +26,25 @@ def load_config(args, switches_users=False, apply_logging=False, check_users=Tru
     just check that the users exist, or, for the tools (submit, dead), ignore them."""
     path = config.resolve_path(args.config)
     found = plugins.discover()
-    cfg = config.load(path, found, check_users=check_users,
+    cfg = read_config(path, found, check_users=check_users,
                       running_uid=os.getuid() if switches_users else None)
     if apply_logging:
         setup_logging(args, cfg)
     for warning in cfg.warnings:
         log.warning("%s", warning)
     return cfg, found
+
+
+def read_config(path, found, **options):
+    """config.load(path, found, **options) with the packages' schedules merged in:
+    `cfg.schedules` is the final list, and a package schedule left out is one of
+    `cfg.warnings` (the daemons log them, check-config prints them)."""
+    packaged, problems = plugins.load_schedules()
+    # Every name a package ships counts, loaded or not: a setting for a schedule whose
+    # package is broken is no error of the config's.
+    cfg = config.load(path, found, package_schedules=plugins.schedule_names(), **options)
+    merged = schedules.merge(packaged, cfg.schedules, cfg.schedules_off, cfg.schedule_settings)
+    return dataclasses.replace(cfg, schedules=merged, warnings=cfg.warnings + problems)
 
 
 def setup_logging(args, cfg):

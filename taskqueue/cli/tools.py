@@ -1,17 +1,20 @@
 """The tools: submit, check-config, status and the dead-letter commands; each
 cmd_<name>(args) returns an exit code (startup.EXIT_*)."""
+import datetime
 import json
 import os
 import sys
+import time
 
 from taskqueue.broker import blocking, fielddecode, inbound, pikaparams
 from taskqueue.cli.startup import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NO_BROKER, EXIT_OK,
-                                   EXIT_TASK_FAILED, load_config)
+                                   EXIT_TASK_FAILED, load_config, read_config)
 from taskqueue.client import Client, onehop_message, trace_headers
 from taskqueue.errors import ConfigError, InputError, TaskFailed
 from taskqueue.host import config
 from taskqueue.printable import printable
-from taskqueue.protocol import events, replies, topology, tracecontext, workitems
+from taskqueue.protocol import (events, firings, replies, schedules, topology, tracecontext,
+                                workitems)
 from taskqueue.runtime import plugins
 
 
@@ -250,7 +253,7 @@ def _describe_tls(settings):
 def cmd_check_config(args):
     path = config.resolve_path(args.config)
     found = plugins.discover()
-    cfg = config.load(path, found)
+    cfg = read_config(path, found)
     problem = config.unsafe_files(cfg, as_root=os.geteuid() == 0)
     if problem:   # the daemons would refuse it
         raise ConfigError(problem)
@@ -280,7 +283,37 @@ def cmd_check_config(args):
     print("processes:")
     _print_table(("type", "subgroup", "count", "user", "queue", "retries", "replies to",
                   "rate limit"), rows)
+    if cfg.schedules:
+        print("schedules:")
+        _print_table(("name", "when", "type", "source", "settings", "next (local)", "next (UTC)"),
+                     schedule_rows(cfg.schedules, found, time.time()))
     return EXIT_OK
+
+
+def schedule_rows(chosen, found, now):
+    """check-config's row of each schedule: its next firing after `now` in the
+    schedule's zone and in UTC; a type no plugin here provides is marked (its tasks
+    wait for a pool that has it)."""
+    rows = []
+    for one in chosen:
+        at = schedules.next_slot(one, now)
+        local = datetime.datetime.fromtimestamp(at, schedules.zone_of(one))
+        when = one.when if one.every is not None else f"{one.when} ({one.timezone})"
+        kind = one.worker_type if one.worker_type in found else f"{one.worker_type} (not here)"
+        rows.append(tuple(printable(cell) for cell in (
+            one.name, when, kind, one.source, _describe_settings(one),
+            local.strftime("%Y-%m-%d %H:%M:%S %Z"), firings.slot_id(at))))
+    return rows
+
+
+def _describe_settings(schedule):
+    """`missed skip, expires 1h, priority 5`, or `-` when all are the defaults."""
+    parts = [f"missed {schedule.missed}"] if schedule.missed != "latest" else []
+    if schedule.expires is not None:
+        parts.append(f"expires {config.format_span(schedule.expires)}")
+    if schedule.priority is not None:
+        parts.append(f"priority {schedule.priority}")
+    return ", ".join(parts) or "-"
 
 
 def describe_limits(settings):

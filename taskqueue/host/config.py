@@ -21,7 +21,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from taskqueue import redact
 from taskqueue.host import filetrust, keptsecrets, tls
-from taskqueue.protocol import delays
+from taskqueue.protocol import delays, schedules as schedule_lines
+from taskqueue.protocol.durations import format_span, parse_duration  # noqa: F401 (config's API)
 from taskqueue.protocol.events import DEFAULT_MAX_BYTES, DEFAULT_RETENTION
 from taskqueue.protocol.ratelimits import RateLimit, parse_rate_limit
 from taskqueue.protocol.replies import parse_reply_queues
@@ -33,8 +34,10 @@ from taskqueue.protocol.topology import QUEUE_TYPES
 #: Where the packaged config lives; `--config` or TASKQUEUE_CONFIG override it.
 DEFAULT_PATH = "/etc/taskqueue/config.ini"
 
-#: Section names taskqueue itself owns; a plugin may not be named like one.
-RESERVED_SECTIONS = frozenset({"DEFAULT", "amqp", "dispatcher", "logging", "metrics", "supervisor"})
+#: Section names taskqueue itself owns; a plugin may not be named like one. `scheduler`
+#: owns no section: it names the pool's scheduler child, which a group may not be named.
+RESERVED_SECTIONS = frozenset({"DEFAULT", "amqp", "dispatcher", "logging", "metrics", "schedules",
+                               "scheduler", "supervisor"})
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,14 @@ class Config:
     #: (option, path) of each file the config names that holds a secret: checked like
     #: the config itself (exposed_secret, untrusted_files).
     secret_files: tuple = ()
-    #: The schedules (protocol/schedules.Schedule) of the periodic tasks this pool may fire.
+    #: [schedules]: the schedules the config defines (protocol/schedules.Schedule), the
+    #: names it turns off (`NAME: off`), and its settings for schedules a package defines
+    #: ({name: {setting: value}}). cli/startup.load_config merges the packages' in:
+    #: there `schedules` is the final list.
     schedules: tuple = ()
+    schedules_off: tuple = ()
+    schedule_settings: Mapping[str, Mapping] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False)
 
 
 #: A plugin (entry-point) name: usable as a section name and a queue suffix.
@@ -224,6 +233,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "syslog", "stderr", "file")
 SUPERVISOR_OPTIONS = ("status_dir",)
 METRICS_OPTIONS = ("address", "port", "dispatcher_port", "management_url")
+#: [schedules]: a schedule (NAME: WHEN TYPE [WORKITEM], or off) and its settings.
+SCHEDULE_OPTIONS = ("NAME",) + tuple(f"NAME.{key}" for key in schedule_lines.SETTINGS)
 COUNT = "a process count (integer >= 0)"
 SUBGROUPS = "a comma-separated list of subgroup names"
 
@@ -285,29 +296,8 @@ def parse_size(value):
     return size
 
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", re.IGNORECASE)
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: The longest events_retention: a year; RabbitMQ takes more, nobody means it.
 MAX_RETENTION = 366 * 86400
-
-
-def parse_duration(value, low=0.0, high=math.inf):
-    """`90`, `90s`, `15m`, `12h`, `7d`: seconds (a float) from low to high."""
-    match = _DURATION.fullmatch(value.strip())
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()] if match else -1
-    if not low <= seconds <= high or not match:
-        raise ValueError(f"expected a duration from {format_span(low)} to {format_span(high)}: "
-                         "a number with an optional unit s, m, h or d (7d, 12h, 90)")
-    return seconds
-
-
-def format_span(seconds):
-    """Seconds as the largest whole unit parse_duration reads: 604800 -> `7d`, 90 -> `90s`."""
-    for unit in ("d", "h", "m"):
-        size = _DURATION_UNITS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 parse_retention = partial(parse_duration, low=60, high=MAX_RETENTION)
@@ -478,13 +468,17 @@ def system_uid(name):
 
 
 def load(path: str, installed_types, *, check_users: bool = True,
-         running_uid: Optional[int] = None, uid_of=system_uid) -> Config:
+         running_uid: Optional[int] = None, uid_of=system_uid,
+         package_schedules=None) -> Config:
     """Read `path` and return the Config for the plugins `installed_types`.
 
     Raise one ConfigError listing every problem, one per line.
     `check_users=False` skips the password database: neither the users'
     existence nor the `running_uid` check is done. `uid_of(name)` looks a
     user up (KeyError when missing); tests pass their own user database.
+    `package_schedules`: the names of the schedules installed packages define; when
+    given, a [schedules] setting for a name defined nowhere is an error (None: not
+    known, not checked).
     """
     loader = _Loader(path, _read_sections(path), check_users, running_uid, uid_of)
     types = loader.check_types(installed_types)
@@ -493,6 +487,7 @@ def load(path: str, installed_types, *, check_users: bool = True,
     groups = [group for name in types for group in loader.groups(name)]
     amqp, dispatcher, logging = loader.amqp(), loader.dispatcher(), loader.logging()
     supervisor, metrics = loader.supervisor(), loader.metrics(amqp)
+    schedules, off, settings = loader.schedules(package_schedules)
     loader.check_task_timeouts(groups, amqp)
     loader.check_rate_limits(groups)
     if loader.errors:
@@ -502,7 +497,8 @@ def load(path: str, installed_types, *, check_users: bool = True,
                   tuple(sorted(groups, key=lambda g: (g.worker_type, g.subgroup or ""))),
                   loader.warnings(types, claimed), logging, supervisor=supervisor,
                   metrics=metrics, secret_options=secret_options(loader.sections),
-                  secret_files=secret_files(loader.sections))
+                  secret_files=secret_files(loader.sections), schedules=schedules,
+                  schedules_off=off, schedule_settings=settings)
 
 
 def secret_options(sections):
@@ -599,7 +595,16 @@ def _read_sections(path):
         parser.read_string(text, source=path)
     except configparser.Error as exc:
         raise ConfigError(_syntax_error(path, exc, text.splitlines())) from None
-    return {name: dict(parser.items(name)) for name in parser.sections()}
+    sections = {name: dict(parser.items(name)) for name in parser.sections()}
+    if "schedules" in sections:
+        # A schedule's name keeps its case (it names a package's schedule, a queue and
+        # message ids); options elsewhere are case-insensitive. The first read already
+        # refused two names that differ in case only.
+        exact = configparser.ConfigParser(interpolation=None, default_section=_NO_DEFAULT)
+        exact.optionxform = str
+        exact.read_string(text, source=path)
+        sections["schedules"] = dict(exact.items("schedules"))
+    return sections
 
 
 def _subgroup_lists(sections):
@@ -659,6 +664,7 @@ class _Loader:
         self.path, self.sections = path, sections
         self.check_users, self.running_uid, self.uid_of = check_users, running_uid, uid_of
         self.errors = []
+        self.notes = []      # warnings found on the way (warnings() adds them)
 
     def fail(self, section, option, value, expected):
         self.errors.append(f"{self.path}: [{section}] {option} = {_shown(option, value)}: {expected}")
@@ -1015,8 +1021,71 @@ class _Loader:
                       "asked with [amqp]'s user and password, and that has none)")
         return settings
 
+    def schedules(self, packaged):
+        """[schedules]: (the schedules it defines, the names it turns off, its settings
+        for the others); `packaged`: the names packages define, or None (unknown)."""
+        own = self.sections.get("schedules", {})
+        lines, settings = {}, {}
+        for option, value in own.items():
+            name, _, key = option.rpartition(".")
+            if key in schedule_lines.SETTINGS and name:
+                settings.setdefault(name, {})[key] = self.schedule_setting(option, key, value)
+            else:
+                lines[option] = value
+        defined, off = [], []
+        for name, value in lines.items():
+            if value.strip().lower() == "off":
+                off.append(self.schedule_name(name, value))
+                continue
+            given = {key: setting for key, setting in settings.get(name, {}).items()
+                     if setting is not None}
+            try:
+                defined.append(schedule_lines.parse(name, value, given, "config"))
+            except ValueError as exc:
+                hint = f" (a setting is NAME.{', NAME.'.join(schedule_lines.SETTINGS)})" \
+                    if "." in name else ""
+                if value.split()[:1] and value.split()[0][-1] in ":=":
+                    hint += (" (the name ends at the first ':' or '='; a schedule name is "
+                             "letters, digits, '_', '.' and '-')")
+                self.fail_schedule(name, value, f"{exc}{hint}")
+        for name, given in settings.items():
+            if name not in lines and packaged is not None and name not in packaged:
+                key = next(iter(given))
+                self.fail_schedule(f"{name}.{key}", own[f"{name}.{key}"],
+                                   f"no schedule {name!r} is defined in [schedules] or by an "
+                                   "installed package; expected the name of one")
+        for name in off:
+            if packaged is not None and name not in packaged:
+                self.notes.append(f"{self.path}: [schedules] {name}: off, but no installed "
+                                  "package defines a schedule of that name; ignored")
+        rest = {name: MappingProxyType(given) for name, given in settings.items()
+                if name not in lines and None not in given.values()}
+        return (tuple(sorted(defined, key=lambda one: one.name)), tuple(sorted(off)),
+                MappingProxyType(rest))
+
+    def schedule_setting(self, option, key, value):
+        try:
+            schedule_lines.check_name(option.rpartition(".")[0])
+            return schedule_lines.parse_setting(key, value)
+        except ValueError as exc:
+            self.fail_schedule(option, value, str(exc))
+            return None
+
+    def schedule_name(self, name, value):
+        try:
+            return schedule_lines.check_name(name)
+        except ValueError as exc:
+            self.fail_schedule(name, value, str(exc))
+            return name
+
+    def fail_schedule(self, option, value, expected):
+        """fail() for [schedules], the value cut short: a line may be 64 KiB long."""
+        shown = value if len(value) <= 200 else value[:200] + "..."
+        self.fail("schedules", option, shown, expected)
+
     def warnings(self, types, claimed):
         installed = ", ".join(types) or "none"
         return tuple(f"{self.path}: [{name}] names no installed worker plugin; "
                      f"ignored (installed: {installed})" for name in self.sections
-                     if name not in RESERVED_SECTIONS and name not in types and name not in claimed)
+                     if name not in RESERVED_SECTIONS and name not in types
+                     and name not in claimed) + tuple(self.notes)

@@ -3,10 +3,16 @@
 `discover()` reads metadata only: the supervisor calls it and must never
 import plugin code (so a fork inherits none of it and an upgraded plugin is
 picked up by the next child). `load()` runs in the worker child.
+
+Packages ship schedules too (group schedules.ENTRY_POINTS): `load_schedules()`
+imports the module each such entry point names, wherever the config is read
+(the supervisors, check-config): a package keeps its schedules in a module of
+their own, with no import of its worker code.
 """
 from importlib.metadata import entry_points
 
 from taskqueue.errors import PluginError
+from taskqueue.protocol import schedules
 
 #: The entry-point group plugins register in; the entry point's name is the worker type.
 GROUP = "worker.plugins"
@@ -58,3 +64,45 @@ def origin(ep):
     dist = getattr(ep, "dist", None)
     where = f" from {dist.name} {dist.version}" if dist is not None else ""
     return f"{ep.value}{where}"
+
+
+def load_schedules(found=None):
+    """(the schedules installed packages ship, one problem line per entry point that
+    could not be used). Each entry point is loaded and parsed on its own: one that
+    fails to import, names a bad schedule, or shares its name with another package's
+    is left out, and the others go on. `found`: the entry points (tests pass theirs)."""
+    found = entry_points(group=schedules.ENTRY_POINTS) if found is None else found
+    loaded, problems, names = {}, [], {}
+    for ep in found:
+        names.setdefault(ep.name, []).append(ep)
+    for name, eps in sorted(names.items()):
+        if len(eps) > 1:
+            problems.append(f"error: schedule {name!r} is shipped twice: "
+                            f"{' and '.join(origin(ep) for ep in eps)}; both left out "
+                            "(uninstall one, or define it in the config's [schedules])")
+            continue
+        try:
+            loaded[name] = schedules.from_entry_point(name, _value(eps[0]), source(eps[0]))
+        except Exception as exc:   # noqa: BLE001 - a package may raise anything at import
+            problems.append(f"error: schedule {name!r} of {source(eps[0])} (entry point "
+                            f"{schedules.ENTRY_POINTS} {name} = {eps[0].value}) left out: "
+                            f"{str(exc)[:500] or type(exc).__name__}")
+    return tuple(loaded.values()), tuple(problems)
+
+
+def schedule_names():
+    """The names of the schedules installed packages ship (metadata only)."""
+    return frozenset(ep.name for ep in entry_points(group=schedules.ENTRY_POINTS))
+
+
+def _value(ep):
+    try:
+        return ep.load()
+    except BaseException as exc:   # a module may raise anything at import, even SystemExit
+        raise PluginError(f"failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def source(ep):
+    """`package DIST VERSION` (a Schedule's source), or `package ?` without metadata."""
+    dist = getattr(ep, "dist", None)
+    return f"package {dist.name} {dist.version}" if dist is not None else "package ?"

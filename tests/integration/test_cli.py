@@ -35,8 +35,57 @@ def test_check_config_lists_plugins_and_the_processes_it_would_start(workdir, vh
     lines = [line.split() for line in out.stdout.splitlines()]
     assert ["recorder", "-", "3", "-", "worker_recorder", "-", "reply", "queues", "-"] in lines
     assert ["dispatcher", "-", "1", "-", "taskqueue", "-", "-", "-"] in lines
+    assert "schedules:" not in out.stdout    # no table when there are none
     assert ["recorder2", "-", "1", "-", "worker_recorder2", "3", "(1s", "x2,", "at", "most",
             "3600s)", "reply", "queues,", "results", "5/s,", "2/m", "per", "host"] in lines
+
+
+def write_schedule_package(site):
+    """A distribution in `site` that ships schedules (entry-point group taskqueue.schedules),
+    one of them broken and one naming an object its module lacks."""
+    info = os.path.join(site, "tq_sched_pkg-1.0.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: tq-sched-pkg\nVersion: 1.0\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write("[taskqueue.schedules]\npkg.nightly = tq_sched_pkg:NIGHTLY\n"
+                "pkg.hourly = tq_sched_pkg:HOURLY\npkg.broken = tq_sched_pkg:BROKEN\n"
+                "pkg.gone = tq_sched_pkg:MISSING\n")
+    with open(os.path.join(site, "tq_sched_pkg.py"), "w") as f:
+        f.write('NIGHTLY = {"when": "30 2 * * *", "type": "recorder", "timezone": "Europe/Berlin"}\n'
+                'HOURLY = "@hourly recorder"\nBROKEN = "every 0s recorder"\n')
+
+
+def test_check_config_shows_config_and_package_schedules_with_their_next_firing(workdir, vhost):
+    # Given a package shipping schedules, and a config that adds one, turns one off and
+    # sets the priority of another
+    site = os.path.join(workdir, "site")
+    write_schedule_package(site)
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, '[schedules]\nmine: every 30s recorder2 {"a": 1}\n'
+                                   "pkg.hourly: off\npkg.nightly.priority: 5\n"))
+    # When check-config runs with the package installed
+    out = run("check-config", "--config", path,
+              env={**os.environ, "PYTHONPATH": site + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    # Then the table shows what would fire, and the broken package schedules are named
+    assert out.returncode == 0, out.stderr
+    table = out.stdout.split("schedules:\n", 1)[1].splitlines()
+    assert table[0].split() == ["name", "when", "type", "source", "settings", "next", "(local)",
+                                "next", "(UTC)"]
+    assert re.fullmatch(r"\s+mine\s+every 30s\s+recorder2\s+config\s+-\s+"
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:[03]0 UTC\s+\d{4}-\d\d-\d\dT\d\d:\d\d:[03]0Z",
+                        table[1]), table
+    assert re.fullmatch(r"\s+pkg\.nightly\s+30 2 \* \* \* \(Europe/Berlin\)\s+recorder\s+"
+                        r"package tq-sched-pkg 1\.0\s+priority 5\s+"
+                        r"\d{4}-\d\d-\d\d \d\d:30:00 CES?T\s+\d{4}-\d\d-\d\dT0[01]:30:00Z",
+                        table[2]), table
+    assert len(table) == 3     # pkg.hourly is off; pkg.broken and pkg.gone are left out
+    warnings = [line for line in out.stdout.splitlines() if line.startswith("warning: ")]
+    assert any("schedule 'pkg.broken' of package tq-sched-pkg 1.0 (entry point "
+               "taskqueue.schedules pkg.broken = tq_sched_pkg:BROKEN) left out: every '0s'" in line
+               for line in warnings), warnings
+    assert any("'pkg.gone'" in line and "AttributeError" in line for line in warnings), warnings
 
 
 def test_bad_config_refuses_to_start_naming_file_section_option_and_value(workdir):

@@ -276,7 +276,7 @@ def test_user_inherited_from_type_section_is_reported_there(write):
 
 # -- plugin names --------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["amqp", "dispatcher", "logging", "metrics", "supervisor",
+@pytest.mark.parametrize("name", ["amqp", "dispatcher", "logging", "metrics", "schedules", "supervisor",
                                   "DEFAULT", "default", "Default"])
 def test_plugin_named_like_a_reserved_section_is_an_error(write, name):
     path = write(SPEC)
@@ -760,3 +760,82 @@ def test_retry_options_are_read_per_group_with_defaults_inherited(write):
 def test_bad_retry_options_name_section_option_and_value(write, text, expected):
     path = write(text)
     assert error_of(path, {"w"}) == f"{path}: {expected}"
+
+
+# -- [schedules] (issue 24) -------------------------------------------------------------
+
+def test_schedules_section_defines_schedules_with_their_settings(write):
+    path = write('[schedules]\nNightly: 0 3 * * * report {"full": true}\nNightly.timezone: '
+                 'Europe/Berlin\nNightly.missed: skip\nNightly.expires: 2h\nNightly.priority: 5\n'
+                 'quick: every 30s echo\n')
+    cfg = load(path, set())
+    assert [(s.name, s.when, s.worker_type, s.body, s.timezone, s.missed, s.expires, s.priority,
+             s.source) for s in cfg.schedules] == [
+        ("Nightly", "0 3 * * *", "report", b'{"full":true}', "Europe/Berlin", "skip", 7200.0, 5,
+         "config"),
+        ("quick", "every 30s", "echo", b"{}", "UTC", "latest", None, None, "config")]
+    assert cfg.warnings == () and cfg.schedules_off == ()
+
+
+def test_schedules_off_and_settings_for_package_schedules_are_kept_for_the_merge(write):
+    path = write("[schedules]\npkg.nightly: off\npkg.hourly.priority: 7\n")
+    cfg = load(path, set(), package_schedules={"pkg.nightly", "pkg.hourly"})
+    assert cfg.schedules == () and cfg.schedules_off == ("pkg.nightly",)
+    assert dict(cfg.schedule_settings) == {"pkg.hourly": {"priority": 7}}
+
+
+def test_schedule_off_that_no_package_ships_is_a_warning(write):
+    path = write("[schedules]\ngone: off\n")
+    assert load(path, set(), package_schedules=set()).warnings == (
+        f"{path}: [schedules] gone: off, but no installed package defines a schedule of that "
+        "name; ignored",)
+
+
+def test_schedule_setting_for_a_name_defined_nowhere_is_an_error(write):
+    path = write("[schedules]\nnightly: @daily report\nnighlty.timezone: Europe/Berlin\n")
+    assert error_of(path, set(), package_schedules={"other"}) == (
+        f"{path}: [schedules] nighlty.timezone = 'Europe/Berlin': no schedule 'nighlty' is "
+        "defined in [schedules] or by an installed package; expected the name of one")
+    # Without the packages' names (Client.from_config) it cannot be told: not checked.
+    assert load(path, set()).schedule_settings["nighlty"] == {"timezone": "Europe/Berlin"}
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("n: 0 0 30 2 * report", "[schedules] n = '0 0 30 2 * report': '0 0 30 2 *' never fires"),
+    ("n: every 0s report", "[schedules] n = 'every 0s report': every '0s': expected a duration"),
+    ("n: 0 3 * * *", "(the type is missing)"),
+    ("n: 0 3 * * * report {", "workitem '{': not valid JSON"),
+    ("n: @daily report\nn.timezone: Mars/Base", "[schedules] n.timezone = 'Mars/Base': unknown "
+                                                "time zone 'Mars/Base'"),
+    ("n: @daily report\nn.missed: never", "[schedules] n.missed = 'never': missed: expected one "
+                                          "of latest, skip"),
+    ("n: @daily report\nn.priority: 11", "[schedules] n.priority = '11': priority 11"),
+    ("n: @daily report\nn.expires: soon", "[schedules] n.expires = 'soon': expires: expected"),
+    ("n.timzone: Europe/Berlin", "(a setting is NAME.timezone, NAME.missed"),
+    ("a:b: every 1s report", "[schedules] a = 'b: every 1s report': 'b: every 1s report': "
+                             "expected WHEN TYPE"),
+    ("a:b: every 1s report", "the name ends at the first ':' or '='"),
+    ("a b: every 1s report", "[schedules] a b = 'every 1s report': schedule name 'a b' is not"),
+])
+def test_bad_schedule_is_an_error_naming_file_section_and_option(write, line, expected):
+    path = write(f"[schedules]\n{line}\n")
+    message = error_of(path, set())
+    assert message.startswith(f"{path}: [schedules] ") and expected in message, message
+
+
+def test_a_10_mb_schedule_line_is_refused_and_shown_cut_short(write):
+    path = write("[schedules]\nn: every 1s report " + "x" * 10 * 2**20 + "\n")
+    message = error_of(path, set())
+    assert "expected a line of at most 65536 characters" in message and len(message) < 1000
+
+
+def test_schedule_names_keep_their_case_and_differ_from_a_setting_in_case(write):
+    cfg = load(write("[schedules]\nBilling.Nightly: @daily report\n"), set())
+    assert cfg.schedules[0].name == "Billing.Nightly"
+    # Two names that differ in case only would be two options configparser takes as one.
+    message = error_of(write("[schedules]\nA: @daily report\na: @hourly report\n"), set())
+    assert "[schedules] a is set twice" in message
+
+
+def test_schedules_section_is_not_taken_for_a_plugin_section(write):
+    assert load(write("[schedules]\nn: @daily report\n"), {"w"}).warnings == ()
