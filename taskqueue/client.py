@@ -40,12 +40,14 @@ from taskqueue import redact
 from taskqueue.broker import blocking, cancellog, fielddecode, pikaparams
 from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.onehopwindow import onehop_window
+# Re-exported: what a task's properties are is the broker layer's (the scheduler's too).
+from taskqueue.broker.pikaparams import steered, task_properties  # noqa: F401
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
                               SessionClosed, TaskFailed, TaskqueueError, TopologyError,
                               UndecodableHeaders)
 from taskqueue.host import config, tracing
 from taskqueue.protocol import (cancels, expiry, nacks, onehop, priorities, replies as reply_rule,
-                                taskids, topology, tracecontext, workitems)
+                                topology, tracecontext, workitems)
 from taskqueue.runtime import plugins
 
 #: What applications import from here (the errors are errors.py's, named here too).
@@ -68,17 +70,6 @@ ConnectionLost = SessionClosed
 
 
 # -- what goes on the wire ---------------------------------------------------------
-
-def task_properties(message_id=None, trace=None):
-    """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
-    message id (a new one unless given: taskids.new_id, time-ordered) that is also its
-    correlation id; `trace`: its trace context headers (trace_headers), if any."""
-    message_id = message_id or taskids.new_id()
-    return pikaparams.properties(content_type="application/json",
-                                 delivery_mode=pikaparams.PERSISTENT,
-                                 message_id=message_id, correlation_id=message_id,
-                                 headers=dict(trace) if trace else None)
-
 
 def trace_headers(traceparent=None, tracestate=None):
     """The trace context a task carries (tracecontext.py): the one given, checked
@@ -112,18 +103,6 @@ def onehop_message(worker_type, workitem, message_id=None, trace=None, priority=
     body = _encoded(worker_type, workitem_bytes, workitem)
     props = pikaparams.onehop_properties(task_properties(message_id, trace), worker_type)
     return body, steered(props, priority, expires)
-
-
-def steered(props, priority=None, expires=None):
-    """`props` (changed in place, and returned) of a task with a `priority` (0-9, checked:
-    priorities.checked) and a deadline `expires` seconds from now (checked:
-    expiry.checked_seconds), when given."""
-    if priority is not None:
-        props.priority = priority
-    if expires is not None:
-        props.headers = dict(props.headers or {})
-        props.headers[expiry.EXPIRES_HEADER] = expiry.deadline(expires)
-    return props
 
 
 def _check_type(worker_type):

@@ -16,7 +16,7 @@ import pika
 
 from taskqueue.broker import failover
 from taskqueue.host import tls
-from taskqueue.protocol import delays, onehop
+from taskqueue.protocol import delays, expiry, onehop, taskids
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +195,25 @@ def onehop_properties(props, worker_type):
     props.headers = onehop.headers(worker_type, props.headers)
     return props
 
+
+def task_properties(message_id=None, trace=None):
+    """The properties of a task submitted to `taskqueue`: JSON, persistent, with a
+    message id (a new one unless given: taskids.new_id, time-ordered) that is also its
+    correlation id; `trace`: its trace context headers (client.trace_headers), if any."""
+    message_id = message_id or taskids.new_id()
+    return properties(content_type="application/json",
+                                 delivery_mode=PERSISTENT,
+                                 message_id=message_id, correlation_id=message_id,
+                                 headers=dict(trace) if trace else None)
+
+
+def steered(props, priority=None, expires=None):
+    """`props` (changed in place, and returned) of a task with a `priority` (0-9, checked:
+    priorities.checked) and a deadline `expires` seconds from now (checked:
+    expiry.checked_seconds), when given."""
+    if priority is not None:
+        props.priority = priority
+    if expires is not None:
+        props.headers = dict(props.headers or {})
+        props.headers[expiry.EXPIRES_HEADER] = expiry.deadline(expires)
+    return props

@@ -23,9 +23,8 @@ import gevent
 
 from taskqueue.broker import amqp, schedulelog
 from taskqueue.broker.eventlog import EventLog
-from taskqueue.client import steered, task_properties
 from taskqueue.errors import PublishNacked, SessionClosed, TopologyError
-from taskqueue.broker.pikaparams import onehop_properties
+from taskqueue.broker.pikaparams import onehop_properties, steered, task_properties
 from taskqueue.protocol import firings, plans, schedules
 from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK
 

@@ -1,7 +1,7 @@
 """The scheduler (runtime/scheduler.py) in this process, on the real broker: leads taken
 and handed over, slots fired once across a daylight saving change (an injected clock),
 the history a new leader reads. The pools' side (two supervisors, SIGKILL) is
-test_schedules.py's."""
+test_schedules_across_pools.py's."""
 import datetime
 import json
 import zoneinfo

@@ -367,7 +367,7 @@ def test_child_specs_mark_the_dispatcher_by_kind_when_built_from_the_config():
                             task_timeout=None, queue="worker_worker2", options={},
                             worker_type="worker2")
     cfg = SimpleNamespace(amqp="amqp", dispatcher=SimpleNamespace(processes=2, stop_timeout=30.0),
-                          groups=[group])
+                          groups=[group], schedules=())
     specs = child_specs(cfg, dispatcher=True, workers=True)
     assert [(s.name, s.kind) for s in specs] == [("dispatcher", "dispatcher"),
                                                  ("worker2/bifh1", "worker")]
