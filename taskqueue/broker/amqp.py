@@ -45,6 +45,10 @@ quiet_attempt_lines()   # one line per failed connection attempt, not pika's sev
 
 
 
+#: Longest close() waits for pika to close the socket after the broker's close-ok (seconds).
+CLOSE_SOCKET_WAIT = 1.0
+
+
 class Session:
     """One AMQP connection and one channel, owned by the current process."""
 
@@ -145,11 +149,19 @@ class Session:
         replies go first, on their own connection (what waits: within `timeout`)."""
         if self._replies is not None:
             self._replies.close(timeout)
-        if self._connection is None or self.closed.is_set():
+        if self._connection is None:
             return
-        if self._connection.is_open:
-            self._connection.close()
-        self.closed.wait(timeout)
+        if not self.closed.is_set():
+            if self._connection.is_open:
+                self._connection.close()
+            self.closed.wait(timeout)
+        # pika closes the socket on a later turn of the hub than the close-ok's: until then
+        # the broker keeps the connection, and what it holds (a scheduler's exclusive lead
+        # queues). A process that goes on (a test, a restarted scheduler) must not keep it.
+        deadline = time.monotonic() + CLOSE_SOCKET_WAIT
+        while getattr(self._connection, "_transport", None) is not None and \
+                time.monotonic() < deadline:
+            gevent.sleep(0.005)
 
     def _on_connection_closed(self, connection, reason):
         if connection is self._connection:  # not an earlier broker of the list

@@ -121,7 +121,7 @@ def test_one_of_two_schedulers_leads_and_the_other_takes_over_when_its_connectio
         assert history.fired["tick"] == 1_900_000_004
         assert history.lead["tick"][0].endswith(f"pid {__import__('os').getpid()}")
     finally:
-        first.abort()
+        first.close()       # after its abort: waits until its socket is closed
         second.close()
 
 

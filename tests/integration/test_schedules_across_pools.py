@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from support import TASKQUEUE, alive, wait_for
+from support import TASKQUEUE, alive, declare_one_hop, wait_for
 from taskqueue.protocol import firings
 
 EVERY = 2
@@ -59,7 +59,9 @@ def test_two_pools_fire_each_slot_once_and_the_other_takes_over_when_the_leader_
         broker, start_pool, workdir, vhost):
     pools = [start_pool(pool_config(workdir, n), command="workerpool", own_status_dir=False)
              for n in (1, 2)]
-    leader = wait_for(lambda: leader_of(pools), 30, "one pool leading tick")
+    declare_one_hop(broker.channel)     # where the tasks go: taskqueue, which nobody consumes
+    leader = wait_for(lambda: leader_of(pools), 30, lambda: "one pool leading tick\n" + "\n".join(
+        pool.log()[-3000:] for pool in pools))
     other = pools[1 - pools.index(leader)]
     broker.drain("taskqueue")
     seen = Firings(broker)
