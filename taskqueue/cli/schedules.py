@@ -15,7 +15,8 @@ from taskqueue.printable import printable
 from taskqueue.protocol import firings, schedules
 
 SCHEDULES_EXIT_CODES = """\
-A schedule fires on one pool only: the one that holds its lead (docs/07).
+A schedule fires on one pool only: the one that holds its lead (docs/06-operating.md,
+"Periodic tasks").
 "lead" says which host and process took it last, and whether it is held now.
 
 exit status: 0 shown; 2 bad config; 4 no broker could be reached.

@@ -80,6 +80,7 @@ def test_two_pools_fire_each_slot_once_and_the_other_takes_over_when_the_leader_
     seen.collect(12)
     after = [at - killed for _, at in seen.seen if at > killed]
     assert after and after[0] <= 10, (after, other.log()[-2000:])
+    print(f"\nfirst scheduled task {after[0]:.1f}s after the leader's pool was killed")
     other.wait_log(LEADING, timeout=1)
     ids = seen.ids()
     assert len(set(ids)) == len(ids), ids
