@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from support import TASKQUEUE, alive, declare_one_hop, wait_for
-from taskqueue.protocol import firings
+from support import BROKER_HOST, TASKQUEUE, alive, config_text, declare_one_hop, wait_for
+from taskqueue.protocol import firings, plans
 
 EVERY = 2
 SCHEDULE = f'[DEFAULT]\nworkers: 0\n\n[schedules]\ntick: every {EVERY}s recorder {{"n": 1}}\n'
@@ -93,4 +93,56 @@ def test_two_pools_fire_each_slot_once_and_the_other_takes_over_when_the_leader_
     holder_pid = int(row["lead"]["holder"].rpartition(" ")[2])
     assert holder_pid in other.children()
     assert row["last"] >= firings.slot_id(seen.slots()[-1])     # ISO times sort as text
+    # Its history: submitted by the scheduler (the events stream, read from its slot's time).
+    out = subprocess.run([TASKQUEUE, "task", "--config", other.config_path, "--json", ids[-1]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["event"] for line in out.stdout.splitlines()] == ["submitted"]
     assert other.stop() == 0
+
+
+def test_taskqueue_schedules_shows_this_hosts_schedules_other_pools_and_who_leads(
+        broker, workdir, vhost, broker_port):
+    from taskqueue.broker import amqp, schedulelog
+    from taskqueue.host.config import AmqpSettings
+    config = os.path.join(workdir, "schedules.ini")
+    with open(config, "w") as f:
+        f.write(config_text(vhost, '[DEFAULT]\nworkers: 0\n\n[schedules]\n'
+                                   'nightly: 30 2 * * * recorder\nnightly.timezone: Europe/Berlin\n',
+                            port=broker_port))
+
+    def shown(*extra):
+        out = subprocess.run([TASKQUEUE, "schedules", "--config", config, *extra],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    # Nothing ever fired on the vhost, nobody leads
+    text = shown()
+    [line] = [line for line in text.splitlines() if line.startswith("nightly ")]
+    assert "30 2 * * * (Europe/Berlin)" in line and "config" in line
+    assert line.split()[-3:] == ["never", "not", "held"], text
+    # Another pool leads a schedule this host does not have, and fired it; junk beside it;
+    # this test process leads nightly (its lead queue, exclusive to its connection).
+    session = amqp.Session(AmqpSettings(host=BROKER_HOST, port=broker_port, vhost=vhost),
+                           "test other pool").open()
+    try:
+        schedulelog.declare_stream(session)
+        schedulelog.publish_record(session, firings.record("elsewhere", firings.LEAD, None,
+                                                           who="db1 pid 77"))
+        schedulelog.publish_record(session, firings.record("elsewhere", firings.FIRED,
+                                                           1_900_000_000, who="db1 pid 77"))
+        schedulelog.publish_record(session, b"\x1b[31mnot a record")
+        session.declare_plan(plans.lead_queue("nightly"), any_refusal=True)
+        doc = json.loads(shown("--json"))
+        rows = {row["name"]: row for row in doc["schedules"]}
+        assert rows["nightly"]["lead"]["held"] and rows["nightly"]["last"] is None
+        assert rows["elsewhere"]["source"].startswith("another pool")
+        assert rows["elsewhere"]["last"] == firings.slot_id(1_900_000_000)
+        assert not rows["elsewhere"]["lead"]["held"]
+        assert rows["elsewhere"]["lead"]["last_holder"] == "db1 pid 77"
+        assert doc["junk_records"] == 1
+        text = shown()
+        assert "\x1b" not in text and "1 records of taskqueue_schedules" in text
+        assert "not held (last: db1 pid 77)" in text
+    finally:
+        session.close()
