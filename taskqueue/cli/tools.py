@@ -280,6 +280,8 @@ def cmd_check_config(args):
               _describe_retries(g.retry), replies.describe(g.reply_queues),
               _describe_rate_limits(g)) for g in cfg.groups]
     rows[0] += ("-", "-")
+    if cfg.schedules:   # the pool's scheduler child (runtime/scheduler.py): run, workerpool
+        rows.append(("scheduler", "-", "1", "-", "-", "-", "-", "-"))
     print("processes:")
     _print_table(("type", "subgroup", "count", "user", "queue", "retries", "replies to",
                   "rate limit"), rows)

@@ -70,6 +70,9 @@ def test_check_config_shows_config_and_package_schedules_with_their_next_firing(
               env={**os.environ, "PYTHONPATH": site + os.pathsep + os.environ.get("PYTHONPATH", "")})
     # Then the table shows what would fire, and the broken package schedules are named
     assert out.returncode == 0, out.stderr
+    processes = out.stdout.split("processes:\n", 1)[1].split("schedules:\n", 1)[0]
+    assert ["scheduler", "-", "1", "-", "-", "-", "-", "-"] in [
+        line.split() for line in processes.splitlines()]    # the pool's scheduler child
     table = out.stdout.split("schedules:\n", 1)[1].splitlines()
     assert table[0].split() == ["name", "when", "type", "source", "settings", "next", "(local)",
                                 "next", "(UTC)"]
