@@ -23,7 +23,7 @@ import gevent
 
 from taskqueue.broker import amqp, schedulelog
 from taskqueue.broker.eventlog import EventLog
-from taskqueue.errors import PublishNacked, SessionClosed, TopologyError
+from taskqueue.errors import PublishNacked, SessionClosed, TaskqueueError, TopologyError
 from taskqueue.broker.pikaparams import onehop_properties, steered, task_properties
 from taskqueue.protocol import firings, plans, schedules
 from taskqueue.supervision.lifecycle import EXIT_CONNECTION, EXIT_OK
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Longest the loop sleeps: a clock stepped meanwhile is noticed within it.
 MAX_NAP = 1.0
+#: Seconds before a record the broker refused is written again (as a `held` one).
+RECORD_RETRY = 5.0
 
 
 class Scheduler:
@@ -83,9 +85,14 @@ class Scheduler:
         # Ours now. What fired before: read after the lead was taken, so that every record
         # its last holder confirmed is in (that holder's connection is gone).
         began = self.clock()
-        history = gevent.get_hub().threadpool.apply(
-            schedulelog.read_history, (self.settings, f"taskqueue {self.name} history", None,
-                                       began + firings.FUTURE_MARGIN))
+        try:
+            history = gevent.get_hub().threadpool.apply(
+                schedulelog.read_history, (self.settings, f"taskqueue {self.name} history",
+                                           None, began + firings.FUTURE_MARGIN))
+        except TaskqueueError as exc:
+            # Not knowing what fired, it must not fire: the process starts over (its lead
+            # goes with its connection), as after a lost broker.
+            raise SessionClosed(f"schedule {name}: cannot read {firings.STREAM}: {exc}") from None
         if history.future:
             log.warning("schedule %s: %d records of %s name a slot more than %gs ahead of "
                         "this clock: not believed", name, history.future, firings.STREAM,
@@ -93,8 +100,7 @@ class Scheduler:
         fired = history.fired.get(name)
         before = history.lead.get(name)
         self.last[name] = fired if fired is not None else began
-        schedulelog.publish_record(self.session, firings.record(name, firings.LEAD, fired))
-        self.held_at[name] = time.monotonic()
+        self._record(name, firings.LEAD, fired)
         log.info("schedule %s: leading it (last slot fired: %s; led before by %s)", name,
                  firings.slot_id(fired) if fired is not None else "none known",
                  before[0] if before else "nobody known")
@@ -117,15 +123,7 @@ class Scheduler:
         # Fired: never again from this process, whatever becomes of its record.
         self.last[schedule.name] = slot
         self.fired += 1
-        try:
-            schedulelog.publish_record(self.session, firings.record(schedule.name,
-                                                                    firings.FIRED, slot))
-            self.held_at[schedule.name] = time.monotonic()
-        except PublishNacked as exc:
-            # Only a new leader would fire it again: the `held` record tries to say it soon.
-            log.warning("schedule %s: slot %s fired, its record not taken (%s)", schedule.name,
-                        firings.slot_id(slot), exc)
-            self.held_at[schedule.name] = time.monotonic() - firings.HELD_EVERY + 5
+        self._record(schedule.name, firings.FIRED, slot)
         late = now - slot
         log.info("schedule %s: fired slot %s as task %s%s", schedule.name,
                  firings.slot_id(slot), message_id,
@@ -134,9 +132,19 @@ class Scheduler:
             self.events.add("submitted", message_id, schedule.worker_type)
 
     def _held(self, name):
-        last = self.last[name]
-        schedulelog.publish_record(self.session, firings.record(name, firings.HELD, last))
-        self.held_at[name] = time.monotonic()
+        self._record(name, firings.HELD, self.last[name])
+
+    def _record(self, name, why, slot):
+        """Publish a record of schedule `name`, confirmed. One the broker refuses (a full
+        stream: nacks) is said, and said again soon by a `held` record: only a new leader
+        would read it, and fire that slot again without it."""
+        try:
+            schedulelog.publish_record(self.session, firings.record(name, why, slot))
+            self.held_at[name] = time.monotonic()
+        except PublishNacked as exc:
+            log.warning("schedule %s: its %s record (slot %s) not taken: %s", name, why,
+                        firings.slot_id(slot) if slot is not None else "none", exc)
+            self.held_at[name] = time.monotonic() - firings.HELD_EVERY + RECORD_RETRY
 
     def _nap(self, now):
         """Seconds until the next slot of a led schedule or the next lead try, at most
