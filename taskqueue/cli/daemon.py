@@ -78,11 +78,12 @@ def _supervise(args, dispatcher, workers):
     logs.set_identity("supervisor")
     # Started as root: its files must stay root's, in reloads after the drop too.
     as_root = os.geteuid() == 0
-    cfg, found = load_config(args, switches_users=workers, apply_logging=True)
+    cfg, found = load_config(args, switches_users=workers, apply_logging=True,
+                             with_schedules=workers)
     refuse_unsafe_files(cfg, as_root)
 
     def specs():
-        new, found = load_config(args, switches_users=workers)
+        new, found = load_config(args, switches_users=workers, with_schedules=workers)
         refuse_unsafe_files(new, as_root)
         for section in ("logging", "supervisor", "metrics"):   # read once, at start
             if getattr(new, section) != getattr(cfg, section):

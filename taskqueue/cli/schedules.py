@@ -24,7 +24,7 @@ exit status: 0 shown; 2 bad config; 4 no broker could be reached.
 
 
 def cmd_schedules(args):
-    cfg, _ = load_config(args, check_users=False)
+    cfg, _ = load_config(args, check_users=False, with_schedules=True)
     history = schedulelog.read_history(cfg.amqp, name="taskqueue schedules")
     known = {schedule.name for schedule in cfg.schedules}
     others = sorted((set(history.fired) | set(history.lead)) - known)

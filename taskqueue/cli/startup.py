@@ -20,14 +20,20 @@ EXIT_NO_EVENTS = 6    #: task, events: no event of the task, or no events stream
 EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT), as shells report it
 
 
-def load_config(args, switches_users=False, apply_logging=False, check_users=True):
+def load_config(args, switches_users=False, apply_logging=False, check_users=True,
+                with_schedules=False):
     """The config and the installed plugins. Only a command that runs the worker
     groups (switches_users) needs to be able to become their users; the others
-    just check that the users exist, or, for the tools (submit, dead), ignore them."""
+    just check that the users exist, or, for the tools (submit, dead), ignore them.
+    `with_schedules`: the packages' schedules merged in (read_config), for the commands
+    that fire or show them: loading them imports the modules packages name, which
+    `submit` and the other tools have no reason to run."""
     path = config.resolve_path(args.config)
     found = plugins.discover()
-    cfg = read_config(path, found, check_users=check_users,
-                      running_uid=os.getuid() if switches_users else None)
+    options = {"check_users": check_users,
+               "running_uid": os.getuid() if switches_users else None}
+    cfg = read_config(path, found, **options) if with_schedules else \
+        config.load(path, found, **options)
     if apply_logging:
         setup_logging(args, cfg)
     for warning in cfg.warnings:

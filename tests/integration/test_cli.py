@@ -91,6 +91,26 @@ def test_check_config_shows_config_and_package_schedules_with_their_next_firing(
     assert any("'pkg.gone'" in line and "AttributeError" in line for line in warnings), warnings
 
 
+def test_submit_imports_no_package_schedule(workdir, vhost, broker):
+    # A module a package's schedule names runs only where schedules are fired or shown
+    # (the pools, check-config, `taskqueue schedules`), not in every client command.
+    site = os.path.join(workdir, "site")
+    write_schedule_package(site)
+    with open(os.path.join(site, "tq_sched_pkg.py"), "a") as f:
+        f.write("import os\nopen(os.environ['IMPORTED_AT'], 'w').close()\n")
+    path = f"{workdir}/config.ini"
+    with open(path, "w") as f:
+        f.write(config_text(vhost, "[schedules]\npkg.nightly.priority: 5\n"))
+    marker = os.path.join(workdir, "imported")
+    env = {**os.environ, "IMPORTED_AT": marker,
+           "PYTHONPATH": site + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = run("submit", "--config", path, "recorder", "1", env=env)
+    assert out.returncode == 0, out.stderr
+    assert not os.path.exists(marker) and "schedule" not in out.stderr
+    assert run("check-config", "--config", path, env=env).returncode == 0
+    assert os.path.exists(marker)
+
+
 def test_bad_config_refuses_to_start_naming_file_section_option_and_value(workdir):
     path = f"{workdir}/config.ini"
     with open(path, "w") as f:
