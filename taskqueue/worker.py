@@ -125,6 +125,11 @@ class HubCalls:
         self.submit(run)
         return future.result(timeout)
 
+    def close(self):
+        """Stop waking the hub: no thread calls any more (taskqueue.testing, after its task)."""
+        self.run_pending()
+        self._wakeup.stop()
+
     def _run_pending(self):
         while self._calls:
             fn = self._calls.popleft()
@@ -260,7 +265,7 @@ class TaskChannel:
 def run_worker(group, amqp_settings, ctx):
     """The body of a worker child: load the plugin, consume, handle, settle; return an exit code."""
     worker = plugins.load(group.worker_type, group)
-    _call_plugin_hook(worker, "setup", group)
+    call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
     events = EventLog(session, ctx.name, amqp_settings)    # its connection: once serving
@@ -716,7 +721,9 @@ def call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):
         return traceback.format_exc()
 
 
-def _call_plugin_hook(worker, hook, group):
+def call_plugin_hook(worker, hook, group):
+    """Call the plugin's `hook` (setup, teardown); what it raises becomes a PluginError
+    naming the plugin and the hook (taskqueue.testing calls it too)."""
     try:
         getattr(worker, hook, lambda: None)()
     except Exception as exc:
