@@ -106,6 +106,8 @@ def run_task(plugin, workitem, *, content_type=None, headers=None, reply_to=None
     logs teardown's failure: a test should hear of it). What handle_task raises is an
     outcome, not an error. The worker's warnings (a task returned unsettled, a second ack)
     go to the `taskqueue.worker` logger, as in the pool (pytest's caplog sees them).
+    A handle_task that never returns holds run_task as it would hold a worker: the
+    group's task_timeout is the supervisor's, and there is none here.
     """
     worker_type = worker_type or (plugin if isinstance(plugin, str) else DEFAULT_TYPE)
     group = configuration.group_of_section(worker_type, config or {}, CONFIG_SOURCE)
@@ -121,7 +123,7 @@ def run_task(plugin, workitem, *, content_type=None, headers=None, reply_to=None
 def _delivery(worker_type, workitem, content_type, headers, reply_to):
     """(method, properties, body) of the task as the worker receives it from a client."""
     if isinstance(workitem, (bytes, bytearray)):
-        body, props = onehop_message(worker_type, None)
+        _, props = onehop_message(worker_type, None)    # its properties; the bytes as they are
         body = bytes(workitem)
     else:
         body, props = onehop_message(worker_type, workitem)
