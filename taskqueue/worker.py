@@ -125,6 +125,11 @@ class HubCalls:
         self.submit(run)
         return future.result(timeout)
 
+    def close(self):
+        """Stop waking the hub: no thread calls any more (taskqueue.testing, after its task)."""
+        self.run_pending()
+        self._wakeup.stop()
+
     def _run_pending(self):
         while self._calls:
             fn = self._calls.popleft()
@@ -260,7 +265,7 @@ class TaskChannel:
 def run_worker(group, amqp_settings, ctx):
     """The body of a worker child: load the plugin, consume, handle, settle; return an exit code."""
     worker = plugins.load(group.worker_type, group)
-    _call_plugin_hook(worker, "setup", group)
+    call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
     events = EventLog(session, ctx.name, amqp_settings)    # its connection: once serving
@@ -604,7 +609,7 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, cancels, k
     span = tracing.task_span(group.worker_type, key, _attempt(props), props.headers)
     channel = TaskChannel(session, hub_calls, method.delivery_tag, props, group.reply_queues)
     started = time.monotonic()
-    result = tasks.spawn(_call_handler, worker, channel, method, props, body, span)
+    result = tasks.spawn(call_handler, worker, channel, method, props, body, span)
     # Past the lookahead, what is held in advance goes back to the queue (intake.py).
     long_at = started + intake.lookahead if intake.holds_ahead else None
     while not result.ready():
@@ -625,15 +630,16 @@ def _handle(worker, group, session, events, hub_calls, tasks, intake, cancels, k
     # The plugin's ack (queued by its thread) goes to pika now, not after the bookkeeping:
     # the less time between a task's end and its ack, the less a lost connection redoes.
     hub_calls.run_pending()
-    outcome = _settle(group, session, events, key, channel, method, props, body, error,
-                      elapsed)
+    outcome = settle_handled(group, session, events, key, channel, method, props, body,
+                             error, elapsed)
     span.end(outcome)
     return outcome, elapsed
 
 
-def _settle(group, session, events, key, channel, method, props, body, error, elapsed):
+def settle_handled(group, session, events, key, channel, method, props, body, error, elapsed):
     """Settle the task as the plugin left it (`error`: the traceback of what it raised,
-    or None); return the outcome."""
+    or None); return the outcome. In the hub's thread. The one place that decides what
+    each way of leaving handle_task comes to: taskqueue.testing calls it too."""
     msg_id = props.message_id or "-"    # as the publisher wrote it (escaped in the log)
     if channel.settlement == "retry":
         return _retry(group, session, events, key, method, props, body, explicit=True,
@@ -704,8 +710,9 @@ def _retry(group, session, events, key, method, props, body, explicit, requested
     return outcome
 
 
-def _call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):
-    """Runs in a task thread: returns None, or the formatted traceback of what it raised."""
+def call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):
+    """Runs in a task thread: returns None, or the formatted traceback of what it raised
+    (taskqueue.testing runs handle_task through it too)."""
     try:
         with span.current():
             worker.handle_task(channel, method, props, body)
@@ -714,7 +721,9 @@ def _call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):
         return traceback.format_exc()
 
 
-def _call_plugin_hook(worker, hook, group):
+def call_plugin_hook(worker, hook, group):
+    """Call the plugin's `hook` (setup, teardown); what it raises becomes a PluginError
+    naming the plugin and the hook (taskqueue.testing calls it too)."""
     try:
         getattr(worker, hook, lambda: None)()
     except Exception as exc:

@@ -188,6 +188,13 @@ def properties(**kwargs):
     return pika.BasicProperties(**kwargs)
 
 
+def delivery(delivery_tag, exchange, routing_key, redelivered=False, consumer_tag="ctag"):
+    """The `method` of a delivery as pika hands it to a consumer (Basic.Deliver):
+    taskqueue.testing gives a plugin what the worker would."""
+    return pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange,
+                                   routing_key)
+
+
 def onehop_properties(props, worker_type):
     """`props` (changed in place, and returned) made a one-hop task's: persistent, with
     the worker_type header the dispatcher reads when no worker queue took it."""

@@ -501,6 +501,38 @@ def load(path: str, installed_types, *, check_users: bool = True,
                   schedules_off=off, schedule_settings=settings)
 
 
+def group_of_section(worker_type, options, source):
+    """The WorkerGroup a config file whose section [`worker_type`] holds `options`
+    ({option: value as written}) gives, built as load() builds it (taskqueue.testing: a
+    plugin's tests pass its section without a file). `source` stands for the file in
+    messages. Users are not looked up. ConfigError naming `source`, the section and the
+    option for a bad value, as load() words it; also for a section that gives no
+    single group (`workers: 0`, or a list of subgroups). A number stands for what a
+    file would write (3 for `max_retries: 3`)."""
+    loader = _Loader(source, {}, False, None, system_uid)
+    section = {}
+    for name, value in options.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(name, str) or not isinstance(value, str):
+            loader.fail(worker_type, name, value, "expected an option name and its value as "
+                        "a config file writes them (strings; a number is taken too)")
+            continue
+        section[name.lower()] = value
+    loader.sections = {worker_type: section}
+    if "workers" in section:
+        processes = loader.convert([worker_type], "workers", None, parse_count)
+    else:
+        processes = 1
+    if processes == 0:
+        loader.fail(worker_type, "workers", section["workers"],
+                    "expected a process count of 1 or more: no process would run the task")
+    groups = [loader.group(worker_type, None, processes, [worker_type])] if processes else []
+    if loader.errors:
+        raise ConfigError("\n".join(dict.fromkeys(loader.errors)))
+    return groups[0]
+
+
 def secret_options(sections):
     """The options of a config file that hold a secret or name a file that does:
     `[amqp] password`, a `url` with a password, `tls_key_file`."""

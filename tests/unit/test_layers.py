@@ -16,7 +16,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "taskqueue"
 #: Top to bottom: a module may import its own layer and those below it.
 LAYERS = [
     ("cli", ("taskqueue.__main__", "taskqueue.cli")),
-    ("client", ("taskqueue.client",)),
+    # taskqueue.testing runs a plugin as the worker does, its task made as the client makes it.
+    ("client", ("taskqueue.client", "taskqueue.testing")),
     ("runtime", ("taskqueue.runtime", "taskqueue.worker")),
     ("supervision", ("taskqueue.supervision",)),
     ("broker", ("taskqueue.broker",)),
