@@ -324,10 +324,12 @@ def test_a_plugin_deb_with_a_schedule_has_it_fired_by_the_running_pool_until_pur
     assert supervisor_pid("taskqueue-workerpool") == pool   # reloaded, not restarted
     # And `taskqueue schedules` names the package, the lead held by the pool's scheduler
     # child, and a firing since the install
-    row = tick_row()
+    # (its record follows the task's confirm, which may come after the task is done)
+    row = wait_for(lambda: (found := tick_row()) and found["last"]
+                   and slot_time(found["last"]) >= before and found, 10,
+                   "a firing of echo-tick since the install in the schedules stream")
     assert (row["when"], row["type"], row["source"]) == \
         ("every 2s", "echo", "package taskqueue-echo-tick 0.1.0"), row
-    assert row["last"] and slot_time(row["last"]) >= before, row
     assert row["lead"]["held"], row
     scheduler = int(row["lead"]["holder"].rsplit(" pid ", 1)[1])
     assert scheduler in children(pool), (row, children(pool))
