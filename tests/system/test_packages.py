@@ -4,7 +4,8 @@ Builds every package from this checkout with Debian's own python3 (a clean
 PATH: pybuild would otherwise pick up another python3), installs them with
 apt, and checks what an operator sees: services started on install, a reply
 through the whole chain, a killed worker replaced, a plugin .deb picked up
-by the running pool through the dpkg trigger, and nothing left after purge.
+by the running pool through the dpkg trigger, a package's schedule fired with
+no line in the config, and nothing left after purge.
 
 This machine's /usr/sbin/policy-rc.d forbids service starts, as container
 images do. apt runs under `unshare -m` with a permissive policy-rc.d bound
@@ -13,6 +14,7 @@ force for every other apt user, and starts are allowed only inside. The services
 use the packaged config, unchanged: the local broker's vhost `/`; the test
 deletes the queues it made there.
 """
+import calendar
 import grp
 import json
 import os
@@ -38,6 +40,10 @@ BUILD_DEPENDS = ["debhelper", "dh-python", "python3-all", "pybuild-plugin-pyproj
 SERVICES = ["taskqueue-dispatcher", "taskqueue-workerpool"]
 PACKAGES = ["python3-taskqueue", "taskqueue"] + SERVICES
 PLUGIN = "python3-taskqueue-echo"
+#: A plugin package that ships only a schedule (tests/system/echo-tick): `echo-tick`,
+#: every 2s, for PLUGIN's worker type.
+TICK = "python3-taskqueue-echo-tick"
+TICK_SCHEDULE = "echo-tick"
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600",
        "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
 QUEUES = ["taskqueue", "taskqueue_dead", "worker_echo"]
@@ -62,6 +68,16 @@ def wait_for(predicate, timeout, what):
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
     return result
+
+
+def holds_for(predicate, seconds, what):
+    """Watch `predicate` for `seconds`: fail as soon as it is false (an absence, such
+    as no new firing, is seen only by watching for a while)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            pytest.fail(f"{what}: no longer so after {seconds - (deadline - time.monotonic()):.1f}s")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +116,8 @@ def debs(scratch):
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
     built = {}
-    for tree in (src, os.path.join(src, "examples", "echo")):
+    for tree in (src, os.path.join(src, "examples", "echo"),
+                 os.path.join(src, "tests", "system", "echo-tick")):
         run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=tree)
         parent = os.path.dirname(tree)
         changes = [f for f in os.listdir(parent) if f.endswith(".changes")]
@@ -110,7 +127,7 @@ def debs(scratch):
         for name in os.listdir(parent):
             if name.endswith(".deb"):
                 built[name.split("_")[0]] = os.path.join(parent, name)
-    assert set(PACKAGES + [PLUGIN]) <= set(built), built
+    assert set(PACKAGES + [PLUGIN, TICK]) <= set(built), built
     return built
 
 
@@ -158,6 +175,15 @@ def children(pid):
     return [int(p) for p in out.split()]
 
 
+def on_this_host(*packages):
+    """Those of `packages` dpkg has (installed, or their config files left): apt refuses
+    to purge a package it cannot locate, and then purges none of the others either (a
+    test's own purge of TICK leaves it unknown)."""
+    return [package for package in packages
+            if run(["dpkg-query", "-W", "-f=${db:Status-Status}", package],
+                   check=False).stdout not in ("", "not-installed")]
+
+
 def uid_of(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
@@ -170,7 +196,7 @@ def installed(debs, apt_as_on_a_real_host, broker):
     for service in SERVICES:
         if os.path.exists(f"/etc/init.d/{service}"):
             run([f"/etc/init.d/{service}", "stop"], check=False)
-    apt_as_on_a_real_host("purge", PLUGIN, *PACKAGES, check=False)
+    apt_as_on_a_real_host("purge", *on_this_host(TICK, PLUGIN, *PACKAGES), check=False)
 
 
 def test_installing_the_packages_starts_both_services_as_the_taskqueue_user(installed):
@@ -268,11 +294,73 @@ def test_a_worker_killed_with_sigkill_is_replaced(installed, broker):
     assert out.stdout.strip() == "42"
 
 
+def slot_time(slot_id):
+    """Seconds since the epoch of a slot id (`2026-12-06T13:09:08Z`, its UTC time)."""
+    return calendar.timegm(time.strptime(slot_id, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def ticks_done(after):
+    """The slots (seconds) of TICK_SCHEDULE, at or after `after`, whose task the echo
+    worker reported done in the events stream: message ids sched:echo-tick:SLOT."""
+    out = run(["/usr/bin/taskqueue", "events", "--type", "echo", "--since", "2m", "--json"],
+              check=False)
+    prefix = f"sched:{TICK_SCHEDULE}:"
+    slots = {slot_time(event["task"][len(prefix):])
+             for event in map(json.loads, out.stdout.splitlines())
+             if event["event"] == "done" and event["task"].startswith(prefix)}
+    return sorted(slot for slot in slots if slot >= after)
+
+
+def tick_row():
+    """TICK_SCHEDULE's row of `taskqueue schedules --json`, or None."""
+    out = run(["/usr/bin/taskqueue", "schedules", "--json"])
+    return next((row for row in json.loads(out.stdout)["schedules"]
+                 if row["name"] == TICK_SCHEDULE), None)
+
+
+def test_a_plugin_deb_with_a_schedule_has_it_fired_by_the_running_pool_until_purged(
+        installed, debs, apt_as_on_a_real_host, broker):
+    # Given the pool running with the echo worker (no [schedules] in its config)
+    apt_as_on_a_real_host("install", debs[PLUGIN])
+    wait_for(lambda: consumers(broker, "worker_echo") == 1, 20, "the echo worker consuming")
+    pool = supervisor_pid("taskqueue-workerpool")
+    # When a package that ships the schedule echo-tick (every 2s, type echo) is installed
+    before = time.time()
+    apt_as_on_a_real_host("install", debs[TICK])
+    # Then the trigger reloads the pool, whose new scheduler child fires echo-tick, and
+    # the echo worker does its tasks
+    wait_for(lambda: ticks_done(after=before), 15, "a task of echo-tick done by the echo worker")
+    assert supervisor_pid("taskqueue-workerpool") == pool   # reloaded, not restarted
+    # And `taskqueue schedules` names the package, the lead held by the pool's scheduler
+    # child, and a firing since the install
+    # (its record follows the task's confirm, which may come after the task is done)
+    row = wait_for(lambda: (found := tick_row()) and found["last"]
+                   and slot_time(found["last"]) >= before and found, 10,
+                   "a firing of echo-tick since the install in the schedules stream")
+    assert (row["when"], row["type"], row["source"]) == \
+        ("every 2s", "echo", "package taskqueue-echo-tick 0.1.0"), row
+    assert row["lead"]["held"], row
+    scheduler = int(row["lead"]["holder"].rsplit(" pid ", 1)[1])
+    assert scheduler in children(pool), (row, children(pool))
+    # When the package is purged
+    apt_as_on_a_real_host("purge", TICK)
+    # Then the pool reloads without its scheduler child, the lead is let go, and no slot
+    # fires after the last one
+    wait_for(lambda: not alive(scheduler), 20, "the scheduler child gone")
+    assert supervisor_pid("taskqueue-workerpool") == pool
+    row = wait_for(lambda: (found := tick_row()) and not found["lead"]["held"] and found, 10,
+                   "the lead of echo-tick let go")
+    assert row["source"].startswith("another pool"), row    # no longer this host's
+    last = slot_time(row["last"])
+    holds_for(lambda: slot_time(tick_row()["last"]) == last, 6, "no slot of echo-tick fired")
+    assert max(ticks_done(after=before)) <= last
+
+
 def test_purging_everything_leaves_no_process_pidfile_or_config(installed, apt_as_on_a_real_host):
     pids = [supervisor_pid(service) for service in SERVICES]
     family = [p for pid in pids if pid for p in [pid, *children(pid)]]
     assert family
-    apt_as_on_a_real_host("purge", PLUGIN, *PACKAGES)
+    apt_as_on_a_real_host("purge", *on_this_host(TICK, PLUGIN, *PACKAGES))
     wait_for(lambda: not any(alive(pid) for pid in family), 60, "every taskqueue process gone")
     assert not os.path.exists("/etc/taskqueue")
     assert not any(os.path.exists(pidfile(service)) for service in SERVICES)
