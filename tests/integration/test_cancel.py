@@ -110,12 +110,15 @@ def test_pool_started_after_the_cancel_and_two_pools_honour_it(
     # Given 20 tasks cancelled (their ids chosen, as any publisher may) while no pool runs
     ids = [f"cancelled-{n}" for n in range(20)]
     client.cancel(*ids)
+    # When two supervisors start, each with two workers, and the tasks come once all four
+    # consume (tasks queued before would go to whichever pool was first, all of them
+    # when the machine is loaded: one pool then settled none, and the test proved nothing)
+    pools = [serving(broker, start_pool, recorder_config(records, processes=2))
+             for _ in range(2)]
+    wait_for(lambda: broker.counts("worker_recorder")[1] == 4, 30, "four recorder consumers")
     for task_id in ids:
         broker.submit_one_hop("recorder", {"id": task_id}, message_id=task_id)
         broker.submit_one_hop("recorder", {"id": f"kept-{task_id}"}, message_id=f"k-{task_id}")
-    # When two supervisors start, each with two workers
-    pools = [serving(broker, start_pool, recorder_config(records, processes=2))
-             for _ in range(2)]
     # Then the 20 others run, the cancelled none, and both pools settled some as cancelled
     wait_for(lambda: len(records.ids()) == 20, 30, "the 20 kept tasks done")
     wait_for(lambda: broker.counts("worker_recorder")[0] == 0, 10, "an empty worker queue")

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -100,6 +101,14 @@ def management_api():
     server.server_close()
 
 
+def ready(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 @pytest.fixture
 def prometheus(workdir):
     """start(targets): a Prometheus of the test's own on a loopback port, scraping
@@ -119,6 +128,9 @@ def prometheus(workdir):
              f"--storage.tsdb.path={os.path.join(workdir, 'prometheus-data')}",
              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
         wait_until_listening(port, 60)
+        # Listening is not ready: its API answers 503 while its storage starts (seen
+        # once on the trixie stack under load).
+        wait_for(lambda: ready(port), 60, "Prometheus ready (/-/ready)")
 
         def query(expr):
             url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode(
