@@ -13,6 +13,7 @@ from taskqueue.broker import amqp  # noqa: F401
 from taskqueue.cli.daemon import cmd_dispatcher, cmd_run, cmd_workerpool
 from taskqueue.cli.startup import EXIT_FAILURE, EXIT_NO_BROKER, EXIT_USAGE
 from taskqueue.cli.cancel import CANCEL_EXIT_CODES, cmd_cancel
+from taskqueue.cli.newplugin import cmd_new_plugin
 from taskqueue.cli.schedules import SCHEDULES_EXIT_CODES, cmd_schedules
 from taskqueue.cli.taskevents import EVENTS_EXIT_CODES, TASK_EXIT_CODES, cmd_events, cmd_task
 from taskqueue.cli.tools import (DEAD_EXIT_CODES, DEAD_LIMIT_NOTE, STATUS_EXIT_CODES,
@@ -58,13 +59,14 @@ def _parser():
     parser.add_argument("--version", action="version", version=f"taskqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, func, help_text, daemon=False, epilog=None, parent=sub):
+    def command(name, func, help_text, daemon=False, epilog=None, parent=sub, config_file=True):
         # An epilog is laid out by hand (exit codes, a command to copy): keep its lines.
         p = parent.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter if epilog
                               else argparse.HelpFormatter)
-        p.add_argument("--config", metavar="PATH",
-                       help=f"config file (default: $TASKQUEUE_CONFIG or {config.DEFAULT_PATH})")
+        if config_file:
+            p.add_argument("--config", metavar="PATH",
+                           help=f"config file (default: $TASKQUEUE_CONFIG or {config.DEFAULT_PATH})")
         p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
         if daemon:
             p.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
@@ -136,7 +138,22 @@ def _parser():
                 "comes from, its next and last firing, and which pool leads it.",
                 epilog=SCHEDULES_EXIT_CODES)
     p.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+    # Reads no config: it writes files, nothing else.
+    p = command("new-plugin", cmd_new_plugin, "Write a new plugin project that works as it "
+                "stands: its worker, its tests (on taskqueue.testing), setup.py and debian/ "
+                "for a .deb the pool picks up.", epilog=NEW_PLUGIN_EPILOG, config_file=False)
+    p.add_argument("name", metavar="NAME",
+                   help="the worker type; the plugin is taskqueue-NAME, its Python package "
+                        "taskqueue_NAME ('-' as '_'), its .deb python3-taskqueue-NAME")
+    p.add_argument("--dir", metavar="DIR",
+                   help="write it here, a new or empty directory (default: ./taskqueue-NAME)")
     return parser
+
+
+NEW_PLUGIN_EPILOG = """\
+exit status: 0 written; 2 NAME unusable or reserved, or DIR neither new nor empty
+(nothing was written over).
+"""
 
 
 def _events_parsers(command):
