@@ -29,6 +29,7 @@ import time
 import pika
 import pytest
 
+from newplugin_deb import build_new_plugin_deb
 from support import alive
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -44,9 +45,14 @@ PLUGIN = "python3-taskqueue-echo"
 #: every 2s, for PLUGIN's worker type.
 TICK = "python3-taskqueue-echo-tick"
 TICK_SCHEDULE = "echo-tick"
+#: The worker type of a plugin project `taskqueue new-plugin` writes (newplugin_deb.py),
+#: and its package.
+NEW_TYPE = "tq-fresh"
+NEW_PLUGIN = f"python3-taskqueue-{NEW_TYPE}"
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600",
        "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
-QUEUES = ["taskqueue", "taskqueue_dead", "worker_echo"]
+QUEUES = ["taskqueue", "taskqueue_dead", "worker_echo", f"worker_{NEW_TYPE}",
+          f"worker_{NEW_TYPE}+high"]
 
 pytestmark = [
     pytest.mark.timeout(900),
@@ -196,7 +202,7 @@ def installed(debs, apt_as_on_a_real_host, broker):
     for service in SERVICES:
         if os.path.exists(f"/etc/init.d/{service}"):
             run([f"/etc/init.d/{service}", "stop"], check=False)
-    apt_as_on_a_real_host("purge", *on_this_host(TICK, PLUGIN, *PACKAGES), check=False)
+    apt_as_on_a_real_host("purge", *on_this_host(NEW_PLUGIN, TICK, PLUGIN, *PACKAGES), check=False)
 
 
 def test_installing_the_packages_starts_both_services_as_the_taskqueue_user(installed):
@@ -356,11 +362,36 @@ def test_a_plugin_deb_with_a_schedule_has_it_fired_by_the_running_pool_until_pur
     assert max(ticks_done(after=before)) <= last
 
 
+def test_a_plugin_new_plugin_wrote_is_served_by_the_running_pool_once_installed_until_purged(
+        installed, apt_as_on_a_real_host, broker, scratch):
+    # Given the .deb of the project `taskqueue new-plugin` writes, built as it stands and
+    # lintian-clean, and the running pool
+    deb = build_new_plugin_deb(os.path.join(scratch, "new-plugin"), NEW_TYPE)
+    pool = wait_for(lambda: supervisor_pid("taskqueue-workerpool"), 30, "the pool running")
+    before = set(children(pool))
+    # When it is installed with apt
+    apt_as_on_a_real_host("install", deb)
+    # Then its trigger reloads the pool, which starts the new worker type's worker
+    wait_for(lambda: consumers(broker, f"worker_{NEW_TYPE}") == 1, 20, f"a {NEW_TYPE} consumer")
+    assert supervisor_pid("taskqueue-workerpool") == pool   # reloaded, not restarted
+    started = set(children(pool)) - before
+    assert started, (before, children(pool))
+    # And it serves a task as the template's worker does: the words counted, replied
+    out = run(["/usr/bin/taskqueue", "submit", "--wait", "--timeout", "20", NEW_TYPE,
+               '{"text": "three small words"}'])
+    assert json.loads(out.stdout) == {"words": 3}
+    # When the package is purged: its worker stops, the pool goes on
+    apt_as_on_a_real_host("purge", NEW_PLUGIN)
+    wait_for(lambda: not any(alive(pid) for pid in started), 20, f"the {NEW_TYPE} worker gone")
+    wait_for(lambda: consumers(broker, f"worker_{NEW_TYPE}") == 0, 20, f"no {NEW_TYPE} consumer")
+    assert supervisor_pid("taskqueue-workerpool") == pool
+
+
 def test_purging_everything_leaves_no_process_pidfile_or_config(installed, apt_as_on_a_real_host):
     pids = [supervisor_pid(service) for service in SERVICES]
     family = [p for pid in pids if pid for p in [pid, *children(pid)]]
     assert family
-    apt_as_on_a_real_host("purge", *on_this_host(TICK, PLUGIN, *PACKAGES))
+    apt_as_on_a_real_host("purge", *on_this_host(NEW_PLUGIN, TICK, PLUGIN, *PACKAGES))
     wait_for(lambda: not any(alive(pid) for pid in family), 60, "every taskqueue process gone")
     assert not os.path.exists("/etc/taskqueue")
     assert not any(os.path.exists(pidfile(service)) for service in SERVICES)
