@@ -5,7 +5,8 @@ PATH: pybuild would otherwise pick up another python3), installs them with
 apt, and checks what an operator sees: services started on install, a reply
 through the whole chain, a killed worker replaced, a plugin .deb picked up
 by the running pool through the dpkg trigger, a package's schedule fired with
-no line in the config, and nothing left after purge.
+no line in the config, the .deb of a project `taskqueue new-plugin` wrote
+(newplugin_deb.py) served by the running pool, and nothing left after purge.
 
 This machine's /usr/sbin/policy-rc.d forbids service starts, as container
 images do. apt runs under `unshare -m` with a permissive policy-rc.d bound
