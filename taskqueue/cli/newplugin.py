@@ -136,13 +136,13 @@ def cmd_new_plugin(args):
         names = plugin_names(args.name)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    directory = args.dir or names.distribution
+    directory = names.distribution if args.dir is None else args.dir
     files = project_files(names, maintainer_of(names, os.environ),
                           datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0))
     try:
         write_project(directory, files)
     except OSError as exc:
-        raise InputError(f"cannot write the project into {printable(directory)}: "
+        raise InputError(f"cannot write the project into {printable(directory)!r}: "
                          f"{exc.strerror or exc}") from None
     print(f"wrote {printable(directory)}: plugin {names.distribution}, worker type "
           f"{names.worker_type} ({names.package}/worker.py), {len(files)} files.\n"
