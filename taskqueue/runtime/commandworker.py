@@ -112,8 +112,7 @@ class Run:
     def keep(self, stream, data):
         if stream == "stdout":
             self.over_cap = self.over_cap or len(self.stdout) + len(data) > STDOUT_CAP
-            if not self.over_cap:
-                self.stdout += data
+            self.stdout += data[:STDOUT_CAP - len(self.stdout)]
         else:
             self.stderr = (self.stderr + data)[-STDERR_TAIL - 1:]   # one more: cut is seen
 
