@@ -70,7 +70,8 @@ class BaseWorker:
         """Process one task. Settle it with channel.basic_ack/basic_nack/basic_reject.
 
         channel: offers basic_ack, basic_nack, basic_reject, basic_publish, and
-            retry(delay=None): come back later (docs/03-writing-a-plugin.md, "Retrying").
+            retry(delay=None): come back later (docs/03-writing-a-plugin.md, "Retrying"),
+            reply(body), and dead_letter(reason): give the task up, with that reason.
         method: delivery_tag, redelivered, routing_key.
         header: the message properties (message_id, correlation_id, reply_to, headers...).
         body: bytes; the workitem as JSON when it came through the dispatcher.
@@ -152,9 +153,10 @@ class TaskChannel:
         self._tag = delivery_tag
         self._header = header        # the task's properties: where a reply goes
         self._reply_queues = reply_queues   # the group's reply_queues (replies.py)
-        self.settlement = None       # "ack", "nack", "reject" or "retry" once settled
+        self.settlement = None       # "ack", "nack", "reject", "retry" or "dead" once settled
         self.requeued = False        # nack or reject with requeue=True
         self.retry_delay = None      # what retry() asked for (None: the group's backoff)
+        self.dead_reason = None      # what dead_letter() gave as the reason
         self.replied = False         # reply() sent the plugin's answer: no failure reply
         # The hub settles a cancelled task while the plugin's thread may settle it too:
         # the first to claim the settlement wins (claim()).
@@ -188,9 +190,23 @@ class TaskChannel:
             return
         self.retry_delay = delay
 
+    def dead_letter(self, reason):
+        """Give the task up: it goes to the dead-letter queue with `reason` (a str) in
+        its header x-taskqueue-reason, as a task whose retries are spent does (the
+        worker publishes the copy, then acks: settle_handled). Settles the delivery."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"dead_letter: reason {reason!r} is not a non-empty str")
+        if not self.claim("dead"):
+            log.warning("dead_letter on delivery %s ignored: already settled by basic_%s",
+                        self._tag, self.settlement)
+            return
+        self.dead_reason = reason
+
     @property
     def outcome(self):
         """The settlement as a lifecycle.TASK_OUTCOMES word."""
+        if self.settlement == "dead":   # given up by the plugin: refused, dead-lettered
+            return "reject"
         if self.settlement in ("ack", "retry"):
             return self.settlement
         return "requeue" if self.requeued else "reject"
@@ -641,6 +657,11 @@ def settle_handled(group, session, events, key, channel, method, props, body, er
     or None); return the outcome. In the hub's thread. The one place that decides what
     each way of leaving handle_task comes to: taskqueue.testing calls it too."""
     msg_id = props.message_id or "-"    # as the publisher wrote it (escaped in the log)
+    if channel.settlement == "dead":
+        log.error("task %s (delivery %s) given up by the plugin after %.3fs: %s; "
+                  "dead-lettering it", msg_id, method.delivery_tag, elapsed, channel.dead_reason)
+        return _dead_letter(group, session, events, key, method, props, body,
+                            channel.dead_reason, "reject", answered=channel.replied)
     if channel.settlement == "retry":
         return _retry(group, session, events, key, method, props, body, explicit=True,
                       requested=channel.retry_delay, answered=channel.replied)
@@ -688,13 +709,9 @@ def _retry(group, session, events, key, method, props, body, explicit, requested
         log.error("task %s: %s; dead-lettering it", task, decision.reason)
         # A header that held no count stays as it came (amqp_safe), for whoever looks into it.
         counted = {} if done is None else {"retries": done}
-        outcome = _copy_then_ack(
-            session, group, task, method, "reject" if explicit else "raised",
-            lambda: session.publish_confirmed(topology.DEAD_QUEUE, body, dead_properties(
-                props, decision.reason, queue=group.queue, worker_type=group.worker_type,
-                **counted)))
-        return _ended(session, events, group, task, props, outcome, decision.reason,
-                      answered=answered, dead=True)
+        return _dead_letter(group, session, events, task, method, props, body,
+                            decision.reason, "reject" if explicit else "raised",
+                            answered=answered, **counted)
     copy = pikaparams.copy_properties(props)
     copy.headers = pikaparams.amqp_safe(without_broker_headers(props.headers or {}))
     copy.headers[retries.RETRIES_HEADER] = done + 1
@@ -708,6 +725,18 @@ def _retry(group, session, events, key, method, props, body, explicit, requested
         events.add("requeued", task, group.worker_type, attempt=done + 1,
                    reason="the broker refused the retry's copy")
     return outcome
+
+
+def _dead_letter(group, session, events, key, method, props, body, reason, outcome,
+                 answered=False, **details):
+    """Publish the task's dead letter (reason in x-taskqueue-reason, `details` as more
+    headers), confirmed, then ack the delivery (_copy_then_ack); its `dead` event and,
+    unless the plugin `answered` it, its failure reply. Returns the outcome."""
+    outcome = _copy_then_ack(session, group, key, method, outcome, lambda: session.publish_confirmed(
+        topology.DEAD_QUEUE, body, dead_properties(props, reason, queue=group.queue,
+                                                   worker_type=group.worker_type, **details)))
+    return _ended(session, events, group, key, props, outcome, reason, answered=answered,
+                  dead=True)
 
 
 def call_handler(worker, channel, method, props, body, span=tracing.NO_SPAN):

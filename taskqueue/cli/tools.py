@@ -3,6 +3,7 @@ cmd_<name>(args) returns an exit code (startup.EXIT_*)."""
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -275,6 +276,9 @@ def cmd_check_config(args):
     for name, ep in sorted(found.items()):
         dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
         print(f"  {name}: {ep.value}{dist}")
+    commands = {g.worker_type: g.command for g in cfg.groups if g.command}
+    for name, argv in sorted(commands.items()):   # shlex.join: as the config may write it
+        print(f"command: {name}: {shlex.join(argv)} (one process per task)")
     rows = [("dispatcher", "-", str(cfg.dispatcher.processes), "-", topology.TASK_QUEUE, "-")]
     rows += [(g.worker_type, g.subgroup or "-", str(g.processes), g.user or "-", g.queue,
               _describe_retries(g.retry), replies.describe(g.reply_queues),

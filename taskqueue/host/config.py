@@ -5,7 +5,8 @@ secret and TLS files it names (tls.load keeps the context built from them, for
 children that drop privileges; keptsecrets.py what they gave, for reloads after
 the supervisor's own drop), looking users up in the password database, and,
 when asked (exposed_secret, untrusted_files), the modes and owners of those
-files and of the directories on their way; never imports pika or plugins.
+files and of the directories on their way, and whether a `command:` names an
+executable file; never imports pika or plugins.
 """
 import configparser
 import ipaddress
@@ -13,6 +14,8 @@ import math
 import os
 import pwd
 import re
+import shlex
+import stat
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -103,6 +106,9 @@ class WorkerGroup:
     #: host (protocol/ratelimits.py); None: no limit.
     rate_limit: Optional[RateLimit] = None
     rate_limit_per_host: Optional[RateLimit] = None
+    #: `command:` (its argv, PATH first): the type is a program run once per task
+    #: (runtime/commandworker.py), not an installed plugin; None: a plugin.
+    command: Optional[tuple] = None
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
@@ -226,7 +232,8 @@ AUTH_MECHANISMS = ("plain", "external")
 #: any other option there is the plugin's own (WorkerGroup.options).
 GROUP_OPTIONS = ("workers", "user", "prefetch", "lookahead", "stop_timeout", "task_timeout",
                  "max_tasks", "max_memory", "max_retries", "retry_delay", "retry_backoff",
-                 "retry_max_delay", "reply_queues", "rate_limit", "rate_limit_per_host")
+                 "retry_max_delay", "reply_queues", "rate_limit", "rate_limit_per_host",
+                 "command")
 DISPATCHER_OPTIONS = ("workers", "prefetch", "stop_timeout")
 LOGGING_OPTIONS = ("level", "target", "path")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -398,6 +405,46 @@ def split_urls(value):
     return [url for url in re.split(r"\s*,\s*(?=amqps?://)", value.strip(), flags=re.I) if url]
 
 
+#: Words a shell would read as operators: `command:` is not run by a shell, so one of
+#: these would reach the program as an argument, which is never what was meant.
+SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ";;", "<", ">", ">>", "<<", "2>",
+                             "2>&1", ">&", "&>", "$(", "`"})
+
+
+def parse_command(value):
+    """`/path/to/program arg...` -> its argv (shlex-split: quotes as a shell's, but no
+    shell runs it): PATH absolute, an existing regular file, executable."""
+    try:
+        argv = tuple(shlex.split(value))
+    except ValueError as exc:   # an unclosed quote, a trailing backslash
+        raise ValueError(f"expected a program and its arguments, quoted as in a shell "
+                         f"({exc})") from None
+    if not argv:
+        raise ValueError("expected the absolute path of a program, then its arguments")
+    if any("\0" in arg for arg in argv):
+        raise ValueError("expected no NUL character")
+    junk = [arg for arg in argv if arg in SHELL_OPERATORS or arg.startswith("$(")
+            or "`" in arg]
+    if junk:
+        raise ValueError(f"{junk[0]!r} is shell syntax, and no shell runs the command; expected "
+                         "a program and its arguments (for a pipeline, a script of its own, or "
+                         "/bin/sh -c '...')")
+    path = argv[0]
+    if not os.path.isabs(path):
+        raise ValueError(f"{path!r} is not an absolute path; expected the absolute path of "
+                         "the program (no PATH lookup)")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}; expected an executable file") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file; expected an executable file")
+    if not mode & 0o111 or not os.access(path, os.X_OK):
+        raise ValueError(f"{path} is not executable (mode {stat.S_IMODE(mode):04o}); "
+                         f"expected an executable file (chmod +x {path})")
+    return argv
+
+
 def parse_yes_no(value):
     """yes/no, true/false, on/off, 1/0, in any case: configparser's booleans."""
     word = value.strip().lower()
@@ -481,8 +528,9 @@ def load(path: str, installed_types, *, check_users: bool = True,
     known, not checked).
     """
     loader = _Loader(path, _read_sections(path), check_users, running_uid, uid_of)
-    types = loader.check_types(installed_types)
     lists = _subgroup_lists(loader.sections)
+    types = sorted(loader.check_types(installed_types)
+                   + loader.command_types(installed_types, lists))
     loader.check_ambiguous(types, lists)
     groups = [group for name in types for group in loader.groups(name)]
     amqp, dispatcher, logging = loader.amqp(), loader.dispatcher(), loader.logging()
@@ -582,8 +630,8 @@ def exposed_secret(cfg, stat=os.stat):
 
 
 def untrusted_files(cfg, trusted=filetrust.ROOT_ONLY):
-    """Why a root supervisor must not use `cfg`: the config, its password_file, or one of
-    its TLS files could be changed by a user other than root (filetrust.py: a CA file
+    """Why a root supervisor must not use `cfg`: the config, its password_file, one of
+    its TLS files, or a `command:` program run without `user:` could be changed by a user other than root (filetrust.py: a CA file
     of theirs would let them stand in for the broker); one line per such file; None
     when only root can. A file that cannot be looked at (the dropped user may not
     search its directory) was checked when taskqueue started."""
@@ -591,6 +639,11 @@ def untrusted_files(cfg, trusted=filetrust.ROOT_ONLY):
     for option in ("tls_ca_file", "tls_cert_file"):
         if getattr(cfg.amqp, option):
             named[f"[amqp] {option}"] = getattr(cfg.amqp, option)
+    # A program run without `user:` runs as the supervisor's user, root perhaps: whoever
+    # may change it runs code as that user (one with `user:` runs as that user alone).
+    for group in cfg.groups:
+        if group.command and group.user is None:
+            named[f"[{_section_of(group)}] command"] = group.command[0]
     problems = []
     for what, path in (("the config", cfg.path),) + tuple(
             (f"the {option} of {cfg.path}", path) for option, path in named.items()):
@@ -697,6 +750,7 @@ class _Loader:
         self.check_users, self.running_uid, self.uid_of = check_users, running_uid, uid_of
         self.errors = []
         self.notes = []      # warnings found on the way (warnings() adds them)
+        self.commands = set()   # the types that are a `command:` (command_types)
 
     def fail(self, section, option, value, expected):
         self.errors.append(f"{self.path}: [{section}] {option} = {_shown(option, value)}: {expected}")
@@ -727,6 +781,34 @@ class _Loader:
             else:
                 usable.append(name)
         return usable
+
+    def command_types(self, installed_types, lists):
+        """The worker types the file makes of a program: each section with its own
+        `command:` whose name is a type's (not a subgroup's, a reserved one, [DEFAULT]),
+        and is no installed plugin's type; every other `command:` is reported."""
+        subgroups = {f"{owner}_{name}": owner for owner, names in lists.items() for name in names}
+        for name, options in self.sections.items():
+            if "command" not in options:
+                continue
+            value = options["command"]
+            if name == "DEFAULT" or name in RESERVED_SECTIONS:
+                self.fail(name, "command", value, "expected command: in a worker type's own "
+                          "section (its name is the worker type), not here")
+            elif name in subgroups:
+                self.fail(name, "command", value, f"expected command: in the type's section "
+                          f"[{subgroups[name]}]: its subgroups all run its command")
+            elif not _TYPE_NAME.fullmatch(name):
+                self.fail(name, "command", value, "the section's name is the worker type: "
+                          "expected 1-200 letters, digits, '_', '.' or '-' in it")
+            elif name in installed_types:
+                ep = installed_types.get(name) if hasattr(installed_types, "get") else None
+                plugin = f" ({ep.value})" if hasattr(ep, "value") else ""
+                self.fail(name, "command", value, f"worker type {name!r} is also an installed "
+                          f"plugin's: entry point {name!r} in worker.plugins{plugin}; expected "
+                          "one or the other (rename this section, or uninstall the plugin)")
+            elif self.convert([name], "command", None, parse_command) is not None:
+                self.commands.add(name)
+        return sorted(self.commands)
 
     def check_ambiguous(self, types, lists):
         """Report sections meaning both a plugin's and a subgroup's, or two subgroups'."""
@@ -783,6 +865,8 @@ class _Loader:
                            rate_limit=self.convert(chain, "rate_limit", None, parse_rate_limit),
                            rate_limit_per_host=self.convert(chain, "rate_limit_per_host", None,
                                                             parse_rate_limit),
+                           command=self.convert([worker_type], "command", None, parse_command)
+                           if worker_type in self.commands else None,
                            options=MappingProxyType(options))
 
     def retry_policy(self, chain):

@@ -38,8 +38,13 @@ def discover():
 def load(worker_type, group):
     """Import the plugin of `worker_type` and build its worker for `group`.
 
-    Any failure becomes a PluginError that says which plugin and why.
+    Any failure becomes a PluginError that says which plugin and why. A group whose
+    type is a program (`command:`) gets a CommandWorker instead: no plugin to import.
     """
+    if group is not None and getattr(group, "command", None):
+        # Here, in the worker child: the supervisor and the tools need none of it.
+        from taskqueue.runtime.commandworker import CommandWorker
+        return CommandWorker.factory(group)
     ep = discover().get(worker_type)
     if ep is None:
         raise PluginError(f"plugin {worker_type!r} is not installed (no entry point in {GROUP!r})")
