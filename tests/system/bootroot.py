@@ -125,6 +125,13 @@ class BootedRoot:
         self.stop()
 
     def start(self):
+        # The overlay's options are a comma-separated list with ':' between lower layers.
+        if any(c in self.root for c in ",:\\\n"):
+            raise BootError(f"{self.root}: a root path with ',', ':', '\\' or a newline "
+                            "cannot be an overlay's lower layer")
+        for unit in self.mask:
+            if not unit or "/" in unit or unit.startswith("."):
+                raise BootError(f"cannot mask {unit!r}: not a unit name")
         if not os.path.isfile(os.path.join(self.root, "lib/systemd/systemd")):
             raise BootError(f"{self.root}: no lib/systemd/systemd (package systemd) in the root")
         started = time.monotonic()
