@@ -81,12 +81,26 @@ def make_root(suite):
     return time.monotonic() - started
 
 
+def taskqueue_in(root):
+    """The taskqueue packages dpkg has in `root` (installed, or their config files left)."""
+    out = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+                          "-f=${Package} ${db:Status-Status}\\n", "*taskqueue*"],
+                         capture_output=True, text=True)
+    return [line.split()[0] for line in out.stdout.splitlines()
+            if line.split()[1:] not in ([], ["not-installed"])]
+
+
 @pytest.fixture(scope="module", params=sorted(ROOTS))
 def system(request):
     """The root of a Debian release booted, with the checkout in it and services allowed."""
     suite = request.param
     figures = FIGURES.setdefault(suite, {})
     figures["make-root (s)"] = round(make_root(suite), 1)
+    # The root is the overlay's lower layer: a trixie stack's tests/system installs
+    # into that root itself while it runs (or left them after a crash).
+    if found := taskqueue_in(ROOTS[suite]):
+        pytest.fail(f"{ROOTS[suite]} has {', '.join(found)} installed: a trixie stack run "
+                    "using the root now, or one that left them (purge them in the root)")
     booted = BootedRoot(ROOTS[suite], mask=MASK)
     try:
         try:
