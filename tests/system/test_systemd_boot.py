@@ -5,8 +5,9 @@ booted with its own systemd as PID 1 (bootroot.py: an overlay over the root,
 namespaces of its own, its own RabbitMQ started by systemd from the
 rabbitmq-server package's unit). Inside it the packages are built with that
 release's tools, installed with apt, and driven as an operator would: both
-services active under systemd as the user taskqueue; a plugin .deb makes the
-dpkg trigger reload the pool (same main pid) and its worker answers
+services active under systemd as the user taskqueue; the .deb of a plugin
+project `taskqueue new-plugin` wrote (built and lintian-checked inside, by
+newplugin_deb.py) makes the dpkg trigger reload the pool (same main pid) and its worker answers
 `taskqueue submit --wait`; purging the plugin stops that worker and leaves
 the pool running; stopping and disabling the services ends every process.
 
@@ -34,7 +35,7 @@ PACKAGES = ["python3-taskqueue", "taskqueue"] + SERVICES
 #: The plugin .deb's builder, run inside the booted root with its python3: module (in
 #: tests/system) and function (workdir, name, python) -> path of the .deb, and the
 #: plugin's name, which is its worker type.
-PLUGIN_BUILDER, PLUGIN_NAME = ("echo_deb", "build_echo_deb"), "echo"
+PLUGIN_BUILDER, PLUGIN_NAME = ("newplugin_deb", "build_new_plugin_deb"), "thumbnail"
 #: Enabled in the roots but of no use here: they would only cost time (prometheus,
 #: a console getty) or take apt's lock in the middle of the test (the apt timers).
 MASK = ["prometheus.service", "console-getty.service", "apt-daily.timer",
@@ -224,9 +225,10 @@ def test_a_plugin_deb_reloads_the_pool_whose_new_worker_answers(installed, plugi
     assert show(system, "taskqueue-workerpool", "ActiveState") == "active"
     # And the re-scanned pool runs the new worker type, which answers a task
     wait_for(lambda: worker_pids(system, PLUGIN_NAME), 30, f"a {PLUGIN_NAME} worker", system)
+    # (the worker `taskqueue new-plugin` writes counts the words of "text")
     out = run(system, "taskqueue", "submit", "--wait", "--timeout", "30", PLUGIN_NAME,
-              '{"hello": "systemd"}', timeout=60)
-    assert json.loads(out.stdout) == {"hello": "systemd"}, out.stdout + out.stderr
+              '{"text": "hello from systemd"}', timeout=60)
+    assert json.loads(out.stdout) == {"words": 3}, out.stdout + out.stderr
     FIGURES[system.suite]["plugin .deb"] = package
 
 
