@@ -4,7 +4,9 @@ as many in flight as a window allows (the way taskqueue's Client.submit_many pub
     python bare_publisher.py URL EXCHANGE ROUTING_KEY COUNT PREFIX [BODY_BYTES [WORKER_TYPE]]
 
 Publishes COUNT messages to EXCHANGE with ROUTING_KEY (mandatory: an unroutable
-one is an error). A body is the workitem `{"id": "<PREFIX><n>"}`, padded with a
+one is an error), each with its id as message id (as taskqueue's clients send every
+task: a worker names a task by it, and digests the body only without one). A body
+is the workitem `{"id": "<PREFIX><n>"}`, padded with a
 "pad" string to BODY_BYTES when that is given; with WORKER_TYPE it goes as taskqueue's
 one-hop path wants it (the type in the `worker_type` header, bench/onehop.py), with
 WORKER_TYPE `envelope:<type>` as the dispatcher path's envelope to the queue it names.
@@ -27,8 +29,8 @@ WINDOW = 1000
 WINDOW_BYTES = 64 * 2**20
 
 
-def make_body(prefix, n, size, envelope_type):
-    workitem = {"id": f"{prefix}{n}"}
+def make_body(task_id, size, envelope_type):
+    workitem = {"id": task_id}
     if envelope_type:
         return json.dumps({"worker_type": envelope_type, "workitem": workitem}).encode()
     body = json.dumps(workitem).encode()
@@ -47,9 +49,7 @@ class Publisher:
         self.prefix, self.size = prefix, size
         envelope = worker_type and worker_type.startswith("envelope:")
         self.envelope_type = worker_type.split(":", 1)[1] if envelope else None
-        headers = {"worker_type": worker_type} if worker_type and not envelope else None
-        self.props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                          headers=headers)
+        self.headers = {"worker_type": worker_type} if worker_type and not envelope else None
         self.window = max(1, min(WINDOW, WINDOW_BYTES // max(1, size or 1)))
         self.published = 0
         self.confirmed_upto = 0      # every tag up to this one is confirmed
@@ -89,8 +89,11 @@ class Publisher:
         if self.start is None:
             self.start = time.time()
         while self.published < self.count and self.in_flight() < self.window:
-            body = make_body(self.prefix, self.published, self.size, self.envelope_type)
-            self.channel.basic_publish(self.exchange, self.routing_key, body, self.props,
+            task_id = f"{self.prefix}{self.published}"
+            body = make_body(task_id, self.size, self.envelope_type)
+            props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                         message_id=task_id, headers=self.headers)
+            self.channel.basic_publish(self.exchange, self.routing_key, body, props,
                                        mandatory=True)
             self.published += 1
 
