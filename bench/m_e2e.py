@@ -57,7 +57,7 @@ def workers_of(kind, proc):
     None for celery, whose master consumes and whose pool children run the tasks."""
     if kind.startswith("taskqueue"):
         return worker_pids(proc.log())
-    if kind == "dramatiq":
+    if kind in ("dramatiq", "bare"):   # bare: bare_consumer.py's forked consumers
         return [pid for pid in session_pids(proc.pid) if pid != proc.pid]
     return None
 
@@ -67,10 +67,12 @@ def consuming(client, proc, queues):
     return all((client.counts(q) or (0, 0))[1] >= n for q, n in queues)
 
 
-def run_one(workdir, label, kind, count, start, queue_type="classic"):
+def run_one(workdir, label, kind, count, start, queue_type="classic", client_argv=None):
     """Start the system, wait until it consumes, send, wait for every record: tasks/s,
     the client's publish rate, and CPU microseconds per task of the system's own
-    processes, of the broker, of the client, and of the worker processes alone."""
+    processes, of the broker, of the client, and of the worker processes alone.
+    `client_argv(vhost)`: the client's argv after the interpreter (default: peers/send.py
+    KIND COUNT LABEL), a program speaking send.py's protocol."""
     with Vhost(label) as vhost:
         path = record_dir(workdir, label)
         proc, queues = start(vhost, path)
@@ -83,8 +85,10 @@ def run_one(workdir, label, kind, count, start, queue_type="classic"):
             workers = workers_of(kind, proc) or []
             cpu_before = (cpu_seconds(own), cpu_seconds(broker), _children_cpu(),
                           cpu_seconds(workers))
+            argv = (client_argv(vhost) if client_argv else
+                    [os.path.join(PEERS, "send.py"), kind, str(count), label])
             sender = subprocess.Popen(
-                [sys.executable, os.path.join(PEERS, "send.py"), kind, str(count), label],
+                [sys.executable, *argv],
                 env={**os.environ, **peer_env(vhost, path, queue_type)},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             try:

@@ -11,6 +11,8 @@ import tempfile
 import time
 import traceback
 
+import m_bare
+import m_body
 import m_dispatch
 import m_e2e
 import m_footprint
@@ -22,7 +24,7 @@ from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
-                "tls": m_tls}
+                "tls": m_tls, "bare": m_bare, "body": m_body}
 
 
 def parse_args(argv):
@@ -44,13 +46,20 @@ def parse_args(argv):
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
     parser.add_argument("--submit-tasks", type=int, default=5000,
                         help="tasks per client submit figure (6.; a fifth of them for the loop)")
+    parser.add_argument("--body-mb", type=int, default=256,
+                        help="MB of workitems each body-size run moves (8.; at most --tasks)")
+    parser.add_argument("--body-queues", default="classic,quorum",
+                        help="queue types of the body-size rows (8.)")
     return parser.parse_args(argv)
 
 
 def run_all(args, workdir):
-    """{figure: [value per repetition]}, and the errors of measurements that failed."""
+    """{figure: [value per repetition]}, and the errors of measurements that failed.
+    A ratio divides two figures of one repetition, of one measurement or of two
+    (`--only e2e,bare`: the e2e rows against the bare broker)."""
     figures, errors = {}, []
     for rep in range(args.repeat):
+        measured = {}
         for name in args.only.split(","):
             started = time.monotonic()
             print(f"bench: repetition {rep + 1}/{args.repeat}: {name} ...", file=sys.stderr)
@@ -60,9 +69,12 @@ def run_all(args, workdir):
                 errors.append(f"repetition {rep + 1}, {name}: {exc!r}")
                 traceback.print_exc()
                 continue
-            for key, value in {**result, **ratios(result)}.items():
+            measured.update(result)
+            for key, value in result.items():
                 figures.setdefault(key, []).append(value)
             print(f"bench:   done in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        for key, value in ratios(measured).items():
+            figures.setdefault(key, []).append(value)
     return figures, errors
 
 

@@ -2,8 +2,9 @@
 (1 dispatcher, 2 bench workers) while N no-op tasks go through it; prints the
 top functions (self and inclusive samples) of the dispatcher and of a worker.
 
-    /var/tmp/taskqueue-bench-venv/bin/python bench/profile.py [TASKS] [SECONDS] [GIL] [QUEUE_TYPE]
-QUEUE_TYPE is quorum (the default) or classic. GIL=1 samples only threads holding the GIL (py-spy --gil): the hub's native
+    /var/tmp/taskqueue-bench-venv/bin/python bench/profile.py [TASKS] [SECONDS] [GIL] [QUEUE_TYPE] [KIND]
+QUEUE_TYPE is quorum (the default) or classic; KIND is send.py's: taskqueue (the
+dispatcher path, the default) or taskqueue-onehop. GIL=1 samples only threads holding the GIL (py-spy --gil): the hub's native
 wait (Hub.run, idle threads) drops out, so the shares come closer to CPU time.
 Run it after bench/run (which builds the venv); needs root (ptrace).
 """
@@ -44,7 +45,7 @@ def summarize(raw_path, pid_roles):
     return self_, incl
 
 
-def main(tasks=10_000, seconds=20, gil=0, queue_type="quorum"):
+def main(tasks=10_000, seconds=20, gil=0, queue_type="quorum", kind="taskqueue"):
     workdir = tempfile.mkdtemp(prefix="taskqueue-profile-")
     raw = os.path.join(workdir, "pyspy.raw")
     with Vhost("profile") as vhost:
@@ -60,7 +61,7 @@ def main(tasks=10_000, seconds=20, gil=0, queue_type="quorum"):
                        raw + ".log")
             # The client keeps its connection until every task started (send.py).
             sender = subprocess.Popen([sys.executable, os.path.join(PEERS, "send.py"),
-                                       "taskqueue", str(tasks), "p"],
+                                       kind, str(tasks), "p"],
                                       env={**os.environ, **peer_env(vhost, path)},
                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             try:
@@ -85,4 +86,4 @@ def main(tasks=10_000, seconds=20, gil=0, queue_type="quorum"):
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:4]), *sys.argv[4:5])
+    main(*(int(a) for a in sys.argv[1:4]), *sys.argv[4:6])

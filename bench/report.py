@@ -2,7 +2,8 @@
 from stats import summary
 
 UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
-         "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s"}
+         "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s",
+         "body": "MB/s"}
 
 #: (ratio name, numerator, denominator): computed within one repetition.
 #: "taskqueue" alone is the dispatcher path (two hops); "one-hop" the broker-routed path.
@@ -34,11 +35,36 @@ RATIOS = [
     ("ratio latency p50 taskqueue / bare pika", "latency taskqueue p50", "latency bare pika p50"),
     ("ratio submit_many / submit --file", "submit client submit_many", "submit cli --file"),
     ("ratio submit loop / submit_many", "submit client loop", "submit client submit_many"),
+    # Issue 26: against the broker's own limit (m_bare.py), the same confirmed publisher
+    # feeding both sides: one hop (target) and the dispatcher path (for reading).
+    ("ratio e2e one-hop / bare", "e2e taskqueue one-hop confirmed", "e2e bare"),
+    ("ratio e2e one-hop classic / bare classic", "e2e taskqueue one-hop confirmed classic",
+     "e2e bare classic"),
+    ("ratio e2e taskqueue / bare", "e2e taskqueue confirmed", "e2e bare"),
+    ("ratio e2e taskqueue classic / bare classic", "e2e taskqueue confirmed classic",
+     "e2e bare classic"),
+    # The e2e rows (published without confirms, as the peers publish) against the same
+    # limit: for reading only (`--only e2e,bare`), not the same durability.
+    ("ratio e2e one-hop unconfirmed / bare", "e2e taskqueue one-hop", "e2e bare"),
+    ("ratio e2e one-hop classic unconfirmed / bare classic", "e2e taskqueue one-hop classic",
+     "e2e bare classic"),
+    ("ratio e2e taskqueue unconfirmed / bare", "e2e taskqueue", "e2e bare"),
+    ("ratio e2e taskqueue classic unconfirmed / bare classic", "e2e taskqueue classic",
+     "e2e bare classic"),
+] + [  # Issue 26's body sizes (m_body.py): one hop against the bare broker, same size.
+    (f"ratio body {queue_type} {kb} one-hop / bare", f"body one-hop {queue_type} {kb} MB/s",
+     f"body bare {queue_type} {kb} MB/s")
+    for queue_type in ("classic", "quorum") for kb in (1, 64, 1024, 8192)
 ]
 
 #: figure: (target as shown, test of the median), in the order the target table shows them
 #: (issue 15's, then what the first round met and must still meet).
 TARGETS = {
+    # Issue 26's (the bare-broker rows; the others are other helpers').
+    "ratio e2e one-hop / bare": (">= 0.8", lambda v: v >= 0.8),
+    "ratio e2e one-hop classic / bare classic": (">= 0.8", lambda v: v >= 0.8),
+    "ratio body classic 1024 one-hop / bare": (">= 0.8", lambda v: v >= 0.8),
+    "ratio body quorum 1024 one-hop / bare": (">= 0.8", lambda v: v >= 0.8),
     "ratio e2e one-hop classic / dramatiq t1": (">= 1.3", lambda v: v >= 1.3),
     "ratio e2e one-hop / celery quorum": (">= 3", lambda v: v >= 3),
     "ratio e2e taskqueue / celery quorum": (">= 2.5", lambda v: v >= 2.5),
@@ -85,7 +111,7 @@ def render(summary, args):
 
 def _targets(summary):
     header = f"{'target':<52} {'median':>10} {'min-max':>21} {'target':>8}  met"
-    lines = ["targets (issue 15, then the first round's)", header, "-" * len(header)]
+    lines = ["targets (issue 26, issue 15, then the first round's)", header, "-" * len(header)]
     for key, (target, _) in TARGETS.items():
         s = summary.get(key)
         if s is None:

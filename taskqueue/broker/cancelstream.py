@@ -6,7 +6,12 @@ connection that publishes during a resource alarm, and with it that connection's
 acks; the settled records are published here, never where tasks are acked (and
 none while the broker says it blocks publishers). It is opened in a greenlet as
 the process starts; a lost one is opened again after REOPEN seconds and read from
-the stream's start again (the ids are a set: nothing is counted twice).
+the stream's start again (the ids are a set: nothing is counted twice). Until the
+stream was read once, sooner (retry_pause): the first task waits for it, and a
+stream declared a moment before (by the supervisor or another worker) refuses
+consumers for a few milliseconds with 406 "does not have a replica on the local
+node" (RabbitMQ 3.10): waiting REOPEN then held every task the worker had taken
+in advance for 5 s (bench/README.md, the bare-broker rows).
 
 A stream has no end a consumer is told of (eventstream.py): reading has caught up
 at the first record stamped more than eventstream.REACHED_MARGIN after reading
@@ -38,8 +43,19 @@ IDLE = 0.2
 PREFETCH = 64
 #: Seconds before a lost (or never opened) cancels connection is tried again.
 REOPEN = 5.0
+#: Seconds before the first try again while the stream was never read to its end;
+#: doubled on each failure, up to REOPEN.
+FIRST_RETRY = 0.05
 #: Seconds a stopping process gives the connection's close.
 CLOSE_TIMEOUT = 1.0
+
+
+def retry_pause(failures, caught_up):
+    """Seconds before opening the stream again after its `failures`-th failure: REOPEN
+    once it was read to its end (nothing waits for it), sooner before (tasks do)."""
+    if caught_up:
+        return REOPEN
+    return min(REOPEN, FIRST_RETRY * 2 ** (failures - 1))
 
 
 class CancelFollower:
@@ -61,6 +77,7 @@ class CancelFollower:
         return self
 
     def _run(self):
+        failures, pause = 0, REOPEN
         while True:
             try:
                 self._follow()
@@ -68,8 +85,10 @@ class CancelFollower:
                 self._turn_off(str(exc))
                 return
             except SessionClosed as exc:    # BrokerUnreachable is one
-                log.info("cancels: %s; reading %s again in %gs", exc, cancels.STREAM, REOPEN)
-            gevent.sleep(REOPEN)
+                failures += 1
+                pause = retry_pause(failures, self.caught_up.is_set())
+                log.info("cancels: %s; reading %s again in %gs", exc, cancels.STREAM, pause)
+            gevent.sleep(pause)
 
     def _turn_off(self, reason):
         self.off = reason

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from taskqueue.broker import cancelstream
 from taskqueue.cli import cancel, status
 from taskqueue.errors import InputError
 from taskqueue.protocol import cancels
@@ -136,3 +137,17 @@ def test_status_says_the_cancels_pending_and_the_junk():
                                     "error": "connection lost"})
     assert line == "cancels pending: unknown (connection lost)"
     assert status._cancel_lines(None) == []
+
+
+def test_a_stream_not_yet_read_is_tried_again_soon_then_backing_off_to_reopen():
+    # A stream declared a moment ago refuses consumers for milliseconds; the first
+    # task waits for it: the first retries come fast, then no faster than REOPEN.
+    pauses = [cancelstream.retry_pause(n, caught_up=False) for n in range(1, 12)]
+    assert pauses[0] <= 0.1
+    assert pauses == sorted(pauses) and pauses[-1] == cancelstream.REOPEN
+    assert sum(pauses[:5]) < 2
+
+
+def test_a_stream_once_read_is_tried_again_every_reopen_seconds():
+    assert {cancelstream.retry_pause(n, caught_up=True) for n in (1, 2, 50)} == \
+        {cancelstream.REOPEN}
