@@ -18,6 +18,7 @@ import m_latency
 import m_restart
 import m_submit
 import m_tls
+import plot
 from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
@@ -29,6 +30,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    parser.add_argument("--plots", metavar="DIR", default=None,
+                        help="also draw the scale rows' curves into DIR, one SVG each "
+                             "(bench/plot.py; e.g. bench/plots for the README)")
     parser.add_argument("--only", default=",".join(MEASUREMENTS),
                         help="comma-separated subset of: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--preload", type=int, default=20_000, help="envelopes routed (1.)")
@@ -78,6 +82,9 @@ def main(argv):
         json.dump({"args": vars(args), "figures": summary, "raw": figures, "errors": errors,
                    "logs": workdir}, f, indent=2)
     print(f"figures: {args.json}; logs: {workdir}")
+    if args.plots:
+        for path in plot.write_plots({"figures": summary, "raw": figures}, args.plots):
+            print(f"curve: {path}")
     return 1 if errors else 0
 
 
