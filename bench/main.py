@@ -11,6 +11,7 @@ import tempfile
 import time
 import traceback
 
+import m_cluster
 import m_dispatch
 import m_e2e
 import m_footprint
@@ -23,7 +24,7 @@ from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
-                "tls": m_tls}
+                "tls": m_tls, "cluster": m_cluster}
 
 
 def parse_args(argv):
@@ -48,6 +49,9 @@ def parse_args(argv):
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
     parser.add_argument("--submit-tasks", type=int, default=5000,
                         help="tasks per client submit figure (6.; a fifth of them for the loop)")
+    parser.add_argument("--cluster-skip-unless-root", action="store_true",
+                        help="skip the cluster measurement (8.) instead of failing it when not "
+                             "root (it starts RabbitMQ nodes as user rabbitmq)")
     return parser.parse_args(argv)
 
 

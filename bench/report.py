@@ -2,7 +2,8 @@
 from stats import summary
 
 UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
-         "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s"}
+         "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s",
+         "cluster": "tasks/s"}
 
 #: (ratio name, numerator, denominator): computed within one repetition.
 #: "taskqueue" alone is the dispatcher path (two hops); "one-hop" the broker-routed path.
@@ -34,6 +35,10 @@ RATIOS = [
     ("ratio latency p50 taskqueue / bare pika", "latency taskqueue p50", "latency bare pika p50"),
     ("ratio submit_many / submit --file", "submit client submit_many", "submit cli --file"),
     ("ratio submit loop / submit_many", "submit client loop", "submit client submit_many"),
+    # Issue 26's cluster row: quorum queues replicated on 3 nodes against 1 (no target).
+    ("ratio cluster one-hop 3 nodes / 1", "cluster one-hop 3 e2e", "cluster one-hop 1 e2e"),
+    ("ratio cluster dispatcher 3 nodes / 1", "cluster dispatcher 3 e2e",
+     "cluster dispatcher 1 e2e"),
 ]
 
 #: figure: (target as shown, test of the median), in the order the target table shows them
