@@ -8,6 +8,7 @@ per variant, a point per median with the repetitions' min-max as an error bar.
 Figures of other shapes are left out. Standard library only (the project has
 no plotting dependency), so the SVG is written by hand.
 """
+import hashlib
 import json
 import math
 import os
@@ -145,8 +146,12 @@ def group(figures, raw=None, curves=CURVES):
 
 
 def slug(text):
-    """A file name of letters, digits and dashes: a figure name may hold '/', spaces, '..'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "figure"
+    """A file name of letters, digits and dashes: a figure name may hold '/', spaces, '..'.
+    A long one is cut, with a hash of the whole so that two cut alike stay apart."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
+    if len(name) > 80:
+        name = f"{name[:71]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return name
 
 
 class Scale:

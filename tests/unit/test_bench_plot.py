@@ -185,3 +185,8 @@ def test_main_writes_one_svg_per_panel_and_refuses_what_is_no_results_file(tmp_p
 
 def test_y_stays_linear_under_two_decades():
     assert not plot.y_scale([3.5, 250], [4.2, 330], 300, 40)[0].log
+
+
+def test_long_names_are_cut_but_stay_apart():
+    a, b = plot.slug("x" * 200 + " a"), plot.slug("x" * 200 + " b")
+    assert a != b and len(a) == len(b) == 80
