@@ -1,12 +1,13 @@
 """The scale rows' curves, as SVG files: python3 bench/plot.py RESULTS.json DIR
 
 A scale figure is named "<measurement> [<variant>] <x> <what>", e.g.
-"backlog classic 100000 drain" or "types 200 status (s)": CURVES below says
-which measurements are curves, which second words are variants, what x is. Each
-(measurement, what) becomes one SVG: x = the scale, y = the figure, one series
-per variant, a point per median with the repetitions' min-max as an error bar.
-Figures of other shapes are left out. Standard library only (the project has
-no plotting dependency), so the SVG is written by hand.
+"backlog classic 100000 drain", "body one-hop classic 1024 MB/s" or
+"types 200 status (s)": CURVES below says which measurements are curves, which
+words before x name a variant, what x is. Each (measurement, what) becomes one
+SVG (or several whats share one, as CURVES says): x = the scale, y = the
+figure, one series per variant, a point per median with the repetitions'
+min-max as an error bar. Figures of other shapes are left out. Standard
+library only (the project has no plotting dependency): the SVG is hand-written.
 """
 import hashlib
 import json
@@ -20,39 +21,47 @@ from xml.sax.saxutils import escape
 
 class Curve(NamedTuple):
     """What the figure names of one scale measurement look like."""
-    measurement: str     #: the figure name's first word
-    variants: tuple      #: second words that name a series; () when x comes second
-    x_kind: str          #: "count" (10000, 10k, 1M) or "size" (1KB, 64KB, 1MB: bytes)
+    measurement: str     #: the figure name's first word(s)
+    variants: str        #: regex the words between measurement and x must match ("": none)
+    x_kind: str          #: "count" (10000, 10_000, 10k, 1M) or "size" (1KB, 64KB, 1MB: bytes)
     x_label: str         #: the x axis, with its unit
     units: tuple = ()    #: (regex on the what, unit) for whats without a "(unit)" of their own
-    panels: tuple = ()   #: (regex on the what, panel): whats drawn together in one SVG
+    #: (regex searched in the what, title or None): the whats it matches share one SVG,
+    #: titled so (None: the what without its group `series`), a series per variant and
+    #: per group `series` of the match
+    panels: tuple = ()
+    plain: float = 1     #: what a bare number x stands for (body sizes are in KB: 1024)
 
 
 #: Adjust here when a measurement's names change; the first matching regex wins.
 CURVES = (
-    Curve("types", (), "count", "worker types (1 process each)",
-          units=((r"cpu", "%"), (r"pss|rss", "MB"), (r"consuming|status|time", "s"))),
-    Curve("backlog", ("classic", "quorum"), "count", "tasks waiting at the start",
-          units=((r"rss|growth", "MB"), (r"drain|rate", "tasks/s"))),
-    Curve("body", ("classic", "quorum"), "size", "workitem size (bytes)",
-          units=((r"ratio|/", "x"), (r"", "MB/s")),
-          panels=((r"^(taskqueue|bare|e2e)\b(?!.*(ratio|/))", "throughput"),)),
-    Curve("submit", ("threads",), "count", "threads calling Client.submit (one Client)",
+    Curve("types", "", "count", "worker types (1 process each)",
+          units=((r"cpu", "%"), (r"pss|rss", "MB"), (r"rate", "tasks/s"), (r"", "s")),
+          panels=((r".*\b(?P<series>(first|existing)( events off)?)\b", None),)),
+    Curve("backlog", "classic|quorum", "count", "tasks waiting at the start",
+          units=((r"rss|memory", "MB"), (r"preload", "msgs/s"), (r"drain|rate", "tasks/s")),
+          panels=((r"^rss growth (?P<series>.+)$", "rss growth"),)),
+    Curve("body", r"(bare|one-hop|taskqueue|dispatcher)( (classic|quorum))?|classic|quorum",
+          "size", "workitem size", units=((r"", "MB/s"),), panels=((r"^MB/s$", "throughput"),),
+          plain=1024),
+    Curve("ratio body", "classic|quorum", "size", "workitem size", units=((r"", "x"),),
+          plain=1024),
+    Curve("submit", "threads", "count", "threads calling Client.submit (one Client)",
           units=((r"", "tasks/s"),)),
-    Curve("cluster", ("one-hop", "dispatcher"), "count", "RabbitMQ nodes",
+    Curve("cluster", "one-hop|dispatcher", "count", "RabbitMQ nodes",
           units=((r"", "tasks/s"),)),
 )
 
-SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
+SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
               "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3, "gib": 1024 ** 3}
-COUNT_UNITS = {"": 1, "k": 1000, "m": 1000 ** 2}
+COUNT_UNITS = {"k": 1000, "m": 1000 ** 2}
 _NUMBER = re.compile(r"(\d+(?:[.,_]\d+)*)([a-z]*)")
 
 
-def parse_x(word, kind):
-    """The number a figure name's x word stands for; None if it is no number of `kind`."""
+def parse_x(word, curve):
+    """The number a figure name's x word stands for; None if it is no x of `curve`."""
     match = _NUMBER.fullmatch(word.lower())
-    units = SIZE_UNITS if kind == "size" else COUNT_UNITS
+    units = {"": curve.plain, **(SIZE_UNITS if curve.x_kind == "size" else COUNT_UNITS)}
     if not match or match.group(2) not in units:
         return None
     digits = match.group(1).replace("_", "").replace(",", "")
@@ -60,24 +69,27 @@ def parse_x(word, kind):
 
 
 def parse_name(name, curves=CURVES):
-    """(curve, variant, x, what) of a scale figure's name, or None for any other figure."""
+    """(curve, variant, x, what) of a scale figure's name, or None for any other figure.
+    x is the first word after the measurement that is a number; the words before it
+    are the variant."""
     words = name.split()
-    curve = next((c for c in curves if words and words[0] == c.measurement), None)
-    if curve is None:
-        return None
-    rest, variant = words[1:], ""
-    if curve.variants:
-        if not rest or rest[0] not in curve.variants:
-            return None
-        variant, rest = rest[0], rest[1:]
-    x = parse_x(rest[0], curve.x_kind) if rest else None
-    if x is None:
-        return None
-    return curve, variant, x, " ".join(rest[1:])
+    for curve in curves:
+        head = curve.measurement.split()
+        if words[:len(head)] != head:
+            continue
+        rest = words[len(head):]
+        at = next((i for i, word in enumerate(rest) if parse_x(word, curve) is not None), None)
+        if at is None:
+            continue
+        variant = " ".join(rest[:at])
+        if re.fullmatch(curve.variants, variant):
+            return curve, variant, parse_x(rest[at], curve), " ".join(rest[at + 1:])
+    return None
 
 
 class Panel(NamedTuple):
-    """One SVG: its measurement, title, y unit and {series label: [(x, median, min, max)]}."""
+    """One SVG: its measurement, title, y unit and {(variant, part): [(x, median, min, max)]}
+    (part: the `series` group of a shared panel's what, else "")."""
     curve: Curve
     title: str
     unit: str
@@ -130,19 +142,28 @@ def group(figures, raw=None, curves=CURVES):
             continue
         curve, variant, x, what = parsed
         what, unit = split_unit(what, curve)
-        panel_name = next((p for pattern, p in curve.panels if re.search(pattern, what)), None)
-        label = variant or curve.measurement
-        if panel_name is not None:   # several whats in one SVG: each its own series
-            label = f"{variant} {what}".strip()
-        title = panel_name or what
+        title, part = panel_of(what, curve)
         stem = slug(f"{curve.measurement} {title} {unit}")
         panel = panels.setdefault(stem, Panel(curve, f"{curve.measurement}: {title}".rstrip(": "),
                                               unit, {}))
-        panel.series.setdefault(label, []).append((x, *values))
+        panel.series.setdefault((variant, part), []).append((x, *values))
     for panel in panels.values():
         for points in panel.series.values():
             points.sort()
     return panels
+
+
+def panel_of(what, curve):
+    """(panel title, series part) of a what: by the first of curve.panels it matches."""
+    for pattern, title in curve.panels:
+        match = re.search(pattern, what)
+        if match:
+            if "series" not in match.groupdict():
+                return title or what, ""
+            start, end = match.span("series")
+            rest = re.sub(r"\s+", " ", what[:start] + what[end:]).replace(" ,", ",").strip()
+            return title or rest, match.group("series")
+    return what, ""
 
 
 def slug(text):
@@ -226,7 +247,9 @@ def size(value):
     return f"{value:g} B"
 
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+          "#7f7f7f", "#bcbd22", "#e377c2")
+DASHES = ("", ' stroke-dasharray="6 3"', ' stroke-dasharray="2 2"', ' stroke-dasharray="8 3 2 3"')
 WIDTH, HEIGHT = 680, 420
 LEFT, RIGHT, TOP, BOTTOM = 80, 170, 44, 64
 
@@ -238,6 +261,7 @@ def render(panel):
     sx = x_scale(xs, LEFT, WIDTH - RIGHT)
     sy, yticks = y_scale([p[2] for p in points], [p[3] for p in points], HEIGHT - BOTTOM, TOP)
     x_text = size if panel.curve.x_kind == "size" else number
+    styles = series_styles(panel.series)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
            f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
            f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
@@ -260,19 +284,42 @@ def render(panel):
     y_label = f"{panel.unit}{' (log scale)' if sy.log else ''}" or "value"
     out.append(_text(18, (top + bottom) / 2, y_label,
                      f'text-anchor="middle" transform="rotate(-90 18 {(top + bottom) / 2:.1f})"'))
-    for n, (label, pts) in enumerate(sorted(panel.series.items())):
-        out.extend(_series(label, pts, COLORS[n % len(COLORS)], sx, sy, x_text, panel.unit))
+    for n, ((variant, part), pts) in enumerate(sorted(panel.series.items())):
+        color, dash = styles[variant, part]
+        label = label_of(variant, part, panel.curve)
+        out.extend(_series(label, pts, color, dash, sx, sy, x_text, panel.unit))
         y = TOP + 10 + 20 * n
-        out.append(f'<rect x="{right + 16}" y="{y - 9}" width="12" height="12" '
-                   f'fill="{COLORS[n % len(COLORS)]}"/>')
-        out.append(_text(right + 34, y + 1, label))
+        out.append(f'<line x1="{right + 12}" y1="{y - 3}" x2="{right + 32}" y2="{y - 3}" '
+                   f'stroke="{color}" stroke-width="2"{dash}/>')
+        out.append(_text(right + 38, y + 1, label))
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
-def _series(label, pts, color, sx, sy, x_text, unit):
+def label_of(variant, part, curve):
+    return " ".join(w for w in (variant, part) if w) or curve.measurement
+
+
+def series_styles(series):
+    """{(variant, part): (color, dash attribute)}: a color per part and a dash per
+    variant when a panel has parts (rss growth of each process, classic and quorum),
+    else a color per variant, all solid."""
+    variants = sorted({v for v, _ in series})
+    parts = sorted({p for _, p in series})
+    out = {}
+    for variant, part in series:
+        if len(parts) > 1:
+            color = COLORS[parts.index(part) % len(COLORS)]
+            dash = DASHES[variants.index(variant) % len(DASHES)]
+        else:
+            color, dash = COLORS[variants.index(variant) % len(COLORS)], ""
+        out[variant, part] = color, dash
+    return out
+
+
+def _series(label, pts, color, dash, sx, sy, x_text, unit):
     line = " ".join(f"{sx(x):.1f},{sy(med):.1f}" for x, med, _, _ in pts)
-    out = [f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5"/>']
+    out = [f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>']
     for x, med, low, high in pts:
         px, top, bottom = sx(x), sy(high), sy(low)
         out.append(f'<g stroke="{color}"><line x1="{px:.1f}" y1="{top:.1f}" x2="{px:.1f}" '

@@ -22,6 +22,11 @@ _spec.loader.exec_module(plot)
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+def labelled(panel):
+    """{series label: points} of a panel, as its legend names them."""
+    return {plot.label_of(v, p, panel.curve): pts for (v, p), pts in panel.series.items()}
+
+
 def fig(median, low=None, high=None):
     return {"median": median, "min": median if low is None else low,
             "max": median if high is None else high, "n": 3}
@@ -37,24 +42,34 @@ def test_types_have_no_variant_and_keep_their_unit_in_the_what():
     assert (curve.measurement, variant, x, what) == ("types", "", 200, "all consuming existing (s)")
 
 
+def test_words_before_x_are_the_variant():
+    curve, variant, x, what = plot.parse_name("body one-hop classic 1024 MB/s")
+    assert (curve.measurement, variant, x, what) == ("body", "one-hop classic", 1024 ** 2, "MB/s")
+
+
 @pytest.mark.parametrize("word, expected", [
-    ("1KB", 1024), ("64KB", 65536), ("1MB", 1024 ** 2), ("8MB", 8 * 1024 ** 2),
-    ("1024", 1024), ("1kib", 1024), ("1.5MB", 1.5 * 1024 ** 2)])
+    ("1", 1024), ("64", 65536), ("1024", 1024 ** 2), ("8192", 8 * 1024 ** 2),   # bare: KB
+    ("1KB", 1024), ("8MB", 8 * 1024 ** 2), ("1kib", 1024), ("1.5MB", 1.5 * 1024 ** 2),
+    ("512b", 512)])
 def test_body_sizes_are_bytes(word, expected):
-    assert plot.parse_name(f"body classic {word} taskqueue (MB/s)")[2] == expected
+    assert plot.parse_name(f"body bare classic {word} MB/s")[2] == expected
 
 
-@pytest.mark.parametrize("word, expected", [("10000", 1e4), ("10_000", 1e4), ("10k", 1e4),
-                                            ("1M", 1e6)])
+@pytest.mark.parametrize("word, expected", [("10000", 1e4), ("10_000", 1e4), ("10,000", 1e4),
+                                            ("10k", 1e4), ("1M", 1e6)])
 def test_counts_accept_separators_and_suffixes(word, expected):
     assert plot.parse_name(f"backlog classic {word} drain")[2] == expected
 
 
 @pytest.mark.parametrize("name", [
     "submit client submit_many",          # a single point, no curve
-    "ratio backlog 1000000 / 10000",      # ratios are not series
+    "ratio submit threads 16 / 1",        # a ratio of two points
+    "ratio backlog classic drain 1000000 / 10000",
+    "cpu/task body one-hop classic 1024: broker",
     "e2e taskqueue one-hop classic",      # no scale measurement
     "backlog sqlite 10000 drain",         # an unknown variant
+    "backlog 10000 drain",                # a variant missing
+    "types classic 10 status (s)",        # a variant where there is none
     "backlog classic lots drain",         # x is no number
     "body classic 1XB taskqueue",         # a size unit that does not exist
     "types", "", "backlog classic"])
@@ -66,34 +81,67 @@ def test_series_group_by_variant_sorted_by_x_one_panel_per_what():
     figures = {"backlog classic 1000000 drain": fig(4800, 4500, 5000),
                "backlog classic 10000 drain": fig(5200, 4900, 5600),
                "backlog quorum 10000 drain": fig(3600),
-               "backlog classic 10000 worker rss growth": fig(1.5),
+               "backlog classic 10000 preload": fig(20000),
                "e2e taskqueue": fig(7000)}
     panels = plot.group(figures)
-    assert set(panels) == {"backlog-drain-tasks-s", "backlog-worker-rss-growth-mb"}
+    assert set(panels) == {"backlog-drain-tasks-s", "backlog-preload-msgs-s"}
     drain = panels["backlog-drain-tasks-s"]
     assert (drain.title, drain.unit) == ("backlog: drain", "tasks/s")
-    assert drain.series == {"classic": [(1e4, 5200, 4900, 5600), (1e6, 4800, 4500, 5000)],
+    assert labelled(drain) == {"classic": [(1e4, 5200, 4900, 5600), (1e6, 4800, 4500, 5000)],
                             "quorum": [(1e4, 3600, 3600, 3600)]}
+
+
+def test_the_rss_growth_of_every_process_shares_one_panel():
+    panels = plot.group({"backlog classic 10000 rss growth worker": fig(1.5),
+                         "backlog classic 10000 rss growth supervisor": fig(0.2),
+                         "backlog quorum 10000 rss growth worker": fig(1.1),
+                         "backlog quorum 10000 broker rss held": fig(300)})
+    growth = panels["backlog-rss-growth-mb"]
+    assert growth.title == "backlog: rss growth"
+    assert set(labelled(growth)) == {"classic worker", "classic supervisor", "quorum worker"}
+    assert panels["backlog-broker-rss-held-mb"].unit == "MB"
 
 
 def test_a_unit_in_the_name_wins_over_the_table_and_leaves_the_title():
     panels = plot.group({"types 10 supervisor idle cpu (%)": fig(0.1),
-                         "types 10 status (s)": fig(0.2)})
+                         "types 10 status (s)": fig(0.2),
+                         "types 10 load rate (tasks/s)": fig(900)})
     assert {(p.title, p.unit) for p in panels.values()} == {
-        ("types: supervisor idle cpu", "%"), ("types: status", "s")}
+        ("types: supervisor idle cpu", "%"), ("types: status", "s"),
+        ("types: load rate", "tasks/s")}
 
 
-def test_body_throughputs_share_one_panel_each_what_a_series_and_ratios_stay_apart():
-    panels = plot.group({"body classic 1MB taskqueue (MB/s)": fig(300),
-                         "body classic 1MB bare (MB/s)": fig(350),
-                         "body classic 1MB ratio taskqueue / bare": fig(0.86)})
-    assert set(panels["body-throughput-mb-s"].series) == {"classic taskqueue", "classic bare"}
-    assert [p.unit for s, p in panels.items() if s != "body-throughput-mb-s"] == ["x"]
+def test_first_and_existing_starts_are_two_series_of_one_panel():
+    panels = plot.group({"types 10 all consuming first (s)": fig(3),
+                         "types 10 all consuming existing (s)": fig(1),
+                         "types 10 all consuming first, broker (s)": fig(3.1),
+                         "types 10 all consuming existing, broker (s)": fig(1.1),
+                         "types 10 first consuming existing (s)": fig(0.5),
+                         "types 10 all consuming existing events off (s)": fig(0.9)})
+    assert {p.title: set(labelled(p)) for p in panels.values()} == {
+        "types: all consuming": {"first", "existing", "existing events off"},
+        "types: all consuming, broker": {"first", "existing"},
+        "types: first consuming": {"existing"}}
+
+
+def test_body_throughputs_share_one_panel_and_the_ratio_is_its_own_curve():
+    panels = plot.group({"body one-hop classic 1024 MB/s": fig(300),
+                         "body bare classic 1024 MB/s": fig(350),
+                         "body one-hop classic 64 MB/s": fig(120),
+                         "ratio body classic 1024 one-hop / bare": fig(0.86)})
+    throughput = panels["body-throughput-mb-s"]
+    assert (throughput.title, throughput.unit) == ("body: throughput", "MB/s")
+    assert labelled(throughput) == {"one-hop classic": [(65536, 120, 120, 120),
+                                                     (1024 ** 2, 300, 300, 300)],
+                                 "bare classic": [(1024 ** 2, 350, 350, 350)]}
+    ratio = panels["ratio-body-one-hop-bare-x"]
+    assert (ratio.title, ratio.unit, list(ratio.series)) == (
+        "ratio body: one-hop / bare", "x", [("classic", "")])
 
 
 def test_the_spread_comes_from_raw_when_the_summary_lacks_it():
     panels = plot.group({}, {"submit threads 4": [3000, 2500, 3300]})
-    assert panels["submit-tasks-s"].series == {"threads": [(4, 3000, 2500, 3300)]}
+    assert labelled(panels["submit-tasks-s"]) == {"threads": [(4, 3000, 2500, 3300)]}
 
 
 @pytest.mark.parametrize("bad", [{"median": float("nan"), "min": 1, "max": 2},
@@ -190,3 +238,13 @@ def test_y_stays_linear_under_two_decades():
 def test_long_names_are_cut_but_stay_apart():
     a, b = plot.slug("x" * 200 + " a"), plot.slug("x" * 200 + " b")
     assert a != b and len(a) == len(b) == 80
+
+
+def test_a_shared_panel_tells_parts_by_color_and_variants_by_dash():
+    styles = plot.series_styles({("classic", "worker"): [], ("quorum", "worker"): [],
+                                 ("classic", "broker"): []})
+    assert styles["classic", "worker"][0] == styles["quorum", "worker"][0]
+    assert styles["classic", "worker"][1] != styles["quorum", "worker"][1]
+    assert styles["classic", "worker"][0] != styles["classic", "broker"][0]
+    plain = plot.series_styles({("classic", ""): [], ("quorum", ""): []})
+    assert plain["classic", ""][0] != plain["quorum", ""][0] and plain["quorum", ""][1] == ""
