@@ -156,10 +156,17 @@ def _workers_started(records_path):
                if os.path.getsize(os.path.join(records_path, name)))
 
 
-def check_members(cluster, vhost):
+def check_members(cluster, vhost, layout_path):
     """Every queue the pool declared has a member on each node (else the figure would not
-    be of a replicated queue)."""
-    for name, row in cluster.queues(vhost).items():
+    be of a replicated queue). Where the queues' leaders and the pool's connections are
+    goes to `layout_path`, for reading the figure."""
+    queues = cluster.queues(vhost)
+    with open(layout_path, "w") as f:
+        for name, row in sorted(queues.items()):
+            f.write(f"queue {name}: {row.get('type')}, leader {row.get('leader')}, "
+                    f"members {row.get('members')}\n")
+        f.write(f"taskqueue connections per node: {cluster.spread()}\n")
+    for name, row in queues.items():
         if row.get("type") == "quorum" and len(row.get("members") or []) != len(cluster.nodes):
             raise BenchError(f"queue {name} on {len(cluster.nodes)} nodes has members "
                              f"{row.get('members')}")
@@ -179,7 +186,7 @@ def run_one(workdir, cluster, path, count, label):
         wait_until(lambda: consuming(client, proc), 120, f"{label}: the pool consuming")
         if path == "one-hop":
             onehop.ensure_bound(client, worker_queue("bench"), "bench")
-        check_members(cluster, vhost)
+        check_members(cluster, vhost, os.path.join(workdir, f"{label}-layout.txt"))
         warm = warm_up(client, proc, path, records_path, label)
         own, broker = session_pids(proc.pid), [n.beam_pid() for n in cluster.nodes]
         cpu_before = cpu_seconds(own), cpu_seconds(broker), _children_cpu()
