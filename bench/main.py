@@ -13,6 +13,7 @@ import traceback
 
 import m_bare
 import m_body
+import m_cluster
 import m_dispatch
 import m_e2e
 import m_footprint
@@ -20,17 +21,21 @@ import m_latency
 import m_restart
 import m_submit
 import m_tls
+import plot
 from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
-                "tls": m_tls, "bare": m_bare, "body": m_body}
+                "tls": m_tls, "bare": m_bare, "body": m_body, "cluster": m_cluster}
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    parser.add_argument("--plots", metavar="DIR", default=None,
+                        help="also draw the scale rows' curves into DIR, one SVG each "
+                             "(bench/plot.py; e.g. bench/plots for the README)")
     parser.add_argument("--only", default=",".join(MEASUREMENTS),
                         help="comma-separated subset of: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--preload", type=int, default=20_000, help="envelopes routed (1.)")
@@ -50,6 +55,9 @@ def parse_args(argv):
                         help="MB of workitems each body-size run moves (8.; at most --tasks)")
     parser.add_argument("--body-queues", default="classic,quorum",
                         help="queue types of the body-size rows (8.)")
+    parser.add_argument("--cluster-skip-unless-root", action="store_true",
+                        help="skip the cluster measurement (8.) instead of failing it when not "
+                             "root (it starts RabbitMQ nodes as user rabbitmq)")
     return parser.parse_args(argv)
 
 
@@ -90,6 +98,9 @@ def main(argv):
         json.dump({"args": vars(args), "figures": summary, "raw": figures, "errors": errors,
                    "logs": workdir}, f, indent=2)
     print(f"figures: {args.json}; logs: {workdir}")
+    if args.plots:
+        for path in plot.write_plots({"figures": summary, "raw": figures}, args.plots):
+            print(f"curve: {path}")
     return 1 if errors else 0
 
 

@@ -3,7 +3,7 @@ from stats import summary
 
 UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
          "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s",
-         "body": "MB/s"}
+         "body": "MB/s", "cluster": "tasks/s"}
 
 #: (ratio name, numerator, denominator): computed within one repetition.
 #: "taskqueue" alone is the dispatcher path (two hops); "one-hop" the broker-routed path.
@@ -55,6 +55,11 @@ RATIOS = [
     (f"ratio body {queue_type} {kb} one-hop / bare", f"body one-hop {queue_type} {kb} MB/s",
      f"body bare {queue_type} {kb} MB/s")
     for queue_type in ("classic", "quorum") for kb in (1, 64, 1024, 8192)
+] + [
+    # Issue 26's cluster row: quorum queues replicated on 3 nodes against 1 (no target).
+    ("ratio cluster one-hop 3 nodes / 1", "cluster one-hop 3 e2e", "cluster one-hop 1 e2e"),
+    ("ratio cluster dispatcher 3 nodes / 1", "cluster dispatcher 3 e2e",
+     "cluster dispatcher 1 e2e"),
 ]
 
 #: figure: (target as shown, test of the median), in the order the target table shows them
