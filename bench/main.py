@@ -11,6 +11,7 @@ import tempfile
 import time
 import traceback
 
+import m_backlog
 import m_dispatch
 import m_e2e
 import m_footprint
@@ -22,7 +23,7 @@ from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
-                "tls": m_tls}
+                "tls": m_tls, "backlog": m_backlog}
 
 
 def parse_args(argv):
@@ -44,6 +45,11 @@ def parse_args(argv):
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
     parser.add_argument("--submit-tasks", type=int, default=5000,
                         help="tasks per client submit figure (6.; a fifth of them for the loop)")
+    parser.add_argument("--backlog", default="10000,100000,1000000",
+                        help="comma-separated task counts waiting before the pool starts "
+                             "(backlog rows)")
+    parser.add_argument("--submit-threads", default="1,4,16",
+                        help="comma-separated thread counts sharing one Client (submit rows)")
     return parser.parse_args(argv)
 
 
