@@ -101,32 +101,37 @@ def queue_memory_mb(vhost, queue):
 CHILDREN = ("bench#0", "bench#1", "dispatcher#0")
 
 
-def drain(proc, path, count, broker):
+def drain(proc, path, count, broker, series):
     """Sample RSS from when every child of CHILDREN runs until `count` tasks started:
-    {process name: (first, largest) MB}."""
-    samples = {}
+    {process name: (first, largest) MB}. Every sample also goes to the file `series`
+    (tab-separated: seconds, tasks started, process, pid, RSS MB), to see how it grew."""
     wait_until(lambda: all(c in pool_processes(proc) for c in CHILDREN) or proc.check_alive(),
                60, f"{', '.join(CHILDREN)} running", interval=0.01)
-    deadline = time.monotonic() + max(60, count / 2000)
-    progress, progressed = -1, time.monotonic()
-    while True:
-        proc.check_alive()
-        for name, pid in {**pool_processes(proc), **{f"broker{i}": pid
-                                                     for i, pid in enumerate(broker)}}.items():
-            rss = rss_mb(pid)
-            if rss is not None:
-                first, top = samples.get((name, pid), (rss, rss))
-                samples[(name, pid)] = (first, max(top, rss))
-        started = records_started(path)
-        if started >= count:
-            return {name: value for (name, _), value in samples.items()}
-        now = time.monotonic()
-        if started > progress:
-            progress, progressed = started, now
-        if now - progressed > STALL or now > deadline:
-            raise BenchError(f"backlog: {started} of {count} tasks started, none for "
-                             f"{now - progressed:.0f}s (deadline {deadline - now:.0f}s)")
-        time.sleep(SAMPLE)
+    samples = {}
+    began = progressed = time.monotonic()
+    deadline = began + max(60, count / 2000)
+    progress = -1
+    with open(series, "w") as out:
+        while True:
+            proc.check_alive()
+            started = records_started(path)
+            now = time.monotonic()
+            processes = {**pool_processes(proc),
+                         **{f"broker{i}": pid for i, pid in enumerate(broker)}}
+            for name, pid in processes.items():
+                rss = rss_mb(pid)
+                if rss is not None:
+                    first, top = samples.get((name, pid), (rss, rss))
+                    samples[(name, pid)] = (first, max(top, rss))
+                    out.write(f"{now - began:.2f}\t{started}\t{name}\t{pid}\t{rss:.3f}\n")
+            if started >= count:
+                return {name: value for (name, _), value in samples.items()}
+            if started > progress:
+                progress, progressed = started, now
+            if now - progressed > STALL or now > deadline:
+                raise BenchError(f"backlog: {started} of {count} tasks started, none for "
+                                 f"{now - progressed:.0f}s (deadline {deadline - now:.0f}s)")
+            time.sleep(SAMPLE)
 
 
 def run_one(workdir, queue_type, count):
@@ -150,7 +155,7 @@ def run_one(workdir, queue_type, count):
         config = f"[DEFAULT]\nworkers: 0\n\n[bench]\nworkers: 2\nrecord_dir: {path}\n"
         proc = taskqueue("run", vhost.name, config, workdir, queue_type=queue_type)
         try:
-            rss = drain(proc, path, count, broker)
+            rss = drain(proc, path, count, broker, os.path.join(workdir, f"rss-{label}.tsv"))
         finally:
             proc.stop()
     lines, first, last = first_last(path)
@@ -173,7 +178,10 @@ def run_one(workdir, queue_type, count):
 def measure(workdir, args):
     sizes = sorted(int(n) for n in args.backlog.split(","))
     out = {}
-    for queue_type in QUEUE_TYPES:
+    for queue_type in args.backlog_queues.split(","):
+        if queue_type not in QUEUE_TYPES:
+            raise BenchError(f"--backlog-queues: {queue_type!r} is not one of "
+                             f"{', '.join(QUEUE_TYPES)}")
         for count in sizes:
             out.update(run_one(workdir, queue_type, count))
         small, large = sizes[0], sizes[-1]

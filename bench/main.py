@@ -48,6 +48,8 @@ def parse_args(argv):
     parser.add_argument("--backlog", default="10000,100000,1000000",
                         help="comma-separated task counts waiting before the pool starts "
                              "(backlog rows)")
+    parser.add_argument("--backlog-queues", default="classic,quorum",
+                        help="queue types of the backlog rows: classic, quorum or both")
     parser.add_argument("--submit-threads", default="1,4,16",
                         help="comma-separated thread counts sharing one Client (submit rows)")
     return parser.parse_args(argv)
