@@ -1,9 +1,11 @@
 """How fast one client submits: Client.submit_many, Client.submit in a loop from one
-thread, and `taskqueue submit --file`, each into a `taskqueue` queue of its own vhost
+thread, Client.submit from 1, 4, 16 threads sharing one Client (--submit-threads),
+and `taskqueue submit --file`, each into a `taskqueue` queue of its own vhost
 (quorum, nothing consuming it: the client's rate alone, every task confirmed)."""
 import os
 import re
 import subprocess
+import threading
 import time
 
 from taskqueue.client import Client
@@ -26,6 +28,42 @@ def client_rates(vhost, count, loop_count):
             client.submit("bench", {"n": n})
         loop = _rate(loop_count, time.monotonic() - started)
     return many, loop
+
+
+def threads_rate(vhost, threads, count):
+    """Client.submit of `count` tasks in all from `threads` threads sharing one Client
+    (its design: a connection per thread), each thread's connection opened (by one
+    submit) before the clock starts; tasks/s from the start to the last thread's end."""
+    per_thread = max(1, count // threads)
+    ready = threading.Barrier(threads + 1)
+    errors = []
+
+    def submitter(client):
+        try:
+            client.submit("bench", {"warm": "up"})      # this thread's connection
+        except Exception as exc:
+            errors.append(exc)
+        ready.wait(60)      # all connected: go
+        if errors:
+            return
+        try:
+            for n in range(per_thread):
+                client.submit("bench", {"n": n})
+        except Exception as exc:   # reported below, after every thread ended
+            errors.append(exc)
+    with Client(url=vhost.url, name="bench submit threads") as client:
+        workers = [threading.Thread(target=submitter, args=(client,), daemon=True)
+                   for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        ready.wait(60)
+        started = time.monotonic()
+        for worker in workers:
+            worker.join(300)
+        seconds = time.monotonic() - started
+        if errors or any(worker.is_alive() for worker in workers):
+            raise BenchError(f"submit from {threads} threads: {errors[:1] or 'timed out'}")
+    return _rate(per_thread * threads, seconds)
 
 
 def file_rates(vhost, workdir, count):
@@ -54,5 +92,13 @@ def measure(workdir, args):
         many, loop = client_rates(vhost, count, loop_count)
     with Vhost("submitfile") as vhost:
         own, whole = file_rates(vhost, workdir, count)
-    return {"submit client submit_many": many, "submit client loop": loop,
-            "submit cli --file": own, "submit cli --file (whole command)": whole}
+    out = {"submit client submit_many": many, "submit client loop": loop,
+           "submit cli --file": own, "submit cli --file (whole command)": whole}
+    counts = sorted(int(n) for n in args.submit_threads.split(","))
+    for threads in counts:
+        with Vhost(f"submit{threads}t") as vhost:
+            out[f"submit threads {threads}"] = threads_rate(vhost, threads, count)
+    if counts[-1] > counts[0]:   # within one repetition
+        out[f"ratio submit threads {counts[-1]} / {counts[0]}"] = (
+            out[f"submit threads {counts[-1]}"] / out[f"submit threads {counts[0]}"])
+    return out

@@ -11,6 +11,7 @@ import tempfile
 import time
 import traceback
 
+import m_backlog
 import m_bare
 import m_body
 import m_cluster
@@ -26,7 +27,8 @@ from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
-                "tls": m_tls, "bare": m_bare, "body": m_body, "cluster": m_cluster}
+                "tls": m_tls, "bare": m_bare, "body": m_body, "cluster": m_cluster,
+                "backlog": m_backlog}
 
 
 def parse_args(argv):
@@ -58,6 +60,13 @@ def parse_args(argv):
     parser.add_argument("--cluster-skip-unless-root", action="store_true",
                         help="skip the cluster measurement (8.) instead of failing it when not "
                              "root (it starts RabbitMQ nodes as user rabbitmq)")
+    parser.add_argument("--backlog", default="10000,100000,1000000",
+                        help="comma-separated task counts waiting before the pool starts "
+                             "(backlog rows)")
+    parser.add_argument("--backlog-queues", default="classic,quorum",
+                        help="queue types of the backlog rows: classic, quorum or both")
+    parser.add_argument("--submit-threads", default="1,4,16",
+                        help="comma-separated thread counts sharing one Client (submit rows)")
     return parser.parse_args(argv)
 
 

@@ -3,7 +3,7 @@ from stats import summary
 
 UNITS = {"route": "msgs/s", "e2e": "tasks/s", "latency": "ms", "restart": "ms",
          "idle": "MB", "ratio": "x", "cpu/task": "us", "submit": "tasks/s",
-         "body": "MB/s", "cluster": "tasks/s"}
+         "body": "MB/s", "cluster": "tasks/s", "backlog": "tasks/s"}
 
 #: (ratio name, numerator, denominator): computed within one repetition.
 #: "taskqueue" alone is the dispatcher path (two hops); "one-hop" the broker-routed path.
@@ -83,6 +83,12 @@ TARGETS = {
     "restart p99": ("<= 200", lambda v: v <= 200),
     "idle worker PSS": ("<= 15", lambda v: v <= 15),
     "idle supervisor CPU": ("< 0.5", lambda v: v < 0.5),
+    # Issue 26: backlog (m_backlog.py) and submitters (m_submit.py).
+    "ratio backlog classic drain 1000000 / 10000": (">= 0.9", lambda v: v >= 0.9),
+    "ratio backlog quorum drain 1000000 / 10000": (">= 0.9", lambda v: v >= 0.9),
+    "backlog classic 1000000 rss growth max": ("<= 5", lambda v: v <= 5),
+    "backlog quorum 1000000 rss growth max": ("<= 5", lambda v: v <= 5),
+    "ratio submit threads 16 / 1": (">= 4", lambda v: v >= 4),
 }
 
 
@@ -102,6 +108,10 @@ def summarize(figures):
 
 
 def unit(key):
+    if key.startswith("backlog") and (" rss " in key or key.endswith("memory")):
+        return "MB"
+    if key.startswith("backlog") and key.endswith("preload"):
+        return "msgs/s"
     if key.endswith("CPU"):
         return "%"
     if key.endswith("backoffs"):
