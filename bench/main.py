@@ -18,11 +18,12 @@ import m_latency
 import m_restart
 import m_submit
 import m_tls
+import m_types
 from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
-                "tls": m_tls}
+                "tls": m_tls, "types": m_types}
 
 
 def parse_args(argv):
@@ -44,6 +45,12 @@ def parse_args(argv):
     parser.add_argument("--idle", type=float, default=60, help="idle seconds (5.)")
     parser.add_argument("--submit-tasks", type=int, default=5000,
                         help="tasks per client submit figure (6.; a fifth of them for the loop)")
+    parser.add_argument("--types", default="10,50,200",
+                        help="numbers of worker types x 1 process of the types measurement")
+    parser.add_argument("--types-idle", type=float, default=20,
+                        help="idle seconds of the types measurement's supervisor CPU")
+    parser.add_argument("--types-tasks", type=int, default=4000,
+                        help="tasks spread over the types under load (types measurement)")
     return parser.parse_args(argv)
 
 

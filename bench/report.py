@@ -52,6 +52,10 @@ TARGETS = {
     "restart p99": ("<= 200", lambda v: v <= 200),
     "idle worker PSS": ("<= 15", lambda v: v <= 15),
     "idle supervisor CPU": ("< 0.5", lambda v: v < 0.5),
+    # Issue 26's types row (bench/m_types.py).
+    "types 200 all consuming existing (s)": ("<= 5", lambda v: v <= 5),
+    "types 200 supervisor idle cpu (%)": ("< 1", lambda v: v < 1),
+    "types 200 status (s)": ("<= 1", lambda v: v <= 1),
 }
 
 
@@ -71,6 +75,8 @@ def summarize(figures):
 
 
 def unit(key):
+    if key.endswith(")") and " (" in key:   # the unit in the name: "types 200 status (s)"
+        return key.rsplit(" (", 1)[1][:-1]
     if key.endswith("CPU"):
         return "%"
     if key.endswith("backoffs"):
