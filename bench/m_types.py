@@ -32,8 +32,8 @@ import time
 
 from taskqueue.protocol.topology import worker_queue
 
-from common import (BIN, BenchError, Client, Vhost, count_records, cpu_seconds, record_dir,
-                    taskqueue, wait_until)
+from common import (BIN, BenchError, Client, Vhost, broker_pids, count_records, cpu_seconds,
+                    record_dir, taskqueue, wait_until)
 from m_footprint import pss_mb
 
 SETTLE = 3.0           # seconds after the last child is ready before the idle period
@@ -43,6 +43,32 @@ RUNNING = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: (bt\d+)#0 pi
                      r"STARTING -> RUNNING \(ready in ([\d.]+)s\)", re.MULTILINE)
 STARTED = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: supervisor started",
                      re.MULTILINE)
+
+
+#: AMQP connections a worker child holds: its session, its event log's, its cancels reader's.
+CONNECTIONS_PER_WORKER = 3
+#: File descriptors left to everyone else on the broker (the test suite, other benches).
+FD_RESERVE = 400
+
+
+def check_broker_fds(n):
+    """Refuse to start N workers when the broker's open-file limit cannot take their
+    connections. Seen on 2026-12-06: 200 types (600 connections) on a broker whose soft
+    limit was 1024, beside a test run, ran it out of descriptors; its Mnesia then failed
+    and the node stopped serving until restarted."""
+    pids = broker_pids()
+    if len(pids) != 1:
+        raise BenchError(f"cannot tell the broker's process (pids {pids}): its open-file "
+                         f"limit is unknown, not starting {n} workers")
+    with open(f"/proc/{pids[0]}/limits") as f:
+        limit = next(int(line.split()[3]) for line in f if line.startswith("Max open files"))
+    used = len(os.listdir(f"/proc/{pids[0]}/fd"))
+    needed = CONNECTIONS_PER_WORKER * n + FD_RESERVE
+    if used + needed > limit:
+        raise BenchError(f"{n} types need about {CONNECTIONS_PER_WORKER * n} broker connections "
+                         f"(+{FD_RESERVE} kept for others); the broker (pid {pids[0]}) has {used} "
+                         f"files open of its limit {limit}: raise it (LimitNOFILE of "
+                         f"rabbitmq-server) or pass a smaller --types")
 
 
 def type_names(n):
@@ -139,6 +165,7 @@ def load(proc, client, names, records_path, total):
 
 
 def measure_one(workdir, args, n):
+    check_broker_fds(n)
     names = type_names(n)
     env = {"PYTHONPATH": write_plugins(workdir, n)}
     records_path = record_dir(workdir, f"types{n}")
