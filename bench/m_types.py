@@ -8,6 +8,16 @@ names) and puts the directory on the pool's PYTHONPATH only, so nothing else
 in the bench venv sees the types. The config has `[DEFAULT] workers: 0` and a
 section per type with `workers: 1`.
 
+Each worker child holds 3 AMQP connections (its session, its event log's, its
+cancels reader's): 200 types are 600 connections, more than the machine's
+shared broker (127.0.0.1:5672, open-file limit 1024) can take beside the test
+suite (on 2026-12-06 a 200-type run ran it out of descriptors and its Mnesia
+died). So each repetition starts a RabbitMQ node of its own (tests/nodes.py's
+RabbitNode, own ports and directories under /tmp) with its open-file limit
+raised to NODE_NOFILE, measures every N there, and stops it (rabbitmqctl stop,
+then its pid checked, and killed if it lingers). The shared broker is never
+used by this measurement.
+
 For each N, in a fresh vhost:
 - `first`: from just before the pool's process is started until the last
   child's `STARTING -> RUNNING` line (the supervisor logs it when the child
@@ -22,53 +32,173 @@ For each N, in a fresh vhost:
   the vhost's queues with rabbitmqctl too);
 - PSS (smaps_rollup) of every idle worker child: the median.
 """
+import contextlib
 import datetime
 import json
 import os
 import re
+import resource
+import shutil
+import signal
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 
+import pika
+
+from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol.topology import worker_queue
 
-from common import (BIN, BenchError, Client, Vhost, broker_pids, count_records, cpu_seconds,
-                    record_dir, taskqueue, wait_until)
+from common import BIN, BenchError, Client, Proc, count_records, cpu_seconds, record_dir, wait_until
 from m_footprint import pss_mb
+
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 SETTLE = 3.0           # seconds after the last child is ready before the idle period
 POLL = 0.05            # seconds between two looks at the log and at the broker
 START_TIMEOUT = 300    # seconds for N children to be consuming
 RUNNING = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: (bt\d+)#0 pid=(\d+) "
                      r"STARTING -> RUNNING \(ready in ([\d.]+)s\)", re.MULTILINE)
+FORKED = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: bt\d+#0 pid=- "
+                    r"STOPPED -> STARTING", re.MULTILINE)
 STARTED = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: supervisor started",
                      re.MULTILINE)
 
 
 #: AMQP connections a worker child holds: its session, its event log's, its cancels reader's.
 CONNECTIONS_PER_WORKER = 3
-#: File descriptors left to everyone else on the broker (the test suite, other benches).
+#: File descriptors kept free on the node beyond the workers' (the bench's own
+#: connections, status's, the node's files and Erlang distribution).
 FD_RESERVE = 400
+#: The open-file limit (soft and hard) the bench's node is started with: the
+#: shared broker's 1024 is what 200 types ran out of.
+NODE_NOFILE = 65536
 
 
-def check_broker_fds(n):
-    """Refuse to start N workers when the broker's open-file limit cannot take their
-    connections. Seen on 2026-12-06: 200 types (600 connections) on a broker whose soft
-    limit was 1024, beside a test run, ran it out of descriptors; its Mnesia then failed
-    and the node stopped serving until restarted."""
-    pids = broker_pids()
+def _nodes():
+    """tests/nodes.py: the one place that knows how to start a RabbitMQ node of our own."""
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    import nodes
+    return nodes
+
+
+def listener_pid(port):
+    """The pid of the one process listening on 127.0.0.1:`port` (the node's VM)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
+                         text=True).stdout
+    pids = sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
     if len(pids) != 1:
-        raise BenchError(f"cannot tell the broker's process (pids {pids}): its open-file "
-                         f"limit is unknown, not starting {n} workers")
-    with open(f"/proc/{pids[0]}/limits") as f:
-        limit = next(int(line.split()[3]) for line in f if line.startswith("Max open files"))
-    used = len(os.listdir(f"/proc/{pids[0]}/fd"))
+        raise BenchError(f"cannot tell the node's process on port {port} (pids {pids})")
+    return pids[0]
+
+
+def open_file_limit(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        return next(int(line.split()[3]) for line in f if line.startswith("Max open files"))
+
+
+@contextlib.contextmanager
+def raised_nofile(limit):
+    """RLIMIT_NOFILE's soft limit of this process raised to `limit`, or to its hard
+    limit if lower (this container's root may not raise the hard one: 20000 here),
+    so that what it starts meanwhile inherits it; restored afterwards. runuser's
+    pam_limits leaves it as is (limits.conf sets no nofile here)."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = before[1]
+    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+@contextlib.contextmanager
+def own_node():
+    """A RabbitMQ node of the bench's own (tests/nodes.py), started with NODE_NOFILE open
+    files; yields (node, its VM's pid). Stopped afterwards, and its VM killed by pid if
+    `rabbitmqctl stop` left it running."""
+    nodes = _nodes()
+    base = tempfile.mkdtemp(prefix="taskqueue-bench-types-node-")
+    os.chmod(base, 0o755)      # user rabbitmq reaches its directories under it
+    node = nodes.RabbitNode(base, "tqbenchtypes")
+    pid = None
+    try:
+        with raised_nofile(NODE_NOFILE):
+            node.start()
+        pid = listener_pid(node.port)
+        print(f"bench: types: node {node.name} on port {node.port}, pid {pid}, open-file "
+              f"limit {open_file_limit(pid)}", file=sys.stderr)
+        yield node, pid
+    finally:
+        try:
+            node.stop()
+        finally:
+            if pid is not None and _alive(pid):
+                _kill(pid)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill(pid):
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def check_node_fds(pid, n):
+    """Refuse to start N workers when the node's open-file limit cannot take their
+    connections (3 a worker). Seen on 2026-12-06: 200 types (600 connections) on a
+    broker whose limit was 1024, beside a test run, ran it out of descriptors; its
+    Mnesia then failed and the node stopped serving until restarted."""
+    limit = open_file_limit(pid)
+    used = len(os.listdir(f"/proc/{pid}/fd"))
     needed = CONNECTIONS_PER_WORKER * n + FD_RESERVE
     if used + needed > limit:
         raise BenchError(f"{n} types need about {CONNECTIONS_PER_WORKER * n} broker connections "
-                         f"(+{FD_RESERVE} kept for others); the broker (pid {pids[0]}) has {used} "
-                         f"files open of its limit {limit}: raise it (LimitNOFILE of "
-                         f"rabbitmq-server) or pass a smaller --types")
+                         f"(+{FD_RESERVE} kept free); the bench's node (pid {pid}) has {used} "
+                         f"files open of its limit {limit}: pass a smaller --types")
+
+
+class NodeVhost:
+    """A fresh vhost on the bench's node, deleted afterwards."""
+
+    def __init__(self, node, label):
+        self.node = node
+        self.name = f"tqbench-{os.getpid()}-{time.monotonic_ns()}-{label}"
+
+    def __enter__(self):
+        self.node.ctl("add_vhost", self.name)
+        self.node.ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return self
+
+    def __exit__(self, *exc):
+        self.node.ctl("delete_vhost", self.name)
+
+
+class NodeClient(Client):
+    """common.Client on the bench's node (its port) rather than the shared broker."""
+
+    def __init__(self, port, vhost):   # as Client.__init__, with the node's port
+        self.vhost = vhost
+        self.settings = AmqpSettings()
+        self.connection = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", port, virtual_host=vhost,
+            credentials=pika.PlainCredentials("guest", "guest")))
+        self.channel = self.connection.channel()
 
 
 def type_names(n):
@@ -99,24 +229,36 @@ def running(proc):
             for stamp, name, pid, ready in RUNNING.findall(proc.log())}
 
 
-def start_pool(workdir, vhost, config, env, n, client):
-    """Start the pool, wait until its N children are consuming; (pool, figures).
-    With `client`, the broker is polled too (every queue: a consumer)."""
+def pool(workdir, node, vhost, body, env, label):
+    """Start `taskqueue workerpool` on `vhost` of the bench's node (its log kept per start:
+    `label`)."""
+    path = os.path.join(workdir, f"workerpool-{vhost.name}.ini")
+    with open(path, "w") as f:
+        f.write(f"{body.rstrip()}\n\n[amqp]\nhost: 127.0.0.1\nport: {node.port}\n"
+                f"vhost: {vhost.name}\nqueue_type: quorum\n")
+    os.chmod(path, 0o600)
+    return Proc([os.path.join(BIN, "taskqueue"), "workerpool", "--config", path, "--log",
+                 "stderr"], path.replace(".ini", f"-{label}.log"), env=env), path
+
+
+def start_pool(workdir, node, vhost, config, env, n, client, label):
+    """Start the pool, wait until its N children are consuming; (pool, config path,
+    figures). The broker is polled too (every queue: a consumer)."""
     queues = [worker_queue(name) for name in type_names(n)]
     pending, broker_done = set(queues), None
     t0 = time.time()
-    proc = taskqueue("workerpool", vhost.name, config, workdir, env=env)
+    proc, path = pool(workdir, node, vhost, config, env, label)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         seen = running(proc)
-        if client is not None and pending:
+        if pending:
             for queue in sorted(pending):
                 counts = client.counts(queue)
                 if counts is not None and counts[1] >= 1:
                     pending.discard(queue)
             if not pending:
                 broker_done = time.time()
-        if len(seen) == n and (client is None or not pending):
+        if len(seen) == n and not pending:
             break
         proc.check_alive()
         if time.monotonic() > deadline:
@@ -125,15 +267,17 @@ def start_pool(workdir, vhost, config, env, n, client):
         time.sleep(POLL)
     stamps = sorted(stamp for _, stamp, _ in seen.values())
     readies = sorted(ready for _, _, ready in seen.values())
-    began = STARTED.search(proc.log())
+    log_text = proc.log()
+    began = STARTED.search(log_text)
+    forks = sorted(epoch(stamp) for stamp in FORKED.findall(log_text))
     out = {"all consuming": stamps[-1] - t0,
            "first consuming": stamps[0] - t0,
            "supervisor started": (epoch(began.group(1)) - t0) if began else float("nan"),
+           "last fork": forks[-1] - t0 if forks else float("nan"),
            "ready in p50": statistics.median(readies),
-           "ready in max": readies[-1]}
-    if broker_done is not None:
-        out["all consuming, broker"] = broker_done - t0
-    return proc, out
+           "ready in max": readies[-1],
+           "all consuming, broker": broker_done - t0}
+    return proc, path, out
 
 
 def status_seconds(config_path, env, n):
@@ -144,6 +288,8 @@ def status_seconds(config_path, env, n):
     out = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env},
                          timeout=60)
     seconds = time.monotonic() - started
+    with open(config_path.replace(".ini", "-status.txt"), "w") as f:   # the last call's
+        f.write(f"# exit status {out.returncode}\n{out.stdout}{out.stderr}")
     shown = len(re.findall(r"^  bt\d+#0 ", out.stdout, re.MULTILINE))
     if out.returncode not in (0, 1) or shown != n:
         raise BenchError(f"taskqueue status exited {out.returncode}:\n{out.stdout[-1500:]}"
@@ -164,10 +310,11 @@ def load(proc, client, names, records_path, total):
     return cpu / seconds * 100, total / seconds
 
 
-def measure_one(workdir, args, n):
-    check_broker_fds(n)
+def measure_one(workdir, args, node, node_pid, n):
+    check_node_fds(node_pid, n)
     names = type_names(n)
-    env = {"PYTHONPATH": write_plugins(workdir, n)}
+    # RABBITMQ_NODENAME: status's rabbitmqctl lists the queues of the bench's node.
+    env = {"PYTHONPATH": write_plugins(workdir, n), "RABBITMQ_NODENAME": node.name}
     records_path = record_dir(workdir, f"types{n}")
     status_dir = os.path.join(workdir, f"types-{n}-status-{os.getpid()}-{time.monotonic_ns()}")
     os.mkdir(status_dir)
@@ -175,14 +322,16 @@ def measure_one(workdir, args, n):
               + "".join(f"[{name}]\nworkers: 1\nrecord_dir: {records_path}\n\n" for name in names))
     row = f"types {n}"
     out = {}
-    with Vhost(f"types{n}") as vhost:
-        client = Client(vhost.name)
+    with NodeVhost(node, f"types{n}") as vhost:
+        client = NodeClient(node.port, vhost.name)
         try:
-            proc, first = start_pool(workdir, vhost, config, env, n, client)
+            proc, config_path, first = start_pool(workdir, node, vhost, config, env, n, client,
+                                                  "first")
             try:
                 out[f"{row} all consuming first (s)"] = first["all consuming"]
                 out[f"{row} all consuming first, broker (s)"] = first["all consuming, broker"]
                 out[f"{row} ready in p50 first (s)"] = first["ready in p50"]
+                out[f"{row} last fork first (s)"] = first["last fork"]
                 time.sleep(SETTLE)
                 workers = [pid for pid, _, _ in running(proc).values()]
                 before, started = cpu_seconds([proc.pid]), time.monotonic()
@@ -192,7 +341,6 @@ def measure_one(workdir, args, n):
                 out[f"{row} supervisor idle cpu (%)"] = idle
                 out[f"{row} worker pss (MB)"] = statistics.median(pss_mb(pid) for pid in workers)
                 out[f"{row} supervisor pss (MB)"] = pss_mb(proc.pid)
-                config_path = proc.log_path.replace(".log", ".ini")
                 out[f"{row} status (s)"] = statistics.median(
                     status_seconds(config_path, env, n) for _ in range(3))
                 cpu, rate = load(proc, client, names, records_path, args.types_tasks)
@@ -205,12 +353,14 @@ def measure_one(workdir, args, n):
             wait_until(lambda: all(not (client.counts(worker_queue(name)) or (0, 0))[1]
                                    for name in names), 30, f"{n} queues without consumers",
                        interval=POLL)
-            proc, existing = start_pool(workdir, vhost, config, env, n, client)
+            proc, _, existing = start_pool(workdir, node, vhost, config, env, n, client,
+                                           "existing")
             try:
                 out[f"{row} all consuming existing (s)"] = existing["all consuming"]
                 out[f"{row} all consuming existing, broker (s)"] = existing["all consuming, broker"]
                 out[f"{row} supervisor started existing (s)"] = existing["supervisor started"]
                 out[f"{row} first consuming existing (s)"] = existing["first consuming"]
+                out[f"{row} last fork existing (s)"] = existing["last fork"]
                 out[f"{row} ready in p50 existing (s)"] = existing["ready in p50"]
                 out[f"{row} ready in max existing (s)"] = existing["ready in max"]
             finally:
@@ -221,7 +371,11 @@ def measure_one(workdir, args, n):
 
 
 def measure(workdir, args):
+    if os.getuid() != 0:
+        raise BenchError("the types measurement needs root (it starts a RabbitMQ node as "
+                         "user rabbitmq)")
     out = {}
-    for n in (int(x) for x in args.types.split(",")):
-        out.update(measure_one(workdir, args, n))
+    with own_node() as (node, pid):
+        for n in (int(x) for x in args.types.split(",")):
+            out.update(measure_one(workdir, args, node, pid, n))
     return out
