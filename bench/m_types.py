@@ -14,7 +14,7 @@ shared broker (127.0.0.1:5672, open-file limit 1024) can take beside the test
 suite (on 2026-12-06 a 200-type run ran it out of descriptors and its Mnesia
 died). So each repetition starts a RabbitMQ node of its own (tests/nodes.py's
 RabbitNode, own ports and directories under /tmp) with its open-file limit
-raised to NODE_NOFILE, measures every N there, and stops it (rabbitmqctl stop,
+raised (NODE_NOFILE, or the hard limit if lower), measures every N there, and stops it (rabbitmqctl stop,
 then its pid checked, and killed if it lingers). The shared broker is never
 used by this measurement.
 
@@ -51,7 +51,8 @@ import pika
 from taskqueue.host.config import AmqpSettings
 from taskqueue.protocol.topology import worker_queue
 
-from common import BIN, BenchError, Client, Proc, count_records, cpu_seconds, record_dir, wait_until
+from common import (BIN, BenchError, Client, Proc, count_records, cpu_seconds, cpu_used,
+                    record_dir, wait_until)
 from m_footprint import pss_mb
 
 TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
@@ -100,35 +101,25 @@ def open_file_limit(pid):
         return next(int(line.split()[3]) for line in f if line.startswith("Max open files"))
 
 
-@contextlib.contextmanager
-def raised_nofile(limit):
-    """RLIMIT_NOFILE's soft limit of this process raised to `limit`, or to its hard
-    limit if lower (this container's root may not raise the hard one: 20000 here),
-    so that what it starts meanwhile inherits it; restored afterwards. runuser's
-    pam_limits leaves it as is (limits.conf sets no nofile here)."""
-    before = resource.getrlimit(resource.RLIMIT_NOFILE)
-    hard = before[1]
-    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+def node_nofile():
+    """NODE_NOFILE, or this process's hard limit if lower (this container's root may
+    not raise it: 20000 here); the node inherits that hard limit through runuser."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return NODE_NOFILE if hard == resource.RLIM_INFINITY else min(NODE_NOFILE, hard)
 
 
 @contextlib.contextmanager
 def own_node():
-    """A RabbitMQ node of the bench's own (tests/nodes.py), started with NODE_NOFILE open
+    """A RabbitMQ node of the bench's own (tests/nodes.py), started with node_nofile() open
     files; yields (node, its VM's pid). Stopped afterwards, and its VM killed by pid if
     `rabbitmqctl stop` left it running."""
     nodes = _nodes()
     base = tempfile.mkdtemp(prefix="taskqueue-bench-types-node-")
     os.chmod(base, 0o755)      # user rabbitmq reaches its directories under it
-    node = nodes.RabbitNode(base, "tqbenchtypes")
+    node = nodes.RabbitNode(base, "tqbenchtypes", nofile=node_nofile())
     pid = None
     try:
-        with raised_nofile(NODE_NOFILE):
-            node.start()
+        node.start()
         pid = listener_pid(node.port)
         print(f"bench: types: node {node.name} on port {node.port}, pid {pid}, open-file "
               f"limit {open_file_limit(pid)}", file=sys.stderr)
@@ -229,42 +220,49 @@ def running(proc):
             for stamp, name, pid, ready in RUNNING.findall(proc.log())}
 
 
-def pool(workdir, node, vhost, body, env, label):
+def pool(workdir, node, vhost, body, env, label, amqp=""):
     """Start `taskqueue workerpool` on `vhost` of the bench's node (its log kept per start:
     `label`)."""
     path = os.path.join(workdir, f"workerpool-{vhost.name}.ini")
     with open(path, "w") as f:
         f.write(f"{body.rstrip()}\n\n[amqp]\nhost: 127.0.0.1\nport: {node.port}\n"
-                f"vhost: {vhost.name}\nqueue_type: quorum\n")
+                f"vhost: {vhost.name}\nqueue_type: quorum\n{amqp}")
     os.chmod(path, 0o600)
     return Proc([os.path.join(BIN, "taskqueue"), "workerpool", "--config", path, "--log",
                  "stderr"], path.replace(".ini", f"-{label}.log"), env=env), path
 
 
-def start_pool(workdir, node, vhost, config, env, n, client, label):
+def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, amqp=""):
     """Start the pool, wait until its N children are consuming; (pool, config path,
-    figures). The broker is polled too (every queue: a consumer)."""
-    queues = [worker_queue(name) for name in type_names(n)]
-    pending, broker_done = set(queues), None
+    figures). The broker is asked too, but only of the queues whose child the log says
+    is RUNNING (its consume was answered before that): a passive declare of all N
+    queues every 50 ms would load the node (and this process) during what it measures."""
+    pending, confirmed, broker_done = set(), set(), None
+    broker_before = cpu_seconds([node_pid])
     t0 = time.time()
-    proc, path = pool(workdir, node, vhost, config, env, label)
+    proc, path = pool(workdir, node, vhost, config, env, label, amqp)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         seen = running(proc)
-        if pending:
-            for queue in sorted(pending):
-                counts = client.counts(queue)
-                if counts is not None and counts[1] >= 1:
-                    pending.discard(queue)
-            if not pending:
-                broker_done = time.time()
-        if len(seen) == n and not pending:
+        pending |= {worker_queue(name) for name in seen} - confirmed
+        for queue in sorted(pending):
+            counts = client.counts(queue)
+            if counts is not None and counts[1] >= 1:
+                pending.discard(queue)
+                confirmed.add(queue)
+        if len(confirmed) == n:
+            broker_done = time.time()
             break
         proc.check_alive()
         if time.monotonic() > deadline:
             proc.stop()
             raise BenchError(f"{n} types: {len(seen)} children running after {START_TIMEOUT}s")
         time.sleep(POLL)
+    # CPU spent by the start (the children are idle once ready: what they used is
+    # their start, fork to consuming, the events connection included if open by now).
+    children = cpu_seconds([pid for pid, _, _ in seen.values()])
+    supervisor = cpu_seconds([proc.pid])
+    broker = cpu_used(broker_before, cpu_seconds([node_pid]))
     stamps = sorted(stamp for _, stamp, _ in seen.values())
     readies = sorted(ready for _, _, ready in seen.values())
     log_text = proc.log()
@@ -276,7 +274,10 @@ def start_pool(workdir, node, vhost, config, env, n, client, label):
            "last fork": forks[-1] - t0 if forks else float("nan"),
            "ready in p50": statistics.median(readies),
            "ready in max": readies[-1],
-           "all consuming, broker": broker_done - t0}
+           "all consuming, broker": broker_done - t0,
+           "cpu children": sum(children.values()),
+           "cpu supervisor": supervisor.get(proc.pid, float("nan")),
+           "cpu broker": broker}
     return proc, path, out
 
 
@@ -326,12 +327,14 @@ def measure_one(workdir, args, node, node_pid, n):
         client = NodeClient(node.port, vhost.name)
         try:
             proc, config_path, first = start_pool(workdir, node, vhost, config, env, n, client,
-                                                  "first")
+                                                  "first", node_pid)
             try:
                 out[f"{row} all consuming first (s)"] = first["all consuming"]
                 out[f"{row} all consuming first, broker (s)"] = first["all consuming, broker"]
                 out[f"{row} ready in p50 first (s)"] = first["ready in p50"]
                 out[f"{row} last fork first (s)"] = first["last fork"]
+                for what in ("cpu children", "cpu supervisor", "cpu broker"):
+                    out[f"{row} {what} first (s)"] = first[what]
                 time.sleep(SETTLE)
                 workers = [pid for pid, _, _ in running(proc).values()]
                 before, started = cpu_seconds([proc.pid]), time.monotonic()
@@ -348,23 +351,25 @@ def measure_one(workdir, args, node, node_pid, n):
                 out[f"{row} load rate (tasks/s)"] = rate
             finally:
                 proc.stop()
-            # Every consumer of the first pool gone, so that the broker's side of
-            # the next start sees only the new pool's.
-            wait_until(lambda: all(not (client.counts(worker_queue(name)) or (0, 0))[1]
-                                   for name in names), 30, f"{n} queues without consumers",
-                       interval=POLL)
-            proc, _, existing = start_pool(workdir, node, vhost, config, env, n, client,
-                                           "existing")
-            try:
-                out[f"{row} all consuming existing (s)"] = existing["all consuming"]
-                out[f"{row} all consuming existing, broker (s)"] = existing["all consuming, broker"]
-                out[f"{row} supervisor started existing (s)"] = existing["supervisor started"]
-                out[f"{row} first consuming existing (s)"] = existing["first consuming"]
-                out[f"{row} last fork existing (s)"] = existing["last fork"]
-                out[f"{row} ready in p50 existing (s)"] = existing["ready in p50"]
-                out[f"{row} ready in max existing (s)"] = existing["ready in max"]
-            finally:
-                proc.stop()
+            # Again with the queues there; then with `events: no` (no events connection:
+            # 2 connections a worker instead of 3), to see what one connection costs.
+            # Before each, every consumer of the pool before gone, so that the broker's
+            # side sees only the new pool's.
+            for label, amqp in (("existing", ""), ("existing events off", "events: no\n")):
+                wait_until(lambda: all(not (client.counts(worker_queue(name)) or (0, 0))[1]
+                                       for name in names), 30, f"{n} queues without consumers",
+                           interval=POLL)
+                proc, _, existing = start_pool(workdir, node, vhost, config, env, n, client,
+                                               label.replace(" ", "-"), node_pid, amqp)
+                try:
+                    out[f"{row} all consuming {label}, broker (s)"] = \
+                        existing["all consuming, broker"]
+                    for what in ("all consuming", "supervisor started", "first consuming",
+                                 "last fork", "ready in p50", "ready in max", "cpu children",
+                                 "cpu supervisor", "cpu broker"):
+                        out[f"{row} {what} {label} (s)"] = existing[what]
+                finally:
+                    proc.stop()
         finally:
             client.close()
     return out
