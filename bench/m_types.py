@@ -375,12 +375,48 @@ def measure_one(workdir, args, node, node_pid, n):
     return out
 
 
+#: Connections (then channels) opened one after the other by connection_costs().
+COST_SAMPLES = 50
+
+
+def connection_costs(node, node_pid):
+    """What one more AMQP connection costs against one more channel on a connection
+    already open, on the bench's idle node, one at a time: (figures). Wall ms and the
+    node's CPU ms per open (+ close), pika's BlockingConnection (PLAIN, loopback)."""
+    vhost = "/"
+    params = pika.ConnectionParameters("127.0.0.1", node.port, virtual_host=vhost,
+                                       credentials=pika.PlainCredentials("guest", "guest"))
+    out = {}
+    before, started = cpu_seconds([node_pid]), time.monotonic()
+    for _ in range(COST_SAMPLES):
+        connection = pika.BlockingConnection(params)
+        connection.channel()
+        connection.close()
+    wall = time.monotonic() - started
+    out["types connection open wall (ms)"] = wall * 1000 / COST_SAMPLES
+    out["types connection open broker cpu (ms)"] = (
+        cpu_used(before, cpu_seconds([node_pid])) * 1000 / COST_SAMPLES)
+    connection = pika.BlockingConnection(params)
+    try:
+        before, started = cpu_seconds([node_pid]), time.monotonic()
+        for _ in range(COST_SAMPLES):
+            connection.channel().close()
+        wall = time.monotonic() - started
+    finally:
+        connection.close()
+    out["types channel open wall (ms)"] = wall * 1000 / COST_SAMPLES
+    out["types channel open broker cpu (ms)"] = (
+        cpu_used(before, cpu_seconds([node_pid])) * 1000 / COST_SAMPLES)
+    return out
+
+
 def measure(workdir, args):
     if os.getuid() != 0:
         raise BenchError("the types measurement needs root (it starts a RabbitMQ node as "
                          "user rabbitmq)")
     out = {}
     with own_node() as (node, pid):
+        out.update(connection_costs(node, pid))
         for n in (int(x) for x in args.types.split(",")):
             out.update(measure_one(workdir, args, node, pid, n))
     return out
