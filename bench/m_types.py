@@ -20,17 +20,27 @@ used by this measurement.
 
 For each N, in a fresh vhost:
 - `first`: from just before the pool's process is started until the last
-  child's `STARTING -> RUNNING` line (the supervisor logs it when the child
-  reports `ready`, i.e. once its basic_consume was answered; 1 ms
-  timestamps), with the queues created by that start; `first, broker`: the
-  same seen from the broker, a passive declare of every queue not yet
-  consumed every 50 ms (the moment the last one had a consumer);
+  child's `STARTING -> RUNNING` line (the supervisor logs it when it reads the
+  child's `ready` report, sent once its basic_consume was answered; 1 ms
+  timestamps), with the queues created by that start; `first, children`: until
+  the last child's own `consuming` line (written right after that report: the
+  supervisor reads reports late while it is still forking); `first, broker`:
+  the same seen from the broker, a passive declare every 50 ms of each queue
+  whose child says it consumes, until each has its consumer;
 - `existing`: the pool stopped and started again, its queues there now;
+  `existing events off`: once more with `[amqp] events: no` (no events
+  connection: 2 connections a worker instead of 3);
+- for each start, the CPU it cost: the children's (all they used until all
+  consume), the supervisor's, the node's;
 - the supervisor's CPU over `--types-idle` seconds idle, then while
   `--types-tasks` no-op tasks (spread evenly over the N queues) drain;
 - `taskqueue status` wall time (the median of 3 calls; as root, it lists
-  the vhost's queues with rabbitmqctl too);
+  the vhost's queues with rabbitmqctl too: RABBITMQ_NODENAME names the node);
 - PSS (smaps_rollup) of every idle worker child: the median.
+Once per repetition, on the idle node: what opening one more connection costs
+against one more channel on an open connection (wall, the node's CPU).
+bench/types_timeline.py reads a start's log (kept in the workdir) and says
+where its time went.
 """
 import contextlib
 import datetime
@@ -62,6 +72,9 @@ POLL = 0.05            # seconds between two looks at the log and at the broker
 START_TIMEOUT = 300    # seconds for N children to be consuming
 RUNNING = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: (bt\d+)#0 pid=(\d+) "
                      r"STARTING -> RUNNING \(ready in ([\d.]+)s\)", re.MULTILINE)
+#: A child's own line right after its `ready` report (its consume was answered).
+CONSUMING = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] worker (bt\d+)#0 INFO: consuming worker_",
+                       re.MULTILINE)
 FORKED = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: bt\d+#0 pid=- "
                     r"STOPPED -> STARTING", re.MULTILINE)
 STARTED = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: supervisor started",
@@ -214,6 +227,11 @@ def epoch(stamp):
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def consuming(proc):
+    """{type: epoch of its child's own `consuming` line}, the latest per type."""
+    return {name: epoch(stamp) for stamp, name in CONSUMING.findall(proc.log())}
+
+
 def running(proc):
     """{type: (pid, epoch of its RUNNING line, ready-in seconds)}, the latest per type."""
     return {name: (int(pid), epoch(stamp), float(ready))
@@ -234,9 +252,12 @@ def pool(workdir, node, vhost, body, env, label, amqp=""):
 
 def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, amqp=""):
     """Start the pool, wait until its N children are consuming; (pool, config path,
-    figures). The broker is asked too, but only of the queues whose child the log says
-    is RUNNING (its consume was answered before that): a passive declare of all N
-    queues every 50 ms would load the node (and this process) during what it measures."""
+    figures). Three views of "consuming": the supervisor's RUNNING line (when it read
+    the child's `ready`: late while it is busy forking the others), the child's own
+    `consuming` line (written right after that report), and the broker's consumer
+    count. The broker is asked only of the queues whose child says it consumes
+    (its consume was answered before that): a passive declare of all N queues every
+    50 ms would load the node (and this process) during what it measures."""
     pending, confirmed, broker_done = set(), set(), None
     broker_before = cpu_seconds([node_pid])
     t0 = time.time()
@@ -244,14 +265,15 @@ def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, am
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         seen = running(proc)
-        pending |= {worker_queue(name) for name in seen} - confirmed
+        pending |= {worker_queue(name) for name in set(seen) | set(consuming(proc))} - confirmed
         for queue in sorted(pending):
             counts = client.counts(queue)
             if counts is not None and counts[1] >= 1:
                 pending.discard(queue)
                 confirmed.add(queue)
-        if len(confirmed) == n:
+        if len(confirmed) == n and broker_done is None:
             broker_done = time.time()
+        if broker_done is not None and len(seen) == n:
             break
         proc.check_alive()
         if time.monotonic() > deadline:
@@ -264,6 +286,7 @@ def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, am
     supervisor = cpu_seconds([proc.pid])
     broker = cpu_used(broker_before, cpu_seconds([node_pid]))
     stamps = sorted(stamp for _, stamp, _ in seen.values())
+    own = sorted(consuming(proc).values())
     readies = sorted(ready for _, _, ready in seen.values())
     log_text = proc.log()
     began = STARTED.search(log_text)
@@ -275,6 +298,7 @@ def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, am
            "ready in p50": statistics.median(readies),
            "ready in max": readies[-1],
            "all consuming, broker": broker_done - t0,
+           "all consuming, children": own[-1] - t0 if len(own) == n else float("nan"),
            "cpu children": sum(children.values()),
            "cpu supervisor": supervisor.get(proc.pid, float("nan")),
            "cpu broker": broker}
@@ -331,6 +355,7 @@ def measure_one(workdir, args, node, node_pid, n):
             try:
                 out[f"{row} all consuming first (s)"] = first["all consuming"]
                 out[f"{row} all consuming first, broker (s)"] = first["all consuming, broker"]
+                out[f"{row} all consuming first, children (s)"] = first["all consuming, children"]
                 out[f"{row} ready in p50 first (s)"] = first["ready in p50"]
                 out[f"{row} last fork first (s)"] = first["last fork"]
                 for what in ("cpu children", "cpu supervisor", "cpu broker"):
@@ -362,8 +387,9 @@ def measure_one(workdir, args, node, node_pid, n):
                 proc, _, existing = start_pool(workdir, node, vhost, config, env, n, client,
                                                label.replace(" ", "-"), node_pid, amqp)
                 try:
-                    out[f"{row} all consuming {label}, broker (s)"] = \
-                        existing["all consuming, broker"]
+                    for view in ("broker", "children"):
+                        out[f"{row} all consuming {label}, {view} (s)"] = \
+                            existing[f"all consuming, {view}"]
                     for what in ("all consuming", "supervisor started", "first consuming",
                                  "last fork", "ready in p50", "ready in max", "cpu children",
                                  "cpu supervisor", "cpu broker"):
