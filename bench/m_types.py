@@ -31,7 +31,8 @@ For each N, in a fresh vhost:
   `existing events off`: once more with `[amqp] events: no` (no events
   connection: 2 connections a worker instead of 3);
 - for each start, the CPU it cost: the children's (all they used until all
-  consume), the supervisor's, the node's;
+  consume), the supervisor's, the node's; and how long the children (summed)
+  and the supervisor were runnable but waiting for a CPU (schedstat);
 - the supervisor's CPU over `--types-idle` seconds idle, then while
   `--types-tasks` no-op tasks (spread evenly over the N queues) drain;
 - `taskqueue status` wall time (the median of 3 calls; as root, it lists
@@ -227,6 +228,20 @@ def epoch(stamp):
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def runqueue_wait(pids):
+    """Seconds the live processes among `pids` spent runnable but waiting for a CPU
+    (/proc/PID/schedstat's second field), summed: how much of a start was a wait
+    for the machine's 2 cores rather than work."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[1]) / 1e9
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total
+
+
 def consuming(proc):
     """{type: epoch of its child's own `consuming` line}, the latest per type."""
     return {name: epoch(stamp) for stamp, name in CONSUMING.findall(proc.log())}
@@ -284,6 +299,7 @@ def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, am
     # their start, fork to consuming, the events connection included if open by now).
     children = cpu_seconds([pid for pid, _, _ in seen.values()])
     supervisor = cpu_seconds([proc.pid])
+    waits = (runqueue_wait([pid for pid, _, _ in seen.values()]), runqueue_wait([proc.pid]))
     broker = cpu_used(broker_before, cpu_seconds([node_pid]))
     stamps = sorted(stamp for _, stamp, _ in seen.values())
     own = sorted(consuming(proc).values())
@@ -301,7 +317,9 @@ def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, am
            "all consuming, children": own[-1] - t0 if len(own) == n else float("nan"),
            "cpu children": sum(children.values()),
            "cpu supervisor": supervisor.get(proc.pid, float("nan")),
-           "cpu broker": broker}
+           "cpu broker": broker,
+           "runqueue wait children": waits[0],
+           "runqueue wait supervisor": waits[1]}
     return proc, path, out
 
 
@@ -358,7 +376,8 @@ def measure_one(workdir, args, node, node_pid, n):
                 out[f"{row} all consuming first, children (s)"] = first["all consuming, children"]
                 out[f"{row} ready in p50 first (s)"] = first["ready in p50"]
                 out[f"{row} last fork first (s)"] = first["last fork"]
-                for what in ("cpu children", "cpu supervisor", "cpu broker"):
+                for what in ("cpu children", "cpu supervisor", "cpu broker",
+                             "runqueue wait children", "runqueue wait supervisor"):
                     out[f"{row} {what} first (s)"] = first[what]
                 time.sleep(SETTLE)
                 workers = [pid for pid, _, _ in running(proc).values()]
@@ -392,7 +411,8 @@ def measure_one(workdir, args, node, node_pid, n):
                             existing[f"all consuming, {view}"]
                     for what in ("all consuming", "supervisor started", "first consuming",
                                  "last fork", "ready in p50", "ready in max", "cpu children",
-                                 "cpu supervisor", "cpu broker"):
+                                 "cpu supervisor", "cpu broker", "runqueue wait children",
+                                 "runqueue wait supervisor"):
                         out[f"{row} {what} {label} (s)"] = existing[what]
                 finally:
                     proc.stop()
