@@ -22,13 +22,14 @@ import m_latency
 import m_restart
 import m_submit
 import m_tls
+import m_types
 import plot
 from report import ratios, render, summarize
 
 MEASUREMENTS = {"dispatch": m_dispatch, "e2e": m_e2e, "latency": m_latency,
                 "restart": m_restart, "footprint": m_footprint, "submit": m_submit,
                 "tls": m_tls, "bare": m_bare, "body": m_body, "cluster": m_cluster,
-                "backlog": m_backlog}
+                "backlog": m_backlog, "types": m_types}
 
 
 def parse_args(argv):
@@ -67,6 +68,12 @@ def parse_args(argv):
                         help="queue types of the backlog rows: classic, quorum or both")
     parser.add_argument("--submit-threads", default="1,4,16",
                         help="comma-separated thread counts sharing one Client (submit rows)")
+    parser.add_argument("--types", default="10,50,200",
+                        help="numbers of worker types x 1 process of the types measurement")
+    parser.add_argument("--types-idle", type=float, default=20,
+                        help="idle seconds of the types measurement's supervisor CPU")
+    parser.add_argument("--types-tasks", type=int, default=4000,
+                        help="tasks spread over the types under load (types measurement)")
     return parser.parse_args(argv)
 
 

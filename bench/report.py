@@ -89,6 +89,10 @@ TARGETS = {
     "backlog classic 1000000 rss growth max": ("<= 5", lambda v: v <= 5),
     "backlog quorum 1000000 rss growth max": ("<= 5", lambda v: v <= 5),
     "ratio submit threads 16 / 1": (">= 4", lambda v: v >= 4),
+    # Issue 26's types row (bench/m_types.py).
+    "types 200 all consuming existing (s)": ("<= 5", lambda v: v <= 5),
+    "types 200 supervisor idle cpu (%)": ("< 1", lambda v: v < 1),
+    "types 200 status (s)": ("<= 1", lambda v: v <= 1),
 }
 
 
@@ -108,6 +112,8 @@ def summarize(figures):
 
 
 def unit(key):
+    if key.endswith(")") and " (" in key:   # the unit in the name: "types 200 status (s)"
+        return key.rsplit(" (", 1)[1][:-1]
     if key.startswith("backlog") and (" rss " in key or key.endswith("memory")):
         return "MB"
     if key.startswith("backlog") and key.endswith("preload"):

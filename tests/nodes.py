@@ -56,10 +56,14 @@ class RabbitNode:
     `config`: more rabbitmq.conf lines ("{base}" stands for the node's directory);
     `plugins`: the plugins to enable; `files`: copied into the node's directory,
     owned by rabbitmq (a broker's certificates and key); `ready_port`: the port
-    whose listener says the node is up (default: the plaintext one)."""
+    whose listener says the node is up (default: the plaintext one); `nofile`: the
+    node's open-file soft limit (runuser's PAM session sets 1024, and RabbitMQ sizes
+    its connection limit from it at boot), at most the hard one."""
 
-    def __init__(self, base, prefix, config=(), plugins=(), files=(), ready_port=None):
+    def __init__(self, base, prefix, config=(), plugins=(), files=(), ready_port=None,
+                 nofile=None):
         self.base = base
+        self.nofile = nofile
         self.name = f"{prefix}{os.getpid()}@localhost"
         self.port, self.dist_port = free_ports(2)
         self.ready_port = ready_port or self.port
@@ -87,10 +91,13 @@ class RabbitNode:
                "RABBITMQ_LOG_BASE": os.path.join(self.base, "log"),
                "RABBITMQ_CONFIG_FILE": os.path.join(self.base, "rabbitmq.conf"),
                "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(self.base, "enabled_plugins")}
+        # prlimit after runuser: its PAM session would reset a limit set before.
+        limit = ["prlimit", f"--nofile={self.nofile}:"] if self.nofile else []
         with open(os.path.join(self.base, "server.out"), "a") as out:
             self.process = subprocess.Popen(
-                ["runuser", "-u", "rabbitmq", "--", "env", *[f"{k}={v}" for k, v in env.items()],
-                 "/usr/lib/rabbitmq/bin/rabbitmq-server"], stdout=out, stderr=subprocess.STDOUT)
+                ["runuser", "-u", "rabbitmq", "--", *limit, "env",
+                 *[f"{k}={v}" for k, v in env.items()], "/usr/lib/rabbitmq/bin/rabbitmq-server"],
+                stdout=out, stderr=subprocess.STDOUT)
         wait_until_listening(self.ready_port, 120)
 
     def ctl(self, *args, timeout=120):
