@@ -27,6 +27,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 
 from taskqueue.broker import pikaparams
 from taskqueue.errors import Unlisted
@@ -42,27 +43,57 @@ SHOWN = 200
 def list_queues(settings, timeout):
     """The names of every queue in the vhost of `settings`, from rabbitmqctl (a set);
     Unlisted saying why when it cannot tell."""
-    params = pikaparams.parameters(settings)
-    local = [p for p in params if is_local(p.host)]
-    if not local:
-        raise Unlisted(f"the broker ({', '.join(p.host for p in params)}) is not on this host, "
-                       f"and {RABBITMQCTL} lists only the queues of a node on this host")
-    command = shutil.which(RABBITMQCTL)
-    if command is None:
-        raise Unlisted(f"{RABBITMQCTL} is not on PATH")
-    try:
-        out = subprocess.run(
-            [command, "-q", "list_queues", "-p", local[0].virtual_host, "--formatter", "json",
-             "name"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise Unlisted(f"{RABBITMQCTL} did not answer within {timeout:g}s") from None
-    except OSError as exc:
-        raise Unlisted(f"cannot run {command}: {exc.strerror or exc}") from None
-    if out.returncode != 0:
-        raise Unlisted(f"{RABBITMQCTL} failed (exit {out.returncode}): "
-                       f"{_first_line(out.stderr or out.stdout)}")
-    return parse_listing(out.stdout)
+    return Listing(settings, timeout).names()
+
+
+class Listing:
+    """A `rabbitmqctl list_queues` started at once and read later: most of its second
+    is the Erlang VM starting, which `taskqueue status` spends asking the broker and
+    the supervisors meanwhile. names() waits for it (`timeout` from the start)."""
+
+    def __init__(self, settings, timeout):
+        self.timeout = timeout
+        self._process = self._problem = None
+        self._started = time.monotonic()
+        params = pikaparams.parameters(settings)
+        local = [p for p in params if is_local(p.host)]
+        command = shutil.which(RABBITMQCTL)
+        if not local:
+            self._problem = (f"the broker ({', '.join(p.host for p in params)}) is not on this "
+                             f"host, and {RABBITMQCTL} lists only the queues of a node on this "
+                             "host")
+        elif command is None:
+            self._problem = f"{RABBITMQCTL} is not on PATH"
+        else:
+            try:
+                self._process = subprocess.Popen(
+                    [command, "-q", "list_queues", "-p", local[0].virtual_host, "--formatter",
+                     "json", "name"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True)
+            except OSError as exc:
+                self._problem = f"cannot run {command}: {exc.strerror or exc}"
+
+    def names(self):
+        """The set of names listed; Unlisted saying why there is none."""
+        if self._problem:
+            raise Unlisted(self._problem)
+        left = max(0.0, self._started + self.timeout - time.monotonic())
+        try:
+            stdout, stderr = self._process.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            self.abandon()
+            raise Unlisted(f"{RABBITMQCTL} did not answer within {self.timeout:g}s") from None
+        if self._process.returncode != 0:
+            raise Unlisted(f"{RABBITMQCTL} failed (exit {self._process.returncode}): "
+                           f"{_first_line(stderr or stdout)}")
+        return parse_listing(stdout)
+
+    def abandon(self):
+        """Stop it if it still runs (status no longer needs it) and reap it."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
 
 
 def parse_listing(text):

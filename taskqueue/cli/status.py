@@ -42,6 +42,15 @@ TENTHS_BELOW = 10
 def gather(cfg, timeout):
     """Everything `taskqueue status` shows, as a JSON-ready dict with `problems`,
     `errors` (what could not be asked) and `exit_code`."""
+    # rabbitmqctl's second (an Erlang VM starting) is spent asking the rest meanwhile.
+    listing = queuelist.Listing(cfg.amqp, timeout)
+    try:
+        return _gather(cfg, timeout, listing)
+    finally:
+        listing.abandon()
+
+
+def _gather(cfg, timeout, listing):
     supervisors = [ask_supervisor(path, timeout) for path in status_sockets(cfg.supervisor.status_dir)]
     expected = queue_names(cfg, supervisors)
     highs = high_queues(expected)
@@ -58,16 +67,16 @@ def gather(cfg, timeout):
     # A high queue is shown once it exists (the workers of this version declare it); it
     # is a problem only when tasks wait in it with no consumer (an older pool's).
     found = {queue for queue in highs if counts.get(queue) is not None}
-    others, listing = set(), {"source": None, "error": "the broker could not be asked"}
+    others, listed = set(), {"source": None, "error": "the broker could not be asked"}
     if broker_error is None:
-        others, listing = other_worker_queues(cfg.amqp, timeout, counts)
+        others, listed = other_worker_queues(cfg.amqp, timeout, counts, listing)
     queues = [expected[0], *sorted(set(expected[1:-1]) | others | found), expected[-1]]
     view = {
         "status_dir": cfg.supervisor.status_dir,
         "supervisors": supervisors,
         "broker": {"address": pikaparams.describe(cfg.amqp),
                    "error": None if broker_error is None else redact.redact(broker_error)},
-        "queue_listing": listing,
+        "queue_listing": listed,
         "queues": queue_rows(queues, counts, supervisors, broker_error is None, expected),
         "delayed": delayed_tasks(delay_counts) if broker_error is None else None,
         "rate_limits": rate_rows(buckets, rate_counts, broker_error is None),
@@ -77,13 +86,17 @@ def gather(cfg, timeout):
     return view
 
 
-def other_worker_queues(settings, timeout, counts):
+def other_worker_queues(settings, timeout, counts, listing=None):
     """(the worker queues of the broker beyond those in `counts` that hold tasks or
     have a consumer, {"source": "rabbitmqctl" or None, "error": why they could not be
-    listed}); adds their counts to `counts`. Listed after `counts` was taken, so
-    that a queue found then and not listed now means another node answered."""
+    listed}); adds their counts to `counts`. `listing`: a queuelist.Listing started
+    before `counts` was taken (default: one started now). A queue counted and not
+    listed means another node answered, or that the queue came after the listing was
+    taken: a listing started after the counts tells which."""
     try:
-        listed = queuelist.list_queues(settings, timeout)
+        listed = (listing or queuelist.Listing(settings, timeout)).names()
+        if listing is not None and queuelist.contradiction(listed, counts):
+            listed = queuelist.list_queues(settings, timeout)
         problem = queuelist.contradiction(listed, counts)
         if problem:
             raise Unlisted(problem)
