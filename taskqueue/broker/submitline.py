@@ -248,6 +248,8 @@ class SubmitLine:
             due.append(min(when for when, _ in self._retries))
         if self._events_since is not None:
             due.append(self._events_since + EVENTS_DELAY)
+        if self._ledger:   # a confirm coming in does not end the wait: its event must not wait
+            due.append(now + EVENTS_DELAY)
         oldest = self._ledger.oldest()
         if oldest is not None:
             due.append(oldest.deadline)
