@@ -32,8 +32,8 @@ def client_rates(vhost, count, loop_count):
 
 def threads_rate(vhost, threads, count):
     """Client.submit of `count` tasks in all from `threads` threads sharing one Client
-    (its design: a connection per thread), each thread's connection opened (by one
-    submit) before the clock starts; tasks/s from the start to the last thread's end."""
+    (its design: one connection, served by the Client's I/O thread), each thread
+    having submitted once (the connection open) before the clock starts; tasks/s from the start to the last thread's end."""
     per_thread = max(1, count // threads)
     ready = threading.Barrier(threads + 1)
     errors = []

@@ -12,16 +12,21 @@ bound yet), and `task_message`, the envelope for `taskqueue` (the
 specification's protocol). The command line's `submit` and `submit --file`
 build their messages here too.
 
-Threads: pika's BlockingConnection is not thread-safe, so a Client keeps one
-connection per thread (a threading.local), opened on the thread's first call
-and kept between calls. Threads never share a connection, hence need no lock
-around it and never wait for one another's confirms; the cost is one broker
-connection per thread that submits, which is what a WSGI server's thread pool
-or a cron script can afford. (The alternative, one I/O thread owning a single
-connection and serving the others through queues, adds a thread and a hand-over
-per call, and would be a greenlet under gevent's monkey-patching.) Under gevent
-with monkey-patching, threading.local is greenlet-local and the same holds per
-greenlet; the sockets are gevent's, so waiting for the broker yields.
+Threads: pika's BlockingConnection is not thread-safe. submit() without a delay
+goes through one connection per Client (per process, after os.fork()), owned by an
+I/O thread (broker/submitline.py): every thread's tasks are published on it with
+their confirms in flight together, each caller waiting only for its own, and their
+`submitted` events go in one message per few milliseconds. Many threads submitting
+share the per-message cost instead of each paying a round trip (issue 26). The I/O
+thread is a daemon, ends on close() or when the Client is collected, and under
+gevent's monkey-patching is a greenlet, as the callers are.
+
+The other calls (submit with a delay, call, cancel, publish) keep one
+connection per thread (a threading.local), opened on the thread's first call and
+kept between calls: they need no hand-over, and call() waits for its reply on it
+(submit_many opens a connection of its own per call).
+Under gevent with monkey-patching, threading.local is greenlet-local and the same
+holds per greenlet; the sockets are gevent's, so waiting for the broker yields.
 
 A connection found closed (by the broker, the network, an idle timeout) is
 opened again on the next call, trying each broker of the config in turn.
@@ -32,6 +37,7 @@ times before PublishRefused says so (nacks.py).
 """
 import dataclasses
 import logging
+import os
 import threading
 import time
 import weakref
@@ -40,6 +46,7 @@ from taskqueue import redact
 from taskqueue.broker import blocking, cancellog, fielddecode, pikaparams
 from taskqueue.broker.clientevents import SubmittedEvents
 from taskqueue.broker.onehopwindow import onehop_window
+from taskqueue.broker.submitline import SubmitLine
 # Re-exported: what a task's properties are is the broker layer's (the scheduler's too).
 from taskqueue.broker.pikaparams import steered, task_properties  # noqa: F401
 from taskqueue.errors import (BrokerUnreachable, PartlySubmitted, PublishNacked, PublishRefused,
@@ -279,6 +286,8 @@ class Client:
         self._local = threading.local()
         self._links = weakref.WeakSet()     # every thread's, for close()
         self._links_lock = threading.Lock()
+        self._line = None                   # submit()'s, made by its first call
+        self._line_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, path, name="taskqueue client"):
@@ -308,6 +317,28 @@ class Client:
             links = list(self._links)
         for link in links:
             link.drop()
+        line, self._line = self._line, None
+        if line is not None and line.pid == os.getpid():
+            self._line_finalizer.detach()
+            line.close()
+
+    def _submit_line(self):
+        """submit()'s SubmitLine: this process's (after os.fork(), the child makes its own
+        and leaves the parent's alone), open (a new one after close())."""
+        line = self._line
+        if line is not None and line.usable:
+            return line
+        if line is not None and line.pid != os.getpid():
+            self._line_lock = threading.Lock()   # perhaps held by a thread of the parent
+        with self._line_lock:
+            line = self._line
+            if line is None or not line.usable:
+                line = self._line = SubmitLine(self.settings, f"{self.name} (submit)",
+                                               BROKER_TIMEOUT)
+                # The thread holds the line, not the client: it ends when the client goes.
+                self._line_finalizer = weakref.finalize(self, line.close, False)
+                self._line_finalizer.atexit = False
+            return line
 
     def _link(self):
         link = getattr(self._local, "link", None)
@@ -368,14 +399,12 @@ class Client:
                                      trace=trace_headers(traceparent, tracestate),
                                      priority=priority, expires=expires)
         sent = time.time()
-        if delay is not None:
-            # Through the delay chain to taskqueue, as before one hop: the dispatcher's
-            # hop costs nothing beside a delay of a second or more.
-            self._with_connection(lambda link: link.publish_delayed(
-                worker_type, body, props, delay), f"publishing the task for {worker_type}")
-        else:
-            self._with_connection(lambda link: link.publish_onehop(worker_type, body, props),
-                                  f"publishing the task for {worker_type}")
+        if delay is None:   # its `submitted` event is the line's
+            return self._submit_line().submit(worker_type, body, props, sent)
+        # Through the delay chain to taskqueue, as before one hop: the dispatcher's
+        # hop costs nothing beside a delay of a second or more.
+        self._with_connection(lambda link: link.publish_delayed(
+            worker_type, body, props, delay), f"publishing the task for {worker_type}")
         self._submitted(props, worker_type, sent, delay)
         return props.message_id
 

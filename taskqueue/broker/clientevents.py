@@ -38,6 +38,13 @@ class SubmittedEvents:
             self._batch.append(events.event("submitted", task, worker_type, at,
                                             delay=delay, trace=trace))
 
+    def prepare(self):
+        """Declare the stream and open the channel now, not in the first flush(): for
+        an owner that bounds its waits for the broker at connecting time
+        (submitline.py). A broker that refuses the stream turns events off, as there."""
+        if self.enabled:
+            self._open()
+
     @property
     def full(self):
         return len(self._batch) >= events.BATCH

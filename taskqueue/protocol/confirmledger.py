@@ -28,6 +28,12 @@ class ConfirmLedger:
         """The entries awaiting a confirm, oldest first."""
         return [entry for entry, _ in self._pending.values()]
 
+    def oldest(self):
+        """The entry awaiting a confirm the longest, or None."""
+        for entry, _ in self._pending.values():
+            return entry
+        return None
+
     def sent(self, entry, match):
         """Note the channel's next publish: `entry` is the owner's, `match` what names the
         message in a return (routing key, message id, body). Its sequence number."""

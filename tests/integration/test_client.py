@@ -258,25 +258,34 @@ def test_a_broker_that_stops_answering_fails_each_wait_of_the_client_within_its_
     proxy.freeze()
     no_reply_within(2, "publishing the task for recorder", lambda: client.submit("recorder", 2))
     client.submit("recorder", 3)    # (a new connection: the proxy passes it)
+    # (publish and call go through this thread's connection, submit through the
+    # client's I/O thread's: both open before the proxy freezes)
+    warm_up = lambda: client.publish("worker_other", b"warm", taskqueue.client.task_properties())
+    warm_up()
     proxy.freeze()
     no_reply_within(2, "publishing to worker_other", lambda: client.publish(
         "worker_other", b"x", taskqueue.client.task_properties()))
-    client.submit("recorder", 4)
+    no_reply_within(2, "publishing the task for recorder", lambda: client.submit("recorder", 4))
+    client.submit("recorder", 5)
+    warm_up()
     proxy.freeze()
     no_reply_within(2, "publishing the task for recorder",
-                    lambda: client.call("recorder", 5, timeout=20))
+                    lambda: client.call("recorder", 6, timeout=20))
+    no_reply_within(2, "publishing the task for recorder", lambda: client.submit("recorder", 7))
     # A broker that hangs once the connection is open: its channel never opens
     proxy.freeze_once_open = True
-    no_reply_within(2, "opening a channel", lambda: client.submit("recorder", 6))
+    no_reply_within(2, "opening a channel", lambda: client.submit("recorder", 8))
+    no_reply_within(2, "opening a channel", lambda: client.publish(
+        "worker_other", b"x", taskqueue.client.task_properties()))
     # And close() does not wait for a close-ok that never comes
     proxy.freeze_once_open = False
-    client.submit("recorder", 7)
+    client.submit("recorder", 9)
     proxy.freeze()
     started = time.monotonic()
     client.close()
     assert time.monotonic() - started < 5
     # What the broker confirmed is there; what it did not answer never reached it
-    assert sorted(json.loads(body) for _, body in broker.drain("taskqueue")) == [1, 3, 4, 7]
+    assert sorted(json.loads(body) for _, body in broker.drain("taskqueue")) == [1, 3, 5, 9]
 
 
 @pytest.mark.timeout(60)
@@ -338,8 +347,10 @@ def test_a_threads_connection_is_closed_when_the_thread_ends(broker, vhost, amqp
     import gc
     name = f"tq-test-thread-end-{os.getpid()}-{time.monotonic_ns()}"
     client = Client(host=BROKER_HOST, port=amqp_port, vhost=vhost, name=name)
-    client.submit("recorder", 0)        # this thread's connection
-    thread = threading.Thread(target=client.submit, args=("recorder", 1))
+    # (publish, not submit: submit goes through the client's one connection)
+    props = taskqueue.client.task_properties
+    client.publish("taskqueue", b"0", props())       # this thread's connection
+    thread = threading.Thread(target=client.publish, args=("taskqueue", b"1", props()))
     thread.start()
     thread.join(30)
     assert broker.counts("taskqueue")[0] == 2
