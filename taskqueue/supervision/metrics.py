@@ -77,7 +77,10 @@ class Registry:
         # A task not run (dead-lettered, expired, cancelled): its 0 s would only skew the
         # histogram; a cancelled one that ran was stopped partway.
         if seconds is not None and outcome not in NOT_RUN:
-            self.durations.setdefault(group, Histogram()).observe(seconds)
+            histogram = self.durations.get(group)
+            if histogram is None:   # not setdefault: it would build one per task
+                histogram = self.durations[group] = Histogram()
+            histogram.observe(seconds)
 
     def child_exited(self, group, cause):
         self.exits[group, cause] += 1
