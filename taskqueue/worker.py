@@ -279,9 +279,10 @@ class TaskChannel:
                         self._tag, action)
 
 
-def run_worker(group, amqp_settings, ctx):
-    """The body of a worker child: load the plugin, consume, handle, settle; return an exit code."""
-    worker = plugins.load(group.worker_type, group)
+def run_worker(group, amqp_settings, ctx, entry_point=None):
+    """The body of a worker child: load the plugin (`entry_point`: as the supervisor
+    found it, plugins.load), consume, handle, settle; return an exit code."""
+    worker = plugins.load(group.worker_type, group, entry_point)
     call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
