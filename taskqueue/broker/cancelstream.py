@@ -94,8 +94,13 @@ class CancelFollower:
                 return
             except SessionClosed as exc:    # BrokerUnreachable is one
                 failures += 1
-                pause = retry_pause(failures, self.caught_up.is_set())
-                log.info("cancels: %s; reading %s again in %gs", exc, cancels.STREAM, pause)
+                caught_up = self.caught_up.is_set()
+                pause = retry_pause(failures, caught_up)
+                # A first failure before the first read is mostly the stream's replica
+                # not ready yet (406, the docstring): expected, retried at once, unsaid.
+                level = logging.DEBUG if failures == 1 and not caught_up else logging.INFO
+                log.log(level, "cancels: %s; reading %s again in %gs", exc, cancels.STREAM,
+                        pause)
             gevent.sleep(pause)
 
     def _turn_off(self, reason):
