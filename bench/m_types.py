@@ -8,10 +8,10 @@ names) and puts the directory on the pool's PYTHONPATH only, so nothing else
 in the bench venv sees the types. The config has `[DEFAULT] workers: 0` and a
 section per type with `workers: 1`.
 
-Each worker child holds 3 AMQP connections (its session, its event log's, its
-cancels reader's): 200 types are 600 connections, more than the machine's
-shared broker (127.0.0.1:5672, open-file limit 1024) can take beside the test
-suite (on 2026-12-06 a 200-type run ran it out of descriptors and its Mnesia
+Each worker child holds 2 AMQP connections (its session; its side connection,
+for its event log and its cancels reader, broker/sideline.py; 3 before issue
+26's cut): 200 types are 400 connections, more than the machine's shared
+broker (127.0.0.1:5672, open-file limit 1024) can take beside the test suite (on 2026-12-06 a 200-type run ran it out of descriptors and its Mnesia
 died). So each repetition starts a RabbitMQ node of its own (tests/nodes.py's
 RabbitNode, own ports and directories under /tmp) with its open-file limit
 raised (NODE_NOFILE, or the hard limit if lower), measures every N there, and stops it (rabbitmqctl stop,
@@ -29,7 +29,7 @@ For each N, in a fresh vhost:
   whose child says it consumes, until each has its consumer;
 - `existing`: the pool stopped and started again, its queues there now;
   `existing events off`: once more with `[amqp] events: no` (no events
-  connection: 2 connections a worker instead of 3);
+  channel nor stream declare; the side connection stays, for the cancels);
 - for each start, the CPU it cost: the children's (all they used until all
   consume), the supervisor's, the node's; and how long the children (summed)
   and the supervisor were runnable but waiting for a CPU (schedstat);
@@ -82,8 +82,8 @@ STARTED = re.compile(r"^(\S+ \S+) taskqueue\[\d+\] supervisor INFO: supervisor s
                      re.MULTILINE)
 
 
-#: AMQP connections a worker child holds: its session, its event log's, its cancels reader's.
-CONNECTIONS_PER_WORKER = 3
+#: AMQP connections a worker child holds: its session, its side one (events and cancels).
+CONNECTIONS_PER_WORKER = 2
 #: File descriptors kept free on the node beyond the workers' (the bench's own
 #: connections, status's, the node's files and Erlang distribution).
 FD_RESERVE = 400
@@ -166,9 +166,9 @@ def _kill(pid):
 
 def check_node_fds(pid, n):
     """Refuse to start N workers when the node's open-file limit cannot take their
-    connections (3 a worker). Seen on 2026-12-06: 200 types (600 connections) on a
-    broker whose limit was 1024, beside a test run, ran it out of descriptors; its
-    Mnesia then failed and the node stopped serving until restarted."""
+    connections (CONNECTIONS_PER_WORKER). Seen on 2026-12-06: 200 types (600 connections,
+    3 a worker then) on a broker whose limit was 1024, beside a test run, ran it out of
+    descriptors; its Mnesia then failed and the node stopped serving until restarted."""
     limit = open_file_limit(pid)
     used = len(os.listdir(f"/proc/{pid}/fd"))
     needed = CONNECTIONS_PER_WORKER * n + FD_RESERVE
@@ -296,7 +296,7 @@ def start_pool(workdir, node, vhost, config, env, n, client, label, node_pid, am
             raise BenchError(f"{n} types: {len(seen)} children running after {START_TIMEOUT}s")
         time.sleep(POLL)
     # CPU spent by the start (the children are idle once ready: what they used is
-    # their start, fork to consuming, the events connection included if open by now).
+    # their start, fork to consuming, the side connection included if open by now).
     children = cpu_seconds([pid for pid, _, _ in seen.values()])
     supervisor = cpu_seconds([proc.pid])
     waits = (runqueue_wait([pid for pid, _, _ in seen.values()]), runqueue_wait([proc.pid]))
@@ -395,8 +395,8 @@ def measure_one(workdir, args, node, node_pid, n):
                 out[f"{row} load rate (tasks/s)"] = rate
             finally:
                 proc.stop()
-            # Again with the queues there; then with `events: no` (no events connection:
-            # 2 connections a worker instead of 3), to see what one connection costs.
+            # Again with the queues there; then with `events: no` (no events channel nor
+            # stream declare: what the events cost a start).
             # Before each, every consumer of the pool before gone, so that the broker's
             # side sees only the new pool's.
             for label, amqp in (("existing", ""), ("existing events off", "events: no\n")):

@@ -22,6 +22,7 @@ from taskqueue.broker import amqp, inbound, pikaparams
 from taskqueue.broker.deadletters import (dead_properties, failure_reply, task_key,
                                           without_broker_headers)
 from taskqueue.broker.eventlog import EventLog
+from taskqueue.broker.sideline import SideLine
 from taskqueue.errors import PluginError, PublishNacked, SessionClosed, TaskCancelled
 from taskqueue.host import logs, tracing
 from taskqueue.protocol import (delays, expiry, priorities, replies, retries, topology,
@@ -278,17 +279,20 @@ class TaskChannel:
                         self._tag, action)
 
 
-def run_worker(group, amqp_settings, ctx):
-    """The body of a worker child: load the plugin, consume, handle, settle; return an exit code."""
-    worker = plugins.load(group.worker_type, group)
+def run_worker(group, amqp_settings, ctx, entry_point=None):
+    """The body of a worker child: load the plugin (`entry_point`: as the supervisor
+    found it, plugins.load), consume, handle, settle; return an exit code."""
+    worker = plugins.load(group.worker_type, group, entry_point)
     call_plugin_hook(worker, "setup", group)
     session = amqp.Session(amqp_settings, f"taskqueue worker {ctx.name}", ctx.route).open()
     session.write_promptly()
-    events = EventLog(session, ctx.name, amqp_settings)    # its connection: once serving
+    # One side connection for the task events and the cancels reader (sideline.py),
+    # opened once the process consumes: 200 workers starting at once consume sooner.
+    side = SideLine(session, "events+cancels", users=2)
+    events = EventLog(session, ctx.name, amqp_settings, line=side)
     tasks = TaskThread(f"task {group.worker_type}")
     hub_calls = HubCalls(before_wait=tasks.hub_needed)
-    # Read from the start of the cancels stream meanwhile: the first task waits for it.
-    cancels = cancelling.Cancels(session, ctx.name).start()
+    cancels = cancelling.Cancels(session, ctx.name, line=side)
     try:
         intake, prefetch = _start_consuming(group, session)
         gate = RateGate.start_for(group, amqp_settings, session)   # None: no rate limit
@@ -303,6 +307,8 @@ def run_worker(group, amqp_settings, ctx):
     ctx.stopping.rawlink(lambda _: intake.wake())
     session.closed.rawlink(lambda _: intake.wake())
     ctx.ready()
+    # Read from the start of the cancels stream now: the first task waits for it.
+    cancels.start()
     events.start()
     log.info("consuming %s (prefetch %d%s)", group.queue, prefetch,
              f", {prefetch - 1} tasks in advance while tasks take < {intake.lookahead:g}s"

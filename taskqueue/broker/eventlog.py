@@ -1,11 +1,11 @@
 """A daemon's task events (protocol/events.py): gathered in batches, published to the
-events stream without confirms, on a connection of their own, never waited for by a
-task.
+events stream without confirms, on a side connection (sideline.py: of their own, or
+shared with a worker's cancels reader), never waited for by a task.
 
-A connection of their own, because RabbitMQ stops reading from a connection that
+A side connection, because RabbitMQ stops reading from a connection that
 publishes during a resource alarm (memory, disk), and with it that connection's acks:
 a worker that published its events where it consumes would stall at the first alarm
-(tests/integration/test_events_alarm.py: 4 of 12 tasks done). The events' connection
+(tests/integration/test_events_alarm.py: 4 of 12 tasks done). The side connection
 is opened, and the stream declared, in a greenlet once the process serves: a
 restarted worker consumes as soon as before. Events made meanwhile wait in the
 batch (at most WAITING). While the broker says it blocks publishers
@@ -21,6 +21,7 @@ import time
 import gevent
 import pika
 
+from taskqueue.broker.sideline import SideLine
 from taskqueue.errors import BrokerUnreachable, SessionClosed, TopologyError
 from taskqueue.protocol import events, plans
 
@@ -37,15 +38,17 @@ CLOSE_TIMEOUT = 1.0
 class EventLog:
     """Task events of one process whose Session is `session`. `add` (hub, never blocks)
     appends an event; a batch goes out when it holds events.BATCH or is events.FLUSH
-    seconds old, and at close()."""
+    seconds old, and at close(). `line`: the sideline.SideLine to publish on, shared
+    with others (each closes it when done); None: one of its own, closed by close()."""
 
-    def __init__(self, session, child, settings=None):
+    def __init__(self, session, child, settings=None, line=None):
         self.settings = settings or session.settings
         self.enabled = self.settings.events
         self.origin = events.source(child)
         self.lost = 0               # events dropped: no connection, the connection went, an alarm
-        self._main = session
-        self._side = None           # the events' own Session, once open
+        self._own_line = line is None
+        self._line = SideLine(session, "events") if line is None else line
+        self._side = None           # the side Session, once open and the stream declared
         self._opening = None        # the greenlet opening it
         self._next_open = 0.0       # monotonic time before which no new attempt is made
         self._paused = 0            # events dropped during this alarm, said when it ends
@@ -61,7 +64,7 @@ class EventLog:
 
     def _open(self):
         try:
-            side = self._main.side_session("events")
+            side = self._line.session()
         except (BrokerUnreachable, SessionClosed) as exc:
             log.debug("task events: %s", exc)
             return
@@ -69,7 +72,8 @@ class EventLog:
             side.declare_plan(plans.event_stream(self.settings), any_refusal=True)
         except TopologyError as exc:
             if not events.kept_as_found(exc):
-                side.close(CLOSE_TIMEOUT)
+                if self._own_line:
+                    self._line.close(CLOSE_TIMEOUT)
                 self._turn_off(str(exc))
                 return
             log.info("%s exists with other arguments than this config's; used as it is (%s)",
@@ -136,15 +140,12 @@ class EventLog:
             del self._batch[kept:]
 
     def close(self):
-        """Publish what is left and close the events' connection (CLOSE_TIMEOUT at most)."""
+        """Publish what is left and close the side connection (CLOSE_TIMEOUT at most; a
+        shared one once its last user closes it)."""
         if self._opening is not None and not self._opening.dead:
             self._opening.join(timeout=CLOSE_TIMEOUT)   # a process that stops at once
         self.flush()
-        if self._side is not None and self._side.is_open:
-            try:
-                self._side.close(CLOSE_TIMEOUT)
-            except SessionClosed:
-                pass
+        self._line.close(CLOSE_TIMEOUT)
         if self.lost:
             log.info("%d task events were not written (no connection to the stream, or "
                      "an alarm)", self.lost)

@@ -47,7 +47,9 @@ def child_specs(cfg, dispatcher, workers, default_user=None, found=None):
     if workers:
         for group in cfg.groups:
             specs.append(ChildSpec(group.name, group.processes,
-                                   functools.partial(run_worker, group, cfg.amqp),
+                                   functools.partial(run_worker, group, cfg.amqp,
+                                                     entry_point=(found or {}).get(
+                                                         group.worker_type)),
                                    user=group.user or default_user,
                                    stop_timeout=group.stop_timeout,
                                    task_timeout=group.task_timeout, queue=group.queue,

@@ -8,7 +8,8 @@ is settled by the hub at once, then its thread gets errors.TaskCancelled (so tha
 the plugin's `finally` runs) and the group's stop_timeout to return; then the
 process is replaced (lifecycle.EXIT_CANCELLED): a thread that does not return
 cannot be ended otherwise, and a plugin interrupted anywhere may hold a lock or a
-half-done state. Holds no connection of its own beyond the follower's.
+half-done state. Holds no connection of its own beyond the follower's (a worker's
+follower shares its side connection with the worker's task events: sideline.py).
 """
 import logging
 
@@ -28,14 +29,15 @@ CATCH_UP_LIMIT = 30.0
 
 
 class Cancels:
-    """The cancelled ids, for the process whose Session is `session` (child `child`)."""
+    """The cancelled ids, for the process whose Session is `session` (child `child`),
+    read on `line` (a sideline.SideLine; None: a connection of their own)."""
 
-    def __init__(self, session, child):
+    def __init__(self, session, child, line=None):
         self.ids = cancels.CancelledIds()
         self.hit = Event()          # set when the task in hand is cancelled
         self._in_hand = None
         self._warned_late = False
-        self._follower = CancelFollower(session, child, self._cancelled)
+        self._follower = CancelFollower(session, child, self._cancelled, line)
 
     def start(self):
         self._follower.start()

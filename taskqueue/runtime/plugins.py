@@ -35,24 +35,30 @@ def discover():
     return found
 
 
-def load(worker_type, group):
+def load(worker_type, group, entry_point=None):
     """Import the plugin of `worker_type` and build its worker for `group`.
 
     Any failure becomes a PluginError that says which plugin and why. A group whose
     type is a program (`command:`) gets a CommandWorker instead: no plugin to import.
+    `entry_point`: the one the supervisor discovered, which spares the child a scan of
+    every distribution's metadata (a few ms each, for 200 children starting at once);
+    one that no longer imports (its plugin upgraded or removed since) is looked up
+    again among those installed now.
     """
     if group is not None and getattr(group, "command", None):
         # Here, in the worker child: the supervisor and the tools need none of it.
         from taskqueue.runtime.commandworker import CommandWorker
         return CommandWorker.factory(group)
-    ep = discover().get(worker_type)
-    if ep is None:
-        raise PluginError(f"plugin {worker_type!r} is not installed (no entry point in {GROUP!r})")
+    ep = entry_point or _installed(worker_type)
     try:
-        factory = ep.load()
-    except BaseException as exc:  # a plugin may raise anything at import, even SystemExit
-        raise PluginError(f"plugin {worker_type!r} ({origin(ep)}) failed to import: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        factory = _import(worker_type, ep)
+    except PluginError:
+        if entry_point is None:
+            raise
+        ep = _installed(worker_type)
+        if ep.value == entry_point.value:
+            raise   # the same one: importing it again would fail again
+        factory = _import(worker_type, ep)
     try:
         worker = factory(group)
     except BaseException as exc:
@@ -62,6 +68,21 @@ def load(worker_type, group):
         raise PluginError(f"plugin {worker_type!r} ({origin(ep)}): {ep.value} returned "
                           f"{type(worker).__name__}, which has no handle_task method")
     return worker
+
+
+def _installed(worker_type):
+    ep = discover().get(worker_type)
+    if ep is None:
+        raise PluginError(f"plugin {worker_type!r} is not installed (no entry point in {GROUP!r})")
+    return ep
+
+
+def _import(worker_type, ep):
+    try:
+        return ep.load()
+    except BaseException as exc:  # a plugin may raise anything at import, even SystemExit
+        raise PluginError(f"plugin {worker_type!r} ({origin(ep)}) failed to import: "
+                          f"{type(exc).__name__}: {exc}") from exc
 
 
 def origin(ep):

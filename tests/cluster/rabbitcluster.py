@@ -21,7 +21,7 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 
 
 #: The ends of the names of a taskqueue process's side connections (Session.side_session).
-SIDE = (" events", " replies", " cancels")
+SIDE = (" events", " replies", " cancels", " events+cancels")
 
 class ClusterNode:
     """One RabbitMQ node: `host:port` is where clients reach it."""

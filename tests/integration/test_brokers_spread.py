@@ -84,9 +84,9 @@ def test_cut_connections_are_logged_once_each_naming_the_broker_lost_and_the_nex
         pool = start_pool(recorder_config(records, processes=3) +
                           f"\n[amqp]\nurl: {urls}\nevents: no\n", raw=True)
         wait_for(lambda: broker.counts("worker_recorder")[1] == 3, 30, "3 consumers")
-        # the four children spread: two on each; each worker's cancels connection (its own,
-        # runtime/cancels.py) follows it: the dispatcher and a worker on one, 3 connections,
-        # two workers on the other, 4
+        # the four children spread: two on each; each worker's side connection (its cancels
+        # reader's, broker/sideline.py) follows it: the dispatcher and a worker on one, 3
+        # connections, two workers on the other, 4
         wait_for(lambda: sorted(len(p.pairs) for p in proxies) == [3, 4], 10,
                  lambda: f"3 and 4 connections, not {[len(p.pairs) for p in proxies]}")
         for n in range(20):
@@ -95,7 +95,7 @@ def test_cut_connections_are_logged_once_each_naming_the_broker_lost_and_the_nex
         lost = 0
         for cut in (1, 2):
             # 7 connections cut; each of the 4 children says it lost its broker once (a
-            # worker's cancels connection is its own business: said at INFO, retried)
+            # worker's side connection is its own business: said at INFO, retried)
             assert sum(proxy.cut() for proxy in proxies) == 7
             lost += 4
             pool.wait_log(r"lost the broker", count=lost, timeout=30)

@@ -209,3 +209,28 @@ def test_junk_in_the_cancels_stream_is_counted_and_ignored(
     broker.submit_one_hop("recorder", {"id": "real-cancel"}, message_id="real-cancel")
     later.wait_log(r"task real-cancel \(delivery \d+\) not run: cancelled before it started")
     assert later.stop() == 0
+
+
+def connection_names(vhost):
+    """The names (client property connection_name) of the connections to `vhost`."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "--no-table-headers",
+                          "vhost", "client_properties"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return sorted(m.group(1) for line in out.splitlines() if line.split("\t")[0] == vhost
+                  for m in [re.search(r'"connection_name","([^"]*)"', line)] if m)
+
+
+def test_a_workers_events_and_cancels_share_one_side_connection(
+        broker, start_pool, records, client, vhost):
+    # Given a pool of two worker processes, serving
+    pool = serving(broker, start_pool, recorder_config(records, processes=2), consumers=2)
+    # Then each holds its session and one side connection for its events and its cancels
+    # reader (broker/sideline.py): two, not three
+    wanted = [f"taskqueue worker recorder#{n}{end}" for n in (0, 1)
+              for end in ("", " events+cancels")]
+    wait_for(lambda: [n for n in connection_names(vhost) if n.startswith("taskqueue worker")]
+             == wanted, 20, lambda: f"{wanted}, not {connection_names(vhost)}")
+    # And a task's events are written on it (the cancels read there: the first test)
+    task = client.submit("recorder", {"id": "plain"})
+    wait_for(lambda: {"started", "done"} <= set(kinds(vhost, task)), 20, "its events")
+    assert pool.stop() == 0

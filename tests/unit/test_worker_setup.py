@@ -53,7 +53,7 @@ class Plugin:
 def start(monkeypatch):
     def run(reason):
         session = SetupSession(reason)
-        monkeypatch.setattr(worker_module.plugins, "load", lambda worker_type, group: Plugin())
+        monkeypatch.setattr(worker_module.plugins, "load", lambda worker_type, group, entry_point=None: Plugin())
         monkeypatch.setattr(worker_module.amqp, "Session", lambda *args: _Opener(session))
         read, write = os.pipe()
         try:
