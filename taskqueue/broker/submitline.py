@@ -25,11 +25,13 @@ reference to the Client, and ends on close(). After os.fork() the child's Client
 makes a SubmitLine of its own (`pid`); the parent's is left untouched (closing it
 would close the parent's connection).
 """
+import atexit
 import collections
 import logging
 import os
 import threading
 import time
+import weakref
 
 import pika.exceptions
 
@@ -50,6 +52,12 @@ EVENTS_DELAY = 0.01
 CALLER_POLL = 1.0
 #: Seconds close() waits for the I/O thread beyond closing its connection.
 JOIN_MARGIN = 1.0
+#: Seconds the process's exit waits for each open line (an application that never
+#: called Client.close()): its last `submitted` events and its connection's close.
+EXIT_WAIT = 1.0
+
+#: The lines of this process, closed at its exit (_close_at_exit).
+_open_lines = weakref.WeakSet()
 
 
 class _Task:
@@ -95,6 +103,7 @@ class SubmitLine:
         self._thread = threading.Thread(target=self._run, name=f"{name} I/O",
                                          daemon=True)
         self._thread.start()
+        _open_lines.add(self)
 
     @property
     def usable(self):
@@ -130,13 +139,14 @@ class SubmitLine:
 
     def close(self, wait=True):
         """Fail what is still queued, close the connection and end the thread (waiting
-        for it with `wait`). A no-op in a forked child: the connection is the parent's."""
+        for it with `wait`: True, or at most that many seconds). A no-op in a forked
+        child: the connection is the parent's."""
         if self.pid != os.getpid():
             return
         self._closing = True
         self._wake()
         if wait and self._thread is not threading.current_thread():
-            self._thread.join(self.timeout + JOIN_MARGIN)
+            self._thread.join(self.timeout + JOIN_MARGIN if wait is True else wait)
 
     # -- the I/O thread --------------------------------------------------------------
 
@@ -369,3 +379,12 @@ class SubmitLine:
 
 def _nothing():
     """What a wake-up runs: process_data_events returns to the I/O loop."""
+
+
+@atexit.register
+def _close_at_exit():
+    """At the interpreter's exit (before its daemon threads stop): a script that
+    submitted and never closed its Client still sends the `submitted` events its
+    line holds back for EVENTS_DELAY, and closes its connection; EXIT_WAIT at most each."""
+    for line in list(_open_lines):
+        line.close(EXIT_WAIT)

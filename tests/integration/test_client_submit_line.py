@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from support import BROKER_HOST, wait_for
+from support import BROKER_HOST, stream_events, wait_for
 from taskqueue.client import Client, ConnectionLost
 
 pytestmark = pytest.mark.timeout(120)
@@ -161,3 +161,31 @@ def test_threads_that_end_leave_nothing_and_a_collected_client_closes_its_connec
     gc.collect()
     assert joined(io_threads, 20)
     wait_for(lambda: not connections_named(name), 20, "the connection closed")
+
+
+NEVER_CLOSED = textwrap.dedent("""
+    import sys
+    from taskqueue.client import Client
+    client = Client(host=sys.argv[1], port=int(sys.argv[2]), vhost=sys.argv[3],
+                    name=sys.argv[4])
+    print(client.submit("recorder", "one, then exit"))
+""")
+
+
+def test_a_script_that_submits_and_exits_without_close_still_sends_its_submitted_event(
+        broker, vhost, amqp_port):
+    # Given a script that submits one task and exits without closing its Client
+    name = unique_name("never-closed")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", NEVER_CLOSED, BROKER_HOST, str(amqp_port),
+                          vhost, name], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    task = out.stdout.strip()
+    # Then it exited promptly, its task is there, and so is its `submitted` event (which
+    # the I/O thread holds back a few ms to share a message): sent at exit
+    assert time.monotonic() - started < 20
+    assert [props.message_id for props, _ in broker.drain("taskqueue")] == [task]
+    kinds = wait_for(lambda: [e["event"] for e in stream_events(vhost, task, amqp_port)], 10,
+                     "the submitted event")
+    assert kinds == ["submitted"]
+    wait_for(lambda: not connections_named(name), 20, "its connection closed")
