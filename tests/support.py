@@ -31,7 +31,7 @@ TASKQUEUE = os.path.join(os.path.dirname(sys.executable), "taskqueue")
 #: Every queue a test may create; deleted before each test.
 QUEUES = ["taskqueue", "taskqueue_dead"] + [f"worker_{t}" for t in (
     "recorder", "recorder2", "worker1", "worker2", "workerext", "echo", "brokenimport",
-    "brokenfactory", "nosuchtype", "traced", "tq-fresh", "cmd")]
+    "brokenfactory", "nosuchtype", "traced", "tq-fresh", "cmd", "other")]
 #: Their high queues (taskqueue/protocol/priorities.py), which the workers declare beside them.
 QUEUES += [f"{queue}+high" for queue in QUEUES if queue.startswith("worker_")]
 #: The delay chain's queues (taskqueue/protocol/delays.py): a delayed task of an earlier test must
